@@ -1,0 +1,4 @@
+//! The `lca-kvs` command-line tool's logic, as a library so tests can drive it directly.
+
+pub mod extract;
+pub mod inspect;

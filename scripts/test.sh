@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The project's test command (README.md). Installs what it needs, then runs every test.
+# Needs ../shared/fixtures beside the repository (as CI provides it).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ ! -d ../shared/fixtures ]; then
+  echo "scripts/test.sh: ../shared/fixtures is missing; the tests read the shared captures" >&2
+  exit 2
+fi
+
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo test --workspace --locked
