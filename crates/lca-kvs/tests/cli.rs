@@ -1,0 +1,243 @@
+//! The `lca-kvs` command line as scripts call it: output formats and exit codes (DESIGN.md).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use kvs_media::{ConnectWriter, WriterOptions};
+
+fn fixture(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/fixtures")
+        .join(rel)
+}
+
+fn lca_kvs(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_lca-kvs"))
+        .args(args)
+        .output()
+        .expect("lca-kvs runs")
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Channels (caller, agent) of a stereo WAV, with its format checked.
+fn wav_channels(path: &Path) -> (Vec<u8>, Vec<u8>) {
+    let mut reader = hound::WavReader::open(path).expect("valid WAV");
+    let spec = reader.spec();
+    assert_eq!(
+        (spec.channels, spec.sample_rate, spec.bits_per_sample),
+        (2, 8000, 16)
+    );
+    let samples: Vec<i16> = reader.samples::<i16>().map(Result::unwrap).collect();
+    let mut caller = Vec::new();
+    let mut agent = Vec::new();
+    for frame in samples.chunks_exact(2) {
+        caller.extend_from_slice(&frame[0].to_le_bytes());
+        agent.extend_from_slice(&frame[1].to_le_bytes());
+    }
+    (caller, agent)
+}
+
+#[test]
+fn inspect_json_lists_every_fragment_in_the_contract_shape() {
+    let output = lca_kvs(&[
+        "inspect",
+        "--json",
+        fixture("connect/sample-call.mkv").to_str().unwrap(),
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let lines: Vec<serde_json::Value> = String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect();
+    assert_eq!(lines.len(), 60);
+    let first = &lines[0];
+    let keys: Vec<&str> = first
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "contact_id",
+            "continuation_token",
+            "error",
+            "fragment_number",
+            "millis_behind_now",
+            "producer_timestamp_ms",
+            "server_timestamp_ms",
+            "tracks"
+        ]
+    );
+    assert_eq!(
+        first["fragment_number"],
+        "91343852333181531502161607852955530730505354276"
+    );
+    assert_eq!(first["server_timestamp_ms"], 1_726_677_689_681u64);
+    assert_eq!(first["contact_id"], "d111f871-5fe7-40b1-b5f7-6b67060de0c2");
+    assert_eq!(first["tracks"]["AUDIO_FROM_CUSTOMER"]["blocks"], 16);
+    assert_eq!(first["tracks"]["AUDIO_TO_CUSTOMER"]["bytes"], 16384);
+    assert_eq!(first["millis_behind_now"], 339);
+    assert!(first["error"].is_null());
+}
+
+#[test]
+fn extract_writes_the_sample_call_byte_for_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    let wav = dir.path().join("call.wav");
+    let output = lca_kvs(&[
+        "extract",
+        fixture("connect/sample-call.mkv").to_str().unwrap(),
+        "-o",
+        wav.to_str().unwrap(),
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let (caller, agent) = wav_channels(&wav);
+    assert!(caller == std::fs::read(fixture("connect/sample-call.caller.raw")).unwrap());
+    assert!(agent == std::fs::read(fixture("connect/sample-call.agent.raw")).unwrap());
+}
+
+#[test]
+fn extract_of_video_captures_exits_2_naming_the_missing_tracks() {
+    let dir = tempfile::tempdir().unwrap();
+    for name in std::fs::read_dir(fixture("kvs-getmedia")).unwrap() {
+        let path = name.unwrap().path();
+        let output = lca_kvs(&[
+            "extract",
+            path.to_str().unwrap(),
+            "-o",
+            dir.path().join("x.wav").to_str().unwrap(),
+        ]);
+        assert_eq!(output.status.code(), Some(2), "{}", path.display());
+        let message = stderr(&output);
+        assert!(
+            message.contains("AUDIO_FROM_CUSTOMER") && message.contains(path.to_str().unwrap()),
+            "{message}"
+        );
+    }
+}
+
+#[test]
+fn inspect_of_a_truncated_capture_lists_complete_fragments_then_exits_2() {
+    let path = fixture("kvs-getmedia/output-get-media-non-increasing-timecode.mkv");
+    let output = lca_kvs(&["inspect", "--json", path.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(2));
+    assert_eq!(String::from_utf8_lossy(&output.stdout).lines().count(), 11);
+    let message = stderr(&output);
+    assert!(
+        message.contains("at byte 1912925") && message.contains("truncated"),
+        "{message}"
+    );
+}
+
+#[test]
+fn inspect_of_garbage_exits_2_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notes.txt");
+    std::fs::write(&path, "not a capture").unwrap();
+    let output = lca_kvs(&["inspect", path.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(2));
+    let message = stderr(&output);
+    assert!(
+        message.contains("notes.txt") && message.contains("EBML header"),
+        "{message}"
+    );
+    let output = lca_kvs(&["inspect", dir.path().join("missing.mkv").to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(stderr(&output).contains("missing.mkv"));
+}
+
+/// The sample call followed by the next caller on the same (reused) stream.
+fn reused_stream(dir: &Path) -> PathBuf {
+    let mut bytes = std::fs::read(fixture("connect/sample-call.mkv")).unwrap();
+    let mut next = ConnectWriter::new(WriterOptions {
+        contact_id: "22222222-0000-4000-8000-000000000002".to_string(),
+        ..WriterOptions::default()
+    });
+    let loud = vec![0x55u8; 16000];
+    for fragment in next.call(&loud, &loud, 1_726_677_800_000) {
+        bytes.extend_from_slice(&fragment);
+    }
+    let path = dir.join("reused.mkv");
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+#[test]
+fn extract_stops_at_the_next_contact_on_a_reused_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = reused_stream(dir.path());
+    let wav = dir.path().join("call.wav");
+    let output = lca_kvs(&[
+        "extract",
+        input.to_str().unwrap(),
+        "-o",
+        wav.to_str().unwrap(),
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(stderr(&output).contains("22222222-0000-4000-8000-000000000002"));
+    let (caller, agent) = wav_channels(&wav);
+    assert!(
+        caller == std::fs::read(fixture("connect/sample-call.caller.raw")).unwrap(),
+        "next caller's audio leaked"
+    );
+    assert!(agent == std::fs::read(fixture("connect/sample-call.agent.raw")).unwrap());
+
+    // Asking for the second contact gives nothing of the first.
+    let output = lca_kvs(&[
+        "extract",
+        input.to_str().unwrap(),
+        "-o",
+        wav.to_str().unwrap(),
+        "--contact-id",
+        "22222222-0000-4000-8000-000000000002",
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let (caller, _) = wav_channels(&wav);
+    assert!(
+        caller.is_empty(),
+        "reading stops at the first fragment of another contact"
+    );
+}
+
+#[test]
+fn extract_exits_1_on_a_kvs_error_chunk_keeping_the_audio_before_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut writer = ConnectWriter::new(WriterOptions::default());
+    let caller: Vec<u8> = (0..32768u32)
+        .flat_map(|i| ((i % 300) as i16).to_le_bytes())
+        .collect();
+    let fragments = writer.call(&caller, &caller, 1_000_000);
+    assert_eq!(fragments.len(), 4);
+    let mut bytes = fragments[..2].concat();
+    bytes.extend_from_slice(&ConnectWriter::error_chunk("4000", "f-123"));
+    bytes.extend_from_slice(&fragments[2..].concat());
+    let input = dir.path().join("error.mkv");
+    std::fs::write(&input, bytes).unwrap();
+    let wav = dir.path().join("call.wav");
+    let output = lca_kvs(&[
+        "extract",
+        input.to_str().unwrap(),
+        "-o",
+        wav.to_str().unwrap(),
+    ]);
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert!(stderr(&output).contains("code 4000"), "{}", stderr(&output));
+    let (got, _) = wav_channels(&wav);
+    assert!(
+        got == caller[..2 * 16 * 512 * 2],
+        "the two fragments before the error"
+    );
+
+    let output = lca_kvs(&["inspect", "--json", input.to_str().unwrap()]);
+    assert!(output.status.success());
+    let text = String::from_utf8(output.stdout).unwrap();
+    let error_line: serde_json::Value = serde_json::from_str(text.lines().nth(2).unwrap()).unwrap();
+    assert_eq!(error_line["error"]["code"], "4000");
+    assert_eq!(error_line["error"]["id"], "f-123");
+}
