@@ -99,10 +99,41 @@ pub struct StereoChunk {
     pub pcm: Vec<u8>,
 }
 
+/// Contiguous unemitted s16le audio. Emission consumes from the front by moving `head`, and
+/// the buffer is compacted once half of it is consumed, so a run that is appended to and
+/// emitted from for a whole call neither copies per chunk nor grows.
+#[derive(Debug, Default)]
+struct Run {
+    data: Vec<u8>,
+    head: usize,
+}
+
+impl Run {
+    fn extend_from_slice(&mut self, bytes: &[u8]) {
+        self.data.extend_from_slice(bytes);
+    }
+
+    fn advance(&mut self, bytes: usize) {
+        self.head += bytes;
+        if self.head * 2 >= self.data.len() {
+            self.data.drain(..self.head);
+            self.head = 0;
+        }
+    }
+}
+
+impl std::ops::Deref for Run {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.data[self.head..]
+    }
+}
+
 #[derive(Debug, Default)]
 struct Track {
     /// Unemitted audio: start sample → contiguous s16le bytes. Runs never overlap or touch.
-    runs: BTreeMap<u64, Vec<u8>>,
+    runs: BTreeMap<u64, Run>,
     /// The track is known (audio or declared silence) up to this sample.
     known_until: u64,
     /// End of the latest audio ever placed on the track (emitted or not).
@@ -170,7 +201,13 @@ impl Track {
                 prev.extend_from_slice(pcm);
                 None
             }
-            _ => Some((start, pcm.to_vec())),
+            _ => Some((
+                start,
+                Run {
+                    data: pcm.to_vec(),
+                    head: 0,
+                },
+            )),
         };
         let merged_into_prev = data.is_none();
         if let Some(next) = self.runs.remove(&end) {
@@ -188,35 +225,73 @@ impl Track {
         }
     }
 
+    /// The track's audio for `[from, from + n)` when one run holds all of it.
+    fn window(&self, from: u64, n: usize) -> Option<&[u8]> {
+        let (&start, run) = self.runs.first_key_value()?;
+        let skip = usize::try_from(from.checked_sub(start)?).ok()? * SAMPLE_BYTES;
+        run.get(skip..skip + n * SAMPLE_BYTES)
+    }
+
     /// Copies the track's audio for `[from, from + n)` into channel `channel` of `out`
     /// (interleaved, already zeroed), removes it, and returns how many samples it covered.
     fn take(&mut self, from: u64, n: usize, channel: usize, out: &mut [u8]) -> u64 {
         let to = from + n as u64;
         let mut covered = 0;
-        while let Some((&start, _)) = self.runs.range(..to).next() {
-            let run = self.runs.remove(&start).expect("key just seen");
-            let run_end = Self::end_of(start, &run);
+        for (&start, run) in self.runs.range(..to) {
             let copy_from = start.max(from);
-            let copy_to = run_end.min(to);
-            if copy_to > copy_from {
-                let src = &run[(copy_from - start) as usize * SAMPLE_BYTES
-                    ..(copy_to - start) as usize * SAMPLE_BYTES];
-                let dst_start = (copy_from - from) as usize * FRAME_BYTES + channel * SAMPLE_BYTES;
-                for (sample, frame) in src
-                    .chunks_exact(SAMPLE_BYTES)
-                    .zip(out[dst_start..].chunks_mut(FRAME_BYTES))
-                {
-                    frame[..SAMPLE_BYTES].copy_from_slice(sample);
-                }
-                covered += copy_to - copy_from;
+            let copy_to = Self::end_of(start, run).min(to);
+            if copy_to <= copy_from {
+                continue;
             }
-            if run_end > to {
-                let keep = run[(to.max(start) - start) as usize * SAMPLE_BYTES..].to_vec();
-                self.runs.insert(to.max(start), keep);
+            let src = &run[(copy_from - start) as usize * SAMPLE_BYTES
+                ..(copy_to - start) as usize * SAMPLE_BYTES];
+            let dst_start = (copy_from - from) as usize * FRAME_BYTES;
+            let dst = &mut out[dst_start..dst_start + src.len() * 2];
+            if channel == 0 {
+                copy_lane::<0>(dst, src);
+            } else {
+                copy_lane::<SAMPLE_BYTES>(dst, src);
+            }
+            covered += copy_to - copy_from;
+        }
+        self.discard_before(to);
+        covered
+    }
+
+    /// Removes all audio before sample `to`.
+    fn discard_before(&mut self, to: u64) {
+        while let Some((&start, _)) = self.runs.range(..to).next() {
+            let mut run = self.runs.remove(&start).expect("key just seen");
+            if Self::end_of(start, &run) > to {
+                run.advance((to - start) as usize * SAMPLE_BYTES);
+                self.runs.insert(to, run);
                 break;
             }
         }
-        covered
+    }
+}
+
+/// Interleaves two equally long mono s16le buffers into stereo frames.
+fn interleave(left: &[u8], right: &[u8]) -> Vec<u8> {
+    let mut frames = vec![0u8; left.len() * 2];
+    for ((frame, l), r) in frames
+        .chunks_exact_mut(FRAME_BYTES)
+        .zip(left.chunks_exact(SAMPLE_BYTES))
+        .zip(right.chunks_exact(SAMPLE_BYTES))
+    {
+        frame[..SAMPLE_BYTES].copy_from_slice(l);
+        frame[SAMPLE_BYTES..].copy_from_slice(r);
+    }
+    frames
+}
+
+/// Copies mono samples into one lane (byte offset `LANE`) of interleaved stereo frames.
+fn copy_lane<const LANE: usize>(frames: &mut [u8], samples: &[u8]) {
+    for (frame, sample) in frames
+        .chunks_exact_mut(FRAME_BYTES)
+        .zip(samples.chunks_exact(SAMPLE_BYTES))
+    {
+        frame[LANE..LANE + SAMPLE_BYTES].copy_from_slice(sample);
     }
 }
 
@@ -368,10 +443,28 @@ impl StereoAssembler {
             return None;
         };
         let n = samples as usize;
-        let mut pcm = vec![0u8; n * FRAME_BYTES];
-        for (index, track) in self.tracks.iter_mut().enumerate() {
-            let covered = track.take(self.emitted, n, index, &mut pcm);
-            self.stats.silence_samples[index] += samples - covered;
+        let pcm = match (
+            self.tracks[0].window(self.emitted, n),
+            self.tracks[1].window(self.emitted, n),
+        ) {
+            // The common case: both tracks hold the whole chunk contiguously.
+            (Some(caller), Some(agent)) => {
+                let pcm = interleave(caller, agent);
+                for track in &mut self.tracks {
+                    track.discard_before(self.emitted + samples);
+                }
+                pcm
+            }
+            _ => {
+                let mut pcm = vec![0u8; n * FRAME_BYTES];
+                for (index, track) in self.tracks.iter_mut().enumerate() {
+                    let covered = track.take(self.emitted, n, index, &mut pcm);
+                    self.stats.silence_samples[index] += samples - covered;
+                }
+                pcm
+            }
+        };
+        for track in &mut self.tracks {
             track.known_until = track.known_until.max(self.emitted + samples);
         }
         let start_sample = self.emitted;

@@ -16,6 +16,80 @@ use crate::event::*;
 /// the rest of the stream.
 pub const DEFAULT_MAX_ELEMENT_SIZE: usize = 4 << 20;
 
+/// Element IDs the cluster scanner knows.
+const CLUSTER: u64 = 0x1F43_B675;
+const CLUSTER_ID: [u8; 4] = [0x1F, 0x43, 0xB6, 0x75];
+const TIMESTAMP: u64 = 0xE7;
+const SIMPLE_BLOCK: u64 = 0xA3;
+const BLOCK: u64 = 0xA1;
+
+/// Children (at any depth) of a Cluster in the Matroska specification, plus the global Void
+/// and CRC-32. Anything else ends an unknown-size cluster.
+fn is_cluster_child(id: u64) -> bool {
+    matches!(
+        id,
+        0xE7 | 0x5854
+            | 0x58D7
+            | 0xA7
+            | 0xAB
+            | 0xA3
+            | 0xA0
+            | 0xA1
+            | 0xA2
+            | 0x75A1
+            | 0xA6
+            | 0xEE
+            | 0xA5
+            | 0x9B
+            | 0xFA
+            | 0xFB
+            | 0xFD
+            | 0xA4
+            | 0x75A2
+            | 0xC8
+            | 0xC9
+            | 0xCA
+            | 0x8E
+            | 0xE8
+            | 0xCB
+            | 0xCC
+            | 0xCD
+            | 0xCE
+            | 0xCF
+            | 0xAF
+            | 0xEC
+            | 0xBF
+    )
+}
+
+/// Cluster descendants that are masters (SilentTracks, BlockGroup, BlockAdditions, BlockMore,
+/// ReferenceFrame, Slices, TimeSlice): entered, not skipped.
+fn is_cluster_master(id: u64) -> bool {
+    matches!(id, 0x5854 | 0xA0 | 0x75A1 | 0xA6 | 0xC8 | 0x8E | 0xE8)
+}
+
+/// A decoder for the parts of the stream outside clusters.
+fn new_decoder() -> TagDecoder<MatroskaSpec> {
+    let mut decoder = TagDecoder::new(&[]);
+    // Void, CRC-32 and vendor elements are not in the spec: read them as raw and skip.
+    decoder.allow_errors(&[AllowableErrors::InvalidTagIds]);
+    // Known-size Segments and Clusters larger than any limit are legal (whole-file captures);
+    // the data-element limit is enforced in `next_event` on what is actually buffered.
+    decoder.set_max_allowable_tag_size(None);
+    decoder
+}
+
+/// Where the cluster scanner is.
+#[derive(Debug)]
+struct ClusterScan {
+    /// Stream offset of the next unread byte.
+    position: u64,
+    /// Stream offset where a known-size cluster ends.
+    end: Option<u64>,
+    /// Bytes of a skipped element still to drop as they arrive.
+    skip: u64,
+}
+
 /// Every KVS chunk (and every Matroska file) starts with the EBML header's ID.
 const EBML_MAGIC: [u8; 4] = [0x1A, 0x45, 0xDF, 0xA3];
 
@@ -106,6 +180,10 @@ pub enum ReadErrorKind {
 /// complete. After an error the reader stays failed and returns that error again.
 pub struct FragmentReader {
     decoder: TagDecoder<MatroskaSpec>,
+    /// Stream offset of the decoder's position 0 (a new decoder starts after each cluster).
+    base: u64,
+    /// Inside a Cluster, read by the zero-copy scanner rather than the decoder.
+    cluster: Option<ClusterScan>,
     buf: BytesMut,
     events: VecDeque<MediaEvent>,
     input_ended: bool,
@@ -141,14 +219,10 @@ impl FragmentReader {
 
     /// A reader that rejects any non-master element larger than `limit` bytes.
     pub fn with_max_element_size(limit: usize) -> Self {
-        let mut decoder = TagDecoder::new(&[]);
-        // Void, CRC-32 and vendor elements are not in the spec: read them as raw and skip.
-        decoder.allow_errors(&[AllowableErrors::InvalidTagIds]);
-        // Known-size Segments and Clusters larger than any limit are legal (whole-file captures);
-        // the data-element limit is enforced in `next_event` on what is actually buffered.
-        decoder.set_max_allowable_tag_size(None);
         Self {
-            decoder,
+            decoder: new_decoder(),
+            base: 0,
+            cluster: None,
             buf: BytesMut::new(),
             events: VecDeque::new(),
             input_ended: false,
@@ -184,7 +258,10 @@ impl FragmentReader {
 
     /// Offset of the first byte not yet consumed.
     pub fn position(&self) -> u64 {
-        self.decoder.position() as u64
+        match &self.cluster {
+            Some(scan) => scan.position,
+            None => self.base + self.decoder.position() as u64,
+        }
     }
 
     /// The current track table (empty until the first Tracks element is read).
@@ -220,6 +297,33 @@ impl FragmentReader {
                 });
                 continue;
             }
+            if self.cluster.is_some() {
+                match self.scan_cluster() {
+                    Ok(true) => continue,
+                    Ok(false) if self.input_ended => {
+                        if let Err(error) = self.end_in_cluster() {
+                            self.fail(error);
+                        } else {
+                            self.flush_pending();
+                            self.finished = true;
+                        }
+                        continue;
+                    }
+                    Ok(false) => return Ok(None),
+                    Err(error) => {
+                        self.fail(error);
+                        continue;
+                    }
+                }
+            }
+            match self.enter_cluster() {
+                Ok(true) => continue,
+                Ok(false) => {}
+                Err(error) => {
+                    self.fail(error);
+                    continue;
+                }
+            }
             let decoded = if self.input_ended {
                 self.decoder.decode_eof(&mut self.buf)
             } else {
@@ -227,7 +331,7 @@ impl FragmentReader {
             };
             match decoded {
                 Ok(Some(tag)) => {
-                    let offset = tag.offset as u64;
+                    let offset = self.base + tag.offset as u64;
                     if let Err(kind) = self.handle(tag) {
                         self.fail(ReadError { offset, kind });
                     }
@@ -250,6 +354,202 @@ impl FragmentReader {
                 }
             }
         }
+    }
+
+    /// If a Cluster header is next, finishes what the decoder has pending (End events of
+    /// elements that ended before it) and switches to the cluster scanner. `Ok(true)`: entered.
+    fn enter_cluster(&mut self) -> Result<bool, ReadError> {
+        if !self.buf.starts_with(&CLUSTER_ID) {
+            return Ok(false);
+        }
+        let Some((size, size_len)) = read_size(&self.buf[CLUSTER_ID.len()..]) else {
+            return Ok(false); // header incomplete: the decoder waits or reports truncation
+        };
+        // Elements that ended right before the cluster are closed by a decode with no input.
+        let mut nothing = BytesMut::new();
+        loop {
+            match self.decoder.decode(&mut nothing) {
+                Ok(Some(tag)) => {
+                    let offset = self.base + tag.offset as u64;
+                    self.handle(tag)
+                        .map_err(|kind| ReadError { offset, kind })?;
+                }
+                Ok(None) => break,
+                Err(error) => return Err(self.decode_error(error)),
+            }
+        }
+        let offset = self.position();
+        if !self.in_segment {
+            return Err(ReadError {
+                offset,
+                kind: ReadErrorKind::Misplaced {
+                    found: CLUSTER,
+                    parent: None,
+                },
+            });
+        }
+        let header = CLUSTER_ID.len() + size_len;
+        let _ = self.buf.split_to(header);
+        let data_start = offset + header as u64;
+        self.flush_pending();
+        self.cluster_timecode = None;
+        self.cluster = Some(ClusterScan {
+            position: data_start,
+            end: size.map(|size| data_start.saturating_add(size)),
+            skip: 0,
+        });
+        Ok(true)
+    }
+
+    /// Reads cluster children without the decoder: blocks come out as zero-copy slices of the
+    /// input. `Ok(true)`: progress was made; `Ok(false)`: more input is needed.
+    fn scan_cluster(&mut self) -> Result<bool, ReadError> {
+        let scan = self.cluster.as_mut().expect("scanning a cluster");
+        if scan.skip > 0 {
+            let n = scan.skip.min(self.buf.len() as u64);
+            let _ = self.buf.split_to(n as usize);
+            scan.skip -= n;
+            scan.position += n;
+            return Ok(n > 0);
+        }
+        if scan.end == Some(scan.position) {
+            self.leave_cluster();
+            return Ok(true);
+        }
+        let offset = scan.position;
+        let Some(&first) = self.buf.first() else {
+            return Ok(false);
+        };
+        if first == 0 || first.leading_zeros() >= 4 {
+            return Err(ReadError {
+                offset,
+                kind: ReadErrorKind::BadElement {
+                    id: u64::from(first),
+                },
+            });
+        }
+        let Some((id, id_len)) = read_id(&self.buf) else {
+            return Ok(false);
+        };
+        if !is_cluster_child(id) {
+            if scan.end.is_some() {
+                return Err(ReadError {
+                    offset,
+                    kind: ReadErrorKind::Misplaced {
+                        found: id,
+                        parent: Some(CLUSTER),
+                    },
+                });
+            }
+            self.leave_cluster();
+            return Ok(true);
+        }
+        let Some((size, size_len)) = read_size(&self.buf[id_len..]) else {
+            if self.buf.len() >= id_len + 8 {
+                return Err(ReadError {
+                    offset,
+                    kind: ReadErrorKind::BadElement { id },
+                });
+            }
+            return Ok(false);
+        };
+        let header = id_len + size_len;
+        let element_end =
+            size.map(|size| offset.saturating_add(header as u64).saturating_add(size));
+        if let (Some(end), Some(element_end)) = (scan.end, element_end)
+            && element_end > end
+        {
+            return Err(ReadError {
+                offset,
+                kind: ReadErrorKind::TooLarge {
+                    id,
+                    size: size.unwrap_or(0),
+                    limit: end - offset,
+                },
+            });
+        }
+        if is_cluster_master(id) {
+            // Enter: its children are read in the same flat loop (their IDs are distinct).
+            let _ = self.buf.split_to(header);
+            scan.position += header as u64;
+            return Ok(true);
+        }
+        let Some(size) = size else {
+            return Err(ReadError {
+                offset,
+                kind: ReadErrorKind::BadElement { id },
+            });
+        };
+        match id {
+            SIMPLE_BLOCK | BLOCK | TIMESTAMP => {
+                let total = header as u64 + size;
+                if size > self.max_element_size as u64 || (id == TIMESTAMP && size > 8) {
+                    return Err(ReadError {
+                        offset,
+                        kind: ReadErrorKind::TooLarge {
+                            id,
+                            size,
+                            limit: if id == TIMESTAMP {
+                                8
+                            } else {
+                                self.max_element_size as u64
+                            },
+                        },
+                    });
+                }
+                if (self.buf.len() as u64) < total {
+                    return Ok(false);
+                }
+                let element = self.buf.split_to(total as usize).freeze();
+                scan.position += total;
+                let data = element.slice(header..);
+                if id == TIMESTAMP {
+                    let timecode = data.iter().fold(0u64, |v, b| (v << 8) | u64::from(*b));
+                    self.cluster_timecode = Some(timecode);
+                } else {
+                    let block = self
+                        .block(data, offset)
+                        .map_err(|kind| ReadError { offset, kind })?;
+                    self.emit(MediaEvent::Block(block));
+                }
+            }
+            _ => {
+                let header_and_size = header as u64 + size;
+                scan.skip = header_and_size;
+            }
+        }
+        Ok(true)
+    }
+
+    /// The cluster ended: later elements go to a new decoder starting at this offset (it infers
+    /// its place in the document from the first element it sees).
+    fn leave_cluster(&mut self) {
+        if let Some(scan) = self.cluster.take() {
+            self.base = scan.position;
+            self.decoder = new_decoder();
+        }
+    }
+
+    /// End of input inside a cluster: fine at an element boundary of an unknown-size cluster.
+    fn end_in_cluster(&mut self) -> Result<(), ReadError> {
+        let scan = self.cluster.as_ref().expect("scanning a cluster");
+        let offset = scan.position;
+        if !self.buf.is_empty() || scan.skip > 0 {
+            return Err(ReadError {
+                offset,
+                kind: ReadErrorKind::Truncated {
+                    id: read_id(&self.buf).map(|(id, _)| id),
+                },
+            });
+        }
+        if scan.end.is_some_and(|end| end > offset) {
+            return Err(ReadError {
+                offset,
+                kind: ReadErrorKind::Truncated { id: Some(CLUSTER) },
+            });
+        }
+        self.cluster = None;
+        Ok(())
     }
 
     /// Whether the buffered start of the stream is (a prefix of) the EBML magic.
@@ -282,12 +582,16 @@ impl FragmentReader {
         let (offset, kind) = match error {
             TagIteratorError::UnexpectedEOF {
                 tag_start, tag_id, ..
-            } => (tag_start as u64, ReadErrorKind::Truncated { id: tag_id }),
+            } => (
+                self.base + tag_start as u64,
+                ReadErrorKind::Truncated { id: tag_id },
+            ),
             TagIteratorError::CorruptedFileData(corrupt) => match corrupt {
                 CorruptedFileError::InvalidTagId { position, tag_id }
-                | CorruptedFileError::InvalidTagData { position, tag_id } => {
-                    (position as u64, ReadErrorKind::BadElement { id: tag_id })
-                }
+                | CorruptedFileError::InvalidTagData { position, tag_id } => (
+                    self.base + position as u64,
+                    ReadErrorKind::BadElement { id: tag_id },
+                ),
                 CorruptedFileError::InvalidTagSize {
                     position,
                     tag_id,
@@ -298,7 +602,7 @@ impl FragmentReader {
                     tag_id,
                     size,
                 } => (
-                    position as u64,
+                    self.base + position as u64,
                     ReadErrorKind::TooLarge {
                         id: tag_id,
                         size: size as u64,
@@ -426,7 +730,7 @@ impl FragmentReader {
             }
             MatroskaSpec::Timestamp(timecode) => self.cluster_timecode = Some(timecode),
             MatroskaSpec::SimpleBlock(data) | MatroskaSpec::Block(data) => {
-                let block = self.block(data, offset)?;
+                let block = self.block(Bytes::from(data), offset)?;
                 self.emit(MediaEvent::Block(block));
             }
             MatroskaSpec::TagName(name) => self.tag_name = Some(trim_nul(name)),
@@ -451,7 +755,7 @@ impl FragmentReader {
         Ok(())
     }
 
-    fn block(&mut self, data: Vec<u8>, offset: u64) -> Result<MediaBlock, ReadErrorKind> {
+    fn block(&mut self, data: Bytes, offset: u64) -> Result<MediaBlock, ReadErrorKind> {
         let header = BlockHeader::parse(&data)?;
         let cluster = self
             .cluster_timecode
@@ -460,7 +764,7 @@ impl FragmentReader {
         let timestamp_ns = i64::try_from(ticks * i128::from(self.timecode_scale))
             .map_err(|_| ReadErrorKind::TimestampOutOfRange)?;
         let payload = match header.frames.as_slice() {
-            [only] => Bytes::from(data).slice(only.clone()),
+            [only] => data.slice(only.clone()),
             frames => {
                 let mut joined = Vec::with_capacity(data.len());
                 for frame in frames {
@@ -637,6 +941,29 @@ fn trim_nul(mut s: String) -> String {
     s
 }
 
+/// An element ID (marker bits kept) and its length, if complete and valid.
+fn read_id(bytes: &[u8]) -> Option<(u64, usize)> {
+    let first = *bytes.first()?;
+    let len = first.leading_zeros() as usize + 1;
+    if first == 0 || len > 4 || bytes.len() < len {
+        return None;
+    }
+    Some((
+        bytes[..len]
+            .iter()
+            .fold(0u64, |id, b| (id << 8) | u64::from(*b)),
+        len,
+    ))
+}
+
+/// An element size (`None` inside = unknown size) and its length, if complete and valid.
+#[allow(clippy::type_complexity)]
+fn read_size(bytes: &[u8]) -> Option<(Option<u64>, usize)> {
+    let (value, len) = read_vint(bytes).ok()??;
+    let unknown = value == (1u64 << (7 * len)) - 1;
+    Some((if unknown { None } else { Some(value) }, len))
+}
+
 /// ID and declared size of the element at the front of `bytes`, if its header is complete.
 fn element_header(bytes: &[u8]) -> Option<(u64, u64)> {
     let first = *bytes.first()?;
@@ -668,6 +995,113 @@ mod tests {
         assert!(parse_seconds(TAG_SERVER_TIMESTAMP, "-1.0").is_err());
         assert!(parse_seconds(TAG_SERVER_TIMESTAMP, "1e9").is_err());
         assert!(parse_seconds(TAG_SERVER_TIMESTAMP, "99999999999999999999").is_err());
+    }
+
+    /// Every event of `bytes` read at once; panics on a read error.
+    fn events_of(bytes: &[u8]) -> Vec<MediaEvent> {
+        let mut reader = FragmentReader::new();
+        reader.push(bytes);
+        reader.end_of_input();
+        let mut events = Vec::new();
+        while let Some(event) = reader.next_event().expect("reads") {
+            events.push(event);
+        }
+        events
+    }
+
+    #[test]
+    fn block_groups_void_and_laced_blocks_inside_a_known_size_cluster() {
+        use crate::block::{Lacing, encode_block};
+        use ebml_iterable::TagWriter;
+        use webm_iterable::matroska_spec::MatroskaSpec as M;
+        let mut w = TagWriter::new(Vec::new());
+        let laced = encode_block(1, 5, false, Lacing::Xiph, &[&[1, 0, 2, 0], &[3, 0]]);
+        let simple = encode_block(2, 9, true, Lacing::None, &[&[7, 0]]);
+        w.write(&M::Ebml(Master::Full(vec![M::DocType("matroska".into())])))
+            .unwrap();
+        w.write(&M::Segment(Master::Full(vec![
+            M::Info(Master::Full(vec![M::TimestampScale(1_000_000)])),
+            M::Cluster(Master::Full(vec![
+                M::Timestamp(1000),
+                M::Void(vec![0; 3]),
+                M::BlockGroup(Master::Full(vec![
+                    M::Block(laced),
+                    M::BlockDuration(4),
+                    M::ReferenceBlock(-3),
+                ])),
+                M::SimpleBlock(simple),
+            ])),
+            M::Cluster(Master::Full(vec![
+                M::Timestamp(2000),
+                M::SimpleBlock(encode_block(1, 0, true, Lacing::None, &[&[9, 0]])),
+            ])),
+        ])))
+        .unwrap();
+        let bytes = w.into_inner().unwrap();
+        let blocks: Vec<MediaBlock> = events_of(&bytes)
+            .into_iter()
+            .filter_map(|e| match e {
+                MediaEvent::Block(b) => Some(b),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(blocks.len(), 3);
+        assert_eq!(
+            (blocks[0].track, blocks[0].timestamp_ns),
+            (1, 1_005_000_000)
+        );
+        assert_eq!(&blocks[0].payload[..], &[1, 0, 2, 0, 3, 0]);
+        assert_eq!(blocks[0].frames, 2);
+        assert_eq!(
+            (blocks[1].track, blocks[1].timestamp_ns),
+            (2, 1_009_000_000)
+        );
+        assert_eq!(
+            (blocks[2].track, blocks[2].timestamp_ns),
+            (1, 2_000_000_000)
+        );
+        // Every piece size gives the same events as the whole.
+        let whole = events_of(&bytes);
+        for size in 1..20 {
+            let mut reader = FragmentReader::new();
+            let mut events = Vec::new();
+            for piece in bytes.chunks(size) {
+                reader.push(piece);
+                while let Some(event) = reader.next_event().unwrap() {
+                    events.push(event);
+                }
+            }
+            reader.end_of_input();
+            while let Some(event) = reader.next_event().unwrap() {
+                events.push(event);
+            }
+            assert_eq!(events, whole, "piece size {size}");
+        }
+    }
+
+    #[test]
+    fn a_child_overrunning_a_known_size_cluster_is_an_error() {
+        let mut bytes = vec![0x1A, 0x45, 0xDF, 0xA3, 0x80, 0x18, 0x53, 0x80, 0x67, 0xFF];
+        // Cluster of 6 bytes holding a Timestamp, then a SimpleBlock claiming 100 bytes.
+        bytes.extend_from_slice(&[
+            0x1F, 0x43, 0xB6, 0x75, 0x86, 0xE7, 0x81, 0x01, 0xA3, 0xE4, 0x81,
+        ]);
+        bytes.extend_from_slice(&[0; 100]);
+        let mut reader = FragmentReader::new();
+        reader.push(&bytes);
+        reader.end_of_input();
+        let error = loop {
+            match reader.next_event() {
+                Ok(Some(_)) => {}
+                Ok(None) => panic!("overrun accepted"),
+                Err(error) => break error,
+            }
+        };
+        assert_eq!(error.offset, 18, "{error}");
+        assert!(
+            matches!(error.kind, ReadErrorKind::TooLarge { id: 0xA3, .. }),
+            "{error}"
+        );
     }
 
     #[test]

@@ -1,0 +1,56 @@
+//! Reader + extractor + assembler over arbitrary bytes in arbitrary chunking: must end in
+//! events or an error, never a panic, a hang or unbounded memory.
+#![no_main]
+
+use call_audio::AssemblerConfig;
+use kvs_media::FragmentReader;
+use lca_kvs::extract::CallExtractor;
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    lca_fuzz_run(data);
+});
+
+fn lca_fuzz_run(data: &[u8]) {
+    // First byte picks the piece size, so the fuzzer explores chunk boundaries too.
+    let Some((&piece, data)) = data.split_first() else {
+        return;
+    };
+    let piece = usize::from(piece).max(1) * 7;
+    let mut reader = FragmentReader::with_max_element_size(1 << 16);
+    let mut extractor = CallExtractor::new(
+        None,
+        AssemblerConfig {
+            max_gap_samples: 8000 * 60,
+            ..AssemblerConfig::default()
+        },
+    );
+    let mut frames = 0usize;
+    for chunk in data.chunks(piece).map(Some).chain([None]) {
+        match chunk {
+            Some(bytes) => reader.push(bytes),
+            None => reader.end_of_input(),
+        }
+        loop {
+            match reader.next_event() {
+                Ok(Some(event)) => {
+                    if extractor.handle(event).is_err() {
+                        return;
+                    }
+                    while let Some(out) = extractor.pop_chunk() {
+                        frames += out.samples;
+                    }
+                }
+                Ok(None) => break,
+                Err(_) => return,
+            }
+        }
+    }
+    if extractor.finish().is_ok() {
+        while let Some(out) = extractor.pop_chunk() {
+            frames += out.samples;
+        }
+    }
+    // A minute of gap at most per jump, so output stays bounded by input.
+    assert!(frames <= 8000 * 61 * (data.len() / 16 + 1));
+}
