@@ -12,3 +12,7 @@ fi
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked
+
+# Smoke runs: the README's main command and the benchmark's correctness check stay working.
+cargo run --locked -q -p lca-kvs -- demo --recording-out target/demo-recording.wav > /dev/null
+cargo run --locked -q -p lca-tests --bin media-bench -- --minutes 2 --skip-node

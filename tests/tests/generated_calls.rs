@@ -232,3 +232,24 @@ fn sample_call_chunked_at_every_size_up_to_64_gives_identical_events() {
         assert_eq!(read_events(bytes, &[size]), whole, "piece size {size}");
     }
 }
+
+#[test]
+fn a_capture_without_kvs_fragment_tags_extracts_whole_in_bounded_pieces() {
+    // 6 minutes of 160-sample blocks: 9000 blocks per track, more than the extractor holds
+    // for one fragment, and no AWS_KINESISVIDEO_* tags to mark fragment boundaries.
+    let samples = 6 * 60 * 8000;
+    let caller = pcm(7, samples);
+    let agent = pcm(8, samples);
+    let mut writer = ConnectWriter::new(WriterOptions {
+        kvs_tags: false,
+        samples_per_frame: 160,
+        frames_per_fragment: 50,
+        ..WriterOptions::default()
+    });
+    let stream = writer.call(&caller, &agent, 1_700_000_000_000).concat();
+    let (got_caller, got_agent, extractor) =
+        extract_channels(&stream, None, AssemblerConfig::default());
+    assert!(extractor.fragments() >= 1);
+    assert!(got_caller == caller, "caller differs");
+    assert!(got_agent == agent, "agent differs");
+}

@@ -5,6 +5,11 @@ use std::collections::HashMap;
 use call_audio::{AssembleError, AssemblerConfig, Channel, StereoAssembler, StereoChunk};
 use kvs_media::{KvsError, MediaBlock, MediaEvent, TAG_CONTACT_ID, TrackInfo, TrackRole};
 
+/// Blocks held for one fragment at most. KVS fragments hold about 32 (1 s, two tracks); a
+/// capture without fragment boundaries is committed in pieces of this size instead of being
+/// held whole in memory.
+const MAX_PENDING_BLOCKS: usize = 4096;
+
 /// Why extraction stopped before the end of the stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ExtractStop {
@@ -90,6 +95,9 @@ impl CallExtractor {
                 };
                 if let Some(channel) = channel {
                     self.pending.push((channel, block));
+                    if self.pending.len() >= MAX_PENDING_BLOCKS {
+                        self.commit()?;
+                    }
                 }
             }
             MediaEvent::Tag(tag) if tag.name == TAG_CONTACT_ID => {

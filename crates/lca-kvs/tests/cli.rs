@@ -241,3 +241,38 @@ fn extract_exits_1_on_a_kvs_error_chunk_keeping_the_audio_before_it() {
     assert_eq!(error_line["error"]["code"], "4000");
     assert_eq!(error_line["error"]["id"], "f-123");
 }
+
+#[test]
+fn extract_of_a_truncated_call_keeps_complete_fragments_and_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let full = std::fs::read(fixture("connect/sample-call.mkv")).unwrap();
+    // Cut in the middle of the fourth fragment's cluster.
+    let starts: Vec<usize> = full
+        .windows(4)
+        .enumerate()
+        .filter(|(_, w)| *w == [0x1A, 0x45, 0xDF, 0xA3])
+        .map(|(i, _)| i)
+        .collect();
+    let cut = starts[3] + 20_000;
+    let input = dir.path().join("cut.mkv");
+    std::fs::write(&input, &full[..cut]).unwrap();
+    let wav = dir.path().join("call.wav");
+    let output = lca_kvs(&[
+        "extract",
+        input.to_str().unwrap(),
+        "-o",
+        wav.to_str().unwrap(),
+    ]);
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    let message = stderr(&output);
+    assert!(
+        message.contains("cut.mkv")
+            && message.contains("truncated")
+            && message.contains("3 complete fragments"),
+        "{message}"
+    );
+    let (caller, agent) = wav_channels(&wav);
+    let three = 3 * 16 * 512 * 2;
+    assert!(caller == std::fs::read(fixture("connect/sample-call.caller.raw")).unwrap()[..three]);
+    assert!(agent == std::fs::read(fixture("connect/sample-call.agent.raw")).unwrap()[..three]);
+}
