@@ -3,11 +3,13 @@
 //! Connect-shaped fragments from PCM for tests, replay and the demo.
 
 mod block;
+mod chunks;
 mod event;
 mod reader;
 mod writer;
 
 pub use block::{BlockError, BlockHeader, Lacing, encode_block};
+pub use chunks::{SplitError, split_chunks};
 pub use event::*;
 pub use reader::{DEFAULT_MAX_ELEMENT_SIZE, FragmentReader, ReadError, ReadErrorKind};
 pub use writer::{ConnectWriter, FragmentAudio, WriterOptions};

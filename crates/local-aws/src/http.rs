@@ -1,0 +1,138 @@
+//! The HTTP plumbing shared by the local services: a loopback server (HTTP/1.1 and h2c via
+//! hyper-util's auto builder) and AWS-shaped JSON error responses.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+/// Response body type of every local service.
+pub type Body = BoxBody<Bytes, Infallible>;
+
+/// A whole body from bytes.
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into()).boxed()
+}
+
+/// A JSON response with status 200.
+pub fn json(value: &serde_json::Value) -> Response<Body> {
+    Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", "application/json")
+        .body(full(value.to_string()))
+        .expect("static response parts are valid")
+}
+
+/// An error as AWS's JSON protocols send it: the type in `x-amzn-ErrorType` and in `__type`,
+/// the text in `message`.
+pub fn aws_error(status: StatusCode, error_type: &str, message: &str) -> Response<Body> {
+    let body = serde_json::json!({ "__type": error_type, "message": message });
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .header("x-amzn-ErrorType", error_type)
+        .body(full(body.to_string()))
+        .expect("static response parts are valid")
+}
+
+/// An AWS-shaped API error, turned into a response at the edge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// The AWS error type (`x-amzn-ErrorType`).
+    pub error_type: &'static str,
+    /// Human-readable message.
+    pub message: String,
+}
+
+impl ApiError {
+    /// An error of the given status and type.
+    pub fn new(status: StatusCode, error_type: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            error_type,
+            message: message.into(),
+        }
+    }
+
+    /// The response AWS would send.
+    pub fn into_response(self) -> Response<Body> {
+        aws_error(self.status, self.error_type, &self.message)
+    }
+}
+
+/// A running local server: its address and the task serving it (aborted on drop).
+#[derive(Debug)]
+pub struct Server {
+    addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl Server {
+    /// Where it listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Binds `127.0.0.1:port` (0: any free port) and serves `handler` on every connection.
+pub async fn serve<H, F>(port: u16, handler: H) -> std::io::Result<Server>
+where
+    H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
+    let listener = TcpListener::bind(("127.0.0.1", port)).await?;
+    let addr = listener.local_addr()?;
+    let handler = Arc::new(handler);
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let handler = handler.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |request| {
+                    let response = handler(request);
+                    async move { Ok::<_, Infallible>(response.await) }
+                });
+                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                // A client that goes away mid-response is not an error of the server's.
+                let _ = builder
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    Ok(Server { addr, task })
+}
+
+/// Reads a request body up to `limit` bytes.
+pub async fn read_body(request: Request<Incoming>, limit: usize) -> Result<Bytes, String> {
+    let limited = http_body_util::Limited::new(request.into_body(), limit);
+    limited
+        .collect()
+        .await
+        .map(|collected| collected.to_bytes())
+        .map_err(|e| format!("request body unreadable or larger than {limit} bytes: {e}"))
+}

@@ -1,0 +1,636 @@
+//! A local Kinesis Video Streams: control plane (`/getDataEndpoint`, `/describeStream`,
+//! `/createStream`, `/listStreams`) and media plane (`/getMedia`) on one loopback port.
+//!
+//! Streams hold KVS chunks (one EBML document per fragment, as GetMedia returns them): loaded
+//! from captures or appended live by an in-process producer ([`Kvs::play`]). GetMedia streams
+//! them from the selected start, keeps the connection open and silent while the producer is
+//! quiet, and ends the response when the stream is closed — as KVS does for a finished call.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::{Frame, Incoming};
+use kvs_media::{ConnectWriter, FragmentReader, MediaEvent, split_chunks};
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::http::{ApiError, Body, Server, aws_error, json as json_response, read_body, serve};
+
+/// Largest control-plane or GetMedia request body accepted.
+const MAX_REQUEST_BYTES: usize = 64 << 10;
+
+/// How the local KVS behaves where AWS leaves room.
+#[derive(Debug, Clone)]
+pub struct KvsOptions {
+    /// Whether FRAGMENT_NUMBER and CONTINUATION_TOKEN start *with* the named fragment (true)
+    /// or with the one *after* it (false). AWS's documentation says both; test both.
+    pub include_named_fragment: bool,
+    /// GetMedia calls allowed per stream per second (KVS: 5).
+    pub get_media_per_second: usize,
+    /// Region in ARNs.
+    pub region: String,
+    /// Account in ARNs.
+    pub account: String,
+}
+
+impl Default for KvsOptions {
+    fn default() -> Self {
+        Self {
+            include_named_fragment: false,
+            get_media_per_second: 5,
+            region: "us-east-1".to_string(),
+            account: "123456789012".to_string(),
+        }
+    }
+}
+
+/// What went wrong with a producer-side call.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KvsError {
+    /// No stream of that name or ARN.
+    #[error("stream {0:?} does not exist")]
+    NoSuchStream(String),
+    /// The stream exists already.
+    #[error("stream {0:?} already exists")]
+    StreamExists(String),
+    /// The chunk or capture is not usable media.
+    #[error("stream {stream:?}: {problem}")]
+    BadMedia {
+        /// The stream.
+        stream: String,
+        /// What is wrong.
+        problem: String,
+    },
+}
+
+/// A fragment as stored: its KVS bookkeeping and the chunk GetMedia sends.
+#[derive(Debug, Clone)]
+struct StoredFragment {
+    number: String,
+    producer_ms: Option<u64>,
+    server_ms: u64,
+    chunk: Bytes,
+}
+
+#[derive(Debug)]
+struct Stream {
+    name: String,
+    arn: String,
+    created_s: f64,
+    fragments: Vec<StoredFragment>,
+    closed: bool,
+    recent_get_media: VecDeque<Instant>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    streams: BTreeMap<String, Stream>,
+    generated_numbers: u64,
+}
+
+#[derive(Debug)]
+struct Inner {
+    options: KvsOptions,
+    state: Mutex<State>,
+    /// Bumped whenever a stream gains a fragment or closes; GetMedia tasks wait on it.
+    changed: watch::Sender<u64>,
+    endpoint: OnceLock<String>,
+}
+
+/// The local KVS: a cheap handle to shared state, usable from tests (producer side) while
+/// [`Kvs::serve`] answers the SDK clients.
+#[derive(Debug, Clone)]
+pub struct Kvs {
+    inner: Arc<Inner>,
+}
+
+/// Where a GetMedia session starts.
+enum Start {
+    /// At this index (may equal the number of fragments: wait for the next).
+    Index(usize),
+    /// The named fragment does not exist: KVS answers with an error chunk.
+    NotFound(String),
+}
+
+impl Kvs {
+    /// An empty local KVS.
+    pub fn new(options: KvsOptions) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                options,
+                state: Mutex::new(State::default()),
+                changed: watch::channel(0).0,
+                endpoint: OnceLock::new(),
+            }),
+        }
+    }
+
+    /// Serves the control and media planes on `127.0.0.1:port` (0: any free port).
+    /// GetDataEndpoint answers with this server's own URL.
+    pub async fn serve(&self, port: u16) -> std::io::Result<Server> {
+        let kvs = self.clone();
+        let server = serve(port, move |request| {
+            let kvs = kvs.clone();
+            async move { kvs.handle(request).await }
+        })
+        .await?;
+        let _ = self.inner.endpoint.set(server.url());
+        Ok(server)
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave the state half-updated in a way that
+        // matters to readers here; keep serving.
+        self.inner
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn notify(&self) {
+        self.inner.changed.send_modify(|version| *version += 1);
+    }
+
+    /// Creates a stream; returns its ARN.
+    pub fn create_stream(&self, name: &str) -> Result<String, KvsError> {
+        let mut state = self.state();
+        if state.streams.contains_key(name) {
+            return Err(KvsError::StreamExists(name.to_string()));
+        }
+        let created_ms = now_ms();
+        let arn = format!(
+            "arn:aws:kinesisvideo:{}:{}:stream/{name}/{created_ms}",
+            self.inner.options.region, self.inner.options.account
+        );
+        state.streams.insert(
+            name.to_string(),
+            Stream {
+                name: name.to_string(),
+                arn: arn.clone(),
+                created_s: created_ms as f64 / 1000.0,
+                fragments: Vec::new(),
+                closed: false,
+                recent_get_media: VecDeque::new(),
+            },
+        );
+        Ok(arn)
+    }
+
+    /// Appends one KVS chunk (a complete EBML document) to a stream; returns its fragment
+    /// number (the chunk's own AWS_KINESISVIDEO_FRAGMENT_NUMBER, or a generated one).
+    pub fn put_chunk(&self, stream: &str, chunk: Bytes) -> Result<String, KvsError> {
+        let start = fragment_start(&chunk).map_err(|problem| KvsError::BadMedia {
+            stream: stream.to_string(),
+            problem,
+        })?;
+        let mut state = self.state();
+        let number = match start.as_ref().and_then(|s| s.fragment_number.clone()) {
+            Some(number) => number,
+            None => {
+                state.generated_numbers += 1;
+                ConnectWriter::fragment_number(state.generated_numbers)
+            }
+        };
+        let entry = state
+            .streams
+            .get_mut(stream)
+            .ok_or_else(|| KvsError::NoSuchStream(stream.to_string()))?;
+        entry.fragments.push(StoredFragment {
+            number: number.clone(),
+            producer_ms: start.as_ref().and_then(|s| s.producer_timestamp_ms),
+            server_ms: start
+                .as_ref()
+                .and_then(|s| s.server_timestamp_ms)
+                .unwrap_or_else(now_ms),
+            chunk,
+        });
+        drop(state);
+        self.notify();
+        Ok(number)
+    }
+
+    /// Appends every chunk of a capture (concatenated GetMedia chunks); returns how many.
+    pub fn put_capture(&self, stream: &str, capture: &[u8]) -> Result<usize, KvsError> {
+        let chunks = capture_chunks(stream, capture)?;
+        let count = chunks.len();
+        for chunk in chunks {
+            self.put_chunk(stream, chunk)?;
+        }
+        Ok(count)
+    }
+
+    /// Marks the stream finished: GetMedia responses end after its last fragment.
+    pub fn close_stream(&self, stream: &str) -> Result<(), KvsError> {
+        let mut state = self.state();
+        let entry = state
+            .streams
+            .get_mut(stream)
+            .ok_or_else(|| KvsError::NoSuchStream(stream.to_string()))?;
+        entry.closed = true;
+        drop(state);
+        self.notify();
+        Ok(())
+    }
+
+    /// Fragment numbers of a stream, in order.
+    pub fn fragment_numbers(&self, stream: &str) -> Result<Vec<String>, KvsError> {
+        let state = self.state();
+        let entry = state
+            .streams
+            .get(stream)
+            .ok_or_else(|| KvsError::NoSuchStream(stream.to_string()))?;
+        Ok(entry.fragments.iter().map(|f| f.number.clone()).collect())
+    }
+
+    /// Plays chunks into a stream live: each is appended when its producer timestamp comes
+    /// due relative to the first (divided by `speed`; 0 appends all at once), then the stream
+    /// is closed, as when a Connect call ends.
+    pub fn play(
+        &self,
+        stream: &str,
+        chunks: Vec<Bytes>,
+        speed: f64,
+    ) -> JoinHandle<Result<(), KvsError>> {
+        let kvs = self.clone();
+        let stream = stream.to_string();
+        tokio::spawn(async move {
+            let started = tokio::time::Instant::now();
+            let mut first_ms = None;
+            for chunk in chunks {
+                let producer_ms = fragment_start(&chunk)
+                    .ok()
+                    .flatten()
+                    .and_then(|s| s.producer_timestamp_ms);
+                if let (Some(ms), true) = (producer_ms, speed > 0.0) {
+                    let first = *first_ms.get_or_insert(ms);
+                    let due =
+                        Duration::from_secs_f64(ms.saturating_sub(first) as f64 / 1000.0 / speed);
+                    tokio::time::sleep_until(started + due).await;
+                }
+                kvs.put_chunk(&stream, chunk)?;
+            }
+            kvs.close_stream(&stream)
+        })
+    }
+
+    async fn handle(&self, request: Request<Incoming>) -> Response<Body> {
+        if request.method() != Method::POST {
+            return aws_error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "InvalidArgumentException",
+                "Kinesis Video Streams APIs are called with POST",
+            );
+        }
+        let path = request.uri().path().to_string();
+        let body = match read_body(request, MAX_REQUEST_BYTES).await {
+            Ok(body) => body,
+            Err(message) => {
+                return aws_error(
+                    StatusCode::BAD_REQUEST,
+                    "InvalidArgumentException",
+                    &message,
+                );
+            }
+        };
+        let input: Value = if body.is_empty() {
+            json!({})
+        } else {
+            match serde_json::from_slice(&body) {
+                Ok(value @ Value::Object(_)) => value,
+                Ok(_) | Err(_) => {
+                    return aws_error(
+                        StatusCode::BAD_REQUEST,
+                        "SerializationException",
+                        "request body is not a JSON object",
+                    );
+                }
+            }
+        };
+        match path.as_str() {
+            "/getDataEndpoint" => self.get_data_endpoint(&input),
+            "/describeStream" => self.describe_stream(&input),
+            "/createStream" => self.create_stream_api(&input),
+            "/listStreams" => self.list_streams(),
+            "/getMedia" => self.get_media(&input),
+            other => aws_error(
+                StatusCode::NOT_FOUND,
+                "UnknownOperationException",
+                &format!("no Kinesis Video Streams operation at {other}"),
+            ),
+        }
+    }
+
+    /// The stream a request names by StreamName or StreamARN.
+    fn named_stream(&self, input: &Value) -> Result<String, ApiError> {
+        let name = input.get("StreamName").and_then(Value::as_str);
+        let arn = input.get("StreamARN").and_then(Value::as_str);
+        let state = self.state();
+        let found = match (name, arn) {
+            (Some(name), _) => state.streams.get(name).map(|s| s.name.clone()),
+            (None, Some(arn)) => state
+                .streams
+                .values()
+                .find(|s| s.arn == arn)
+                .map(|s| s.name.clone()),
+            (None, None) => {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "InvalidArgumentException",
+                    "either StreamName or StreamARN must be given",
+                ));
+            }
+        };
+        found.ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "ResourceNotFoundException",
+                format!(
+                    "The requested stream is not found or not active: {}",
+                    name.or(arn).unwrap_or_default()
+                ),
+            )
+        })
+    }
+
+    fn get_data_endpoint(&self, input: &Value) -> Response<Body> {
+        if let Err(error) = self.named_stream(input) {
+            return error.into_response();
+        }
+        match input.get("APIName").and_then(Value::as_str) {
+            Some(
+                "GET_MEDIA"
+                | "PUT_MEDIA"
+                | "GET_MEDIA_FOR_FRAGMENT_LIST"
+                | "LIST_FRAGMENTS"
+                | "GET_HLS_STREAMING_SESSION_URL"
+                | "GET_DASH_STREAMING_SESSION_URL"
+                | "GET_CLIP"
+                | "GET_IMAGES",
+            ) => {}
+            other => {
+                return aws_error(
+                    StatusCode::BAD_REQUEST,
+                    "InvalidArgumentException",
+                    &format!("APIName {other:?} is not a Kinesis Video Streams data API"),
+                );
+            }
+        }
+        let endpoint = self.inner.endpoint.get().cloned().unwrap_or_default();
+        json_response(&json!({ "DataEndpoint": endpoint }))
+    }
+
+    fn stream_info(stream: &Stream) -> Value {
+        json!({
+            "DeviceName": "Amazon Connect",
+            "StreamName": stream.name,
+            "StreamARN": stream.arn,
+            "MediaType": "audio/L16",
+            "KmsKeyId": "arn:aws:kms:us-east-1:123456789012:alias/aws/kinesisvideo",
+            "Version": "1",
+            "Status": "ACTIVE",
+            "CreationTime": stream.created_s,
+            "DataRetentionInHours": 24,
+        })
+    }
+
+    fn describe_stream(&self, input: &Value) -> Response<Body> {
+        let name = match self.named_stream(input) {
+            Ok(name) => name,
+            Err(error) => return error.into_response(),
+        };
+        let state = self.state();
+        match state.streams.get(&name) {
+            Some(stream) => json_response(&json!({ "StreamInfo": Self::stream_info(stream) })),
+            None => aws_error(
+                StatusCode::NOT_FOUND,
+                "ResourceNotFoundException",
+                "stream vanished",
+            ),
+        }
+    }
+
+    fn create_stream_api(&self, input: &Value) -> Response<Body> {
+        let Some(name) = input.get("StreamName").and_then(Value::as_str) else {
+            return aws_error(
+                StatusCode::BAD_REQUEST,
+                "InvalidArgumentException",
+                "StreamName is required",
+            );
+        };
+        match self.create_stream(name) {
+            Ok(arn) => json_response(&json!({ "StreamARN": arn })),
+            Err(error) => aws_error(
+                StatusCode::BAD_REQUEST,
+                "ResourceInUseException",
+                &error.to_string(),
+            ),
+        }
+    }
+
+    fn list_streams(&self) -> Response<Body> {
+        let state = self.state();
+        let infos: Vec<Value> = state.streams.values().map(Self::stream_info).collect();
+        json_response(&json!({ "StreamInfoList": infos }))
+    }
+
+    fn get_media(&self, input: &Value) -> Response<Body> {
+        let name = match self.named_stream(input) {
+            Ok(name) => name,
+            Err(error) => return error.into_response(),
+        };
+        let start = match self.start_of(&name, input.get("StartSelector")) {
+            Ok(start) => start,
+            Err(error) => return error.into_response(),
+        };
+        let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, Infallible>>(4);
+        let kvs = self.clone();
+        tokio::spawn(async move { kvs.stream_media(name, start, tx).await });
+        let body = StreamBody::new(ReceiverStream::new(rx)).boxed();
+        Response::builder()
+            .status(StatusCode::OK)
+            .header("content-type", "video/webm")
+            .body(body)
+            .expect("static response parts are valid")
+    }
+
+    /// Applies the rate limit and resolves the StartSelector.
+    fn start_of(&self, name: &str, selector: Option<&Value>) -> Result<Start, ApiError> {
+        let bad = |message: String| {
+            ApiError::new(StatusCode::BAD_REQUEST, "InvalidArgumentException", message)
+        };
+        let selector = selector
+            .and_then(Value::as_object)
+            .ok_or_else(|| bad("StartSelector is required".to_string()))?;
+        let kind = selector
+            .get("StartSelectorType")
+            .and_then(Value::as_str)
+            .ok_or_else(|| bad("StartSelector.StartSelectorType is required".to_string()))?;
+        let include = self.inner.options.include_named_fragment;
+        let mut state = self.state();
+        let stream = state.streams.get_mut(name).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "ResourceNotFoundException",
+                "stream vanished",
+            )
+        })?;
+        let now = Instant::now();
+        while stream
+            .recent_get_media
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(1))
+        {
+            stream.recent_get_media.pop_front();
+        }
+        if stream.recent_get_media.len() >= self.inner.options.get_media_per_second {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "ClientLimitExceededException",
+                format!(
+                    "GetMedia on stream {name} is limited to {} calls per second",
+                    self.inner.options.get_media_per_second
+                ),
+            ));
+        }
+        stream.recent_get_media.push_back(now);
+        let fragments = &stream.fragments;
+        let by_number = |field: &str| -> Result<Start, ApiError> {
+            let number = selector
+                .get(field)
+                .and_then(Value::as_str)
+                .ok_or_else(|| bad(format!("StartSelector.{field} is required for {kind}")))?;
+            Ok(match fragments.iter().position(|f| f.number == number) {
+                Some(index) => Start::Index(if include { index } else { index + 1 }),
+                None => Start::NotFound(number.to_string()),
+            })
+        };
+        let by_time = |server: bool| -> Result<Start, ApiError> {
+            let seconds = selector
+                .get("StartTimestamp")
+                .and_then(Value::as_f64)
+                .ok_or_else(|| {
+                    bad(format!(
+                        "StartSelector.StartTimestamp is required for {kind}"
+                    ))
+                })?;
+            let at_ms = (seconds * 1000.0).round() as u64;
+            let time = |f: &StoredFragment| {
+                if server {
+                    Some(f.server_ms)
+                } else {
+                    f.producer_ms
+                }
+            };
+            // The fragment containing the time: the last one starting at or before it.
+            let containing = fragments
+                .iter()
+                .rposition(|f| time(f).is_some_and(|t| t <= at_ms))
+                .unwrap_or(0);
+            Ok(Start::Index(containing))
+        };
+        match kind {
+            "NOW" => Ok(Start::Index(fragments.len())),
+            "EARLIEST" => Ok(Start::Index(0)),
+            "FRAGMENT_NUMBER" => by_number("AfterFragmentNumber"),
+            "CONTINUATION_TOKEN" => by_number("ContinuationToken"),
+            "SERVER_TIMESTAMP" => by_time(true),
+            "PRODUCER_TIMESTAMP" => by_time(false),
+            other => Err(bad(format!(
+                "StartSelectorType {other:?} is not one of NOW, EARLIEST, FRAGMENT_NUMBER, SERVER_TIMESTAMP, PRODUCER_TIMESTAMP, CONTINUATION_TOKEN"
+            ))),
+        }
+    }
+
+    /// Sends chunks from `start` as they become available until the stream is closed or the
+    /// client goes away.
+    async fn stream_media(
+        &self,
+        name: String,
+        start: Start,
+        tx: mpsc::Sender<Result<Frame<Bytes>, Infallible>>,
+    ) {
+        let mut next = match start {
+            Start::Index(index) => index,
+            Start::NotFound(number) => {
+                let chunk = ConnectWriter::error_chunk(
+                    &format!("Requested fragment {number} is not found"),
+                    "4000",
+                );
+                let _ = tx.send(Ok(Frame::data(Bytes::from(chunk)))).await;
+                return;
+            }
+        };
+        let mut changed = self.inner.changed.subscribe();
+        loop {
+            changed.borrow_and_update();
+            let (batch, closed) = {
+                let state = self.state();
+                let Some(stream) = state.streams.get(&name) else {
+                    return;
+                };
+                let batch: Vec<Bytes> = stream
+                    .fragments
+                    .get(next..)
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|f| f.chunk.clone())
+                    .collect();
+                (batch, stream.closed)
+            };
+            if batch.is_empty() {
+                if closed || changed.changed().await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            for chunk in batch {
+                if tx.send(Ok(Frame::data(chunk))).await.is_err() {
+                    return;
+                }
+                next += 1;
+            }
+        }
+    }
+}
+
+/// The KVS start bookkeeping of a chunk, if it carries any; an error if it is not media.
+fn fragment_start(chunk: &[u8]) -> Result<Option<kvs_media::FragmentStart>, String> {
+    let mut reader = FragmentReader::new();
+    reader.push(chunk);
+    reader.end_of_input();
+    let mut start = None;
+    loop {
+        match reader.next_event() {
+            Ok(Some(MediaEvent::FragmentStart(s))) if start.is_none() => start = Some(s),
+            Ok(Some(_)) => {}
+            Ok(None) => return Ok(start),
+            Err(error) => return Err(error.to_string()),
+        }
+    }
+}
+
+fn capture_chunks(stream: &str, capture: &[u8]) -> Result<Vec<Bytes>, KvsError> {
+    let capture = Bytes::copy_from_slice(capture);
+    let ranges = split_chunks(&capture).map_err(|error| KvsError::BadMedia {
+        stream: stream.to_string(),
+        problem: error.to_string(),
+    })?;
+    Ok(ranges
+        .into_iter()
+        .map(|range| capture.slice(range))
+        .collect())
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,10 @@
+//! Local stand-ins for the AWS services no emulator covers, speaking their real wire
+//! protocols so that the unmodified AWS SDK clients are what tests and the demo exercise.
+//! Only the endpoint differs. Everything binds to loopback.
+//!
+//! So far: Kinesis Video Streams ([`kvs`]): the control plane (GetDataEndpoint,
+//! DescribeStream, CreateStream, ListStreams) and the media plane (GetMedia) with every start
+//! selector, live delivery from an in-process producer, and KVS's errors.
+
+pub mod http;
+pub mod kvs;
