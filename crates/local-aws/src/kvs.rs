@@ -7,7 +7,6 @@
 //! quiet, and ends the response when the stream is closed — as KVS does for a finished call.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::convert::Infallible;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -21,7 +20,9 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::http::{ApiError, Body, Server, aws_error, json as json_response, read_body, serve};
+use crate::http::{
+    ApiError, Body, BodyError, Server, aws_error, json as json_response, read_body, serve,
+};
 
 /// Largest control-plane or GetMedia request body accepted.
 const MAX_REQUEST_BYTES: usize = 64 << 10;
@@ -49,6 +50,32 @@ impl Default for KvsOptions {
             account: "123456789012".to_string(),
         }
     }
+}
+
+/// A fault the next GetMedia session on a stream suffers (one fault per session, in the
+/// order injected), for testing how a consumer recovers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    /// The connection is cut (no clean end of the chunked body) after this many bytes.
+    CutAfterBytes(u64),
+    /// The connection is cut after this many whole fragments.
+    CutAfterFragments(usize),
+    /// The session pauses this long before sending its `fragment`-th fragment (0-based).
+    StallBefore {
+        /// Index within the session.
+        fragment: usize,
+        /// How long nothing is sent.
+        duration: Duration,
+    },
+    /// An error chunk is sent after this many fragments, and the response ends.
+    ErrorChunkAfter {
+        /// Fragments sent first.
+        fragments: usize,
+        /// AWS_KINESISVIDEO_ERROR_CODE (KVS: a description).
+        code: String,
+        /// AWS_KINESISVIDEO_ERROR_ID (KVS: the numeric code, e.g. 4000, 4500).
+        id: String,
+    },
 }
 
 /// What went wrong with a producer-side call.
@@ -87,6 +114,7 @@ struct Stream {
     fragments: Vec<StoredFragment>,
     closed: bool,
     recent_get_media: VecDeque<Instant>,
+    faults: VecDeque<Fault>,
 }
 
 #[derive(Debug, Default)]
@@ -178,6 +206,7 @@ impl Kvs {
                 fragments: Vec::new(),
                 closed: false,
                 recent_get_media: VecDeque::new(),
+                faults: VecDeque::new(),
             },
         );
         Ok(arn)
@@ -236,6 +265,17 @@ impl Kvs {
         entry.closed = true;
         drop(state);
         self.notify();
+        Ok(())
+    }
+
+    /// Queues a fault for the next GetMedia session on the stream.
+    pub fn inject(&self, stream: &str, fault: Fault) -> Result<(), KvsError> {
+        let mut state = self.state();
+        let entry = state
+            .streams
+            .get_mut(stream)
+            .ok_or_else(|| KvsError::NoSuchStream(stream.to_string()))?;
+        entry.faults.push_back(fault);
         Ok(())
     }
 
@@ -445,13 +485,13 @@ impl Kvs {
             Ok(name) => name,
             Err(error) => return error.into_response(),
         };
-        let start = match self.start_of(&name, input.get("StartSelector")) {
+        let (start, fault) = match self.start_of(&name, input.get("StartSelector")) {
             Ok(start) => start,
             Err(error) => return error.into_response(),
         };
-        let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, Infallible>>(4);
+        let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, BodyError>>(4);
         let kvs = self.clone();
-        tokio::spawn(async move { kvs.stream_media(name, start, tx).await });
+        tokio::spawn(async move { kvs.stream_media(name, start, fault, tx).await });
         let body = StreamBody::new(ReceiverStream::new(rx)).boxed();
         Response::builder()
             .status(StatusCode::OK)
@@ -461,7 +501,11 @@ impl Kvs {
     }
 
     /// Applies the rate limit and resolves the StartSelector.
-    fn start_of(&self, name: &str, selector: Option<&Value>) -> Result<Start, ApiError> {
+    fn start_of(
+        &self,
+        name: &str,
+        selector: Option<&Value>,
+    ) -> Result<(Start, Option<Fault>), ApiError> {
         let bad = |message: String| {
             ApiError::new(StatusCode::BAD_REQUEST, "InvalidArgumentException", message)
         };
@@ -500,6 +544,7 @@ impl Kvs {
             ));
         }
         stream.recent_get_media.push_back(now);
+        let fault = stream.faults.pop_front();
         let fragments = &stream.fragments;
         let by_number = |field: &str| -> Result<Start, ApiError> {
             let number = selector
@@ -535,26 +580,30 @@ impl Kvs {
                 .unwrap_or(0);
             Ok(Start::Index(containing))
         };
-        match kind {
-            "NOW" => Ok(Start::Index(fragments.len())),
-            "EARLIEST" => Ok(Start::Index(0)),
-            "FRAGMENT_NUMBER" => by_number("AfterFragmentNumber"),
-            "CONTINUATION_TOKEN" => by_number("ContinuationToken"),
-            "SERVER_TIMESTAMP" => by_time(true),
-            "PRODUCER_TIMESTAMP" => by_time(false),
-            other => Err(bad(format!(
-                "StartSelectorType {other:?} is not one of NOW, EARLIEST, FRAGMENT_NUMBER, SERVER_TIMESTAMP, PRODUCER_TIMESTAMP, CONTINUATION_TOKEN"
-            ))),
-        }
+        let start = match kind {
+            "NOW" => Start::Index(fragments.len()),
+            "EARLIEST" => Start::Index(0),
+            "FRAGMENT_NUMBER" => by_number("AfterFragmentNumber")?,
+            "CONTINUATION_TOKEN" => by_number("ContinuationToken")?,
+            "SERVER_TIMESTAMP" => by_time(true)?,
+            "PRODUCER_TIMESTAMP" => by_time(false)?,
+            other => {
+                return Err(bad(format!(
+                    "StartSelectorType {other:?} is not one of NOW, EARLIEST, FRAGMENT_NUMBER, SERVER_TIMESTAMP, PRODUCER_TIMESTAMP, CONTINUATION_TOKEN"
+                )));
+            }
+        };
+        Ok((start, fault))
     }
 
     /// Sends chunks from `start` as they become available until the stream is closed or the
-    /// client goes away.
+    /// client goes away, suffering `fault` if one was injected.
     async fn stream_media(
         &self,
         name: String,
         start: Start,
-        tx: mpsc::Sender<Result<Frame<Bytes>, Infallible>>,
+        fault: Option<Fault>,
+        tx: mpsc::Sender<Result<Frame<Bytes>, BodyError>>,
     ) {
         let mut next = match start {
             Start::Index(index) => index,
@@ -567,6 +616,8 @@ impl Kvs {
                 return;
             }
         };
+        let mut sent_fragments = 0usize;
+        let mut sent_bytes = 0u64;
         let mut changed = self.inner.changed.subscribe();
         loop {
             changed.borrow_and_update();
@@ -590,14 +641,53 @@ impl Kvs {
                 }
                 continue;
             }
-            for chunk in batch {
+            for mut chunk in batch {
+                match &fault {
+                    Some(Fault::CutAfterFragments(n)) if sent_fragments == *n => {
+                        cut_connection(&tx).await;
+                        return;
+                    }
+                    Some(Fault::CutAfterBytes(n)) if sent_bytes + chunk.len() as u64 > *n => {
+                        let keep = (*n - sent_bytes) as usize;
+                        let _ = tx.send(Ok(Frame::data(chunk.split_to(keep)))).await;
+                        cut_connection(&tx).await;
+                        return;
+                    }
+                    Some(Fault::StallBefore { fragment, duration })
+                        if sent_fragments == *fragment =>
+                    {
+                        tokio::time::sleep(*duration).await;
+                    }
+                    Some(Fault::ErrorChunkAfter {
+                        fragments,
+                        code,
+                        id,
+                    }) if sent_fragments == *fragments => {
+                        let chunk = ConnectWriter::error_chunk(code, id);
+                        let _ = tx.send(Ok(Frame::data(Bytes::from(chunk)))).await;
+                        return;
+                    }
+                    _ => {}
+                }
+                sent_bytes += chunk.len() as u64;
                 if tx.send(Ok(Frame::data(chunk))).await.is_err() {
                     return;
                 }
+                sent_fragments += 1;
                 next += 1;
             }
         }
     }
+}
+
+/// Aborts a streaming response once everything sent before has reached the socket, so the
+/// client receives exactly the bytes before the cut and then a broken connection.
+async fn cut_connection(tx: &mpsc::Sender<Result<Frame<Bytes>, BodyError>>) {
+    while tx.capacity() < tx.max_capacity() {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let _ = tx.send(Err("injected fault: connection cut".into())).await;
 }
 
 /// The KVS start bookkeeping of a chunk, if it carries any; an error if it is not media.

@@ -8,7 +8,7 @@ use aws_sdk_kinesisvideo::types::ApiName;
 use aws_sdk_kinesisvideomedia::types::{StartSelector, StartSelectorType};
 use bytes::Bytes;
 use kvs_media::{ConnectWriter, FragmentReader, MediaEvent, WriterOptions, split_chunks};
-use local_aws::kvs::{Kvs, KvsOptions};
+use local_aws::kvs::{Fault, Kvs, KvsOptions};
 
 fn fixture(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -403,4 +403,200 @@ async fn malformed_requests_get_aws_shaped_errors_not_hangs() {
 #[test]
 fn the_capture_splits_into_its_sixty_chunks() {
     assert_eq!(split_chunks(&sample_call()).unwrap().len(), 60);
+}
+
+/// Reads a GetMedia response until it ends or breaks; returns the events read and whether
+/// the connection broke.
+async fn read_until_cut(
+    output: aws_sdk_kinesisvideomedia::operation::get_media::GetMediaOutput,
+) -> (Vec<MediaEvent>, bool) {
+    let (events, broke, _) = read_counting(output).await;
+    (events, broke)
+}
+
+async fn read_counting(
+    output: aws_sdk_kinesisvideomedia::operation::get_media::GetMediaOutput,
+) -> (Vec<MediaEvent>, bool, usize) {
+    let mut payload = output.payload;
+    let mut reader = FragmentReader::new();
+    let mut events = Vec::new();
+    let mut received = 0;
+    let broke = loop {
+        match payload.try_next().await {
+            Ok(Some(bytes)) => {
+                received += bytes.len();
+                reader.push(&bytes);
+                while let Ok(Some(event)) = reader.next_event() {
+                    events.push(event);
+                }
+            }
+            Ok(None) => break false,
+            Err(_) => break true,
+        }
+    };
+    (events, broke, received)
+}
+
+fn last_continuation_token(events: &[MediaEvent]) -> Option<String> {
+    events.iter().rev().find_map(|e| match e {
+        MediaEvent::FragmentEnd(end) => end.continuation_token.clone(),
+        _ => None,
+    })
+}
+
+#[tokio::test]
+async fn a_cut_connection_resumes_from_the_continuation_token_without_loss_or_repeats() {
+    for include in [false, true] {
+        let (kvs, _server, media) = sample_call_server(KvsOptions {
+            include_named_fragment: include,
+            ..KvsOptions::default()
+        })
+        .await;
+        let numbers = kvs.fragment_numbers("call").unwrap();
+        kvs.inject("call", Fault::CutAfterBytes(500_000)).unwrap();
+        let output = media
+            .get_media()
+            .stream_name("call")
+            .start_selector(selector(StartSelectorType::Earliest).build().unwrap())
+            .send()
+            .await
+            .unwrap();
+        let (first, broke) = read_until_cut(output).await;
+        assert!(
+            broke,
+            "the client sees the cut as an error, not a clean end"
+        );
+        let token = last_continuation_token(&first).expect("some complete fragments");
+        let complete: Vec<String> = fragment_numbers(&first)
+            .into_iter()
+            .take_while(|n| *n != token)
+            .chain([token.clone()])
+            .collect();
+        let output = media
+            .get_media()
+            .stream_name("call")
+            .start_selector(
+                selector(StartSelectorType::ContinuationToken)
+                    .continuation_token(&token)
+                    .build()
+                    .unwrap(),
+            )
+            .send()
+            .await
+            .unwrap();
+        let mut rest = fragment_numbers(&read_all(output).await);
+        if include {
+            assert_eq!(
+                rest.first(),
+                Some(&token),
+                "inclusive reading repeats the named fragment"
+            );
+            rest.remove(0);
+        }
+        let all: Vec<String> = complete.into_iter().chain(rest).collect();
+        assert_eq!(all, numbers, "include={include}");
+    }
+}
+
+#[tokio::test]
+async fn injected_cuts_stalls_and_error_chunks() {
+    let (kvs, _server, media) = sample_call_server(KvsOptions::default()).await;
+    let earliest = || {
+        media
+            .get_media()
+            .stream_name("call")
+            .start_selector(selector(StartSelectorType::Earliest).build().unwrap())
+            .send()
+    };
+    kvs.inject("call", Fault::CutAfterBytes(123_456)).unwrap();
+    kvs.inject("call", Fault::CutAfterFragments(3)).unwrap();
+    kvs.inject(
+        "call",
+        Fault::ErrorChunkAfter {
+            fragments: 2,
+            code: "KMS key is disabled".into(),
+            id: "4501".into(),
+        },
+    )
+    .unwrap();
+    kvs.inject(
+        "call",
+        Fault::StallBefore {
+            fragment: 1,
+            duration: Duration::from_millis(1500),
+        },
+    )
+    .unwrap();
+
+    let (_, broke, received) = read_counting(earliest().await.unwrap()).await;
+    assert!(broke);
+    assert_eq!(received, 123_456, "exactly the bytes before the cut arrive");
+
+    let (events, broke) = read_until_cut(earliest().await.unwrap()).await;
+    assert!(broke);
+    assert_eq!(fragment_numbers(&events).len(), 3);
+
+    let (events, broke) = read_until_cut(earliest().await.unwrap()).await;
+    assert!(!broke);
+    assert_eq!(fragment_numbers(&events).len(), 2);
+    assert!(
+        matches!(events.last(), Some(MediaEvent::Error(e)) if e.id == "4501"),
+        "{:?}",
+        events.last()
+    );
+
+    let started = std::time::Instant::now();
+    let (events, broke) = read_until_cut(earliest().await.unwrap()).await;
+    assert!(!broke);
+    assert_eq!(
+        fragment_numbers(&events).len(),
+        60,
+        "a stall delays but loses nothing"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(1400));
+}
+
+#[tokio::test]
+async fn the_next_contact_on_a_reused_stream_follows_on_the_same_session() {
+    let kvs = Kvs::new(KvsOptions::default());
+    let server = kvs.serve(0).await.unwrap();
+    kvs.create_stream("reused").unwrap();
+    let pcm = vec![1u8; 2 * 8000 * 2];
+    let first: Vec<Bytes> = ConnectWriter::new(WriterOptions {
+        contact_id: "first".into(),
+        ..WriterOptions::default()
+    })
+    .call(&pcm, &pcm, 1_700_000_000_000)
+    .into_iter()
+    .map(Bytes::from)
+    .collect();
+    let second: Vec<Bytes> = ConnectWriter::new(WriterOptions {
+        contact_id: "second".into(),
+        ..WriterOptions::default()
+    })
+    .call(&pcm, &pcm, 1_700_000_060_000)
+    .into_iter()
+    .map(Bytes::from)
+    .collect();
+    for chunk in first {
+        kvs.put_chunk("reused", chunk).unwrap();
+    }
+    let output = media(&server.url())
+        .get_media()
+        .stream_name("reused")
+        .start_selector(selector(StartSelectorType::Earliest).build().unwrap())
+        .send()
+        .await
+        .unwrap();
+    let reading = tokio::spawn(read_all(output));
+    kvs.play("reused", second, 0.0).await.unwrap().unwrap();
+    let events = reading.await.unwrap();
+    let contacts: Vec<String> = events
+        .iter()
+        .filter_map(|e| match e {
+            MediaEvent::Tag(t) if t.name == "ContactId" => t.value.as_str().map(str::to_string),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(contacts, ["first", "first", "second", "second"]);
 }
