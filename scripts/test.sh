@@ -13,6 +13,10 @@ cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked
 
+# Clients written by others (boto3) against `lca-kvs local`.
+cargo build --locked -q -p lca-kvs
+bash tests/interop/run.sh
+
 # Smoke runs: the README's main command and the benchmark's correctness check stay working.
 cargo run --locked -q -p lca-kvs -- demo --recording-out target/demo-recording.wav > /dev/null
 cargo run --locked -q -p lca-tests --bin media-bench -- --minutes 2 --skip-node

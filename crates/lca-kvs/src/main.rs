@@ -15,6 +15,7 @@ use lca_kvs::extract::{CallExtractor, ExtractStop};
 use lca_kvs::inspect::Inspector;
 
 mod demo;
+mod local;
 
 #[derive(Parser)]
 #[command(
@@ -48,6 +49,10 @@ enum Command {
         #[arg(long)]
         contact_id: Option<String>,
     },
+    /// Local stand-ins for AWS (so far Kinesis Video Streams) on loopback: prints
+    /// `export AWS_ENDPOINT_URL_<SERVICE>=<url>` lines, then `ready`, and serves until
+    /// interrupted. Each --stream plays its capture live from start-up.
+    Local(local::LocalArgs),
     /// Generate a Connect-shaped call, stream it through the reader and assembler, and write
     /// its recording: the offline core of the product, with no AWS account.
     Demo(demo::DemoArgs),
@@ -63,6 +68,7 @@ fn main() -> ExitCode {
             contact_id,
         } => extract(&file, &output, contact_id),
         Command::Demo(args) => demo::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Local(args) => local::run(args).map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,87 @@
+//! `lca-kvs local`: the local AWS stand-ins in the foreground.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use bytes::Bytes;
+use clap::Args;
+use kvs_media::split_chunks;
+use local_aws::kvs::{Kvs, KvsOptions};
+
+/// Options of `lca-kvs local`.
+#[derive(Args)]
+pub struct LocalArgs {
+    /// A stream to create and play live from start-up: NAME=CAPTURE.mkv (repeatable).
+    #[arg(long = "stream", value_name = "NAME=CAPTURE.mkv")]
+    streams: Vec<String>,
+    /// Playback speed of the captures: 1.0 is real time, 0 appends everything at once.
+    #[arg(long, default_value_t = 1.0)]
+    speed: f64,
+    /// Port of the Kinesis Video Streams stand-in (0: any free port).
+    #[arg(long, default_value_t = 0)]
+    kvs_port: u16,
+    /// FRAGMENT_NUMBER and CONTINUATION_TOKEN start with the named fragment instead of after it.
+    #[arg(long)]
+    include_named_fragment: bool,
+}
+
+/// Runs the stand-ins until Ctrl-C.
+pub fn run(args: LocalArgs) -> Result<()> {
+    if !(args.speed >= 0.0 && args.speed.is_finite()) {
+        bail!("--speed {}: must be 0 or a positive number", args.speed);
+    }
+    let mut streams = Vec::new();
+    for spec in &args.streams {
+        let Some((name, path)) = spec.split_once('=') else {
+            bail!("--stream {spec:?}: expected NAME=CAPTURE.mkv");
+        };
+        let path = PathBuf::from(path);
+        let capture =
+            std::fs::read(&path).with_context(|| format!("{}: cannot read", path.display()))?;
+        let capture = Bytes::from(capture);
+        let chunks = split_chunks(&capture)
+            .with_context(|| format!("{}: not a GetMedia capture", path.display()))?
+            .into_iter()
+            .map(|range| capture.slice(range))
+            .collect::<Vec<_>>();
+        streams.push((name.to_string(), chunks));
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let kvs = Kvs::new(KvsOptions {
+            include_named_fragment: args.include_named_fragment,
+            ..KvsOptions::default()
+        });
+        let server = kvs.serve(args.kvs_port).await.with_context(|| {
+            format!(
+                "cannot listen on 127.0.0.1:{} (port in use? choose another with --kvs-port)",
+                args.kvs_port
+            )
+        })?;
+        let mut players = Vec::new();
+        for (name, chunks) in streams {
+            kvs.create_stream(&name)?;
+            players.push(kvs.play(&name, chunks, args.speed));
+        }
+        let mut out = std::io::stdout().lock();
+        writeln!(
+            out,
+            "export AWS_ENDPOINT_URL_KINESIS_VIDEO={}",
+            server.url()
+        )?;
+        writeln!(out, "ready")?;
+        out.flush()?;
+        drop(out);
+        tokio::signal::ctrl_c()
+            .await
+            .context("cannot wait for Ctrl-C")?;
+        for player in players {
+            player.abort();
+        }
+        Ok(())
+    })
+}
