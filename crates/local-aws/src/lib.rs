@@ -8,3 +8,5 @@
 
 pub mod http;
 pub mod kvs;
+pub mod recognizer;
+pub mod transcribe;

@@ -1,0 +1,332 @@
+//! The local Transcribe Streaming as the unmodified aws-sdk-transcribestreaming client sees it.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use aws_sdk_transcribestreaming::Client;
+use aws_sdk_transcribestreaming::config::{Credentials, Region};
+use aws_sdk_transcribestreaming::primitives::Blob;
+use aws_sdk_transcribestreaming::types::error::AudioStreamError;
+use aws_sdk_transcribestreaming::types::{
+    AudioEvent, AudioStream, CallAnalyticsLanguageCode, ChannelDefinition, ConfigurationEvent,
+    LanguageCode, MediaEncoding, ParticipantRole, TranscriptResultStream,
+};
+use local_aws::transcribe::{CategoryRule, Mode, Transcribe, TranscribeFault, TranscribeOptions};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+fn fixture(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/fixtures")
+        .join(rel)
+}
+
+/// The sample call as interleaved stereo s16le: caller left, agent right.
+fn sample_call_stereo() -> Vec<u8> {
+    let caller = std::fs::read(fixture("connect/sample-call.caller.raw")).unwrap();
+    let agent = std::fs::read(fixture("connect/sample-call.agent.raw")).unwrap();
+    caller
+        .chunks_exact(2)
+        .zip(agent.chunks_exact(2))
+        .flat_map(|(c, a)| [c[0], c[1], a[0], a[1]])
+        .collect()
+}
+
+fn client(url: &str) -> Client {
+    Client::from_conf(
+        aws_sdk_transcribestreaming::Config::builder()
+            .behavior_version_latest()
+            .region(Region::new("us-east-1"))
+            .credentials_provider(Credentials::new("AKIDLOCAL", "secret", None, None, "test"))
+            .endpoint_url(url)
+            .build(),
+    )
+}
+
+/// An audio stream the test feeds: 100 ms stereo chunks of `pcm`, then the end.
+fn audio_events(
+    pcm: &[u8],
+    first: Option<AudioStream>,
+) -> ReceiverStream<Result<AudioStream, AudioStreamError>> {
+    let (tx, rx) = mpsc::channel(2 + pcm.len() / 3200);
+    if let Some(event) = first {
+        tx.try_send(Ok(event)).unwrap();
+    }
+    for chunk in pcm.chunks(3200) {
+        tx.try_send(Ok(AudioStream::AudioEvent(
+            AudioEvent::builder().audio_chunk(Blob::new(chunk)).build(),
+        )))
+        .unwrap();
+    }
+    ReceiverStream::new(rx)
+}
+
+/// Final (not partial) results as (channel, start, end).
+type Finals = Vec<(String, f64, f64)>;
+
+#[tokio::test]
+async fn standard_mode_transcribes_each_turn_on_its_channel_and_receives_every_sample() {
+    let transcribe = Transcribe::new(TranscribeOptions::default());
+    let server = transcribe.serve(0).await.unwrap();
+    let pcm = sample_call_stereo();
+    let mut output = client(&server.url())
+        .start_stream_transcription()
+        .language_code(LanguageCode::EnUs)
+        .media_sample_rate_hertz(8000)
+        .media_encoding(MediaEncoding::Pcm)
+        .enable_channel_identification(true)
+        .number_of_channels(2)
+        .session_id("11111111-2222-4333-8444-555555555555")
+        .vocabulary_name("lca-vocabulary")
+        .audio_stream(audio_events(&pcm, None).into())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        output.session_id.as_deref(),
+        Some("11111111-2222-4333-8444-555555555555")
+    );
+    let mut finals: Finals = Vec::new();
+    let mut partials = 0;
+    while let Some(event) = output.transcript_result_stream.recv().await.unwrap() {
+        let TranscriptResultStream::TranscriptEvent(event) = event else {
+            continue;
+        };
+        for result in event.transcript.unwrap().results.unwrap_or_default() {
+            if result.is_partial {
+                partials += 1;
+            } else {
+                finals.push((
+                    result.channel_id.unwrap(),
+                    result.start_time,
+                    result.end_time,
+                ));
+            }
+        }
+    }
+    // The sample call's turns (fixtures/connect/sample-call.transcript.tsv): 6 agent, 5 caller,
+    // at the times the energy recognizer finds them.
+    let on = |channel: &str| {
+        finals
+            .iter()
+            .filter(|f| f.0 == channel)
+            .map(|f| (f.1, f.2))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        on("ch_0"),
+        [
+            (7.42, 11.94),
+            (18.84, 24.25),
+            (31.24, 33.55),
+            (40.29, 44.16),
+            (51.48, 55.08)
+        ]
+    );
+    assert_eq!(
+        on("ch_1"),
+        [
+            (0.1, 6.34),
+            (13.05, 17.81),
+            (25.34, 30.21),
+            (34.59, 39.29),
+            (45.15, 50.44),
+            (56.07, 60.41)
+        ]
+    );
+    assert!(partials > 20, "partials while voiced: {partials}");
+    let sessions = transcribe.sessions();
+    assert_eq!(sessions.len(), 1);
+    let session = &sessions[0];
+    assert_eq!(session.mode, Mode::Standard);
+    assert!(session.ended_cleanly);
+    assert!(
+        session.audio == pcm,
+        "Transcribe received exactly the call's PCM"
+    );
+    assert_eq!(
+        session
+            .headers
+            .get("x-amzn-transcribe-language-code")
+            .map(String::as_str),
+        Some("en-US")
+    );
+    assert_eq!(
+        session
+            .headers
+            .get("x-amzn-transcribe-vocabulary-name")
+            .map(String::as_str),
+        Some("lca-vocabulary")
+    );
+    assert_eq!(
+        session
+            .headers
+            .get("x-amzn-transcribe-number-of-channels")
+            .map(String::as_str),
+        Some("2")
+    );
+}
+
+#[tokio::test]
+async fn call_analytics_mode_uses_the_configuration_roles_and_raises_categories() {
+    let transcribe = Transcribe::new(TranscribeOptions {
+        categories: vec![CategoryRule {
+            name: "long-agent-turn".to_string(),
+            participant_role: "AGENT".to_string(),
+            min_seconds: 6.0,
+        }],
+        ..TranscribeOptions::default()
+    });
+    let server = transcribe.serve(0).await.unwrap();
+    let pcm = sample_call_stereo();
+    let configuration = AudioStream::ConfigurationEvent(
+        ConfigurationEvent::builder()
+            .channel_definitions(
+                ChannelDefinition::builder()
+                    .channel_id(0)
+                    .participant_role(ParticipantRole::Customer)
+                    .build()
+                    .unwrap(),
+            )
+            .channel_definitions(
+                ChannelDefinition::builder()
+                    .channel_id(1)
+                    .participant_role(ParticipantRole::Agent)
+                    .build()
+                    .unwrap(),
+            )
+            .build(),
+    );
+    let mut output = client(&server.url())
+        .start_call_analytics_stream_transcription()
+        .language_code(CallAnalyticsLanguageCode::EnUs)
+        .media_sample_rate_hertz(8000)
+        .media_encoding(MediaEncoding::Pcm)
+        .audio_stream(audio_events(&pcm, Some(configuration)).into())
+        .send()
+        .await
+        .unwrap();
+    let mut customer = 0;
+    let mut agent = 0;
+    let mut categories = Vec::new();
+    while let Some(event) = output
+        .call_analytics_transcript_result_stream
+        .recv()
+        .await
+        .unwrap()
+    {
+        use aws_sdk_transcribestreaming::types::CallAnalyticsTranscriptResultStream as S;
+        match event {
+            S::UtteranceEvent(u) if !u.is_partial => match u.participant_role {
+                Some(ParticipantRole::Customer) => customer += 1,
+                Some(ParticipantRole::Agent) => agent += 1,
+                other => panic!("role {other:?}"),
+            },
+            S::CategoryEvent(c) => categories.extend(c.matched_categories.unwrap_or_default()),
+            _ => {}
+        }
+    }
+    assert_eq!((customer, agent), (5, 6));
+    assert_eq!(categories, ["long-agent-turn"]);
+    let session = &transcribe.sessions()[0];
+    assert_eq!(session.mode, Mode::CallAnalytics);
+    assert!(session.configuration.is_some());
+    assert!(session.audio == pcm);
+}
+
+#[tokio::test]
+async fn invalid_combinations_are_bad_requests_before_streaming() {
+    let transcribe = Transcribe::new(TranscribeOptions::default());
+    let server = transcribe.serve(0).await.unwrap();
+    let client = client(&server.url());
+    let error = client
+        .start_stream_transcription()
+        .language_code(LanguageCode::EnUs)
+        .media_sample_rate_hertz(8000)
+        .media_encoding(MediaEncoding::Pcm)
+        .number_of_channels(2)
+        .audio_stream(audio_events(&[0; 3200], None).into())
+        .send()
+        .await
+        .unwrap_err();
+    let error = error.into_service_error();
+    assert!(error.is_bad_request_exception(), "{error:?}");
+    assert!(
+        format!("{error:?}").contains("channel identification"),
+        "{error:?}"
+    );
+    let error = client
+        .start_stream_transcription()
+        .identify_language(true)
+        .language_options("en-US,es-US")
+        .language_model_name("my-model")
+        .media_sample_rate_hertz(8000)
+        .media_encoding(MediaEncoding::Pcm)
+        .audio_stream(audio_events(&[0; 3200], None).into())
+        .send()
+        .await
+        .unwrap_err();
+    assert!(error.into_service_error().is_bad_request_exception());
+    assert!(transcribe.sessions().is_empty());
+}
+
+#[tokio::test]
+async fn injected_exceptions_end_the_stream_mid_call() {
+    let transcribe = Transcribe::new(TranscribeOptions::default());
+    let server = transcribe.serve(0).await.unwrap();
+    transcribe.inject(TranscribeFault::ExceptionAfter {
+        seconds: 2.0,
+        exception: "LimitExceededException".into(),
+    });
+    let pcm = sample_call_stereo();
+    let mut output = client(&server.url())
+        .start_stream_transcription()
+        .language_code(LanguageCode::EnUs)
+        .media_sample_rate_hertz(8000)
+        .media_encoding(MediaEncoding::Pcm)
+        .enable_channel_identification(true)
+        .number_of_channels(2)
+        .audio_stream(audio_events(&pcm, None).into())
+        .send()
+        .await
+        .unwrap();
+    let error = loop {
+        match output.transcript_result_stream.recv().await {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("stream ended without the injected exception"),
+            Err(error) => break error,
+        }
+    };
+    let error = error.into_service_error();
+    assert!(error.is_limit_exceeded_exception(), "{error:?}");
+    let session = &transcribe.sessions()[0];
+    assert_eq!(session.exception.as_deref(), Some("LimitExceededException"));
+    assert_eq!(
+        session.audio.len(),
+        2 * 8000 * 4,
+        "stopped after 2 s of audio"
+    );
+}
+
+#[tokio::test]
+async fn a_stream_without_audio_times_out_like_aws() {
+    let transcribe = Transcribe::new(TranscribeOptions {
+        audio_timeout: Duration::from_millis(500),
+        ..TranscribeOptions::default()
+    });
+    let server = transcribe.serve(0).await.unwrap();
+    let (tx, rx) = mpsc::channel::<Result<AudioStream, AudioStreamError>>(1);
+    let mut output = client(&server.url())
+        .start_stream_transcription()
+        .language_code(LanguageCode::EnUs)
+        .media_sample_rate_hertz(8000)
+        .media_encoding(MediaEncoding::Pcm)
+        .audio_stream(ReceiverStream::new(rx).into())
+        .send()
+        .await
+        .unwrap();
+    let error = output.transcript_result_stream.recv().await.unwrap_err();
+    let error = error.into_service_error();
+    assert!(error.is_bad_request_exception(), "{error:?}");
+    drop(tx);
+}
