@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Interop checks: clients written by others (boto3) against `lca-kvs local`.
-# Installs boto3 into target/interop-venv. Expects target/debug/lca-kvs built.
+# Interop checks: clients written by others against `lca-kvs local` — boto3 (kinesisvideo,
+# kinesis-video-media) and the JavaScript SDK v3 Transcribe Streaming client (HTTP/2, the
+# client LCA itself uses). Installs them under target/. Expects target/debug/lca-kvs built.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 venv=target/interop-venv
@@ -8,9 +9,16 @@ if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
 fi
 "$venv/bin/python" -c 'import boto3' 2>/dev/null || "$venv/bin/pip" install -q --disable-pip-version-check boto3
-capture=../shared/fixtures/connect/sample-call.mkv
+node_dir=target/interop-node
+if [ ! -d "$node_dir/node_modules/@aws-sdk/client-transcribe-streaming" ]; then
+  mkdir -p "$node_dir"
+  npm install --prefix "$node_dir" --no-audit --no-fund --loglevel=error @aws-sdk/client-transcribe-streaming@3.1141.0
+fi
+cp tests/interop/js_transcribe.mjs "$node_dir/"
+
+fixtures=../shared/fixtures/connect
 out=$(mktemp)
-target/debug/lca-kvs local --stream call="$capture" --speed 0 > "$out" &
+target/debug/lca-kvs local --stream call="$fixtures/sample-call.mkv" --speed 0 > "$out" &
 pid=$!
 trap 'kill $pid 2>/dev/null || true; rm -f "$out"' EXIT
 for _ in $(seq 1 100); do
@@ -19,4 +27,5 @@ for _ in $(seq 1 100); do
 done
 grep -q '^ready$' "$out" || { echo "lca-kvs local did not become ready"; cat "$out"; exit 1; }
 eval "$(grep '^export ' "$out")"
-"$venv/bin/python" tests/interop/boto3_kvs.py call "$capture"
+"$venv/bin/python" tests/interop/boto3_kvs.py call "$fixtures/sample-call.mkv"
+NODE_NO_WARNINGS=1 node "$node_dir/js_transcribe.mjs" "$fixtures/sample-call.caller.raw" "$fixtures/sample-call.agent.raw"

@@ -8,6 +8,7 @@ use bytes::Bytes;
 use clap::Args;
 use kvs_media::split_chunks;
 use local_aws::kvs::{Kvs, KvsOptions};
+use local_aws::transcribe::{Transcribe, TranscribeOptions};
 
 /// Options of `lca-kvs local`.
 #[derive(Args)]
@@ -21,6 +22,9 @@ pub struct LocalArgs {
     /// Port of the Kinesis Video Streams stand-in (0: any free port).
     #[arg(long, default_value_t = 0)]
     kvs_port: u16,
+    /// Port of the Transcribe Streaming stand-in (0: any free port).
+    #[arg(long, default_value_t = 0)]
+    transcribe_port: u16,
     /// FRAGMENT_NUMBER and CONTINUATION_TOKEN start with the named fragment instead of after it.
     #[arg(long)]
     include_named_fragment: bool,
@@ -62,6 +66,13 @@ pub fn run(args: LocalArgs) -> Result<()> {
                 args.kvs_port
             )
         })?;
+        let transcribe = Transcribe::new(TranscribeOptions::default());
+        let transcribe_server = transcribe.serve(args.transcribe_port).await.with_context(|| {
+            format!(
+                "cannot listen on 127.0.0.1:{} (port in use? choose another with --transcribe-port)",
+                args.transcribe_port
+            )
+        })?;
         let mut players = Vec::new();
         for (name, chunks) in streams {
             kvs.create_stream(&name)?;
@@ -72,6 +83,11 @@ pub fn run(args: LocalArgs) -> Result<()> {
             out,
             "export AWS_ENDPOINT_URL_KINESIS_VIDEO={}",
             server.url()
+        )?;
+        writeln!(
+            out,
+            "export AWS_ENDPOINT_URL_TRANSCRIBE_STREAMING={}",
+            transcribe_server.url()
         )?;
         writeln!(out, "ready")?;
         out.flush()?;

@@ -49,7 +49,7 @@ enum Command {
         #[arg(long)]
         contact_id: Option<String>,
     },
-    /// Local stand-ins for AWS (so far Kinesis Video Streams) on loopback: prints
+    /// Local stand-ins for AWS (Kinesis Video Streams, Transcribe Streaming) on loopback: prints
     /// `export AWS_ENDPOINT_URL_<SERVICE>=<url>` lines, then `ready`, and serves until
     /// interrupted. Each --stream plays its capture live from start-up.
     Local(local::LocalArgs),
