@@ -80,6 +80,7 @@ impl ApiError {
 #[derive(Debug)]
 pub struct Server {
     addr: SocketAddr,
+    scheme: &'static str,
     task: JoinHandle<()>,
 }
 
@@ -89,9 +90,13 @@ impl Server {
         self.addr
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT`, or `https://localhost:PORT` over TLS (the name the
+    /// certificate is for).
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        match self.scheme {
+            "https" => format!("https://localhost:{}", self.addr.port()),
+            scheme => format!("{scheme}://{}", self.addr),
+        }
     }
 }
 
@@ -101,8 +106,62 @@ impl Drop for Server {
     }
 }
 
-/// Binds `127.0.0.1:port` (0: any free port) and serves `handler` on every connection.
+/// A self-signed certificate for `localhost` and `127.0.0.1`, and the TLS configuration that
+/// serves it with ALPN `h2` (and `http/1.1`), as AWS endpoints do.
+#[derive(Clone)]
+pub struct TlsIdentity {
+    /// The certificate in PEM, for clients to trust.
+    pub cert_pem: String,
+    config: Arc<rustls::ServerConfig>,
+}
+
+impl std::fmt::Debug for TlsIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsIdentity").finish_non_exhaustive()
+    }
+}
+
+impl TlsIdentity {
+    /// Generates a fresh self-signed identity.
+    pub fn self_signed() -> Result<Self, String> {
+        let certified = rcgen::generate_simple_self_signed(vec![
+            "localhost".to_string(),
+            "127.0.0.1".to_string(),
+        ])
+        .map_err(|e| format!("cannot generate a self-signed certificate: {e}"))?;
+        let key =
+            rustls::pki_types::PrivateKeyDer::Pkcs8(certified.signing_key.serialize_der().into());
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("TLS configuration: {e}"))?
+            .with_no_client_auth()
+            .with_single_cert(vec![certified.cert.der().clone()], key)
+            .map_err(|e| format!("TLS configuration: {e}"))?;
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(Self {
+            cert_pem: certified.cert.pem(),
+            config: Arc::new(config),
+        })
+    }
+}
+
+/// Binds `127.0.0.1:port` (0: any free port) and serves `handler` on every connection, over
+/// plain HTTP/1.1 and h2c (prior knowledge).
 pub async fn serve<H, F>(port: u16, handler: H) -> std::io::Result<Server>
+where
+    H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
+    serve_with(port, None, handler).await
+}
+
+/// Like [`serve`], over TLS with `identity` when given (HTTP/2 or HTTP/1.1 by ALPN).
+pub async fn serve_with<H, F>(
+    port: u16,
+    tls: Option<&TlsIdentity>,
+    handler: H,
+) -> std::io::Result<Server>
 where
     H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
@@ -110,12 +169,15 @@ where
     let listener = TcpListener::bind(("127.0.0.1", port)).await?;
     let addr = listener.local_addr()?;
     let handler = Arc::new(handler);
+    let acceptor = tls.map(|identity| tokio_rustls::TlsAcceptor::from(identity.config.clone()));
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let task = tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
             let handler = handler.clone();
+            let acceptor = acceptor.clone();
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |request| {
                     let response = handler(request);
@@ -123,13 +185,22 @@ where
                 });
                 let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
                 // A client that goes away mid-response is not an error of the server's.
-                let _ = builder
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
+                match acceptor {
+                    None => {
+                        let _ = builder
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await;
+                    }
+                    Some(acceptor) => {
+                        if let Ok(tls) = acceptor.accept(stream).await {
+                            let _ = builder.serve_connection(TokioIo::new(tls), service).await;
+                        }
+                    }
+                }
             });
         }
     });
-    Ok(Server { addr, task })
+    Ok(Server { addr, scheme, task })
 }
 
 /// Reads a request body up to `limit` bytes.

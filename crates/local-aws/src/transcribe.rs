@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::http::{ApiError, Body, BodyError, Server, serve};
+use crate::http::{ApiError, Body, BodyError, Server, TlsIdentity, serve_with};
 use crate::recognizer::{EnergyRecognizer, Recognizer, Segment};
 
 /// Largest event-stream message accepted from a client (AWS allows far less audio per event).
@@ -145,10 +145,20 @@ impl Transcribe {
         }
     }
 
-    /// Serves on `127.0.0.1:port` (0: any free port).
+    /// Serves on `127.0.0.1:port` (0: any free port) over HTTP/1.1 and h2c.
     pub async fn serve(&self, port: u16) -> std::io::Result<Server> {
+        self.serve_with(port, None).await
+    }
+
+    /// Serves over TLS (ALPN h2, as Transcribe's real endpoints) with `identity`, or plain
+    /// HTTP when `None`.
+    pub async fn serve_with(
+        &self,
+        port: u16,
+        identity: Option<&TlsIdentity>,
+    ) -> std::io::Result<Server> {
         let transcribe = self.clone();
-        serve(port, move |request| {
+        serve_with(port, identity, move |request| {
             let transcribe = transcribe.clone();
             async move { transcribe.handle(request).await }
         })

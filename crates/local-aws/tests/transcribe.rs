@@ -32,15 +32,32 @@ fn sample_call_stereo() -> Vec<u8> {
         .collect()
 }
 
+fn config(url: &str) -> aws_sdk_transcribestreaming::config::Builder {
+    aws_sdk_transcribestreaming::Config::builder()
+        .behavior_version_latest()
+        .region(Region::new("us-east-1"))
+        .credentials_provider(Credentials::new("AKIDLOCAL", "secret", None, None, "test"))
+        .endpoint_url(url)
+}
+
 fn client(url: &str) -> Client {
-    Client::from_conf(
-        aws_sdk_transcribestreaming::Config::builder()
-            .behavior_version_latest()
-            .region(Region::new("us-east-1"))
-            .credentials_provider(Credentials::new("AKIDLOCAL", "secret", None, None, "test"))
-            .endpoint_url(url)
-            .build(),
-    )
+    Client::from_conf(config(url).build())
+}
+
+/// A client over TLS that trusts the local server's self-signed certificate.
+fn tls_client(url: &str, cert_pem: &str) -> Client {
+    use aws_smithy_http_client::tls::{
+        Provider, TlsContext, TrustStore, rustls_provider::CryptoMode,
+    };
+    let context = TlsContext::builder()
+        .with_trust_store(TrustStore::empty().with_pem_certificate(cert_pem.as_bytes()))
+        .build()
+        .unwrap();
+    let http = aws_smithy_http_client::Builder::new()
+        .tls_provider(Provider::Rustls(CryptoMode::AwsLc))
+        .tls_context(context)
+        .build_https();
+    Client::from_conf(config(url).http_client(http).build())
 }
 
 /// An audio stream the test feeds: 100 ms stereo chunks of `pcm`, then the end.
@@ -329,4 +346,49 @@ async fn a_stream_without_audio_times_out_like_aws() {
     let error = error.into_service_error();
     assert!(error.is_bad_request_exception(), "{error:?}");
     drop(tx);
+}
+
+#[tokio::test]
+async fn tls_with_alpn_h2_as_production_runs() {
+    let identity = local_aws::http::TlsIdentity::self_signed().unwrap();
+    let transcribe = Transcribe::new(TranscribeOptions::default());
+    let server = transcribe.serve_with(0, Some(&identity)).await.unwrap();
+    assert!(server.url().starts_with("https://localhost:"));
+    let pcm = sample_call_stereo();
+    // The first 20 s: agent, caller, agent turns, and the caller's second turn cut at 20 s.
+    let pcm = &pcm[..20 * 8000 * 4];
+    let mut output = tls_client(&server.url(), &identity.cert_pem)
+        .start_stream_transcription()
+        .language_code(LanguageCode::EnUs)
+        .media_sample_rate_hertz(8000)
+        .media_encoding(MediaEncoding::Pcm)
+        .enable_channel_identification(true)
+        .number_of_channels(2)
+        .audio_stream(audio_events(pcm, None).into())
+        .send()
+        .await
+        .unwrap();
+    let mut finals = Vec::new();
+    while let Some(event) = output.transcript_result_stream.recv().await.unwrap() {
+        let TranscriptResultStream::TranscriptEvent(event) = event else {
+            continue;
+        };
+        for result in event.transcript.unwrap().results.unwrap_or_default() {
+            if !result.is_partial {
+                finals.push(result.channel_id.unwrap());
+            }
+        }
+    }
+    assert_eq!(finals, ["ch_1", "ch_0", "ch_1", "ch_0"]);
+    assert!(transcribe.sessions()[0].audio == pcm);
+    // A client that does not trust the certificate is refused.
+    let error = client(&server.url())
+        .start_stream_transcription()
+        .language_code(LanguageCode::EnUs)
+        .media_sample_rate_hertz(8000)
+        .media_encoding(MediaEncoding::Pcm)
+        .audio_stream(audio_events(&[0; 3200], None).into())
+        .send()
+        .await;
+    assert!(error.is_err());
 }
