@@ -17,15 +17,29 @@ fi
 cp tests/interop/js_transcribe.mjs "$node_dir/"
 
 fixtures=../shared/fixtures/connect
-out=$(mktemp)
-target/debug/lca-kvs local --stream call="$fixtures/sample-call.mkv" --speed 0 > "$out" &
-pid=$!
-trap 'kill $pid 2>/dev/null || true; rm -f "$out"' EXIT
-for _ in $(seq 1 100); do
-  grep -q '^ready$' "$out" && break
-  sleep 0.1
-done
-grep -q '^ready$' "$out" || { echo "lca-kvs local did not become ready"; cat "$out"; exit 1; }
-eval "$(grep '^export ' "$out")"
+pids=()
+outs=()
+trap 'kill "${pids[@]}" 2>/dev/null || true; rm -f "${outs[@]}"' EXIT
+
+# Starts `lca-kvs local ARGS...` and loads its exports into this shell.
+start_local() {
+  local out
+  out=$(mktemp)
+  outs+=("$out")
+  target/debug/lca-kvs local "$@" > "$out" &
+  pids+=($!)
+  for _ in $(seq 1 100); do
+    grep -q '^ready$' "$out" && break
+    sleep 0.1
+  done
+  grep -q '^ready$' "$out" || { echo "lca-kvs local did not become ready"; cat "$out"; exit 1; }
+  eval "$(grep '^export ' "$out")"
+}
+
+start_local --stream call="$fixtures/sample-call.mkv" --speed 0
 "$venv/bin/python" tests/interop/boto3_kvs.py call "$fixtures/sample-call.mkv"
+NODE_NO_WARNINGS=1 node "$node_dir/js_transcribe.mjs" "$fixtures/sample-call.caller.raw" "$fixtures/sample-call.agent.raw"
+
+# The same over TLS with ALPN h2, as production runs (the client trusts the local certificate).
+start_local --tls
 NODE_NO_WARNINGS=1 node "$node_dir/js_transcribe.mjs" "$fixtures/sample-call.caller.raw" "$fixtures/sample-call.agent.raw"

@@ -7,6 +7,7 @@ use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use clap::Args;
 use kvs_media::split_chunks;
+use local_aws::http::TlsIdentity;
 use local_aws::kvs::{Kvs, KvsOptions};
 use local_aws::transcribe::{Transcribe, TranscribeOptions};
 
@@ -25,6 +26,10 @@ pub struct LocalArgs {
     /// Port of the Transcribe Streaming stand-in (0: any free port).
     #[arg(long, default_value_t = 0)]
     transcribe_port: u16,
+    /// Serve Transcribe Streaming over TLS (ALPN h2) with a fresh self-signed certificate;
+    /// its PEM is written to a file named by the AWS_CA_BUNDLE / NODE_EXTRA_CA_CERTS exports.
+    #[arg(long)]
+    tls: bool,
     /// FRAGMENT_NUMBER and CONTINUATION_TOKEN start with the named fragment instead of after it.
     #[arg(long)]
     include_named_fragment: bool,
@@ -67,7 +72,23 @@ pub fn run(args: LocalArgs) -> Result<()> {
             )
         })?;
         let transcribe = Transcribe::new(TranscribeOptions::default());
-        let transcribe_server = transcribe.serve(args.transcribe_port).await.with_context(|| {
+        let identity = match args.tls {
+            true => Some(TlsIdentity::self_signed().map_err(anyhow::Error::msg)?),
+            false => None,
+        };
+        let cert_file = match &identity {
+            Some(identity) => {
+                let path = std::env::temp_dir().join(format!("lca-kvs-local-{}.pem", std::process::id()));
+                std::fs::write(&path, &identity.cert_pem)
+                    .with_context(|| format!("{}: cannot write the certificate", path.display()))?;
+                Some(path)
+            }
+            None => None,
+        };
+        let transcribe_server = transcribe
+            .serve_with(args.transcribe_port, identity.as_ref())
+            .await
+            .with_context(|| {
             format!(
                 "cannot listen on 127.0.0.1:{} (port in use? choose another with --transcribe-port)",
                 args.transcribe_port
@@ -89,6 +110,10 @@ pub fn run(args: LocalArgs) -> Result<()> {
             "export AWS_ENDPOINT_URL_TRANSCRIBE_STREAMING={}",
             transcribe_server.url()
         )?;
+        if let Some(path) = &cert_file {
+            writeln!(out, "export AWS_CA_BUNDLE={}", path.display())?;
+            writeln!(out, "export NODE_EXTRA_CA_CERTS={}", path.display())?;
+        }
         writeln!(out, "ready")?;
         out.flush()?;
         drop(out);
@@ -97,6 +122,9 @@ pub fn run(args: LocalArgs) -> Result<()> {
             .context("cannot wait for Ctrl-C")?;
         for player in players {
             player.abort();
+        }
+        if let Some(path) = cert_file {
+            let _ = std::fs::remove_file(path);
         }
         Ok(())
     })
