@@ -8,5 +8,6 @@
 
 pub mod http;
 pub mod kvs;
+pub mod lambda;
 pub mod recognizer;
 pub mod transcribe;

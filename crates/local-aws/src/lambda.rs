@@ -1,0 +1,595 @@
+//! A local AWS Lambda: the Invoke API (`POST /2015-03-31/functions/{name}/invocations`,
+//! InvocationType RequestResponse, Event and DryRun) in front of real function binaries that
+//! run unchanged under the Lambda Runtime API (`AWS_LAMBDA_RUNTIME_API`), one process per
+//! concurrent execution environment.
+//!
+//! Like Lambda: Event returns 202 at once and runs in the background, retrying a failed event
+//! twice; function errors come back with `X-Amz-Function-Error`; the function timeout is
+//! enforced by stopping the environment; functions answer to their name and their ARN.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use serde_json::json;
+use tokio::process::{Child, Command};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::http::{ApiError, Body, Server, full, read_body, serve};
+
+/// Largest synchronous payload Lambda accepts (6 MB); Event payloads are limited to 256 KB.
+const MAX_SYNC_PAYLOAD: usize = 6 * 1024 * 1024;
+const MAX_EVENT_PAYLOAD: usize = 256 * 1024;
+
+/// A function to run: its binary, environment and limits.
+#[derive(Debug, Clone)]
+pub struct FunctionSpec {
+    /// Function name.
+    pub name: String,
+    /// The executable (a `bootstrap` built for the local machine).
+    pub command: PathBuf,
+    /// Its environment variables (on top of the Lambda-provided ones).
+    pub environment: BTreeMap<String, String>,
+    /// Function timeout.
+    pub timeout: Duration,
+    /// Configured memory, reported to the function.
+    pub memory_mb: u32,
+}
+
+/// How the local Lambda behaves.
+#[derive(Debug, Clone)]
+pub struct LambdaOptions {
+    /// Region in ARNs and in the functions' environment.
+    pub region: String,
+    /// Account in ARNs.
+    pub account: String,
+    /// Delays before the two retries of a failed Event invocation (Lambda: about 1 and 2
+    /// minutes; shorter here so tests and the demo do not wait).
+    pub event_retry_delays: [Duration; 2],
+    /// Where the functions' stdout/stderr go: a file per function in this folder, or this
+    /// process's stderr when `None`.
+    pub log_dir: Option<PathBuf>,
+}
+
+impl Default for LambdaOptions {
+    fn default() -> Self {
+        Self {
+            region: "us-east-1".to_string(),
+            account: "123456789012".to_string(),
+            event_retry_delays: [Duration::from_secs(1), Duration::from_secs(2)],
+            log_dir: None,
+        }
+    }
+}
+
+/// How one invocation ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Outcome {
+    /// The function's response payload.
+    Success(Bytes),
+    /// The function reported an error (JSON `errorMessage` / `errorType`).
+    FunctionError(Bytes),
+}
+
+/// An invocation waiting for (or being run by) an execution environment.
+struct Pending {
+    request_id: String,
+    payload: Bytes,
+    respond: oneshot::Sender<Outcome>,
+}
+
+/// An invocation handed to an environment, until it answers or times out.
+struct InFlight {
+    respond: oneshot::Sender<Outcome>,
+    instance: u64,
+}
+
+struct Function {
+    spec: FunctionSpec,
+    arn: String,
+    queue_tx: mpsc::UnboundedSender<Pending>,
+    queue_rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<Pending>>,
+    /// Invocations queued and not yet taken by an environment.
+    queued: AtomicUsize,
+    /// Environments running an invocation (from `next` until their response or error).
+    busy: AtomicUsize,
+    in_flight: Mutex<HashMap<String, InFlight>>,
+    instances: Mutex<HashMap<u64, Instance>>,
+    /// Every request id the function was invoked with, attempts included, for tests.
+    attempts: Mutex<Vec<String>>,
+}
+
+struct Instance {
+    child: Child,
+    _runtime_api: Server,
+}
+
+struct Inner {
+    options: LambdaOptions,
+    functions: Mutex<BTreeMap<String, Arc<Function>>>,
+    next_id: AtomicU64,
+    url: OnceLock<String>,
+}
+
+/// The local Lambda: register functions, then [`Lambda::serve`] the Invoke API.
+#[derive(Clone)]
+pub struct Lambda {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Lambda {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lambda").finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Lambda {
+    /// A local Lambda with no functions.
+    pub fn new(options: LambdaOptions) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                options,
+                functions: Mutex::new(BTreeMap::new()),
+                next_id: AtomicU64::new(1),
+                url: OnceLock::new(),
+            }),
+        }
+    }
+
+    /// Serves the Invoke API on `127.0.0.1:port` (0: any free port).
+    pub async fn serve(&self, port: u16) -> std::io::Result<Server> {
+        let lambda = self.clone();
+        let server = serve(port, move |request| {
+            let lambda = lambda.clone();
+            async move { lambda.handle(request).await }
+        })
+        .await?;
+        let _ = self.inner.url.set(server.url());
+        Ok(server)
+    }
+
+    /// Registers a function; returns its ARN.
+    pub fn add_function(&self, spec: FunctionSpec) -> String {
+        let arn = format!(
+            "arn:aws:lambda:{}:{}:function:{}",
+            self.inner.options.region, self.inner.options.account, spec.name
+        );
+        let (queue_tx, queue_rx) = mpsc::unbounded_channel();
+        let function = Arc::new(Function {
+            spec: spec.clone(),
+            arn: arn.clone(),
+            queue_tx,
+            queue_rx: tokio::sync::Mutex::new(queue_rx),
+            queued: AtomicUsize::new(0),
+            busy: AtomicUsize::new(0),
+            in_flight: Mutex::new(HashMap::new()),
+            instances: Mutex::new(HashMap::new()),
+            attempts: Mutex::new(Vec::new()),
+        });
+        lock(&self.inner.functions).insert(spec.name, function);
+        arn
+    }
+
+    /// Request ids of every attempt made on a function (Event retries included).
+    pub fn attempts(&self, name: &str) -> Vec<String> {
+        self.function(name)
+            .map(|f| lock(&f.attempts).clone())
+            .unwrap_or_default()
+    }
+
+    /// Running execution environments of a function.
+    pub fn instances(&self, name: &str) -> usize {
+        self.function(name)
+            .map(|f| lock(&f.instances).len())
+            .unwrap_or_default()
+    }
+
+    /// The function a name, ARN or partial ARN (`123456789012:function:name`) refers to.
+    fn function(&self, reference: &str) -> Option<Arc<Function>> {
+        let name = reference
+            .rsplit_once(":function:")
+            .map(|(_, name)| name)
+            .unwrap_or(reference);
+        let name = name.split(':').next().unwrap_or(name); // drop a :qualifier
+        lock(&self.inner.functions).get(name).cloned()
+    }
+
+    async fn handle(&self, request: Request<Incoming>) -> Response<Body> {
+        let path = percent_decode(request.uri().path());
+        let Some(reference) = path
+            .strip_prefix("/2015-03-31/functions/")
+            .and_then(|rest| rest.strip_suffix("/invocations"))
+            .map(str::to_string)
+        else {
+            return ApiError::new(
+                StatusCode::NOT_FOUND,
+                "UnknownOperationException",
+                format!("no Lambda operation at {path}"),
+            )
+            .into_response();
+        };
+        if request.method() != Method::POST {
+            return ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "InvalidRequestContentException",
+                "Invoke is a POST",
+            )
+            .into_response();
+        }
+        let invocation_type = request
+            .headers()
+            .get("x-amz-invocation-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("RequestResponse")
+            .to_string();
+        let Some(function) = self.function(&reference) else {
+            return ApiError::new(
+                StatusCode::NOT_FOUND,
+                "ResourceNotFoundException",
+                format!(
+                    "Function not found: arn:aws:lambda:{}:{}:function:{reference}",
+                    self.inner.options.region, self.inner.options.account
+                ),
+            )
+            .into_response();
+        };
+        let limit = if invocation_type == "Event" {
+            MAX_EVENT_PAYLOAD
+        } else {
+            MAX_SYNC_PAYLOAD
+        };
+        let payload = match read_body(request, limit).await {
+            Ok(payload) => payload,
+            Err(message) => {
+                return ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "RequestTooLargeException",
+                    message,
+                )
+                .into_response();
+            }
+        };
+        let payload = if payload.is_empty() {
+            Bytes::from_static(b"{}")
+        } else {
+            payload
+        };
+        if serde_json::from_slice::<serde_json::Value>(&payload).is_err() {
+            return ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "InvalidRequestContentException",
+                "Could not parse request body into json",
+            )
+            .into_response();
+        }
+        match invocation_type.as_str() {
+            "DryRun" => response(StatusCode::NO_CONTENT, None, Bytes::new()),
+            "Event" => {
+                let lambda = self.clone();
+                tokio::spawn(async move { lambda.run_event(function, payload).await });
+                response(StatusCode::ACCEPTED, None, Bytes::new())
+            }
+            "RequestResponse" => match self.invoke_once(&function, payload).await {
+                Outcome::Success(body) => response(StatusCode::OK, None, body),
+                Outcome::FunctionError(body) => response(StatusCode::OK, Some("Unhandled"), body),
+            },
+            other => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "InvalidParameterValueException",
+                format!("InvocationType {other:?} is not RequestResponse, Event or DryRun"),
+            )
+            .into_response(),
+        }
+    }
+
+    /// An Event invocation: up to three attempts, as Lambda retries a failed event twice.
+    async fn run_event(&self, function: Arc<Function>, payload: Bytes) {
+        let delays = self.inner.options.event_retry_delays;
+        for attempt in 0..3 {
+            if let Outcome::Success(_) = self.invoke_once(&function, payload.clone()).await {
+                return;
+            }
+            if let Some(delay) = delays.get(attempt) {
+                tokio::time::sleep(*delay).await;
+            }
+        }
+    }
+
+    /// Runs one invocation in an execution environment (starting one if none is free).
+    async fn invoke_once(&self, function: &Arc<Function>, payload: Bytes) -> Outcome {
+        let request_id = self.request_id();
+        lock(&function.attempts).push(request_id.clone());
+        let (respond, outcome) = oneshot::channel();
+        if function
+            .queue_tx
+            .send(Pending {
+                request_id,
+                payload,
+                respond,
+            })
+            .is_err()
+        {
+            return function_error("Runtime.Unavailable", "the function's queue is closed");
+        }
+        // Start an environment unless a free one (running, not busy) is there for every
+        // queued invocation — as Lambda reuses warm environments and scales out otherwise.
+        let queued = function.queued.fetch_add(1, Ordering::SeqCst) + 1;
+        let alive = lock(&function.instances).len();
+        let free = alive.saturating_sub(function.busy.load(Ordering::SeqCst));
+        if free < queued
+            && let Err(error) = self.start_instance(function).await
+        {
+            return function_error("Runtime.StartError", &error);
+        }
+        outcome.await.unwrap_or_else(|_| {
+            function_error("Runtime.ExitError", "the execution environment stopped")
+        })
+    }
+
+    fn request_id(&self) -> String {
+        let n = self.inner.next_id.fetch_add(1, Ordering::SeqCst);
+        format!("{:08x}-0000-4000-8000-{:012x}", now_ms() as u32, n)
+    }
+
+    /// Starts an execution environment: a Runtime API server of its own and the function's
+    /// process pointed at it.
+    async fn start_instance(&self, function: &Arc<Function>) -> Result<(), String> {
+        let instance_id = self.inner.next_id.fetch_add(1, Ordering::SeqCst);
+        let runtime = RuntimeApi {
+            lambda: self.clone(),
+            function: function.clone(),
+            instance: instance_id,
+        };
+        let server = serve(0, move |request| {
+            let runtime = runtime.clone();
+            async move { runtime.handle(request).await }
+        })
+        .await
+        .map_err(|e| format!("cannot start a Runtime API server: {e}"))?;
+        let spec = &function.spec;
+        let mut command = Command::new(&spec.command);
+        command
+            .envs(&spec.environment)
+            .env("AWS_LAMBDA_RUNTIME_API", server.addr().to_string())
+            .env("AWS_LAMBDA_FUNCTION_NAME", &spec.name)
+            .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
+            .env(
+                "AWS_LAMBDA_FUNCTION_MEMORY_SIZE",
+                spec.memory_mb.to_string(),
+            )
+            .env(
+                "AWS_LAMBDA_LOG_GROUP_NAME",
+                format!("/aws/lambda/{}", spec.name),
+            )
+            .env("AWS_LAMBDA_LOG_STREAM_NAME", format!("local/{instance_id}"))
+            .env("AWS_REGION", &self.inner.options.region)
+            .env("AWS_DEFAULT_REGION", &self.inner.options.region)
+            .env("_HANDLER", "bootstrap")
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        match &self.inner.options.log_dir {
+            Some(dir) => {
+                let path = dir.join(format!("{}.log", spec.name));
+                let file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&path)
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                let err = file
+                    .try_clone()
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                command.stdout(file).stderr(err);
+            }
+            None => {
+                command.stdout(Stdio::inherit()).stderr(Stdio::inherit());
+            }
+        }
+        let child = command
+            .spawn()
+            .map_err(|e| format!("{}: cannot start: {e}", spec.command.display()))?;
+        lock(&function.instances).insert(
+            instance_id,
+            Instance {
+                child,
+                _runtime_api: server,
+            },
+        );
+        Ok(())
+    }
+
+    /// Ends an invocation that ran out of time: the caller gets Lambda's timeout error and
+    /// the environment is stopped (its next invocation starts a fresh one).
+    fn time_out(&self, function: &Arc<Function>, request_id: &str) {
+        let Some(in_flight) = lock(&function.in_flight).remove(request_id) else {
+            return;
+        };
+        function.busy.fetch_sub(1, Ordering::SeqCst);
+        let seconds = function.spec.timeout.as_secs_f64();
+        let _ = in_flight.respond.send(function_error(
+            "Sandbox.Timedout",
+            &format!("Task timed out after {seconds:.2} seconds"),
+        ));
+        if let Some(mut instance) = lock(&function.instances).remove(&in_flight.instance) {
+            let _ = instance.child.start_kill();
+        }
+    }
+}
+
+/// The Runtime API of one execution environment.
+#[derive(Clone)]
+struct RuntimeApi {
+    lambda: Lambda,
+    function: Arc<Function>,
+    instance: u64,
+}
+
+impl RuntimeApi {
+    async fn handle(&self, request: Request<Incoming>) -> Response<Body> {
+        let path = request.uri().path().to_string();
+        let method = request.method().clone();
+        match (method, path.as_str()) {
+            (Method::GET, "/2018-06-01/runtime/invocation/next") => self.next().await,
+            (Method::POST, "/2018-06-01/runtime/init/error") => {
+                let body = read_body(request, MAX_SYNC_PAYLOAD)
+                    .await
+                    .unwrap_or_default();
+                tracing::warn!(function = %self.function.spec.name, error = %String::from_utf8_lossy(&body), "function init error");
+                if let Some(mut instance) = lock(&self.function.instances).remove(&self.instance) {
+                    let _ = instance.child.start_kill();
+                }
+                accepted()
+            }
+            (Method::POST, path) => {
+                let Some(rest) = path.strip_prefix("/2018-06-01/runtime/invocation/") else {
+                    return not_found(path);
+                };
+                let (request_id, kind) = match rest.rsplit_once('/') {
+                    Some((id, kind @ ("response" | "error"))) => (id.to_string(), kind),
+                    _ => return not_found(path),
+                };
+                let body = read_body(request, MAX_SYNC_PAYLOAD)
+                    .await
+                    .unwrap_or_default();
+                let Some(in_flight) = lock(&self.function.in_flight).remove(&request_id) else {
+                    // Timed out already: the environment is being stopped.
+                    return ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "InvalidRequestID",
+                        format!("invocation {request_id} is not in flight (timed out or answered)"),
+                    )
+                    .into_response();
+                };
+                let outcome = if kind == "response" {
+                    Outcome::Success(body)
+                } else {
+                    Outcome::FunctionError(body)
+                };
+                self.function.busy.fetch_sub(1, Ordering::SeqCst);
+                let _ = in_flight.respond.send(outcome);
+                accepted()
+            }
+            (_, path) => not_found(path),
+        }
+    }
+
+    /// Waits for the next invocation and hands it to the function.
+    async fn next(&self) -> Response<Body> {
+        let function = &self.function;
+        let pending = function.queue_rx.lock().await.recv().await;
+        let Some(pending) = pending else {
+            return not_found("queue closed");
+        };
+        function.queued.fetch_sub(1, Ordering::SeqCst);
+        function.busy.fetch_add(1, Ordering::SeqCst);
+        let deadline_ms = now_ms() + function.spec.timeout.as_millis() as u64;
+        lock(&function.in_flight).insert(
+            pending.request_id.clone(),
+            InFlight {
+                respond: pending.respond,
+                instance: self.instance,
+            },
+        );
+        let (lambda, watched, request_id, timeout) = (
+            self.lambda.clone(),
+            function.clone(),
+            pending.request_id.clone(),
+            function.spec.timeout,
+        );
+        tokio::spawn(async move {
+            tokio::time::sleep(timeout).await;
+            lambda.time_out(&watched, &request_id);
+        });
+        Response::builder()
+            .status(StatusCode::OK)
+            .header("content-type", "application/json")
+            .header("lambda-runtime-aws-request-id", &pending.request_id)
+            .header("lambda-runtime-deadline-ms", deadline_ms.to_string())
+            .header("lambda-runtime-invoked-function-arn", &function.arn)
+            .header(
+                "lambda-runtime-trace-id",
+                format!(
+                    "Root=1-{:08x}-{:024x};Parent={:016x};Sampled=0",
+                    now_ms() / 1000,
+                    self.instance,
+                    self.instance
+                ),
+            )
+            .body(full(pending.payload))
+            .expect("static response parts are valid")
+    }
+}
+
+fn function_error(error_type: &str, message: &str) -> Outcome {
+    Outcome::FunctionError(Bytes::from(
+        json!({ "errorType": error_type, "errorMessage": message }).to_string(),
+    ))
+}
+
+fn response(status: StatusCode, function_error: Option<&str>, body: Bytes) -> Response<Body> {
+    let mut builder = Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .header("x-amz-executed-version", "$LATEST");
+    if let Some(kind) = function_error {
+        builder = builder.header("x-amz-function-error", kind);
+    }
+    builder
+        .body(full(body))
+        .expect("static response parts are valid")
+}
+
+fn accepted() -> Response<Body> {
+    Response::builder()
+        .status(StatusCode::ACCEPTED)
+        .header("content-type", "application/json")
+        .body(full(r#"{"status":"OK"}"#))
+        .expect("static response parts are valid")
+}
+
+fn not_found(path: &str) -> Response<Body> {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "NotFound",
+        format!("no Runtime API route {path}"),
+    )
+    .into_response()
+}
+
+/// Decodes `%XX` escapes (the SDK escapes the colons of an ARN in the path).
+fn percent_decode(path: &str) -> String {
+    let bytes = path.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && let Some(hex) = bytes.get(i + 1..i + 3)
+            && let Ok(value) = u8::from_str_radix(std::str::from_utf8(hex).unwrap_or("zz"), 16)
+        {
+            out.push(value);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,257 @@
+//! The local Lambda as the unmodified aws-sdk-lambda client sees it, running a real
+//! lambda_runtime binary (src/bin/test-lambda.rs) under the Runtime API.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use aws_sdk_lambda::config::{Credentials, Region};
+use aws_sdk_lambda::primitives::Blob;
+use aws_sdk_lambda::types::InvocationType;
+use local_aws::lambda::{FunctionSpec, Lambda, LambdaOptions};
+use serde_json::{Value, json};
+
+fn client(url: &str) -> aws_sdk_lambda::Client {
+    aws_sdk_lambda::Client::from_conf(
+        aws_sdk_lambda::Config::builder()
+            .behavior_version_latest()
+            .region(Region::new("us-east-1"))
+            .credentials_provider(Credentials::new("AKIDLOCAL", "secret", None, None, "test"))
+            .endpoint_url(url)
+            .build(),
+    )
+}
+
+fn spec(name: &str, timeout: Duration) -> FunctionSpec {
+    FunctionSpec {
+        name: name.to_string(),
+        command: PathBuf::from(env!("CARGO_BIN_EXE_test-lambda")),
+        environment: BTreeMap::from([("TEST_LAMBDA_SETTING".to_string(), "from-spec".to_string())]),
+        timeout,
+        memory_mb: 128,
+    }
+}
+
+async fn setup() -> (
+    Lambda,
+    local_aws::http::Server,
+    aws_sdk_lambda::Client,
+    String,
+) {
+    let lambda = Lambda::new(LambdaOptions {
+        event_retry_delays: [Duration::from_millis(100), Duration::from_millis(100)],
+        ..LambdaOptions::default()
+    });
+    let server = lambda.serve(0).await.unwrap();
+    let arn = lambda.add_function(spec("echo", Duration::from_secs(2)));
+    let client = client(&server.url());
+    (lambda, server, client, arn)
+}
+
+fn json_of(blob: Option<Blob>) -> Value {
+    serde_json::from_slice(blob.expect("payload").as_ref()).expect("JSON payload")
+}
+
+#[tokio::test]
+async fn request_response_runs_the_real_binary_by_name_and_by_arn() {
+    let (lambda, _server, client, arn) = setup().await;
+    for reference in ["echo", arn.as_str()] {
+        let output = client
+            .invoke()
+            .function_name(reference)
+            .payload(Blob::new(json!({"echo": {"n": 1}}).to_string()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(output.status_code, 200);
+        assert_eq!(output.function_error, None);
+        let payload = json_of(output.payload);
+        assert_eq!(payload["echo"], json!({"n": 1}));
+        assert_eq!(payload["function"], "echo");
+        assert_eq!(payload["arn"], arn.as_str());
+        assert_eq!(payload["custom_env"], "from-spec");
+    }
+    assert_eq!(lambda.instances("echo"), 1, "a warm environment is reused");
+}
+
+#[tokio::test]
+async fn function_errors_come_back_as_lambda_reports_them() {
+    let (_lambda, _server, client, _arn) = setup().await;
+    let output = client
+        .invoke()
+        .function_name("echo")
+        .payload(Blob::new(json!({"fail": "no such contact"}).to_string()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(output.status_code, 200);
+    assert_eq!(output.function_error.as_deref(), Some("Unhandled"));
+    let payload = json_of(output.payload);
+    assert_eq!(payload["errorMessage"], "no such contact");
+}
+
+#[tokio::test]
+async fn the_timeout_is_enforced_and_the_environment_replaced() {
+    let (lambda, _server, client, _arn) = setup().await;
+    let output = client
+        .invoke()
+        .function_name("echo")
+        .payload(Blob::new(json!({"sleep_ms": 10_000}).to_string()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(output.function_error.as_deref(), Some("Unhandled"));
+    let payload = json_of(output.payload);
+    assert!(
+        payload["errorMessage"]
+            .as_str()
+            .unwrap()
+            .contains("Task timed out after 2.00 seconds"),
+        "{payload}"
+    );
+    let output = client
+        .invoke()
+        .function_name("echo")
+        .payload(Blob::new(json!({"echo": 2}).to_string()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(json_of(output.payload)["echo"], 2);
+    assert_eq!(
+        lambda.instances("echo"),
+        1,
+        "the timed-out environment was stopped"
+    );
+}
+
+#[tokio::test]
+async fn event_invocations_return_202_at_once_and_failed_events_are_retried_twice() {
+    let (lambda, _server, client, _arn) = setup().await;
+    let dir = tempfile_dir();
+    let log = dir.join("attempts.log");
+    let output = client
+        .invoke()
+        .function_name("echo")
+        .invocation_type(InvocationType::Event)
+        .payload(Blob::new(
+            json!({"fail": "boom", "append_to": log, "sleep_ms": 300}).to_string(),
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(output.status_code, 202);
+    assert!(
+        std::fs::read_to_string(&log).unwrap_or_default().is_empty(),
+        "202 before the function ran"
+    );
+    for _ in 0..100 {
+        if lambda.attempts("echo").len() == 3
+            && std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .lines()
+                .count()
+                == 3
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let lines = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(lines.lines().count(), 3, "one attempt and two retries");
+
+    // A succeeding event runs once.
+    let ok_log = dir.join("ok.log");
+    client
+        .invoke()
+        .function_name("echo")
+        .invocation_type(InvocationType::Event)
+        .payload(Blob::new(json!({"append_to": ok_log}).to_string()))
+        .send()
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(std::fs::read_to_string(&ok_log).unwrap().lines().count(), 1);
+}
+
+#[tokio::test]
+async fn dry_run_unknown_functions_and_bad_payloads() {
+    let (_lambda, _server, client, _arn) = setup().await;
+    let output = client
+        .invoke()
+        .function_name("echo")
+        .invocation_type(InvocationType::DryRun)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(output.status_code, 204);
+    let error = client
+        .invoke()
+        .function_name("nope")
+        .send()
+        .await
+        .unwrap_err();
+    assert!(error.into_service_error().is_resource_not_found_exception());
+    let error = client
+        .invoke()
+        .function_name("echo")
+        .payload(Blob::new("{not json"))
+        .send()
+        .await
+        .unwrap_err();
+    assert!(
+        error
+            .into_service_error()
+            .is_invalid_request_content_exception()
+    );
+}
+
+#[tokio::test]
+async fn concurrent_invocations_get_environments_of_their_own() {
+    let (lambda, _server, client, _arn) = setup().await;
+    let calls = (0..3).map(|i| {
+        client
+            .invoke()
+            .function_name("echo")
+            .payload(Blob::new(json!({"echo": i, "sleep_ms": 500}).to_string()))
+            .send()
+    });
+    let outputs = futures_join(calls).await;
+    let mut echoed: Vec<i64> = outputs
+        .into_iter()
+        .map(|o| json_of(o.unwrap().payload)["echo"].as_i64().unwrap())
+        .collect();
+    echoed.sort();
+    assert_eq!(echoed, [0, 1, 2]);
+    assert_eq!(lambda.instances("echo"), 3);
+}
+
+async fn futures_join<F>(futures: impl Iterator<Item = F>) -> Vec<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futures.map(tokio::spawn).collect();
+    let mut out = Vec::new();
+    for handle in handles {
+        out.push(handle.await.unwrap());
+    }
+    out
+}
+
+fn tempfile_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "local-lambda-test-{}-{}",
+        std::process::id(),
+        rand_suffix()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn rand_suffix() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
