@@ -14,7 +14,7 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked
 
 # Clients written by others (boto3) against `lca-kvs local`.
-cargo build --locked -q -p lca-kvs
+cargo build --locked -q -p lca-kvs -p local-aws --bins
 bash tests/interop/run.sh
 
 # Smoke runs: the README's main command and the benchmark's correctness check stay working.

@@ -36,10 +36,11 @@ start_local() {
   eval "$(grep '^export ' "$out")"
 }
 
-start_local --stream call="$fixtures/sample-call.mkv" --speed 0
+start_local --stream call="$fixtures/sample-call.mkv" --speed 0 --function echo=target/debug/test-lambda --no-moto
 "$venv/bin/python" tests/interop/boto3_kvs.py call "$fixtures/sample-call.mkv"
+"$venv/bin/python" tests/interop/boto3_lambda.py
 NODE_NO_WARNINGS=1 node "$node_dir/js_transcribe.mjs" "$fixtures/sample-call.caller.raw" "$fixtures/sample-call.agent.raw"
 
 # The same over TLS with ALPN h2, as production runs (the client trusts the local certificate).
-start_local --tls
+start_local --tls --no-moto
 NODE_NO_WARNINGS=1 node "$node_dir/js_transcribe.mjs" "$fixtures/sample-call.caller.raw" "$fixtures/sample-call.agent.raw"

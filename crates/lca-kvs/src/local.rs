@@ -9,6 +9,7 @@ use clap::Args;
 use kvs_media::split_chunks;
 use local_aws::http::TlsIdentity;
 use local_aws::kvs::{Kvs, KvsOptions};
+use local_aws::lambda::{FunctionSpec, Lambda, LambdaOptions};
 use local_aws::transcribe::{Transcribe, TranscribeOptions};
 
 /// Options of `lca-kvs local`.
@@ -26,6 +27,16 @@ pub struct LocalArgs {
     /// Port of the Transcribe Streaming stand-in (0: any free port).
     #[arg(long, default_value_t = 0)]
     transcribe_port: u16,
+    /// A Lambda function to serve: NAME=BINARY (a lambda_runtime executable; repeatable). It
+    /// runs with this process's environment, a 900 s timeout and 128 MB.
+    #[arg(long = "function", value_name = "NAME=BINARY")]
+    functions: Vec<String>,
+    /// Port of the Lambda stand-in (0: any free port).
+    #[arg(long, default_value_t = 0)]
+    lambda_port: u16,
+    /// Do not start moto server for Kinesis, S3 and DynamoDB even when it is installed.
+    #[arg(long)]
+    no_moto: bool,
     /// Serve Transcribe Streaming over TLS (ALPN h2) with a fresh self-signed certificate;
     /// its PEM is written to a file named by the AWS_CA_BUNDLE / NODE_EXTRA_CA_CERTS exports.
     #[arg(long)]
@@ -94,6 +105,26 @@ pub fn run(args: LocalArgs) -> Result<()> {
                 args.transcribe_port
             )
         })?;
+        let lambda = Lambda::new(LambdaOptions::default());
+        for spec in &args.functions {
+            let Some((name, binary)) = spec.split_once('=') else {
+                bail!("--function {spec:?}: expected NAME=BINARY");
+            };
+            lambda.add_function(FunctionSpec {
+                name: name.to_string(),
+                command: PathBuf::from(binary),
+                environment: Default::default(),
+                timeout: std::time::Duration::from_secs(900),
+                memory_mb: 128,
+            });
+        }
+        let lambda_server = lambda.serve(args.lambda_port).await.with_context(|| {
+            format!(
+                "cannot listen on 127.0.0.1:{} (port in use? choose another with --lambda-port)",
+                args.lambda_port
+            )
+        })?;
+        let moto = if args.no_moto { None } else { start_moto().await? };
         let mut players = Vec::new();
         for (name, chunks) in streams {
             kvs.create_stream(&name)?;
@@ -110,6 +141,12 @@ pub fn run(args: LocalArgs) -> Result<()> {
             "export AWS_ENDPOINT_URL_TRANSCRIBE_STREAMING={}",
             transcribe_server.url()
         )?;
+        writeln!(out, "export AWS_ENDPOINT_URL_LAMBDA={}", lambda_server.url())?;
+        if let Some(moto) = &moto {
+            for service in ["KINESIS", "S3", "DYNAMODB"] {
+                writeln!(out, "export AWS_ENDPOINT_URL_{service}={}", moto.url)?;
+            }
+        }
         if let Some(path) = &cert_file {
             writeln!(out, "export AWS_CA_BUNDLE={}", path.display())?;
             writeln!(out, "export NODE_EXTRA_CA_CERTS={}", path.display())?;
@@ -117,9 +154,15 @@ pub fn run(args: LocalArgs) -> Result<()> {
         writeln!(out, "ready")?;
         out.flush()?;
         drop(out);
-        tokio::signal::ctrl_c()
-            .await
-            .context("cannot wait for Ctrl-C")?;
+        // Ctrl-C or SIGTERM: stop cleanly so function processes and moto are stopped too.
+        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("cannot listen for SIGTERM")?;
+        tokio::select! {
+            result = tokio::signal::ctrl_c() => result.context("cannot wait for Ctrl-C")?,
+            _ = terminate.recv() => {}
+        }
+        drop(lambda_server);
+        lambda.shutdown();
         for player in players {
             player.abort();
         }
@@ -128,4 +171,44 @@ pub fn run(args: LocalArgs) -> Result<()> {
         }
         Ok(())
     })
+}
+
+/// A moto server child process (Kinesis, S3, DynamoDB), stopped on drop.
+struct Moto {
+    url: String,
+    _child: tokio::process::Child,
+}
+
+/// Starts `moto_server` on a free loopback port when it is installed (`pip install
+/// "moto[server]"`); `None` when it is not.
+async fn start_moto() -> Result<Option<Moto>> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .context("cannot find a free port for moto")?
+        .port();
+    let child = match tokio::process::Command::new("moto_server")
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+    {
+        Ok(child) => child,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(error).context("cannot start moto_server"),
+    };
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return Ok(Some(Moto {
+                url: format!("http://127.0.0.1:{port}"),
+                _child: child,
+            }));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    bail!("moto_server did not start listening on 127.0.0.1:{port} within 10 s")
 }

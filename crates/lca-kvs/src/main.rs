@@ -49,7 +49,8 @@ enum Command {
         #[arg(long)]
         contact_id: Option<String>,
     },
-    /// Local stand-ins for AWS (Kinesis Video Streams, Transcribe Streaming) on loopback: prints
+    /// Local stand-ins for AWS (Kinesis Video Streams, Transcribe Streaming, Lambda; Kinesis,
+    /// S3 and DynamoDB through moto server when installed) on loopback: prints
     /// `export AWS_ENDPOINT_URL_<SERVICE>=<url>` lines, then `ready`, and serves until
     /// interrupted. Each --stream plays its capture live from start-up.
     Local(local::LocalArgs),

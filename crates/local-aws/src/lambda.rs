@@ -182,6 +182,15 @@ impl Lambda {
         arn
     }
 
+    /// Stops every execution environment (their processes are killed).
+    pub fn shutdown(&self) {
+        for function in lock(&self.inner.functions).values() {
+            for (_, mut instance) in lock(&function.instances).drain() {
+                let _ = instance.child.start_kill();
+            }
+        }
+    }
+
     /// Request ids of every attempt made on a function (Event retries included).
     pub fn attempts(&self, name: &str) -> Vec<String> {
         self.function(name)
