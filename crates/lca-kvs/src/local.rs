@@ -82,7 +82,11 @@ pub fn run(args: LocalArgs) -> Result<()> {
                 args.kvs_port
             )
         })?;
-        let transcribe = Transcribe::new(TranscribeOptions::default());
+        // Long-running: keep no audio in the session records.
+        let transcribe = Transcribe::new(TranscribeOptions {
+            record_audio: false,
+            ..TranscribeOptions::default()
+        });
         let identity = match args.tls {
             true => Some(TlsIdentity::self_signed().map_err(anyhow::Error::msg)?),
             false => None,

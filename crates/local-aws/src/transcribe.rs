@@ -53,6 +53,8 @@ pub struct TranscribeOptions {
     pub audio_timeout: Duration,
     /// Call Analytics categories.
     pub categories: Vec<CategoryRule>,
+    /// Keep every audio byte in the session records (for tests); off for long-running use.
+    pub record_audio: bool,
 }
 
 impl Default for TranscribeOptions {
@@ -60,6 +62,7 @@ impl Default for TranscribeOptions {
         Self {
             audio_timeout: Duration::from_secs(15),
             categories: Vec::new(),
+            record_audio: true,
         }
     }
 }
@@ -88,8 +91,10 @@ pub struct SessionRecord {
     pub headers: BTreeMap<String, String>,
     /// The ConfigurationEvent's JSON, if one came.
     pub configuration: Option<Value>,
-    /// Every audio byte received, in order (interleaved s16le).
+    /// Every audio byte received, in order (interleaved s16le), when recording is on.
     pub audio: Vec<u8>,
+    /// Audio bytes received.
+    pub audio_bytes: usize,
     /// AudioEvents received.
     pub audio_events: usize,
     /// The client ended the audio with an empty event (not cut off, not failed).
@@ -206,6 +211,7 @@ impl Transcribe {
             headers: settings.raw.clone(),
             configuration: None,
             audio: Vec::new(),
+            audio_bytes: 0,
             audio_events: 0,
             ended_cleanly: false,
             exception: None,
@@ -530,9 +536,12 @@ impl Session {
         let bytes_per_second = f64::from(self.sample_rate) * self.channels as f64 * 2.0;
         let received = {
             let mut record = lock(&self.record);
-            record.audio.extend_from_slice(&pcm);
+            if self.options.record_audio {
+                record.audio.extend_from_slice(&pcm);
+            }
+            record.audio_bytes += pcm.len();
             record.audio_events += 1;
-            record.audio.len()
+            record.audio_bytes
         };
         let segments = self.recognizer.accept(&pcm);
         self.send_segments(segments).await;
