@@ -287,16 +287,12 @@ async fn invalid_combinations_are_bad_requests_before_streaming() {
     assert!(transcribe.sessions().is_empty());
 }
 
-#[tokio::test]
-async fn injected_exceptions_end_the_stream_mid_call() {
-    let transcribe = Transcribe::new(TranscribeOptions::default());
-    let server = transcribe.serve(0).await.unwrap();
-    transcribe.inject(TranscribeFault::ExceptionAfter {
-        seconds: 2.0,
-        exception: "LimitExceededException".into(),
-    });
+/// Streams the sample call to `client` and returns the error that ended the results.
+async fn run_until_exception(
+    client: &Client,
+) -> aws_sdk_transcribestreaming::types::error::TranscriptResultStreamError {
     let pcm = sample_call_stereo();
-    let mut output = client(&server.url())
+    let mut output = client
         .start_stream_transcription()
         .language_code(LanguageCode::EnUs)
         .media_sample_rate_hertz(8000)
@@ -307,21 +303,76 @@ async fn injected_exceptions_end_the_stream_mid_call() {
         .send()
         .await
         .unwrap();
-    let error = loop {
+    loop {
         match output.transcript_result_stream.recv().await {
             Ok(Some(_)) => continue,
             Ok(None) => panic!("stream ended without the injected exception"),
-            Err(error) => break error,
+            Err(error) => break error.into_service_error(),
         }
-    };
-    let error = error.into_service_error();
-    assert!(error.is_limit_exceeded_exception(), "{error:?}");
-    let session = &transcribe.sessions()[0];
-    assert_eq!(session.exception.as_deref(), Some("LimitExceededException"));
+    }
+}
+
+#[tokio::test]
+async fn injected_exceptions_end_the_stream_mid_call() {
+    use aws_sdk_transcribestreaming::types::error::TranscriptResultStreamError as E;
+    let transcribe = Transcribe::new(TranscribeOptions::default());
+    let server = transcribe.serve(0).await.unwrap();
+    let client = client(&server.url());
+    let kinds: [(&str, fn(&E) -> bool); 5] = [
+        ("LimitExceededException", E::is_limit_exceeded_exception),
+        ("InternalFailureException", E::is_internal_failure_exception),
+        (
+            "ServiceUnavailableException",
+            E::is_service_unavailable_exception,
+        ),
+        ("BadRequestException", E::is_bad_request_exception),
+        ("ConflictException", E::is_conflict_exception),
+    ];
+    for (index, (exception, is_kind)) in kinds.into_iter().enumerate() {
+        transcribe.inject(TranscribeFault::ExceptionAfter {
+            seconds: 2.0,
+            exception: exception.into(),
+        });
+        let error = run_until_exception(&client).await;
+        assert!(is_kind(&error), "{exception}: {error:?}");
+        let session = &transcribe.sessions()[index];
+        assert_eq!(session.exception.as_deref(), Some(exception));
+        assert_eq!(
+            session.audio.len(),
+            2 * 8000 * 4,
+            "stopped after 2 s of audio"
+        );
+    }
+}
+
+#[tokio::test]
+async fn garbage_event_stream_frames_get_an_exception_not_a_hang() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let transcribe = Transcribe::new(TranscribeOptions::default());
+    let server = transcribe.serve(0).await.unwrap();
+    let mut stream = tokio::net::TcpStream::connect(server.addr()).await.unwrap();
+    let garbage = b"\x00\x00\x00\x20this is not an event stream message";
+    let request = format!(
+        "POST /stream-transcription HTTP/1.1\r\nhost: x\r\nx-amzn-transcribe-language-code: en-US\r\nx-amzn-transcribe-sample-rate: 8000\r\nx-amzn-transcribe-media-encoding: pcm\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        garbage.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    stream.write_all(garbage).await.unwrap();
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut response))
+        .await
+        .expect("answered promptly")
+        .unwrap();
+    let response = String::from_utf8_lossy(&response);
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(
+        response.contains("BadRequestException")
+            && response.contains("malformed event-stream message"),
+        "{response}"
+    );
     assert_eq!(
-        session.audio.len(),
-        2 * 8000 * 4,
-        "stopped after 2 s of audio"
+        transcribe.sessions()[0].exception.as_deref(),
+        Some("BadRequestException")
     );
 }
 
@@ -381,6 +432,13 @@ async fn tls_with_alpn_h2_as_production_runs() {
     }
     assert_eq!(finals, ["ch_1", "ch_0", "ch_1", "ch_0"]);
     assert!(transcribe.sessions()[0].audio == pcm);
+    // Faults over TLS + h2 as well.
+    transcribe.inject(TranscribeFault::ExceptionAfter {
+        seconds: 1.0,
+        exception: "ServiceUnavailableException".into(),
+    });
+    let error = run_until_exception(&tls_client(&server.url(), &identity.cert_pem)).await;
+    assert!(error.is_service_unavailable_exception(), "{error:?}");
     // A client that does not trust the certificate is refused.
     let error = client(&server.url())
         .start_stream_transcription()
