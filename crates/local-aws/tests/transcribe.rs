@@ -318,7 +318,8 @@ async fn injected_exceptions_end_the_stream_mid_call() {
     let transcribe = Transcribe::new(TranscribeOptions::default());
     let server = transcribe.serve(0).await.unwrap();
     let client = client(&server.url());
-    let kinds: [(&str, fn(&E) -> bool); 5] = [
+    type IsKind = fn(&E) -> bool;
+    let kinds: [(&str, IsKind); 5] = [
         ("LimitExceededException", E::is_limit_exceeded_exception),
         ("InternalFailureException", E::is_internal_failure_exception),
         (
