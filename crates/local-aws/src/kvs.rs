@@ -174,12 +174,7 @@ impl Kvs {
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
-        // A panic while holding the lock cannot leave the state half-updated in a way that
-        // matters to readers here; keep serving.
-        self.inner
-            .state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        crate::lock(&self.inner.state)
     }
 
     fn notify(&self) {

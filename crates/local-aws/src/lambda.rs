@@ -22,6 +22,7 @@ use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::http::{ApiError, Body, Server, full, read_body, serve};
+use crate::lock;
 
 /// Largest synchronous payload Lambda accepts (6 MB); Event payloads are limited to 256 KB.
 const MAX_SYNC_PAYLOAD: usize = 6 * 1024 * 1024;
@@ -127,12 +128,6 @@ impl std::fmt::Debug for Lambda {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Lambda").finish_non_exhaustive()
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Lambda {

@@ -11,3 +11,11 @@ pub mod kvs;
 pub mod lambda;
 pub mod recognizer;
 pub mod transcribe;
+
+/// Locks a mutex, carrying on past poisoning: a panic elsewhere while it was held cannot leave
+/// the services' bookkeeping in a state worse than serving on with it.
+pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}

@@ -20,6 +20,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::http::{ApiError, Body, BodyError, Server, TlsIdentity, serve_with};
+use crate::lock;
 use crate::recognizer::{EnergyRecognizer, Recognizer, Segment};
 
 /// Largest event-stream message accepted from a client (AWS allows far less audio per event).
@@ -254,12 +255,6 @@ impl Transcribe {
             .body(StreamBody::new(ReceiverStream::new(rx)).boxed())
             .expect("static response parts are valid")
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The request's settings, validated the way Transcribe does before streaming starts.

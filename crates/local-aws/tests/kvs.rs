@@ -111,16 +111,30 @@ fn selector(
     StartSelector::builder().start_selector_type(kind)
 }
 
+/// GetMedia on `stream` from `start`.
+async fn get_media(
+    media: &aws_sdk_kinesisvideomedia::Client,
+    stream: &str,
+    start: StartSelector,
+) -> aws_sdk_kinesisvideomedia::operation::get_media::GetMediaOutput {
+    media
+        .get_media()
+        .stream_name(stream)
+        .start_selector(start)
+        .send()
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn get_media_from_earliest_returns_the_capture_byte_for_byte() {
     let (_kvs, _server, media) = sample_call_server(KvsOptions::default()).await;
-    let output = media
-        .get_media()
-        .stream_name("call")
-        .start_selector(selector(StartSelectorType::Earliest).build().unwrap())
-        .send()
-        .await
-        .unwrap();
+    let output = get_media(
+        &media,
+        "call",
+        selector(StartSelectorType::Earliest).build().unwrap(),
+    )
+    .await;
     assert_eq!(output.content_type.as_deref(), Some("video/webm"));
     let mut payload = output.payload;
     let mut received = Vec::new();
@@ -151,13 +165,7 @@ async fn fragment_number_and_continuation_token_honour_both_readings() {
                 StartSelectorType::FragmentNumber => selector(kind).after_fragment_number(named),
                 _ => selector(kind).continuation_token(named),
             };
-            let output = media
-                .get_media()
-                .stream_name("call")
-                .start_selector(built.build().unwrap())
-                .send()
-                .await
-                .unwrap();
+            let output = get_media(&media, "call", built.build().unwrap()).await;
             let got = fragment_numbers(&read_all(output).await);
             let first = if include { 10 } else { 11 };
             assert_eq!(got, numbers[first..], "include={include}");
@@ -196,20 +204,17 @@ async fn producer_and_server_timestamps_start_at_the_fragment_containing_them() 
             starts[3].server_timestamp_ms.unwrap() + 200,
         ),
     ] {
-        let output = media
-            .get_media()
-            .stream_name("call")
-            .start_selector(
-                selector(kind)
-                    .start_timestamp(
-                        aws_sdk_kinesisvideomedia::primitives::DateTime::from_millis(ms as i64),
-                    )
-                    .build()
-                    .unwrap(),
-            )
-            .send()
-            .await
-            .unwrap();
+        let output = get_media(
+            &media,
+            "call",
+            selector(kind)
+                .start_timestamp(
+                    aws_sdk_kinesisvideomedia::primitives::DateTime::from_millis(ms as i64),
+                )
+                .build()
+                .unwrap(),
+        )
+        .await;
         let got = fragment_numbers(&read_all(output).await);
         assert_eq!(got.first(), starts[3].fragment_number.as_ref());
         assert_eq!(got.len(), 57);
@@ -262,18 +267,15 @@ async fn now_waits_silently_for_live_fragments_and_ends_when_the_call_ends() {
 #[tokio::test]
 async fn a_missing_fragment_is_an_error_chunk_4000() {
     let (_kvs, _server, media) = sample_call_server(KvsOptions::default()).await;
-    let output = media
-        .get_media()
-        .stream_name("call")
-        .start_selector(
-            selector(StartSelectorType::FragmentNumber)
-                .after_fragment_number("91343852333181000000000000000000000000000000000")
-                .build()
-                .unwrap(),
-        )
-        .send()
-        .await
-        .unwrap();
+    let output = get_media(
+        &media,
+        "call",
+        selector(StartSelectorType::FragmentNumber)
+            .after_fragment_number("91343852333181000000000000000000000000000000000")
+            .build()
+            .unwrap(),
+    )
+    .await;
     let events = read_all(output).await;
     assert!(
         matches!(events.as_slice(), [MediaEvent::Error(e)] if e.id == "4000" && e.code.contains("not found")),
@@ -454,13 +456,12 @@ async fn a_cut_connection_resumes_from_the_continuation_token_without_loss_or_re
         .await;
         let numbers = kvs.fragment_numbers("call").unwrap();
         kvs.inject("call", Fault::CutAfterBytes(500_000)).unwrap();
-        let output = media
-            .get_media()
-            .stream_name("call")
-            .start_selector(selector(StartSelectorType::Earliest).build().unwrap())
-            .send()
-            .await
-            .unwrap();
+        let output = get_media(
+            &media,
+            "call",
+            selector(StartSelectorType::Earliest).build().unwrap(),
+        )
+        .await;
         let (first, broke) = read_until_cut(output).await;
         assert!(
             broke,
@@ -472,18 +473,15 @@ async fn a_cut_connection_resumes_from_the_continuation_token_without_loss_or_re
             .take_while(|n| *n != token)
             .chain([token.clone()])
             .collect();
-        let output = media
-            .get_media()
-            .stream_name("call")
-            .start_selector(
-                selector(StartSelectorType::ContinuationToken)
-                    .continuation_token(&token)
-                    .build()
-                    .unwrap(),
-            )
-            .send()
-            .await
-            .unwrap();
+        let output = get_media(
+            &media,
+            "call",
+            selector(StartSelectorType::ContinuationToken)
+                .continuation_token(&token)
+                .build()
+                .unwrap(),
+        )
+        .await;
         let mut rest = fragment_numbers(&read_all(output).await);
         if include {
             assert_eq!(
