@@ -79,6 +79,45 @@ pub fn split_chunks(capture: &[u8]) -> Result<Vec<Range<usize>>, SplitError> {
     Ok(chunks)
 }
 
+/// Where the Tags element with the KVS end tags (MILLIS_BEHIND_NOW, CONTINUATION_TOKEN)
+/// starts, when it is the last element of `chunk` (as GetMedia and [`crate::ConnectWriter`]
+/// write it). A server can then re-stamp those tags at delivery.
+pub fn kvs_end_tags_offset(chunk: &[u8]) -> Option<usize> {
+    const TAGS: u64 = 0x1254_C367;
+    let mut pos = 0usize;
+    let mut last_tags = None;
+    while pos < chunk.len() {
+        let first = chunk[pos];
+        let id_len = first.leading_zeros() as usize + 1;
+        if first == 0 || id_len > 4 || pos + id_len > chunk.len() {
+            return None;
+        }
+        let id = chunk[pos..pos + id_len]
+            .iter()
+            .fold(0u64, |id, b| (id << 8) | u64::from(*b));
+        let (size, size_len) = read_vint(&chunk[pos + id_len..]).ok()??;
+        let unknown = size == (1u64 << (7 * size_len)) - 1;
+        let body = pos + id_len + size_len;
+        if id == SEGMENT || (id == CLUSTER && unknown) {
+            pos = body;
+            continue;
+        }
+        if unknown {
+            return None;
+        }
+        let end = body.checked_add(usize::try_from(size).ok()?)?;
+        if id == TAGS {
+            last_tags = Some((pos, end));
+        }
+        pos = end;
+    }
+    let (start, end) = last_tags?;
+    let holds_end_tags = chunk[start..end]
+        .windows(crate::event::TAG_MILLIS_BEHIND_NOW.len())
+        .any(|w| w == crate::event::TAG_MILLIS_BEHIND_NOW.as_bytes());
+    (end == chunk.len() && holds_end_tags).then_some(start)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -97,6 +136,13 @@ mod tests {
             assert_eq!(&capture[range.clone()], &fragment[..]);
         }
         assert!(split_chunks(&capture[..capture.len() - 3]).is_err());
+        // The end tags can be cut off and re-stamped.
+        let fragment = &fragments[0];
+        let at = kvs_end_tags_offset(fragment).expect("writer fragments end with KVS end tags");
+        let number = ConnectWriter::fragment_number(0);
+        let mut restamped = fragment[..at].to_vec();
+        restamped.extend_from_slice(&ConnectWriter::kvs_end_tags(0, &number));
+        assert_eq!(&restamped, fragment);
         assert!(split_chunks(b"garbage").is_err());
         assert_eq!(split_chunks(&[]), Ok(vec![]));
     }

@@ -158,6 +158,34 @@ impl ConnectWriter {
         fragments
     }
 
+    /// The Tags element KVS appends after a fragment's cluster: MILLIS_BEHIND_NOW and
+    /// CONTINUATION_TOKEN (servers re-stamp it at delivery).
+    pub fn kvs_end_tags(millis_behind_now: u64, continuation_token: &str) -> Vec<u8> {
+        let plain = Self::new(WriterOptions::default());
+        let mut w = TagWriter::new(Vec::new());
+        // Tags are only valid inside a Segment: open an unknown-size one (ID + 8-byte size)
+        // and keep what follows its header.
+        const SEGMENT_HEADER: usize = 4 + 8;
+        w.write_advanced(
+            &MatroskaSpec::Segment(Master::Start),
+            WriteOptions::is_unknown_sized_element(),
+        )
+        .and_then(|()| {
+            plain.write_tags(
+                &mut w,
+                &[
+                    (TAG_MILLIS_BEHIND_NOW, millis_behind_now.to_string()),
+                    (TAG_CONTINUATION_TOKEN, continuation_token.to_string()),
+                ],
+            )
+        })
+        .and_then(|()| w.flush())
+        .expect("writing to a Vec with a consistent spec cannot fail");
+        let mut bytes = w.into_inner().expect("flushing to a Vec cannot fail");
+        bytes.drain(..SEGMENT_HEADER);
+        bytes
+    }
+
     /// A KVS error chunk as GetMedia sends it in place of media (e.g. code `4000`: the
     /// requested fragment was not found).
     pub fn error_chunk(code: &str, id: &str) -> Vec<u8> {

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
-use kvs_media::{ConnectWriter, FragmentReader, MediaEvent, split_chunks};
+use kvs_media::{ConnectWriter, FragmentReader, MediaEvent, kvs_end_tags_offset, split_chunks};
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -104,6 +104,27 @@ struct StoredFragment {
     producer_ms: Option<u64>,
     server_ms: u64,
     chunk: Bytes,
+    /// Where the chunk's trailing KVS end tags start, re-stamped at delivery.
+    end_tags_at: Option<usize>,
+}
+
+impl StoredFragment {
+    /// The chunk as GetMedia sends it now: MILLIS_BEHIND_NOW says how far this fragment is
+    /// behind the newest one on the stream (server timestamps), as KVS computes it.
+    fn chunk_for_delivery(&self, newest_server_ms: u64) -> Bytes {
+        match self.end_tags_at {
+            Some(at) => {
+                let mut out = Vec::with_capacity(self.chunk.len() + 16);
+                out.extend_from_slice(&self.chunk[..at]);
+                out.extend_from_slice(&ConnectWriter::kvs_end_tags(
+                    newest_server_ms.saturating_sub(self.server_ms),
+                    &self.number,
+                ));
+                Bytes::from(out)
+            }
+            None => self.chunk.clone(),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -233,6 +254,7 @@ impl Kvs {
                 .as_ref()
                 .and_then(|s| s.server_timestamp_ms)
                 .unwrap_or_else(now_ms),
+            end_tags_at: kvs_end_tags_offset(&chunk),
             chunk,
         });
         drop(state);
@@ -621,12 +643,13 @@ impl Kvs {
                 let Some(stream) = state.streams.get(&name) else {
                     return;
                 };
+                let newest = stream.fragments.last().map_or(0, |f| f.server_ms);
                 let batch: Vec<Bytes> = stream
                     .fragments
                     .get(next..)
                     .unwrap_or_default()
                     .iter()
-                    .map(|f| f.chunk.clone())
+                    .map(|f| f.chunk_for_delivery(newest))
                     .collect();
                 (batch, stream.closed)
             };

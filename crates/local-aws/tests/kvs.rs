@@ -127,7 +127,7 @@ async fn get_media(
 }
 
 #[tokio::test]
-async fn get_media_from_earliest_returns_the_capture_byte_for_byte() {
+async fn get_media_from_earliest_returns_the_capture_with_millis_behind_now_restamped() {
     let (_kvs, _server, media) = sample_call_server(KvsOptions::default()).await;
     let output = get_media(
         &media,
@@ -136,15 +136,53 @@ async fn get_media_from_earliest_returns_the_capture_byte_for_byte() {
     )
     .await;
     assert_eq!(output.content_type.as_deref(), Some("video/webm"));
-    let mut payload = output.payload;
-    let mut received = Vec::new();
-    while let Some(bytes) = payload.try_next().await.unwrap() {
-        received.extend_from_slice(&bytes);
-    }
+    let received = read_all(output).await;
+    let recorded = {
+        let mut reader = FragmentReader::new();
+        reader.push(&sample_call());
+        reader.end_of_input();
+        std::iter::from_fn(|| reader.next_event().unwrap()).collect::<Vec<_>>()
+    };
+    // Everything as recorded (blocks, tags, fragment numbers, continuation tokens) except
+    // MILLIS_BEHIND_NOW, which says how far behind the newest fragment each one is (and so
+    // the byte offsets after it).
+    let without_millis = |events: &[MediaEvent]| -> Vec<MediaEvent> {
+        events
+            .iter()
+            .cloned()
+            .map(|e| match e {
+                MediaEvent::FragmentEnd(mut end) => {
+                    end.millis_behind_now = None;
+                    MediaEvent::FragmentEnd(end)
+                }
+                MediaEvent::FragmentStart(mut start) => {
+                    start.offset = 0;
+                    MediaEvent::FragmentStart(start)
+                }
+                MediaEvent::Block(mut block) => {
+                    block.offset = 0;
+                    MediaEvent::Block(block)
+                }
+                other => other,
+            })
+            .collect()
+    };
     assert!(
-        received == sample_call(),
-        "GetMedia payload differs from the capture"
+        without_millis(&received) == without_millis(&recorded),
+        "GetMedia changed the media"
     );
+    let millis: Vec<u64> = received
+        .iter()
+        .filter_map(|e| match e {
+            MediaEvent::FragmentEnd(end) => end.millis_behind_now,
+            _ => None,
+        })
+        .collect();
+    assert_eq!(millis.len(), 60);
+    // Server timestamps of the sample call: 1726677689.681 (first) .. 1726677750.136 (last).
+    assert_eq!(millis[0], 60_455);
+    assert_eq!(millis[59], 0);
+    assert!(millis.windows(2).all(|w| w[0] >= w[1]));
 }
 
 #[tokio::test]
