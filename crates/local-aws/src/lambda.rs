@@ -410,6 +410,45 @@ impl Lambda {
                 _runtime_api: server,
             },
         );
+        // Watch for the process exiting on its own (a crash): its invocation fails at once
+        // with Runtime.ExitError, as Lambda reports it, instead of waiting for the timeout.
+        let watched = function.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let status = {
+                    let mut instances = lock(&watched.instances);
+                    let Some(instance) = instances.get_mut(&instance_id) else {
+                        return; // stopped by us (timeout, init error, shutdown)
+                    };
+                    match instance.child.try_wait() {
+                        Ok(Some(status)) => {
+                            instances.remove(&instance_id);
+                            status
+                        }
+                        Ok(None) => continue,
+                        Err(_) => return,
+                    }
+                };
+                let crashed: Vec<InFlight> = {
+                    let mut in_flight = lock(&watched.in_flight);
+                    let ids: Vec<String> = in_flight
+                        .iter()
+                        .filter(|(_, f)| f.instance == instance_id)
+                        .map(|(id, _)| id.clone())
+                        .collect();
+                    ids.iter().filter_map(|id| in_flight.remove(id)).collect()
+                };
+                for invocation in crashed {
+                    watched.busy.fetch_sub(1, Ordering::SeqCst);
+                    let _ = invocation.respond.send(function_error(
+                        "Runtime.ExitError",
+                        &format!("Runtime exited with error: {status}"),
+                    ));
+                }
+                return;
+            }
+        });
         Ok(())
     }
 

@@ -255,3 +255,39 @@ fn rand_suffix() -> u128 {
         .unwrap()
         .as_nanos()
 }
+
+#[tokio::test]
+async fn a_crashing_function_fails_its_invocation_at_once_and_is_replaced() {
+    let (lambda, _server, client, _arn) = setup().await;
+    let started = std::time::Instant::now();
+    let output = client
+        .invoke()
+        .function_name("echo")
+        .payload(Blob::new(json!({"exit": 3}).to_string()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(output.function_error.as_deref(), Some("Unhandled"));
+    let payload = json_of(output.payload);
+    assert_eq!(payload["errorType"], "Runtime.ExitError", "{payload}");
+    assert!(
+        payload["errorMessage"]
+            .as_str()
+            .unwrap()
+            .contains("exit status: 3"),
+        "{payload}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "reported before the 2 s timeout"
+    );
+    let output = client
+        .invoke()
+        .function_name("echo")
+        .payload(Blob::new(json!({"echo": "after"}).to_string()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(json_of(output.payload)["echo"], "after");
+    assert_eq!(lambda.instances("echo"), 1);
+}

@@ -1,7 +1,8 @@
 //! A test function for the local Lambda service (built with local-aws so its tests can run it), run unchanged under its Runtime API.
 //! The event says what to do: `{"echo": ...}` answers it back with the function's name;
 //! `{"fail": "message"}` returns a function error; `{"sleep_ms": N}` sleeps first;
-//! `{"append_to": "/path"}` appends a line per attempt (to count retries).
+//! `{"append_to": "/path"}` appends a line per attempt (to count retries);
+//! `{"exit": N}` makes the process exit (a crash).
 
 use lambda_runtime::{Error, LambdaEvent, run, service_fn};
 use serde_json::{Value, json};
@@ -18,6 +19,9 @@ async fn handler(event: LambdaEvent<Value>) -> Result<Value, Error> {
     }
     if let Some(ms) = payload.get("sleep_ms").and_then(Value::as_u64) {
         tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+    }
+    if let Some(code) = payload.get("exit").and_then(Value::as_i64) {
+        std::process::exit(code as i32);
     }
     if let Some(message) = payload.get("fail").and_then(Value::as_str) {
         return Err(message.to_string().into());
