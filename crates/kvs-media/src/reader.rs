@@ -137,6 +137,14 @@ pub enum ReadErrorKind {
         /// What it had to fit in.
         limit: u64,
     },
+    /// An element's declared size runs past the end of the element that contains it.
+    #[error("element 0x{id:X} declares {size} bytes, more than its parent element holds")]
+    ExceedsParent {
+        /// Element ID.
+        id: u64,
+        /// Declared size.
+        size: u64,
+    },
     /// An element appears where the Matroska hierarchy does not allow it.
     #[error("element 0x{found:X} is not allowed inside {}", parent.map_or("the top level".to_string(), |p| format!("0x{p:X}")))]
     Misplaced {
@@ -603,10 +611,9 @@ impl FragmentReader {
                     size,
                 } => (
                     self.base + position as u64,
-                    ReadErrorKind::TooLarge {
+                    ReadErrorKind::ExceedsParent {
                         id: tag_id,
                         size: size as u64,
-                        limit: self.parent_room(position),
                     },
                 ),
                 CorruptedFileError::HierarchyError {
@@ -636,12 +643,6 @@ impl FragmentReader {
             ),
         };
         ReadError { offset, kind }
-    }
-
-    /// The room left in the enclosing element at `position` is not tracked here; report the
-    /// bytes left in the buffer as the best available bound.
-    fn parent_room(&self, _position: usize) -> u64 {
-        self.buf.len() as u64
     }
 
     fn handle(&mut self, positioned: PositionedTag<MatroskaSpec>) -> Result<(), ReadErrorKind> {
