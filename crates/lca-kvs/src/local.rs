@@ -114,13 +114,15 @@ pub fn run(args: LocalArgs) -> Result<()> {
             let Some((name, binary)) = spec.split_once('=') else {
                 bail!("--function {spec:?}: expected NAME=BINARY");
             };
-            lambda.add_function(FunctionSpec {
-                name: name.to_string(),
-                command: PathBuf::from(binary),
-                environment: Default::default(),
-                timeout: std::time::Duration::from_secs(900),
-                memory_mb: 128,
-            });
+            lambda
+                .add_function(FunctionSpec {
+                    name: name.to_string(),
+                    command: PathBuf::from(binary),
+                    environment: Default::default(),
+                    timeout: std::time::Duration::from_secs(900),
+                    memory_mb: 128,
+                })
+                .map_err(|problem| anyhow::anyhow!("--function {spec:?}: {problem}"))?;
         }
         let lambda_server = lambda.serve(args.lambda_port).await.with_context(|| {
             format!(

@@ -155,8 +155,21 @@ impl Lambda {
         Ok(server)
     }
 
-    /// Registers a function; returns its ARN.
-    pub fn add_function(&self, spec: FunctionSpec) -> String {
+    /// Registers a function; returns its ARN. Names follow Lambda's rule: 1 to 64 letters,
+    /// digits, hyphens or underscores.
+    pub fn add_function(&self, spec: FunctionSpec) -> Result<String, String> {
+        let valid = !spec.name.is_empty()
+            && spec.name.len() <= 64
+            && spec
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !valid {
+            return Err(format!(
+                "function name {:?} must be 1 to 64 letters, digits, hyphens or underscores",
+                spec.name
+            ));
+        }
         let arn = format!(
             "arn:aws:lambda:{}:{}:function:{}",
             self.inner.options.region, self.inner.options.account, spec.name
@@ -174,7 +187,7 @@ impl Lambda {
             attempts: Mutex::new(Vec::new()),
         });
         lock(&self.inner.functions).insert(spec.name, function);
-        arn
+        Ok(arn)
     }
 
     /// Stops every execution environment (their processes are killed).

@@ -43,7 +43,14 @@ async fn setup() -> (
         ..LambdaOptions::default()
     });
     let server = lambda.serve(0).await.unwrap();
-    let arn = lambda.add_function(spec("echo", Duration::from_secs(2)));
+    let arn = lambda
+        .add_function(spec("echo", Duration::from_secs(2)))
+        .unwrap();
+    assert!(
+        lambda
+            .add_function(spec("bad name\n", Duration::from_secs(1)))
+            .is_err()
+    );
     let client = client(&server.url());
     (lambda, server, client, arn)
 }
