@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -115,7 +115,6 @@ struct Inner {
     options: LambdaOptions,
     functions: Mutex<BTreeMap<String, Arc<Function>>>,
     next_id: AtomicU64,
-    url: OnceLock<String>,
 }
 
 /// The local Lambda: register functions, then [`Lambda::serve`] the Invoke API.
@@ -138,7 +137,6 @@ impl Lambda {
                 options,
                 functions: Mutex::new(BTreeMap::new()),
                 next_id: AtomicU64::new(1),
-                url: OnceLock::new(),
             }),
         }
     }
@@ -146,13 +144,11 @@ impl Lambda {
     /// Serves the Invoke API on `127.0.0.1:port` (0: any free port).
     pub async fn serve(&self, port: u16) -> std::io::Result<Server> {
         let lambda = self.clone();
-        let server = serve(port, move |request| {
+        serve(port, move |request| {
             let lambda = lambda.clone();
             async move { lambda.handle(request).await }
         })
-        .await?;
-        let _ = self.inner.url.set(server.url());
-        Ok(server)
+        .await
     }
 
     /// Registers a function; returns its ARN. Names follow Lambda's rule: 1 to 64 letters,
