@@ -60,6 +60,19 @@ fn tls_client(url: &str, cert_pem: &str) -> Client {
     Client::from_conf(config(url).http_client(http).build())
 }
 
+/// A standard-mode request for this project's audio: en-US, 8 kHz PCM, two identified channels.
+fn stereo_request(
+    client: &Client,
+) -> aws_sdk_transcribestreaming::operation::start_stream_transcription::builders::StartStreamTranscriptionFluentBuilder{
+    client
+        .start_stream_transcription()
+        .language_code(LanguageCode::EnUs)
+        .media_sample_rate_hertz(8000)
+        .media_encoding(MediaEncoding::Pcm)
+        .enable_channel_identification(true)
+        .number_of_channels(2)
+}
+
 /// An audio stream the test feeds: 100 ms stereo chunks of `pcm`, then the end.
 fn audio_events(
     pcm: &[u8],
@@ -86,13 +99,7 @@ async fn standard_mode_transcribes_each_turn_on_its_channel_and_receives_every_s
     let transcribe = Transcribe::new(TranscribeOptions::default());
     let server = transcribe.serve(0).await.unwrap();
     let pcm = sample_call_stereo();
-    let mut output = client(&server.url())
-        .start_stream_transcription()
-        .language_code(LanguageCode::EnUs)
-        .media_sample_rate_hertz(8000)
-        .media_encoding(MediaEncoding::Pcm)
-        .enable_channel_identification(true)
-        .number_of_channels(2)
+    let mut output = stereo_request(&client(&server.url()))
         .session_id("11111111-2222-4333-8444-555555555555")
         .vocabulary_name("lca-vocabulary")
         .audio_stream(audio_events(&pcm, None).into())
@@ -292,13 +299,7 @@ async fn run_until_exception(
     client: &Client,
 ) -> aws_sdk_transcribestreaming::types::error::TranscriptResultStreamError {
     let pcm = sample_call_stereo();
-    let mut output = client
-        .start_stream_transcription()
-        .language_code(LanguageCode::EnUs)
-        .media_sample_rate_hertz(8000)
-        .media_encoding(MediaEncoding::Pcm)
-        .enable_channel_identification(true)
-        .number_of_channels(2)
+    let mut output = stereo_request(client)
         .audio_stream(audio_events(&pcm, None).into())
         .send()
         .await
@@ -409,13 +410,7 @@ async fn tls_with_alpn_h2_as_production_runs() {
     let pcm = sample_call_stereo();
     // The first 20 s: agent, caller, agent turns, and the caller's second turn cut at 20 s.
     let pcm = &pcm[..20 * 8000 * 4];
-    let mut output = tls_client(&server.url(), &identity.cert_pem)
-        .start_stream_transcription()
-        .language_code(LanguageCode::EnUs)
-        .media_sample_rate_hertz(8000)
-        .media_encoding(MediaEncoding::Pcm)
-        .enable_channel_identification(true)
-        .number_of_channels(2)
+    let mut output = stereo_request(&tls_client(&server.url(), &identity.cert_pem))
         .audio_stream(audio_events(pcm, None).into())
         .send()
         .await
