@@ -1,7 +1,12 @@
-//! The call transcriber pipeline (in progress): so far the sans-IO [`ContactGate`], which turns
-//! a GetMedia event stream into one call's audio, fragment bookkeeping for lossless resumes,
-//! and the reason to stop.
+//! The call transcriber pipeline (in progress): configuration from the environment, the
+//! sans-IO [`ContactGate`] (one call's audio out of a GetMedia event stream, fragment
+//! bookkeeping for lossless resumes, the reason to stop) and [`TranscriptLedger`] (lossless,
+//! duplicate-free Transcribe reconnects).
 
+pub mod config;
 mod gate;
+mod ledger;
 
+pub use config::{ConfigError, TranscriberConfig};
 pub use gate::{ContactGate, GateOutput, StopReason};
+pub use ledger::{Placement, TranscriptLedger};

@@ -1,0 +1,580 @@
+//! [`TranscriberConfig`]: the transcriber's settings, read from the environment with the LCA
+//! reference's variable names and defaults. Pure: the caller passes a lookup function, so tests
+//! need no process environment.
+
+use std::time::Duration;
+
+/// A setting that cannot be used: names the variable, its value and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{variable}={value:?}: {problem}")]
+pub struct ConfigError {
+    /// The environment variable.
+    pub variable: &'static str,
+    /// Its value (empty when missing).
+    pub value: String,
+    /// What is wrong with it.
+    pub problem: String,
+}
+
+/// Which Transcribe API the call goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApiMode {
+    /// StartStreamTranscription: two channels with channel identification.
+    Standard,
+    /// StartCallAnalyticsStreamTranscription: channel 0 = CUSTOMER, 1 = AGENT.
+    Analytics,
+}
+
+/// How the language is chosen (`TRANSCRIBE_LANGUAGE_CODE`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Language {
+    /// One language code, e.g. `en-US`.
+    Code(String),
+    /// `identify-language`: Transcribe picks one of the options.
+    Identify(LanguageIdentification),
+    /// `identify-multiple-languages`: Transcribe may switch between the options.
+    IdentifyMultiple(LanguageIdentification),
+}
+
+/// Options for language identification.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LanguageIdentification {
+    /// `TRANSCRIBE_LANGUAGE_OPTIONS` without blanks, e.g. `en-US,es-US`.
+    pub options: Option<String>,
+    /// `TRANSCRIBE_PREFERRED_LANGUAGE` (`None` = unset); one of the options.
+    pub preferred: Option<String>,
+}
+
+/// Content redaction of the live transcript.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Redaction {
+    /// `CONTENT_REDACTION_TYPE` (Transcribe knows `PII`).
+    pub kind: String,
+    /// `PII_ENTITY_TYPES`, e.g. `ALL` or `NAME,ADDRESS`.
+    pub entity_types: Option<String>,
+}
+
+/// Post-call analytics of a Call Analytics session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PostCallAnalytics {
+    /// `s3://OUTPUT_BUCKET/CALL_ANALYTICS_FILE_PREFIX`.
+    pub output_location: String,
+    /// `TCA_DATA_ACCESS_ROLE_ARN`.
+    pub data_access_role_arn: String,
+    /// `POST_CALL_CONTENT_REDACTION_OUTPUT` when redaction is on (`redacted` or
+    /// `redacted_and_unredacted`).
+    pub content_redaction_output: Option<String>,
+}
+
+/// Everything the Transcribe session is configured with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TranscribeSettings {
+    /// `TRANSCRIBE_API_MODE`.
+    pub mode: ApiMode,
+    /// `TRANSCRIBE_LANGUAGE_CODE` and its options.
+    pub language: Language,
+    /// Redaction, only when enabled *and* the language supports it (as the reference does).
+    pub redaction: Option<Redaction>,
+    /// `CUSTOM_VOCABULARY_NAME`.
+    pub vocabulary_name: Option<String>,
+    /// `CUSTOM_LANGUAGE_MODEL_NAME`.
+    pub language_model_name: Option<String>,
+    /// Analytics mode with `IS_TCA_POST_CALL_ANALYTICS_ENABLED`.
+    pub post_call_analytics: Option<PostCallAnalytics>,
+    /// `TRANSCRIBE_ENDPOINT`: a custom endpoint URL.
+    pub endpoint: Option<String>,
+    /// `START_STREAM_RETRIES`: attempts to start a stream before giving up.
+    pub start_retries: u32,
+    /// `START_STREAM_RETRY_WAIT`: pause between attempts.
+    pub start_retry_wait: Duration,
+}
+
+/// The transcriber's configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TranscriberConfig {
+    /// `REGION`, when set (otherwise the SDK's own region chain).
+    pub region: Option<String>,
+    /// `KINESIS_STREAM_NAME`: the LCA data stream.
+    pub kinesis_stream_name: String,
+    /// `OUTPUT_BUCKET`: recordings and post-call analytics output.
+    pub output_bucket: Option<String>,
+    /// `RECORDING_FILE_PREFIX`, ending in `/`.
+    pub recording_prefix: String,
+    /// `RAW_FILE_PREFIX`, ending in `/`.
+    pub raw_prefix: String,
+    /// `CALL_ANALYTICS_FILE_PREFIX`, ending in `/`.
+    pub call_analytics_prefix: String,
+    /// Transcribe options.
+    pub transcribe: TranscribeSettings,
+    /// `SAVE_PARTIAL_TRANSCRIPTS`.
+    pub save_partials: bool,
+    /// `KEEP_ALIVE`: silence is sent after this long without audio from KVS.
+    pub keep_alive: Duration,
+    /// `KVS_IDLE_TIMEOUT` (this project's addition): the call is over when KVS sends no new
+    /// fragment for this long.
+    pub kvs_idle_timeout: Duration,
+    /// `LAMBDA_INVOKE_TIMEOUT`: audio work per invocation before handing over.
+    pub lambda_invoke_timeout: Duration,
+    /// `CONNECT_INSTANCE_ARN`: the only instance whose contacts are accepted.
+    pub connect_instance_arn: Option<String>,
+    /// `LAMBDA_HOOK_FUNCTION_ARN`: optional hook invoked for a new call.
+    pub lambda_hook_function_arn: Option<String>,
+}
+
+/// Languages for which Transcribe streaming redacts PII (as in the LCA reference).
+pub const REDACTION_LANGUAGES: [&str; 4] = ["en-US", "en-AU", "en-GB", "es-US"];
+
+/// Transcribe closes a stream after 15 s without audio; keep-alives must come sooner.
+const TRANSCRIBE_AUDIO_TIMEOUT_MS: u64 = 15_000;
+
+impl TranscriberConfig {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads settings through `lookup` (a variable's value, or `None` when unset).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let env = Env(&lookup);
+        let mode = match env.get("TRANSCRIBE_API_MODE").as_deref() {
+            None | Some("standard") => ApiMode::Standard,
+            Some("analytics") => ApiMode::Analytics,
+            Some(other) => {
+                return Err(env.error(
+                    "TRANSCRIBE_API_MODE",
+                    other,
+                    "expected `standard` or `analytics`",
+                ));
+            }
+        };
+        let output_bucket = env.get("OUTPUT_BUCKET");
+        let call_analytics_prefix =
+            env.prefix("CALL_ANALYTICS_FILE_PREFIX", "lca-call-analytics-json/");
+        let redaction_enabled = env.flag("IS_CONTENT_REDACTION_ENABLED", true)?;
+        let language = env.language()?;
+        let redaction = match (&language, redaction_enabled) {
+            (Language::Code(code), true) if REDACTION_LANGUAGES.contains(&code.as_str()) => {
+                let kind = env
+                    .get("CONTENT_REDACTION_TYPE")
+                    .unwrap_or_else(|| "PII".to_string());
+                if kind != "PII" {
+                    return Err(env.error(
+                        "CONTENT_REDACTION_TYPE",
+                        &kind,
+                        "Transcribe streaming only knows `PII`",
+                    ));
+                }
+                Some(Redaction {
+                    kind,
+                    entity_types: Some(
+                        env.get("PII_ENTITY_TYPES")
+                            .unwrap_or_else(|| "ALL".to_string()),
+                    ),
+                })
+            }
+            _ => None,
+        };
+        let post_call_analytics = if mode == ApiMode::Analytics
+            && env.flag("IS_TCA_POST_CALL_ANALYTICS_ENABLED", true)?
+        {
+            let bucket = output_bucket.clone().ok_or_else(|| {
+                env.error(
+                    "OUTPUT_BUCKET",
+                    "",
+                    "post-call analytics (TRANSCRIBE_API_MODE=analytics, \
+                     IS_TCA_POST_CALL_ANALYTICS_ENABLED=true) needs the bucket to write to",
+                )
+            })?;
+            let role = env.get("TCA_DATA_ACCESS_ROLE_ARN").ok_or_else(|| {
+                env.error(
+                    "TCA_DATA_ACCESS_ROLE_ARN",
+                    "",
+                    "post-call analytics (TRANSCRIBE_API_MODE=analytics, \
+                     IS_TCA_POST_CALL_ANALYTICS_ENABLED=true) needs the role Transcribe writes with",
+                )
+            })?;
+            let content_redaction_output = if redaction_enabled {
+                let output = env
+                    .get("POST_CALL_CONTENT_REDACTION_OUTPUT")
+                    .unwrap_or_else(|| "redacted".to_string());
+                if output != "redacted" && output != "redacted_and_unredacted" {
+                    return Err(env.error(
+                        "POST_CALL_CONTENT_REDACTION_OUTPUT",
+                        &output,
+                        "expected `redacted` or `redacted_and_unredacted`",
+                    ));
+                }
+                Some(output)
+            } else {
+                None
+            };
+            Some(PostCallAnalytics {
+                output_location: format!("s3://{bucket}/{call_analytics_prefix}"),
+                data_access_role_arn: role,
+                content_redaction_output,
+            })
+        } else {
+            None
+        };
+        let endpoint = env.get("TRANSCRIBE_ENDPOINT");
+        if let Some(url) = &endpoint
+            && !(url.starts_with("https://") || url.starts_with("http://"))
+        {
+            return Err(env.error(
+                "TRANSCRIBE_ENDPOINT",
+                url,
+                "expected a URL starting with https:// (or http:// for a local endpoint)",
+            ));
+        }
+        let keep_alive = env.millis("KEEP_ALIVE", 10_000)?;
+        if keep_alive.is_zero() || keep_alive.as_millis() as u64 >= TRANSCRIBE_AUDIO_TIMEOUT_MS {
+            return Err(env.error(
+                "KEEP_ALIVE",
+                &keep_alive.as_millis().to_string(),
+                "must be between 1 and 14999 ms: Transcribe closes a stream after 15 s without audio",
+            ));
+        }
+        let start_retries = env.number("START_STREAM_RETRIES", 5)?;
+        if start_retries == 0 {
+            return Err(env.error(
+                "START_STREAM_RETRIES",
+                "0",
+                "must be at least 1 (the first attempt counts)",
+            ));
+        }
+        let lambda_invoke_timeout = env.millis("LAMBDA_INVOKE_TIMEOUT", 720_000)?;
+        if lambda_invoke_timeout.is_zero() {
+            return Err(env.error("LAMBDA_INVOKE_TIMEOUT", "0", "must be positive"));
+        }
+        let kvs_idle_timeout = env.millis("KVS_IDLE_TIMEOUT", 15_000)?;
+        if kvs_idle_timeout.is_zero() {
+            return Err(env.error("KVS_IDLE_TIMEOUT", "0", "must be positive"));
+        }
+        Ok(Self {
+            region: env.get("REGION"),
+            kinesis_stream_name: env.get("KINESIS_STREAM_NAME").ok_or_else(|| {
+                env.error(
+                    "KINESIS_STREAM_NAME",
+                    "",
+                    "required: the LCA Kinesis data stream the events go to",
+                )
+            })?,
+            output_bucket,
+            recording_prefix: env.prefix("RECORDING_FILE_PREFIX", "lca-audio-recordings/"),
+            raw_prefix: env.prefix("RAW_FILE_PREFIX", "lca-audio-raw/"),
+            call_analytics_prefix,
+            transcribe: TranscribeSettings {
+                mode,
+                language,
+                redaction,
+                vocabulary_name: env.get("CUSTOM_VOCABULARY_NAME"),
+                language_model_name: env.get("CUSTOM_LANGUAGE_MODEL_NAME"),
+                post_call_analytics,
+                endpoint,
+                start_retries,
+                start_retry_wait: env.millis("START_STREAM_RETRY_WAIT", 1_000)?,
+            },
+            save_partials: env.flag("SAVE_PARTIAL_TRANSCRIPTS", true)?,
+            keep_alive,
+            kvs_idle_timeout,
+            lambda_invoke_timeout,
+            connect_instance_arn: env.get("CONNECT_INSTANCE_ARN"),
+            lambda_hook_function_arn: env.get("LAMBDA_HOOK_FUNCTION_ARN"),
+        })
+    }
+}
+
+/// Typed reads over a lookup function; empty values count as unset (CloudFormation passes
+/// empty strings for blank parameters).
+struct Env<'a>(&'a dyn Fn(&str) -> Option<String>);
+
+impl Env<'_> {
+    fn get(&self, name: &str) -> Option<String> {
+        (self.0)(name)
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+    }
+
+    fn error(&self, variable: &'static str, value: &str, problem: &str) -> ConfigError {
+        ConfigError {
+            variable,
+            value: value.to_string(),
+            problem: problem.to_string(),
+        }
+    }
+
+    fn flag(&self, name: &'static str, default: bool) -> Result<bool, ConfigError> {
+        match self.get(name) {
+            None => Ok(default),
+            Some(v) if v.eq_ignore_ascii_case("true") => Ok(true),
+            Some(v) if v.eq_ignore_ascii_case("false") => Ok(false),
+            Some(v) => Err(self.error(name, &v, "expected `true` or `false`")),
+        }
+    }
+
+    fn number(&self, name: &'static str, default: u32) -> Result<u32, ConfigError> {
+        match self.get(name) {
+            None => Ok(default),
+            Some(v) => v
+                .parse()
+                .map_err(|_| self.error(name, &v, "expected a whole number")),
+        }
+    }
+
+    fn millis(&self, name: &'static str, default: u64) -> Result<Duration, ConfigError> {
+        match self.get(name) {
+            None => Ok(Duration::from_millis(default)),
+            Some(v) => v
+                .parse()
+                .map(Duration::from_millis)
+                .map_err(|_| self.error(name, &v, "expected a whole number of milliseconds")),
+        }
+    }
+
+    /// An S3 key prefix, ending in `/` (as the reference's formatPath makes it).
+    fn prefix(&self, name: &str, default: &str) -> String {
+        let mut prefix = self.get(name).unwrap_or_else(|| default.to_string());
+        if !prefix.ends_with('/') {
+            prefix.push('/');
+        }
+        prefix
+    }
+
+    fn language(&self) -> Result<Language, ConfigError> {
+        let code = self
+            .get("TRANSCRIBE_LANGUAGE_CODE")
+            .unwrap_or_else(|| "en-US".to_string());
+        let identification = || -> Result<LanguageIdentification, ConfigError> {
+            let options: Option<String> = self
+                .get("TRANSCRIBE_LANGUAGE_OPTIONS")
+                .map(|o| o.chars().filter(|c| !c.is_whitespace()).collect());
+            let preferred = self
+                .get("TRANSCRIBE_PREFERRED_LANGUAGE")
+                .filter(|p| p != "None");
+            if let Some(preferred) = &preferred {
+                let listed = options
+                    .as_deref()
+                    .is_some_and(|o| o.split(',').any(|l| l == preferred));
+                if !listed {
+                    return Err(self.error(
+                        "TRANSCRIBE_PREFERRED_LANGUAGE",
+                        preferred,
+                        "must be one of TRANSCRIBE_LANGUAGE_OPTIONS",
+                    ));
+                }
+            }
+            if let Some(options) = &options
+                && (options.split(',').count() < 2 || options.split(',').any(|l| !is_code(l)))
+            {
+                return Err(self.error(
+                    "TRANSCRIBE_LANGUAGE_OPTIONS",
+                    options,
+                    "expected at least two comma-separated language codes, e.g. `en-US,es-US`",
+                ));
+            }
+            Ok(LanguageIdentification { options, preferred })
+        };
+        match code.as_str() {
+            "identify-language" => Ok(Language::Identify(identification()?)),
+            "identify-multiple-languages" => Ok(Language::IdentifyMultiple(identification()?)),
+            code if is_code(code) => Ok(Language::Code(code.to_string())),
+            other => Err(self.error(
+                "TRANSCRIBE_LANGUAGE_CODE",
+                other,
+                "expected a language code such as `en-US`, `identify-language` or \
+                 `identify-multiple-languages`",
+            )),
+        }
+    }
+}
+
+/// `xx-XX` shaped (Transcribe's codes: two or three letters, a dash, two letters).
+fn is_code(code: &str) -> bool {
+    match code.split_once('-') {
+        Some((lang, region)) => {
+            (2..=3).contains(&lang.len())
+                && lang.chars().all(|c| c.is_ascii_lowercase())
+                && region.len() == 2
+                && region.chars().all(|c| c.is_ascii_uppercase())
+        }
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn config(vars: &[(&str, &str)]) -> Result<TranscriberConfig, ConfigError> {
+        let mut map: HashMap<String, String> = [("KINESIS_STREAM_NAME", "lca")]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        for (k, v) in vars {
+            map.insert(k.to_string(), v.to_string());
+        }
+        TranscriberConfig::from_lookup(|name| map.get(name).cloned())
+    }
+
+    fn error_variable(vars: &[(&str, &str)]) -> &'static str {
+        config(vars).expect_err("should be rejected").variable
+    }
+
+    #[test]
+    fn defaults_are_the_reference_defaults() {
+        let c = config(&[]).unwrap();
+        assert_eq!(c.kinesis_stream_name, "lca");
+        assert_eq!(c.recording_prefix, "lca-audio-recordings/");
+        assert_eq!(c.raw_prefix, "lca-audio-raw/");
+        assert_eq!(c.call_analytics_prefix, "lca-call-analytics-json/");
+        assert_eq!(c.transcribe.mode, ApiMode::Standard);
+        assert_eq!(c.transcribe.language, Language::Code("en-US".into()));
+        // Redaction is on by default in the reference, and en-US supports it.
+        assert_eq!(
+            c.transcribe.redaction,
+            Some(Redaction {
+                kind: "PII".into(),
+                entity_types: Some("ALL".into())
+            })
+        );
+        assert!(c.save_partials);
+        assert_eq!(c.keep_alive, Duration::from_secs(10));
+        assert_eq!(c.lambda_invoke_timeout, Duration::from_millis(720_000));
+        assert_eq!(c.transcribe.start_retries, 5);
+        assert_eq!(c.transcribe.start_retry_wait, Duration::from_secs(1));
+        assert_eq!(c.transcribe.post_call_analytics, None);
+    }
+
+    #[test]
+    fn redaction_only_for_languages_that_support_it() {
+        let c = config(&[("TRANSCRIBE_LANGUAGE_CODE", "de-DE")]).unwrap();
+        assert_eq!(c.transcribe.redaction, None);
+        let c = config(&[("IS_CONTENT_REDACTION_ENABLED", "false")]).unwrap();
+        assert_eq!(c.transcribe.redaction, None);
+        let c = config(&[("PII_ENTITY_TYPES", "NAME,ADDRESS")]).unwrap();
+        assert_eq!(
+            c.transcribe.redaction.unwrap().entity_types.as_deref(),
+            Some("NAME,ADDRESS")
+        );
+    }
+
+    #[test]
+    fn language_identification_with_options() {
+        let c = config(&[
+            ("TRANSCRIBE_LANGUAGE_CODE", "identify-language"),
+            ("TRANSCRIBE_LANGUAGE_OPTIONS", "en-US, es-US"),
+            ("TRANSCRIBE_PREFERRED_LANGUAGE", "es-US"),
+        ])
+        .unwrap();
+        assert_eq!(
+            c.transcribe.language,
+            Language::Identify(LanguageIdentification {
+                options: Some("en-US,es-US".into()),
+                preferred: Some("es-US".into())
+            })
+        );
+        assert_eq!(c.transcribe.redaction, None);
+        let c = config(&[
+            ("TRANSCRIBE_LANGUAGE_CODE", "identify-multiple-languages"),
+            ("TRANSCRIBE_LANGUAGE_OPTIONS", "en-US,de-DE"),
+            ("TRANSCRIBE_PREFERRED_LANGUAGE", "None"),
+        ])
+        .unwrap();
+        assert!(matches!(
+            c.transcribe.language,
+            Language::IdentifyMultiple(LanguageIdentification {
+                preferred: None,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn analytics_needs_bucket_and_role_for_post_call_output() {
+        assert_eq!(
+            error_variable(&[("TRANSCRIBE_API_MODE", "analytics")]),
+            "OUTPUT_BUCKET"
+        );
+        assert_eq!(
+            error_variable(&[("TRANSCRIBE_API_MODE", "analytics"), ("OUTPUT_BUCKET", "b")]),
+            "TCA_DATA_ACCESS_ROLE_ARN"
+        );
+        let c = config(&[
+            ("TRANSCRIBE_API_MODE", "analytics"),
+            ("OUTPUT_BUCKET", "b"),
+            ("TCA_DATA_ACCESS_ROLE_ARN", "arn:aws:iam::1:role/tca"),
+            ("CALL_ANALYTICS_FILE_PREFIX", "tca"),
+            (
+                "POST_CALL_CONTENT_REDACTION_OUTPUT",
+                "redacted_and_unredacted",
+            ),
+        ])
+        .unwrap();
+        assert_eq!(
+            c.transcribe.post_call_analytics,
+            Some(PostCallAnalytics {
+                output_location: "s3://b/tca/".into(),
+                data_access_role_arn: "arn:aws:iam::1:role/tca".into(),
+                content_redaction_output: Some("redacted_and_unredacted".into()),
+            })
+        );
+        // Post-call analytics off: nothing else needed.
+        let c = config(&[
+            ("TRANSCRIBE_API_MODE", "analytics"),
+            ("IS_TCA_POST_CALL_ANALYTICS_ENABLED", "false"),
+        ])
+        .unwrap();
+        assert_eq!(c.transcribe.mode, ApiMode::Analytics);
+        assert_eq!(c.transcribe.post_call_analytics, None);
+    }
+
+    #[test]
+    fn bad_values_name_their_variable() {
+        let cases: &[(&[(&str, &str)], &str)] = &[
+            (&[("KINESIS_STREAM_NAME", "")], "KINESIS_STREAM_NAME"),
+            (&[("TRANSCRIBE_API_MODE", "fast")], "TRANSCRIBE_API_MODE"),
+            (
+                &[("SAVE_PARTIAL_TRANSCRIPTS", "yes")],
+                "SAVE_PARTIAL_TRANSCRIPTS",
+            ),
+            (&[("KEEP_ALIVE", "15000")], "KEEP_ALIVE"),
+            (&[("KEEP_ALIVE", "ten")], "KEEP_ALIVE"),
+            (&[("START_STREAM_RETRIES", "-1")], "START_STREAM_RETRIES"),
+            (&[("START_STREAM_RETRIES", "0")], "START_STREAM_RETRIES"),
+            (&[("LAMBDA_INVOKE_TIMEOUT", "0")], "LAMBDA_INVOKE_TIMEOUT"),
+            (
+                &[("TRANSCRIBE_LANGUAGE_CODE", "english")],
+                "TRANSCRIBE_LANGUAGE_CODE",
+            ),
+            (
+                &[("TRANSCRIBE_ENDPOINT", "localhost:9")],
+                "TRANSCRIBE_ENDPOINT",
+            ),
+            (
+                &[("CONTENT_REDACTION_TYPE", "PHI")],
+                "CONTENT_REDACTION_TYPE",
+            ),
+            (
+                &[
+                    ("TRANSCRIBE_LANGUAGE_CODE", "identify-language"),
+                    ("TRANSCRIBE_LANGUAGE_OPTIONS", "en-US,es-US"),
+                    ("TRANSCRIBE_PREFERRED_LANGUAGE", "fr-FR"),
+                ],
+                "TRANSCRIBE_PREFERRED_LANGUAGE",
+            ),
+            (
+                &[
+                    ("TRANSCRIBE_LANGUAGE_CODE", "identify-language"),
+                    ("TRANSCRIBE_LANGUAGE_OPTIONS", "en-US"),
+                ],
+                "TRANSCRIBE_LANGUAGE_OPTIONS",
+            ),
+        ];
+        for (vars, variable) in cases {
+            let error = config(vars).expect_err(variable);
+            assert_eq!(error.variable, *variable, "{vars:?}");
+            assert!(error.to_string().starts_with(variable), "{error}");
+        }
+    }
+}
