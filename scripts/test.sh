@@ -11,6 +11,15 @@ fi
 
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+
+# moto server (Kinesis, S3, DynamoDB emulator) for the end-to-end tests, in a venv under target/.
+venv=target/interop-venv
+if [ ! -x "$venv/bin/python" ]; then
+  python3 -m venv "$venv"
+fi
+[ -x "$venv/bin/moto_server" ] || "$venv/bin/pip" install -q --disable-pip-version-check "moto[server]==5.2.1"
+export MOTO_SERVER="$PWD/$venv/bin/moto_server"
+
 cargo test --workspace --locked
 
 # Clients written by others (boto3) against `lca-kvs local`.

@@ -92,6 +92,17 @@ impl ContactGate {
         self.last_done.as_deref()
     }
 
+    /// Prepares for a new GetMedia connection after the last one was cut (or ended with a
+    /// transient error): a fragment cut midway is forgotten (KVS sends it again; its audio
+    /// already let through is dropped as a repeat by the assembler, by timestamp).
+    pub fn reconnect(&mut self) {
+        if self.current.take().is_some_and(|f| f.holding) {
+            // The cut fragment was held for its ContactId: hold it again when it comes back.
+            self.last_end_ms = None;
+        }
+        self.stopped = false;
+    }
+
     /// Whether the stream is finished for this call.
     pub fn is_stopped(&self) -> bool {
         self.stopped

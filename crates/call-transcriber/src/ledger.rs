@@ -108,8 +108,9 @@ impl TranscriptLedger {
         self.session_samples += samples;
     }
 
-    /// Call seconds minus session seconds at session time `session_s`.
-    fn offset_s(&self, session_s: f64) -> f64 {
+    /// Call seconds minus session seconds at session time `session_s` (add it to a session
+    /// time to get the call's).
+    pub fn offset_s(&self, session_s: f64) -> f64 {
         let at = (session_s.max(0.0) * 8000.0).round() as u64;
         let silence: u64 = self
             .inserted
@@ -153,7 +154,7 @@ impl TranscriptLedger {
                 .utterance_id
                 .clone()
                 .or(utterance_id.map(str::to_string));
-            let start = placement.start_s.map_or(start_ms, |s| to_ms(s));
+            let start = placement.start_s.map_or(start_ms, to_ms);
             self.open[channel] = Some((start, id));
         } else {
             self.open[channel] = None;

@@ -6,6 +6,10 @@
 pub mod config;
 mod gate;
 mod ledger;
+pub mod pipeline;
+pub mod publisher;
+pub mod source;
+pub mod transcribe;
 
 pub use config::{ConfigError, TranscriberConfig};
 pub use gate::{ContactGate, GateOutput, StopReason};

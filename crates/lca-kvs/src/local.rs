@@ -10,6 +10,7 @@ use kvs_media::split_chunks;
 use local_aws::http::TlsIdentity;
 use local_aws::kvs::{Kvs, KvsOptions};
 use local_aws::lambda::{FunctionSpec, Lambda, LambdaOptions};
+use local_aws::moto::{MotoError, MotoServer};
 use local_aws::transcribe::{Transcribe, TranscribeOptions};
 
 /// Options of `lca-kvs local`.
@@ -130,7 +131,15 @@ pub fn run(args: LocalArgs) -> Result<()> {
                 args.lambda_port
             )
         })?;
-        let moto = if args.no_moto { None } else { start_moto().await? };
+        let moto = if args.no_moto {
+            None
+        } else {
+            match MotoServer::start() {
+                Ok(moto) => Some(moto),
+                Err(MotoError::NotInstalled) => None,
+                Err(error) => return Err(error.into()),
+            }
+        };
         let mut players = Vec::new();
         for (name, chunks) in streams {
             kvs.create_stream(&name)?;
@@ -150,7 +159,7 @@ pub fn run(args: LocalArgs) -> Result<()> {
         writeln!(out, "export AWS_ENDPOINT_URL_LAMBDA={}", lambda_server.url())?;
         if let Some(moto) = &moto {
             for service in ["KINESIS", "S3", "DYNAMODB"] {
-                writeln!(out, "export AWS_ENDPOINT_URL_{service}={}", moto.url)?;
+                writeln!(out, "export AWS_ENDPOINT_URL_{service}={}", moto.url())?;
             }
         }
         if let Some(path) = &cert_file {
@@ -177,44 +186,4 @@ pub fn run(args: LocalArgs) -> Result<()> {
         }
         Ok(())
     })
-}
-
-/// A moto server child process (Kinesis, S3, DynamoDB), stopped on drop.
-struct Moto {
-    url: String,
-    _child: tokio::process::Child,
-}
-
-/// Starts `moto_server` on a free loopback port when it is installed (`pip install
-/// "moto[server]"`); `None` when it is not.
-async fn start_moto() -> Result<Option<Moto>> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .context("cannot find a free port for moto")?
-        .port();
-    let child = match tokio::process::Command::new("moto_server")
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-    {
-        Ok(child) => child,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(error) => return Err(error).context("cannot start moto_server"),
-    };
-    for _ in 0..100 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            return Ok(Some(Moto {
-                url: format!("http://127.0.0.1:{port}"),
-                _child: child,
-            }));
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    bail!("moto_server did not start listening on 127.0.0.1:{port} within 10 s")
 }

@@ -9,6 +9,7 @@
 pub mod http;
 pub mod kvs;
 pub mod lambda;
+pub mod moto;
 pub mod recognizer;
 pub mod transcribe;
 

@@ -1,0 +1,348 @@
+//! [`CallPipeline`]: one call (or one Lambda invocation's share of it) from its KVS stream to
+//! LCA events on Kinesis. Wires the source, the assembler, the Transcribe session and the
+//! publisher together; each runs in its own task, joined by channels.
+
+use std::time::Duration;
+
+use call_audio::{AssemblerConfig, StereoAssembler, StereoChunk};
+use lca_events::{LcaEvent, LcaMessage, Stamped, StartCall};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::config::TranscriberConfig;
+use crate::publisher::{self, PublishReport, PublisherOptions};
+use crate::source::{
+    self, EndReason, KvsClients, SourceError, SourceEvent, SourceOptions, StartAt,
+};
+use crate::transcribe::{self, CallTranscription, TranscribeError, TranscriptionSummary};
+
+/// The AWS clients a pipeline uses, built once per process from one SDK configuration.
+#[derive(Clone, Debug)]
+pub struct Clients {
+    /// KVS control plane and media.
+    pub kvs: KvsClients,
+    /// Transcribe Streaming.
+    pub transcribe: aws_sdk_transcribestreaming::Client,
+    /// The LCA Kinesis data stream.
+    pub kinesis: aws_sdk_kinesis::Client,
+}
+
+impl Clients {
+    /// Clients from `sdk` (which honours `AWS_ENDPOINT_URL_*`) and the configuration's
+    /// Transcribe endpoint override.
+    pub fn new(sdk: &aws_config::SdkConfig, config: &TranscriberConfig) -> Self {
+        Self {
+            kvs: KvsClients::new(sdk),
+            transcribe: transcribe::client(sdk, &config.transcribe),
+            kinesis: aws_sdk_kinesis::Client::new(sdk),
+        }
+    }
+}
+
+/// Loads the SDK configuration the way the Lambda does: the default chain, with `REGION`
+/// (when set) as the region.
+pub async fn load_sdk_config(config: &TranscriberConfig) -> aws_config::SdkConfig {
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+    if let Some(region) = &config.region {
+        loader = loader.region(aws_config::Region::new(region.clone()));
+    }
+    loader.load().await
+}
+
+/// Where this run of a call starts and what it carries over from an earlier one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CallPosition {
+    /// Where the stream is read from.
+    pub start: StartAt,
+    /// The Transcribe session id to reuse.
+    pub session_id: Option<String>,
+    /// Producer timestamp (ns) of the call's sample 0, once known.
+    pub origin_ns: Option<i64>,
+    /// Samples of the call already transcribed.
+    pub start_sample: u64,
+}
+
+/// One call to transcribe.
+#[derive(Debug, Clone)]
+pub struct CallSpec {
+    /// LCA CallId (the ContactId unless a hook changed it).
+    pub call_id: String,
+    /// Connect ContactId (the stream's ContactId tags).
+    pub contact_id: String,
+    /// The call's KVS stream.
+    pub stream_arn: String,
+    /// Where to start.
+    pub position: CallPosition,
+    /// START to publish first (a new call), or none (a continuation).
+    pub start_event: Option<StartCall>,
+    /// Stop at the first fragment boundary after this instant (Lambda hand-over).
+    pub deadline: Option<Instant>,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Ending {
+    /// The call is over (END was published).
+    CallEnded(EndReason),
+    /// The deadline passed: continue from `position` in a new invocation (no END).
+    HandOver(CallPosition),
+}
+
+/// What a run did.
+#[derive(Debug)]
+pub struct CallOutcome {
+    /// How it ended.
+    pub ending: Ending,
+    /// Transcribe's side.
+    pub transcription: TranscriptionSummary,
+    /// Kinesis's side.
+    pub published: PublishReport,
+    /// Samples of call audio assembled in this run.
+    pub samples: u64,
+    /// Per 100 ms chunk: from the arrival of the KVS bytes that completed it to its hand-off
+    /// to the Transcribe session.
+    pub chunk_latencies: Vec<Duration>,
+}
+
+/// Why a run failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// Reading KVS failed.
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    /// Transcribe failed.
+    #[error(transparent)]
+    Transcribe(#[from] TranscribeError),
+    /// Some events could not be put on Kinesis.
+    #[error("call {call_id}: {count} LCA events could not be put on Kinesis; first: {first}")]
+    Undelivered {
+        /// The call.
+        call_id: String,
+        /// How many.
+        count: usize,
+        /// The first failure.
+        first: String,
+    },
+}
+
+/// Runs calls with one configuration and one set of clients.
+#[derive(Clone, Debug)]
+pub struct CallPipeline {
+    /// The configuration.
+    pub config: TranscriberConfig,
+    /// The clients.
+    pub clients: Clients,
+}
+
+impl CallPipeline {
+    /// Runs `call` until it ends or its deadline passes; `recording` receives every stereo
+    /// chunk in order (the S3 recorder). Flushes Transcribe and Kinesis before returning.
+    pub async fn run(
+        &self,
+        call: CallSpec,
+        recording: Option<mpsc::Sender<StereoChunk>>,
+    ) -> Result<CallOutcome, PipelineError> {
+        let config = &self.config;
+        let (message_tx, message_rx) = mpsc::channel::<LcaMessage>(1024);
+        let kinesis = self.clients.kinesis.clone();
+        let publisher_options = PublisherOptions::new(&config.kinesis_stream_name);
+        let publisher =
+            tokio::spawn(
+                async move { publisher::run(&kinesis, &publisher_options, message_rx).await },
+            );
+        if let Some(start) = call.start_event.clone() {
+            let _ = message_tx
+                .send(LcaMessage {
+                    call_id: call.call_id.clone(),
+                    event: LcaEvent::Start(start),
+                })
+                .await;
+        }
+        let (chunk_tx, chunk_rx) = mpsc::channel::<StereoChunk>(64);
+        let transcription = CallTranscription {
+            call_id: call.call_id.clone(),
+            settings: config.transcribe.clone(),
+            save_partials: config.save_partials,
+            keep_alive: config.keep_alive,
+            session_id: call.position.session_id.clone(),
+            start_sample: call.position.start_sample,
+        };
+        let transcribe_client = self.clients.transcribe.clone();
+        let transcribe_messages = message_tx.clone();
+        let transcriber = tokio::spawn(async move {
+            transcribe::run(
+                &transcribe_client,
+                transcription,
+                chunk_rx,
+                transcribe_messages,
+            )
+            .await
+        });
+
+        let mut events = source::spawn(
+            self.clients.kvs.clone(),
+            SourceOptions::new(
+                &call.stream_arn,
+                &call.contact_id,
+                call.position.start.clone(),
+                config.kvs_idle_timeout,
+            ),
+        );
+        let mut assembler = StereoAssembler::new(AssemblerConfig {
+            origin_ns: call.position.origin_ns,
+            start_sample: call.position.start_sample,
+            ..AssemblerConfig::default()
+        });
+        let mut last_fragment = match &call.position.start {
+            StartAt::After(number) => Some(StartAt::After(number.clone())),
+            StartAt::Fragment(_) => None,
+        };
+        let mut chunk_latencies = Vec::new();
+        let mut last_received = Instant::now();
+        let mut source_error = None;
+        let ending = loop {
+            let mut at_boundary = false;
+            let Some(event) = events.recv().await else {
+                break Ending::CallEnded(EndReason::StreamEnded);
+            };
+            match event {
+                Ok(SourceEvent::Audio {
+                    channel,
+                    timestamp_ns,
+                    pcm,
+                    received,
+                }) => {
+                    last_received = received;
+                    if let Err(error) = assembler.push(channel, timestamp_ns, &pcm) {
+                        tracing::warn!(call_id = %call.call_id, %error, "audio block dropped");
+                    }
+                }
+                Ok(SourceEvent::FragmentDone {
+                    fragment_number, ..
+                }) => {
+                    assembler.sync();
+                    at_boundary = true;
+                    last_fragment = Some(StartAt::After(fragment_number));
+                }
+                Ok(SourceEvent::End(reason)) => break Ending::CallEnded(reason),
+                Err(error) => {
+                    source_error = Some(error);
+                    break Ending::CallEnded(EndReason::StreamEnded);
+                }
+            }
+            forward(
+                &mut assembler,
+                &chunk_tx,
+                recording.as_ref(),
+                last_received,
+                &mut chunk_latencies,
+            )
+            .await;
+            if at_boundary
+                && let (Some(deadline), Some(after)) = (call.deadline, &last_fragment)
+                && Instant::now() >= deadline
+            {
+                assembler.finish();
+                forward(
+                    &mut assembler,
+                    &chunk_tx,
+                    recording.as_ref(),
+                    last_received,
+                    &mut chunk_latencies,
+                )
+                .await;
+                break Ending::HandOver(CallPosition {
+                    start: after.clone(),
+                    session_id: None,
+                    origin_ns: assembler.origin_ns(),
+                    start_sample: assembler.emitted_samples(),
+                });
+            }
+        };
+        drop(events);
+        if matches!(ending, Ending::CallEnded(_)) {
+            assembler.finish();
+            forward(
+                &mut assembler,
+                &chunk_tx,
+                recording.as_ref(),
+                last_received,
+                &mut chunk_latencies,
+            )
+            .await;
+        }
+        drop(chunk_tx);
+        drop(recording);
+        let transcription = match transcriber.await {
+            Ok(result) => result,
+            Err(join) => std::panic::resume_unwind(join.into_panic()),
+        };
+        let transcription = match transcription {
+            Ok(summary) => summary,
+            Err(error) => {
+                drop(message_tx);
+                let _ = publisher.await;
+                return Err(error.into());
+            }
+        };
+        if let Some(error) = source_error {
+            drop(message_tx);
+            let _ = publisher.await;
+            return Err(error.into());
+        }
+        if matches!(ending, Ending::CallEnded(_)) {
+            let _ = message_tx
+                .send(LcaMessage {
+                    call_id: call.call_id.clone(),
+                    event: LcaEvent::End(Stamped {
+                        created_at: transcribe::now(),
+                    }),
+                })
+                .await;
+        }
+        drop(message_tx);
+        let published = match publisher.await {
+            Ok(report) => report,
+            Err(join) => std::panic::resume_unwind(join.into_panic()),
+        };
+        if let Some((_, first)) = published.undelivered.first() {
+            return Err(PipelineError::Undelivered {
+                call_id: call.call_id,
+                count: published.undelivered.len(),
+                first: first.clone(),
+            });
+        }
+        let ending = match ending {
+            Ending::HandOver(mut position) => {
+                position.session_id = transcription.session_id.clone();
+                Ending::HandOver(position)
+            }
+            other => other,
+        };
+        Ok(CallOutcome {
+            ending,
+            samples: assembler.emitted_samples() - call.position.start_sample,
+            transcription,
+            published,
+            chunk_latencies,
+        })
+    }
+}
+
+/// Sends every ready chunk to Transcribe (and the recorder).
+async fn forward(
+    assembler: &mut StereoAssembler,
+    transcribe: &mpsc::Sender<StereoChunk>,
+    recording: Option<&mpsc::Sender<StereoChunk>>,
+    received: Instant,
+    latencies: &mut Vec<Duration>,
+) {
+    while let Some(chunk) = assembler.pop_chunk() {
+        if let Some(recording) = recording {
+            let _ = recording.send(chunk.clone()).await;
+        }
+        latencies.push(received.elapsed());
+        // A closed channel means the transcription failed; its error is reported at the end.
+        let _ = transcribe.send(chunk).await;
+    }
+}

@@ -1,0 +1,664 @@
+//! The Transcribe Streaming edge: one call's stereo audio in, LCA messages out, across as many
+//! Transcribe sessions as failures require ([`TranscriptLedger`] keeps them lossless and
+//! duplicate-free).
+
+use std::time::Duration;
+
+use aws_sdk_transcribestreaming::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_transcribestreaming::primitives::Blob;
+use aws_sdk_transcribestreaming::types::error::AudioStreamError;
+use aws_sdk_transcribestreaming::types::{
+    AudioEvent, AudioStream, CallAnalyticsLanguageCode, CallAnalyticsTranscriptResultStream,
+    CategoryEvent, ChannelDefinition, ConfigurationEvent, ContentRedactionOutput,
+    ContentRedactionType, LanguageCode, MediaEncoding, ParticipantRole, PostCallAnalyticsSettings,
+    TranscriptEvent, TranscriptResultStream, UtteranceEvent,
+};
+use call_audio::StereoChunk;
+use lca_events::{LcaMessage, SegmentMapper, TranscriptResult};
+use serde_json::{Map, Value, json};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+
+use crate::config::{ApiMode, Language, TranscribeSettings};
+use crate::ledger::TranscriptLedger;
+use crate::source::error_text;
+
+/// A Transcribe Streaming client from the shared SDK configuration; `TRANSCRIBE_ENDPOINT`
+/// overrides the endpoint (otherwise `AWS_ENDPOINT_URL_TRANSCRIBE_STREAMING` applies).
+pub fn client(
+    sdk: &aws_config::SdkConfig,
+    settings: &TranscribeSettings,
+) -> aws_sdk_transcribestreaming::Client {
+    let mut config = aws_sdk_transcribestreaming::config::Builder::from(sdk);
+    if let Some(endpoint) = &settings.endpoint {
+        config = config.endpoint_url(endpoint);
+    }
+    aws_sdk_transcribestreaming::Client::from_conf(config.build())
+}
+
+/// One call's transcription.
+#[derive(Debug, Clone)]
+pub struct CallTranscription {
+    /// The call (LCA CallId).
+    pub call_id: String,
+    /// Transcribe options.
+    pub settings: TranscribeSettings,
+    /// `SAVE_PARTIAL_TRANSCRIPTS`.
+    pub save_partials: bool,
+    /// Silence is sent after this long without audio.
+    pub keep_alive: Duration,
+    /// The session id to reuse (a call continued by a new Lambda), if any.
+    pub session_id: Option<String>,
+    /// Call sample at which this invocation's audio starts (segment times stay relative to
+    /// the call's start).
+    pub start_sample: u64,
+}
+
+/// What a transcription did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TranscriptionSummary {
+    /// The Transcribe session id (for a continuation).
+    pub session_id: Option<String>,
+    /// Sessions started (1 + reconnects).
+    pub sessions: u32,
+    /// Call audio sent, in samples (excluding replays and keep-alives).
+    pub audio_samples: u64,
+    /// Samples sent again after reconnects.
+    pub replayed_samples: u64,
+    /// Keep-alive silences sent.
+    pub keep_alives: u64,
+    /// Messages handed to the publisher.
+    pub messages: u64,
+    /// Results dropped as repeats after a reconnect.
+    pub duplicates_dropped: u64,
+}
+
+/// Why a transcription failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TranscribeError {
+    /// Starting a stream kept failing.
+    #[error(
+        "call {call_id}: Transcribe did not start a stream after {attempts} attempts; last: {message}"
+    )]
+    Start {
+        /// The call.
+        call_id: String,
+        /// Attempts made.
+        attempts: u32,
+        /// The last error.
+        message: String,
+    },
+    /// A stream failed in a way reconnecting does not fix.
+    #[error("call {call_id}: Transcribe stream failed: {message}")]
+    Stream {
+        /// The call.
+        call_id: String,
+        /// The error.
+        message: String,
+    },
+}
+
+/// Exceptions after which a new session continues the call.
+fn is_retryable(code: Option<&str>) -> bool {
+    matches!(
+        code,
+        None | Some(
+            "LimitExceededException" | "InternalFailureException" | "ServiceUnavailableException"
+        )
+    )
+}
+
+/// One result from either API.
+enum Output {
+    Transcript(TranscriptEvent),
+    Utterance(UtteranceEvent),
+    Category(CategoryEvent),
+}
+
+/// A session's failure: the exception code (None for a connection failure) and text.
+struct Failure {
+    code: Option<String>,
+    message: String,
+}
+
+fn failure<E, R>(error: &SdkError<E, R>) -> Failure
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug + 'static,
+{
+    Failure {
+        code: error.code().map(str::to_string),
+        message: error_text(error),
+    }
+}
+
+/// A running session: where its audio goes and where its results come from.
+struct Session {
+    audio: Option<mpsc::UnboundedSender<Result<AudioStream, AudioStreamError>>>,
+    outputs: mpsc::Receiver<Result<Output, Failure>>,
+}
+
+/// 1 ms of stereo silence (8 samples): enough to keep a stream open, short enough not to
+/// matter (and accounted for in segment times).
+const KEEP_ALIVE_SAMPLES: u64 = 8;
+
+/// Reconnects in a row that produced no result before the call's transcription fails.
+const MAX_FRUITLESS_RESTARTS: u32 = 5;
+
+/// Transcribes `chunks` (the call's stereo audio, in order) until the channel closes and
+/// Transcribe has answered everything; sends the LCA messages to `out` in order.
+pub async fn run(
+    client: &aws_sdk_transcribestreaming::Client,
+    call: CallTranscription,
+    mut chunks: mpsc::Receiver<StereoChunk>,
+    out: mpsc::Sender<LcaMessage>,
+) -> Result<TranscriptionSummary, TranscribeError> {
+    let mut ledger = TranscriptLedger::new(call.start_sample, 5_000, 120_000);
+    let mut summary = TranscriptionSummary {
+        session_id: call.session_id.clone(),
+        ..TranscriptionSummary::default()
+    };
+    let mut mapper = SegmentMapper {
+        call_id: call.call_id.clone(),
+        time_offset_s: 0.0,
+        save_partials: call.save_partials,
+    };
+    let mut input_open = true;
+    let mut replay = Vec::new();
+    let mut fruitless = 0u32;
+    loop {
+        let mut session = start(client, &call, &mut summary, std::mem::take(&mut replay)).await?;
+        summary.sessions += 1;
+        let mut answered = false;
+        if !input_open {
+            session.audio = None;
+        }
+        let mut last_audio = Instant::now();
+        let ended: Option<Failure> = loop {
+            tokio::select! {
+                chunk = chunks.recv(), if input_open => match chunk {
+                    Some(chunk) => {
+                        ledger.sent(&chunk);
+                        summary.audio_samples += chunk.samples as u64;
+                        send_audio(&session, chunk.pcm);
+                        last_audio = Instant::now();
+                    }
+                    None => {
+                        input_open = false;
+                        // Dropping the sender ends the audio stream (an empty event).
+                        session.audio = None;
+                    }
+                },
+                _ = tokio::time::sleep_until(last_audio + call.keep_alive), if input_open => {
+                    send_audio(&session, vec![0; KEEP_ALIVE_SAMPLES as usize * 4]);
+                    ledger.keep_alive(KEEP_ALIVE_SAMPLES);
+                    summary.keep_alives += 1;
+                    last_audio = Instant::now();
+                }
+                output = session.outputs.recv() => match output {
+                    Some(Ok(output)) => {
+                        answered = true;
+                        for message in map_output(output, &mut ledger, &mut mapper, &mut summary) {
+                            summary.messages += 1;
+                            if out.send(message).await.is_err() {
+                                return Ok(summary);
+                            }
+                        }
+                    }
+                    Some(Err(failure)) => break Some(failure),
+                    None if !input_open => return Ok(summary),
+                    None => break Some(Failure {
+                        code: None,
+                        message: "the stream ended before the call's audio did".to_string(),
+                    }),
+                },
+            }
+        };
+        let failure = ended.expect("the session loop breaks only with a failure");
+        if !is_retryable(failure.code.as_deref()) {
+            return Err(TranscribeError::Stream {
+                call_id: call.call_id.clone(),
+                message: failure.message,
+            });
+        }
+        fruitless = if answered { 0 } else { fruitless + 1 };
+        if fruitless > MAX_FRUITLESS_RESTARTS {
+            return Err(TranscribeError::Stream {
+                call_id: call.call_id.clone(),
+                message: format!(
+                    "{} reconnects in a row without a result; last: {}",
+                    fruitless, failure.message
+                ),
+            });
+        }
+        tracing::warn!(call_id = %call.call_id, code = ?failure.code, message = %failure.message, "Transcribe stream failed; resuming in a new session");
+        replay = ledger.restart();
+        summary.replayed_samples += replay.iter().map(|c| c.samples as u64).sum::<u64>();
+    }
+}
+
+fn send_audio(session: &Session, pcm: Vec<u8>) {
+    if let Some(audio) = &session.audio {
+        // A closed receiver means the session is failing; its failure arrives on `outputs`.
+        let _ = audio.send(Ok(AudioStream::AudioEvent(
+            AudioEvent::builder().audio_chunk(Blob::new(pcm)).build(),
+        )));
+    }
+}
+
+/// Starts a session (with retries), queueing `replay` as its first audio.
+async fn start(
+    client: &aws_sdk_transcribestreaming::Client,
+    call: &CallTranscription,
+    summary: &mut TranscriptionSummary,
+    replay: Vec<StereoChunk>,
+) -> Result<Session, TranscribeError> {
+    let settings = &call.settings;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let (audio_tx, audio_rx) = mpsc::unbounded_channel();
+        if settings.mode == ApiMode::Analytics {
+            let _ = audio_tx.send(Ok(AudioStream::ConfigurationEvent(configuration(settings))));
+        }
+        for chunk in &replay {
+            let _ = audio_tx.send(Ok(AudioStream::AudioEvent(
+                AudioEvent::builder()
+                    .audio_chunk(Blob::new(chunk.pcm.clone()))
+                    .build(),
+            )));
+        }
+        let stream = UnboundedReceiverStream::new(audio_rx);
+        let (out_tx, outputs) = mpsc::channel(64);
+        let started = match settings.mode {
+            ApiMode::Standard => standard_request(client, settings, summary.session_id.as_deref())
+                .audio_stream(stream.into())
+                .send()
+                .await
+                .map(|mut response| {
+                    summary.session_id = response.session_id.clone().or(summary.session_id.take());
+                    tokio::spawn(async move {
+                        loop {
+                            let item = match response.transcript_result_stream.recv().await {
+                                Ok(Some(TranscriptResultStream::TranscriptEvent(event))) => {
+                                    Ok(Output::Transcript(event))
+                                }
+                                Ok(Some(_)) => continue,
+                                Ok(None) => break,
+                                Err(error) => Err(failure(&error)),
+                            };
+                            let stop = item.is_err();
+                            if out_tx.send(item).await.is_err() || stop {
+                                break;
+                            }
+                        }
+                    });
+                })
+                .map_err(|e| failure(&e)),
+            ApiMode::Analytics => {
+                analytics_request(client, settings, summary.session_id.as_deref())
+                    .audio_stream(stream.into())
+                    .send()
+                    .await
+                    .map(|mut response| {
+                        summary.session_id =
+                            response.session_id.clone().or(summary.session_id.take());
+                        tokio::spawn(async move {
+                            loop {
+                                let item = match response
+                                    .call_analytics_transcript_result_stream
+                                    .recv()
+                                    .await
+                                {
+                                    Ok(Some(
+                                        CallAnalyticsTranscriptResultStream::UtteranceEvent(e),
+                                    )) => Ok(Output::Utterance(e)),
+                                    Ok(Some(
+                                        CallAnalyticsTranscriptResultStream::CategoryEvent(e),
+                                    )) => Ok(Output::Category(e)),
+                                    Ok(Some(_)) => continue,
+                                    Ok(None) => break,
+                                    Err(error) => Err(failure(&error)),
+                                };
+                                let stop = item.is_err();
+                                if out_tx.send(item).await.is_err() || stop {
+                                    break;
+                                }
+                            }
+                        });
+                    })
+                    .map_err(|e| failure(&e))
+            }
+        };
+        match started {
+            Ok(()) => {
+                return Ok(Session {
+                    audio: Some(audio_tx),
+                    outputs,
+                });
+            }
+            Err(failure) if attempt < settings.start_retries => {
+                tracing::warn!(call_id = %call.call_id, attempt, message = %failure.message, "Transcribe did not start the stream; retrying");
+                tokio::time::sleep(settings.start_retry_wait).await;
+            }
+            Err(failure) => {
+                return Err(TranscribeError::Start {
+                    call_id: call.call_id.clone(),
+                    attempts: attempt,
+                    message: failure.message,
+                });
+            }
+        }
+    }
+}
+
+type StandardRequest = aws_sdk_transcribestreaming::operation::start_stream_transcription::builders::StartStreamTranscriptionFluentBuilder;
+type AnalyticsRequest = aws_sdk_transcribestreaming::operation::start_call_analytics_stream_transcription::builders::StartCallAnalyticsStreamTranscriptionFluentBuilder;
+
+/// StartStreamTranscription for the call's stereo audio with every configured option.
+fn standard_request(
+    client: &aws_sdk_transcribestreaming::Client,
+    settings: &TranscribeSettings,
+    session_id: Option<&str>,
+) -> StandardRequest {
+    let mut request = client
+        .start_stream_transcription()
+        .media_sample_rate_hertz(8000)
+        .media_encoding(MediaEncoding::Pcm)
+        .number_of_channels(2)
+        .enable_channel_identification(true)
+        .set_session_id(session_id.map(str::to_string))
+        .set_vocabulary_name(settings.vocabulary_name.clone())
+        .set_language_model_name(settings.language_model_name.clone());
+    request = match &settings.language {
+        Language::Code(code) => request.language_code(LanguageCode::from(code.as_str())),
+        Language::Identify(id) => request
+            .identify_language(true)
+            .set_language_options(id.options.clone())
+            .set_preferred_language(id.preferred.as_deref().map(LanguageCode::from)),
+        Language::IdentifyMultiple(id) => request
+            .identify_multiple_languages(true)
+            .set_language_options(id.options.clone())
+            .set_preferred_language(id.preferred.as_deref().map(LanguageCode::from)),
+    };
+    if let Some(redaction) = &settings.redaction {
+        request = request
+            .content_redaction_type(ContentRedactionType::from(redaction.kind.as_str()))
+            .set_pii_entity_types(redaction.entity_types.clone());
+    }
+    request
+}
+
+/// StartCallAnalyticsStreamTranscription with every configured option.
+fn analytics_request(
+    client: &aws_sdk_transcribestreaming::Client,
+    settings: &TranscribeSettings,
+    session_id: Option<&str>,
+) -> AnalyticsRequest {
+    let mut request = client
+        .start_call_analytics_stream_transcription()
+        .media_sample_rate_hertz(8000)
+        .media_encoding(MediaEncoding::Pcm)
+        .set_session_id(session_id.map(str::to_string))
+        .set_vocabulary_name(settings.vocabulary_name.clone())
+        .set_language_model_name(settings.language_model_name.clone());
+    request = match &settings.language {
+        Language::Code(code) => {
+            request.language_code(CallAnalyticsLanguageCode::from(code.as_str()))
+        }
+        // Call Analytics identifies one language per stream.
+        Language::Identify(id) | Language::IdentifyMultiple(id) => request
+            .identify_language(true)
+            .set_language_options(id.options.clone())
+            .set_preferred_language(id.preferred.as_deref().map(CallAnalyticsLanguageCode::from)),
+    };
+    if let Some(redaction) = &settings.redaction {
+        request = request
+            .content_redaction_type(ContentRedactionType::from(redaction.kind.as_str()))
+            .set_pii_entity_types(redaction.entity_types.clone());
+    }
+    request
+}
+
+/// The Call Analytics ConfigurationEvent: channel 0 is the customer, 1 the agent; post-call
+/// analytics output when configured.
+fn configuration(settings: &TranscribeSettings) -> ConfigurationEvent {
+    let channel = |id, role| {
+        ChannelDefinition::builder()
+            .channel_id(id)
+            .participant_role(role)
+            .build()
+            .expect("channel id and role are set")
+    };
+    let post_call = settings.post_call_analytics.as_ref().map(|p| {
+        PostCallAnalyticsSettings::builder()
+            .output_location(&p.output_location)
+            .data_access_role_arn(&p.data_access_role_arn)
+            .set_content_redaction_output(
+                p.content_redaction_output
+                    .as_deref()
+                    .map(ContentRedactionOutput::from),
+            )
+            .build()
+            .expect("output location and role are set")
+    });
+    ConfigurationEvent::builder()
+        .channel_definitions(channel(0, ParticipantRole::Customer))
+        .channel_definitions(channel(1, ParticipantRole::Agent))
+        .set_post_call_analytics_settings(post_call)
+        .build()
+}
+
+/// The LCA messages for one Transcribe output (none for repeats after a reconnect, or
+/// partials when they are not saved).
+fn map_output(
+    output: Output,
+    ledger: &mut TranscriptLedger,
+    mapper: &mut SegmentMapper,
+    summary: &mut TranscriptionSummary,
+) -> Vec<LcaMessage> {
+    let created_at = now();
+    let mut messages = Vec::new();
+    match output {
+        Output::Transcript(event) => {
+            let results = event.transcript.and_then(|t| t.results).unwrap_or_default();
+            for result in results {
+                let channel = usize::from(result.channel_id.as_deref() == Some("ch_1"));
+                let Some(placement) = ledger.result(
+                    channel,
+                    result.start_time,
+                    result.end_time,
+                    result.is_partial,
+                    None,
+                ) else {
+                    summary.duplicates_dropped += 1;
+                    continue;
+                };
+                let transcript = result
+                    .alternatives
+                    .as_ref()
+                    .and_then(|a| a.first())
+                    .and_then(|a| a.transcript.clone())
+                    .unwrap_or_default();
+                mapper.time_offset_s = placement.offset_s;
+                let start_time = placement
+                    .start_s
+                    .map_or(result.start_time, |s| s - placement.offset_s);
+                let mapped = TranscriptResult {
+                    channel_id: result.channel_id.clone(),
+                    start_time,
+                    end_time: result.end_time,
+                    is_partial: result.is_partial,
+                    transcript,
+                };
+                messages.extend(mapper.transcript(&mapped, &created_at));
+            }
+        }
+        Output::Utterance(event) => {
+            let channel = usize::from(event.participant_role == Some(ParticipantRole::Agent));
+            let Some(placement) = ledger.result(
+                channel,
+                event.begin_offset_millis.unwrap_or(0) as f64 / 1000.0,
+                event.end_offset_millis.unwrap_or(0) as f64 / 1000.0,
+                event.is_partial,
+                event.utterance_id.as_deref(),
+            ) else {
+                summary.duplicates_dropped += 1;
+                return messages;
+            };
+            let mut value = utterance_json(&event);
+            if let Some(id) = placement.utterance_id {
+                value["UtteranceId"] = Value::from(id);
+            }
+            if let Some(start_s) = placement.start_s {
+                let ms = ((start_s - placement.offset_s) * 1000.0).round() as i64;
+                value["BeginOffsetMillis"] = Value::from(ms);
+            }
+            mapper.time_offset_s = placement.offset_s;
+            messages.extend(mapper.utterance(&value, &created_at));
+        }
+        Output::Category(event) => {
+            let names = event.matched_categories.clone().unwrap_or_default();
+            if ledger.category(&names) {
+                let first_ms = event
+                    .matched_details
+                    .as_ref()
+                    .and_then(|d| d.values().flat_map(|p| p.timestamp_ranges().iter()).next())
+                    .and_then(|r| r.begin_offset_millis)
+                    .unwrap_or(0);
+                mapper.time_offset_s = ledger.offset_s(first_ms as f64 / 1000.0);
+                messages.push(mapper.category(&category_json(&event), &created_at));
+            } else {
+                summary.duplicates_dropped += 1;
+            }
+        }
+    }
+    messages
+}
+
+/// An UtteranceEvent as Transcribe's JSON (the shape LCA stores).
+pub fn utterance_json(event: &UtteranceEvent) -> Value {
+    let mut map = Map::new();
+    let mut put = |key: &str, value: Value| {
+        if !value.is_null() {
+            map.insert(key.to_string(), value);
+        }
+    };
+    put("UtteranceId", json!(event.utterance_id));
+    put("IsPartial", json!(event.is_partial));
+    put(
+        "ParticipantRole",
+        json!(event.participant_role.as_ref().map(|r| r.as_str())),
+    );
+    put("BeginOffsetMillis", json!(event.begin_offset_millis));
+    put("EndOffsetMillis", json!(event.end_offset_millis));
+    put("Transcript", json!(event.transcript));
+    put(
+        "Items",
+        json!(event.items.as_ref().map(|items| {
+            items
+                .iter()
+                .map(|i| {
+                    json!({
+                        "BeginOffsetMillis": i.begin_offset_millis,
+                        "EndOffsetMillis": i.end_offset_millis,
+                        "Type": i.r#type.as_ref().map(|t| t.as_str()),
+                        "Content": i.content,
+                        "Confidence": i.confidence,
+                        "VocabularyFilterMatch": i.vocabulary_filter_match,
+                        "Stable": i.stable,
+                    })
+                })
+                .collect::<Vec<_>>()
+        })),
+    );
+    put(
+        "Entities",
+        json!(event.entities.as_ref().map(|entities| {
+            entities
+                .iter()
+                .map(|e| {
+                    json!({
+                        "BeginOffsetMillis": e.begin_offset_millis,
+                        "EndOffsetMillis": e.end_offset_millis,
+                        "Category": e.category,
+                        "Type": e.r#type,
+                        "Content": e.content,
+                        "Confidence": e.confidence,
+                    })
+                })
+                .collect::<Vec<_>>()
+        })),
+    );
+    put(
+        "Sentiment",
+        json!(event.sentiment.as_ref().map(|s| s.as_str())),
+    );
+    put(
+        "IssuesDetected",
+        json!(event.issues_detected.as_ref().map(|issues| {
+            issues
+                .iter()
+                .map(|i| {
+                    json!({
+                        "CharacterOffsets": {
+                            "Begin": i.character_offsets.as_ref().and_then(|o| o.begin),
+                            "End": i.character_offsets.as_ref().and_then(|o| o.end),
+                        }
+                    })
+                })
+                .collect::<Vec<_>>()
+        })),
+    );
+    put(
+        "LanguageCode",
+        json!(event.language_code.as_ref().map(|l| l.as_str())),
+    );
+    put(
+        "LanguageIdentification",
+        json!(event.language_identification.as_ref().map(|scores| {
+            scores
+                .iter()
+                .map(|s| {
+                    json!({
+                        "LanguageCode": s.language_code.as_ref().map(|l| l.as_str()),
+                        "Score": s.score,
+                    })
+                })
+                .collect::<Vec<_>>()
+        })),
+    );
+    Value::Object(map)
+}
+
+/// A CategoryEvent as Transcribe's JSON.
+pub fn category_json(event: &CategoryEvent) -> Value {
+    let details: Map<String, Value> = event
+        .matched_details
+        .iter()
+        .flatten()
+        .map(|(name, points)| {
+            let ranges: Vec<Value> = points
+                .timestamp_ranges()
+                .iter()
+                .map(|r| {
+                    json!({
+                        "BeginOffsetMillis": r.begin_offset_millis,
+                        "EndOffsetMillis": r.end_offset_millis,
+                    })
+                })
+                .collect();
+            (name.clone(), json!({ "TimestampRanges": ranges }))
+        })
+        .collect();
+    json!({
+        "MatchedCategories": event.matched_categories.clone().unwrap_or_default(),
+        "MatchedDetails": details,
+    })
+}
+
+/// The current time as LCA's CreatedAt (ISO-8601, UTC, milliseconds).
+pub fn now() -> String {
+    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
+}

@@ -1,0 +1,451 @@
+//! The pipeline end to end with the real AWS SDK clients: local KVS and Transcribe (local-aws)
+//! and moto server (Kinesis). The sample call (`fixtures/connect/sample-call.mkv`) is played
+//! live into local KVS as Connect would write it.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_sdk_kinesis::types::ShardIteratorType;
+use bytes::Bytes;
+use call_transcriber::TranscriberConfig;
+use call_transcriber::pipeline::{
+    CallOutcome, CallPipeline, CallPosition, CallSpec, Clients, Ending,
+};
+use call_transcriber::source::{EndReason, KvsClients, StartAt};
+use kvs_media::split_chunks;
+use lca_events::StartCall;
+use local_aws::kvs::{Fault, Kvs, KvsOptions};
+use local_aws::moto::MotoServer;
+use local_aws::transcribe::{Transcribe, TranscribeFault, TranscribeOptions};
+use serde_json::Value;
+
+const CONTACT: &str = "d111f871-5fe7-40b1-b5f7-6b67060de0c2";
+/// Live playback speed: the 60 s call in about 6 s.
+const SPEED: f64 = 10.0;
+
+fn fixture(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/fixtures")
+        .join(rel)
+}
+
+fn sample_call_chunks() -> Vec<Bytes> {
+    let capture = std::fs::read(fixture("connect/sample-call.mkv")).expect("../shared/fixtures");
+    split_chunks(&capture)
+        .unwrap()
+        .into_iter()
+        .map(|r| Bytes::copy_from_slice(&capture[r]))
+        .collect()
+}
+
+/// The sample call as interleaved stereo s16le: caller left, agent right.
+fn sample_call_stereo() -> Vec<u8> {
+    let caller = std::fs::read(fixture("connect/sample-call.caller.raw")).unwrap();
+    let agent = std::fs::read(fixture("connect/sample-call.agent.raw")).unwrap();
+    caller
+        .chunks_exact(2)
+        .zip(agent.chunks_exact(2))
+        .flat_map(|(c, a)| [c[0], c[1], a[0], a[1]])
+        .collect()
+}
+
+fn sdk_config(url: &str) -> SdkConfig {
+    SdkConfig::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_kinesis::config::SharedCredentialsProvider::new(
+            aws_sdk_kinesis::config::Credentials::new("AKIDLOCAL", "secret", None, None, "test"),
+        ))
+        .endpoint_url(url)
+        .build()
+}
+
+/// Local KVS + Transcribe + moto, and a Kinesis stream named `lca`.
+struct Harness {
+    kvs: Kvs,
+    transcribe: Transcribe,
+    kinesis: aws_sdk_kinesis::Client,
+    clients: Clients,
+    _servers: (local_aws::http::Server, local_aws::http::Server, MotoServer),
+}
+
+impl Harness {
+    async fn new(kvs: KvsOptions, transcribe: TranscribeOptions) -> Self {
+        let moto = MotoServer::start().expect("moto server");
+        let kvs = Kvs::new(kvs);
+        let kvs_server = kvs.serve(0).await.unwrap();
+        let transcribe = Transcribe::new(transcribe);
+        let transcribe_server = transcribe.serve(0).await.unwrap();
+        let kinesis = aws_sdk_kinesis::Client::new(&sdk_config(moto.url()));
+        kinesis
+            .create_stream()
+            .stream_name("lca")
+            .shard_count(1)
+            .send()
+            .await
+            .unwrap();
+        let clients = Clients {
+            kvs: KvsClients::new(&sdk_config(&kvs_server.url())),
+            transcribe: aws_sdk_transcribestreaming::Client::new(&sdk_config(
+                &transcribe_server.url(),
+            )),
+            kinesis: kinesis.clone(),
+        };
+        Self {
+            kvs,
+            transcribe,
+            kinesis,
+            clients,
+            _servers: (kvs_server, transcribe_server, moto),
+        }
+    }
+
+    fn pipeline(&self, vars: &[(&str, &str)]) -> CallPipeline {
+        let mut env: HashMap<&str, &str> =
+            HashMap::from([("KINESIS_STREAM_NAME", "lca"), ("KVS_IDLE_TIMEOUT", "3000")]);
+        env.extend(vars.iter().copied());
+        let config =
+            TranscriberConfig::from_lookup(|name| env.get(name).map(|v| v.to_string())).unwrap();
+        CallPipeline {
+            config,
+            clients: self.clients.clone(),
+        }
+    }
+
+    /// Creates `name` and plays `chunks` into it live; returns its ARN and the first
+    /// fragment's number once it is on the stream.
+    async fn play(&self, name: &str, chunks: Vec<Bytes>) -> (String, String) {
+        let arn = self.kvs.create_stream(name).unwrap();
+        self.kvs.play(name, chunks, SPEED);
+        for _ in 0..200 {
+            if let Some(first) = self.kvs.fragment_numbers(name).unwrap().first() {
+                return (arn, first.clone());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("no fragment on {name}");
+    }
+
+    /// Every record on the `lca` stream, in stream order.
+    async fn records(&self) -> Vec<Value> {
+        let shards = self
+            .kinesis
+            .list_shards()
+            .stream_name("lca")
+            .send()
+            .await
+            .unwrap();
+        let shard = shards.shards()[0].shard_id().to_string();
+        let mut iterator = self
+            .kinesis
+            .get_shard_iterator()
+            .stream_name("lca")
+            .shard_id(shard)
+            .shard_iterator_type(ShardIteratorType::TrimHorizon)
+            .send()
+            .await
+            .unwrap()
+            .shard_iterator;
+        let mut records = Vec::new();
+        while let Some(it) = iterator {
+            let out = self
+                .kinesis
+                .get_records()
+                .shard_iterator(it)
+                .send()
+                .await
+                .unwrap();
+            if out.records.is_empty() {
+                break;
+            }
+            for record in &out.records {
+                assert_eq!(
+                    record.partition_key.as_deref(),
+                    Some(CONTACT),
+                    "partition key = CallId"
+                );
+                records.push(serde_json::from_slice(record.data.as_ref()).unwrap());
+            }
+            iterator = out.next_shard_iterator;
+        }
+        records
+    }
+}
+
+fn new_call(arn: &str, first: &str) -> CallSpec {
+    CallSpec {
+        call_id: CONTACT.to_string(),
+        contact_id: CONTACT.to_string(),
+        stream_arn: arn.to_string(),
+        position: CallPosition {
+            start: StartAt::Fragment(first.to_string()),
+            session_id: None,
+            origin_ns: None,
+            start_sample: 0,
+        },
+        start_event: Some(StartCall {
+            customer_phone_number: "+15551230001".into(),
+            system_phone_number: "+15559870002".into(),
+            agent_id: None,
+            metadata_json: None,
+            created_at: "2026-11-23T00:00:00.000Z".into(),
+        }),
+        deadline: None,
+    }
+}
+
+/// Final segments as (channel, start, end), in stream order.
+fn finals(records: &[Value]) -> Vec<(String, f64, f64)> {
+    records
+        .iter()
+        .filter(|r| r["EventType"] == "ADD_TRANSCRIPT_SEGMENT" && r["IsPartial"] == false)
+        .map(|r| {
+            (
+                r["Channel"].as_str().unwrap().to_string(),
+                r["StartTime"].as_f64().unwrap(),
+                r["EndTime"].as_f64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn on(finals: &[(String, f64, f64)], channel: &str) -> Vec<(f64, f64)> {
+    finals
+        .iter()
+        .filter(|f| f.0 == channel)
+        .map(|f| (f.1, f.2))
+        .collect()
+}
+
+/// The sample call's turns as the local recognizer finds them (see local-aws's tests).
+const CALLER_TURNS: [(f64, f64); 5] = [
+    (7.42, 11.94),
+    (18.84, 24.25),
+    (31.24, 33.55),
+    (40.29, 44.16),
+    (51.48, 55.08),
+];
+const AGENT_TURNS: [(f64, f64); 6] = [
+    (0.1, 6.34),
+    (13.05, 17.81),
+    (25.34, 30.21),
+    (34.59, 39.29),
+    (45.15, 50.44),
+    (56.07, 60.41),
+];
+
+fn assert_whole_call(records: &[Value]) {
+    assert_eq!(records.first().unwrap()["EventType"], "START");
+    assert_eq!(records.last().unwrap()["EventType"], "END");
+    let types: Vec<&str> = records
+        .iter()
+        .map(|r| r["EventType"].as_str().unwrap())
+        .collect();
+    assert_eq!(types.iter().filter(|t| **t == "START").count(), 1);
+    assert_eq!(types.iter().filter(|t| **t == "END").count(), 1);
+    let finals = finals(records);
+    assert_eq!(on(&finals, "CALLER"), CALLER_TURNS);
+    assert_eq!(on(&finals, "AGENT"), AGENT_TURNS);
+    // No segment twice: final segment ids are unique.
+    let mut ids: Vec<&str> = records
+        .iter()
+        .filter(|r| r["IsPartial"] == false)
+        .filter_map(|r| r["SegmentId"].as_str())
+        .collect();
+    let all = ids.len();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), all, "duplicate final segments");
+}
+
+async fn run(pipeline: &CallPipeline, call: CallSpec) -> CallOutcome {
+    tokio::time::timeout(Duration::from_secs(60), pipeline.run(call, None))
+        .await
+        .expect("the pipeline finishes")
+        .expect("the pipeline succeeds")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sample_call_live_gives_start_each_turn_and_end_and_transcribe_gets_exactly_the_pcm() {
+    let h = Harness::new(KvsOptions::default(), TranscribeOptions::default()).await;
+    let (arn, first) = h.play("call", sample_call_chunks()).await;
+    let outcome = run(&h.pipeline(&[]), new_call(&arn, &first)).await;
+    assert_eq!(outcome.ending, Ending::CallEnded(EndReason::StreamEnded));
+    let records = h.records().await;
+    assert_whole_call(&records);
+    assert!(
+        records.iter().any(|r| r["IsPartial"] == true),
+        "partials are published by default"
+    );
+    let sessions = h.transcribe.sessions();
+    assert_eq!(sessions.len(), 1);
+    assert!(sessions[0].ended_cleanly);
+    assert!(
+        sessions[0].audio == sample_call_stereo(),
+        "Transcribe received exactly the call's PCM ({} bytes, expected {})",
+        sessions[0].audio.len(),
+        sample_call_stereo().len()
+    );
+    assert_eq!(outcome.published.undelivered.len(), 0);
+    assert_eq!(outcome.published.delivered as usize, records.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partials_off_publishes_only_finals() {
+    let h = Harness::new(KvsOptions::default(), TranscribeOptions::default()).await;
+    let (arn, first) = h.play("call", sample_call_chunks()).await;
+    run(
+        &h.pipeline(&[("SAVE_PARTIAL_TRANSCRIPTS", "false")]),
+        new_call(&arn, &first),
+    )
+    .await;
+    let records = h.records().await;
+    assert_whole_call(&records);
+    assert!(records.iter().all(|r| r["IsPartial"] != true));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starts_at_the_contacts_first_fragment_whichever_way_kvs_reads_the_selector() {
+    for include_named_fragment in [false, true] {
+        let h = Harness::new(
+            KvsOptions {
+                include_named_fragment,
+                ..KvsOptions::default()
+            },
+            TranscribeOptions::default(),
+        )
+        .await;
+        let (arn, first) = h.play("call", sample_call_chunks()).await;
+        run(&h.pipeline(&[]), new_call(&arn, &first)).await;
+        let sessions = h.transcribe.sessions();
+        assert!(
+            sessions[0].audio == sample_call_stereo(),
+            "include_named_fragment={include_named_fragment}: the first fragment's audio is there"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_connection_resumes_without_losing_or_repeating_audio() {
+    for include_named_fragment in [false, true] {
+        let h = Harness::new(
+            KvsOptions {
+                include_named_fragment,
+                ..KvsOptions::default()
+            },
+            TranscribeOptions::default(),
+        )
+        .await;
+        let arn = h.kvs.create_stream("call").unwrap();
+        // Cut mid-fragment, then after whole fragments.
+        h.kvs.inject("call", Fault::CutAfterBytes(300_000)).unwrap();
+        h.kvs.inject("call", Fault::CutAfterFragments(7)).unwrap();
+        h.kvs.play("call", sample_call_chunks(), SPEED);
+        let first = loop {
+            if let Some(first) = h.kvs.fragment_numbers("call").unwrap().first() {
+                break first.clone();
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        run(&h.pipeline(&[]), new_call(&arn, &first)).await;
+        let sessions = h.transcribe.sessions();
+        assert_eq!(sessions.len(), 1);
+        assert!(
+            sessions[0].audio == sample_call_stereo(),
+            "include_named_fragment={include_named_fragment}: every sample once"
+        );
+        assert_whole_call(&h.records().await);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transcribe_exception_mid_call_resumes_without_losing_or_repeating_segments() {
+    for exception in [
+        "LimitExceededException",
+        "InternalFailureException",
+        "ServiceUnavailableException",
+    ] {
+        let h = Harness::new(KvsOptions::default(), TranscribeOptions::default()).await;
+        h.transcribe.inject(TranscribeFault::ExceptionAfter {
+            seconds: 21.0,
+            exception: exception.to_string(),
+        });
+        let (arn, first) = h.play("call", sample_call_chunks()).await;
+        let outcome = run(&h.pipeline(&[]), new_call(&arn, &first)).await;
+        assert_eq!(outcome.transcription.sessions, 2, "{exception}");
+        let sessions = h.transcribe.sessions();
+        assert_eq!(sessions.len(), 2);
+        assert_eq!(sessions[0].exception.as_deref(), Some(exception));
+        assert_eq!(
+            sessions[1].session_id, sessions[0].session_id,
+            "the session id is reused"
+        );
+        // The second session starts where the first's results were not final yet, and
+        // nothing is missing after it.
+        let pcm = sample_call_stereo();
+        let second = &sessions[1].audio;
+        assert!(
+            pcm.ends_with(second),
+            "{exception}: the second session gets the call's tail"
+        );
+        assert!(
+            sessions[0].audio.len() + second.len() >= pcm.len(),
+            "{exception}: no gap between the sessions"
+        );
+        assert!(
+            // The last final before the failure (at 21 s of audio) ended at 17.81 s.
+            second.len() <= pcm.len() - 17 * 32_000,
+            "{exception}: audio transcribed before the failure is not resent (second session: {} of {} bytes)",
+            second.len(),
+            pcm.len()
+        );
+        assert_whole_call(&h.records().await);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reused_stream_stops_at_the_next_contact() {
+    let h = Harness::new(KvsOptions::default(), TranscribeOptions::default()).await;
+    // This call, then (after an idle gap on the stream) the next caller's call.
+    let mut chunks = sample_call_chunks();
+    let next: Vec<Bytes> = {
+        let mut writer = kvs_media::ConnectWriter::new(kvs_media::WriterOptions {
+            contact_id: "next-caller-contact".to_string(),
+            ..kvs_media::WriterOptions::default()
+        });
+        for _ in 0..chunks.len() {
+            writer.fragment(0, &[]);
+        }
+        let pcm = vec![0x55u8; 8000 * 2 * 5];
+        let start_ms = 1_726_677_750_136 + 20_000;
+        // KVS numbers fragments in increasing order: put the next call's numbers above this
+        // call's (same length, so the EBML sizes stay right).
+        writer
+            .call(&pcm, &pcm, start_ms)
+            .into_iter()
+            .map(|chunk| {
+                let text = b"91343852333181000";
+                let mut chunk = chunk;
+                if let Some(at) = chunk.windows(text.len()).position(|w| w == text) {
+                    chunk[at + 14] = b'9';
+                }
+                Bytes::from(chunk)
+            })
+            .collect()
+    };
+    chunks.extend(next);
+    let (arn, first) = h.play("call", chunks).await;
+    let outcome = run(&h.pipeline(&[]), new_call(&arn, &first)).await;
+    assert_eq!(
+        outcome.ending,
+        Ending::CallEnded(EndReason::OtherContact("next-caller-contact".into()))
+    );
+    let sessions = h.transcribe.sessions();
+    assert!(
+        sessions[0].audio == sample_call_stereo(),
+        "nothing of the next caller reaches Transcribe"
+    );
+    assert_whole_call(&h.records().await);
+}

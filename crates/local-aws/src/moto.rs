@@ -1,0 +1,95 @@
+//! [`MotoServer`]: moto's server (PyPI `moto[server]`) as a child process, for Kinesis, S3 and
+//! DynamoDB — the emulator that exists for them, rather than a stand-in of ours.
+
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running `moto_server` on a free loopback port, stopped on drop.
+#[derive(Debug)]
+pub struct MotoServer {
+    url: String,
+    child: Child,
+}
+
+/// Why moto could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum MotoError {
+    /// The executable was not found.
+    #[error(
+        "moto_server not found (looked at $MOTO_SERVER and on PATH): install it with \
+         `pip install \"moto[server]\"`, or run `bash scripts/test.sh`, which installs it"
+    )]
+    NotInstalled,
+    /// It could not be started or did not listen in time.
+    #[error("moto_server ({path}): {problem}")]
+    Failed {
+        /// The executable.
+        path: String,
+        /// What went wrong.
+        problem: String,
+    },
+}
+
+impl MotoServer {
+    /// The executable: `$MOTO_SERVER` if set, else `moto_server` on PATH.
+    pub fn executable() -> PathBuf {
+        std::env::var_os("MOTO_SERVER")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("moto_server"))
+    }
+
+    /// Starts moto and waits (up to 20 s) until it accepts connections.
+    pub fn start() -> Result<Self, MotoError> {
+        let path = Self::executable();
+        let failed = |problem: String| MotoError::Failed {
+            path: path.display().to_string(),
+            problem,
+        };
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| failed(format!("no free loopback port: {e}")))?
+            .port();
+        let child = match Command::new(&path)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+        {
+            Ok(child) => child,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(MotoError::NotInstalled);
+            }
+            Err(e) => return Err(failed(format!("cannot start: {e}"))),
+        };
+        let mut server = Self {
+            url: format!("http://127.0.0.1:{port}"),
+            child,
+        };
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(20) {
+            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Ok(server);
+            }
+            if let Ok(Some(status)) = server.child.try_wait() {
+                return Err(failed(format!("exited with {status} before listening")));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err(failed(format!("did not listen on port {port} within 20 s")))
+    }
+
+    /// Its endpoint URL (`http://127.0.0.1:PORT`).
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+}
+
+impl Drop for MotoServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
