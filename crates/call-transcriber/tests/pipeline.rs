@@ -449,3 +449,336 @@ async fn a_reused_stream_stops_at_the_next_contact() {
     );
     assert_whole_call(&h.records().await);
 }
+
+/// KVS reading FRAGMENT_NUMBER as "starting with": one GetMedia session per connection, so
+/// an injected fault hits the first one (with the other reading, the pipeline's first request
+/// is answered from the second fragment and re-asked by time).
+fn named_first() -> KvsOptions {
+    KvsOptions {
+        include_named_fragment: true,
+        ..KvsOptions::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kvs_error_chunk_ends_the_call_and_a_transient_one_is_resumed() {
+    // 4500 (KMS access denied): the call ends with the audio before it, END published.
+    let h = Harness::new(named_first(), TranscribeOptions::default()).await;
+    let arn = h.kvs.create_stream("call").unwrap();
+    h.kvs
+        .inject(
+            "call",
+            Fault::ErrorChunkAfter {
+                fragments: 10,
+                code: "Access denied for the stream's KMS key".into(),
+                id: "4500".into(),
+            },
+        )
+        .unwrap();
+    h.kvs
+        .put_capture("call", &sample_call_chunks().concat())
+        .unwrap();
+    h.kvs.close_stream("call").unwrap();
+    let first = h.kvs.fragment_numbers("call").unwrap()[0].clone();
+    let outcome = run(&h.pipeline(&[]), new_call(&arn, &first)).await;
+    let Ending::CallEnded(EndReason::KvsError(error)) = &outcome.ending else {
+        panic!("{:?}", outcome.ending);
+    };
+    assert_eq!(error.id, "4500");
+    let audio = &h.transcribe.sessions()[0].audio;
+    assert!(
+        sample_call_stereo().starts_with(audio) && audio.len() >= 9 * 32_000,
+        "the audio before the error ({} bytes)",
+        audio.len()
+    );
+    let records = h.records().await;
+    assert_eq!(records.last().unwrap()["EventType"], "END");
+
+    // 5000 (internal error): transient, the call resumes after the last fragment.
+    let h = Harness::new(named_first(), TranscribeOptions::default()).await;
+    let arn = h.kvs.create_stream("call").unwrap();
+    h.kvs
+        .inject(
+            "call",
+            Fault::ErrorChunkAfter {
+                fragments: 10,
+                code: "Internal error".into(),
+                id: "5000".into(),
+            },
+        )
+        .unwrap();
+    h.kvs
+        .put_capture("call", &sample_call_chunks().concat())
+        .unwrap();
+    h.kvs.close_stream("call").unwrap();
+    let first = h.kvs.fragment_numbers("call").unwrap()[0].clone();
+    let outcome = run(&h.pipeline(&[]), new_call(&arn, &first)).await;
+    assert_eq!(outcome.ending, Ending::CallEnded(EndReason::StreamEnded));
+    assert!(h.transcribe.sessions()[0].audio == sample_call_stereo());
+    assert_whole_call(&h.records().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_without_new_audio_ends_after_the_idle_timeout() {
+    let h = Harness::new(KvsOptions::default(), TranscribeOptions::default()).await;
+    let arn = h.kvs.create_stream("call").unwrap();
+    // The producer never closes the stream (a real KVS stream after Connect stops writing).
+    h.kvs
+        .put_capture("call", &sample_call_chunks().concat())
+        .unwrap();
+    let first = h.kvs.fragment_numbers("call").unwrap()[0].clone();
+    let started = std::time::Instant::now();
+    let outcome = run(
+        &h.pipeline(&[("KVS_IDLE_TIMEOUT", "1500")]),
+        new_call(&arn, &first),
+    )
+    .await;
+    assert_eq!(outcome.ending, Ending::CallEnded(EndReason::Idle));
+    assert!(started.elapsed() >= Duration::from_millis(1500));
+    assert!(h.transcribe.sessions()[0].audio == sample_call_stereo());
+    assert_whole_call(&h.records().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn call_analytics_mode_publishes_utterances_and_categories() {
+    let h = Harness::new(
+        KvsOptions::default(),
+        TranscribeOptions {
+            categories: vec![local_aws::transcribe::CategoryRule {
+                name: "long-agent-turn".to_string(),
+                participant_role: "AGENT".to_string(),
+                min_seconds: 6.0,
+            }],
+            ..TranscribeOptions::default()
+        },
+    )
+    .await;
+    let (arn, first) = h.play("call", sample_call_chunks()).await;
+    run(
+        &h.pipeline(&[
+            ("TRANSCRIBE_API_MODE", "analytics"),
+            ("OUTPUT_BUCKET", "lca-bucket"),
+            (
+                "TCA_DATA_ACCESS_ROLE_ARN",
+                "arn:aws:iam::123456789012:role/tca",
+            ),
+            ("SAVE_PARTIAL_TRANSCRIPTS", "false"),
+        ]),
+        new_call(&arn, &first),
+    )
+    .await;
+    let session = &h.transcribe.sessions()[0];
+    assert_eq!(session.mode, local_aws::transcribe::Mode::CallAnalytics);
+    let configuration = session.configuration.as_ref().unwrap();
+    assert_eq!(
+        configuration["ChannelDefinitions"],
+        serde_json::json!([
+            {"ChannelId": 0, "ParticipantRole": "CUSTOMER"},
+            {"ChannelId": 1, "ParticipantRole": "AGENT"}
+        ])
+    );
+    assert_eq!(
+        configuration["PostCallAnalyticsSettings"],
+        serde_json::json!({
+            "OutputLocation": "s3://lca-bucket/lca-call-analytics-json/",
+            "DataAccessRoleArn": "arn:aws:iam::123456789012:role/tca",
+            "ContentRedactionOutput": "redacted"
+        })
+    );
+    assert!(session.audio == sample_call_stereo());
+    let records = h.records().await;
+    assert_eq!(records.first().unwrap()["EventType"], "START");
+    assert_eq!(records.last().unwrap()["EventType"], "END");
+    let utterances: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["EventType"] == "ADD_TRANSCRIPT_SEGMENT")
+        .map(|r| &r["UtteranceEvent"])
+        .collect();
+    let role = |r: &str| {
+        utterances
+            .iter()
+            .filter(|u| u["ParticipantRole"] == r)
+            .count()
+    };
+    assert_eq!((role("CUSTOMER"), role("AGENT")), (5, 6));
+    assert!(utterances.iter().all(|u| u["IsPartial"] == false));
+    let first_caller = utterances
+        .iter()
+        .find(|u| u["ParticipantRole"] == "CUSTOMER")
+        .unwrap();
+    assert_eq!(first_caller["BeginOffsetMillis"], 7420);
+    let categories: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["EventType"] == "ADD_CALL_CATEGORY")
+        .collect();
+    assert_eq!(categories.len(), 1);
+    assert_eq!(
+        categories[0]["CategoryEvent"]["MatchedCategories"],
+        serde_json::json!(["long-agent-turn"])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_transcribe_option_reaches_transcribe_as_its_header() {
+    let cases: &[(&[(&str, &str)], &[(&str, &str)], &[&str])] = &[
+        (
+            &[
+                ("CUSTOM_VOCABULARY_NAME", "lca-vocab"),
+                ("CUSTOM_LANGUAGE_MODEL_NAME", "lca-model"),
+                ("PII_ENTITY_TYPES", "NAME,ADDRESS"),
+            ],
+            &[
+                ("language-code", "en-US"),
+                ("sample-rate", "8000"),
+                ("media-encoding", "pcm"),
+                ("number-of-channels", "2"),
+                ("enable-channel-identification", "true"),
+                ("vocabulary-name", "lca-vocab"),
+                ("language-model-name", "lca-model"),
+                ("content-redaction-type", "PII"),
+                ("pii-entity-types", "NAME,ADDRESS"),
+            ],
+            &[],
+        ),
+        (
+            &[
+                ("TRANSCRIBE_LANGUAGE_CODE", "identify-language"),
+                ("TRANSCRIBE_LANGUAGE_OPTIONS", "en-US, es-US"),
+                ("TRANSCRIBE_PREFERRED_LANGUAGE", "es-US"),
+            ],
+            &[
+                ("identify-language", "true"),
+                ("language-options", "en-US,es-US"),
+                ("preferred-language", "es-US"),
+            ],
+            // No redaction without a language code; no language code with identification.
+            &["language-code", "content-redaction-type"],
+        ),
+        (
+            &[
+                ("TRANSCRIBE_LANGUAGE_CODE", "identify-multiple-languages"),
+                ("TRANSCRIBE_LANGUAGE_OPTIONS", "en-US,de-DE"),
+            ],
+            &[
+                ("identify-multiple-languages", "true"),
+                ("language-options", "en-US,de-DE"),
+            ],
+            &["preferred-language"],
+        ),
+        (
+            &[
+                ("TRANSCRIBE_LANGUAGE_CODE", "de-DE"),
+                ("IS_CONTENT_REDACTION_ENABLED", "true"),
+            ],
+            &[("language-code", "de-DE")],
+            // de-DE has no streaming PII redaction.
+            &["content-redaction-type", "pii-entity-types"],
+        ),
+    ];
+    for (vars, present, absent) in cases {
+        let h = Harness::new(KvsOptions::default(), TranscribeOptions::default()).await;
+        let arn = h.kvs.create_stream("call").unwrap();
+        h.kvs
+            .put_capture("call", &sample_call_chunks()[..3].concat())
+            .unwrap();
+        h.kvs.close_stream("call").unwrap();
+        let first = h.kvs.fragment_numbers("call").unwrap()[0].clone();
+        run(&h.pipeline(vars), new_call(&arn, &first)).await;
+        let headers = &h.transcribe.sessions()[0].headers;
+        for (name, value) in *present {
+            let name = format!("x-amzn-transcribe-{name}");
+            assert_eq!(
+                headers.get(&name).map(String::as_str),
+                Some(*value),
+                "{vars:?}: {name}"
+            );
+        }
+        for name in *absent {
+            let name = format!("x-amzn-transcribe-{name}");
+            assert!(
+                !headers.contains_key(&name),
+                "{vars:?}: {name} should be absent"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hand_overs_continue_the_call_with_every_sample_once_and_call_relative_times() {
+    let h = Harness::new(KvsOptions::default(), TranscribeOptions::default()).await;
+    let (arn, first) = h.play("call", sample_call_chunks()).await;
+    let pipeline = h.pipeline(&[]);
+    let mut call = new_call(&arn, &first);
+    let mut hand_overs = 0;
+    loop {
+        // About 12 s of call per run at 10x.
+        call.deadline = Some(tokio::time::Instant::now() + Duration::from_millis(1200));
+        let outcome = run(&pipeline, call.clone()).await;
+        match outcome.ending {
+            Ending::HandOver(position) => {
+                hand_overs += 1;
+                assert!(position.session_id.is_some());
+                call.position = position;
+                call.start_event = None;
+            }
+            Ending::CallEnded(reason) => {
+                assert_eq!(reason, EndReason::StreamEnded);
+                break;
+            }
+        }
+    }
+    assert!(hand_overs >= 3, "{hand_overs} hand-overs");
+    let sessions = h.transcribe.sessions();
+    assert_eq!(sessions.len(), hand_overs + 1);
+    assert!(
+        sessions
+            .iter()
+            .all(|s| s.session_id == sessions[0].session_id)
+    );
+    let audio: Vec<u8> = sessions.iter().flat_map(|s| s.audio.clone()).collect();
+    assert!(
+        audio == sample_call_stereo(),
+        "every sample reaches Transcribe exactly once across the runs"
+    );
+    let records = h.records().await;
+    assert_eq!(records.first().unwrap()["EventType"], "START");
+    assert_eq!(records.last().unwrap()["EventType"], "END");
+    assert_eq!(
+        records.iter().filter(|r| r["EventType"] == "START").count(),
+        1
+    );
+    assert_eq!(
+        records.iter().filter(|r| r["EventType"] == "END").count(),
+        1
+    );
+    // A turn cut by a hand-over is finalized in two pieces; together they span the turn at
+    // its call-relative times.
+    let finals = finals(&records);
+    for (channel, turns) in [("CALLER", &CALLER_TURNS[..]), ("AGENT", &AGENT_TURNS[..])] {
+        let pieces = on(&finals, channel);
+        for &(start, end) in turns {
+            let inside: Vec<&(f64, f64)> = pieces
+                .iter()
+                .filter(|p| p.0 >= start - 0.05 && p.1 <= end + 0.05)
+                .collect();
+            assert!(
+                !inside.is_empty(),
+                "{channel} turn {start}..{end}: {pieces:?}"
+            );
+            let first = inside.iter().map(|p| p.0).fold(f64::MAX, f64::min);
+            let last = inside.iter().map(|p| p.1).fold(0.0, f64::max);
+            assert!(
+                (first - start).abs() < 0.02 && (last - end).abs() < 0.02,
+                "{channel} turn {start}..{end} covered by {inside:?}"
+            );
+        }
+        assert_eq!(
+            pieces
+                .iter()
+                .filter(|p| !turns.iter().any(|t| p.0 >= t.0 - 0.05 && p.1 <= t.1 + 0.05))
+                .count(),
+            0,
+            "{channel}: no segment outside a turn: {pieces:?}"
+        );
+    }
+}
