@@ -620,7 +620,13 @@ async fn call_analytics_mode_publishes_utterances_and_categories() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_transcribe_option_reaches_transcribe_as_its_header() {
-    let cases: &[(&[(&str, &str)], &[(&str, &str)], &[&str])] = &[
+    // (environment, headers expected with their values, headers expected absent)
+    type Case<'a> = (
+        &'a [(&'a str, &'a str)],
+        &'a [(&'a str, &'a str)],
+        &'a [&'a str],
+    );
+    let cases: &[Case] = &[
         (
             &[
                 ("CUSTOM_VOCABULARY_NAME", "lca-vocab"),
