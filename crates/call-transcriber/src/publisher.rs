@@ -145,6 +145,13 @@ fn take_batch(queue: &mut std::collections::VecDeque<Pending>) -> Vec<Pending> {
     batch
 }
 
+/// The SDK's own retries are off for puts: the publisher retries (with its backoff, its
+/// attempt limit and its report), and a batch's failed records are retried alone.
+fn own_retries() -> aws_sdk_kinesis::config::Builder {
+    aws_sdk_kinesis::config::Builder::default()
+        .retry_config(aws_sdk_kinesis::config::retry::RetryConfig::disabled())
+}
+
 fn backoff(options: &PublisherOptions, attempt: u32) -> Duration {
     options
         .base_backoff
@@ -168,6 +175,8 @@ async fn put_one(
             .partition_key(&item.message.call_id)
             .data(Blob::new(item.data.clone()))
             .set_sequence_number_for_ordering(last_sequence.clone())
+            .customize()
+            .config_override(own_retries())
             .send()
             .await;
         match result {
@@ -222,6 +231,8 @@ async fn put_batch(
             .put_records()
             .stream_name(&options.stream_name)
             .set_records(Some(entries))
+            .customize()
+            .config_override(own_retries())
             .send()
             .await;
         let failed: Vec<(Pending, String)> = match result {

@@ -16,6 +16,7 @@ use call_transcriber::pipeline::{
 use call_transcriber::source::{EndReason, KvsClients, StartAt};
 use kvs_media::split_chunks;
 use lca_events::StartCall;
+use local_aws::kinesis_faults::{KinesisFault, KinesisFaults};
 use local_aws::kvs::{Fault, Kvs, KvsOptions};
 use local_aws::moto::MotoServer;
 use local_aws::transcribe::{Transcribe, TranscribeFault, TranscribeOptions};
@@ -68,7 +69,14 @@ struct Harness {
     transcribe: Transcribe,
     kinesis: aws_sdk_kinesis::Client,
     clients: Clients,
-    _servers: (local_aws::http::Server, local_aws::http::Server, MotoServer),
+    /// Between the pipeline and moto: injects Kinesis throttling.
+    faults: KinesisFaults,
+    _servers: (
+        local_aws::http::Server,
+        local_aws::http::Server,
+        local_aws::http::Server,
+        MotoServer,
+    ),
 }
 
 impl Harness {
@@ -86,19 +94,22 @@ impl Harness {
             .send()
             .await
             .unwrap();
+        let faults = KinesisFaults::new(moto.url());
+        let faults_server = faults.serve(0).await.unwrap();
         let clients = Clients {
             kvs: KvsClients::new(&sdk_config(&kvs_server.url())),
             transcribe: aws_sdk_transcribestreaming::Client::new(&sdk_config(
                 &transcribe_server.url(),
             )),
-            kinesis: kinesis.clone(),
+            kinesis: aws_sdk_kinesis::Client::new(&sdk_config(&faults_server.url())),
         };
         Self {
             kvs,
             transcribe,
             kinesis,
             clients,
-            _servers: (kvs_server, transcribe_server, moto),
+            faults,
+            _servers: (kvs_server, transcribe_server, faults_server, moto),
         }
     }
 
@@ -787,4 +798,105 @@ async fn hand_overs_continue_the_call_with_every_sample_once_and_call_relative_t
             "{channel}: no segment outside a turn: {pieces:?}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kinesis_throttling_is_retried_without_losing_or_duplicating_events() {
+    let h = Harness::new(KvsOptions::default(), TranscribeOptions::default()).await;
+    for fault in [
+        KinesisFault::Throttle,
+        KinesisFault::Throttle,
+        KinesisFault::FailRecords(vec![0]),
+        KinesisFault::Throttle,
+    ] {
+        h.faults.inject(fault);
+    }
+    let (arn, first) = h.play("call", sample_call_chunks()).await;
+    let outcome = run(&h.pipeline(&[]), new_call(&arn, &first)).await;
+    assert_eq!(h.faults.applied().len(), 4);
+    assert!(outcome.published.retries >= 4);
+    let records = h.records().await;
+    assert_eq!(outcome.published.delivered as usize, records.len());
+    assert_whole_call(&records);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_with_failed_records_is_completed_by_retrying_only_those() {
+    use call_transcriber::publisher::{self, PublisherOptions};
+    use lca_events::{LcaEvent, LcaMessage, Segment, Speaker, StandardSegment};
+    let h = Harness::new(KvsOptions::default(), TranscribeOptions::default()).await;
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let segment = |i: u32| LcaMessage {
+        call_id: CONTACT.to_string(),
+        event: LcaEvent::AddTranscriptSegment(Segment::Standard(StandardSegment {
+            channel: Speaker::Caller,
+            segment_id: format!("ch_0-{i}"),
+            start_time: f64::from(i),
+            end_time: f64::from(i) + 0.5,
+            transcript: format!("turn {i}"),
+            is_partial: false,
+            created_at: "2026-11-23T00:00:00.000Z".into(),
+        })),
+    };
+    // Queued before the publisher starts: one PutRecords for all six.
+    for i in 0..6 {
+        tx.send(segment(i)).await.unwrap();
+    }
+    drop(tx);
+    h.faults.inject(KinesisFault::FailRecords(vec![1, 4]));
+    h.faults.inject(KinesisFault::Throttle);
+    h.faults.inject(KinesisFault::FailRecords(vec![0]));
+    let report = publisher::run(&h.clients.kinesis, &PublisherOptions::new("lca"), rx).await;
+    assert_eq!(report.delivered, 6);
+    assert!(report.undelivered.is_empty());
+    assert_eq!(
+        report.requests, 4,
+        "one batch, then the two failed records until stored"
+    );
+    let records = h.records().await;
+    let mut ids: Vec<String> = records
+        .iter()
+        .map(|r| r["SegmentId"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids.len(), 6, "{ids:?}");
+    ids.sort();
+    assert_eq!(
+        ids,
+        ["ch_0-0", "ch_0-1", "ch_0-2", "ch_0-3", "ch_0-4", "ch_0-5"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_kinesis_never_accepts_are_reported_not_dropped() {
+    use call_transcriber::publisher::{self, PublisherOptions};
+    let h = Harness::new(KvsOptions::default(), TranscribeOptions::default()).await;
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(lca_events::LcaMessage {
+        call_id: CONTACT.to_string(),
+        event: lca_events::LcaEvent::End(lca_events::Stamped {
+            created_at: "2026-11-23T00:00:00.000Z".into(),
+        }),
+    })
+    .await
+    .unwrap();
+    drop(tx);
+    let options = PublisherOptions {
+        max_attempts: 3,
+        base_backoff: Duration::from_millis(1),
+        ..PublisherOptions::new("lca")
+    };
+    for _ in 0..3 {
+        h.faults.inject(KinesisFault::Throttle);
+    }
+    let report = publisher::run(&h.clients.kinesis, &options, rx).await;
+    assert_eq!(report.delivered, 0);
+    assert_eq!(report.undelivered.len(), 1);
+    assert!(
+        report.undelivered[0]
+            .1
+            .contains("ProvisionedThroughputExceededException"),
+        "{}",
+        report.undelivered[0].1
+    );
+    assert!(h.records().await.is_empty());
 }

@@ -7,6 +7,7 @@
 //! selector, live delivery from an in-process producer, and KVS's errors.
 
 pub mod http;
+pub mod kinesis_faults;
 pub mod kvs;
 pub mod lambda;
 pub mod moto;

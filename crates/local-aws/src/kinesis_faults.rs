@@ -1,0 +1,216 @@
+//! [`KinesisFaults`]: a proxy in front of a Kinesis emulator (moto) that makes chosen
+//! PutRecord/PutRecords requests fail the way Kinesis does under load — throttling of a whole
+//! request, or of some records of a batch — so a producer's retries are tested against the
+//! real SDK client and a real stream. Everything else passes through unchanged.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{Value, json};
+
+use crate::http::{Body, Server, full, read_body};
+use crate::lock;
+
+/// What the next PutRecord or PutRecords request suffers (one fault per request, in the
+/// order injected).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KinesisFault {
+    /// The whole request fails with ProvisionedThroughputExceededException (HTTP 400).
+    Throttle,
+    /// PutRecords: the records at these indices fail with ProvisionedThroughputExceeded
+    /// (the others are stored). On PutRecord it acts as [`KinesisFault::Throttle`].
+    FailRecords(Vec<usize>),
+}
+
+#[derive(Default)]
+struct State {
+    faults: VecDeque<KinesisFault>,
+    applied: Vec<KinesisFault>,
+}
+
+/// The fault-injecting proxy.
+#[derive(Clone)]
+pub struct KinesisFaults {
+    upstream: String,
+    state: Arc<Mutex<State>>,
+    client: Client<HttpConnector, http_body_util::Full<Bytes>>,
+}
+
+/// Largest request body forwarded (Kinesis: 5 MiB per PutRecords, as base64 JSON).
+const MAX_REQUEST_BYTES: usize = 8 << 20;
+
+impl KinesisFaults {
+    /// A proxy forwarding to `upstream` (e.g. moto's `http://127.0.0.1:PORT`).
+    pub fn new(upstream: &str) -> Self {
+        Self {
+            upstream: upstream.trim_end_matches('/').to_string(),
+            state: Arc::default(),
+            client: Client::builder(TokioExecutor::new()).build_http(),
+        }
+    }
+
+    /// Queues a fault for the next PutRecord/PutRecords request.
+    pub fn inject(&self, fault: KinesisFault) {
+        lock(&self.state).faults.push_back(fault);
+    }
+
+    /// The faults applied so far, in order.
+    pub fn applied(&self) -> Vec<KinesisFault> {
+        lock(&self.state).applied.clone()
+    }
+
+    /// Serves on `127.0.0.1:port` (0: any free port).
+    pub async fn serve(&self, port: u16) -> std::io::Result<Server> {
+        let proxy = self.clone();
+        crate::http::serve(port, move |request| {
+            let proxy = proxy.clone();
+            async move { proxy.handle(request).await }
+        })
+        .await
+    }
+
+    async fn handle(&self, request: Request<Incoming>) -> Response<Body> {
+        let target = request
+            .headers()
+            .get("x-amz-target")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        let method = request.method().clone();
+        let uri = request.uri().clone();
+        let headers = request.headers().clone();
+        let body = match read_body(request, MAX_REQUEST_BYTES).await {
+            Ok(body) => body,
+            Err(problem) => {
+                return error(StatusCode::BAD_REQUEST, "SerializationException", &problem);
+            }
+        };
+        let operation = target.rsplit('.').next().unwrap_or_default();
+        let fault = if matches!(operation, "PutRecord" | "PutRecords") {
+            let mut state = lock(&self.state);
+            let fault = state.faults.pop_front();
+            if let Some(fault) = &fault {
+                state.applied.push(fault.clone());
+            }
+            fault
+        } else {
+            None
+        };
+        let forward = |body: Bytes| {
+            let mut builder = Request::builder().method(method.clone()).uri(format!(
+                "{}{}",
+                self.upstream,
+                uri.path_and_query().map_or("/", |p| p.as_str())
+            ));
+            for (name, value) in &headers {
+                if name != http::header::CONTENT_LENGTH && name != http::header::HOST {
+                    builder = builder.header(name, value);
+                }
+            }
+            let request = builder
+                .body(http_body_util::Full::new(body))
+                .expect("a request from a valid one");
+            self.client.request(request)
+        };
+        match (fault, operation) {
+            (None, _) => match forward(body).await {
+                Ok(response) => {
+                    let (parts, body) = response.into_parts();
+                    let body = body
+                        .map_err(|e| -> crate::http::BodyError { Box::new(e) })
+                        .boxed();
+                    Response::from_parts(parts, body)
+                }
+                Err(e) => error(
+                    StatusCode::BAD_GATEWAY,
+                    "InternalFailure",
+                    &format!("upstream {}: {e}", self.upstream),
+                ),
+            },
+            (Some(KinesisFault::FailRecords(failed)), "PutRecords") => {
+                let Ok(mut request) = serde_json::from_slice::<Value>(&body) else {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        "SerializationException",
+                        "not JSON",
+                    );
+                };
+                let records = request["Records"].as_array().cloned().unwrap_or_default();
+                let kept: Vec<Value> = records
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| !failed.contains(i))
+                    .map(|(_, r)| r.clone())
+                    .collect();
+                let mut stored = Vec::new();
+                if !kept.is_empty() {
+                    request["Records"] = Value::from(kept);
+                    let body = Bytes::from(serde_json::to_vec(&request).expect("JSON"));
+                    let answer = match forward(body).await {
+                        Ok(response) => response.into_body().collect().await.map(|c| c.to_bytes()),
+                        Err(e) => {
+                            return error(
+                                StatusCode::BAD_GATEWAY,
+                                "InternalFailure",
+                                &format!("upstream {}: {e}", self.upstream),
+                            );
+                        }
+                    };
+                    let answer: Value = answer
+                        .ok()
+                        .and_then(|b| serde_json::from_slice(&b).ok())
+                        .unwrap_or_default();
+                    stored = answer["Records"].as_array().cloned().unwrap_or_default();
+                }
+                let mut stored = stored.into_iter();
+                let merged: Vec<Value> = (0..records.len())
+                    .map(|i| {
+                        if failed.contains(&i) {
+                            json!({
+                                "ErrorCode": "ProvisionedThroughputExceededException",
+                                "ErrorMessage": "Rate exceeded for shard shardId-000000000000 in stream (injected)."
+                            })
+                        } else {
+                            stored.next().unwrap_or_default()
+                        }
+                    })
+                    .collect();
+                let failed_count = merged
+                    .iter()
+                    .filter(|r| r.get("ErrorCode").is_some())
+                    .count();
+                aws_json(
+                    StatusCode::OK,
+                    &json!({"FailedRecordCount": failed_count, "Records": merged}),
+                )
+            }
+            (Some(_), _) => error(
+                StatusCode::BAD_REQUEST,
+                "ProvisionedThroughputExceededException",
+                "Rate exceeded for shard shardId-000000000000 (injected).",
+            ),
+        }
+    }
+}
+
+fn aws_json(status: StatusCode, value: &Value) -> Response<Body> {
+    let mut response = Response::new(full(serde_json::to_vec(value).expect("JSON")));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/x-amz-json-1.1"),
+    );
+    response
+}
+
+/// A Kinesis (awsJson1.1) error: the type in `__type`.
+fn error(status: StatusCode, error_type: &str, message: &str) -> Response<Body> {
+    aws_json(status, &json!({"__type": error_type, "message": message}))
+}
