@@ -125,6 +125,15 @@ pub enum PipelineError {
     },
 }
 
+/// Optional outlets of a run.
+#[derive(Debug, Default)]
+pub struct Taps {
+    /// Receives every stereo chunk, in order (the S3 recorder).
+    pub recording: Option<mpsc::Sender<StereoChunk>>,
+    /// Receives every LCA message once Kinesis has acknowledged it (progress displays).
+    pub delivered: Option<mpsc::UnboundedSender<LcaMessage>>,
+}
+
 /// Runs calls with one configuration and one set of clients.
 #[derive(Clone, Debug)]
 pub struct CallPipeline {
@@ -135,21 +144,20 @@ pub struct CallPipeline {
 }
 
 impl CallPipeline {
-    /// Runs `call` until it ends or its deadline passes; `recording` receives every stereo
-    /// chunk in order (the S3 recorder). Flushes Transcribe and Kinesis before returning.
-    pub async fn run(
-        &self,
-        call: CallSpec,
-        recording: Option<mpsc::Sender<StereoChunk>>,
-    ) -> Result<CallOutcome, PipelineError> {
+    /// Runs `call` until it ends or its deadline passes. Flushes Transcribe and Kinesis
+    /// before returning.
+    pub async fn run(&self, call: CallSpec, taps: Taps) -> Result<CallOutcome, PipelineError> {
+        let Taps {
+            recording,
+            delivered,
+        } = taps;
         let config = &self.config;
         let (message_tx, message_rx) = mpsc::channel::<LcaMessage>(1024);
         let kinesis = self.clients.kinesis.clone();
         let publisher_options = PublisherOptions::new(&config.kinesis_stream_name);
-        let publisher =
-            tokio::spawn(
-                async move { publisher::run(&kinesis, &publisher_options, message_rx).await },
-            );
+        let publisher = tokio::spawn(async move {
+            publisher::run(&kinesis, &publisher_options, message_rx, delivered).await
+        });
         if let Some(start) = call.start_event.clone() {
             let _ = message_tx
                 .send(LcaMessage {
@@ -195,7 +203,7 @@ impl CallPipeline {
         });
         let mut last_fragment = match &call.position.start {
             StartAt::After(number) => Some(StartAt::After(number.clone())),
-            StartAt::Fragment(_) => None,
+            StartAt::Fragment(_) | StartAt::Now => None,
         };
         let mut chunk_latencies = Vec::new();
         let mut last_received = Instant::now();

@@ -62,6 +62,17 @@ pub struct PublishReport {
     pub retries: u64,
     /// Per delivered record: from its arrival at the publisher to Kinesis's acknowledgement.
     pub latencies: Vec<Duration>,
+    delivered_tap: Option<mpsc::UnboundedSender<LcaMessage>>,
+}
+
+impl PublishReport {
+    fn acknowledged(&mut self, item: Pending) {
+        self.delivered += 1;
+        self.latencies.push(item.arrived.elapsed());
+        if let Some(tap) = &self.delivered_tap {
+            let _ = tap.send(item.message);
+        }
+    }
 }
 
 /// Largest PutRecords request: 500 records, 5 MiB (records are far smaller than 1 MiB).
@@ -74,24 +85,33 @@ struct Pending {
     arrived: Instant,
 }
 
-/// Publishes everything `messages` delivers until it closes; returns what was done.
+/// Publishes everything `messages` delivers until it closes; returns what was done. Each
+/// message Kinesis acknowledged is also sent to `delivered`, when given (progress displays).
 pub async fn run(
     client: &aws_sdk_kinesis::Client,
     options: &PublisherOptions,
     mut messages: mpsc::Receiver<LcaMessage>,
+    delivered: Option<mpsc::UnboundedSender<LcaMessage>>,
 ) -> PublishReport {
-    let mut report = PublishReport::default();
+    let mut report = PublishReport {
+        delivered_tap: delivered,
+        ..PublishReport::default()
+    };
     let mut queue: std::collections::VecDeque<Pending> = std::collections::VecDeque::new();
     let mut last_sequence: Option<String> = None;
     let mut open = true;
     loop {
         if queue.is_empty() {
             if !open {
+                report.delivered_tap = None;
                 return report;
             }
             match messages.recv().await {
                 Some(message) => queue.push_back(pending(message)),
-                None => return report,
+                None => {
+                    report.delivered_tap = None;
+                    return report;
+                }
             }
         }
         while let Ok(message) = messages.try_recv() {
@@ -182,8 +202,7 @@ async fn put_one(
         match result {
             Ok(output) => {
                 *last_sequence = Some(output.sequence_number);
-                report.delivered += 1;
-                report.latencies.push(item.arrived.elapsed());
+                report.acknowledged(item);
                 return;
             }
             Err(error) => {
@@ -240,10 +259,7 @@ async fn put_batch(
                 let mut failed = Vec::new();
                 for (item, record) in batch.drain(..).zip(output.records) {
                     match record.error_code {
-                        None => {
-                            report.delivered += 1;
-                            report.latencies.push(item.arrived.elapsed());
-                        }
+                        None => report.acknowledged(item),
                         Some(code) => {
                             let message = format!(
                                 "PutRecords to {}: {code}: {}",

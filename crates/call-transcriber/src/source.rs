@@ -26,6 +26,9 @@ pub enum StartAt {
     Fragment(String),
     /// The last fragment already processed: continue after it.
     After(String),
+    /// The newest data on the stream (live only; what came before is not read). For tools
+    /// that join a call in progress without knowing its first fragment.
+    Now,
 }
 
 /// How one call's stream is read.
@@ -168,6 +171,42 @@ pub fn spawn(
     rx
 }
 
+/// The ContactId of the first fragment read from `start` (waiting at most `timeout`), for
+/// tools that are given a stream but not the call on it.
+pub async fn first_contact_id(
+    clients: &KvsClients,
+    stream_arn: &str,
+    start: StartAt,
+    timeout: Duration,
+) -> Result<Option<String>, SourceError> {
+    let mut options = SourceOptions::new(stream_arn, "", start, timeout);
+    options.max_attempts = 1;
+    let mut source = KvsSource::new(clients.clone(), options);
+    source.peek = true;
+    let (tx, mut rx) = mpsc::channel(16);
+    let result = {
+        let run = source.run(&tx);
+        tokio::pin!(run);
+        loop {
+            tokio::select! {
+                result = &mut run => break result,
+                Some(event) = rx.recv() => {
+                    if let Ok(SourceEvent::End(EndReason::OtherContact(contact))) = event {
+                        return Ok(Some(contact));
+                    }
+                }
+            }
+        }
+    };
+    result?;
+    while let Ok(event) = rx.try_recv() {
+        if let Ok(SourceEvent::End(EndReason::OtherContact(contact))) = event {
+            return Ok(Some(contact));
+        }
+    }
+    Ok(None)
+}
+
 /// The reading loop (one per call).
 struct KvsSource {
     clients: KvsClients,
@@ -177,6 +216,8 @@ struct KvsSource {
     first_fragment: Option<String>,
     /// Producer timestamp to read from, when the first fragment must be fetched by time.
     from_producer_ms: Option<u64>,
+    /// Only looking for the first ContactId: audio is not delivered.
+    peek: bool,
 }
 
 /// How one GetMedia connection ended.
@@ -202,6 +243,7 @@ impl KvsSource {
             // call), whichever way KVS reads the selector.
             StartAt::Fragment(number) => (Some(predecessor(number)), Some(number.clone())),
             StartAt::After(number) => (Some(number.clone()), None),
+            StartAt::Now => (None, None),
         };
         let gate = ContactGate::new(
             options.contact_id.clone(),
@@ -214,6 +256,7 @@ impl KvsSource {
             gate,
             first_fragment,
             from_producer_ms: None,
+            peek: false,
         }
     }
 
@@ -292,15 +335,12 @@ impl KvsSource {
                 .start_timestamp(
                     aws_sdk_kinesisvideomedia::primitives::DateTime::from_millis(ms as i64),
                 )
-        } else {
-            let number = self
-                .first_fragment
-                .as_deref()
-                .or(self.gate.last_fragment())
-                .unwrap_or_default();
+        } else if let Some(number) = self.first_fragment.as_deref().or(self.gate.last_fragment()) {
             builder
                 .start_selector_type(StartSelectorType::FragmentNumber)
                 .after_fragment_number(number)
+        } else {
+            builder.start_selector_type(StartSelectorType::Now)
         };
         builder.build().expect("start selector type is set")
     }
@@ -434,6 +474,9 @@ impl KvsSource {
                             return Connection::Stop(EndReason::KvsError(error));
                         }
                     };
+                    if self.peek && matches!(event, SourceEvent::Audio { .. }) {
+                        continue;
+                    }
                     if tx.send(Ok(event)).await.is_err() {
                         return Connection::Closed;
                     }

@@ -11,7 +11,7 @@ use aws_sdk_kinesis::types::ShardIteratorType;
 use bytes::Bytes;
 use call_transcriber::TranscriberConfig;
 use call_transcriber::pipeline::{
-    CallOutcome, CallPipeline, CallPosition, CallSpec, Clients, Ending,
+    CallOutcome, CallPipeline, CallPosition, CallSpec, Clients, Ending, Taps,
 };
 use call_transcriber::source::{EndReason, KvsClients, StartAt};
 use kvs_media::split_chunks;
@@ -272,7 +272,7 @@ fn assert_whole_call(records: &[Value]) {
 }
 
 async fn run(pipeline: &CallPipeline, call: CallSpec) -> CallOutcome {
-    tokio::time::timeout(Duration::from_secs(60), pipeline.run(call, None))
+    tokio::time::timeout(Duration::from_secs(60), pipeline.run(call, Taps::default()))
         .await
         .expect("the pipeline finishes")
         .expect("the pipeline succeeds")
@@ -846,7 +846,7 @@ async fn a_batch_with_failed_records_is_completed_by_retrying_only_those() {
     h.faults.inject(KinesisFault::FailRecords(vec![1, 4]));
     h.faults.inject(KinesisFault::Throttle);
     h.faults.inject(KinesisFault::FailRecords(vec![0]));
-    let report = publisher::run(&h.clients.kinesis, &PublisherOptions::new("lca"), rx).await;
+    let report = publisher::run(&h.clients.kinesis, &PublisherOptions::new("lca"), rx, None).await;
     assert_eq!(report.delivered, 6);
     assert!(report.undelivered.is_empty());
     assert_eq!(
@@ -888,7 +888,7 @@ async fn events_kinesis_never_accepts_are_reported_not_dropped() {
     for _ in 0..3 {
         h.faults.inject(KinesisFault::Throttle);
     }
-    let report = publisher::run(&h.clients.kinesis, &options, rx).await;
+    let report = publisher::run(&h.clients.kinesis, &options, rx, None).await;
     assert_eq!(report.delivered, 0);
     assert_eq!(report.undelivered.len(), 1);
     assert!(

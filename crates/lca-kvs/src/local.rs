@@ -45,6 +45,9 @@ pub struct LocalArgs {
     /// FRAGMENT_NUMBER and CONTINUATION_TOKEN start with the named fragment instead of after it.
     #[arg(long)]
     include_named_fragment: bool,
+    /// The LCA Kinesis data stream created in moto (exported as KINESIS_STREAM_NAME).
+    #[arg(long, default_value = "lca-kinesis-stream")]
+    kinesis_stream: String,
 }
 
 /// Runs the stand-ins until Ctrl-C.
@@ -140,12 +143,23 @@ pub fn run(args: LocalArgs) -> Result<()> {
                 Err(error) => return Err(error.into()),
             }
         };
+        if let Some(moto) = &moto {
+            create_kinesis_stream(moto.url(), &args.kinesis_stream).await?;
+        }
         let mut players = Vec::new();
+        let mut arns = Vec::new();
         for (name, chunks) in streams {
-            kvs.create_stream(&name)?;
+            arns.push((name.clone(), kvs.create_stream(&name)?));
             players.push(kvs.play(&name, chunks, args.speed));
         }
         let mut out = std::io::stdout().lock();
+        // Credentials and region for the SDKs (the local services accept any).
+        writeln!(out, "export AWS_ACCESS_KEY_ID=AKIDLOCAL")?;
+        writeln!(out, "export AWS_SECRET_ACCESS_KEY=local")?;
+        writeln!(out, "export AWS_REGION=us-east-1")?;
+        for (name, arn) in &arns {
+            writeln!(out, "export KVS_STREAM_ARN_{}={arn}", env_suffix(name))?;
+        }
         writeln!(
             out,
             "export AWS_ENDPOINT_URL_KINESIS_VIDEO={}",
@@ -161,6 +175,7 @@ pub fn run(args: LocalArgs) -> Result<()> {
             for service in ["KINESIS", "S3", "DYNAMODB"] {
                 writeln!(out, "export AWS_ENDPOINT_URL_{service}={}", moto.url())?;
             }
+            writeln!(out, "export KINESIS_STREAM_NAME={}", args.kinesis_stream)?;
         }
         if let Some(path) = &cert_file {
             writeln!(out, "export AWS_CA_BUNDLE={}", path.display())?;
@@ -186,4 +201,41 @@ pub fn run(args: LocalArgs) -> Result<()> {
         }
         Ok(())
     })
+}
+
+/// A stream name as an environment variable suffix: upper case, other characters `_`.
+fn env_suffix(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// Creates the LCA Kinesis data stream in moto.
+async fn create_kinesis_stream(url: &str, name: &str) -> Result<()> {
+    let config = aws_sdk_kinesis::Config::builder()
+        .behavior_version_latest()
+        .region(aws_sdk_kinesis::config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_kinesis::config::Credentials::new(
+            "AKIDLOCAL",
+            "local",
+            None,
+            None,
+            "lca-kvs-local",
+        ))
+        .endpoint_url(url)
+        .build();
+    aws_sdk_kinesis::Client::from_conf(config)
+        .create_stream()
+        .stream_name(name)
+        .shard_count(1)
+        .send()
+        .await
+        .with_context(|| format!("cannot create Kinesis stream {name} in moto at {url}"))?;
+    Ok(())
 }

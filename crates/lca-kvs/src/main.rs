@@ -16,6 +16,7 @@ use lca_kvs::inspect::Inspector;
 
 mod demo;
 mod local;
+mod transcribe;
 
 #[derive(Parser)]
 #[command(
@@ -54,6 +55,10 @@ enum Command {
     /// `export AWS_ENDPOINT_URL_<SERVICE>=<url>` lines, then `ready`, and serves until
     /// interrupted. Each --stream plays its capture live from start-up.
     Local(local::LocalArgs),
+    /// Transcribe one call from its Kinesis Video stream to LCA events on Kinesis, in the
+    /// foreground, configured like the Lambda function by environment variables
+    /// (KINESIS_STREAM_NAME, TRANSCRIBE_*, ...; AWS_ENDPOINT_URL_* for local endpoints).
+    Transcribe(transcribe::TranscribeArgs),
     /// Generate a Connect-shaped call, stream it through the reader and assembler, and write
     /// its recording: the offline core of the product, with no AWS account.
     Demo(demo::DemoArgs),
@@ -70,14 +75,23 @@ fn main() -> ExitCode {
         } => extract(&file, &output, contact_id),
         Command::Demo(args) => demo::run(args).map(|()| ExitCode::SUCCESS),
         Command::Local(args) => local::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Transcribe(args) => transcribe::run(args).map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,
         // The reader of our output went away (`| head`): not an error of ours.
         Err(error)
-            if error
-                .downcast_ref::<std::io::Error>()
-                .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) =>
+            if error.chain().any(|cause| {
+                let kind = cause
+                    .downcast_ref::<std::io::Error>()
+                    .map(std::io::Error::kind)
+                    .or_else(|| {
+                        cause
+                            .downcast_ref::<serde_json::Error>()
+                            .and_then(serde_json::Error::io_error_kind)
+                    });
+                kind == Some(std::io::ErrorKind::BrokenPipe)
+            }) =>
         {
             ExitCode::SUCCESS
         }

@@ -276,3 +276,110 @@ fn extract_of_a_truncated_call_keeps_complete_fragments_and_exits_2() {
     assert!(caller == std::fs::read(fixture("connect/sample-call.caller.raw")).unwrap()[..three]);
     assert!(agent == std::fs::read(fixture("connect/sample-call.agent.raw")).unwrap()[..three]);
 }
+
+/// `lca-kvs local` as a child process with its exports; stopped with SIGTERM on drop (so it
+/// stops moto too).
+struct Local {
+    child: std::process::Child,
+    exports: Vec<(String, String)>,
+}
+
+impl Local {
+    fn start(args: &[&str]) -> Self {
+        use std::io::BufRead;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_lca-kvs"))
+            .arg("local")
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("lca-kvs local runs");
+        let stdout = child.stdout.take().unwrap();
+        let mut exports = Vec::new();
+        for line in std::io::BufReader::new(stdout).lines() {
+            let line = line.unwrap();
+            if line == "ready" {
+                break;
+            }
+            if let Some((name, value)) =
+                line.strip_prefix("export ").and_then(|l| l.split_once('='))
+            {
+                exports.push((name.to_string(), value.to_string()));
+            }
+        }
+        Self { child, exports }
+    }
+
+    fn get(&self, name: &str) -> &str {
+        &self
+            .exports
+            .iter()
+            .find(|(n, _)| n == name)
+            .unwrap_or_else(|| panic!("{name} exported: {:?}", self.exports))
+            .1
+    }
+}
+
+impl Drop for Local {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn transcribe_runs_a_live_call_offline_with_local_exports() {
+    let local = Local::start(&[
+        "--stream",
+        &format!("call={}", fixture("connect/sample-call.mkv").display()),
+        "--speed",
+        "20",
+    ]);
+    assert_eq!(local.get("KINESIS_STREAM_NAME"), "lca-kinesis-stream");
+    let output = Command::new(env!("CARGO_BIN_EXE_lca-kvs"))
+        .args([
+            "transcribe",
+            "--stream-arn",
+            local.get("KVS_STREAM_ARN_CALL"),
+            "--start-fragment",
+            "91343852333181531502161607852955530730505354276",
+            "--show-transcript",
+        ])
+        .envs(local.exports.iter().map(|(n, v)| (n.as_str(), v.as_str())))
+        .env("KVS_IDLE_TIMEOUT", "3000")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    let stdout = String::from_utf8(output.stdout.clone()).unwrap();
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 11, "{stdout}");
+    assert!(lines[0].starts_with("AGENT 0.10-6.34 "), "{stdout}");
+    assert!(lines[1].starts_with("CALLER 7.42-11.94 "), "{stdout}");
+    let stderr = stderr(&output);
+    assert!(
+        stderr.contains("transcribing call d111f871-5fe7-40b1-b5f7-6b67060de0c2"),
+        "the CallId is read from the stream when not given: {stderr}"
+    );
+    assert!(stderr.contains("call ended (the stream ended)"), "{stderr}");
+}
+
+#[test]
+fn transcribe_rejects_a_bad_setting_naming_the_variable() {
+    let output = Command::new(env!("CARGO_BIN_EXE_lca-kvs"))
+        .args([
+            "transcribe",
+            "--stream-arn",
+            "arn:aws:kinesisvideo:us-east-1:1:stream/x/1",
+        ])
+        .env("KINESIS_STREAM_NAME", "lca")
+        .env("TRANSCRIBE_API_MODE", "fast")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = stderr(&output);
+    assert!(
+        stderr.contains("TRANSCRIBE_API_MODE=\"fast\": expected `standard` or `analytics`"),
+        "{stderr}"
+    );
+}

@@ -1,0 +1,192 @@
+//! `lca-kvs transcribe`: the call transcriber pipeline for one call in the foreground,
+//! configured by the same environment variables as the Lambda function.
+
+use std::io::{IsTerminal, Write};
+
+use anyhow::{Context, Result, bail};
+use call_transcriber::TranscriberConfig;
+use call_transcriber::pipeline::{
+    self, CallPipeline, CallPosition, CallSpec, Clients, Ending, Taps,
+};
+use call_transcriber::source::{self, EndReason, StartAt};
+use clap::Args;
+use lca_events::{LcaEvent, LcaMessage, Segment, StartCall};
+
+/// Arguments of `lca-kvs transcribe`.
+#[derive(Args)]
+pub struct TranscribeArgs {
+    /// The call's Kinesis Video stream.
+    #[arg(long)]
+    stream_arn: String,
+    /// The contact's first fragment (the contact-flow event's StartFragmentNumber). Without
+    /// it, reading starts at the newest data on the stream and earlier audio is not read.
+    #[arg(long)]
+    start_fragment: Option<String>,
+    /// The LCA CallId (= Connect ContactId; default: the ContactId of the first fragment read).
+    #[arg(long)]
+    call_id: Option<String>,
+    /// Print the final transcript segments on stdout as they reach Kinesis.
+    #[arg(long)]
+    show_transcript: bool,
+}
+
+/// Runs the pipeline for one call; exit 0 when the call ended and every event is on Kinesis.
+pub fn run(args: TranscribeArgs) -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    let config = TranscriberConfig::from_env().context("configuration")?;
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?
+        .block_on(transcribe(args, config))
+}
+
+async fn transcribe(args: TranscribeArgs, config: TranscriberConfig) -> Result<()> {
+    let sdk = pipeline::load_sdk_config(&config).await;
+    let clients = Clients::new(&sdk, &config);
+    let start = match &args.start_fragment {
+        Some(number) => StartAt::Fragment(number.clone()),
+        None => StartAt::Now,
+    };
+    let contact_id = match &args.call_id {
+        Some(id) => id.clone(),
+        None => source::first_contact_id(
+            &clients.kvs,
+            &args.stream_arn,
+            start.clone(),
+            config.kvs_idle_timeout,
+        )
+        .await
+        .with_context(|| format!("reading the first ContactId on {}", args.stream_arn))?
+        .with_context(|| {
+            format!(
+                "{}: no fragment with a ContactId within {} ms; pass --call-id",
+                args.stream_arn,
+                config.kvs_idle_timeout.as_millis()
+            )
+        })?,
+    };
+    eprintln!("transcribing call {contact_id} from {}", args.stream_arn);
+    let pipeline = CallPipeline { config, clients };
+    let call = CallSpec {
+        call_id: contact_id.clone(),
+        contact_id,
+        stream_arn: args.stream_arn.clone(),
+        position: CallPosition {
+            start,
+            session_id: None,
+            origin_ns: None,
+            start_sample: 0,
+        },
+        start_event: Some(StartCall {
+            customer_phone_number: String::new(),
+            system_phone_number: String::new(),
+            agent_id: None,
+            metadata_json: None,
+            created_at: call_transcriber::transcribe::now(),
+        }),
+        deadline: None,
+    };
+    let (tap, mut delivered) = tokio::sync::mpsc::unbounded_channel::<LcaMessage>();
+    let show = args.show_transcript;
+    let progress = tokio::spawn(async move {
+        let mut segments = 0u64;
+        let mut finals = 0u64;
+        let interactive = std::io::stderr().is_terminal();
+        while let Some(message) = delivered.recv().await {
+            if let LcaEvent::AddTranscriptSegment(_) = &message.event {
+                segments += 1;
+                if let Some(line) = final_line(&message) {
+                    finals += 1;
+                    if show {
+                        println!("{line}");
+                    }
+                }
+            }
+            if interactive {
+                eprint!("\r{segments} segments on Kinesis ({finals} final)");
+                let _ = std::io::stderr().flush();
+            }
+        }
+        if interactive {
+            eprintln!();
+        }
+    });
+    let outcome = pipeline
+        .run(
+            call,
+            Taps {
+                delivered: Some(tap),
+                ..Taps::default()
+            },
+        )
+        .await;
+    let _ = progress.await;
+    let outcome = outcome?;
+    let reason = match &outcome.ending {
+        Ending::CallEnded(EndReason::StreamEnded) => "the stream ended".to_string(),
+        Ending::CallEnded(EndReason::Idle) => format!(
+            "no new audio for {} ms",
+            pipeline.config.kvs_idle_timeout.as_millis()
+        ),
+        Ending::CallEnded(EndReason::OtherContact(next)) => {
+            format!("the stream now carries contact {next}")
+        }
+        Ending::CallEnded(EndReason::KvsError(error)) => {
+            format!("KVS error {} ({})", error.id.trim(), error.code.trim())
+        }
+        Ending::HandOver(_) => bail!("unexpected hand-over without a deadline"),
+    };
+    eprintln!(
+        "call ended ({reason}): {:.1} s of audio, {} Transcribe session(s), {} events on Kinesis stream {}",
+        outcome.samples as f64 / 8000.0,
+        outcome.transcription.sessions,
+        outcome.published.delivered,
+        pipeline.config.kinesis_stream_name,
+    );
+    if let Ending::CallEnded(EndReason::KvsError(error)) = &outcome.ending {
+        bail!(
+            "the stream carried a KVS error chunk: {} ({})",
+            error.id.trim(),
+            error.code.trim()
+        );
+    }
+    Ok(())
+}
+
+/// `CALLER 7.42-11.94 text` for a final standard segment (analytics: the utterance's role).
+fn final_line(message: &LcaMessage) -> Option<String> {
+    let LcaEvent::AddTranscriptSegment(segment) = &message.event else {
+        return None;
+    };
+    match segment {
+        Segment::Standard(s) if !s.is_partial => Some(format!(
+            "{} {:.2}-{:.2} {}",
+            serde_json::to_value(&s.channel)
+                .ok()?
+                .as_str()
+                .unwrap_or("?"),
+            s.start_time,
+            s.end_time,
+            s.transcript
+        )),
+        Segment::Analytics(a) if a.utterance_event["IsPartial"] == false => Some(format!(
+            "{} {:.2}-{:.2} {}",
+            a.utterance_event["ParticipantRole"].as_str().unwrap_or("?"),
+            a.utterance_event["BeginOffsetMillis"]
+                .as_f64()
+                .unwrap_or(0.0)
+                / 1000.0,
+            a.utterance_event["EndOffsetMillis"].as_f64().unwrap_or(0.0) / 1000.0,
+            a.utterance_event["Transcript"].as_str().unwrap_or("")
+        )),
+        _ => None,
+    }
+}
