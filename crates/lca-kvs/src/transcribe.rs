@@ -169,7 +169,7 @@ fn final_line(message: &LcaMessage) -> Option<String> {
     match segment {
         Segment::Standard(s) if !s.is_partial => Some(format!(
             "{} {:.2}-{:.2} {}",
-            serde_json::to_value(&s.channel)
+            serde_json::to_value(s.channel)
                 .ok()?
                 .as_str()
                 .unwrap_or("?"),
