@@ -29,3 +29,5 @@ bash tests/interop/run.sh
 # Smoke runs: the README's main command and the benchmark's correctness check stay working.
 cargo run --locked -q -p lca-kvs -- demo --recording-out target/demo-recording.wav > /dev/null
 cargo run --locked -q -p lca-tests --bin media-bench -- --minutes 2 --skip-node
+cargo build --locked -q -p lca-kvs -p lca-tests --bins
+target/debug/pipeline-bench --minutes 2 --latency-minutes 1

@@ -24,8 +24,11 @@ const SAMPLES_PER_MS: u64 = 8;
 /// How a result maps onto the call.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Placement {
-    /// Seconds to add to the session's times to get the call's.
+    /// Seconds to add to the session's start time to get the call's.
     pub offset_s: f64,
+    /// Seconds to add to the session's end time (differs from `offset_s` when keep-alive
+    /// silence was inserted during the result).
+    pub end_offset_s: f64,
     /// The result continues a partial cut by a reconnect: publish it with this start time
     /// (call seconds), so its segment id is the cut partial's.
     pub start_s: Option<f64>,
@@ -133,13 +136,15 @@ impl TranscriptLedger {
     ) -> Option<Placement> {
         let channel = channel.min(1);
         let offset_s = self.offset_s(start_s);
+        let end_offset_s = self.offset_s(end_s);
         let start_ms = to_ms(start_s + offset_s);
-        let end_ms = to_ms(end_s + offset_s);
+        let end_ms = to_ms(end_s + end_offset_s);
         if self.final_end[channel].is_some_and(|end| start_ms < end) {
             return None;
         }
         let mut placement = Placement {
             offset_s,
+            end_offset_s,
             start_s: None,
             utterance_id: None,
         };
@@ -337,6 +342,12 @@ mod tests {
         assert!((p.offset_s - (2.0 - 0.002)).abs() < 1e-9, "{}", p.offset_s);
         let p = ledger.result(1, 0.5, 0.8, false, None).unwrap();
         assert_eq!(p.offset_s, 2.0);
+        // A result spanning the keep-alives: its end moves, its start does not.
+        let p = ledger.result(0, 1.9, 2.0, false, None).unwrap();
+        assert!((p.end_offset_s - (2.0 - 0.002)).abs() < 1e-9);
+        let p = ledger.result(1, 0.9, 1.5, false, None).unwrap();
+        assert_eq!(p.offset_s, 2.0);
+        assert!((p.end_offset_s - (2.0 - 0.002)).abs() < 1e-9);
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod pipeline;
 pub mod publisher;
 pub mod source;
 pub mod transcribe;
+pub mod usage;
 
 pub use config::{ConfigError, TranscriberConfig};
 pub use gate::{ContactGate, GateOutput, StopReason};

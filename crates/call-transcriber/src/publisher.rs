@@ -62,6 +62,9 @@ pub struct PublishReport {
     pub retries: u64,
     /// Per delivered record: from its arrival at the publisher to Kinesis's acknowledgement.
     pub latencies: Vec<Duration>,
+    /// Per record: from its arrival at the publisher to the start of its first request
+    /// (the latency the publisher adds; the rest is Kinesis's).
+    pub queue_latencies: Vec<Duration>,
     delivered_tap: Option<mpsc::UnboundedSender<LcaMessage>>,
 }
 
@@ -121,6 +124,9 @@ pub async fn run(
             open = false;
         }
         let batch = take_batch(&mut queue);
+        report
+            .queue_latencies
+            .extend(batch.iter().map(|p| p.arrived.elapsed()));
         if batch.len() == 1 {
             let item = batch.into_iter().next().expect("one item");
             put_one(client, options, item, &mut last_sequence, &mut report).await;

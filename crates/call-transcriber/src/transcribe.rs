@@ -18,7 +18,7 @@ use lca_events::{LcaMessage, SegmentMapper, TranscriptResult};
 use serde_json::{Map, Value, json};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tokio_stream::wrappers::UnboundedReceiverStream;
+use tokio_stream::wrappers::ReceiverStream;
 
 use crate::config::{ApiMode, Language, TranscribeSettings};
 use crate::ledger::TranscriptLedger;
@@ -72,6 +72,9 @@ pub struct TranscriptionSummary {
     pub messages: u64,
     /// Results dropped as repeats after a reconnect.
     pub duplicates_dropped: u64,
+    /// Per Transcribe event that produced messages: from its arrival to the messages'
+    /// hand-off to the publisher.
+    pub handoff_latencies: Vec<Duration>,
 }
 
 /// Why a transcription failed.
@@ -135,13 +138,18 @@ where
 
 /// A running session: where its audio goes and where its results come from.
 struct Session {
-    audio: Option<mpsc::UnboundedSender<Result<AudioStream, AudioStreamError>>>,
-    outputs: mpsc::Receiver<Result<Output, Failure>>,
+    audio: Option<mpsc::Sender<Result<AudioStream, AudioStreamError>>>,
+    outputs: mpsc::Receiver<Result<(Output, Instant), Failure>>,
 }
 
-/// 1 ms of stereo silence (8 samples): enough to keep a stream open, short enough not to
-/// matter (and accounted for in segment times).
-const KEEP_ALIVE_SAMPLES: u64 = 8;
+/// 10 ms of stereo silence (80 samples): enough to keep a stream open, short enough not to
+/// matter, accounted for in segment times, and a whole 10 ms frame, so a recognizer's frame
+/// grid stays aligned with the call's (times stay exact to the millisecond).
+const KEEP_ALIVE_SAMPLES: u64 = 80;
+
+/// Audio events queued for a session (100 ms each): how far reading may run ahead of
+/// Transcribe before it waits.
+const AUDIO_QUEUE: usize = 32;
 
 /// Reconnects in a row that produced no result before the call's transcription fails.
 const MAX_FRUITLESS_RESTARTS: u32 = 5;
@@ -176,8 +184,13 @@ pub async fn run(
         }
         let mut last_audio = Instant::now();
         let ended: Option<Failure> = loop {
+            // Backpressure: take the next chunk only when the session's queue has room, so a
+            // slow Transcribe slows the reading of KVS instead of filling memory.
+            let has_room = session.audio.as_ref().is_none_or(|a| a.capacity() > 0);
+            let room = session.audio.clone();
             tokio::select! {
-                chunk = chunks.recv(), if input_open => match chunk {
+                _ = async { if let Some(audio) = &room { let _ = audio.reserve().await; } }, if input_open && !has_room => {}
+                chunk = chunks.recv(), if input_open && has_room => match chunk {
                     Some(chunk) => {
                         ledger.sent(&chunk);
                         summary.audio_samples += chunk.samples as u64;
@@ -197,13 +210,18 @@ pub async fn run(
                     last_audio = Instant::now();
                 }
                 output = session.outputs.recv() => match output {
-                    Some(Ok(output)) => {
+                    Some(Ok((output, received))) => {
                         answered = true;
-                        for message in map_output(output, &mut ledger, &mut mapper, &mut summary) {
+                        let messages = map_output(output, &mut ledger, &mut mapper, &mut summary);
+                        let mapped = !messages.is_empty();
+                        for message in messages {
                             summary.messages += 1;
                             if out.send(message).await.is_err() {
                                 return Ok(summary);
                             }
+                        }
+                        if mapped {
+                            summary.handoff_latencies.push(received.elapsed());
                         }
                     }
                     Some(Err(failure)) => break Some(failure),
@@ -238,10 +256,12 @@ pub async fn run(
     }
 }
 
+/// Queues audio for the session (callers check for room first; a keep-alive may be skipped
+/// when the queue is full, since queued audio keeps the stream alive anyway).
 fn send_audio(session: &Session, pcm: Vec<u8>) {
     if let Some(audio) = &session.audio {
         // A closed receiver means the session is failing; its failure arrives on `outputs`.
-        let _ = audio.send(Ok(AudioStream::AudioEvent(
+        let _ = audio.try_send(Ok(AudioStream::AudioEvent(
             AudioEvent::builder().audio_chunk(Blob::new(pcm)).build(),
         )));
     }
@@ -258,18 +278,18 @@ async fn start(
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let (audio_tx, audio_rx) = mpsc::unbounded_channel();
+        let (audio_tx, audio_rx) = mpsc::channel(AUDIO_QUEUE + 1 + replay.len());
         if settings.mode == ApiMode::Analytics {
-            let _ = audio_tx.send(Ok(AudioStream::ConfigurationEvent(configuration(settings))));
+            let _ = audio_tx.try_send(Ok(AudioStream::ConfigurationEvent(configuration(settings))));
         }
         for chunk in &replay {
-            let _ = audio_tx.send(Ok(AudioStream::AudioEvent(
+            let _ = audio_tx.try_send(Ok(AudioStream::AudioEvent(
                 AudioEvent::builder()
                     .audio_chunk(Blob::new(chunk.pcm.clone()))
                     .build(),
             )));
         }
-        let stream = UnboundedReceiverStream::new(audio_rx);
+        let stream = ReceiverStream::new(audio_rx);
         let (out_tx, outputs) = mpsc::channel(64);
         let started = match settings.mode {
             ApiMode::Standard => standard_request(client, settings, summary.session_id.as_deref())
@@ -282,7 +302,7 @@ async fn start(
                         loop {
                             let item = match response.transcript_result_stream.recv().await {
                                 Ok(Some(TranscriptResultStream::TranscriptEvent(event))) => {
-                                    Ok(Output::Transcript(event))
+                                    Ok((Output::Transcript(event), Instant::now()))
                                 }
                                 Ok(Some(_)) => continue,
                                 Ok(None) => break,
@@ -313,10 +333,10 @@ async fn start(
                                 {
                                     Ok(Some(
                                         CallAnalyticsTranscriptResultStream::UtteranceEvent(e),
-                                    )) => Ok(Output::Utterance(e)),
+                                    )) => Ok((Output::Utterance(e), Instant::now())),
                                     Ok(Some(
                                         CallAnalyticsTranscriptResultStream::CategoryEvent(e),
-                                    )) => Ok(Output::Category(e)),
+                                    )) => Ok((Output::Category(e), Instant::now())),
                                     Ok(Some(_)) => continue,
                                     Ok(None) => break,
                                     Err(error) => Err(failure(&error)),
@@ -488,7 +508,7 @@ fn map_output(
                 let mapped = TranscriptResult {
                     channel_id: result.channel_id.clone(),
                     start_time,
-                    end_time: result.end_time,
+                    end_time: result.end_time + placement.end_offset_s - placement.offset_s,
                     is_partial: result.is_partial,
                     transcript,
                 };
@@ -510,6 +530,10 @@ fn map_output(
             let mut value = utterance_json(&event);
             if let Some(id) = placement.utterance_id {
                 value["UtteranceId"] = Value::from(id);
+            }
+            if let Some(end) = event.end_offset_millis {
+                let shift = ((placement.end_offset_s - placement.offset_s) * 1000.0).round() as i64;
+                value["EndOffsetMillis"] = Value::from(end + shift);
             }
             if let Some(start_s) = placement.start_s {
                 let ms = ((start_s - placement.offset_s) * 1000.0).round() as i64;

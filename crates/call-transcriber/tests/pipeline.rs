@@ -900,3 +900,83 @@ async fn events_kinesis_never_accepts_are_reported_not_dropped() {
     );
     assert!(h.records().await.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alives_hold_transcribe_open_while_kvs_stalls_and_times_stay_exact() {
+    // Transcribe here closes a stream after 3 s without audio (AWS: 15 s); KVS stalls 5 s
+    // before the 20th fragment; keep-alives every second bridge it.
+    let h = Harness::new(
+        named_first(),
+        TranscribeOptions {
+            audio_timeout: Duration::from_secs(3),
+            ..TranscribeOptions::default()
+        },
+    )
+    .await;
+    let arn = h.kvs.create_stream("call").unwrap();
+    h.kvs
+        .inject(
+            "call",
+            Fault::StallBefore {
+                fragment: 20,
+                duration: Duration::from_secs(5),
+            },
+        )
+        .unwrap();
+    h.kvs
+        .put_capture("call", &sample_call_chunks().concat())
+        .unwrap();
+    h.kvs.close_stream("call").unwrap();
+    let first = h.kvs.fragment_numbers("call").unwrap()[0].clone();
+    let outcome = run(
+        &h.pipeline(&[("KEEP_ALIVE", "1000"), ("KVS_IDLE_TIMEOUT", "8000")]),
+        new_call(&arn, &first),
+    )
+    .await;
+    assert_eq!(outcome.transcription.sessions, 1, "the stream stayed open");
+    let keep_alives = outcome.transcription.keep_alives;
+    assert!((3..=6).contains(&keep_alives), "{keep_alives} keep-alives");
+    let session = &h.transcribe.sessions()[0];
+    assert!(session.exception.is_none(), "{:?}", session.exception);
+    assert_eq!(
+        session.audio.len(),
+        sample_call_stereo().len() + keep_alives as usize * 320,
+        "the call's audio plus 10 ms of silence per keep-alive"
+    );
+    // Segment times are the call's: keep-alive silence is not call time (uncorrected, the
+    // turns after the stall would be 10 ms late per keep-alive).
+    assert_whole_call(&h.records().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transcribe_over_tls_and_http2_as_in_production() {
+    use aws_smithy_http_client::tls::{
+        Provider, TlsContext, TrustStore, rustls_provider::CryptoMode,
+    };
+    let mut h = Harness::new(named_first(), TranscribeOptions::default()).await;
+    let identity = local_aws::http::TlsIdentity::self_signed().unwrap();
+    let tls_server = h.transcribe.serve_with(0, Some(&identity)).await.unwrap();
+    assert!(tls_server.url().starts_with("https://"));
+    let context = TlsContext::builder()
+        .with_trust_store(TrustStore::empty().with_pem_certificate(identity.cert_pem.as_bytes()))
+        .build()
+        .unwrap();
+    let http = aws_smithy_http_client::Builder::new()
+        .tls_provider(Provider::Rustls(CryptoMode::AwsLc))
+        .tls_context(context)
+        .build_https();
+    h.clients.transcribe = aws_sdk_transcribestreaming::Client::from_conf(
+        aws_sdk_transcribestreaming::config::Builder::from(&sdk_config(&tls_server.url()))
+            .http_client(http)
+            .build(),
+    );
+    let arn = h.kvs.create_stream("call").unwrap();
+    h.kvs
+        .put_capture("call", &sample_call_chunks().concat())
+        .unwrap();
+    h.kvs.close_stream("call").unwrap();
+    let first = h.kvs.fragment_numbers("call").unwrap()[0].clone();
+    run(&h.pipeline(&[]), new_call(&arn, &first)).await;
+    assert!(h.transcribe.sessions()[0].audio == sample_call_stereo());
+    assert_whole_call(&h.records().await);
+}

@@ -9,6 +9,7 @@ use call_transcriber::pipeline::{
     self, CallPipeline, CallPosition, CallSpec, Clients, Ending, Taps,
 };
 use call_transcriber::source::{self, EndReason, StartAt};
+use call_transcriber::usage::{ProcessUsage, quantile_ms};
 use clap::Args;
 use lca_events::{LcaEvent, LcaMessage, Segment, StartCall};
 
@@ -28,6 +29,9 @@ pub struct TranscribeArgs {
     /// Print the final transcript segments on stdout as they reach Kinesis.
     #[arg(long)]
     show_transcript: bool,
+    /// Write measurements (CPU, peak RSS, latencies) as JSON to this file at the end.
+    #[arg(long, value_name = "FILE")]
+    stats_json: Option<std::path::PathBuf>,
 }
 
 /// Runs the pipeline for one call; exit 0 when the call ended and every event is on Kinesis.
@@ -151,6 +155,31 @@ async fn transcribe(args: TranscribeArgs, config: TranscriberConfig) -> Result<(
         outcome.published.delivered,
         pipeline.config.kinesis_stream_name,
     );
+    if let Some(path) = &args.stats_json {
+        let usage = ProcessUsage::current();
+        let ms = |values: &[std::time::Duration]| {
+            serde_json::json!({
+                "count": values.len(),
+                "p50": quantile_ms(values, 0.5),
+                "p99": quantile_ms(values, 0.99),
+                "max": quantile_ms(values, 1.0),
+            })
+        };
+        let stats = serde_json::json!({
+            "audio_seconds": outcome.samples as f64 / 8000.0,
+            "cpu_seconds": usage.cpu_seconds,
+            "peak_rss_kb": usage.peak_rss_kb,
+            "events": outcome.published.delivered,
+            "kinesis_requests": outcome.published.requests,
+            "transcribe_sessions": outcome.transcription.sessions,
+            "kvs_to_transcribe_ms": ms(&outcome.chunk_latencies),
+            "transcribe_to_publisher_ms": ms(&outcome.transcription.handoff_latencies),
+            "publisher_queue_ms": ms(&outcome.published.queue_latencies),
+            "publisher_to_ack_ms": ms(&outcome.published.latencies),
+        });
+        std::fs::write(path, serde_json::to_vec_pretty(&stats)?)
+            .with_context(|| format!("{}: cannot write", path.display()))?;
+    }
     if let Ending::CallEnded(EndReason::KvsError(error)) = &outcome.ending {
         bail!(
             "the stream carried a KVS error chunk: {} ({})",

@@ -456,27 +456,12 @@ fn parse_run(text: &str) -> Result<Run, String> {
     })
 }
 
-/// User + system CPU time of this process, from /proc/self/stat (Linux).
+/// User + system CPU time of this process.
 fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    // Fields after ')' start at index 0 = state; utime is field 14 overall (index 11 here).
-    (ticks(11) + ticks(12)) / 100.0
+    call_transcriber::usage::ProcessUsage::current().cpu_seconds
 }
 
-/// Peak resident set of this process, from /proc/self/status (VmHWM), in KiB.
+/// Peak resident set of this process, in KiB.
 fn max_rss_kb() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
+    call_transcriber::usage::ProcessUsage::current().peak_rss_kb
 }
