@@ -205,7 +205,11 @@ impl CallPipeline {
             StartAt::After(number) => Some(StartAt::After(number.clone())),
             StartAt::Fragment(_) | StartAt::Now => None,
         };
-        let mut chunk_latencies = Vec::new();
+        let mut outlet = ChunkOutlet {
+            transcribe: chunk_tx,
+            recording,
+            latencies: Vec::new(),
+        };
         let mut last_received = Instant::now();
         let mut source_error = None;
         let ending = loop {
@@ -238,27 +242,13 @@ impl CallPipeline {
                     break Ending::CallEnded(EndReason::StreamEnded);
                 }
             }
-            forward(
-                &mut assembler,
-                &chunk_tx,
-                recording.as_ref(),
-                last_received,
-                &mut chunk_latencies,
-            )
-            .await;
+            outlet.forward(&mut assembler, last_received).await;
             if at_boundary
                 && let (Some(deadline), Some(after)) = (call.deadline, &last_fragment)
                 && Instant::now() >= deadline
             {
                 assembler.finish();
-                forward(
-                    &mut assembler,
-                    &chunk_tx,
-                    recording.as_ref(),
-                    last_received,
-                    &mut chunk_latencies,
-                )
-                .await;
+                outlet.forward(&mut assembler, last_received).await;
                 break Ending::HandOver(CallPosition {
                     start: after.clone(),
                     session_id: None,
@@ -270,17 +260,10 @@ impl CallPipeline {
         drop(events);
         if matches!(ending, Ending::CallEnded(_)) {
             assembler.finish();
-            forward(
-                &mut assembler,
-                &chunk_tx,
-                recording.as_ref(),
-                last_received,
-                &mut chunk_latencies,
-            )
-            .await;
+            outlet.forward(&mut assembler, last_received).await;
         }
-        drop(chunk_tx);
-        drop(recording);
+        let chunk_latencies = std::mem::take(&mut outlet.latencies);
+        drop(outlet);
         let transcription = match transcriber.await {
             Ok(result) => result,
             Err(join) => std::panic::resume_unwind(join.into_panic()),
@@ -337,20 +320,23 @@ impl CallPipeline {
     }
 }
 
-/// Sends every ready chunk to Transcribe (and the recorder).
-async fn forward(
-    assembler: &mut StereoAssembler,
-    transcribe: &mpsc::Sender<StereoChunk>,
-    recording: Option<&mpsc::Sender<StereoChunk>>,
-    received: Instant,
-    latencies: &mut Vec<Duration>,
-) {
-    while let Some(chunk) = assembler.pop_chunk() {
-        if let Some(recording) = recording {
-            let _ = recording.send(chunk.clone()).await;
+/// Where assembled chunks go: the Transcribe session and the recorder; measures latency.
+struct ChunkOutlet {
+    transcribe: mpsc::Sender<StereoChunk>,
+    recording: Option<mpsc::Sender<StereoChunk>>,
+    latencies: Vec<Duration>,
+}
+
+impl ChunkOutlet {
+    /// Sends every ready chunk; `received` is when the KVS bytes that completed them arrived.
+    async fn forward(&mut self, assembler: &mut StereoAssembler, received: Instant) {
+        while let Some(chunk) = assembler.pop_chunk() {
+            if let Some(recording) = &self.recording {
+                let _ = recording.send(chunk.clone()).await;
+            }
+            self.latencies.push(received.elapsed());
+            // A closed channel means the transcription failed; its error is reported at the end.
+            let _ = self.transcribe.send(chunk).await;
         }
-        latencies.push(received.elapsed());
-        // A closed channel means the transcription failed; its error is reported at the end.
-        let _ = transcribe.send(chunk).await;
     }
 }

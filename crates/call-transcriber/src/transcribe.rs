@@ -296,24 +296,18 @@ async fn start(
                 .audio_stream(stream.into())
                 .send()
                 .await
-                .map(|mut response| {
+                .map(|response| {
                     summary.session_id = response.session_id.clone().or(summary.session_id.take());
-                    tokio::spawn(async move {
-                        loop {
-                            let item = match response.transcript_result_stream.recv().await {
-                                Ok(Some(TranscriptResultStream::TranscriptEvent(event))) => {
-                                    Ok((Output::Transcript(event), Instant::now()))
-                                }
-                                Ok(Some(_)) => continue,
-                                Ok(None) => break,
-                                Err(error) => Err(failure(&error)),
-                            };
-                            let stop = item.is_err();
-                            if out_tx.send(item).await.is_err() || stop {
-                                break;
+                    spawn_reader(
+                        response.transcript_result_stream,
+                        out_tx,
+                        |event| match event {
+                            TranscriptResultStream::TranscriptEvent(e) => {
+                                Some(Output::Transcript(e))
                             }
-                        }
-                    });
+                            _ => None,
+                        },
+                    );
                 })
                 .map_err(|e| failure(&e)),
             ApiMode::Analytics => {
@@ -321,32 +315,22 @@ async fn start(
                     .audio_stream(stream.into())
                     .send()
                     .await
-                    .map(|mut response| {
+                    .map(|response| {
                         summary.session_id =
                             response.session_id.clone().or(summary.session_id.take());
-                        tokio::spawn(async move {
-                            loop {
-                                let item = match response
-                                    .call_analytics_transcript_result_stream
-                                    .recv()
-                                    .await
-                                {
-                                    Ok(Some(
-                                        CallAnalyticsTranscriptResultStream::UtteranceEvent(e),
-                                    )) => Ok((Output::Utterance(e), Instant::now())),
-                                    Ok(Some(
-                                        CallAnalyticsTranscriptResultStream::CategoryEvent(e),
-                                    )) => Ok((Output::Category(e), Instant::now())),
-                                    Ok(Some(_)) => continue,
-                                    Ok(None) => break,
-                                    Err(error) => Err(failure(&error)),
-                                };
-                                let stop = item.is_err();
-                                if out_tx.send(item).await.is_err() || stop {
-                                    break;
+                        spawn_reader(
+                            response.call_analytics_transcript_result_stream,
+                            out_tx,
+                            |event| match event {
+                                CallAnalyticsTranscriptResultStream::UtteranceEvent(e) => {
+                                    Some(Output::Utterance(e))
                                 }
-                            }
-                        });
+                                CallAnalyticsTranscriptResultStream::CategoryEvent(e) => {
+                                    Some(Output::Category(e))
+                                }
+                                _ => None,
+                            },
+                        );
                     })
                     .map_err(|e| failure(&e))
             }
@@ -371,6 +355,35 @@ async fn start(
             }
         }
     }
+}
+
+/// Reads a session's results into `out` (with their arrival time) until the stream ends or
+/// fails; a failure is the last item. Runs as its own task so the session loop can wait on
+/// a channel (cancel-safe) instead of on the SDK's receiver.
+fn spawn_reader<T, E>(
+    mut receiver: aws_sdk_transcribestreaming::primitives::event_stream::EventReceiver<T, E>,
+    out: mpsc::Sender<Result<(Output, Instant), Failure>>,
+    select: fn(T) -> Option<Output>,
+) where
+    T: Send + 'static,
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    tokio::spawn(async move {
+        loop {
+            let item = match receiver.recv().await {
+                Ok(Some(event)) => match select(event) {
+                    Some(output) => Ok((output, Instant::now())),
+                    None => continue,
+                },
+                Ok(None) => break,
+                Err(error) => Err(failure(&error)),
+            };
+            let stop = item.is_err();
+            if out.send(item).await.is_err() || stop {
+                break;
+            }
+        }
+    });
 }
 
 type StandardRequest = aws_sdk_transcribestreaming::operation::start_stream_transcription::builders::StartStreamTranscriptionFluentBuilder;

@@ -6,7 +6,6 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_kinesis::types::ShardIteratorType;
 use bytes::Bytes;
 use call_transcriber::TranscriberConfig;
@@ -52,17 +51,6 @@ fn sample_call_stereo() -> Vec<u8> {
         .collect()
 }
 
-fn sdk_config(url: &str) -> SdkConfig {
-    SdkConfig::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
-        .credentials_provider(aws_sdk_kinesis::config::SharedCredentialsProvider::new(
-            aws_sdk_kinesis::config::Credentials::new("AKIDLOCAL", "secret", None, None, "test"),
-        ))
-        .endpoint_url(url)
-        .build()
-}
-
 /// Local KVS + Transcribe + moto, and a Kinesis stream named `lca`.
 struct Harness {
     kvs: Kvs,
@@ -86,7 +74,7 @@ impl Harness {
         let kvs_server = kvs.serve(0).await.unwrap();
         let transcribe = Transcribe::new(transcribe);
         let transcribe_server = transcribe.serve(0).await.unwrap();
-        let kinesis = aws_sdk_kinesis::Client::new(&sdk_config(moto.url()));
+        let kinesis = aws_sdk_kinesis::Client::new(&local_aws::sdk_config(moto.url()));
         kinesis
             .create_stream()
             .stream_name("lca")
@@ -97,11 +85,11 @@ impl Harness {
         let faults = KinesisFaults::new(moto.url());
         let faults_server = faults.serve(0).await.unwrap();
         let clients = Clients {
-            kvs: KvsClients::new(&sdk_config(&kvs_server.url())),
-            transcribe: aws_sdk_transcribestreaming::Client::new(&sdk_config(
+            kvs: KvsClients::new(&local_aws::sdk_config(&kvs_server.url())),
+            transcribe: aws_sdk_transcribestreaming::Client::new(&local_aws::sdk_config(
                 &transcribe_server.url(),
             )),
-            kinesis: aws_sdk_kinesis::Client::new(&sdk_config(&faults_server.url())),
+            kinesis: aws_sdk_kinesis::Client::new(&local_aws::sdk_config(&faults_server.url())),
         };
         Self {
             kvs,
@@ -137,6 +125,18 @@ impl Harness {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         panic!("no fragment on {name}");
+    }
+
+    /// Creates `name` with `faults` queued, stores `chunks` at once, closes it (a call that has
+    /// ended); returns its ARN and first fragment.
+    fn stored(&self, name: &str, chunks: &[Bytes], faults: &[Fault]) -> (String, String) {
+        let arn = self.kvs.create_stream(name).unwrap();
+        for fault in faults {
+            self.kvs.inject(name, fault.clone()).unwrap();
+        }
+        self.kvs.put_capture(name, &chunks.concat()).unwrap();
+        self.kvs.close_stream(name).unwrap();
+        (arn, self.kvs.fragment_numbers(name).unwrap()[0].clone())
     }
 
     /// Every record on the `lca` stream, in stream order.
@@ -475,22 +475,15 @@ fn named_first() -> KvsOptions {
 async fn a_kvs_error_chunk_ends_the_call_and_a_transient_one_is_resumed() {
     // 4500 (KMS access denied): the call ends with the audio before it, END published.
     let h = Harness::new(named_first(), TranscribeOptions::default()).await;
-    let arn = h.kvs.create_stream("call").unwrap();
-    h.kvs
-        .inject(
-            "call",
-            Fault::ErrorChunkAfter {
-                fragments: 10,
-                code: "Access denied for the stream's KMS key".into(),
-                id: "4500".into(),
-            },
-        )
-        .unwrap();
-    h.kvs
-        .put_capture("call", &sample_call_chunks().concat())
-        .unwrap();
-    h.kvs.close_stream("call").unwrap();
-    let first = h.kvs.fragment_numbers("call").unwrap()[0].clone();
+    let (arn, first) = h.stored(
+        "call",
+        &sample_call_chunks(),
+        &[Fault::ErrorChunkAfter {
+            fragments: 10,
+            code: "Access denied for the stream's KMS key".into(),
+            id: "4500".into(),
+        }],
+    );
     let outcome = run(&h.pipeline(&[]), new_call(&arn, &first)).await;
     let Ending::CallEnded(EndReason::KvsError(error)) = &outcome.ending else {
         panic!("{:?}", outcome.ending);
@@ -507,22 +500,15 @@ async fn a_kvs_error_chunk_ends_the_call_and_a_transient_one_is_resumed() {
 
     // 5000 (internal error): transient, the call resumes after the last fragment.
     let h = Harness::new(named_first(), TranscribeOptions::default()).await;
-    let arn = h.kvs.create_stream("call").unwrap();
-    h.kvs
-        .inject(
-            "call",
-            Fault::ErrorChunkAfter {
-                fragments: 10,
-                code: "Internal error".into(),
-                id: "5000".into(),
-            },
-        )
-        .unwrap();
-    h.kvs
-        .put_capture("call", &sample_call_chunks().concat())
-        .unwrap();
-    h.kvs.close_stream("call").unwrap();
-    let first = h.kvs.fragment_numbers("call").unwrap()[0].clone();
+    let (arn, first) = h.stored(
+        "call",
+        &sample_call_chunks(),
+        &[Fault::ErrorChunkAfter {
+            fragments: 10,
+            code: "Internal error".into(),
+            id: "5000".into(),
+        }],
+    );
     let outcome = run(&h.pipeline(&[]), new_call(&arn, &first)).await;
     assert_eq!(outcome.ending, Ending::CallEnded(EndReason::StreamEnded));
     assert!(h.transcribe.sessions()[0].audio == sample_call_stereo());
@@ -694,12 +680,7 @@ async fn every_transcribe_option_reaches_transcribe_as_its_header() {
     ];
     for (vars, present, absent) in cases {
         let h = Harness::new(KvsOptions::default(), TranscribeOptions::default()).await;
-        let arn = h.kvs.create_stream("call").unwrap();
-        h.kvs
-            .put_capture("call", &sample_call_chunks()[..3].concat())
-            .unwrap();
-        h.kvs.close_stream("call").unwrap();
-        let first = h.kvs.fragment_numbers("call").unwrap()[0].clone();
+        let (arn, first) = h.stored("call", &sample_call_chunks()[..3], &[]);
         run(&h.pipeline(vars), new_call(&arn, &first)).await;
         let headers = &h.transcribe.sessions()[0].headers;
         for (name, value) in *present {
@@ -913,21 +894,14 @@ async fn keep_alives_hold_transcribe_open_while_kvs_stalls_and_times_stay_exact(
         },
     )
     .await;
-    let arn = h.kvs.create_stream("call").unwrap();
-    h.kvs
-        .inject(
-            "call",
-            Fault::StallBefore {
-                fragment: 20,
-                duration: Duration::from_secs(5),
-            },
-        )
-        .unwrap();
-    h.kvs
-        .put_capture("call", &sample_call_chunks().concat())
-        .unwrap();
-    h.kvs.close_stream("call").unwrap();
-    let first = h.kvs.fragment_numbers("call").unwrap()[0].clone();
+    let (arn, first) = h.stored(
+        "call",
+        &sample_call_chunks(),
+        &[Fault::StallBefore {
+            fragment: 20,
+            duration: Duration::from_secs(5),
+        }],
+    );
     let outcome = run(
         &h.pipeline(&[("KEEP_ALIVE", "1000"), ("KVS_IDLE_TIMEOUT", "8000")]),
         new_call(&arn, &first),
@@ -966,16 +940,13 @@ async fn transcribe_over_tls_and_http2_as_in_production() {
         .tls_context(context)
         .build_https();
     h.clients.transcribe = aws_sdk_transcribestreaming::Client::from_conf(
-        aws_sdk_transcribestreaming::config::Builder::from(&sdk_config(&tls_server.url()))
-            .http_client(http)
-            .build(),
+        aws_sdk_transcribestreaming::config::Builder::from(&local_aws::sdk_config(
+            &tls_server.url(),
+        ))
+        .http_client(http)
+        .build(),
     );
-    let arn = h.kvs.create_stream("call").unwrap();
-    h.kvs
-        .put_capture("call", &sample_call_chunks().concat())
-        .unwrap();
-    h.kvs.close_stream("call").unwrap();
-    let first = h.kvs.fragment_numbers("call").unwrap()[0].clone();
+    let (arn, first) = h.stored("call", &sample_call_chunks(), &[]);
     run(&h.pipeline(&[]), new_call(&arn, &first)).await;
     assert!(h.transcribe.sessions()[0].audio == sample_call_stereo());
     assert_whole_call(&h.records().await);

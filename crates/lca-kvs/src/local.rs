@@ -218,19 +218,7 @@ fn env_suffix(name: &str) -> String {
 
 /// Creates the LCA Kinesis data stream in moto.
 async fn create_kinesis_stream(url: &str, name: &str) -> Result<()> {
-    let config = aws_sdk_kinesis::Config::builder()
-        .behavior_version_latest()
-        .region(aws_sdk_kinesis::config::Region::new("us-east-1"))
-        .credentials_provider(aws_sdk_kinesis::config::Credentials::new(
-            "AKIDLOCAL",
-            "local",
-            None,
-            None,
-            "lca-kvs-local",
-        ))
-        .endpoint_url(url)
-        .build();
-    aws_sdk_kinesis::Client::from_conf(config)
+    aws_sdk_kinesis::Client::new(&local_aws::sdk_config(url))
         .create_stream()
         .stream_name(name)
         .shard_count(1)

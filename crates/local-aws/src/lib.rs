@@ -14,6 +14,27 @@ pub mod moto;
 pub mod recognizer;
 pub mod transcribe;
 
+/// An SDK configuration for clients of a local endpoint: region us-east-1, dummy static
+/// credentials (the local services accept any), `url` as the endpoint of every service.
+pub fn sdk_config(url: &str) -> aws_config::SdkConfig {
+    aws_config::SdkConfig::builder()
+        .behavior_version(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(
+            aws_credential_types::provider::SharedCredentialsProvider::new(
+                aws_credential_types::Credentials::new(
+                    "AKIDLOCAL",
+                    "local",
+                    None,
+                    None,
+                    "local-aws",
+                ),
+            ),
+        )
+        .endpoint_url(url)
+        .build()
+}
+
 /// Locks a mutex, carrying on past poisoning: a panic elsewhere while it was held cannot leave
 /// the services' bookkeeping in a state worse than serving on with it.
 pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {

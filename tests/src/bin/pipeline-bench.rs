@@ -141,20 +141,7 @@ async fn run(binary: &Path, minutes: u64, speed: f64) -> Result<Value, String> {
         ..TranscribeOptions::default()
     });
     let transcribe_server = transcribe.serve(0).await.map_err(|e| e.to_string())?;
-    let kinesis = aws_sdk_kinesis::Client::from_conf(
-        aws_sdk_kinesis::Config::builder()
-            .behavior_version_latest()
-            .region(aws_sdk_kinesis::config::Region::new("us-east-1"))
-            .credentials_provider(aws_sdk_kinesis::config::Credentials::new(
-                "AKIDLOCAL",
-                "local",
-                None,
-                None,
-                "bench",
-            ))
-            .endpoint_url(moto.url())
-            .build(),
-    );
+    let kinesis = aws_sdk_kinesis::Client::new(&local_aws::sdk_config(moto.url()));
     kinesis
         .create_stream()
         .stream_name("lca")
