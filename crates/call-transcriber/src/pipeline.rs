@@ -8,6 +8,7 @@ use call_audio::{AssemblerConfig, StereoAssembler, StereoChunk};
 use lca_events::{LcaEvent, LcaMessage, Stamped, StartCall};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+use tracing::Instrument as _;
 
 use crate::config::TranscriberConfig;
 use crate::publisher::{self, PublishReport, PublisherOptions};
@@ -145,8 +146,13 @@ pub struct CallPipeline {
 
 impl CallPipeline {
     /// Runs `call` until it ends or its deadline passes. Flushes Transcribe and Kinesis
-    /// before returning.
+    /// before returning. Everything it logs is in a `call` span carrying the CallId.
     pub async fn run(&self, call: CallSpec, taps: Taps) -> Result<CallOutcome, PipelineError> {
+        let span = tracing::info_span!("call", call_id = %call.call_id);
+        self.run_in_span(call, taps).instrument(span).await
+    }
+
+    async fn run_in_span(&self, call: CallSpec, taps: Taps) -> Result<CallOutcome, PipelineError> {
         let Taps {
             recording,
             delivered,
@@ -157,7 +163,7 @@ impl CallPipeline {
         let publisher_options = PublisherOptions::new(&config.kinesis_stream_name);
         let publisher = tokio::spawn(async move {
             publisher::run(&kinesis, &publisher_options, message_rx, delivered).await
-        });
+        }.in_current_span());
         if let Some(start) = call.start_event.clone() {
             let _ = message_tx
                 .send(LcaMessage {
@@ -177,15 +183,18 @@ impl CallPipeline {
         };
         let transcribe_client = self.clients.transcribe.clone();
         let transcribe_messages = message_tx.clone();
-        let transcriber = tokio::spawn(async move {
-            transcribe::run(
-                &transcribe_client,
-                transcription,
-                chunk_rx,
-                transcribe_messages,
-            )
-            .await
-        });
+        let transcriber = tokio::spawn(
+            async move {
+                transcribe::run(
+                    &transcribe_client,
+                    transcription,
+                    chunk_rx,
+                    transcribe_messages,
+                )
+                .await
+            }
+            .in_current_span(),
+        );
 
         let mut events = source::spawn(
             self.clients.kvs.clone(),

@@ -16,6 +16,7 @@ use call_audio::Channel;
 use kvs_media::{FragmentReader, KvsError, MediaEvent};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+use tracing::Instrument as _;
 
 use crate::gate::{ContactGate, GateOutput, StopReason};
 
@@ -161,13 +162,16 @@ pub fn spawn(
     options: SourceOptions,
 ) -> mpsc::Receiver<Result<SourceEvent, SourceError>> {
     let (tx, rx) = mpsc::channel(256);
-    tokio::spawn(async move {
-        let mut source = KvsSource::new(clients, options);
-        let result = source.run(&tx).await;
-        if let Err(error) = result {
-            let _ = tx.send(Err(error)).await;
+    tokio::spawn(
+        async move {
+            let mut source = KvsSource::new(clients, options);
+            let result = source.run(&tx).await;
+            if let Err(error) = result {
+                let _ = tx.send(Err(error)).await;
+            }
         }
-    });
+        .in_current_span(),
+    );
     rx
 }
 

@@ -19,6 +19,7 @@ use serde_json::{Map, Value, json};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
+use tracing::Instrument as _;
 
 use crate::config::{ApiMode, Language, TranscribeSettings};
 use crate::ledger::TranscriptLedger;
@@ -368,22 +369,25 @@ fn spawn_reader<T, E>(
     T: Send + 'static,
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
-    tokio::spawn(async move {
-        loop {
-            let item = match receiver.recv().await {
-                Ok(Some(event)) => match select(event) {
-                    Some(output) => Ok((output, Instant::now())),
-                    None => continue,
-                },
-                Ok(None) => break,
-                Err(error) => Err(failure(&error)),
-            };
-            let stop = item.is_err();
-            if out.send(item).await.is_err() || stop {
-                break;
+    tokio::spawn(
+        async move {
+            loop {
+                let item = match receiver.recv().await {
+                    Ok(Some(event)) => match select(event) {
+                        Some(output) => Ok((output, Instant::now())),
+                        None => continue,
+                    },
+                    Ok(None) => break,
+                    Err(error) => Err(failure(&error)),
+                };
+                let stop = item.is_err();
+                if out.send(item).await.is_err() || stop {
+                    break;
+                }
             }
         }
-    });
+        .in_current_span(),
+    );
 }
 
 type StandardRequest = aws_sdk_transcribestreaming::operation::start_stream_transcription::builders::StartStreamTranscriptionFluentBuilder;
