@@ -2,6 +2,8 @@
 //! mapping from Transcribe Streaming results to them. No I/O and no clock: callers pass the
 //! creation time, so the mapping is deterministic and testable.
 
+pub mod connect;
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 

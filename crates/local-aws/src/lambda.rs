@@ -104,6 +104,17 @@ struct Function {
     instances: Mutex<HashMap<u64, Instance>>,
     /// Every request id the function was invoked with, attempts included, for tests.
     attempts: Mutex<Vec<String>>,
+    /// Every Invoke call accepted, for tests.
+    invocations: Mutex<Vec<Invocation>>,
+}
+
+/// An Invoke call as the service accepted it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Invocation {
+    /// `RequestResponse`, `Event` or `DryRun`.
+    pub invocation_type: String,
+    /// The payload.
+    pub payload: serde_json::Value,
 }
 
 struct Instance {
@@ -181,6 +192,7 @@ impl Lambda {
             in_flight: Mutex::new(HashMap::new()),
             instances: Mutex::new(HashMap::new()),
             attempts: Mutex::new(Vec::new()),
+            invocations: Mutex::new(Vec::new()),
         });
         lock(&self.inner.functions).insert(spec.name, function);
         Ok(arn)
@@ -199,6 +211,13 @@ impl Lambda {
     pub fn attempts(&self, name: &str) -> Vec<String> {
         self.function(name)
             .map(|f| lock(&f.attempts).clone())
+            .unwrap_or_default()
+    }
+
+    /// Invoke calls accepted for a function, in order.
+    pub fn invocations(&self, name: &str) -> Vec<Invocation> {
+        self.function(name)
+            .map(|f| lock(&f.invocations).clone())
             .unwrap_or_default()
     }
 
@@ -279,14 +298,18 @@ impl Lambda {
         } else {
             payload
         };
-        if serde_json::from_slice::<serde_json::Value>(&payload).is_err() {
+        let Ok(json) = serde_json::from_slice::<serde_json::Value>(&payload) else {
             return ApiError::new(
                 StatusCode::BAD_REQUEST,
                 "InvalidRequestContentException",
                 "Could not parse request body into json",
             )
             .into_response();
-        }
+        };
+        lock(&function.invocations).push(Invocation {
+            invocation_type: invocation_type.clone(),
+            payload: json,
+        });
         match invocation_type.as_str() {
             "DryRun" => response(StatusCode::NO_CONTENT, None, Bytes::new()),
             "Event" => {

@@ -1,0 +1,145 @@
+//! StartLCA: answers the contact flow at once and starts the call transcriber for the
+//! contact with an asynchronous (Event) invocation. The handler is a plain async function
+//! over the event, so it is tested without the Lambda runtime.
+//!
+//! The answer is a flat string map, as Connect's "Invoke AWS Lambda function" block requires:
+//! `{"status": "STARTED", "callId": ...}`, or `{"status": "ERROR", "error": CODE, "message":
+//! ...}`. Rejections are answers, not function errors: transcription failing to start must
+//! not send a customer's call down the flow's error branch. The flow can branch on
+//! `$.External.status`.
+
+use std::collections::HashMap;
+
+use aws_sdk_lambda::primitives::Blob;
+use aws_sdk_lambda::types::InvocationType;
+use lca_events::connect::{ContactFlowEvent, Rejection};
+use serde_json::Value;
+
+/// A setting that cannot be used: names the variable and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{variable}: {problem}")]
+pub struct ConfigError {
+    /// The environment variable.
+    pub variable: &'static str,
+    /// What is wrong.
+    pub problem: String,
+}
+
+/// StartLCA's configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartConfig {
+    /// `CONNECT_INSTANCE_ARN`: the only instance whose contacts are accepted.
+    pub connect_instance_arn: String,
+    /// `TRANSCRIBER_FUNCTION_ARN`: the call transcriber function.
+    pub transcriber_function_arn: String,
+}
+
+impl StartConfig {
+    /// Reads settings through `lookup`.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let required = |variable: &'static str, prefix: &str, what: &str| {
+            let value = lookup(variable)
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+                .ok_or_else(|| ConfigError {
+                    variable,
+                    problem: format!("required: {what}"),
+                })?;
+            if !value.starts_with(prefix) {
+                return Err(ConfigError {
+                    variable,
+                    problem: format!("{value:?} is not {what} (expected {prefix}...)"),
+                });
+            }
+            Ok(value)
+        };
+        Ok(Self {
+            connect_instance_arn: required(
+                "CONNECT_INSTANCE_ARN",
+                "arn:aws:connect:",
+                "the Connect instance ARN",
+            )?,
+            transcriber_function_arn: required(
+                "TRANSCRIBER_FUNCTION_ARN",
+                "arn:aws:lambda:",
+                "the call transcriber function ARN",
+            )?,
+        })
+    }
+}
+
+/// What the handler needs: configuration and a Lambda client.
+#[derive(Debug, Clone)]
+pub struct StartLca {
+    /// The configuration.
+    pub config: StartConfig,
+    /// Invokes the transcriber.
+    pub lambda: aws_sdk_lambda::Client,
+}
+
+/// The flat string map Connect receives.
+pub type FlowResponse = HashMap<String, String>;
+
+fn error_response(code: &str, message: &str) -> FlowResponse {
+    HashMap::from([
+        ("status".to_string(), "ERROR".to_string()),
+        ("error".to_string(), code.to_string()),
+        ("message".to_string(), message.to_string()),
+    ])
+}
+
+impl StartLca {
+    /// Handles one contact-flow event: validates it, starts the transcriber, answers.
+    pub async fn handle(&self, event: Value) -> FlowResponse {
+        let contact =
+            match ContactFlowEvent::streaming_contact(&event, &self.config.connect_instance_arn) {
+                Ok(contact) => contact,
+                Err(rejection) => {
+                    let level_warn = !matches!(rejection, Rejection::Malformed(_));
+                    if level_warn {
+                        tracing::warn!(error = rejection.code(), "{rejection}");
+                    } else {
+                        tracing::error!(error = rejection.code(), "{rejection}");
+                    }
+                    return error_response(rejection.code(), &rejection.to_string());
+                }
+            };
+        let payload = serde_json::to_vec(&event).expect("a JSON value serializes");
+        let result = self
+            .lambda
+            .invoke()
+            .function_name(&self.config.transcriber_function_arn)
+            .invocation_type(InvocationType::Event)
+            .payload(Blob::new(payload))
+            .send()
+            .await;
+        match result {
+            Ok(output) if output.status_code == 202 => {
+                tracing::info!(call_id = %contact.contact_id, stream = %contact.stream_arn, "transcriber started");
+                HashMap::from([
+                    ("status".to_string(), "STARTED".to_string()),
+                    ("callId".to_string(), contact.contact_id),
+                ])
+            }
+            Ok(output) => {
+                let message = format!(
+                    "invoking {} answered status {} instead of 202",
+                    self.config.transcriber_function_arn, output.status_code
+                );
+                tracing::error!(call_id = %contact.contact_id, "{message}");
+                error_response("INVOKE_FAILED", &message)
+            }
+            Err(error) => {
+                let mut message =
+                    format!("invoking {}: {error}", self.config.transcriber_function_arn);
+                let mut source = std::error::Error::source(&error);
+                while let Some(cause) = source {
+                    message.push_str(&format!(": {cause}"));
+                    source = cause.source();
+                }
+                tracing::error!(call_id = %contact.contact_id, "{message}");
+                error_response("INVOKE_FAILED", &message)
+            }
+        }
+    }
+}
