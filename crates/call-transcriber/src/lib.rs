@@ -5,6 +5,7 @@
 
 pub mod config;
 mod gate;
+pub mod lambda;
 mod ledger;
 pub mod pipeline;
 pub mod publisher;

@@ -1,0 +1,45 @@
+//! The call transcriber Lambda function: `main` only wires the handler into the runtime.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use call_transcriber::TranscriberConfig;
+use call_transcriber::lambda::Transcriber;
+use call_transcriber::pipeline::{CallPipeline, Clients, load_sdk_config};
+use lambda_runtime::{Error, LambdaEvent, run, service_fn};
+use serde_json::Value;
+use tokio::time::Instant;
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .without_time()
+        .init();
+    let config = TranscriberConfig::from_env()?;
+    let sdk = load_sdk_config(&config).await;
+    let transcriber = Transcriber {
+        pipeline: CallPipeline {
+            clients: Clients::new(&sdk, &config),
+            config,
+        },
+        lambda: aws_sdk_lambda::Client::new(&sdk),
+    };
+    let transcriber = &transcriber;
+    run(service_fn(move |event: LambdaEvent<Value>| async move {
+        // The context's deadline is epoch milliseconds; the pipeline works in Instants.
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let deadline =
+            Instant::now() + Duration::from_millis(event.context.deadline.saturating_sub(now_ms));
+        transcriber
+            .handle(event.payload, &event.context.invoked_function_arn, deadline)
+            .await
+            .map_err(Error::from)
+    }))
+    .await
+}

@@ -1,0 +1,296 @@
+//! Shared by the end-to-end tests: local KVS and Transcribe (local-aws), moto server
+//! (Kinesis) behind a fault-injecting proxy, the sample call and what it must produce.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use aws_sdk_kinesis::types::ShardIteratorType;
+use bytes::Bytes;
+use call_transcriber::TranscriberConfig;
+use call_transcriber::pipeline::{
+    CallOutcome, CallPipeline, CallPosition, CallSpec, Clients, Taps,
+};
+use call_transcriber::source::{KvsClients, StartAt};
+use kvs_media::split_chunks;
+use lca_events::StartCall;
+use local_aws::kinesis_faults::KinesisFaults;
+use local_aws::kvs::{Fault, Kvs, KvsOptions};
+use local_aws::moto::MotoServer;
+use local_aws::transcribe::{Transcribe, TranscribeOptions};
+use serde_json::Value;
+
+pub const CONTACT: &str = "d111f871-5fe7-40b1-b5f7-6b67060de0c2";
+/// Live playback speed: the 60 s call in about 6 s.
+pub const SPEED: f64 = 10.0;
+
+pub fn fixture(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/fixtures")
+        .join(rel)
+}
+
+pub fn sample_call_chunks() -> Vec<Bytes> {
+    let capture = std::fs::read(fixture("connect/sample-call.mkv")).expect("../shared/fixtures");
+    split_chunks(&capture)
+        .unwrap()
+        .into_iter()
+        .map(|r| Bytes::copy_from_slice(&capture[r]))
+        .collect()
+}
+
+/// The sample call as interleaved stereo s16le: caller left, agent right.
+pub fn sample_call_stereo() -> Vec<u8> {
+    let caller = std::fs::read(fixture("connect/sample-call.caller.raw")).unwrap();
+    let agent = std::fs::read(fixture("connect/sample-call.agent.raw")).unwrap();
+    caller
+        .chunks_exact(2)
+        .zip(agent.chunks_exact(2))
+        .flat_map(|(c, a)| [c[0], c[1], a[0], a[1]])
+        .collect()
+}
+
+/// Local KVS + Transcribe + moto, and a Kinesis stream named `lca`.
+pub struct Harness {
+    pub kvs: Kvs,
+    pub transcribe: Transcribe,
+    pub kinesis: aws_sdk_kinesis::Client,
+    pub clients: Clients,
+    /// Between the pipeline and moto: injects Kinesis throttling.
+    pub faults: KinesisFaults,
+    /// Endpoints for a function's environment: (KVS, Transcribe, Kinesis through the proxy).
+    pub urls: (String, String, String),
+    _servers: (
+        local_aws::http::Server,
+        local_aws::http::Server,
+        local_aws::http::Server,
+        MotoServer,
+    ),
+}
+
+impl Harness {
+    pub async fn new(kvs: KvsOptions, transcribe: TranscribeOptions) -> Self {
+        let moto = MotoServer::start().expect("moto server");
+        let kvs = Kvs::new(kvs);
+        let kvs_server = kvs.serve(0).await.unwrap();
+        let transcribe = Transcribe::new(transcribe);
+        let transcribe_server = transcribe.serve(0).await.unwrap();
+        let kinesis = aws_sdk_kinesis::Client::new(&local_aws::sdk_config(moto.url()));
+        kinesis
+            .create_stream()
+            .stream_name("lca")
+            .shard_count(1)
+            .send()
+            .await
+            .unwrap();
+        let faults = KinesisFaults::new(moto.url());
+        let faults_server = faults.serve(0).await.unwrap();
+        let clients = Clients {
+            kvs: KvsClients::new(&local_aws::sdk_config(&kvs_server.url())),
+            transcribe: aws_sdk_transcribestreaming::Client::new(&local_aws::sdk_config(
+                &transcribe_server.url(),
+            )),
+            kinesis: aws_sdk_kinesis::Client::new(&local_aws::sdk_config(&faults_server.url())),
+        };
+        Self {
+            kvs,
+            transcribe,
+            kinesis,
+            clients,
+            faults,
+            urls: (
+                kvs_server.url(),
+                transcribe_server.url(),
+                faults_server.url(),
+            ),
+            _servers: (kvs_server, transcribe_server, faults_server, moto),
+        }
+    }
+
+    pub fn pipeline(&self, vars: &[(&str, &str)]) -> CallPipeline {
+        let mut env: HashMap<&str, &str> =
+            HashMap::from([("KINESIS_STREAM_NAME", "lca"), ("KVS_IDLE_TIMEOUT", "3000")]);
+        env.extend(vars.iter().copied());
+        let config =
+            TranscriberConfig::from_lookup(|name| env.get(name).map(|v| v.to_string())).unwrap();
+        CallPipeline {
+            config,
+            clients: self.clients.clone(),
+        }
+    }
+
+    /// Creates `name` and plays `chunks` into it live; returns its ARN and the first
+    /// fragment's number once it is on the stream.
+    pub async fn play(&self, name: &str, chunks: Vec<Bytes>) -> (String, String) {
+        let arn = self.kvs.create_stream(name).unwrap();
+        self.kvs.play(name, chunks, SPEED);
+        for _ in 0..200 {
+            if let Some(first) = self.kvs.fragment_numbers(name).unwrap().first() {
+                return (arn, first.clone());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("no fragment on {name}");
+    }
+
+    /// Creates `name` with `faults` queued, stores `chunks` at once, closes it (a call that has
+    /// ended); returns its ARN and first fragment.
+    pub fn stored(&self, name: &str, chunks: &[Bytes], faults: &[Fault]) -> (String, String) {
+        let arn = self.kvs.create_stream(name).unwrap();
+        for fault in faults {
+            self.kvs.inject(name, fault.clone()).unwrap();
+        }
+        self.kvs.put_capture(name, &chunks.concat()).unwrap();
+        self.kvs.close_stream(name).unwrap();
+        (arn, self.kvs.fragment_numbers(name).unwrap()[0].clone())
+    }
+
+    /// Every record on the `lca` stream, in stream order.
+    pub async fn records(&self) -> Vec<Value> {
+        let shards = self
+            .kinesis
+            .list_shards()
+            .stream_name("lca")
+            .send()
+            .await
+            .unwrap();
+        let shard = shards.shards()[0].shard_id().to_string();
+        let mut iterator = self
+            .kinesis
+            .get_shard_iterator()
+            .stream_name("lca")
+            .shard_id(shard)
+            .shard_iterator_type(ShardIteratorType::TrimHorizon)
+            .send()
+            .await
+            .unwrap()
+            .shard_iterator;
+        let mut records = Vec::new();
+        while let Some(it) = iterator {
+            let out = self
+                .kinesis
+                .get_records()
+                .shard_iterator(it)
+                .send()
+                .await
+                .unwrap();
+            if out.records.is_empty() {
+                break;
+            }
+            for record in &out.records {
+                assert_eq!(
+                    record.partition_key.as_deref(),
+                    Some(CONTACT),
+                    "partition key = CallId"
+                );
+                records.push(serde_json::from_slice(record.data.as_ref()).unwrap());
+            }
+            iterator = out.next_shard_iterator;
+        }
+        records
+    }
+}
+
+pub fn new_call(arn: &str, first: &str) -> CallSpec {
+    CallSpec {
+        call_id: CONTACT.to_string(),
+        contact_id: CONTACT.to_string(),
+        stream_arn: arn.to_string(),
+        position: CallPosition {
+            start: StartAt::Fragment(first.to_string()),
+            session_id: None,
+            origin_ns: None,
+            start_sample: 0,
+        },
+        start_event: Some(StartCall {
+            customer_phone_number: "+15551230001".into(),
+            system_phone_number: "+15559870002".into(),
+            agent_id: None,
+            metadata_json: None,
+            created_at: "2026-11-23T00:00:00.000Z".into(),
+        }),
+        deadline: None,
+    }
+}
+
+/// Final segments as (channel, start, end), in stream order.
+pub fn finals(records: &[Value]) -> Vec<(String, f64, f64)> {
+    records
+        .iter()
+        .filter(|r| r["EventType"] == "ADD_TRANSCRIPT_SEGMENT" && r["IsPartial"] == false)
+        .map(|r| {
+            (
+                r["Channel"].as_str().unwrap().to_string(),
+                r["StartTime"].as_f64().unwrap(),
+                r["EndTime"].as_f64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+pub fn on(finals: &[(String, f64, f64)], channel: &str) -> Vec<(f64, f64)> {
+    finals
+        .iter()
+        .filter(|f| f.0 == channel)
+        .map(|f| (f.1, f.2))
+        .collect()
+}
+
+/// The sample call's turns as the local recognizer finds them (see local-aws's tests).
+pub const CALLER_TURNS: [(f64, f64); 5] = [
+    (7.42, 11.94),
+    (18.84, 24.25),
+    (31.24, 33.55),
+    (40.29, 44.16),
+    (51.48, 55.08),
+];
+pub const AGENT_TURNS: [(f64, f64); 6] = [
+    (0.1, 6.34),
+    (13.05, 17.81),
+    (25.34, 30.21),
+    (34.59, 39.29),
+    (45.15, 50.44),
+    (56.07, 60.41),
+];
+
+pub fn assert_whole_call(records: &[Value]) {
+    assert_eq!(records.first().unwrap()["EventType"], "START");
+    assert_eq!(records.last().unwrap()["EventType"], "END");
+    let types: Vec<&str> = records
+        .iter()
+        .map(|r| r["EventType"].as_str().unwrap())
+        .collect();
+    assert_eq!(types.iter().filter(|t| **t == "START").count(), 1);
+    assert_eq!(types.iter().filter(|t| **t == "END").count(), 1);
+    let finals = finals(records);
+    assert_eq!(on(&finals, "CALLER"), CALLER_TURNS);
+    assert_eq!(on(&finals, "AGENT"), AGENT_TURNS);
+    // No segment twice: final segment ids are unique.
+    let mut ids: Vec<&str> = records
+        .iter()
+        .filter(|r| r["IsPartial"] == false)
+        .filter_map(|r| r["SegmentId"].as_str())
+        .collect();
+    let all = ids.len();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), all, "duplicate final segments");
+}
+
+pub async fn run(pipeline: &CallPipeline, call: CallSpec) -> CallOutcome {
+    tokio::time::timeout(Duration::from_secs(60), pipeline.run(call, Taps::default()))
+        .await
+        .expect("the pipeline finishes")
+        .expect("the pipeline succeeds")
+}
+
+/// KVS reading FRAGMENT_NUMBER as "starting with": one GetMedia session per connection, so
+/// an injected fault hits the first one (with the other reading, the pipeline's first request
+/// is answered from the second fragment and re-asked by time).
+pub fn named_first() -> KvsOptions {
+    KvsOptions {
+        include_named_fragment: true,
+        ..KvsOptions::default()
+    }
+}
