@@ -13,7 +13,16 @@ pub struct ProcessUsage {
 impl ProcessUsage {
     /// Reads `/proc/self`; zeros where it is not available.
     pub fn current() -> Self {
-        let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+        Self::read("/proc/self")
+    }
+
+    /// Reads another process's usage (`/proc/<pid>`), e.g. a child being measured.
+    pub fn of(pid: u32) -> Self {
+        Self::read(&format!("/proc/{pid}"))
+    }
+
+    fn read(dir: &str) -> Self {
+        let stat = std::fs::read_to_string(format!("{dir}/stat")).unwrap_or_default();
         // Fields after the command name's ')': index 11 and 12 are utime and stime, in
         // USER_HZ ticks (100 per second on Linux).
         let fields: Vec<&str> = stat
@@ -27,7 +36,7 @@ impl ProcessUsage {
                 .and_then(|f| f.parse::<f64>().ok())
                 .unwrap_or(0.0)
         };
-        let peak_rss_kb = std::fs::read_to_string("/proc/self/status")
+        let peak_rss_kb = std::fs::read_to_string(format!("{dir}/status"))
             .unwrap_or_default()
             .lines()
             .find_map(|l| l.strip_prefix("VmHWM:"))
