@@ -3,7 +3,8 @@
 //! Before the invocation's time runs out it stops at a fragment boundary, flushes, and
 //! invokes itself with where to continue, so a call of any length is transcribed exactly once.
 //!
-//! Not yet here (issue #5): the lambda hook, the one-consumer-per-call lease, the S3 recording.
+//! A new call can be adjusted by the customer's lambda hook (`LAMBDA_HOOK_FUNCTION_ARN`).
+//! Not yet here (issue #5): the one-consumer-per-call lease, the S3 recording.
 
 use std::time::Duration;
 
@@ -52,6 +53,68 @@ pub struct CallData {
     /// Invocations so far minus one (0 for the first).
     #[serde(default)]
     pub lambda_count: u32,
+    /// Extra metadata from the lambda hook (a JSON string).
+    #[serde(default)]
+    pub metadatajson: Option<String>,
+    /// The stream's tracks are the other way round (hook `isCaller: false`).
+    #[serde(default)]
+    pub swap_channels: bool,
+    /// Whether the call is recorded to S3 (hook `shouldRecordCall`).
+    #[serde(default = "yes")]
+    pub should_record_call: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// What a lambda hook may answer; every field optional (as the LCA reference reads it).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HookAnswer {
+    /// A different CallId.
+    pub call_id: Option<String>,
+    /// `false`: the stream's tracks are swapped (caller audio on AUDIO_TO_CUSTOMER).
+    pub is_caller: Option<bool>,
+    /// The agent.
+    pub agent_id: Option<String>,
+    /// Caller's number.
+    pub from_number: Option<String>,
+    /// Number dialled.
+    pub to_number: Option<String>,
+    /// Metadata for START, a JSON string.
+    pub metadatajson: Option<String>,
+    /// `false`: do not process the call at all.
+    pub should_process_call: Option<bool>,
+    /// `false`: do not record the call.
+    pub should_record_call: Option<bool>,
+}
+
+impl HookAnswer {
+    /// Applies the answer; returns whether the call is to be processed.
+    pub fn apply(self, call: &mut CallData) -> bool {
+        let set = |field: &mut String, value: Option<String>| {
+            if let Some(value) = value.filter(|v| !v.is_empty()) {
+                *field = value;
+            }
+        };
+        set(&mut call.call_id, self.call_id);
+        set(&mut call.from_number, self.from_number);
+        set(&mut call.to_number, self.to_number);
+        if let Some(agent) = self.agent_id.filter(|a| !a.is_empty()) {
+            call.agent_id = Some(agent);
+        }
+        if let Some(metadata) = self.metadatajson.filter(|m| !m.is_empty()) {
+            call.metadatajson = Some(metadata);
+        }
+        if self.is_caller == Some(false) {
+            call.swap_channels = true;
+        }
+        if let Some(record) = self.should_record_call {
+            call.should_record_call = record;
+        }
+        self.should_process_call != Some(false)
+    }
 }
 
 impl CallData {
@@ -97,6 +160,14 @@ pub enum HandlerError {
     /// The pipeline failed.
     #[error(transparent)]
     Pipeline(#[from] PipelineError),
+    /// The lambda hook failed (the call is not processed, as in the reference).
+    #[error("lambda hook {function}: {message}")]
+    Hook {
+        /// The hook function.
+        function: String,
+        /// What went wrong.
+        message: String,
+    },
     /// The next invocation could not be started: the rest of the call is not transcribed.
     #[error("call {call_id}: invoking {function} to continue failed: {message}")]
     HandOver {
@@ -110,6 +181,35 @@ pub enum HandlerError {
 }
 
 impl Transcriber {
+    /// Invokes the lambda hook (RequestResponse) with the contact-flow event.
+    async fn call_hook(&self, hook: &str, event: &Value) -> Result<HookAnswer, HandlerError> {
+        let failed = |message: String| HandlerError::Hook {
+            function: hook.to_string(),
+            message,
+        };
+        let output = self
+            .lambda
+            .invoke()
+            .function_name(hook)
+            .invocation_type(InvocationType::RequestResponse)
+            .payload(Blob::new(event.to_string()))
+            .send()
+            .await
+            .map_err(|e| failed(crate::source::error_text(&e)))?;
+        let payload = output.payload.map(|p| p.into_inner()).unwrap_or_default();
+        if let Some(kind) = output.function_error {
+            return Err(failed(format!(
+                "function error ({kind}): {}",
+                String::from_utf8_lossy(&payload)
+            )));
+        }
+        if payload.is_empty() || payload == b"null" {
+            return Ok(HookAnswer::default());
+        }
+        serde_json::from_slice(&payload)
+            .map_err(|e| failed(format!("answer is not the expected JSON object: {e}")))
+    }
+
     /// Handles one invocation. `function_arn` is this function (for the hand-over);
     /// `lambda_deadline` is when Lambda stops it.
     pub async fn handle(
@@ -138,13 +238,14 @@ impl Transcriber {
                     .unwrap_or_default()
             });
             let contact = ContactFlowEvent::streaming_contact(&event, instance)?;
+            let original = event.clone();
             let parsed: ContactFlowEvent =
                 serde_json::from_value(event).map_err(|e| HandlerError::Event(e.to_string()))?;
             let data = parsed.details.contact_data;
             let address = |e: Option<lca_events::connect::Endpoint>| {
                 e.and_then(|e| e.address).unwrap_or_default()
             };
-            let call = CallData {
+            let mut call = CallData {
                 call_id: contact.contact_id.clone(),
                 contact_id: contact.contact_id,
                 from_number: address(data.customer_endpoint),
@@ -157,12 +258,22 @@ impl Transcriber {
                 origin_ns: None,
                 start_sample: 0,
                 lambda_count: 0,
+                metadatajson: None,
+                swap_channels: false,
+                should_record_call: true,
             };
+            if let Some(hook) = &config.lambda_hook_function_arn {
+                let answer = self.call_hook(hook, &original).await?;
+                if !answer.apply(&mut call) {
+                    tracing::info!(call_id = %call.call_id, "the lambda hook said shouldProcessCall=false");
+                    return Ok(json!({"status": "SKIPPED", "callId": call.call_id}));
+                }
+            }
             let start = StartCall {
                 customer_phone_number: call.from_number.clone(),
                 system_phone_number: call.to_number.clone(),
                 agent_id: call.agent_id.clone(),
-                metadata_json: None,
+                metadata_json: call.metadatajson.clone(),
                 created_at: crate::transcribe::now(),
             };
             (call, Some(start))
@@ -177,6 +288,7 @@ impl Transcriber {
             position: call.position(),
             start_event,
             deadline: Some(deadline),
+            swap_channels: call.swap_channels,
         };
         let outcome = self.pipeline.run(spec, Taps::default()).await?;
         match outcome.ending {
@@ -218,5 +330,77 @@ impl Transcriber {
                 )
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call() -> CallData {
+        CallData {
+            call_id: "c-1".into(),
+            contact_id: "c-1".into(),
+            from_number: "+1555".into(),
+            to_number: "+1666".into(),
+            agent_id: None,
+            stream_arn: "arn:aws:kinesisvideo:us-east-1:1:stream/s/1".into(),
+            start_fragment_number: "1".into(),
+            last_fragment: None,
+            session_id: None,
+            origin_ns: None,
+            start_sample: 0,
+            lambda_count: 0,
+            metadatajson: None,
+            swap_channels: false,
+            should_record_call: true,
+        }
+    }
+
+    fn apply(answer: Value) -> (bool, CallData) {
+        let mut call = call();
+        let answer: HookAnswer = serde_json::from_value(answer).unwrap();
+        (answer.apply(&mut call), call)
+    }
+
+    #[test]
+    fn each_hook_field_overrides_its_part_of_the_call() {
+        let (process, c) = apply(json!({}));
+        assert!(process);
+        assert_eq!(c, call(), "an empty answer changes nothing");
+        let (_, c) = apply(json!({"callId": "custom-1"}));
+        assert_eq!(
+            (c.call_id.as_str(), c.contact_id.as_str()),
+            ("custom-1", "c-1")
+        );
+        assert!(apply(json!({"isCaller": false})).1.swap_channels);
+        assert!(!apply(json!({"isCaller": true})).1.swap_channels);
+        assert_eq!(
+            apply(json!({"agentId": "alex"})).1.agent_id.as_deref(),
+            Some("alex")
+        );
+        assert_eq!(apply(json!({"fromNumber": "+1777"})).1.from_number, "+1777");
+        assert_eq!(apply(json!({"toNumber": "+1888"})).1.to_number, "+1888");
+        assert_eq!(
+            apply(json!({"metadatajson": "{\"k\":1}"}))
+                .1
+                .metadatajson
+                .as_deref(),
+            Some("{\"k\":1}")
+        );
+        assert!(!apply(json!({"shouldProcessCall": false})).0);
+        assert!(apply(json!({"shouldProcessCall": true})).0);
+        assert!(
+            !apply(json!({"shouldRecordCall": false}))
+                .1
+                .should_record_call
+        );
+        // Continuation data written before these fields existed still reads.
+        let old: CallData = serde_json::from_value(json!({
+            "callId": "c", "contactId": "c", "fromNumber": "", "toNumber": "",
+            "streamArn": "a", "startFragmentNumber": "1"
+        }))
+        .unwrap();
+        assert!(old.should_record_call && !old.swap_channels);
     }
 }

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use call_audio::{AssemblerConfig, StereoAssembler, StereoChunk};
+use call_audio::{AssemblerConfig, Channel, StereoAssembler, StereoChunk};
 use lca_events::{LcaEvent, LcaMessage, Stamped, StartCall};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -78,6 +78,9 @@ pub struct CallSpec {
     pub start_event: Option<StartCall>,
     /// Stop at the first fragment boundary after this instant (Lambda hand-over).
     pub deadline: Option<Instant>,
+    /// The stream's tracks are the other way round (a lambda hook's `isCaller: false`):
+    /// AUDIO_FROM_CUSTOMER becomes channel 1 and AUDIO_TO_CUSTOMER channel 0.
+    pub swap_channels: bool,
 }
 
 /// How a run ended.
@@ -234,6 +237,11 @@ impl CallPipeline {
                     received,
                 }) => {
                     last_received = received;
+                    let channel = match (call.swap_channels, channel) {
+                        (false, channel) => channel,
+                        (true, Channel::Caller) => Channel::Agent,
+                        (true, Channel::Agent) => Channel::Caller,
+                    };
                     if let Err(error) = assembler.push(channel, timestamp_ns, &pcm) {
                         tracing::warn!(call_id = %call.call_id, %error, "audio block dropped");
                     }

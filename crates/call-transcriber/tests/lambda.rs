@@ -213,3 +213,117 @@ async fn a_contact_of_another_instance_is_refused() {
     assert!(h.records().await.is_empty());
     lambda.shutdown();
 }
+
+/// A lambda hook: a real Runtime API client (Python) answering every event with `answer`,
+/// or failing when `answer` is `"fail"`.
+fn hook_script(dir: &std::path::Path, answer: &str) -> PathBuf {
+    let path = dir.join("hook.py");
+    let script = format!(
+        r#"#!/usr/bin/env python3
+import json, os, urllib.request
+api = "http://" + os.environ["AWS_LAMBDA_RUNTIME_API"] + "/2018-06-01/runtime/invocation/"
+answer = {answer:?}
+while True:
+    with urllib.request.urlopen(api + "next") as r:
+        request_id = r.headers["Lambda-Runtime-Aws-Request-Id"]
+        event = json.load(r)
+    assert event["Name"] == "ContactFlowEvent"
+    kind = "error" if answer == "fail" else "response"
+    body = json.dumps({{"errorMessage": "hook says no", "errorType": "Refused"}}) if answer == "fail" else answer
+    urllib.request.urlopen(urllib.request.Request(api + request_id + "/" + kind, data=body.encode(), method="POST")).read()
+"#
+    );
+    std::fs::write(&path, script).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+/// The handler (not the binary) with a lambda hook answering `answer`, on the live sample call.
+async fn with_hook(
+    h: &Harness,
+    answer: &str,
+) -> Result<Value, call_transcriber::lambda::HandlerError> {
+    let dir = tempfile::tempdir().unwrap();
+    let lambda = Lambda::new(LambdaOptions::default());
+    let server = lambda.serve(0).await.unwrap();
+    let hook = lambda
+        .add_function(FunctionSpec {
+            name: "hook".to_string(),
+            command: hook_script(dir.path(), answer),
+            environment: BTreeMap::new(),
+            timeout: Duration::from_secs(10),
+            memory_mb: 128,
+        })
+        .unwrap();
+    let transcriber = call_transcriber::lambda::Transcriber {
+        pipeline: h.pipeline(&[("LAMBDA_HOOK_FUNCTION_ARN", &hook)]),
+        lambda: aws_sdk_lambda::Client::new(&local_aws::sdk_config(&server.url())),
+    };
+    let (arn, first) = h.stored("call", &sample_call_chunks(), &[]);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    let result = transcriber
+        .handle(
+            contact_flow_event(&arn, &first),
+            "arn:aws:lambda:us-east-1:123456789012:function:CallTranscriber",
+            deadline,
+        )
+        .await;
+    assert_eq!(lambda.invocations("hook").len(), 1);
+    assert_eq!(
+        lambda.invocations("hook")[0].invocation_type,
+        "RequestResponse"
+    );
+    lambda.shutdown();
+    result
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lambda_hook_overrides_the_call() {
+    let h = Harness::new(KvsOptions::default(), TranscribeOptions::default()).await;
+    let answer = json!({
+        "callId": "custom-call-1",
+        "isCaller": false,
+        "agentId": "jordan",
+        "fromNumber": "+15550000001",
+        "toNumber": "+15550000002",
+        "metadatajson": "{\"crm\":\"42\"}",
+        "shouldRecordCall": false
+    });
+    let result = with_hook(&h, &answer.to_string()).await.unwrap();
+    assert_eq!(result["status"], "ENDED");
+    let records = h.records().await;
+    assert!(records.iter().all(|r| r["CallId"] == "custom-call-1"));
+    let start = &records[0];
+    assert_eq!(start["EventType"], "START");
+    assert_eq!(start["AgentId"], "jordan");
+    assert_eq!(start["CustomerPhoneNumber"], "+15550000001");
+    assert_eq!(start["SystemPhoneNumber"], "+15550000002");
+    assert_eq!(start["Metadatajson"], "{\"crm\":\"42\"}");
+    // isCaller=false: the agent track is transcribed as the caller.
+    let finals = finals(&records);
+    assert_eq!(on(&finals, "CALLER"), AGENT_TURNS);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hook_saying_do_not_process_leaves_no_trace() {
+    let h = Harness::new(KvsOptions::default(), TranscribeOptions::default()).await;
+    let result = with_hook(&h, r#"{"shouldProcessCall": false}"#)
+        .await
+        .unwrap();
+    assert_eq!(result["status"], "SKIPPED");
+    assert!(h.records().await.is_empty());
+    assert!(h.transcribe.sessions().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_hook_stops_the_call_with_its_message() {
+    let h = Harness::new(KvsOptions::default(), TranscribeOptions::default()).await;
+    let error = with_hook(&h, "fail").await.unwrap_err();
+    let text = error.to_string();
+    assert!(
+        text.contains("lambda hook") && text.contains("hook says no"),
+        "{text}"
+    );
+    assert!(h.records().await.is_empty());
+}

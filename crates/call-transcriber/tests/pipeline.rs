@@ -679,3 +679,21 @@ async fn transcribe_over_tls_and_http2_as_in_production() {
     assert!(h.transcribe.sessions()[0].audio == sample_call_stereo());
     assert_whole_call(&h.records().await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swapped_tracks_put_the_caller_on_channel_0() {
+    // A lambda hook's isCaller=false: the stream's AUDIO_TO_CUSTOMER is the caller.
+    let h = Harness::new(named_first(), TranscribeOptions::default()).await;
+    let (arn, first) = h.stored("call", &sample_call_chunks(), &[]);
+    let mut call = new_call(&arn, &first);
+    call.swap_channels = true;
+    run(&h.pipeline(&[]), call).await;
+    let swapped: Vec<u8> = sample_call_stereo()
+        .chunks_exact(4)
+        .flat_map(|f| [f[2], f[3], f[0], f[1]])
+        .collect();
+    assert!(h.transcribe.sessions()[0].audio == swapped);
+    let finals = finals(&h.records().await);
+    assert_eq!(on(&finals, "CALLER"), AGENT_TURNS);
+    assert_eq!(on(&finals, "AGENT"), CALLER_TURNS);
+}

@@ -97,6 +97,7 @@ async fn transcribe(args: TranscribeArgs, config: TranscriberConfig) -> Result<(
             created_at: call_transcriber::transcribe::now(),
         }),
         deadline: None,
+        swap_channels: false,
     };
     let (tap, mut delivered) = tokio::sync::mpsc::unbounded_channel::<LcaMessage>();
     let show = args.show_transcript;

@@ -179,12 +179,13 @@ impl Harness {
                 break;
             }
             for record in &out.records {
+                let value: Value = serde_json::from_slice(record.data.as_ref()).unwrap();
                 assert_eq!(
                     record.partition_key.as_deref(),
-                    Some(CONTACT),
+                    value["CallId"].as_str(),
                     "partition key = CallId"
                 );
-                records.push(serde_json::from_slice(record.data.as_ref()).unwrap());
+                records.push(value);
             }
             iterator = out.next_shard_iterator;
         }
@@ -211,6 +212,7 @@ pub fn new_call(arn: &str, first: &str) -> CallSpec {
             created_at: "2026-11-23T00:00:00.000Z".into(),
         }),
         deadline: None,
+        swap_channels: false,
     }
 }
 
