@@ -118,6 +118,28 @@ impl HookAnswer {
 }
 
 impl CallData {
+    /// A new call (CallId = ContactId) at the contact's first fragment: nothing transcribed
+    /// yet, recorded, tracks as Connect names them.
+    pub fn new(contact_id: &str, stream_arn: &str, start_fragment_number: &str) -> Self {
+        Self {
+            call_id: contact_id.to_string(),
+            contact_id: contact_id.to_string(),
+            from_number: String::new(),
+            to_number: String::new(),
+            agent_id: None,
+            stream_arn: stream_arn.to_string(),
+            start_fragment_number: start_fragment_number.to_string(),
+            last_fragment: None,
+            session_id: None,
+            origin_ns: None,
+            start_sample: 0,
+            lambda_count: 0,
+            metadatajson: None,
+            swap_channels: false,
+            should_record_call: true,
+        }
+    }
+
     /// Where this invocation starts reading.
     pub fn position(&self) -> CallPosition {
         CallPosition {
@@ -246,21 +268,14 @@ impl Transcriber {
                 e.and_then(|e| e.address).unwrap_or_default()
             };
             let mut call = CallData {
-                call_id: contact.contact_id.clone(),
-                contact_id: contact.contact_id,
                 from_number: address(data.customer_endpoint),
                 to_number: address(data.system_endpoint),
                 agent_id: data.attributes.get("AgentId").cloned(),
-                stream_arn: contact.stream_arn,
-                start_fragment_number: contact.start_fragment_number,
-                last_fragment: None,
-                session_id: None,
-                origin_ns: None,
-                start_sample: 0,
-                lambda_count: 0,
-                metadatajson: None,
-                swap_channels: false,
-                should_record_call: true,
+                ..CallData::new(
+                    &contact.contact_id,
+                    &contact.stream_arn,
+                    &contact.start_fragment_number,
+                )
             };
             if let Some(hook) = &config.lambda_hook_function_arn {
                 let answer = self.call_hook(hook, &original).await?;
@@ -339,21 +354,9 @@ mod tests {
 
     fn call() -> CallData {
         CallData {
-            call_id: "c-1".into(),
-            contact_id: "c-1".into(),
             from_number: "+1555".into(),
             to_number: "+1666".into(),
-            agent_id: None,
-            stream_arn: "arn:aws:kinesisvideo:us-east-1:1:stream/s/1".into(),
-            start_fragment_number: "1".into(),
-            last_fragment: None,
-            session_id: None,
-            origin_ns: None,
-            start_sample: 0,
-            lambda_count: 0,
-            metadatajson: None,
-            swap_channels: false,
-            should_record_call: true,
+            ..CallData::new("c-1", "arn:aws:kinesisvideo:us-east-1:1:stream/s/1", "1")
         }
     }
 

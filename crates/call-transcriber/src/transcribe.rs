@@ -184,7 +184,7 @@ pub async fn run(
             session.audio = None;
         }
         let mut last_audio = Instant::now();
-        let ended: Option<Failure> = loop {
+        let failure: Failure = loop {
             // Backpressure: take the next chunk only when the session's queue has room, so a
             // slow Transcribe slows the reading of KVS instead of filling memory.
             let has_room = session.audio.as_ref().is_none_or(|a| a.capacity() > 0);
@@ -225,16 +225,15 @@ pub async fn run(
                             summary.handoff_latencies.push(received.elapsed());
                         }
                     }
-                    Some(Err(failure)) => break Some(failure),
+                    Some(Err(failure)) => break failure,
                     None if !input_open => return Ok(summary),
-                    None => break Some(Failure {
+                    None => break Failure {
                         code: None,
                         message: "the stream ended before the call's audio did".to_string(),
-                    }),
+                    },
                 },
             }
         };
-        let failure = ended.expect("the session loop breaks only with a failure");
         if !is_retryable(failure.code.as_deref()) {
             return Err(TranscribeError::Stream {
                 call_id: call.call_id.clone(),

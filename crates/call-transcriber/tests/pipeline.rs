@@ -87,17 +87,11 @@ async fn a_cut_connection_resumes_without_losing_or_repeating_audio() {
             TranscribeOptions::default(),
         )
         .await;
-        let arn = h.kvs.create_stream("call").unwrap();
         // Cut mid-fragment, then after whole fragments.
-        h.kvs.inject("call", Fault::CutAfterBytes(300_000)).unwrap();
-        h.kvs.inject("call", Fault::CutAfterFragments(7)).unwrap();
-        h.kvs.play("call", sample_call_chunks(), SPEED);
-        let first = loop {
-            if let Some(first) = h.kvs.fragment_numbers("call").unwrap().first() {
-                break first.clone();
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        };
+        let faults = [Fault::CutAfterBytes(300_000), Fault::CutAfterFragments(7)];
+        let (arn, first) = h
+            .play_with_faults("call", sample_call_chunks(), &faults)
+            .await;
         run(&h.pipeline(&[]), new_call(&arn, &first)).await;
         let sessions = h.transcribe.sessions();
         assert_eq!(sessions.len(), 1);

@@ -123,7 +123,20 @@ impl Harness {
     /// Creates `name` and plays `chunks` into it live; returns its ARN and the first
     /// fragment's number once it is on the stream.
     pub async fn play(&self, name: &str, chunks: Vec<Bytes>) -> (String, String) {
+        self.play_with_faults(name, chunks, &[]).await
+    }
+
+    /// [`Self::play`] with `faults` queued for the stream's GetMedia sessions.
+    pub async fn play_with_faults(
+        &self,
+        name: &str,
+        chunks: Vec<Bytes>,
+        faults: &[Fault],
+    ) -> (String, String) {
         let arn = self.kvs.create_stream(name).unwrap();
+        for fault in faults {
+            self.kvs.inject(name, fault.clone()).unwrap();
+        }
         self.kvs.play(name, chunks, SPEED);
         for _ in 0..200 {
             if let Some(first) = self.kvs.fragment_numbers(name).unwrap().first() {
