@@ -13,11 +13,16 @@ cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 # moto server (Kinesis, S3, DynamoDB emulator) for the end-to-end tests, in a venv under target/.
+# Pinned to 5.1.22: moto 5.2.x answers CompleteMultipartUpload with a
+# <CompleteMultipartUploadResponse> root, which the AWS SDK for Rust rejects.
+moto_version=5.1.22
 venv=target/interop-venv
 if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
 fi
-[ -x "$venv/bin/moto_server" ] || "$venv/bin/pip" install -q --disable-pip-version-check "moto[server]==5.2.1"
+if ! "$venv/bin/pip" show moto 2>/dev/null | grep -qx "Version: $moto_version"; then
+  "$venv/bin/pip" install -q --disable-pip-version-check "moto[server]==$moto_version"
+fi
 export MOTO_SERVER="$PWD/$venv/bin/moto_server"
 
 cargo test --workspace --locked

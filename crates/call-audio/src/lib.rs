@@ -8,7 +8,7 @@ mod wav;
 pub use assembler::{
     AssembleError, AssemblerConfig, AssemblerStats, Channel, StereoAssembler, StereoChunk,
 };
-pub use wav::{WavWriter, wav_spec};
+pub use wav::{WAV_HEADER_BYTES, WavWriter, wav_header, wav_spec};
 
 /// Sample rate of Amazon Connect audio.
 pub const CONNECT_SAMPLE_RATE: u32 = 8000;

@@ -119,6 +119,12 @@ pub struct TranscriberConfig {
     pub connect_instance_arn: Option<String>,
     /// `LAMBDA_HOOK_FUNCTION_ARN`: optional hook invoked for a new call.
     pub lambda_hook_function_arn: Option<String>,
+    /// `TRANSCRIBER_CALL_EVENT_TABLE_NAME`: the DynamoDB table of call leases (one
+    /// transcriber per call); without it duplicate invocations are not detected.
+    pub call_event_table: Option<String>,
+    /// `CALL_LEASE_TIMEOUT` (this project's addition): a lease not renewed for this long is
+    /// taken to belong to a crashed invocation.
+    pub call_lease_timeout: Duration,
 }
 
 /// Languages for which Transcribe streaming redacts PII (as in the LCA reference).
@@ -246,6 +252,14 @@ impl TranscriberConfig {
         if lambda_invoke_timeout.is_zero() {
             return Err(env.error("LAMBDA_INVOKE_TIMEOUT", "0", "must be positive"));
         }
+        let call_lease_timeout = env.millis("CALL_LEASE_TIMEOUT", 30_000)?;
+        if call_lease_timeout < Duration::from_secs(3) {
+            return Err(env.error(
+                "CALL_LEASE_TIMEOUT",
+                &call_lease_timeout.as_millis().to_string(),
+                "must be at least 3000 ms (the lease is renewed every third of it)",
+            ));
+        }
         let kvs_idle_timeout = env.millis("KVS_IDLE_TIMEOUT", 15_000)?;
         if kvs_idle_timeout.is_zero() {
             return Err(env.error("KVS_IDLE_TIMEOUT", "0", "must be positive"));
@@ -280,6 +294,8 @@ impl TranscriberConfig {
             lambda_invoke_timeout,
             connect_instance_arn: env.get("CONNECT_INSTANCE_ARN"),
             lambda_hook_function_arn: env.get("LAMBDA_HOOK_FUNCTION_ARN"),
+            call_event_table: env.get("TRANSCRIBER_CALL_EVENT_TABLE_NAME"),
+            call_lease_timeout,
         })
     }
 }
@@ -543,6 +559,8 @@ mod tests {
             (&[("START_STREAM_RETRIES", "-1")], "START_STREAM_RETRIES"),
             (&[("START_STREAM_RETRIES", "0")], "START_STREAM_RETRIES"),
             (&[("LAMBDA_INVOKE_TIMEOUT", "0")], "LAMBDA_INVOKE_TIMEOUT"),
+            (&[("CALL_LEASE_TIMEOUT", "1000")], "CALL_LEASE_TIMEOUT"),
+            (&[("CALL_LEASE_TIMEOUT", "soon")], "CALL_LEASE_TIMEOUT"),
             (
                 &[("TRANSCRIBE_LANGUAGE_CODE", "english")],
                 "TRANSCRIBE_LANGUAGE_CODE",

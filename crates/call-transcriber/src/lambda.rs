@@ -4,19 +4,28 @@
 //! invokes itself with where to continue, so a call of any length is transcribed exactly once.
 //!
 //! A new call can be adjusted by the customer's lambda hook (`LAMBDA_HOOK_FUNCTION_ARN`).
-//! Not yet here (issue #5): the one-consumer-per-call lease, the S3 recording.
+//! A lease in DynamoDB ([`crate::lease`]) lets one invocation at a time work on a call, and
+//! lets a retry after a crash continue without publishing anything twice. Each invocation
+//! records its audio to S3; the last one joins the recording ([`crate::recording`]) and
+//! publishes ADD_S3_RECORDING_URL after END.
 
 use std::time::Duration;
 
 use aws_sdk_lambda::primitives::Blob;
 use aws_sdk_lambda::types::InvocationType;
-use lca_events::StartCall;
 use lca_events::connect::{ContactFlowEvent, Rejection};
+use lca_events::{LcaEvent, LcaMessage, RecordingUrl, StartCall};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use crate::pipeline::{CallPipeline, CallPosition, CallSpec, Ending, PipelineError, Taps};
+use crate::TranscriberConfig;
+use crate::delivered::Delivered;
+use crate::lease::{CallLease, Claim, Held, LeaseError, decide, now_ms};
+use crate::pipeline::{CallPipeline, CallPosition, CallSpec, Clients, Ending, PipelineError, Taps};
+use crate::publisher::{self, PublisherOptions};
+use crate::recording::{Recorder, RecordingError};
 use crate::source::StartAt;
 
 /// A call as it is handed from one invocation to the next (the continuation's `callData`).
@@ -157,17 +166,79 @@ impl CallData {
 /// Invocations of one call after which it is given up as a runaway (the reference's limit).
 pub const MAX_LAMBDA_COUNT: u32 = 30;
 
-/// Time kept back from the Lambda's deadline for flushing Transcribe and Kinesis and
-/// invoking the next function.
-pub const DEADLINE_MARGIN: Duration = Duration::from_secs(30);
+/// Time kept back from the Lambda's deadline for waiting for a quiet moment to hand over
+/// ([`crate::pipeline::HANDOVER_GRACE`]), flushing Transcribe and Kinesis, joining the
+/// recording and invoking the next function.
+pub const DEADLINE_MARGIN: Duration = Duration::from_secs(45);
 
 /// What the handler needs.
 #[derive(Debug, Clone)]
 pub struct Transcriber {
     /// The pipeline (configuration and clients).
     pub pipeline: CallPipeline,
-    /// Invokes the next invocation of this function.
+    /// Invokes the next invocation of this function and the lambda hook.
     pub lambda: aws_sdk_lambda::Client,
+    /// One transcriber per call (absent without `TRANSCRIBER_CALL_EVENT_TABLE_NAME`).
+    pub lease: Option<CallLease>,
+    /// The S3 recording (absent without `OUTPUT_BUCKET`).
+    pub recorder: Option<Recorder>,
+    /// Region of the bucket, for the recording's URL.
+    pub region: String,
+}
+
+impl Transcriber {
+    /// The handler with every AWS client built from `sdk` for `config`.
+    pub fn new(config: TranscriberConfig, sdk: &aws_config::SdkConfig) -> Self {
+        let region = config
+            .region
+            .clone()
+            .or_else(|| sdk.region().map(|r| r.to_string()))
+            .unwrap_or_else(|| "us-east-1".to_string());
+        Self {
+            lease: config.call_event_table.clone().map(|table| CallLease {
+                client: aws_sdk_dynamodb::Client::new(sdk),
+                table,
+                duration: config.call_lease_timeout,
+            }),
+            recorder: config.output_bucket.clone().map(|bucket| Recorder {
+                s3: s3_client(sdk),
+                bucket,
+                raw_prefix: config.raw_prefix.clone(),
+                recording_prefix: config.recording_prefix.clone(),
+            }),
+            region,
+            lambda: aws_sdk_lambda::Client::new(sdk),
+            pipeline: CallPipeline {
+                clients: Clients::new(sdk, &config),
+                config,
+            },
+        }
+    }
+}
+
+/// An S3 client; path-style addressing when the endpoint is overridden (local emulators),
+/// virtual-hosted as AWS recommends otherwise.
+pub fn s3_client(sdk: &aws_config::SdkConfig) -> aws_sdk_s3::Client {
+    let local = ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some_and(|u| !u.is_empty()))
+        || sdk.endpoint_url().is_some();
+    aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(sdk)
+            .force_path_style(local)
+            .build(),
+    )
+}
+
+/// This invocation as Lambda describes it.
+#[derive(Debug, Clone, Copy)]
+pub struct Invocation<'a> {
+    /// This function's ARN (the hand-over invokes it).
+    pub function_arn: &'a str,
+    /// Lambda's request id (the same on Lambda's retries of a failed event).
+    pub request_id: &'a str,
+    /// When Lambda stops this invocation.
+    pub deadline: Instant,
 }
 
 /// Why an invocation failed (Lambda retries a failed Event invocation).
@@ -182,6 +253,12 @@ pub enum HandlerError {
     /// The pipeline failed.
     #[error(transparent)]
     Pipeline(#[from] PipelineError),
+    /// The lease table failed.
+    #[error(transparent)]
+    Lease(#[from] LeaseError),
+    /// The recording failed (the retry records this invocation's audio again).
+    #[error(transparent)]
+    Recording(#[from] RecordingError),
     /// The lambda hook failed (the call is not processed, as in the reference).
     #[error("lambda hook {function}: {message}")]
     Hook {
@@ -200,6 +277,12 @@ pub enum HandlerError {
         /// The error.
         message: String,
     },
+}
+
+/// The answer for an invocation that leaves the call to another one.
+fn left(call: &CallData, reason: &str) -> Value {
+    tracing::info!(call_id = %call.call_id, lambda_count = call.lambda_count, reason, "call left to another invocation");
+    json!({"status": "DUPLICATE", "callId": call.call_id, "reason": reason})
 }
 
 impl Transcriber {
@@ -232,18 +315,56 @@ impl Transcriber {
             .map_err(|e| failed(format!("answer is not the expected JSON object: {e}")))
     }
 
-    /// Handles one invocation. `function_arn` is this function (for the hand-over);
-    /// `lambda_deadline` is when Lambda stops it.
+    /// The call a contact-flow event starts, before the lambda hook.
+    fn new_call(&self, event: &Value) -> Result<CallData, HandlerError> {
+        let config = &self.pipeline.config;
+        let instance = config.connect_instance_arn.as_deref().unwrap_or_else(|| {
+            event["Details"]["ContactData"]["InstanceARN"]
+                .as_str()
+                .unwrap_or_default()
+        });
+        let contact = ContactFlowEvent::streaming_contact(event, instance)?;
+        let parsed: ContactFlowEvent = serde_json::from_value(event.clone())
+            .map_err(|e| HandlerError::Event(e.to_string()))?;
+        let data = parsed.details.contact_data;
+        let address = |e: Option<lca_events::connect::Endpoint>| {
+            e.and_then(|e| e.address).unwrap_or_default()
+        };
+        Ok(CallData {
+            from_number: address(data.customer_endpoint),
+            to_number: address(data.system_endpoint),
+            agent_id: data.attributes.get("AgentId").cloned(),
+            ..CallData::new(
+                &contact.contact_id,
+                &contact.stream_arn,
+                &contact.start_fragment_number,
+            )
+        })
+    }
+
+    /// Runs the lambda hook for a new call (when configured); `false`: not to be processed.
+    async fn hook(&self, event: &Value, call: &mut CallData) -> Result<bool, HandlerError> {
+        let Some(hook) = &self.pipeline.config.lambda_hook_function_arn else {
+            return Ok(true);
+        };
+        let answer = self.call_hook(hook, event).await?;
+        if !answer.apply(call) {
+            tracing::info!(call_id = %call.call_id, "the lambda hook said shouldProcessCall=false");
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    /// Handles one invocation.
     pub async fn handle(
         &self,
         event: Value,
-        function_arn: &str,
-        lambda_deadline: Instant,
+        invocation: Invocation<'_>,
     ) -> Result<Value, HandlerError> {
-        let config = &self.pipeline.config;
-        let (call, start_event) = if event.get("action").and_then(Value::as_str)
-            == Some("LAMBDA_CONTINUE")
-        {
+        let is_new = event.get("action").and_then(Value::as_str) != Some("LAMBDA_CONTINUE");
+        let mut call = if is_new {
+            self.new_call(&event)?
+        } else {
             let call: CallData = serde_json::from_value(event["callData"].clone())
                 .map_err(|e| HandlerError::Event(format!("LAMBDA_CONTINUE callData: {e}")))?;
             if call.lambda_count > MAX_LAMBDA_COUNT {
@@ -252,50 +373,89 @@ impl Transcriber {
                     json!({"status": "STOPPED", "reason": "runaway", "callId": call.call_id}),
                 );
             }
-            (call, None)
-        } else {
-            let instance = config.connect_instance_arn.as_deref().unwrap_or_else(|| {
-                event["Details"]["ContactData"]["InstanceARN"]
-                    .as_str()
-                    .unwrap_or_default()
-            });
-            let contact = ContactFlowEvent::streaming_contact(&event, instance)?;
-            let original = event.clone();
-            let parsed: ContactFlowEvent =
-                serde_json::from_value(event).map_err(|e| HandlerError::Event(e.to_string()))?;
-            let data = parsed.details.contact_data;
-            let address = |e: Option<lca_events::connect::Endpoint>| {
-                e.and_then(|e| e.address).unwrap_or_default()
-            };
-            let mut call = CallData {
-                from_number: address(data.customer_endpoint),
-                to_number: address(data.system_endpoint),
-                agent_id: data.attributes.get("AgentId").cloned(),
-                ..CallData::new(
-                    &contact.contact_id,
-                    &contact.stream_arn,
-                    &contact.start_fragment_number,
-                )
-            };
-            if let Some(hook) = &config.lambda_hook_function_arn {
-                let answer = self.call_hook(hook, &original).await?;
-                if !answer.apply(&mut call) {
-                    tracing::info!(call_id = %call.call_id, "the lambda hook said shouldProcessCall=false");
-                    return Ok(json!({"status": "SKIPPED", "callId": call.call_id}));
-                }
-            }
-            let start = StartCall {
-                customer_phone_number: call.from_number.clone(),
-                system_phone_number: call.to_number.clone(),
-                agent_id: call.agent_id.clone(),
-                metadata_json: call.metadatajson.clone(),
-                created_at: crate::transcribe::now(),
-            };
-            (call, Some(start))
+            call
         };
+        let skipped = |call: &CallData| json!({"status": "SKIPPED", "callId": call.call_id});
+        let held = Held {
+            contact_id: call.contact_id.clone(),
+            owner: invocation.request_id.to_string(),
+            lambda_count: call.lambda_count,
+        };
+        let mut delivered = Delivered::default();
+        let lease = match &self.lease {
+            None => {
+                if is_new && !self.hook(&event, &mut call).await? {
+                    return Ok(skipped(&call));
+                }
+                None
+            }
+            Some(lease) => {
+                let record = lease.read(&call.contact_id).await?;
+                match decide(record.as_ref(), call.lambda_count, &held.owner, now_ms()) {
+                    Claim::Leave(reason) => return Ok(left(&call, reason)),
+                    Claim::Create => {
+                        if is_new && !self.hook(&event, &mut call).await? {
+                            return Ok(skipped(&call));
+                        }
+                        if !lease.create(&held, &call).await? {
+                            return Ok(left(&call, "another invocation created the lease first"));
+                        }
+                    }
+                    Claim::TakeOver => {
+                        let Some(record) = record else {
+                            unreachable!("decide takes over only an existing lease")
+                        };
+                        if !lease.take_over(&held, &record).await? {
+                            return Ok(left(&call, "another invocation took the lease first"));
+                        }
+                        if record.lambda_count == call.lambda_count {
+                            call = record.call;
+                        }
+                        delivered = record.delivered;
+                        if delivered != Delivered::default() {
+                            tracing::warn!(call_id = %call.call_id, lambda_count = call.lambda_count, "resuming a call after a failed attempt; what it published is not published again");
+                        }
+                    }
+                    Claim::RepeatHandOver => {
+                        let Some(record) = record else {
+                            unreachable!("decide repeats only a recorded hand-over")
+                        };
+                        return self
+                            .invoke_next(&record.call, invocation.function_arn)
+                            .await;
+                    }
+                }
+                Some(lease)
+            }
+        };
+        self.transcribe(call, held, lease, delivered, invocation)
+            .await
+    }
+
+    /// Runs this invocation's share of the call, then hands it over or ends it.
+    async fn transcribe(
+        &self,
+        call: CallData,
+        held: Held,
+        lease: Option<&CallLease>,
+        delivered: Delivered,
+        invocation: Invocation<'_>,
+    ) -> Result<Value, HandlerError> {
+        let config = &self.pipeline.config;
+        let start_event = (call.lambda_count == 0 && !delivered.started).then(|| StartCall {
+            customer_phone_number: call.from_number.clone(),
+            system_phone_number: call.to_number.clone(),
+            agent_id: call.agent_id.clone(),
+            metadata_json: call.metadatajson.clone(),
+            created_at: crate::transcribe::now(),
+        });
         let now = Instant::now();
-        let deadline = (now + config.lambda_invoke_timeout)
-            .min(lambda_deadline.checked_sub(DEADLINE_MARGIN).unwrap_or(now));
+        let deadline = (now + config.lambda_invoke_timeout).min(
+            invocation
+                .deadline
+                .checked_sub(DEADLINE_MARGIN)
+                .unwrap_or(now),
+        );
         let spec = CallSpec {
             call_id: call.call_id.clone(),
             contact_id: call.contact_id.clone(),
@@ -304,10 +464,90 @@ impl Transcriber {
             start_event,
             deadline: Some(deadline),
             swap_channels: call.swap_channels,
+            already_delivered: delivered.clone(),
         };
-        let outcome = self.pipeline.run(spec, Taps::default()).await?;
+        // What Kinesis acknowledges, for the lease.
+        let (tap_tx, mut tap_rx) = mpsc::unbounded_channel::<LcaMessage>();
+        let (delivered_tx, delivered_rx) = watch::channel(delivered);
+        let tracker = tokio::spawn(async move {
+            while let Some(message) = tap_rx.recv().await {
+                // Only real changes (START, finals, categories, END) wake the lease writer.
+                delivered_tx.send_if_modified(|d| {
+                    let before = d.clone();
+                    d.record(&message);
+                    *d != before
+                });
+            }
+            delivered_tx.borrow().clone()
+        });
+        let recorder = self.recorder.clone().filter(|_| call.should_record_call);
+        let (recording_tx, piece) = match recorder.clone() {
+            Some(recorder) => {
+                let (tx, rx) = mpsc::channel(64);
+                let call_id = call.call_id.clone();
+                let piece = tokio::spawn(async move { recorder.record_piece(&call_id, rx).await });
+                (Some(tx), Some(piece))
+            }
+            None => (None, None),
+        };
+        let taps = Taps {
+            recording: recording_tx,
+            delivered: Some(tap_tx),
+        };
+        let run = self.pipeline.run(spec, taps);
+        let outcome = match lease {
+            None => run.await?,
+            Some(lease) => {
+                tokio::select! {
+                    outcome = run => outcome?,
+                    () = keep_renewing(lease, &held, delivered_rx) => {
+                        tracing::error!(call_id = %call.call_id, "lease lost to another invocation: stopping");
+                        return Ok(json!({"status": "LEASE_LOST", "callId": call.call_id}));
+                    }
+                }
+            }
+        };
+        let mut delivered = match tracker.await {
+            Ok(delivered) => delivered,
+            Err(join) => std::panic::resume_unwind(join.into_panic()),
+        };
+        if let Some(piece) = piece {
+            match piece.await {
+                Ok(result) => {
+                    let piece = result?;
+                    tracing::info!(call_id = %call.call_id, piece = ?piece, "recorded this invocation's audio");
+                }
+                Err(join) => std::panic::resume_unwind(join.into_panic()),
+            }
+        }
         match outcome.ending {
             Ending::CallEnded(reason) => {
+                if let Some(recorder) = &recorder {
+                    let recording = recorder.assemble(&call.call_id).await?;
+                    tracing::info!(call_id = %call.call_id, key = %recording.key, bytes = recording.bytes, pieces = recording.pieces, "recording written");
+                    if !delivered.recording_url {
+                        let url = lca_events::recording_url(
+                            &recorder.bucket,
+                            &self.region,
+                            &recorder.recording_prefix,
+                            &call.call_id,
+                        );
+                        self.publish(LcaMessage {
+                            call_id: call.call_id.clone(),
+                            event: LcaEvent::AddS3RecordingUrl(RecordingUrl {
+                                recording_url: url,
+                                created_at: crate::transcribe::now(),
+                            }),
+                        })
+                        .await?;
+                        delivered.recording_url = true;
+                    }
+                }
+                if let Some(lease) = lease
+                    && !lease.end(&held, &delivered).await?
+                {
+                    tracing::warn!(call_id = %call.call_id, "the lease changed hands before the call's end was recorded");
+                }
                 tracing::info!(call_id = %call.call_id, ?reason, events = outcome.published.delivered, "call ended");
                 Ok(json!({"status": "ENDED", "callId": call.call_id}))
             }
@@ -323,27 +563,78 @@ impl Transcriber {
                     lambda_count: call.lambda_count + 1,
                     ..call
                 };
-                let payload = json!({"action": "LAMBDA_CONTINUE", "callData": next});
-                let invoked = self
-                    .lambda
-                    .invoke()
-                    .function_name(function_arn)
-                    .invocation_type(InvocationType::Event)
-                    .payload(Blob::new(payload.to_string()))
-                    .send()
-                    .await;
-                if let Err(error) = invoked {
-                    return Err(HandlerError::HandOver {
-                        call_id: next.call_id,
-                        function: function_arn.to_string(),
-                        message: crate::source::error_text(&error),
-                    });
+                if let Some(lease) = lease
+                    && !lease.hand_over(&held, &next, &delivered).await?
+                {
+                    tracing::error!(call_id = %next.call_id, "lease lost to another invocation: not handing over");
+                    return Ok(json!({"status": "LEASE_LOST", "callId": next.call_id}));
                 }
-                tracing::info!(call_id = %next.call_id, lambda_count = next.lambda_count, "handed over");
-                Ok(
-                    json!({"status": "CONTINUED", "callId": next.call_id, "lambdaCount": next.lambda_count}),
-                )
+                self.invoke_next(&next, invocation.function_arn).await
             }
+        }
+    }
+
+    /// Starts the invocation that continues the call at `next`.
+    async fn invoke_next(
+        &self,
+        next: &CallData,
+        function_arn: &str,
+    ) -> Result<Value, HandlerError> {
+        let payload = json!({"action": "LAMBDA_CONTINUE", "callData": next});
+        let invoked = self
+            .lambda
+            .invoke()
+            .function_name(function_arn)
+            .invocation_type(InvocationType::Event)
+            .payload(Blob::new(payload.to_string()))
+            .send()
+            .await;
+        if let Err(error) = invoked {
+            return Err(HandlerError::HandOver {
+                call_id: next.call_id.clone(),
+                function: function_arn.to_string(),
+                message: crate::source::error_text(&error),
+            });
+        }
+        tracing::info!(call_id = %next.call_id, lambda_count = next.lambda_count, "handed over");
+        Ok(json!({"status": "CONTINUED", "callId": next.call_id, "lambdaCount": next.lambda_count}))
+    }
+
+    /// Puts one message on the LCA stream with the pipeline's publisher (ordering, retries).
+    async fn publish(&self, message: LcaMessage) -> Result<(), HandlerError> {
+        let call_id = message.call_id.clone();
+        let (tx, rx) = mpsc::channel(1);
+        let _ = tx.send(message).await;
+        drop(tx);
+        let options = PublisherOptions::new(&self.pipeline.config.kinesis_stream_name);
+        let report = publisher::run(&self.pipeline.clients.kinesis, &options, rx, None).await;
+        match report.undelivered.first() {
+            None => Ok(()),
+            Some((_, first)) => Err(PipelineError::Undelivered {
+                call_id,
+                count: report.undelivered.len(),
+                first: first.clone(),
+            }
+            .into()),
+        }
+    }
+}
+
+/// Renews the lease every third of its duration, and records in it at once whatever Kinesis
+/// newly acknowledged (so a crash repeats at most what was acknowledged during one DynamoDB
+/// write); returns only when the lease is lost (a failed renewal is retried at the next turn).
+async fn keep_renewing(lease: &CallLease, held: &Held, mut delivered: watch::Receiver<Delivered>) {
+    let mut open = true;
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(lease.duration / 3) => {}
+            changed = delivered.changed(), if open => open = changed.is_ok(),
+        }
+        let snapshot = delivered.borrow_and_update().clone();
+        match lease.renew(held, &snapshot).await {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(error) => tracing::warn!(%error, "lease renewal failed; retrying"),
         }
     }
 }

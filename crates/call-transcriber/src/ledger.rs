@@ -82,6 +82,14 @@ impl TranscriptLedger {
         }
     }
 
+    /// Takes over what an earlier invocation of the call already published (it crashed and
+    /// this one re-transcribes its audio): results starting before these finals' ends, and
+    /// these categories, are not published again.
+    pub fn restore(&mut self, final_end_ms: [Option<u64>; 2], categories: &BTreeSet<String>) {
+        self.final_end = final_end_ms;
+        self.categories.extend(categories.iter().cloned());
+    }
+
     /// Call sample after the last audio sent.
     pub fn sent_end(&self) -> u64 {
         self.sent_end

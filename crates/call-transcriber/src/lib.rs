@@ -1,18 +1,25 @@
-//! The call transcriber pipeline (in progress): configuration from the environment, the
-//! sans-IO [`ContactGate`] (one call's audio out of a GetMedia event stream, fragment
-//! bookkeeping for lossless resumes, the reason to stop) and [`TranscriptLedger`] (lossless,
-//! duplicate-free Transcribe reconnects).
+//! The call transcriber: configuration from the environment, the sans-IO cores
+//! ([`ContactGate`]: one call's audio out of a GetMedia event stream and the fragment
+//! bookkeeping for lossless resumes; [`TranscriptLedger`]: lossless, duplicate-free Transcribe
+//! reconnects; [`Delivered`] and [`lease::decide`]: one consumer per call, crash retries
+//! without duplicates), the AWS edges around them ([`pipeline`], [`recording`], [`lease`])
+//! and the Lambda handler ([`lambda`]).
 
 pub mod config;
+pub mod delivered;
 mod gate;
 pub mod lambda;
+pub mod lease;
 mod ledger;
 pub mod pipeline;
 pub mod publisher;
+mod quiet;
+pub mod recording;
 pub mod source;
 pub mod transcribe;
 pub mod usage;
 
 pub use config::{ConfigError, TranscriberConfig};
+pub use delivered::Delivered;
 pub use gate::{ContactGate, GateOutput, StopReason};
 pub use ledger::{Placement, TranscriptLedger};

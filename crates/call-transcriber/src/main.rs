@@ -3,8 +3,8 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use call_transcriber::TranscriberConfig;
-use call_transcriber::lambda::Transcriber;
-use call_transcriber::pipeline::{CallPipeline, Clients, load_sdk_config};
+use call_transcriber::lambda::{Invocation, Transcriber};
+use call_transcriber::pipeline::load_sdk_config;
 use lambda_runtime::{Error, LambdaEvent, run, service_fn};
 use serde_json::Value;
 use tokio::time::Instant;
@@ -21,14 +21,7 @@ async fn main() -> Result<(), Error> {
         .init();
     let config = TranscriberConfig::from_env()?;
     let sdk = load_sdk_config(&config).await;
-    let transcriber = Transcriber {
-        pipeline: CallPipeline {
-            clients: Clients::new(&sdk, &config),
-            config,
-        },
-        lambda: aws_sdk_lambda::Client::new(&sdk),
-    };
-    let transcriber = &transcriber;
+    let transcriber = &Transcriber::new(config, &sdk);
     run(service_fn(move |event: LambdaEvent<Value>| async move {
         // The context's deadline is epoch milliseconds; the pipeline works in Instants.
         let now_ms = SystemTime::now()
@@ -36,8 +29,13 @@ async fn main() -> Result<(), Error> {
             .map_or(0, |d| d.as_millis() as u64);
         let deadline =
             Instant::now() + Duration::from_millis(event.context.deadline.saturating_sub(now_ms));
+        let invocation = Invocation {
+            function_arn: &event.context.invoked_function_arn,
+            request_id: &event.context.request_id,
+            deadline,
+        };
         transcriber
-            .handle(event.payload, &event.context.invoked_function_arn, deadline)
+            .handle(event.payload, invocation)
             .await
             .map_err(Error::from)
     }))

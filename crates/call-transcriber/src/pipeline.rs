@@ -11,11 +11,20 @@ use tokio::time::Instant;
 use tracing::Instrument as _;
 
 use crate::config::TranscriberConfig;
+use crate::delivered::Delivered;
 use crate::publisher::{self, PublishReport, PublisherOptions};
+use crate::quiet::QuietWatch;
 use crate::source::{
     self, EndReason, KvsClients, SourceError, SourceEvent, SourceOptions, StartAt,
 };
 use crate::transcribe::{self, CallTranscription, TranscribeError, TranscriptionSummary};
+
+/// Silence on both channels before a fragment boundary that makes it a hand-over point:
+/// longer than a pause within a sentence.
+pub const HANDOVER_QUIET: Duration = Duration::from_millis(700);
+
+/// How long past its deadline a run waits for such a boundary before handing over anyway.
+pub const HANDOVER_GRACE: Duration = Duration::from_secs(15);
 
 /// The AWS clients a pipeline uses, built once per process from one SDK configuration.
 #[derive(Clone, Debug)]
@@ -81,6 +90,9 @@ pub struct CallSpec {
     /// The stream's tracks are the other way round (a lambda hook's `isCaller: false`):
     /// AUDIO_FROM_CUSTOMER becomes channel 1 and AUDIO_TO_CUSTOMER channel 0.
     pub swap_channels: bool,
+    /// What an earlier attempt at this run already put on Kinesis (a Lambda retry after a
+    /// crash): not published again. Default for a normal run.
+    pub already_delivered: Delivered,
 }
 
 /// How a run ended.
@@ -183,11 +195,20 @@ impl CallPipeline {
             keep_alive: config.keep_alive,
             session_id: call.position.session_id.clone(),
             start_sample: call.position.start_sample,
+            delivered: call.already_delivered.clone(),
         };
         let transcribe_client = self.clients.transcribe.clone();
         let transcribe_messages = message_tx.clone();
+        let transcribe = !call.already_delivered.ended;
         let transcriber = tokio::spawn(
             async move {
+                if !transcribe {
+                    // END is on the stream already (a retry after a crash at the very end):
+                    // the audio is only recorded again.
+                    let mut chunk_rx = chunk_rx;
+                    while chunk_rx.recv().await.is_some() {}
+                    return Ok(TranscriptionSummary::default());
+                }
                 transcribe::run(
                     &transcribe_client,
                     transcription,
@@ -222,6 +243,7 @@ impl CallPipeline {
             recording,
             latencies: Vec::new(),
         };
+        let mut quiet = QuietWatch::default();
         let mut last_received = Instant::now();
         let mut source_error = None;
         let ending = loop {
@@ -242,6 +264,7 @@ impl CallPipeline {
                         (true, Channel::Caller) => Channel::Agent,
                         (true, Channel::Agent) => Channel::Caller,
                     };
+                    quiet.push(channel as usize, timestamp_ns, &pcm);
                     if let Err(error) = assembler.push(channel, timestamp_ns, &pcm) {
                         tracing::warn!(call_id = %call.call_id, %error, "audio block dropped");
                     }
@@ -260,9 +283,14 @@ impl CallPipeline {
                 }
             }
             outlet.forward(&mut assembler, last_received).await;
+            // Past the deadline, hand over at the first fragment boundary between utterances
+            // (a new Transcribe session must not cut one in two), or at any boundary once the
+            // grace period is over.
             if at_boundary
                 && let (Some(deadline), Some(after)) = (call.deadline, &last_fragment)
                 && Instant::now() >= deadline
+                && (quiet.is_quiet(HANDOVER_QUIET.as_nanos() as i64)
+                    || Instant::now() >= deadline + HANDOVER_GRACE)
             {
                 assembler.finish();
                 outlet.forward(&mut assembler, last_received).await;
@@ -298,7 +326,7 @@ impl CallPipeline {
             let _ = publisher.await;
             return Err(error.into());
         }
-        if matches!(ending, Ending::CallEnded(_)) {
+        if matches!(ending, Ending::CallEnded(_)) && !call.already_delivered.ended {
             let _ = message_tx
                 .send(LcaMessage {
                     call_id: call.call_id.clone(),

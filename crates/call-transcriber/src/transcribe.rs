@@ -22,6 +22,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tracing::Instrument as _;
 
 use crate::config::{ApiMode, Language, TranscribeSettings};
+use crate::delivered::Delivered;
 use crate::ledger::TranscriptLedger;
 use crate::source::error_text;
 
@@ -54,6 +55,8 @@ pub struct CallTranscription {
     /// Call sample at which this invocation's audio starts (segment times stay relative to
     /// the call's start).
     pub start_sample: u64,
+    /// What an earlier, crashed attempt already published (nothing for a normal run).
+    pub delivered: Delivered,
 }
 
 /// What a transcription did.
@@ -164,6 +167,7 @@ pub async fn run(
     out: mpsc::Sender<LcaMessage>,
 ) -> Result<TranscriptionSummary, TranscribeError> {
     let mut ledger = TranscriptLedger::new(call.start_sample, 5_000, 120_000);
+    ledger.restore(call.delivered.final_end_ms, &call.delivered.categories);
     let mut summary = TranscriptionSummary {
         session_id: call.session_id.clone(),
         ..TranscriptionSummary::default()

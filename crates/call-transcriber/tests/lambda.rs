@@ -1,6 +1,8 @@
-//! The call transcriber's real binary under the local Lambda service (Runtime API), with local
-//! KVS and Transcribe and moto: a contact-flow event starts it, LAMBDA_INVOKE_TIMEOUT forces
-//! hand-overs to new invocations of itself, and the call comes out whole and once.
+//! The call transcriber's real binary (and StartLCA's) under the local Lambda service (Runtime
+//! API), with local KVS and Transcribe and moto (Kinesis, S3, DynamoDB): a contact-flow event
+//! starts it, LAMBDA_INVOKE_TIMEOUT forces hand-overs to new invocations of itself, duplicates
+//! and crashes are thrown at it, and the call comes out whole and once: transcript, events
+//! and recording.
 
 mod common;
 
@@ -23,7 +25,7 @@ fn contact_flow_event(stream_arn: &str, first: &str) -> Value {
             "ContactData": {
                 "ContactId": CONTACT,
                 "InitialContactId": CONTACT,
-                "InstanceARN": "arn:aws:connect:us-east-1:123456789012:instance/test",
+                "InstanceARN": INSTANCE,
                 "Channel": "VOICE",
                 "CustomerEndpoint": {"Address": "+15551230001"},
                 "SystemEndpoint": {"Address": "+15559870002"},
@@ -39,37 +41,51 @@ fn contact_flow_event(stream_arn: &str, first: &str) -> Value {
     })
 }
 
-/// The transcriber function in a local Lambda wired to the harness's services.
-async fn transcriber(h: &Harness, extra: &[(&str, &str)]) -> (Lambda, local_aws::http::Server) {
-    let lambda = Lambda::new(LambdaOptions::default());
-    let server = lambda.serve(0).await.unwrap();
+const INSTANCE: &str = "arn:aws:connect:us-east-1:123456789012:instance/test";
+
+/// The environment of the transcriber function, wired to the harness's services: recording
+/// to [`BUCKET`], leases in [`TABLE`].
+fn transcriber_environment(
+    h: &Harness,
+    lambda_url: &str,
+    extra: &[(&str, &str)],
+) -> BTreeMap<String, String> {
     let (kvs, transcribe, kinesis) = h.urls.clone();
     let mut environment = BTreeMap::from([
         ("AWS_ENDPOINT_URL_KINESIS_VIDEO", kvs),
         ("AWS_ENDPOINT_URL_TRANSCRIBE_STREAMING", transcribe),
         ("AWS_ENDPOINT_URL_KINESIS", kinesis),
-        ("AWS_ENDPOINT_URL_LAMBDA", server.url()),
+        ("AWS_ENDPOINT_URL_S3", h.moto_url.clone()),
+        ("AWS_ENDPOINT_URL_DYNAMODB", h.moto_url.clone()),
+        ("AWS_ENDPOINT_URL_LAMBDA", lambda_url.to_string()),
         ("AWS_ACCESS_KEY_ID", "AKIDLOCAL".to_string()),
         ("AWS_SECRET_ACCESS_KEY", "local".to_string()),
         ("AWS_REGION", "us-east-1".to_string()),
         ("KINESIS_STREAM_NAME", "lca".to_string()),
+        ("OUTPUT_BUCKET", BUCKET.to_string()),
+        ("TRANSCRIBER_CALL_EVENT_TABLE_NAME", TABLE.to_string()),
+        ("CALL_LEASE_TIMEOUT", "3000".to_string()),
         ("KVS_IDLE_TIMEOUT", "3000".to_string()),
-        (
-            "CONNECT_INSTANCE_ARN",
-            "arn:aws:connect:us-east-1:123456789012:instance/test".to_string(),
-        ),
+        ("CONNECT_INSTANCE_ARN", INSTANCE.to_string()),
     ]);
     for (name, value) in extra {
         environment.insert(name, value.to_string());
     }
+    environment
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+}
+
+/// The transcriber function in a local Lambda wired to the harness's services.
+async fn transcriber(h: &Harness, extra: &[(&str, &str)]) -> (Lambda, local_aws::http::Server) {
+    let lambda = Lambda::new(LambdaOptions::default());
+    let server = lambda.serve(0).await.unwrap();
     lambda
         .add_function(FunctionSpec {
             name: "CallTranscriber".to_string(),
             command: PathBuf::from(env!("CARGO_BIN_EXE_call-transcriber")),
-            environment: environment
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v))
-                .collect(),
+            environment: transcriber_environment(h, &server.url(), extra),
             timeout: Duration::from_secs(120),
             memory_mb: 128,
         })
@@ -77,37 +93,123 @@ async fn transcriber(h: &Harness, extra: &[(&str, &str)]) -> (Lambda, local_aws:
     (lambda, server)
 }
 
-/// Waits until the call's END is on the stream (or 60 s).
-async fn records_until_end(h: &Harness) -> Vec<Value> {
+/// The StartLCA binary, built beside this package's (`cargo test --workspace` builds it).
+fn start_lca_binary() -> PathBuf {
+    let path = PathBuf::from(env!("CARGO_BIN_EXE_call-transcriber")).with_file_name("start-lca");
+    assert!(
+        path.exists(),
+        "{} is missing: build it with `cargo build -p start-lca` (cargo test --workspace does)",
+        path.display()
+    );
+    path
+}
+
+/// Waits until an event of `kind` is on the stream (or 60 s); returns every record then.
+async fn records_until(h: &Harness, kind: &str) -> Vec<Value> {
     for _ in 0..600 {
         let records = h.records().await;
-        if records.iter().any(|r| r["EventType"] == "END") {
-            // Anything after END would be a bug: give it a moment to show.
-            tokio::time::sleep(Duration::from_millis(300)).await;
+        if records.iter().any(|r| r["EventType"] == kind) {
+            // Anything after it would be a bug: give it a moment to show.
+            tokio::time::sleep(Duration::from_millis(500)).await;
             return h.records().await;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    panic!("no END on the stream within 60 s");
+    panic!("no {kind} on the stream within 60 s");
+}
+
+/// The call's recording in S3 is the sample call's PCM behind a correct WAV header, and the
+/// pieces it was joined from are gone.
+async fn assert_recording(h: &Harness) {
+    let wav = h
+        .object(&format!("lca-audio-recordings/{CONTACT}.wav"))
+        .await
+        .expect("the recording is in S3");
+    let pcm = sample_call_stereo();
+    assert_eq!(
+        &wav[..call_audio::WAV_HEADER_BYTES],
+        &call_audio::wav_header(8000, pcm.len() as u64).unwrap()
+    );
+    assert!(
+        wav[call_audio::WAV_HEADER_BYTES..] == pcm[..],
+        "the recording is the call's audio byte for byte ({} bytes of audio, {} expected)",
+        wav.len() - call_audio::WAV_HEADER_BYTES,
+        pcm.len()
+    );
+    assert_eq!(h.keys("lca-audio-raw/").await, Vec::<String>::new());
+}
+
+/// START … END, then ADD_S3_RECORDING_URL, each once, with the recording's URL; the whole
+/// transcript, finals in time order, none twice.
+fn assert_lifecycle(records: &[Value]) {
+    let types: Vec<&str> = records
+        .iter()
+        .map(|r| r["EventType"].as_str().unwrap())
+        .collect();
+    assert_eq!(types.last(), Some(&"ADD_S3_RECORDING_URL"));
+    assert_eq!(
+        types
+            .iter()
+            .filter(|t| **t == "ADD_S3_RECORDING_URL")
+            .count(),
+        1
+    );
+    assert_eq!(
+        records.last().unwrap()["RecordingUrl"],
+        format!("https://{BUCKET}.s3.us-east-1.amazonaws.com/lca-audio-recordings/{CONTACT}.wav")
+    );
+    // START first, END last before the URL, each once; the call's turns, each once.
+    assert_whole_call_within(&records[..records.len() - 1], 0.020);
+    let starts: Vec<f64> = finals(records).iter().map(|f| f.1).collect();
+    let mut sorted = starts.clone();
+    sorted.sort_by(f64::total_cmp);
+    assert_eq!(starts, sorted, "final segments in time order");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hand_overs_between_invocations_transcribe_every_sample_once() {
+async fn start_lca_then_hand_overs_transcribe_and_record_every_sample_once() {
     let h = Harness::new(KvsOptions::default(), TranscribeOptions::default()).await;
-    let (lambda, server) = transcriber(&h, &[("LAMBDA_INVOKE_TIMEOUT", "1200")]).await;
+    let (lambda, server) = transcriber(&h, &[("LAMBDA_INVOKE_TIMEOUT", "500")]).await;
+    lambda
+        .add_function(FunctionSpec {
+            name: "StartLCA".to_string(),
+            command: start_lca_binary(),
+            environment: BTreeMap::from([
+                ("AWS_ENDPOINT_URL_LAMBDA".to_string(), server.url()),
+                ("AWS_ACCESS_KEY_ID".to_string(), "AKIDLOCAL".to_string()),
+                ("AWS_SECRET_ACCESS_KEY".to_string(), "local".to_string()),
+                ("CONNECT_INSTANCE_ARN".to_string(), INSTANCE.to_string()),
+                (
+                    "TRANSCRIBER_FUNCTION_ARN".to_string(),
+                    "arn:aws:lambda:us-east-1:123456789012:function:CallTranscriber".to_string(),
+                ),
+            ]),
+            timeout: Duration::from_secs(8),
+            memory_mb: 128,
+        })
+        .unwrap();
     let (arn, first) = h.play("call", sample_call_chunks()).await;
     let client = aws_sdk_lambda::Client::new(&local_aws::sdk_config(&server.url()));
+    // Connect invokes StartLCA synchronously and waits for its answer (8 s at most).
+    let asked = std::time::Instant::now();
     let output = client
         .invoke()
-        .function_name("CallTranscriber")
-        .invocation_type(InvocationType::Event)
+        .function_name("StartLCA")
         .payload(Blob::new(contact_flow_event(&arn, &first).to_string()))
         .send()
         .await
         .unwrap();
-    assert_eq!(output.status_code, 202);
-    let records = records_until_end(&h).await;
+    let answered = asked.elapsed();
+    assert_eq!(output.function_error, None);
+    let answer: Value = serde_json::from_slice(output.payload.unwrap().as_ref()).unwrap();
+    assert_eq!(answer["status"], "STARTED", "{answer}");
+    assert!(
+        answered < Duration::from_secs(5),
+        "StartLCA answered in {answered:?}"
+    );
+    let records = records_until(&h, "ADD_S3_RECORDING_URL").await;
     let invocations = lambda.invocations("CallTranscriber");
+    assert_eq!(invocations[0].payload["Name"], "ContactFlowEvent");
     let continuations: Vec<&Value> = invocations
         .iter()
         .filter(|i| i.payload["action"] == "LAMBDA_CONTINUE")
@@ -125,7 +227,7 @@ async fn hand_overs_between_invocations_transcribe_every_sample_once() {
     }
     assert!(
         invocations.iter().all(|i| i.invocation_type == "Event"),
-        "hand-overs are asynchronous"
+        "the transcriber is always started asynchronously"
     );
     assert_eq!(
         lambda.attempts("CallTranscriber").len(),
@@ -139,20 +241,146 @@ async fn hand_overs_between_invocations_transcribe_every_sample_once() {
         audio == sample_call_stereo(),
         "every sample reaches Transcribe exactly once across the invocations"
     );
-    assert_eq!(records.first().unwrap()["EventType"], "START");
-    assert_eq!(
-        records.first().unwrap()["CustomerPhoneNumber"],
-        "+15551230001"
-    );
-    assert_eq!(records.first().unwrap()["AgentId"], "alex");
-    assert_eq!(records.last().unwrap()["EventType"], "END");
-    for kind in ["START", "END"] {
-        assert_eq!(
-            records.iter().filter(|r| r["EventType"] == kind).count(),
-            1,
-            "{kind}"
-        );
+    assert_lifecycle(&records);
+    assert_eq!(records[0]["CustomerPhoneNumber"], "+15551230001");
+    assert_eq!(records[0]["AgentId"], "alex");
+    assert_recording(&h).await;
+    lambda.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicate_invocation_leaves_the_call_alone() {
+    let h = Harness::new(KvsOptions::default(), TranscribeOptions::default()).await;
+    let (lambda, server) = transcriber(&h, &[]).await;
+    let (arn, first) = h.play("call", sample_call_chunks()).await;
+    let client = aws_sdk_lambda::Client::new(&local_aws::sdk_config(&server.url()));
+    let event = contact_flow_event(&arn, &first).to_string();
+    client
+        .invoke()
+        .function_name("CallTranscriber")
+        .invocation_type(InvocationType::Event)
+        .payload(Blob::new(event.clone()))
+        .send()
+        .await
+        .unwrap();
+    for _ in 0..100 {
+        if !h.transcribe.sessions().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    assert_eq!(
+        h.transcribe.sessions().len(),
+        1,
+        "the first invocation is transcribing"
+    );
+    // The same event again (Lambda's queue delivering twice, or a flow invoking twice).
+    let duplicate = |event: String| {
+        let client = client.clone();
+        async move {
+            let output = client
+                .invoke()
+                .function_name("CallTranscriber")
+                .payload(Blob::new(event))
+                .send()
+                .await
+                .unwrap();
+            serde_json::from_slice::<Value>(output.payload.unwrap().as_ref()).unwrap()
+        }
+    };
+    let answer = duplicate(event.clone()).await;
+    assert_eq!(answer["status"], "DUPLICATE", "{answer}");
+    assert_eq!(answer["reason"], "another invocation holds the call");
+    let records = records_until(&h, "ADD_S3_RECORDING_URL").await;
+    assert_eq!(
+        h.transcribe.sessions().len(),
+        1,
+        "the duplicate started no session"
+    );
+    assert_lifecycle(&records);
+    assert_recording(&h).await;
+    // Once the call is over, the event is still left alone.
+    let answer = duplicate(event).await;
+    assert_eq!(answer["reason"], "the call has already ended", "{answer}");
+    assert_eq!(h.records().await.len(), records.len());
+    lambda.shutdown();
+}
+
+/// What the lease says Kinesis has acknowledged.
+async fn leased_delivered(h: &Harness) -> Option<call_transcriber::Delivered> {
+    let item = h
+        .dynamodb
+        .get_item()
+        .table_name(TABLE)
+        .key(
+            "PK",
+            aws_sdk_dynamodb::types::AttributeValue::S(format!("contact#{CONTACT}")),
+        )
+        .consistent_read(true)
+        .send()
+        .await
+        .unwrap()
+        .item?;
+    serde_json::from_str(item.get("Delivered")?.as_s().ok()?).ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_mid_call_is_retried_without_losing_or_repeating_anything() {
+    let h = Harness::new(KvsOptions::default(), TranscribeOptions::default()).await;
+    let (lambda, server) = transcriber(&h, &[("LAMBDA_INVOKE_TIMEOUT", "1500")]).await;
+    let (arn, first) = h.play("call", sample_call_chunks()).await;
+    let client = aws_sdk_lambda::Client::new(&local_aws::sdk_config(&server.url()));
+    client
+        .invoke()
+        .function_name("CallTranscriber")
+        .invocation_type(InvocationType::Event)
+        .payload(Blob::new(contact_flow_event(&arn, &first).to_string()))
+        .send()
+        .await
+        .unwrap();
+    // Into the second invocation, with finals on the stream.
+    let mut crashed = false;
+    for _ in 0..400 {
+        let handed_over = lambda
+            .invocations("CallTranscriber")
+            .iter()
+            .any(|i| i.payload["action"] == "LAMBDA_CONTINUE");
+        if handed_over && finals(&h.records().await).len() >= 4 {
+            // Hold Kinesis still, let the lease catch up with it, then crash the function:
+            // the lease then says exactly what the stream holds.
+            h.faults.set_outage(true);
+            let mut on_stream = call_transcriber::Delivered::default();
+            for _ in 0..50 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                on_stream = call_transcriber::Delivered::default();
+                for record in h.records().await {
+                    on_stream.record(&serde_json::from_value(record).unwrap());
+                }
+                if leased_delivered(&h).await.as_ref() == Some(&on_stream) {
+                    break;
+                }
+            }
+            assert_eq!(leased_delivered(&h).await, Some(on_stream));
+            assert_eq!(lambda.crash_busy("CallTranscriber"), 1);
+            h.faults.set_outage(false);
+            crashed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(
+        crashed,
+        "the call was handed over and transcribed before the crash"
+    );
+    let records = records_until(&h, "ADD_S3_RECORDING_URL").await;
+    assert_lifecycle(&records);
+    assert_recording(&h).await;
+    let attempts = lambda.attempts("CallTranscriber");
+    assert_eq!(
+        attempts.len(),
+        lambda.invocations("CallTranscriber").len() + 1,
+        "the crashed invocation was retried once (with its request id)"
+    );
     lambda.shutdown();
 }
 
@@ -259,14 +487,25 @@ async fn with_hook(
     let transcriber = call_transcriber::lambda::Transcriber {
         pipeline: h.pipeline(&[("LAMBDA_HOOK_FUNCTION_ARN", &hook)]),
         lambda: aws_sdk_lambda::Client::new(&local_aws::sdk_config(&server.url())),
+        lease: None,
+        recorder: Some(call_transcriber::recording::Recorder {
+            s3: h.s3.clone(),
+            bucket: BUCKET.to_string(),
+            raw_prefix: "lca-audio-raw/".to_string(),
+            recording_prefix: "lca-audio-recordings/".to_string(),
+        }),
+        region: "us-east-1".to_string(),
     };
     let (arn, first) = h.stored("call", &sample_call_chunks(), &[]);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     let result = transcriber
         .handle(
             contact_flow_event(&arn, &first),
-            "arn:aws:lambda:us-east-1:123456789012:function:CallTranscriber",
-            deadline,
+            call_transcriber::lambda::Invocation {
+                function_arn: "arn:aws:lambda:us-east-1:123456789012:function:CallTranscriber",
+                request_id: "hook-test",
+                deadline,
+            },
         )
         .await;
     assert_eq!(lambda.invocations("hook").len(), 1);
@@ -303,6 +542,9 @@ async fn the_lambda_hook_overrides_the_call() {
     // isCaller=false: the agent track is transcribed as the caller.
     let finals = finals(&records);
     assert_eq!(on(&finals, "CALLER"), AGENT_TURNS);
+    // shouldRecordCall=false: nothing in S3, no recording URL.
+    assert_eq!(h.keys("").await, Vec::<String>::new());
+    assert_eq!(records.last().unwrap()["EventType"], "END");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

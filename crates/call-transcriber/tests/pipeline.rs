@@ -431,8 +431,8 @@ async fn hand_overs_continue_the_call_with_every_sample_once_and_call_relative_t
     let mut call = new_call(&arn, &first);
     let mut hand_overs = 0;
     loop {
-        // About 12 s of call per run at 10x.
-        call.deadline = Some(tokio::time::Instant::now() + Duration::from_millis(1200));
+        // At least 5 s of call per run at 10x, then on to the next pause in the conversation.
+        call.deadline = Some(tokio::time::Instant::now() + Duration::from_millis(500));
         let outcome = run(&pipeline, call.clone()).await;
         match outcome.ending {
             Ending::HandOver(position) => {
@@ -471,8 +471,8 @@ async fn hand_overs_continue_the_call_with_every_sample_once_and_call_relative_t
         records.iter().filter(|r| r["EventType"] == "END").count(),
         1
     );
-    // A turn cut by a hand-over is finalized in two pieces; together they span the turn at
-    // its call-relative times.
+    // Hand-overs wait for a pause, so turns are whole; were one cut (no pause within the grace
+    // period), its pieces would together span the turn at its call-relative times.
     let finals = finals(&records);
     for (channel, turns) in [("CALLER", &CALLER_TURNS[..]), ("AGENT", &AGENT_TURNS[..])] {
         let pieces = on(&finals, channel);

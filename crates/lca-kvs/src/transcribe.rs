@@ -98,6 +98,7 @@ async fn transcribe(args: TranscribeArgs, config: TranscriberConfig) -> Result<(
         }),
         deadline: None,
         swap_channels: false,
+        already_delivered: Default::default(),
     };
     let (tap, mut delivered) = tokio::sync::mpsc::unbounded_channel::<LcaMessage>();
     let show = args.show_transcript;

@@ -31,6 +31,8 @@ pub enum KinesisFault {
 
 #[derive(Default)]
 struct State {
+    /// Every PutRecord(s) is throttled until lifted.
+    outage: bool,
     faults: VecDeque<KinesisFault>,
     applied: Vec<KinesisFault>,
 }
@@ -59,6 +61,12 @@ impl KinesisFaults {
     /// Queues a fault for the next PutRecord/PutRecords request.
     pub fn inject(&self, fault: KinesisFault) {
         lock(&self.state).faults.push_back(fault);
+    }
+
+    /// Starts (`true`) or ends an outage: meanwhile every PutRecord/PutRecords request is
+    /// throttled and nothing is stored, so what the stream holds stops changing.
+    pub fn set_outage(&self, on: bool) {
+        lock(&self.state).outage = on;
     }
 
     /// The faults applied so far, in order.
@@ -95,7 +103,11 @@ impl KinesisFaults {
         let operation = target.rsplit('.').next().unwrap_or_default();
         let fault = if matches!(operation, "PutRecord" | "PutRecords") {
             let mut state = lock(&self.state);
-            let fault = state.faults.pop_front();
+            let fault = if state.outage {
+                Some(KinesisFault::Throttle)
+            } else {
+                state.faults.pop_front()
+            };
             if let Some(fault) = &fault {
                 state.applied.push(fault.clone());
             }

@@ -221,6 +221,29 @@ impl Lambda {
             .unwrap_or_default()
     }
 
+    /// Kills the processes of a function's execution environments that are running an
+    /// invocation, as a crash (out of memory, a segfault) would; their invocations fail with
+    /// `Runtime.ExitError` and Event invocations are retried. Returns how many were killed.
+    pub fn crash_busy(&self, name: &str) -> usize {
+        let Some(function) = self.function(name) else {
+            return 0;
+        };
+        let busy: Vec<u64> = lock(&function.in_flight)
+            .values()
+            .map(|f| f.instance)
+            .collect();
+        let mut instances = lock(&function.instances);
+        let mut killed = 0;
+        for id in busy {
+            if let Some(instance) = instances.get_mut(&id)
+                && instance.child.start_kill().is_ok()
+            {
+                killed += 1;
+            }
+        }
+        killed
+    }
+
     /// Running execution environments of a function.
     pub fn instances(&self, name: &str) -> usize {
         self.function(name)
@@ -317,7 +340,10 @@ impl Lambda {
                 tokio::spawn(async move { lambda.run_event(function, payload).await });
                 response(StatusCode::ACCEPTED, None, Bytes::new())
             }
-            "RequestResponse" => match self.invoke_once(&function, payload).await {
+            "RequestResponse" => match self
+                .invoke_once(&function, payload, self.request_id())
+                .await
+            {
                 Outcome::Success(body) => response(StatusCode::OK, None, body),
                 Outcome::FunctionError(body) => response(StatusCode::OK, Some("Unhandled"), body),
             },
@@ -331,10 +357,16 @@ impl Lambda {
     }
 
     /// An Event invocation: up to three attempts, as Lambda retries a failed event twice.
+    /// Every attempt carries the same request id, as Lambda's retries do (AWS Knowledge
+    /// Center, "duplicate invocations ... with the same request ID" are retries).
     async fn run_event(&self, function: Arc<Function>, payload: Bytes) {
         let delays = self.inner.options.event_retry_delays;
+        let request_id = self.request_id();
         for attempt in 0..3 {
-            if let Outcome::Success(_) = self.invoke_once(&function, payload.clone()).await {
+            let outcome = self
+                .invoke_once(&function, payload.clone(), request_id.clone())
+                .await;
+            if let Outcome::Success(_) = outcome {
                 return;
             }
             if let Some(delay) = delays.get(attempt) {
@@ -344,8 +376,12 @@ impl Lambda {
     }
 
     /// Runs one invocation in an execution environment (starting one if none is free).
-    async fn invoke_once(&self, function: &Arc<Function>, payload: Bytes) -> Outcome {
-        let request_id = self.request_id();
+    async fn invoke_once(
+        &self,
+        function: &Arc<Function>,
+        payload: Bytes,
+        request_id: String,
+    ) -> Outcome {
         lock(&function.attempts).push(request_id.clone());
         let (respond, outcome) = oneshot::channel();
         if function

@@ -19,7 +19,8 @@ pub enum MotoError {
     /// The executable was not found.
     #[error(
         "moto_server not found (looked at $MOTO_SERVER and on PATH): install it with \
-         `pip install \"moto[server]\"`, or run `bash scripts/test.sh`, which installs it"
+         `pip install \"moto[server]==5.1.22\"` (5.2.x breaks S3 multipart uploads for the \
+         Rust SDK), or run `bash scripts/test.sh`, which installs it"
     )]
     NotInstalled,
     /// It could not be started or did not listen in time.

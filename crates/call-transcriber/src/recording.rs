@@ -1,0 +1,505 @@
+//! The call recording in S3: `<RECORDING_FILE_PREFIX><CallId>.wav`, stereo 8 kHz 16-bit
+//! (caller left, agent right), written without holding the call in memory or on Lambda's
+//! `/tmp`.
+//!
+//! Each invocation streams its share of the call as one raw PCM *piece*,
+//! `<RAW_FILE_PREFIX><CallId>/<first sample, 16 digits>.pcm`, uploading 5 MiB parts as they
+//! fill. The key is fixed by where the invocation starts, so an invocation retried after a
+//! crash rewrites the same piece. When the call ends, [`Recorder::assemble`] checks that the
+//! pieces join up sample for sample, streams them into a multipart upload of the WAV behind a
+//! header with the exact sizes, and deletes them. Memory stays at about one part.
+
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier};
+use call_audio::{CONNECT_SAMPLE_RATE, StereoChunk, wav_header};
+use tokio::sync::mpsc;
+
+use crate::source::error_text;
+
+/// Bytes per stereo frame (two 16-bit samples).
+const FRAME_BYTES: u64 = 4;
+
+/// S3's smallest part (every part of a multipart upload but the last).
+pub const PART_BYTES: usize = 5 * 1024 * 1024;
+
+/// One invocation's share of a call's audio in S3.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Piece {
+    /// Its key.
+    pub key: String,
+    /// Call sample of its first frame.
+    pub start_sample: u64,
+    /// Its length in bytes.
+    pub bytes: u64,
+}
+
+impl Piece {
+    /// Call sample after its last frame.
+    pub fn end_sample(&self) -> u64 {
+        self.start_sample + self.bytes / FRAME_BYTES
+    }
+}
+
+/// The folder of a call's pieces.
+pub fn pieces_prefix(raw_prefix: &str, call_id: &str) -> String {
+    format!("{raw_prefix}{call_id}/")
+}
+
+/// The key of the piece starting at `start_sample`.
+pub fn piece_key(raw_prefix: &str, call_id: &str, start_sample: u64) -> String {
+    format!(
+        "{}{start_sample:016}.pcm",
+        pieces_prefix(raw_prefix, call_id)
+    )
+}
+
+/// Orders a call's pieces and checks that they cover the call from sample 0 without a gap
+/// or an overlap; returns the audio's length in bytes. The error names the pieces at fault.
+pub fn join_pieces(pieces: &mut [Piece]) -> Result<u64, String> {
+    pieces.sort_by_key(|p| p.start_sample);
+    let mut expected = 0u64;
+    let mut previous = "the start of the call".to_string();
+    for piece in pieces.iter() {
+        if piece.bytes % FRAME_BYTES != 0 {
+            return Err(format!(
+                "{} is {} bytes, not whole stereo frames",
+                piece.key, piece.bytes
+            ));
+        }
+        if piece.start_sample != expected {
+            let what = if piece.start_sample > expected {
+                "a gap"
+            } else {
+                "an overlap"
+            };
+            return Err(format!(
+                "{what} between {previous} (ends at sample {expected}) and {} (starts at sample {})",
+                piece.key, piece.start_sample
+            ));
+        }
+        expected = piece.end_sample();
+        previous = piece.key.clone();
+    }
+    Ok(expected * FRAME_BYTES)
+}
+
+/// Why the recording could not be written.
+#[derive(Debug, thiserror::Error)]
+#[error("recording s3://{bucket}/{key}: {operation}: {message}")]
+pub struct RecordingError {
+    /// The bucket.
+    pub bucket: String,
+    /// The object.
+    pub key: String,
+    /// What was being done.
+    pub operation: &'static str,
+    /// What went wrong.
+    pub message: String,
+}
+
+/// The recording that was written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recording {
+    /// Its key (`<RECORDING_FILE_PREFIX><CallId>.wav`).
+    pub key: String,
+    /// The WAV's size in bytes, header included.
+    pub bytes: u64,
+    /// How many pieces it was joined from.
+    pub pieces: usize,
+}
+
+/// Writes recordings into one bucket.
+#[derive(Debug, Clone)]
+pub struct Recorder {
+    /// S3.
+    pub s3: aws_sdk_s3::Client,
+    /// `OUTPUT_BUCKET`.
+    pub bucket: String,
+    /// `RAW_FILE_PREFIX`: where the pieces go.
+    pub raw_prefix: String,
+    /// `RECORDING_FILE_PREFIX`: where the WAV goes.
+    pub recording_prefix: String,
+}
+
+/// A multipart upload in progress.
+struct Upload {
+    key: String,
+    id: String,
+    parts: Vec<CompletedPart>,
+}
+
+impl Recorder {
+    fn error(&self, key: &str, operation: &'static str, message: String) -> RecordingError {
+        RecordingError {
+            bucket: self.bucket.clone(),
+            key: key.to_string(),
+            operation,
+            message,
+        }
+    }
+
+    /// The WAV's key for `call_id`.
+    pub fn recording_key(&self, call_id: &str) -> String {
+        format!("{}{call_id}.wav", self.recording_prefix)
+    }
+
+    /// Records the chunks of one invocation (until the channel closes) as one piece. `None`
+    /// when there was no audio.
+    pub async fn record_piece(
+        &self,
+        call_id: &str,
+        mut chunks: mpsc::Receiver<StereoChunk>,
+    ) -> Result<Option<Piece>, RecordingError> {
+        let Some(first) = chunks.recv().await else {
+            return Ok(None);
+        };
+        let start_sample = first.start_sample;
+        let key = piece_key(&self.raw_prefix, call_id, start_sample);
+        // A crashed attempt at this piece may have left an upload open: it is never completed.
+        self.abort_uploads(&key).await?;
+        let mut upload: Option<Upload> = None;
+        let mut buffer = Vec::with_capacity(PART_BYTES);
+        let mut next_sample = start_sample;
+        let mut total = 0u64;
+        let mut chunk = Some(first);
+        let result: Result<(), RecordingError> = async {
+            while let Some(c) = chunk.take() {
+                if c.start_sample != next_sample {
+                    return Err(self.error(
+                        &key,
+                        "recording",
+                        format!(
+                            "audio jumps from sample {next_sample} to {} (chunks must be contiguous)",
+                            c.start_sample
+                        ),
+                    ));
+                }
+                next_sample = c.start_sample + c.samples as u64;
+                total += c.pcm.len() as u64;
+                buffer.extend_from_slice(&c.pcm);
+                if buffer.len() >= PART_BYTES {
+                    let part = std::mem::replace(&mut buffer, Vec::with_capacity(PART_BYTES));
+                    self.upload_part(&key, &mut upload, part).await?;
+                }
+                chunk = chunks.recv().await;
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(error) = result {
+            self.abandon(upload).await;
+            return Err(error);
+        }
+        match upload {
+            None => {
+                self.s3
+                    .put_object()
+                    .bucket(&self.bucket)
+                    .key(&key)
+                    .body(ByteStream::from(buffer))
+                    .send()
+                    .await
+                    .map_err(|e| self.error(&key, "PutObject", error_text(&e)))?;
+            }
+            Some(_) => {
+                if !buffer.is_empty()
+                    && let Err(error) = self.upload_part(&key, &mut upload, buffer).await
+                {
+                    self.abandon(upload).await;
+                    return Err(error);
+                }
+                self.complete(upload).await?;
+            }
+        }
+        Ok(Some(Piece {
+            key,
+            start_sample,
+            bytes: total,
+        }))
+    }
+
+    /// Joins the call's pieces into the WAV and deletes them.
+    pub async fn assemble(&self, call_id: &str) -> Result<Recording, RecordingError> {
+        let key = self.recording_key(call_id);
+        let mut pieces = self.list_pieces(call_id).await?;
+        let data_bytes = join_pieces(&mut pieces)
+            .map_err(|problem| self.error(&key, "joining pieces", problem))?;
+        let header = wav_header(CONNECT_SAMPLE_RATE, data_bytes).ok_or_else(|| {
+            self.error(
+                &key,
+                "joining pieces",
+                format!("{data_bytes} bytes of audio do not fit a WAV"),
+            )
+        })?;
+        let mut upload = None;
+        let mut buffer = Vec::with_capacity(PART_BYTES + 64 * 1024);
+        buffer.extend_from_slice(&header);
+        let result: Result<(), RecordingError> = async {
+            for piece in &pieces {
+                let object = self
+                    .s3
+                    .get_object()
+                    .bucket(&self.bucket)
+                    .key(&piece.key)
+                    .send()
+                    .await
+                    .map_err(|e| self.error(&piece.key, "GetObject", error_text(&e)))?;
+                let mut body = object.body;
+                while let Some(bytes) = body
+                    .try_next()
+                    .await
+                    .map_err(|e| self.error(&piece.key, "GetObject (body)", e.to_string()))?
+                {
+                    buffer.extend_from_slice(&bytes);
+                    if buffer.len() >= PART_BYTES {
+                        let part = std::mem::replace(
+                            &mut buffer,
+                            Vec::with_capacity(PART_BYTES + 64 * 1024),
+                        );
+                        self.upload_part(&key, &mut upload, part).await?;
+                    }
+                }
+            }
+            // The last part may be short; a call shorter than a part is one part.
+            self.upload_part(&key, &mut upload, std::mem::take(&mut buffer))
+                .await
+        }
+        .await;
+        if let Err(error) = result {
+            self.abandon(upload).await;
+            return Err(error);
+        }
+        self.complete(upload).await?;
+        self.delete(&pieces).await?;
+        Ok(Recording {
+            key,
+            bytes: data_bytes + header.len() as u64,
+            pieces: pieces.len(),
+        })
+    }
+
+    /// The call's pieces as stored.
+    async fn list_pieces(&self, call_id: &str) -> Result<Vec<Piece>, RecordingError> {
+        let prefix = pieces_prefix(&self.raw_prefix, call_id);
+        let mut pages = self
+            .s3
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(&prefix)
+            .into_paginator()
+            .send();
+        let mut pieces = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| self.error(&prefix, "ListObjectsV2", error_text(&e)))?;
+            for object in page.contents() {
+                let Some(key) = object.key() else { continue };
+                let start = key
+                    .strip_prefix(&prefix)
+                    .and_then(|name| name.strip_suffix(".pcm"))
+                    .and_then(|digits| digits.parse::<u64>().ok());
+                match start {
+                    Some(start_sample) => pieces.push(Piece {
+                        key: key.to_string(),
+                        start_sample,
+                        bytes: object.size().unwrap_or(0).max(0) as u64,
+                    }),
+                    None => tracing::warn!(key, "not a recording piece; left out"),
+                }
+            }
+        }
+        Ok(pieces)
+    }
+
+    async fn abort_uploads(&self, key: &str) -> Result<(), RecordingError> {
+        let open = self
+            .s3
+            .list_multipart_uploads()
+            .bucket(&self.bucket)
+            .prefix(key)
+            .send()
+            .await
+            .map_err(|e| self.error(key, "ListMultipartUploads", error_text(&e)))?;
+        for upload in open.uploads() {
+            if upload.key() == Some(key)
+                && let Some(id) = upload.upload_id()
+            {
+                self.abandon(Some(Upload {
+                    key: key.to_string(),
+                    id: id.to_string(),
+                    parts: Vec::new(),
+                }))
+                .await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Uploads `bytes` as the next part, starting the upload if needed.
+    async fn upload_part(
+        &self,
+        key: &str,
+        upload: &mut Option<Upload>,
+        bytes: Vec<u8>,
+    ) -> Result<(), RecordingError> {
+        if upload.is_none() {
+            let created = self
+                .s3
+                .create_multipart_upload()
+                .bucket(&self.bucket)
+                .key(key)
+                .content_type(if key.ends_with(".wav") {
+                    "audio/wav"
+                } else {
+                    "application/octet-stream"
+                })
+                .send()
+                .await
+                .map_err(|e| self.error(key, "CreateMultipartUpload", error_text(&e)))?;
+            let id = created.upload_id.ok_or_else(|| {
+                self.error(
+                    key,
+                    "CreateMultipartUpload",
+                    "no UploadId in the answer".to_string(),
+                )
+            })?;
+            *upload = Some(Upload {
+                key: key.to_string(),
+                id,
+                parts: Vec::new(),
+            });
+        }
+        let Some(upload) = upload.as_mut() else {
+            unreachable!("created above")
+        };
+        let number = upload.parts.len() as i32 + 1;
+        let output = self
+            .s3
+            .upload_part()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(&upload.id)
+            .part_number(number)
+            .body(ByteStream::from(bytes))
+            .send()
+            .await
+            .map_err(|e| self.error(key, "UploadPart", error_text(&e)))?;
+        upload.parts.push(
+            CompletedPart::builder()
+                .part_number(number)
+                .set_e_tag(output.e_tag)
+                .build(),
+        );
+        Ok(())
+    }
+
+    async fn complete(&self, upload: Option<Upload>) -> Result<(), RecordingError> {
+        let Some(upload) = upload else {
+            return Ok(());
+        };
+        let result = self
+            .s3
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(&upload.key)
+            .upload_id(&upload.id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(upload.parts.clone()))
+                    .build(),
+            )
+            .send()
+            .await;
+        if let Err(e) = result {
+            let error = self.error(&upload.key, "CompleteMultipartUpload", error_text(&e));
+            self.abandon(Some(upload)).await;
+            return Err(error);
+        }
+        Ok(())
+    }
+
+    /// Aborts an upload (best effort: what it leaves is never visible as an object).
+    async fn abandon(&self, upload: Option<Upload>) {
+        let Some(upload) = upload else { return };
+        if let Err(e) = self
+            .s3
+            .abort_multipart_upload()
+            .bucket(&self.bucket)
+            .key(&upload.key)
+            .upload_id(&upload.id)
+            .send()
+            .await
+        {
+            tracing::warn!(key = %upload.key, error = %error_text(&e), "could not abort a multipart upload");
+        }
+    }
+
+    async fn delete(&self, pieces: &[Piece]) -> Result<(), RecordingError> {
+        for batch in pieces.chunks(1000) {
+            let objects: Vec<ObjectIdentifier> = batch
+                .iter()
+                .filter_map(|p| ObjectIdentifier::builder().key(&p.key).build().ok())
+                .collect();
+            let delete = Delete::builder()
+                .set_objects(Some(objects))
+                .quiet(true)
+                .build()
+                .map_err(|e| self.error(&batch[0].key, "DeleteObjects", e.to_string()))?;
+            let output = self
+                .s3
+                .delete_objects()
+                .bucket(&self.bucket)
+                .delete(delete)
+                .send()
+                .await
+                .map_err(|e| self.error(&batch[0].key, "DeleteObjects", error_text(&e)))?;
+            if let Some(failed) = output.errors().first() {
+                return Err(self.error(
+                    failed.key().unwrap_or_default(),
+                    "DeleteObjects",
+                    failed.message().unwrap_or("failed").to_string(),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn piece(start: u64, frames: u64) -> Piece {
+        Piece {
+            key: piece_key("raw/", "c", start),
+            start_sample: start,
+            bytes: frames * FRAME_BYTES,
+        }
+    }
+
+    #[test]
+    fn pieces_join_in_sample_order() {
+        let mut pieces = vec![piece(100, 50), piece(0, 100), piece(150, 7)];
+        assert_eq!(join_pieces(&mut pieces), Ok(157 * FRAME_BYTES));
+        assert_eq!(pieces[0].key, "raw/c/0000000000000000.pcm");
+        assert_eq!(join_pieces(&mut []), Ok(0));
+    }
+
+    #[test]
+    fn gaps_and_overlaps_are_named() {
+        let gap = join_pieces(&mut [piece(0, 100), piece(120, 5)]).unwrap_err();
+        assert!(
+            gap.contains("a gap") && gap.contains("0000000000000120.pcm") && gap.contains("100"),
+            "{gap}"
+        );
+        let overlap = join_pieces(&mut [piece(0, 100), piece(90, 5)]).unwrap_err();
+        assert!(overlap.contains("an overlap"), "{overlap}");
+        let late = join_pieces(&mut [piece(8, 1)]).unwrap_err();
+        assert!(late.contains("the start of the call"), "{late}");
+        let ragged = join_pieces(&mut [Piece {
+            bytes: 6,
+            ..piece(0, 0)
+        }])
+        .unwrap_err();
+        assert!(ragged.contains("whole stereo frames"), "{ragged}");
+    }
+}
