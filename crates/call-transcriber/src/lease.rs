@@ -162,6 +162,35 @@ impl CallLease {
         }
     }
 
+    /// Creates the table as the stack defines it (partition key `PK`, on-demand), for local
+    /// emulators; in AWS the CloudFormation stack creates it.
+    pub async fn create_table(&self) -> Result<(), LeaseError> {
+        use aws_sdk_dynamodb::types::{
+            AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
+        };
+        let failed = |message: String| self.error("-", "CreateTable", message);
+        let attribute = AttributeDefinition::builder()
+            .attribute_name("PK")
+            .attribute_type(ScalarAttributeType::S)
+            .build()
+            .map_err(|e| failed(e.to_string()))?;
+        let key = KeySchemaElement::builder()
+            .attribute_name("PK")
+            .key_type(KeyType::Hash)
+            .build()
+            .map_err(|e| failed(e.to_string()))?;
+        self.client
+            .create_table()
+            .table_name(&self.table)
+            .billing_mode(BillingMode::PayPerRequest)
+            .attribute_definitions(attribute)
+            .key_schema(key)
+            .send()
+            .await
+            .map_err(|e| failed(crate::source::error_text(&e)))?;
+        Ok(())
+    }
+
     /// Reads the contact's lease (strongly consistent).
     pub async fn read(&self, contact_id: &str) -> Result<Option<LeaseRecord>, LeaseError> {
         let output = self

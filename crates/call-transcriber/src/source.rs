@@ -499,8 +499,9 @@ const RECONNECT_PAUSE: Duration = Duration::from_millis(250);
 /// How far before a fragment's producer time to read when fetching the one before it.
 const FIRST_FRAGMENT_MARGIN_MS: u64 = 3_000;
 
-/// The SDK error with its source chain (the Display of an SdkError alone says little).
-pub(crate) fn error_text(error: &(dyn std::error::Error + 'static)) -> String {
+/// An error with its source chain, for messages (the Display of an SdkError alone says
+/// little: "service error").
+pub fn error_text(error: &(dyn std::error::Error + 'static)) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {

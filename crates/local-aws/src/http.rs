@@ -212,3 +212,23 @@ pub async fn read_body(request: Request<Incoming>, limit: usize) -> Result<Bytes
         .map(|collected| collected.to_bytes())
         .map_err(|e| format!("request body unreadable or larger than {limit} bytes: {e}"))
 }
+
+/// Decodes `%XX` escapes (the SDK escapes the colons of an ARN in the path).
+pub(crate) fn percent_decode(path: &str) -> String {
+    let bytes = path.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && let Some(hex) = bytes.get(i + 1..i + 3)
+            && let Ok(value) = u8::from_str_radix(std::str::from_utf8(hex).unwrap_or("zz"), 16)
+        {
+            out.push(value);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}

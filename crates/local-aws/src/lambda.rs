@@ -21,7 +21,7 @@ use serde_json::json;
 use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::http::{ApiError, Body, Server, full, read_body, serve};
+use crate::http::{ApiError, Body, Server, full, percent_decode, read_body, serve};
 use crate::lock;
 
 /// Largest synchronous payload Lambda accepts (6 MB); Event payloads are limited to 256 KB.
@@ -676,26 +676,6 @@ fn not_found(path: &str) -> Response<Body> {
         format!("no Runtime API route {path}"),
     )
     .into_response()
-}
-
-/// Decodes `%XX` escapes (the SDK escapes the colons of an ARN in the path).
-fn percent_decode(path: &str) -> String {
-    let bytes = path.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && let Some(hex) = bytes.get(i + 1..i + 3)
-            && let Ok(value) = u8::from_str_radix(std::str::from_utf8(hex).unwrap_or("zz"), 16)
-        {
-            out.push(value);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn now_ms() -> u64 {

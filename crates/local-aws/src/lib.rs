@@ -6,6 +6,7 @@
 //! DescribeStream, CreateStream, ListStreams) and the media plane (GetMedia) with every start
 //! selector, live delivery from an in-process producer, and KVS's errors.
 
+pub mod connect;
 pub mod http;
 pub mod kinesis_faults;
 pub mod kvs;

@@ -97,7 +97,14 @@ impl Harness {
         );
         s3.create_bucket().bucket(BUCKET).send().await.unwrap();
         let dynamodb = aws_sdk_dynamodb::Client::new(&local_aws::sdk_config(moto.url()));
-        create_lease_table(&dynamodb).await;
+        call_transcriber::lease::CallLease {
+            client: dynamodb.clone(),
+            table: TABLE.to_string(),
+            duration: Duration::from_secs(30),
+        }
+        .create_table()
+        .await
+        .unwrap();
         let faults = KinesisFaults::new(moto.url());
         let faults_server = faults.serve(0).await.unwrap();
         let clients = Clients {
@@ -227,34 +234,6 @@ impl Harness {
 pub const BUCKET: &str = "lca-recordings";
 /// The lease table in moto.
 pub const TABLE: &str = "call-events";
-
-/// The lease table as the stack defines it: partition key `PK` (string).
-pub async fn create_lease_table(dynamodb: &aws_sdk_dynamodb::Client) {
-    use aws_sdk_dynamodb::types::{
-        AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
-    };
-    dynamodb
-        .create_table()
-        .table_name(TABLE)
-        .billing_mode(BillingMode::PayPerRequest)
-        .attribute_definitions(
-            AttributeDefinition::builder()
-                .attribute_name("PK")
-                .attribute_type(ScalarAttributeType::S)
-                .build()
-                .unwrap(),
-        )
-        .key_schema(
-            KeySchemaElement::builder()
-                .attribute_name("PK")
-                .key_type(KeyType::Hash)
-                .build()
-                .unwrap(),
-        )
-        .send()
-        .await
-        .unwrap();
-}
 
 impl Harness {
     /// An object in the bucket, or `None`.
