@@ -85,3 +85,26 @@ pub fn extract_channels(
     }
     (caller, agent, extractor)
 }
+
+/// The sample call's tracks repeated to `minutes`, as Connect fragments of contact `contact`
+/// (for benchmarks of long calls).
+pub fn tiled_call(contact: &str, minutes: u64) -> Result<Vec<bytes::Bytes>, String> {
+    let read = |name: &str| {
+        std::fs::read(fixture(name)).map_err(|e| format!("{name}: {e} (../shared/fixtures)"))
+    };
+    let (caller, agent) = (
+        read("connect/sample-call.caller.raw")?,
+        read("connect/sample-call.agent.raw")?,
+    );
+    let bytes = (minutes * 60 * 8000 * 2) as usize;
+    let tile = |pcm: &[u8]| pcm.iter().copied().cycle().take(bytes).collect::<Vec<u8>>();
+    let mut writer = kvs_media::ConnectWriter::new(kvs_media::WriterOptions {
+        contact_id: contact.to_string(),
+        ..kvs_media::WriterOptions::default()
+    });
+    Ok(writer
+        .call(&tile(&caller), &tile(&agent), 1_767_225_600_000)
+        .into_iter()
+        .map(bytes::Bytes::from)
+        .collect())
+}

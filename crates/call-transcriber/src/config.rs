@@ -134,6 +134,40 @@ pub const REDACTION_LANGUAGES: [&str; 4] = ["en-US", "en-AU", "en-GB", "es-US"];
 const TRANSCRIBE_AUDIO_TIMEOUT_MS: u64 = 15_000;
 
 impl TranscriberConfig {
+    /// Every environment variable the transcriber reads (the deployment sets each of them;
+    /// a test keeps this list and [`Self::from_lookup`] in step).
+    pub const VARIABLES: &'static [&'static str] = &[
+        "CALL_ANALYTICS_FILE_PREFIX",
+        "CALL_LEASE_TIMEOUT",
+        "CONNECT_INSTANCE_ARN",
+        "CONTENT_REDACTION_TYPE",
+        "CUSTOM_LANGUAGE_MODEL_NAME",
+        "CUSTOM_VOCABULARY_NAME",
+        "IS_CONTENT_REDACTION_ENABLED",
+        "IS_TCA_POST_CALL_ANALYTICS_ENABLED",
+        "KEEP_ALIVE",
+        "KINESIS_STREAM_NAME",
+        "KVS_IDLE_TIMEOUT",
+        "LAMBDA_HOOK_FUNCTION_ARN",
+        "LAMBDA_INVOKE_TIMEOUT",
+        "OUTPUT_BUCKET",
+        "PII_ENTITY_TYPES",
+        "POST_CALL_CONTENT_REDACTION_OUTPUT",
+        "RAW_FILE_PREFIX",
+        "RECORDING_FILE_PREFIX",
+        "REGION",
+        "SAVE_PARTIAL_TRANSCRIPTS",
+        "START_STREAM_RETRIES",
+        "START_STREAM_RETRY_WAIT",
+        "TCA_DATA_ACCESS_ROLE_ARN",
+        "TRANSCRIBER_CALL_EVENT_TABLE_NAME",
+        "TRANSCRIBE_API_MODE",
+        "TRANSCRIBE_ENDPOINT",
+        "TRANSCRIBE_LANGUAGE_CODE",
+        "TRANSCRIBE_LANGUAGE_OPTIONS",
+        "TRANSCRIBE_PREFERRED_LANGUAGE",
+    ];
+
     /// Reads the process environment.
     pub fn from_env() -> Result<Self, ConfigError> {
         Self::from_lookup(|name| std::env::var(name).ok())
@@ -543,6 +577,39 @@ mod tests {
         .unwrap();
         assert_eq!(c.transcribe.mode, ApiMode::Analytics);
         assert_eq!(c.transcribe.post_call_analytics, None);
+    }
+
+    #[test]
+    fn the_variable_list_is_what_is_read() {
+        let asked = std::cell::RefCell::new(std::collections::BTreeSet::new());
+        for settings in [
+            &[("KINESIS_STREAM_NAME", "lca")][..],
+            &[
+                ("KINESIS_STREAM_NAME", "lca"),
+                ("TRANSCRIBE_API_MODE", "analytics"),
+                ("OUTPUT_BUCKET", "b"),
+                ("TCA_DATA_ACCESS_ROLE_ARN", "arn:aws:iam::1:role/r"),
+            ],
+            &[
+                ("KINESIS_STREAM_NAME", "lca"),
+                ("TRANSCRIBE_LANGUAGE_CODE", "identify-language"),
+                ("TRANSCRIBE_LANGUAGE_OPTIONS", "en-US,es-US"),
+            ],
+        ] {
+            TranscriberConfig::from_lookup(|name| {
+                asked.borrow_mut().insert(name.to_string());
+                settings
+                    .iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| v.to_string())
+            })
+            .unwrap();
+        }
+        let listed: std::collections::BTreeSet<String> = TranscriberConfig::VARIABLES
+            .iter()
+            .map(|v| v.to_string())
+            .collect();
+        assert_eq!(asked.into_inner(), listed);
     }
 
     #[test]

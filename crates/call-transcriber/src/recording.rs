@@ -11,6 +11,7 @@
 
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier};
+use bytes::BytesMut;
 use call_audio::{CONNECT_SAMPLE_RATE, StereoChunk, wav_header};
 use tokio::sync::mpsc;
 
@@ -158,7 +159,7 @@ impl Recorder {
         // A crashed attempt at this piece may have left an upload open: it is never completed.
         self.abort_uploads(&key).await?;
         let mut upload: Option<Upload> = None;
-        let mut buffer = Vec::with_capacity(PART_BYTES);
+        let mut buffer = BytesMut::with_capacity(PART_BYTES);
         let mut next_sample = start_sample;
         let mut total = 0u64;
         let mut chunk = Some(first);
@@ -178,8 +179,7 @@ impl Recorder {
                 total += c.pcm.len() as u64;
                 buffer.extend_from_slice(&c.pcm);
                 if buffer.len() >= PART_BYTES {
-                    let part = std::mem::replace(&mut buffer, Vec::with_capacity(PART_BYTES));
-                    self.upload_part(&key, &mut upload, part).await?;
+                    self.upload_part(&key, &mut upload, &mut buffer).await?;
                 }
                 chunk = chunks.recv().await;
             }
@@ -196,14 +196,14 @@ impl Recorder {
                     .put_object()
                     .bucket(&self.bucket)
                     .key(&key)
-                    .body(ByteStream::from(buffer))
+                    .body(ByteStream::from(buffer.freeze()))
                     .send()
                     .await
                     .map_err(|e| self.error(&key, "PutObject", error_text(&e)))?;
             }
             Some(_) => {
                 if !buffer.is_empty()
-                    && let Err(error) = self.upload_part(&key, &mut upload, buffer).await
+                    && let Err(error) = self.upload_part(&key, &mut upload, &mut buffer).await
                 {
                     self.abandon(upload).await;
                     return Err(error);
@@ -232,7 +232,7 @@ impl Recorder {
             )
         })?;
         let mut upload = None;
-        let mut buffer = Vec::with_capacity(PART_BYTES + 64 * 1024);
+        let mut buffer = BytesMut::with_capacity(PART_BYTES + 64 * 1024);
         buffer.extend_from_slice(&header);
         let result: Result<(), RecordingError> = async {
             for piece in &pieces {
@@ -252,17 +252,12 @@ impl Recorder {
                 {
                     buffer.extend_from_slice(&bytes);
                     if buffer.len() >= PART_BYTES {
-                        let part = std::mem::replace(
-                            &mut buffer,
-                            Vec::with_capacity(PART_BYTES + 64 * 1024),
-                        );
-                        self.upload_part(&key, &mut upload, part).await?;
+                        self.upload_part(&key, &mut upload, &mut buffer).await?;
                     }
                 }
             }
             // The last part may be short; a call shorter than a part is one part.
-            self.upload_part(&key, &mut upload, std::mem::take(&mut buffer))
-                .await
+            self.upload_part(&key, &mut upload, &mut buffer).await
         }
         .await;
         if let Err(error) = result {
@@ -334,12 +329,15 @@ impl Recorder {
         Ok(())
     }
 
-    /// Uploads `bytes` as the next part, starting the upload if needed.
+    /// Uploads what `part` holds as the next part, starting the upload if needed, and empties
+    /// it. The buffer is handed back for the next part once the SDK lets go of it: one part's
+    /// worth of memory for a whole recording, instead of a fresh 5 MiB block per part (which
+    /// the allocator keeps around).
     async fn upload_part(
         &self,
         key: &str,
         upload: &mut Option<Upload>,
-        bytes: Vec<u8>,
+        part: &mut BytesMut,
     ) -> Result<(), RecordingError> {
         if upload.is_none() {
             let created = self
@@ -372,6 +370,7 @@ impl Recorder {
             unreachable!("created above")
         };
         let number = upload.parts.len() as i32 + 1;
+        let bytes = std::mem::take(part).freeze();
         let output = self
             .s3
             .upload_part()
@@ -379,10 +378,17 @@ impl Recorder {
             .key(key)
             .upload_id(&upload.id)
             .part_number(number)
-            .body(ByteStream::from(bytes))
+            .body(ByteStream::from(bytes.clone()))
             .send()
             .await
             .map_err(|e| self.error(key, "UploadPart", error_text(&e)))?;
+        *part = match bytes.try_into_mut() {
+            Ok(mut reclaimed) => {
+                reclaimed.clear();
+                reclaimed
+            }
+            Err(_) => BytesMut::with_capacity(PART_BYTES),
+        };
         upload.parts.push(
             CompletedPart::builder()
                 .part_number(number)

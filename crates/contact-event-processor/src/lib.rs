@@ -40,6 +40,14 @@ pub struct ConfigError {
 }
 
 impl ProcessorConfig {
+    /// Every environment variable the processor reads.
+    pub const VARIABLES: &'static [&'static str] = &[
+        "CONNECT_INSTANCE_ARN",
+        "KINESIS_STREAM_NAME",
+        "TRANSCRIBER_CALL_EVENT_TABLE_NAME",
+        "WAIT_FOR_CALL_SECS",
+    ];
+
     /// Reads the process environment.
     pub fn from_env() -> Result<Self, ConfigError> {
         Self::from_lookup(|name| std::env::var(name).ok())
@@ -359,6 +367,19 @@ mod tests {
         ]))
         .unwrap();
         assert_eq!(ok.wait_for_call, Duration::from_secs(15));
+        let asked = std::cell::RefCell::new(Vec::new());
+        let _ = ProcessorConfig::from_lookup(|name| {
+            asked.borrow_mut().push(name.to_string());
+            Some("1".to_string())
+        });
+        let mut asked = asked.into_inner();
+        asked.sort();
+        asked.dedup();
+        assert_eq!(
+            asked,
+            ProcessorConfig::VARIABLES,
+            "the list is what is read"
+        );
         let missing =
             ProcessorConfig::from_lookup(env(&[("KINESIS_STREAM_NAME", "lca")])).unwrap_err();
         assert_eq!(missing.variable, "TRANSCRIBER_CALL_EVENT_TABLE_NAME");

@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use aws_sdk_kinesis::types::ShardIteratorType;
 use call_transcriber::Delivered;
 use call_transcriber::lambda::CallData;
 use call_transcriber::lease::{CallLease, Held};
@@ -30,12 +29,7 @@ impl World {
     async fn new() -> Self {
         let moto = MotoServer::start().expect("moto server");
         let sdk = local_aws::sdk_config(moto.url());
-        let kinesis = aws_sdk_kinesis::Client::new(&sdk);
-        kinesis
-            .create_stream()
-            .stream_name("lca")
-            .shard_count(1)
-            .send()
+        let kinesis = local_aws::moto::create_kinesis_stream(moto.url(), "lca")
             .await
             .unwrap();
         let lease = CallLease {
@@ -131,40 +125,13 @@ impl World {
     }
 
     async fn records(&self) -> Vec<Value> {
-        let shards = self
-            .kinesis
-            .list_shards()
-            .stream_name("lca")
-            .send()
-            .await
-            .unwrap();
-        let iterator = self
-            .kinesis
-            .get_shard_iterator()
-            .stream_name("lca")
-            .shard_id(shards.shards()[0].shard_id())
-            .shard_iterator_type(ShardIteratorType::TrimHorizon)
-            .send()
+        local_aws::moto::kinesis_records(&self.kinesis, "lca")
             .await
             .unwrap()
-            .shard_iterator
-            .unwrap();
-        let out = self
-            .kinesis
-            .get_records()
-            .shard_iterator(iterator)
-            .send()
-            .await
-            .unwrap();
-        out.records
-            .iter()
-            .map(|r| {
-                assert_eq!(
-                    r.partition_key.as_deref(),
-                    Some("custom-call-1"),
-                    "partition key = CallId"
-                );
-                serde_json::from_slice(r.data.as_ref()).unwrap()
+            .into_iter()
+            .map(|(key, data)| {
+                assert_eq!(key, "custom-call-1", "partition key = CallId");
+                serde_json::from_slice(&data).unwrap()
             })
             .collect()
     }

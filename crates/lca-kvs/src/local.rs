@@ -144,7 +144,9 @@ pub fn run(args: LocalArgs) -> Result<()> {
             }
         };
         if let Some(moto) = &moto {
-            create_kinesis_stream(moto.url(), &args.kinesis_stream).await?;
+            local_aws::moto::create_kinesis_stream(moto.url(), &args.kinesis_stream)
+                .await
+                .map_err(anyhow::Error::msg)?;
         }
         let mut players = Vec::new();
         let mut arns = Vec::new();
@@ -214,16 +216,4 @@ fn env_suffix(name: &str) -> String {
             }
         })
         .collect()
-}
-
-/// Creates the LCA Kinesis data stream in moto.
-async fn create_kinesis_stream(url: &str, name: &str) -> Result<()> {
-    aws_sdk_kinesis::Client::new(&local_aws::sdk_config(url))
-        .create_stream()
-        .stream_name(name)
-        .shard_count(1)
-        .send()
-        .await
-        .with_context(|| format!("cannot create Kinesis stream {name} in moto at {url}"))?;
-    Ok(())
 }

@@ -244,6 +244,18 @@ impl Lambda {
         killed
     }
 
+    /// Process ids of a function's running execution environments (for measuring them).
+    pub fn pids(&self, name: &str) -> Vec<u32> {
+        self.function(name)
+            .map(|f| {
+                lock(&f.instances)
+                    .values()
+                    .filter_map(|i| i.child.id())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// Running execution environments of a function.
     pub fn instances(&self, name: &str) -> usize {
         self.function(name)

@@ -94,3 +94,69 @@ impl Drop for MotoServer {
         let _ = self.child.wait();
     }
 }
+
+/// Creates Kinesis data stream `name` (one shard, as LCA's stream is read here) in the moto
+/// server at `url`; returns a client of that Kinesis.
+pub async fn create_kinesis_stream(
+    url: &str,
+    name: &str,
+) -> Result<aws_sdk_kinesis::Client, String> {
+    let client = aws_sdk_kinesis::Client::new(&crate::sdk_config(url));
+    client
+        .create_stream()
+        .stream_name(name)
+        .shard_count(1)
+        .send()
+        .await
+        .map_err(|e| format!("cannot create Kinesis stream {name} in moto at {url}: {e:?}"))?;
+    Ok(client)
+}
+
+/// Every record of the one-shard stream `name`, in stream order, as (partition key, data).
+pub async fn kinesis_records(
+    client: &aws_sdk_kinesis::Client,
+    name: &str,
+) -> Result<Vec<(String, Vec<u8>)>, String> {
+    let failed = |what: &str, e: &dyn std::fmt::Debug| format!("{what} of stream {name}: {e:?}");
+    let shards = client
+        .list_shards()
+        .stream_name(name)
+        .send()
+        .await
+        .map_err(|e| failed("ListShards", &e))?;
+    let shard = shards
+        .shards()
+        .first()
+        .ok_or_else(|| format!("stream {name} has no shard"))?
+        .shard_id()
+        .to_string();
+    let mut iterator = client
+        .get_shard_iterator()
+        .stream_name(name)
+        .shard_id(shard)
+        .shard_iterator_type(aws_sdk_kinesis::types::ShardIteratorType::TrimHorizon)
+        .send()
+        .await
+        .map_err(|e| failed("GetShardIterator", &e))?
+        .shard_iterator;
+    let mut records = Vec::new();
+    while let Some(it) = iterator {
+        let page = client
+            .get_records()
+            .shard_iterator(it)
+            .limit(10_000)
+            .send()
+            .await
+            .map_err(|e| failed("GetRecords", &e))?;
+        if page.records.is_empty() {
+            break;
+        }
+        records.extend(
+            page.records
+                .into_iter()
+                .map(|r| (r.partition_key.unwrap_or_default(), r.data.into_inner())),
+        );
+        iterator = page.next_shard_iterator;
+    }
+    Ok(records)
+}

@@ -35,6 +35,10 @@ pub struct StartConfig {
 }
 
 impl StartConfig {
+    /// Every environment variable StartLCA reads.
+    pub const VARIABLES: &'static [&'static str] =
+        &["CONNECT_INSTANCE_ARN", "TRANSCRIBER_FUNCTION_ARN"];
+
     /// Reads settings through `lookup`.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let required = |variable: &'static str, prefix: &str, what: &str| {
@@ -141,5 +145,24 @@ impl StartLca {
                 error_response("INVOKE_FAILED", &message)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_variable_list_is_what_is_read() {
+        let asked = std::cell::RefCell::new(Vec::new());
+        StartConfig::from_lookup(|name| {
+            asked.borrow_mut().push(name.to_string());
+            Some(match name {
+                "CONNECT_INSTANCE_ARN" => "arn:aws:connect:us-east-1:1:instance/i".to_string(),
+                _ => "arn:aws:lambda:us-east-1:1:function:f".to_string(),
+            })
+        })
+        .unwrap();
+        assert_eq!(asked.into_inner(), StartConfig::VARIABLES);
     }
 }

@@ -2,7 +2,8 @@
 //! `AWS_LAMBDA_RUNTIME_API` pointing at a stand-in Runtime API), and the time until it asks for
 //! its first event is its init time; its peak RSS at that moment is what it costs idle.
 //!
-//! `cargo build --release -p start-lca -p call-transcriber && cargo run --release -p lca-tests
+//! `cargo build --release -p start-lca -p call-transcriber -p contact-event-processor &&
+//! cargo run --release -p lca-tests
 //! --bin lambda-init-bench [-- --runs 20]`
 
 use std::path::PathBuf;
@@ -30,7 +31,7 @@ fn main() -> Result<(), String> {
     }
     let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
     println!(
-        "{:<18} {:>10} {:>10} {:>12}",
+        "{:<24} {:>10} {:>10} {:>12}",
         "function", "init p50", "init max", "idle RSS"
     );
     for (name, env) in [
@@ -51,10 +52,19 @@ fn main() -> Result<(), String> {
             "call-transcriber",
             vec![
                 ("KINESIS_STREAM_NAME", "lca"),
+                ("OUTPUT_BUCKET", "recordings"),
+                ("TRANSCRIBER_CALL_EVENT_TABLE_NAME", "calls"),
                 (
                     "CONNECT_INSTANCE_ARN",
                     "arn:aws:connect:us-east-1:123456789012:instance/x",
                 ),
+            ],
+        ),
+        (
+            "contact-event-processor",
+            vec![
+                ("KINESIS_STREAM_NAME", "lca"),
+                ("TRANSCRIBER_CALL_EVENT_TABLE_NAME", "calls"),
             ],
         ),
     ] {
@@ -76,7 +86,7 @@ fn main() -> Result<(), String> {
         }
         inits.sort();
         println!(
-            "{name:<18} {:>8.1}ms {:>8.1}ms {:>9.1} MB",
+            "{name:<24} {:>8.1}ms {:>8.1}ms {:>9.1} MB",
             inits[inits.len() / 2].as_secs_f64() * 1000.0,
             inits[inits.len() - 1].as_secs_f64() * 1000.0,
             rss as f64 / 1024.0

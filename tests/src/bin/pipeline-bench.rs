@@ -14,8 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use bytes::Bytes;
-use kvs_media::{ConnectWriter, WriterOptions};
+use kvs_media::ConnectWriter;
 use local_aws::kvs::{Kvs, KvsOptions};
 use local_aws::moto::MotoServer;
 use local_aws::transcribe::{Transcribe, TranscribeOptions};
@@ -100,38 +99,10 @@ fn transcriber_binary() -> Result<PathBuf, String> {
     }
 }
 
-fn fixture(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/fixtures")
-        .join(rel)
-}
-
-/// The sample call's tracks repeated to `minutes`, as Connect fragments.
-fn call_fragments(minutes: u64) -> Result<Vec<Bytes>, String> {
-    let read = |name: &str| {
-        std::fs::read(fixture(name)).map_err(|e| format!("{name}: {e} (../shared/fixtures)"))
-    };
-    let (caller, agent) = (
-        read("connect/sample-call.caller.raw")?,
-        read("connect/sample-call.agent.raw")?,
-    );
-    let bytes = (minutes * 60 * 8000 * 2) as usize;
-    let tile = |pcm: &[u8]| pcm.iter().copied().cycle().take(bytes).collect::<Vec<u8>>();
-    let mut writer = ConnectWriter::new(WriterOptions {
-        contact_id: CONTACT.to_string(),
-        ..WriterOptions::default()
-    });
-    Ok(writer
-        .call(&tile(&caller), &tile(&agent), 1_767_225_600_000)
-        .into_iter()
-        .map(Bytes::from)
-        .collect())
-}
-
 /// One transcription of a `minutes` call played at `speed` (0: all at once); the
 /// transcriber's stats.
 async fn run(binary: &Path, minutes: u64, speed: f64) -> Result<Value, String> {
-    let fragments = call_fragments(minutes)?;
+    let fragments = lca_tests::tiled_call(CONTACT, minutes)?;
     let first = ConnectWriter::fragment_number(0);
     let moto = MotoServer::start().map_err(|e| e.to_string())?;
     let kvs = Kvs::new(KvsOptions::default());
@@ -141,14 +112,7 @@ async fn run(binary: &Path, minutes: u64, speed: f64) -> Result<Value, String> {
         ..TranscribeOptions::default()
     });
     let transcribe_server = transcribe.serve(0).await.map_err(|e| e.to_string())?;
-    let kinesis = aws_sdk_kinesis::Client::new(&local_aws::sdk_config(moto.url()));
-    kinesis
-        .create_stream()
-        .stream_name("lca")
-        .shard_count(1)
-        .send()
-        .await
-        .map_err(|e| format!("CreateStream in moto: {e}"))?;
+    local_aws::moto::create_kinesis_stream(moto.url(), "lca").await?;
     let arn = kvs.create_stream("call").map_err(|e| e.to_string())?;
     let player = kvs.play("call", fragments, speed);
     let stats_file =

@@ -6,7 +6,6 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use aws_sdk_kinesis::types::ShardIteratorType;
 use bytes::Bytes;
 use call_transcriber::TranscriberConfig;
 use call_transcriber::pipeline::{
@@ -82,12 +81,7 @@ impl Harness {
         let kvs_server = kvs.serve(0).await.unwrap();
         let transcribe = Transcribe::new(transcribe);
         let transcribe_server = transcribe.serve(0).await.unwrap();
-        let kinesis = aws_sdk_kinesis::Client::new(&local_aws::sdk_config(moto.url()));
-        kinesis
-            .create_stream()
-            .stream_name("lca")
-            .shard_count(1)
-            .send()
+        let kinesis = local_aws::moto::create_kinesis_stream(moto.url(), "lca")
             .await
             .unwrap();
         let s3 = aws_sdk_s3::Client::from_conf(
@@ -185,48 +179,21 @@ impl Harness {
 
     /// Every record on the `lca` stream, in stream order.
     pub async fn records(&self) -> Vec<Value> {
-        let shards = self
-            .kinesis
-            .list_shards()
-            .stream_name("lca")
-            .send()
+        let records = local_aws::moto::kinesis_records(&self.kinesis, "lca")
             .await
             .unwrap();
-        let shard = shards.shards()[0].shard_id().to_string();
-        let mut iterator = self
-            .kinesis
-            .get_shard_iterator()
-            .stream_name("lca")
-            .shard_id(shard)
-            .shard_iterator_type(ShardIteratorType::TrimHorizon)
-            .send()
-            .await
-            .unwrap()
-            .shard_iterator;
-        let mut records = Vec::new();
-        while let Some(it) = iterator {
-            let out = self
-                .kinesis
-                .get_records()
-                .shard_iterator(it)
-                .send()
-                .await
-                .unwrap();
-            if out.records.is_empty() {
-                break;
-            }
-            for record in &out.records {
-                let value: Value = serde_json::from_slice(record.data.as_ref()).unwrap();
+        records
+            .into_iter()
+            .map(|(key, data)| {
+                let value: Value = serde_json::from_slice(&data).unwrap();
                 assert_eq!(
-                    record.partition_key.as_deref(),
+                    Some(key.as_str()),
                     value["CallId"].as_str(),
                     "partition key = CallId"
                 );
-                records.push(value);
-            }
-            iterator = out.next_shard_iterator;
-        }
-        records
+                value
+            })
+            .collect()
     }
 }
 
