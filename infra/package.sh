@@ -49,9 +49,16 @@ mkdir -p infra/build
 echo "built in $(( $(date +%s) - started )) s:"
 for f in "${functions[@]}"; do
   cp "target/lambda/$f/bootstrap.zip" "infra/build/$f.zip"
-  awk -v name="infra/build/$f.zip" -v z="$(stat -c %s "infra/build/$f.zip")" \
-    -v u="$(stat -c %s "target/lambda/$f/bootstrap")" \
-    'BEGIN { printf "  %-42s %6.2f MB zipped, %6.2f MB unzipped\n", name, z / 1048576, u / 1048576 }'
+  python3 - "infra/build/$f.zip" <<'PY'
+import sys, zipfile, os
+path = sys.argv[1]
+entries = zipfile.ZipFile(path).infolist()
+names = [e.filename for e in entries]
+if names != ["bootstrap"]:
+    sys.exit(f"{path}: expected one file named bootstrap, found {names}")
+print(f"  {path:<42} {os.path.getsize(path) / 1048576:6.2f} MB zipped, "
+      f"{entries[0].file_size / 1048576:6.2f} MB unzipped")
+PY
 done
 
 [ -n "$bucket" ] || exit 0

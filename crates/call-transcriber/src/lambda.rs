@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
+use tracing::Instrument as _;
 
 use crate::TranscriberConfig;
 use crate::delivered::Delivered;
@@ -408,11 +409,14 @@ impl Transcriber {
                         if !lease.take_over(&held, &record).await? {
                             return Ok(left(&call, "another invocation took the lease first"));
                         }
+                        // A held lease was taken from an invocation that stopped (a crash
+                        // or a timeout); an empty owner is an ordinary hand-over.
+                        let after_failure = !record.owner.is_empty();
                         if record.lambda_count == call.lambda_count {
                             call = record.call;
                         }
                         delivered = record.delivered;
-                        if delivered != Delivered::default() {
+                        if after_failure {
                             tracing::warn!(call_id = %call.call_id, lambda_count = call.lambda_count, "resuming a call after a failed attempt; what it published is not published again");
                         }
                     }
@@ -428,7 +432,11 @@ impl Transcriber {
                 Some(lease)
             }
         };
+        // Everything this invocation logs about the call carries its CallId.
+        let span =
+            tracing::info_span!("call", call_id = %call.call_id, lambda_count = call.lambda_count);
         self.transcribe(call, held, lease, delivered, invocation)
+            .instrument(span)
             .await
     }
 
@@ -485,7 +493,9 @@ impl Transcriber {
             Some(recorder) => {
                 let (tx, rx) = mpsc::channel(64);
                 let call_id = call.call_id.clone();
-                let piece = tokio::spawn(async move { recorder.record_piece(&call_id, rx).await });
+                let piece = tokio::spawn(
+                    async move { recorder.record_piece(&call_id, rx).await }.in_current_span(),
+                );
                 (Some(tx), Some(piece))
             }
             None => (None, None),

@@ -157,7 +157,10 @@ impl Recorder {
         let start_sample = first.start_sample;
         let key = piece_key(&self.raw_prefix, call_id, start_sample);
         // A crashed attempt at this piece may have left an upload open: it is never completed.
-        self.abort_uploads(&key).await?;
+        // Best effort: an upload left behind costs storage, not correctness.
+        if let Err(error) = self.abort_uploads(&key).await {
+            tracing::warn!(%error, "could not look for open uploads of a crashed attempt");
+        }
         let mut upload: Option<Upload> = None;
         let mut buffer = BytesMut::with_capacity(PART_BYTES);
         let mut next_sample = start_sample;

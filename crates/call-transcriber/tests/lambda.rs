@@ -442,6 +442,38 @@ async fn a_contact_of_another_instance_is_refused() {
     lambda.shutdown();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_events_fail_naming_what_is_wrong() {
+    let h = Harness::new(KvsOptions::default(), TranscribeOptions::default()).await;
+    let (lambda, server) = transcriber(&h, &[]).await;
+    let client = aws_sdk_lambda::Client::new(&local_aws::sdk_config(&server.url()));
+    for (event, expected) in [
+        (
+            json!({"hello": "world"}),
+            "not a Connect contact-flow event: missing field `Name`",
+        ),
+        (
+            json!({"action": "LAMBDA_CONTINUE", "callData": {"callId": 5}}),
+            "LAMBDA_CONTINUE callData",
+        ),
+    ] {
+        let output = client
+            .invoke()
+            .function_name("CallTranscriber")
+            .payload(Blob::new(event.to_string()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(output.function_error.as_deref(), Some("Unhandled"));
+        let error: Value = serde_json::from_slice(output.payload.unwrap().as_ref()).unwrap();
+        let message = error["errorMessage"].as_str().unwrap_or_default();
+        assert!(message.contains(expected), "{event}: {message}");
+    }
+    assert!(h.transcribe.sessions().is_empty());
+    assert!(h.records().await.is_empty());
+    lambda.shutdown();
+}
+
 /// A lambda hook: a real Runtime API client (Python) answering every event with `answer`,
 /// or failing when `answer` is `"fail"`.
 fn hook_script(dir: &std::path::Path, answer: &str) -> PathBuf {
