@@ -201,8 +201,13 @@ async fn run(
     let cpu: f64 = usage.values().map(|u| u.cpu_seconds).sum();
     let hours = minutes as f64 / 60.0;
     println!(
-        "call transcriber Lambda (release binary under local Lambda), {minutes}-minute call at \
+        "call transcriber Lambda ({} build, under local Lambda), {minutes}-minute call at \
          maximum speed, {invocations} invocation(s) in {} environment(s), {:.1} s wall:",
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        },
         usage.len(),
         wall.as_secs_f64()
     );
