@@ -342,35 +342,35 @@ impl Recorder {
         upload: &mut Option<Upload>,
         part: &mut BytesMut,
     ) -> Result<(), RecordingError> {
-        if upload.is_none() {
-            let created = self
-                .s3
-                .create_multipart_upload()
-                .bucket(&self.bucket)
-                .key(key)
-                .content_type(if key.ends_with(".wav") {
-                    "audio/wav"
-                } else {
-                    "application/octet-stream"
+        let upload = match upload {
+            Some(upload) => upload,
+            None => {
+                let created = self
+                    .s3
+                    .create_multipart_upload()
+                    .bucket(&self.bucket)
+                    .key(key)
+                    .content_type(if key.ends_with(".wav") {
+                        "audio/wav"
+                    } else {
+                        "application/octet-stream"
+                    })
+                    .send()
+                    .await
+                    .map_err(|e| self.error(key, "CreateMultipartUpload", error_text(&e)))?;
+                let id = created.upload_id.ok_or_else(|| {
+                    self.error(
+                        key,
+                        "CreateMultipartUpload",
+                        "no UploadId in the answer".to_string(),
+                    )
+                })?;
+                upload.insert(Upload {
+                    key: key.to_string(),
+                    id,
+                    parts: Vec::new(),
                 })
-                .send()
-                .await
-                .map_err(|e| self.error(key, "CreateMultipartUpload", error_text(&e)))?;
-            let id = created.upload_id.ok_or_else(|| {
-                self.error(
-                    key,
-                    "CreateMultipartUpload",
-                    "no UploadId in the answer".to_string(),
-                )
-            })?;
-            *upload = Some(Upload {
-                key: key.to_string(),
-                id,
-                parts: Vec::new(),
-            });
-        }
-        let Some(upload) = upload.as_mut() else {
-            unreachable!("created above")
+            }
         };
         let number = upload.parts.len() as i32 + 1;
         let bytes = std::mem::take(part).freeze();

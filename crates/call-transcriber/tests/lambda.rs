@@ -104,6 +104,20 @@ fn start_lca_binary() -> PathBuf {
     path
 }
 
+/// Invokes CallTranscriber synchronously with `event`: the function error type (if any) and
+/// the answer (or the error as Lambda reports it).
+async fn invoke(server: &local_aws::http::Server, event: &Value) -> (Option<String>, Value) {
+    let output = aws_sdk_lambda::Client::new(&local_aws::sdk_config(&server.url()))
+        .invoke()
+        .function_name("CallTranscriber")
+        .payload(Blob::new(event.to_string()))
+        .send()
+        .await
+        .unwrap();
+    let answer = serde_json::from_slice(output.payload.unwrap().as_ref()).unwrap();
+    (output.function_error, answer)
+}
+
 /// Waits until an event of `kind` is on the stream (or 60 s); returns every record then.
 async fn records_until(h: &Harness, kind: &str) -> Vec<Value> {
     for _ in 0..600 {
@@ -254,12 +268,12 @@ async fn a_duplicate_invocation_leaves_the_call_alone() {
     let (lambda, server) = transcriber(&h, &[]).await;
     let (arn, first) = h.play("call", sample_call_chunks()).await;
     let client = aws_sdk_lambda::Client::new(&local_aws::sdk_config(&server.url()));
-    let event = contact_flow_event(&arn, &first).to_string();
+    let event = contact_flow_event(&arn, &first);
     client
         .invoke()
         .function_name("CallTranscriber")
         .invocation_type(InvocationType::Event)
-        .payload(Blob::new(event.clone()))
+        .payload(Blob::new(event.to_string()))
         .send()
         .await
         .unwrap();
@@ -275,20 +289,7 @@ async fn a_duplicate_invocation_leaves_the_call_alone() {
         "the first invocation is transcribing"
     );
     // The same event again (Lambda's queue delivering twice, or a flow invoking twice).
-    let duplicate = |event: String| {
-        let client = client.clone();
-        async move {
-            let output = client
-                .invoke()
-                .function_name("CallTranscriber")
-                .payload(Blob::new(event))
-                .send()
-                .await
-                .unwrap();
-            serde_json::from_slice::<Value>(output.payload.unwrap().as_ref()).unwrap()
-        }
-    };
-    let answer = duplicate(event.clone()).await;
+    let (_, answer) = invoke(&server, &event).await;
     assert_eq!(answer["status"], "DUPLICATE", "{answer}");
     assert_eq!(answer["reason"], "another invocation holds the call");
     let records = records_until(&h, "ADD_S3_RECORDING_URL").await;
@@ -300,7 +301,7 @@ async fn a_duplicate_invocation_leaves_the_call_alone() {
     assert_lifecycle(&records);
     assert_recording(&h).await;
     // Once the call is over, the event is still left alone.
-    let answer = duplicate(event).await;
+    let (_, answer) = invoke(&server, &event).await;
     assert_eq!(answer["reason"], "the call has already ended", "{answer}");
     assert_eq!(h.records().await.len(), records.len());
     lambda.shutdown();
@@ -388,23 +389,16 @@ async fn a_crash_mid_call_is_retried_without_losing_or_repeating_anything() {
 async fn a_runaway_continuation_is_stopped() {
     let h = Harness::new(KvsOptions::default(), TranscribeOptions::default()).await;
     let (lambda, server) = transcriber(&h, &[]).await;
-    let client = aws_sdk_lambda::Client::new(&local_aws::sdk_config(&server.url()));
-    let output = client
-        .invoke()
-        .function_name("CallTranscriber")
-        .payload(Blob::new(
-            json!({"action": "LAMBDA_CONTINUE", "callData": {
-                "callId": CONTACT, "contactId": CONTACT, "fromNumber": "", "toNumber": "",
-                "streamArn": "arn:aws:kinesisvideo:us-east-1:123456789012:stream/call/1",
-                "startFragmentNumber": "1", "lastFragment": "5", "lambdaCount": 31
-            }})
-            .to_string(),
-        ))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(output.function_error, None);
-    let answer: Value = serde_json::from_slice(output.payload.unwrap().as_ref()).unwrap();
+    let (error, answer) = invoke(
+        &server,
+        &json!({"action": "LAMBDA_CONTINUE", "callData": {
+            "callId": CONTACT, "contactId": CONTACT, "fromNumber": "", "toNumber": "",
+            "streamArn": "arn:aws:kinesisvideo:us-east-1:123456789012:stream/call/1",
+            "startFragmentNumber": "1", "lastFragment": "5", "lambdaCount": 31
+        }}),
+    )
+    .await;
+    assert_eq!(error, None);
     assert_eq!(answer["status"], "STOPPED");
     assert!(h.transcribe.sessions().is_empty());
     assert!(h.records().await.is_empty());
@@ -415,22 +409,14 @@ async fn a_runaway_continuation_is_stopped() {
 async fn a_contact_of_another_instance_is_refused() {
     let h = Harness::new(KvsOptions::default(), TranscribeOptions::default()).await;
     let (lambda, server) = transcriber(&h, &[]).await;
-    let client = aws_sdk_lambda::Client::new(&local_aws::sdk_config(&server.url()));
     let mut event = contact_flow_event(
         "arn:aws:kinesisvideo:us-east-1:123456789012:stream/x/1",
         "1",
     );
     event["Details"]["ContactData"]["InstanceARN"] =
         json!("arn:aws:connect:us-east-1:1:instance/other");
-    let output = client
-        .invoke()
-        .function_name("CallTranscriber")
-        .payload(Blob::new(event.to_string()))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(output.function_error.as_deref(), Some("Unhandled"));
-    let error: Value = serde_json::from_slice(output.payload.unwrap().as_ref()).unwrap();
+    let (kind, error) = invoke(&server, &event).await;
+    assert_eq!(kind.as_deref(), Some("Unhandled"));
     assert!(
         error["errorMessage"]
             .as_str()
@@ -446,7 +432,6 @@ async fn a_contact_of_another_instance_is_refused() {
 async fn malformed_events_fail_naming_what_is_wrong() {
     let h = Harness::new(KvsOptions::default(), TranscribeOptions::default()).await;
     let (lambda, server) = transcriber(&h, &[]).await;
-    let client = aws_sdk_lambda::Client::new(&local_aws::sdk_config(&server.url()));
     for (event, expected) in [
         (
             json!({"hello": "world"}),
@@ -457,15 +442,8 @@ async fn malformed_events_fail_naming_what_is_wrong() {
             "LAMBDA_CONTINUE callData",
         ),
     ] {
-        let output = client
-            .invoke()
-            .function_name("CallTranscriber")
-            .payload(Blob::new(event.to_string()))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(output.function_error.as_deref(), Some("Unhandled"));
-        let error: Value = serde_json::from_slice(output.payload.unwrap().as_ref()).unwrap();
+        let (kind, error) = invoke(&server, &event).await;
+        assert_eq!(kind.as_deref(), Some("Unhandled"));
         let message = error["errorMessage"].as_str().unwrap_or_default();
         assert!(message.contains(expected), "{event}: {message}");
     }
