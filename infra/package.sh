@@ -71,7 +71,9 @@ region_args=()
 aws cloudformation package "${region_args[@]}" --template-file infra/template.yaml \
   --s3-bucket "$bucket" --s3-prefix "$prefix" --output-template-file infra/build/packaged.yaml
 aws s3 cp "${region_args[@]}" infra/build/packaged.yaml "s3://$bucket/$prefix/template.yaml"
-echo "template: https://$bucket.s3.amazonaws.com/$prefix/template.yaml"
+host="$bucket.s3.amazonaws.com"
+[ -n "$region" ] && host="$bucket.s3.$region.amazonaws.com"
+echo "template: https://$host/$prefix/template.yaml"
 
 [ -n "$stack" ] || exit 0
 aws cloudformation deploy "${region_args[@]}" --template-file infra/build/packaged.yaml \
