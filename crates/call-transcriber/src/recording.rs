@@ -129,6 +129,34 @@ struct Upload {
     parts: Vec<CompletedPart>,
 }
 
+/// One object being written: buffered into parts of a multipart upload as they fill, or put
+/// whole if it stays shorter than a part.
+struct ObjectWriter {
+    key: String,
+    upload: Option<Upload>,
+    buffer: BytesMut,
+}
+
+impl ObjectWriter {
+    fn new(key: String) -> Self {
+        Self {
+            key,
+            upload: None,
+            // Room for the write that fills a part, so the buffer is never reallocated.
+            buffer: BytesMut::with_capacity(PART_BYTES + 64 * 1024),
+        }
+    }
+}
+
+/// The content type of a recording object.
+fn content_type(key: &str) -> &'static str {
+    if key.ends_with(".wav") {
+        "audio/wav"
+    } else {
+        "application/octet-stream"
+    }
+}
+
 impl Recorder {
     fn error(&self, key: &str, operation: &'static str, message: String) -> RecordingError {
         RecordingError {
@@ -161,8 +189,7 @@ impl Recorder {
         if let Err(error) = self.abort_uploads(&key).await {
             tracing::warn!(%error, "could not look for open uploads of a crashed attempt");
         }
-        let mut upload: Option<Upload> = None;
-        let mut buffer = BytesMut::with_capacity(PART_BYTES);
+        let mut object = ObjectWriter::new(key.clone());
         let mut next_sample = start_sample;
         let mut total = 0u64;
         let mut chunk = Some(first);
@@ -180,40 +207,13 @@ impl Recorder {
                 }
                 next_sample = c.start_sample + c.samples as u64;
                 total += c.pcm.len() as u64;
-                buffer.extend_from_slice(&c.pcm);
-                if buffer.len() >= PART_BYTES {
-                    self.upload_part(&key, &mut upload, &mut buffer).await?;
-                }
+                self.write(&mut object, &c.pcm).await?;
                 chunk = chunks.recv().await;
             }
             Ok(())
         }
         .await;
-        if let Err(error) = result {
-            self.abandon(upload).await;
-            return Err(error);
-        }
-        match upload {
-            None => {
-                self.s3
-                    .put_object()
-                    .bucket(&self.bucket)
-                    .key(&key)
-                    .body(ByteStream::from(buffer.freeze()))
-                    .send()
-                    .await
-                    .map_err(|e| self.error(&key, "PutObject", error_text(&e)))?;
-            }
-            Some(_) => {
-                if !buffer.is_empty()
-                    && let Err(error) = self.upload_part(&key, &mut upload, &mut buffer).await
-                {
-                    self.abandon(upload).await;
-                    return Err(error);
-                }
-                self.complete(upload).await?;
-            }
-        }
+        self.finish(object, result).await?;
         Ok(Some(Piece {
             key,
             start_sample,
@@ -234,12 +234,11 @@ impl Recorder {
                 format!("{data_bytes} bytes of audio do not fit a WAV"),
             )
         })?;
-        let mut upload = None;
-        let mut buffer = BytesMut::with_capacity(PART_BYTES + 64 * 1024);
-        buffer.extend_from_slice(&header);
+        let mut object = ObjectWriter::new(key.clone());
         let result: Result<(), RecordingError> = async {
+            self.write(&mut object, &header).await?;
             for piece in &pieces {
-                let object = self
+                let response = self
                     .s3
                     .get_object()
                     .bucket(&self.bucket)
@@ -247,27 +246,19 @@ impl Recorder {
                     .send()
                     .await
                     .map_err(|e| self.error(&piece.key, "GetObject", error_text(&e)))?;
-                let mut body = object.body;
+                let mut body = response.body;
                 while let Some(bytes) = body
                     .try_next()
                     .await
                     .map_err(|e| self.error(&piece.key, "GetObject (body)", e.to_string()))?
                 {
-                    buffer.extend_from_slice(&bytes);
-                    if buffer.len() >= PART_BYTES {
-                        self.upload_part(&key, &mut upload, &mut buffer).await?;
-                    }
+                    self.write(&mut object, &bytes).await?;
                 }
             }
-            // The last part may be short; a call shorter than a part is one part.
-            self.upload_part(&key, &mut upload, &mut buffer).await
+            Ok(())
         }
         .await;
-        if let Err(error) = result {
-            self.abandon(upload).await;
-            return Err(error);
-        }
-        self.complete(upload).await?;
+        self.finish(object, result).await?;
         self.delete(&pieces).await?;
         Ok(Recording {
             key,
@@ -332,6 +323,48 @@ impl Recorder {
         Ok(())
     }
 
+    /// Appends `bytes` to `object`, uploading a part whenever one is full.
+    async fn write(&self, object: &mut ObjectWriter, bytes: &[u8]) -> Result<(), RecordingError> {
+        object.buffer.extend_from_slice(bytes);
+        if object.buffer.len() >= PART_BYTES {
+            self.upload_part(&object.key, &mut object.upload, &mut object.buffer)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Completes `object` after writing it ended with `written`; on any error its upload is
+    /// aborted (it never becomes visible) and the error returned.
+    async fn finish(
+        &self,
+        mut object: ObjectWriter,
+        written: Result<(), RecordingError>,
+    ) -> Result<(), RecordingError> {
+        let mut written = written;
+        if written.is_ok() && object.upload.is_some() && !object.buffer.is_empty() {
+            written = self
+                .upload_part(&object.key, &mut object.upload, &mut object.buffer)
+                .await;
+        }
+        if let Err(error) = written {
+            self.abandon(object.upload).await;
+            return Err(error);
+        }
+        if object.upload.is_some() {
+            return self.complete(object.upload).await;
+        }
+        self.s3
+            .put_object()
+            .bucket(&self.bucket)
+            .key(&object.key)
+            .content_type(content_type(&object.key))
+            .body(ByteStream::from(object.buffer.freeze()))
+            .send()
+            .await
+            .map_err(|e| self.error(&object.key, "PutObject", error_text(&e)))?;
+        Ok(())
+    }
+
     /// Uploads what `part` holds as the next part, starting the upload if needed, and empties
     /// it. The buffer is handed back for the next part once the SDK lets go of it: one part's
     /// worth of memory for a whole recording, instead of a fresh 5 MiB block per part (which
@@ -350,11 +383,7 @@ impl Recorder {
                     .create_multipart_upload()
                     .bucket(&self.bucket)
                     .key(key)
-                    .content_type(if key.ends_with(".wav") {
-                        "audio/wav"
-                    } else {
-                        "application/octet-stream"
-                    })
+                    .content_type(content_type(key))
                     .send()
                     .await
                     .map_err(|e| self.error(key, "CreateMultipartUpload", error_text(&e)))?;
