@@ -31,20 +31,21 @@ pub struct Delivered {
 }
 
 impl Delivered {
-    /// Takes note of a message Kinesis acknowledged.
-    pub fn record(&mut self, message: &LcaMessage) {
+    /// Takes note of a message Kinesis acknowledged; returns whether that changed anything
+    /// (a partial, a repeated flag or an older final does not).
+    pub fn record(&mut self, message: &LcaMessage) -> bool {
+        let set = |flag: &mut bool| !std::mem::replace(flag, true);
         match &message.event {
-            LcaEvent::Start(_) => self.started = true,
-            LcaEvent::End(_) => self.ended = true,
-            LcaEvent::AddS3RecordingUrl(_) => self.recording_url = true,
+            LcaEvent::Start(_) => set(&mut self.started),
+            LcaEvent::End(_) => set(&mut self.ended),
+            LcaEvent::AddS3RecordingUrl(_) => set(&mut self.recording_url),
             LcaEvent::AddTranscriptSegment(Segment::Standard(segment)) => {
-                if !segment.is_partial {
-                    let channel = match segment.channel {
-                        Speaker::Caller => 0,
-                        Speaker::Agent => 1,
-                    };
-                    self.final_end(channel, (segment.end_time * 1000.0).round() as u64);
-                }
+                let channel = match segment.channel {
+                    Speaker::Caller => 0,
+                    Speaker::Agent => 1,
+                };
+                !segment.is_partial
+                    && self.final_end(channel, (segment.end_time * 1000.0).round() as u64)
             }
             LcaEvent::AddTranscriptSegment(Segment::Analytics(segment)) => {
                 let event = &segment.utterance_event;
@@ -53,27 +54,41 @@ impl Delivered {
                     Some("AGENT") => Some(1),
                     _ => None,
                 };
-                if let (Some(channel), Some(false), Some(end)) = (
+                match (
                     channel,
                     event["IsPartial"].as_bool(),
                     event["EndOffsetMillis"].as_f64(),
                 ) {
-                    self.final_end(channel, end.round() as u64);
+                    (Some(channel), Some(false), Some(end)) => {
+                        self.final_end(channel, end.round() as u64)
+                    }
+                    _ => false,
                 }
             }
             LcaEvent::AddCallCategory(category) => {
-                if let Some(names) = category.category_event["MatchedCategories"].as_array() {
-                    self.categories
-                        .extend(names.iter().filter_map(|n| n.as_str()).map(str::to_string));
+                let mut new = false;
+                for name in category.category_event["MatchedCategories"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|n| n.as_str())
+                {
+                    new |= self.categories.insert(name.to_string());
                 }
+                new
             }
-            LcaEvent::UpdateAgent(_) => {}
+            LcaEvent::UpdateAgent(_) => false,
         }
     }
 
-    fn final_end(&mut self, channel: usize, end_ms: u64) {
+    /// Moves a channel's last final end forward; whether it moved.
+    fn final_end(&mut self, channel: usize, end_ms: u64) -> bool {
         let slot = &mut self.final_end_ms[channel];
-        *slot = Some(slot.map_or(end_ms, |e| e.max(end_ms)));
+        if slot.is_some_and(|e| e >= end_ms) {
+            return false;
+        }
+        *slot = Some(end_ms);
+        true
     }
 }
 
@@ -98,16 +113,22 @@ mod tests {
             json!({"EventType": "START", "CallId": "c", "CustomerPhoneNumber": "",
                 "SystemPhoneNumber": "", "AgentId": null, "CreatedAt": "now"}),
         ));
-        delivered.record(&segment("CALLER", 7.25, false));
-        delivered.record(&segment("CALLER", 9.0, true));
-        delivered.record(&segment("AGENT", 3.0, false));
-        delivered.record(&segment("CALLER", 5.0, false));
+        assert!(delivered.record(&segment("CALLER", 7.25, false)));
+        assert!(
+            !delivered.record(&segment("CALLER", 9.0, true)),
+            "a partial"
+        );
+        assert!(delivered.record(&segment("AGENT", 3.0, false)));
+        assert!(
+            !delivered.record(&segment("CALLER", 5.0, false)),
+            "an older final"
+        );
         assert!(delivered.started && !delivered.ended);
         assert_eq!(delivered.final_end_ms, [Some(7250), Some(3000)]);
-        delivered.record(&message(
-            json!({"EventType": "END", "CallId": "c", "CreatedAt": "now"}),
-        ));
+        let end = message(json!({"EventType": "END", "CallId": "c", "CreatedAt": "now"}));
+        assert!(delivered.record(&end));
         assert!(delivered.ended);
+        assert!(!delivered.record(&end), "END again changes nothing");
     }
 
     #[test]
@@ -119,12 +140,12 @@ mod tests {
                     "EndOffsetMillis": end, "IsPartial": partial, "UtteranceId": "u"},
                 "CreatedAt": "now", "UpdatedAt": "now"}))
         };
-        delivered.record(&utterance("AGENT", 4100, false));
-        delivered.record(&utterance("CUSTOMER", 9000, true));
-        delivered.record(&message(
-            json!({"EventType": "ADD_CALL_CATEGORY", "CallId": "c",
-            "CategoryEvent": {"MatchedCategories": ["angry", "refund"]}, "CreatedAt": "now"}),
-        ));
+        assert!(delivered.record(&utterance("AGENT", 4100, false)));
+        assert!(!delivered.record(&utterance("CUSTOMER", 9000, true)));
+        let category = message(json!({"EventType": "ADD_CALL_CATEGORY", "CallId": "c",
+            "CategoryEvent": {"MatchedCategories": ["angry", "refund"]}, "CreatedAt": "now"}));
+        assert!(delivered.record(&category));
+        assert!(!delivered.record(&category), "categories already known");
         assert_eq!(delivered.final_end_ms, [None, Some(4100)]);
         assert_eq!(
             delivered.categories.iter().collect::<Vec<_>>(),

@@ -480,11 +480,7 @@ impl Transcriber {
         let tracker = tokio::spawn(async move {
             while let Some(message) = tap_rx.recv().await {
                 // Only real changes (START, finals, categories, END) wake the lease writer.
-                delivered_tx.send_if_modified(|d| {
-                    let before = d.clone();
-                    d.record(&message);
-                    *d != before
-                });
+                delivered_tx.send_if_modified(|d| d.record(&message));
             }
             delivered_tx.borrow().clone()
         });
