@@ -614,14 +614,9 @@ impl Transcriber {
         drop(tx);
         let options = PublisherOptions::new(&self.pipeline.config.kinesis_stream_name);
         let report = publisher::run(&self.pipeline.clients.kinesis, &options, rx, None).await;
-        match report.undelivered.first() {
+        match PipelineError::undelivered(&call_id, &report) {
             None => Ok(()),
-            Some((_, first)) => Err(PipelineError::Undelivered {
-                call_id,
-                count: report.undelivered.len(),
-                first: first.clone(),
-            }
-            .into()),
+            Some(error) => Err(error.into()),
         }
     }
 }

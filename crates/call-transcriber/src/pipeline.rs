@@ -141,6 +141,18 @@ pub enum PipelineError {
     },
 }
 
+impl PipelineError {
+    /// The error for what `report` could not put on Kinesis, if anything.
+    pub(crate) fn undelivered(call_id: &str, report: &PublishReport) -> Option<Self> {
+        let (_, first) = report.undelivered.first()?;
+        Some(Self::Undelivered {
+            call_id: call_id.to_string(),
+            count: report.undelivered.len(),
+            first: first.clone(),
+        })
+    }
+}
+
 /// Optional outlets of a run.
 #[derive(Debug, Default)]
 pub struct Taps {
@@ -341,12 +353,8 @@ impl CallPipeline {
             Ok(report) => report,
             Err(join) => std::panic::resume_unwind(join.into_panic()),
         };
-        if let Some((_, first)) = published.undelivered.first() {
-            return Err(PipelineError::Undelivered {
-                call_id: call.call_id,
-                count: published.undelivered.len(),
-                first: first.clone(),
-            });
+        if let Some(error) = PipelineError::undelivered(&call.call_id, &published) {
+            return Err(error);
         }
         let ending = match ending {
             Ending::HandOver(mut position) => {
