@@ -392,7 +392,7 @@ impl Transcriber {
             }
             Some(lease) => {
                 let record = lease.read(&call.contact_id).await?;
-                match decide(record.as_ref(), call.lambda_count, &held.owner, now_ms()) {
+                match decide(record, call.lambda_count, &held.owner, now_ms()) {
                     Claim::Leave(reason) => return Ok(left(&call, reason)),
                     Claim::Create => {
                         if is_new && !self.hook(&event, &mut call).await? {
@@ -402,10 +402,7 @@ impl Transcriber {
                             return Ok(left(&call, "another invocation created the lease first"));
                         }
                     }
-                    Claim::TakeOver => {
-                        let Some(record) = record else {
-                            unreachable!("decide takes over only an existing lease")
-                        };
+                    Claim::TakeOver(record) => {
                         if !lease.take_over(&held, &record).await? {
                             return Ok(left(&call, "another invocation took the lease first"));
                         }
@@ -420,10 +417,7 @@ impl Transcriber {
                             tracing::warn!(call_id = %call.call_id, lambda_count = call.lambda_count, "resuming a call after a failed attempt; what it published is not published again");
                         }
                     }
-                    Claim::RepeatHandOver => {
-                        let Some(record) = record else {
-                            unreachable!("decide repeats only a recorded hand-over")
-                        };
+                    Claim::RepeatHandOver(record) => {
                         return self
                             .invoke_next(&record.call, invocation.function_arn)
                             .await;

@@ -38,24 +38,24 @@ pub struct LeaseRecord {
 }
 
 /// What an invocation may do, given the lease it found.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Claim {
     /// No lease: create it and start the call.
     Create,
-    /// Take the lease over and continue the call from the lease's call data: it was handed
-    /// to this invocation, or its holder stopped (this invocation's own crashed attempt, or a
-    /// lease that was not renewed in time).
-    TakeOver,
-    /// This invocation handed the call over, then failed before it could say so: start the
-    /// next invocation again (the lease lets only one of them run).
-    RepeatHandOver,
+    /// Take this lease over and continue the call from its call data: it was handed to this
+    /// invocation, or its holder stopped (this invocation's own crashed attempt, or a lease
+    /// that was not renewed in time).
+    TakeOver(Box<LeaseRecord>),
+    /// This invocation handed the call over (to this lease's call data), then failed before
+    /// it could say so: start the next invocation again (the lease lets only one of them run).
+    RepeatHandOver(Box<LeaseRecord>),
     /// Another invocation has the call, or it is over: leave it untouched.
     Leave(&'static str),
 }
 
 /// The rule for invocation `lambda_count` with `request_id` at `now_ms`.
 pub fn decide(
-    record: Option<&LeaseRecord>,
+    record: Option<LeaseRecord>,
     lambda_count: u32,
     request_id: &str,
     now_ms: u64,
@@ -69,13 +69,13 @@ pub fn decide(
     if record.lambda_count > lambda_count {
         let ours = record.handed_over_by.as_deref() == Some(request_id);
         return if ours && record.owner.is_empty() && record.lambda_count == lambda_count + 1 {
-            Claim::RepeatHandOver
+            Claim::RepeatHandOver(Box::new(record))
         } else {
             Claim::Leave("a later invocation has the call")
         };
     }
     if record.owner == request_id || record.owner.is_empty() || record.lease_until_ms <= now_ms {
-        Claim::TakeOver
+        Claim::TakeOver(Box::new(record))
     } else {
         Claim::Leave("another invocation holds the call")
     }
@@ -412,7 +412,7 @@ mod tests {
     fn a_duplicate_leaves_a_live_lease_alone() {
         let held = record("r1", 5000, 0);
         assert_eq!(
-            decide(Some(&held), 0, "r2", 1000),
+            decide(Some(held.clone()), 0, "r2", 1000),
             Claim::Leave("another invocation holds the call")
         );
     }
@@ -420,17 +420,19 @@ mod tests {
     #[test]
     fn a_retry_of_the_holder_takes_over_at_once() {
         // Lambda retries only after the attempt failed: the hold is dead though still valid.
+        let held = record("r1", 5000, 2);
         assert_eq!(
-            decide(Some(&record("r1", 5000, 2)), 2, "r1", 1000),
-            Claim::TakeOver
+            decide(Some(held.clone()), 2, "r1", 1000),
+            Claim::TakeOver(Box::new(held))
         );
     }
 
     #[test]
     fn an_expired_hold_is_taken_over() {
+        let expired = record("r1", 999, 0);
         assert_eq!(
-            decide(Some(&record("r1", 999, 0)), 0, "r2", 1000),
-            Claim::TakeOver
+            decide(Some(expired.clone()), 0, "r2", 1000),
+            Claim::TakeOver(Box::new(expired))
         );
     }
 
@@ -438,16 +440,22 @@ mod tests {
     fn a_handed_over_call_goes_to_the_next_invocation_only() {
         let mut handed = record("", 5000, 3);
         handed.handed_over_by = Some("r2".to_string());
-        assert_eq!(decide(Some(&handed), 3, "r3", 1000), Claim::TakeOver);
+        assert_eq!(
+            decide(Some(handed.clone()), 3, "r3", 1000),
+            Claim::TakeOver(Box::new(handed.clone()))
+        );
         // The invocation that handed over is retried: start the next one again.
-        assert_eq!(decide(Some(&handed), 2, "r2", 1000), Claim::RepeatHandOver);
+        assert_eq!(
+            decide(Some(handed.clone()), 2, "r2", 1000),
+            Claim::RepeatHandOver(Box::new(handed.clone()))
+        );
         // Any older event is stale.
         assert_eq!(
-            decide(Some(&handed), 2, "rX", 1000),
+            decide(Some(handed.clone()), 2, "rX", 1000),
             Claim::Leave("a later invocation has the call")
         );
         assert_eq!(
-            decide(Some(&handed), 0, "r0", 1000),
+            decide(Some(handed.clone()), 0, "r0", 1000),
             Claim::Leave("a later invocation has the call")
         );
         // Once the next one holds it, a repeated hand-over is left alone.
@@ -456,7 +464,7 @@ mod tests {
             ..handed
         };
         assert_eq!(
-            decide(Some(&taken), 2, "r2", 1000),
+            decide(Some(taken.clone()), 2, "r2", 1000),
             Claim::Leave("a later invocation has the call")
         );
     }
@@ -468,7 +476,7 @@ mod tests {
             ..record("", 0, 4)
         };
         assert_eq!(
-            decide(Some(&ended), 4, "r1", 1000),
+            decide(Some(ended.clone()), 4, "r1", 1000),
             Claim::Leave("the call has already ended")
         );
     }
