@@ -10,25 +10,19 @@ if [ ! -d ../shared/fixtures ]; then
 fi
 
 cargo fmt --all --check
-cargo clippy --workspace --all-targets --locked -- -D warnings
 
-# moto server (Kinesis, S3, DynamoDB emulator) for the end-to-end tests, in a venv under target/.
-# Pinned to 5.1.22: moto 5.2.x answers CompleteMultipartUpload with a
-# <CompleteMultipartUploadResponse> root, which the AWS SDK for Rust rejects.
-moto_version=5.1.22
-venv=target/interop-venv
-if [ ! -x "$venv/bin/python" ]; then
-  python3 -m venv "$venv"
-fi
-if ! "$venv/bin/pip" show moto 2>/dev/null | grep -qx "Version: $moto_version"; then
-  "$venv/bin/pip" install -q --disable-pip-version-check "moto[server]==$moto_version"
-fi
+# apt packages (espeak-ng, pocketsphinx) and moto server: see scripts/setup.sh.
+source scripts/setup.sh
 if ! "$venv/bin/pip" show cfn-lint 2>/dev/null | grep -qx "Version: 1.41.0"; then
   "$venv/bin/pip" install -q --disable-pip-version-check "cfn-lint==1.41.0"
 fi
-export MOTO_SERVER="$PWD/$venv/bin/moto_server"
 
-cargo test --workspace --locked
+# The offline recognizer (feature pocketsphinx) is on for the tests; the builds below without
+# it show that the rest needs none of its system libraries.
+features=lca-tests/pocketsphinx
+cargo clippy --workspace --all-targets --locked --features "$features" -- -D warnings
+cargo clippy -p local-aws -p lca-kvs --all-targets --locked -- -D warnings
+cargo test --workspace --locked --features "$features"
 
 # The deployment: the template validated offline, the functions built as the arm64 zips it
 # ships (sizes printed; no upload).
@@ -40,7 +34,15 @@ cargo build --locked -q -p lca-kvs -p local-aws --bins
 bash tests/interop/run.sh
 
 # Smoke runs: the README's main command and the benchmark's correctness check stay working.
-cargo run --locked -q -p lca-kvs -- demo --recording-out target/demo-recording.wav > /dev/null
+# The demo in its fast mode (the whole call at once), as a newcomer runs it; it must show the
+# transcript, a summary and the recording.
+LCA_DEMO_PROFILE=dev bash scripts/demo.sh --speed 0 --recording-out target/demo-recording.wav \
+  > target/demo.out 2> target/demo.err || { cat target/demo.out target/demo.err >&2; exit 1; }
+cat target/demo.out target/demo.err
+grep -q "^\[ *[0-9.]* s\] Agent : ." target/demo.out
+grep -q "^\[ *[0-9.]* s\] Caller: ." target/demo.out
+grep -q "WER caller" target/demo.err
+test "$(stat -c %s target/demo-recording.wav)" -gt 800000
 cargo run --locked -q -p lca-tests --bin media-bench -- --minutes 2 --skip-node
 cargo build --locked -q -p lca-kvs -p lca-tests --bins
 target/debug/pipeline-bench --minutes 2 --latency-minutes 1

@@ -634,6 +634,33 @@ async fn keep_renewing(lease: &CallLease, held: &Held, mut delivered: watch::Rec
     }
 }
 
+/// Serves the call transcriber under the Lambda Runtime API (configuration from the
+/// environment): what the function's `bootstrap` runs, and `lca-kvs demo`'s functions too.
+pub async fn serve() -> Result<(), lambda_runtime::Error> {
+    use lambda_runtime::{Error, LambdaEvent, run, service_fn};
+    let config = TranscriberConfig::from_env()?;
+    let sdk = crate::pipeline::load_sdk_config(&config).await;
+    let transcriber = &Transcriber::new(config, &sdk);
+    run(service_fn(move |event: LambdaEvent<Value>| async move {
+        // The context's deadline is epoch milliseconds; the pipeline works in Instants.
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let deadline = tokio::time::Instant::now()
+            + Duration::from_millis(event.context.deadline.saturating_sub(now_ms));
+        let invocation = Invocation {
+            function_arn: &event.context.invoked_function_arn,
+            request_id: &event.context.request_id,
+            deadline,
+        };
+        transcriber
+            .handle(event.payload, invocation)
+            .await
+            .map_err(Error::from)
+    }))
+    .await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -85,6 +85,7 @@ async fn transcriber(h: &Harness, extra: &[(&str, &str)]) -> (Lambda, local_aws:
         .add_function(FunctionSpec {
             name: "CallTranscriber".to_string(),
             command: PathBuf::from(env!("CARGO_BIN_EXE_call-transcriber")),
+            args: Vec::new(),
             environment: transcriber_environment(h, &server.url(), extra),
             timeout: Duration::from_secs(120),
             memory_mb: 128,
@@ -188,6 +189,7 @@ async fn start_lca_then_hand_overs_transcribe_and_record_every_sample_once() {
         .add_function(FunctionSpec {
             name: "StartLCA".to_string(),
             command: start_lca_binary(),
+            args: Vec::new(),
             environment: BTreeMap::from([
                 ("AWS_ENDPOINT_URL_LAMBDA".to_string(), server.url()),
                 ("AWS_ACCESS_KEY_ID".to_string(), "AKIDLOCAL".to_string()),
@@ -489,6 +491,7 @@ async fn with_hook(
         .add_function(FunctionSpec {
             name: "hook".to_string(),
             command: hook_script(dir.path(), answer),
+            args: Vec::new(),
             environment: BTreeMap::new(),
             timeout: Duration::from_secs(10),
             memory_mb: 128,

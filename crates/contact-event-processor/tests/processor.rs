@@ -225,6 +225,7 @@ async fn the_real_binary_under_lambda_publishes_the_agent() {
         .add_function(FunctionSpec {
             name: "ContactEventProcessor".to_string(),
             command: PathBuf::from(env!("CARGO_BIN_EXE_contact-event-processor")),
+            args: Vec::new(),
             environment: BTreeMap::from([
                 ("AWS_ENDPOINT_URL".to_string(), world.moto.url().to_string()),
                 (

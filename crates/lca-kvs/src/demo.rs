@@ -1,159 +1,687 @@
-//! `lca-kvs demo`: a generated Connect call streamed through the reader and the stereo
-//! assembler, offline. (Transcription joins it once the local Transcribe stand-in exists.)
+//! `lca-kvs demo`: a whole Connect call through the real system, offline. The sample call
+//! (spoken by espeak-ng) or a GetMedia capture plays live into the local Kinesis Video
+//! Streams; a contact-flow event invokes StartLCA under the local Lambda service, which starts
+//! the call transcriber (both are this executable, `lca-kvs function ...`, under the Lambda
+//! Runtime API); the transcriber reads KVS, streams to the local Transcribe (a real offline
+//! recognizer with the `pocketsphinx` feature) and publishes LCA events to Kinesis (moto
+//! server), records the call to S3 and leases it in DynamoDB (moto). The terminal shows the
+//! events as LCA would: the transcript as it is spoken, then a summary.
 
-use std::io::{BufWriter, Write};
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context, Result};
-use call_audio::{AssemblerConfig, CONNECT_SAMPLE_RATE, WavWriter};
-use clap::Args;
-use kvs_media::{ConnectWriter, FragmentReader, WriterOptions};
-use lca_kvs::extract::CallExtractor;
+use anyhow::{Context, Result, bail};
+use bytes::Bytes;
+use clap::{Args, ValueEnum};
+use kvs_media::{ConnectWriter, FragmentReader, WriterOptions, split_chunks};
 use lca_kvs::inspect::Inspector;
+use lca_kvs::sample_call::{self, SampleCall, Speaker};
+use lca_kvs::wer::WordErrors;
+use local_aws::kvs::{Kvs, KvsOptions};
+use local_aws::lambda::{FunctionSpec, Lambda, LambdaOptions};
+use local_aws::moto::{MotoError, MotoServer};
+use local_aws::recognizer::{EnergyRecognizer, Recognizer};
+use local_aws::transcribe::{Transcribe, TranscribeOptions};
+use serde_json::{Value, json};
+use tokio::time::Instant;
 
 /// Options of `lca-kvs demo`.
 #[derive(Args)]
 pub struct DemoArgs {
-    /// Replay this GetMedia capture instead of the generated call.
+    /// Replay this GetMedia capture (e.g. saved from a real Connect stream) instead of the
+    /// sample call.
     #[arg(long)]
     mkv: Option<PathBuf>,
-    /// Playback speed: 1.0 is real time; 0 is as fast as possible.
-    #[arg(long, default_value_t = 0.0)]
+    /// Playback speed: 1 is real time, as Connect streams; 0 puts the whole call into KVS at
+    /// once (the fastest run).
+    #[arg(long, default_value_t = 1.0)]
     speed: f64,
-    /// Print one JSON object per fragment instead of text.
+    /// The speech recognizer behind the local Transcribe.
+    #[arg(long, value_enum, default_value_t = Engine::Auto)]
+    engine: Engine,
+    /// Print the LCA events as they arrive on Kinesis (one JSON object per line) instead of
+    /// the transcript.
     #[arg(long)]
     json: bool,
-    /// Where to write the stereo call recording.
-    #[arg(long, default_value = "lca-demo-recording.wav")]
-    recording_out: PathBuf,
+    /// Copy the call recording (stereo WAV, from the local S3) to this file.
+    #[arg(long)]
+    recording_out: Option<PathBuf>,
 }
 
-/// Seconds of the generated call.
-const CALL_SECONDS: usize = 12;
+/// Speech recognizers the demo can use.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Engine {
+    /// pocketsphinx when this build has it, else energy.
+    Auto,
+    /// CMU PocketSphinx, offline (needs the `pocketsphinx` cargo feature).
+    Pocketsphinx,
+    /// No recognition: voice activity only, segments name their timing.
+    Energy,
+}
 
-/// A deterministic two-party call: alternating 2 s turns, each speaker a distinct tone sweep
-/// with a syllable-like envelope, silence while the other speaks.
-fn generated_call() -> (Vec<u8>, Vec<u8>) {
-    let rate = CONNECT_SAMPLE_RATE as usize;
-    let total = CALL_SECONDS * rate;
-    let mut caller = Vec::with_capacity(total * 2);
-    let mut agent = Vec::with_capacity(total * 2);
-    let mut phase = [0f64; 2];
-    for n in 0..total {
-        let t = n as f64 / rate as f64;
-        let turn = (t / 2.0) as usize % 2; // 0: caller speaks, 1: agent speaks
-        let syllable = (t * 4.0 * std::f64::consts::PI).sin().abs();
-        for (speaker, out) in [(0usize, &mut caller), (1, &mut agent)] {
-            let base = if speaker == 0 { 220.0 } else { 330.0 };
-            let freq = base + 80.0 * (t * 1.3).sin();
-            phase[speaker] += 2.0 * std::f64::consts::PI * freq / rate as f64;
-            let value = if turn == speaker {
-                (phase[speaker].sin() * syllable * 9000.0) as i16
-            } else {
-                0
-            };
-            out.extend_from_slice(&value.to_le_bytes());
+const CONTACT_ID: &str = "5e1ec7ed-0000-4000-8000-00000000de30";
+const INSTANCE_ARN: &str =
+    "arn:aws:connect:us-east-1:123456789012:instance/5e1ec7ed-1111-4000-8000-00000000de30";
+const KINESIS_STREAM: &str = "lca-demo-call-events";
+const BUCKET: &str = "lca-demo-recordings";
+const LEASE_TABLE: &str = "lca-demo-calls";
+const KVS_STREAM: &str = "connect-demo-contact";
+
+/// What plays into KVS.
+struct DemoCall {
+    fragments: Vec<Bytes>,
+    contact_id: String,
+    /// The script, when it is the sample call.
+    sample: Option<SampleCall>,
+}
+
+/// A factory of the local Transcribe's recognizers.
+type RecognizerFactory = Box<dyn Fn(u32, usize) -> Box<dyn Recognizer> + Send + Sync>;
+
+/// Runs `lca-kvs function NAME`: one of the Lambda functions, served under the Runtime API.
+pub fn serve_function(name: &str) -> Result<()> {
+    tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .without_time()
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let served = runtime.block_on(async {
+        match name {
+            "start-lca" => start_lca::serve().await,
+            "call-transcriber" => call_transcriber::lambda::serve().await,
+            other => Err(
+                format!("no function {other:?} (expected start-lca or call-transcriber)").into(),
+            ),
         }
-    }
-    (caller, agent)
+    });
+    served.map_err(|error| anyhow::anyhow!("function {name}: {error}"))
 }
 
 /// Runs the demo.
 pub fn run(args: DemoArgs) -> Result<()> {
-    let stream: Vec<Vec<u8>> = match &args.mkv {
-        Some(path) => {
-            vec![std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?]
-        }
+    if !(args.speed >= 0.0 && args.speed.is_finite()) {
+        bail!("--speed {}: must be 0 or a positive number", args.speed);
+    }
+    let (engine_name, factory) = recognizers(args.engine)?;
+    let call = match &args.mkv {
+        Some(path) => capture(path)?,
         None => {
-            let (caller, agent) = generated_call();
+            let sample = sample_call::synthesize()?;
             let mut writer = ConnectWriter::new(WriterOptions {
-                contact_id: "5e1ec7ed-0000-4000-8000-00000000de30".to_string(),
+                contact_id: CONTACT_ID.to_string(),
                 ..WriterOptions::default()
             });
-            writer.call(&caller, &agent, 1_767_225_600_000)
+            let fragments = writer
+                .call(&sample.caller, &sample.agent, now_ms())
+                .into_iter()
+                .map(Bytes::from)
+                .collect();
+            DemoCall {
+                fragments,
+                contact_id: CONTACT_ID.to_string(),
+                sample: Some(sample),
+            }
         }
     };
-    eprintln!(
-        "lca-kvs demo: streaming {} {} through the Connect media reader and stereo assembler",
-        stream.len(),
-        if args.mkv.is_some() {
-            "capture"
-        } else {
-            "generated Connect fragments"
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(demo(args, call, engine_name, factory))
+}
+
+/// The engine to use and a factory of its recognizers; a PocketSphinx model that cannot load
+/// stops the demo here, with the fix.
+fn recognizers(engine: Engine) -> Result<(&'static str, RecognizerFactory)> {
+    let energy = || -> (&'static str, RecognizerFactory) {
+        (
+            "energy (voice activity only, no words)",
+            Box::new(|rate, channels| Box::new(EnergyRecognizer::new(rate, channels))),
+        )
+    };
+    match engine {
+        Engine::Energy => Ok(energy()),
+        #[cfg(feature = "pocketsphinx")]
+        Engine::Auto | Engine::Pocketsphinx => {
+            use local_aws::recognizer::pocketsphinx::{SphinxModel, SphinxRecognizer};
+            let model = SphinxModel::locate()?;
+            // Load it once now, so that a broken model stops the demo with its reason.
+            SphinxRecognizer::new(&model, 8000, 2)?;
+            Ok((
+                "pocketsphinx (CMU PocketSphinx, US English, offline)",
+                Box::new(move |rate, channels| {
+                    match SphinxRecognizer::new(&model, rate, channels) {
+                        Ok(recognizer) => Box::new(recognizer),
+                        Err(error) => {
+                            tracing::error!(%error, "pocketsphinx: using the energy recognizer for this session");
+                            Box::new(EnergyRecognizer::new(rate, channels))
+                        }
+                    }
+                }),
+            ))
         }
+        #[cfg(not(feature = "pocketsphinx"))]
+        Engine::Pocketsphinx => bail!(
+            "this lca-kvs was built without the pocketsphinx engine: run `bash scripts/demo.sh` (installs libpocketsphinx-dev and pocketsphinx-en-us and builds with --features pocketsphinx), or use --engine energy"
+        ),
+        #[cfg(not(feature = "pocketsphinx"))]
+        Engine::Auto => {
+            eprintln!(
+                "lca-kvs demo: built without a speech recognizer; segments will show voice timing, not words (`bash scripts/demo.sh` builds with pocketsphinx)"
+            );
+            Ok(energy())
+        }
+    }
+}
+
+/// A GetMedia capture as fragments, with its ContactId.
+fn capture(path: &PathBuf) -> Result<DemoCall> {
+    let bytes = Bytes::from(
+        std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?,
     );
+    let fragments: Vec<Bytes> = split_chunks(&bytes)
+        .with_context(|| format!("{}: not a GetMedia capture", path.display()))?
+        .into_iter()
+        .map(|range| bytes.slice(range))
+        .collect();
     let mut reader = FragmentReader::new();
     let mut inspector = Inspector::new();
-    let mut extractor = CallExtractor::new(None, AssemblerConfig::default());
-    let file = std::fs::File::create(&args.recording_out)
-        .with_context(|| format!("{}: cannot create", args.recording_out.display()))?;
-    let mut wav = WavWriter::new(BufWriter::new(file), CONNECT_SAMPLE_RATE)?;
-    let stdout = std::io::stdout();
-    let mut out = stdout.lock();
-    let started = Instant::now();
-    for fragment in &stream {
-        // Deliver each fragment in small network-sized pieces, as GetMedia does.
-        for piece in fragment.chunks(1400) {
-            reader.push(piece);
-            while let Some(event) = reader.next_event()? {
-                if let Some(summary) = inspector.handle(&event) {
-                    print_summary(&mut out, &summary, args.json)?;
-                }
-                extractor.handle(event)?;
-                while let Some(chunk) = extractor.pop_chunk() {
-                    wav.write_chunk(&chunk)?;
-                }
-            }
-        }
-        if args.speed > 0.0 {
-            let due = Duration::from_secs_f64(
-                extractor.assembler().emitted_samples() as f64 / 8000.0 / args.speed,
-            );
-            if let Some(wait) = due.checked_sub(started.elapsed()) {
-                std::thread::sleep(wait);
-            }
-        }
-    }
+    let mut contact_id = None;
+    reader.push(&bytes);
     reader.end_of_input();
-    while let Some(event) = reader.next_event()? {
+    while contact_id.is_none() {
+        let event = reader
+            .next_event()
+            .with_context(|| format!("{}: unreadable", path.display()))?;
+        let Some(event) = event else { break };
         if let Some(summary) = inspector.handle(&event) {
-            print_summary(&mut out, &summary, args.json)?;
+            contact_id = summary.contact_id;
         }
-        extractor.handle(event)?;
     }
-    if let Some(summary) = inspector.finish() {
-        print_summary(&mut out, &summary, args.json)?;
+    if contact_id.is_none() {
+        contact_id = inspector.finish().and_then(|summary| summary.contact_id);
     }
-    extractor.finish()?;
-    while let Some(chunk) = extractor.pop_chunk() {
-        wav.write_chunk(&chunk)?;
+    let contact_id = contact_id.with_context(|| {
+        format!(
+            "{}: no ContactId tag in its fragments (not a Connect media stream capture)",
+            path.display()
+        )
+    })?;
+    Ok(DemoCall {
+        fragments,
+        contact_id,
+        sample: None,
+    })
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+async fn demo(
+    args: DemoArgs,
+    call: DemoCall,
+    engine_name: &str,
+    factory: RecognizerFactory,
+) -> Result<()> {
+    let moto = match MotoServer::start() {
+        Ok(moto) => moto,
+        Err(MotoError::NotInstalled) => bail!(
+            "moto server (the local Kinesis, S3 and DynamoDB) is not installed: run `bash scripts/demo.sh`, which installs it, or `pip install \"moto[server]==5.1.22\"`"
+        ),
+        Err(error) => return Err(error.into()),
+    };
+    let sdk = local_aws::sdk_config(moto.url());
+    let kinesis = local_aws::moto::create_kinesis_stream(moto.url(), KINESIS_STREAM)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let s3 = aws_sdk_s3_client(&sdk);
+    s3.create_bucket()
+        .bucket(BUCKET)
+        .send()
+        .await
+        .context("creating the recordings bucket in moto")?;
+    call_transcriber::lease::CallLease {
+        client: aws_sdk_dynamodb::Client::new(&sdk),
+        table: LEASE_TABLE.to_string(),
+        duration: Duration::from_secs(30),
     }
-    wav.finalize()?;
-    let seconds = extractor.assembler().emitted_samples() as f64 / 8000.0;
-    let stats = extractor.assembler().stats();
-    eprintln!(
-        "lca-kvs demo: {} fragments of contact {}, {seconds:.2} s of stereo audio (caller = left, agent = right) in {:.0} ms; silence filled: caller {} / agent {} samples; recording: {}",
-        extractor.fragments(),
-        extractor.contact_id().unwrap_or("-"),
-        started.elapsed().as_secs_f64() * 1000.0,
-        stats.silence_samples[0],
-        stats.silence_samples[1],
-        args.recording_out.display()
+    .create_table()
+    .await
+    .context("creating the lease table in moto")?;
+
+    let kvs = Kvs::new(KvsOptions::default());
+    let kvs_server = kvs
+        .serve(0)
+        .await
+        .context("cannot start the local KVS on loopback")?;
+    let transcribe = Transcribe::with_recognizer(
+        TranscribeOptions {
+            record_audio: false,
+            ..TranscribeOptions::default()
+        },
+        factory,
     );
+    let transcribe_server = transcribe
+        .serve(0)
+        .await
+        .context("cannot start the local Transcribe on loopback")?;
+    let lambda = Lambda::new(LambdaOptions::default());
+    let lambda_server = lambda
+        .serve(0)
+        .await
+        .context("cannot start the local Lambda on loopback")?;
+    let exe =
+        std::env::current_exe().context("cannot find this executable to run the functions")?;
+    // The functions inherit this process's environment: the transcriber's variables
+    // (LAMBDA_INVOKE_TIMEOUT, TRANSCRIBE_API_MODE, ...) set by the user pass through; only
+    // where the demo's services are, and defaults the user did not set, are added.
+    let mut environment: BTreeMap<String, String> = [
+        ("AWS_ENDPOINT_URL_KINESIS_VIDEO", kvs_server.url()),
+        (
+            "AWS_ENDPOINT_URL_TRANSCRIBE_STREAMING",
+            transcribe_server.url(),
+        ),
+        ("AWS_ENDPOINT_URL_KINESIS", moto.url().to_string()),
+        ("AWS_ENDPOINT_URL_S3", moto.url().to_string()),
+        ("AWS_ENDPOINT_URL_DYNAMODB", moto.url().to_string()),
+        ("AWS_ENDPOINT_URL_LAMBDA", lambda_server.url()),
+        ("AWS_ACCESS_KEY_ID", "AKIDLOCAL".to_string()),
+        ("AWS_SECRET_ACCESS_KEY", "local".to_string()),
+        ("AWS_SESSION_TOKEN", String::new()),
+        ("KINESIS_STREAM_NAME", KINESIS_STREAM.to_string()),
+        ("OUTPUT_BUCKET", BUCKET.to_string()),
+        ("TRANSCRIBER_CALL_EVENT_TABLE_NAME", LEASE_TABLE.to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    for (name, value) in [
+        ("KVS_IDLE_TIMEOUT", "5000"),
+        ("RUST_LOG", "warn"),
+        // For TRANSCRIBE_API_MODE=analytics (post-call output; the local Transcribe takes any).
+        (
+            "TCA_DATA_ACCESS_ROLE_ARN",
+            "arn:aws:iam::123456789012:role/lca-demo-post-call",
+        ),
+    ] {
+        if std::env::var_os(name).is_none() {
+            environment.insert(name.to_string(), value.to_string());
+        }
+    }
+    let transcriber_arn = lambda
+        .add_function(FunctionSpec {
+            name: "CallTranscriber".to_string(),
+            command: exe.clone(),
+            args: vec!["function".to_string(), "call-transcriber".to_string()],
+            environment: environment.clone(),
+            timeout: Duration::from_secs(900),
+            memory_mb: 128,
+        })
+        .map_err(anyhow::Error::msg)?;
+    environment.insert("CONNECT_INSTANCE_ARN".to_string(), INSTANCE_ARN.to_string());
+    environment.insert("TRANSCRIBER_FUNCTION_ARN".to_string(), transcriber_arn);
+    lambda
+        .add_function(FunctionSpec {
+            name: "StartLCA".to_string(),
+            command: exe,
+            args: vec!["function".to_string(), "start-lca".to_string()],
+            environment,
+            timeout: Duration::from_secs(8),
+            memory_mb: 128,
+        })
+        .map_err(anyhow::Error::msg)?;
+
+    let stream_arn = kvs.create_stream(KVS_STREAM)?;
+    let seconds = call.sample.as_ref().map(SampleCall::seconds);
+    eprintln!(
+        "lca-kvs demo: {} ({} fragments) playing into local KVS at {}; recognizer: {engine_name}",
+        match (&args.mkv, seconds) {
+            (Some(path), _) => format!("capture {}", path.display()),
+            (None, Some(s)) => format!("sample call, {s:.0} s"),
+            (None, None) => "call".to_string(),
+        },
+        call.fragments.len(),
+        match args.speed {
+            0.0 => "once (speed 0)".to_string(),
+            s => format!("{s}x real time"),
+        }
+    );
+    let played_at = Instant::now();
+    let player = kvs.play(KVS_STREAM, call.fragments, args.speed);
+    let first_fragment = loop {
+        if let Some(first) = kvs.fragment_numbers(KVS_STREAM)?.into_iter().next() {
+            break first;
+        }
+        if player.is_finished() || played_at.elapsed() > Duration::from_secs(10) {
+            bail!("the call's first fragment did not reach the local KVS");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+
+    // The contact flow's "Invoke AWS Lambda function" block.
+    let event = json!({
+        "Name": "ContactFlowEvent",
+        "Details": {
+            "ContactData": {
+                "ContactId": call.contact_id, "InitialContactId": call.contact_id,
+                "Channel": "VOICE", "InstanceARN": INSTANCE_ARN,
+                "CustomerEndpoint": {"Address": "+15550100001", "Type": "TELEPHONE_NUMBER"},
+                "SystemEndpoint": {"Address": "+15550100002", "Type": "TELEPHONE_NUMBER"},
+                "MediaStreams": {"Customer": {"Audio": {
+                    "StreamARN": stream_arn,
+                    "StartFragmentNumber": first_fragment,
+                    "StartTimestamp": now_ms().to_string(),
+                }}}
+            },
+            "Parameters": {}
+        }
+    });
+    let answer = aws_sdk_lambda::Client::new(&local_aws::sdk_config(&lambda_server.url()))
+        .invoke()
+        .function_name("StartLCA")
+        .payload(aws_sdk_lambda::primitives::Blob::new(event.to_string()))
+        .send()
+        .await
+        .context("invoking StartLCA in the local Lambda")?;
+    let answer: Value = answer
+        .payload
+        .as_ref()
+        .and_then(|p| serde_json::from_slice(p.as_ref()).ok())
+        .unwrap_or(Value::Null);
+    eprintln!("lca-kvs demo: contact flow invoked StartLCA: {answer}");
+    if answer["status"] != "STARTED" {
+        lambda.shutdown();
+        bail!("StartLCA did not start the transcriber: {answer}");
+    }
+
+    let mut view = TranscriptView::new(args.json, args.speed, played_at);
+    let budget = Duration::from_secs_f64(seconds.unwrap_or(3600.0) / args.speed.max(0.05) + 180.0);
+    let mut seen = 0;
+    let mut ended_at: Option<Instant> = None;
+    let outcome = loop {
+        let records = local_aws::moto::kinesis_records(&kinesis, KINESIS_STREAM)
+            .await
+            .map_err(anyhow::Error::msg)?;
+        for (_, data) in records.iter().skip(seen) {
+            let record: Value = serde_json::from_slice(data).unwrap_or(Value::Null);
+            view.show(&record)?;
+        }
+        seen = records.len();
+        if view.recording_url.is_some() {
+            break Ok(());
+        }
+        if view.ended && ended_at.is_none() {
+            ended_at = Some(Instant::now());
+        }
+        // The recording URL follows END once the WAV is joined in S3.
+        if ended_at.is_some_and(|at| at.elapsed() > Duration::from_secs(30)) {
+            break Ok(());
+        }
+        if played_at.elapsed() > budget {
+            break Err(anyhow::anyhow!(
+                "the call did not end within {:.0} s (no END on Kinesis); the functions' logs are above",
+                budget.as_secs_f64()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    view.finish_line()?;
+    lambda.shutdown();
+    player.abort();
+    outcome?;
+    if !view.started {
+        bail!("no START on Kinesis");
+    }
+
+    let recording = match (&view.recording_url, &args.recording_out) {
+        (Some(url), Some(out)) => {
+            let key = format!("lca-audio-recordings/{}.wav", view.call_id);
+            let object = s3
+                .get_object()
+                .bucket(BUCKET)
+                .key(&key)
+                .send()
+                .await
+                .with_context(|| format!("reading {url} from the local S3"))?;
+            let bytes = object
+                .body
+                .collect()
+                .await
+                .with_context(|| format!("reading {url} from the local S3"))?
+                .into_bytes();
+            std::fs::write(out, &bytes)
+                .with_context(|| format!("{}: cannot write", out.display()))?;
+            format!("{url} (copied to {})", out.display())
+        }
+        (Some(url), None) => {
+            format!("{url} (in the local S3; --recording-out FILE.wav copies it out)")
+        }
+        (None, _) => "none (no ADD_S3_RECORDING_URL within 30 s of END)".to_string(),
+    };
+    view.summary(call.sample.as_ref(), engine_name, &recording);
     Ok(())
 }
 
-fn print_summary(
-    out: &mut impl Write,
-    summary: &lca_kvs::inspect::FragmentSummary,
+fn aws_sdk_s3_client(sdk: &aws_config::SdkConfig) -> aws_sdk_s3::Client {
+    aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(sdk)
+            .force_path_style(true)
+            .build(),
+    )
+}
+
+/// A final segment as shown.
+struct FinalSegment {
+    speaker: Speaker,
+    start_s: f64,
+    text: String,
+    /// Seconds from the end of its speech (as played) to its arrival on Kinesis.
+    latency_s: Option<f64>,
+}
+
+/// The terminal view of the LCA events: the transcript (partials updated in place on a
+/// terminal) or the raw events.
+struct TranscriptView {
     json: bool,
-) -> Result<()> {
-    if json {
-        serde_json::to_writer(&mut *out, summary)?;
-        writeln!(out)?;
-    } else {
-        writeln!(out, "{}", summary.to_line())?;
+    live: bool,
+    speed: f64,
+    played_at: Instant,
+    partial_shown: bool,
+    partials: usize,
+    finals: Vec<FinalSegment>,
+    categories: Vec<String>,
+    started: bool,
+    ended: bool,
+    call_id: String,
+    recording_url: Option<String>,
+}
+
+impl TranscriptView {
+    fn new(json: bool, speed: f64, played_at: Instant) -> Self {
+        Self {
+            json,
+            live: std::io::stdout().is_terminal(),
+            speed,
+            played_at,
+            partial_shown: false,
+            partials: 0,
+            finals: Vec::new(),
+            categories: Vec::new(),
+            started: false,
+            ended: false,
+            call_id: String::new(),
+            recording_url: None,
+        }
     }
-    Ok(())
+
+    fn show(&mut self, record: &Value) -> Result<()> {
+        let mut out = std::io::stdout().lock();
+        if self.json {
+            writeln!(out, "{record}")?;
+        }
+        let line = match record["EventType"].as_str().unwrap_or("") {
+            "START" => {
+                self.started = true;
+                self.call_id = record["CallId"].as_str().unwrap_or("").to_string();
+                Some(format!("call started: CallId {}", self.call_id))
+            }
+            "ADD_TRANSCRIPT_SEGMENT" => self.segment(record),
+            "ADD_CALL_CATEGORY" => {
+                let names = record["CategoryEvent"]["MatchedCategories"].to_string();
+                self.categories.push(names.clone());
+                Some(format!("category matched: {names}"))
+            }
+            "END" => {
+                self.ended = true;
+                Some("call ended".to_string())
+            }
+            "ADD_S3_RECORDING_URL" => {
+                let url = record["RecordingUrl"].as_str().unwrap_or("").to_string();
+                self.recording_url = Some(url.clone());
+                Some(format!("recording: {url}"))
+            }
+            _ => None,
+        };
+        if self.json {
+            return Ok(());
+        }
+        match line {
+            Some(line) if line.starts_with('\r') => {
+                // A partial: rewrite the current line.
+                write!(out, "{line}\x1b[K")?;
+                self.partial_shown = true;
+            }
+            Some(line) => {
+                if self.partial_shown {
+                    write!(out, "\r\x1b[K")?;
+                    self.partial_shown = false;
+                }
+                writeln!(out, "{line}")?;
+            }
+            None => {}
+        }
+        out.flush()?;
+        Ok(())
+    }
+
+    /// A segment's line: `\r...` for a partial (only on a terminal), the final line otherwise.
+    fn segment(&mut self, record: &Value) -> Option<String> {
+        // Standard segments carry the fields; Call Analytics ones the UtteranceEvent.
+        let (speaker, start_s, end_s, text, partial) = match record.get("UtteranceEvent") {
+            Some(utterance) => (
+                utterance["ParticipantRole"].as_str() == Some("AGENT"),
+                utterance["BeginOffsetMillis"].as_f64().unwrap_or(0.0) / 1000.0,
+                utterance["EndOffsetMillis"].as_f64().unwrap_or(0.0) / 1000.0,
+                utterance["Transcript"].as_str().unwrap_or(""),
+                utterance["IsPartial"].as_bool().unwrap_or(false),
+            ),
+            None => (
+                record["Channel"].as_str() == Some("AGENT"),
+                record["StartTime"].as_f64().unwrap_or(0.0),
+                record["EndTime"].as_f64().unwrap_or(0.0),
+                record["Transcript"].as_str().unwrap_or(""),
+                record["IsPartial"].as_bool().unwrap_or(false),
+            ),
+        };
+        let speaker = if speaker {
+            Speaker::Agent
+        } else {
+            Speaker::Caller
+        };
+        let label = match speaker {
+            Speaker::Caller => "Caller",
+            Speaker::Agent => "Agent ",
+        };
+        if partial {
+            self.partials += 1;
+            return self
+                .live
+                .then(|| format!("\r[{start_s:6.1} s] {label} … {text}"));
+        }
+        let latency_s =
+            (self.speed > 0.0).then(|| self.played_at.elapsed().as_secs_f64() - end_s / self.speed);
+        self.finals.push(FinalSegment {
+            speaker,
+            start_s,
+            text: text.to_string(),
+            latency_s,
+        });
+        Some(format!("[{start_s:6.1} s] {label}: {text}"))
+    }
+
+    fn finish_line(&mut self) -> Result<()> {
+        if self.partial_shown && !self.json {
+            let mut out = std::io::stdout().lock();
+            write!(out, "\r\x1b[K")?;
+            out.flush()?;
+        }
+        Ok(())
+    }
+
+    fn summary(&mut self, sample: Option<&SampleCall>, engine: &str, recording: &str) {
+        let count = |speaker: Speaker| self.finals.iter().filter(|f| f.speaker == speaker).count();
+        eprintln!();
+        eprintln!("Summary");
+        eprintln!("  call:       CallId {}", self.call_id);
+        eprintln!(
+            "  segments:   {} final (caller {}, agent {}), {} partial updates{}",
+            self.finals.len(),
+            count(Speaker::Caller),
+            count(Speaker::Agent),
+            self.partials,
+            if self.categories.is_empty() {
+                String::new()
+            } else {
+                format!(", categories {}", self.categories.join(" "))
+            }
+        );
+        let mut latencies: Vec<f64> = self.finals.iter().filter_map(|f| f.latency_s).collect();
+        latencies.sort_by(f64::total_cmp);
+        match latencies.len() {
+            0 => eprintln!(
+                "  latency:    not measured at --speed 0 (the whole call is in KVS at once)"
+            ),
+            n => eprintln!(
+                "  latency:    end of speech to final segment on Kinesis: median {:.2} s, max {:.2} s over {n} segments (includes the recognizer's 0.6 s end-of-speech wait)",
+                latencies[n / 2],
+                latencies[n - 1]
+            ),
+        }
+        if let Some(sample) = sample {
+            self.finals.sort_by(|a, b| a.start_s.total_cmp(&b.start_s));
+            for speaker in [Speaker::Caller, Speaker::Agent] {
+                let heard: Vec<&str> = self
+                    .finals
+                    .iter()
+                    .filter(|f| f.speaker == speaker)
+                    .map(|f| f.text.as_str())
+                    .collect();
+                let errors = WordErrors::between(&sample.said_by(speaker), &heard.join(" "));
+                eprintln!(
+                    "  WER {}: {:.1}% ({} errors in {} words of the script; {engine})",
+                    match speaker {
+                        Speaker::Caller => "caller",
+                        Speaker::Agent => "agent ",
+                    },
+                    errors.rate() * 100.0,
+                    errors.errors,
+                    errors.reference_words
+                );
+            }
+        }
+        eprintln!("  recording:  {recording}");
+    }
 }

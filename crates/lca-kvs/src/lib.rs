@@ -2,3 +2,5 @@
 
 pub mod extract;
 pub mod inspect;
+pub mod sample_call;
+pub mod wer;

@@ -122,6 +122,7 @@ pub fn run(args: LocalArgs) -> Result<()> {
                 .add_function(FunctionSpec {
                     name: name.to_string(),
                     command: PathBuf::from(binary),
+                    args: Vec::new(),
                     environment: Default::default(),
                     timeout: std::time::Duration::from_secs(900),
                     memory_mb: 128,

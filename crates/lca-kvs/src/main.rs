@@ -1,5 +1,5 @@
 //! `lca-kvs`: inspect and extract Amazon Connect media streams captured from Kinesis Video
-//! Streams, and run the local demo.
+//! Streams, run the local stand-ins, and run the local demo.
 
 use std::fs::File;
 use std::io::{BufWriter, IsTerminal, Read, Write};
@@ -59,9 +59,17 @@ enum Command {
     /// foreground, configured like the Lambda function by environment variables
     /// (KINESIS_STREAM_NAME, TRANSCRIBE_*, ...; AWS_ENDPOINT_URL_* for local endpoints).
     Transcribe(transcribe::TranscribeArgs),
-    /// Generate a Connect-shaped call, stream it through the reader and assembler, and write
-    /// its recording: the offline core of the product, with no AWS account.
+    /// A whole Connect call, transcribed locally: the sample call (or --mkv capture) plays
+    /// into local KVS, StartLCA and the call transcriber run under the local Lambda, and the
+    /// transcript appears as it is spoken. No AWS account.
     Demo(demo::DemoArgs),
+    /// Serve one of the Lambda functions under the Runtime API (the demo runs its functions
+    /// this way): start-lca or call-transcriber.
+    #[command(hide = true)]
+    Function {
+        /// start-lca or call-transcriber.
+        name: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -74,6 +82,7 @@ fn main() -> ExitCode {
             contact_id,
         } => extract(&file, &output, contact_id),
         Command::Demo(args) => demo::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Function { name } => demo::serve_function(&name).map(|()| ExitCode::SUCCESS),
         Command::Local(args) => local::run(args).map(|()| ExitCode::SUCCESS),
         Command::Transcribe(args) => transcribe::run(args).map(|()| ExitCode::SUCCESS),
     };

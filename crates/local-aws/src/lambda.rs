@@ -35,6 +35,8 @@ pub struct FunctionSpec {
     pub name: String,
     /// The executable (a `bootstrap` built for the local machine).
     pub command: PathBuf,
+    /// Arguments to the executable (a multi-call binary picks its function by them).
+    pub args: Vec<String>,
     /// Its environment variables (on top of the Lambda-provided ones).
     pub environment: BTreeMap<String, String>,
     /// Function timeout.
@@ -444,6 +446,7 @@ impl Lambda {
         .map_err(|e| format!("cannot start a Runtime API server: {e}"))?;
         let spec = &function.spec;
         let mut command = Command::new(&spec.command);
+        command.args(&spec.args);
         command
             .envs(&spec.environment)
             .env("AWS_LAMBDA_RUNTIME_API", server.addr().to_string())

@@ -571,7 +571,16 @@ impl Session {
             "StartTime": segment.start_s,
             "EndTime": segment.end_s,
             "IsPartial": segment.is_partial,
-            "Alternatives": [{ "Transcript": segment.text, "Items": [] }],
+            "Alternatives": [{
+                "Transcript": segment.text,
+                "Items": segment.words.iter().map(|word| json!({
+                    "StartTime": word.start_s,
+                    "EndTime": word.end_s,
+                    "Type": "pronunciation",
+                    "Content": word.text,
+                    "VocabularyFilterMatch": false,
+                })).collect::<Vec<_>>(),
+            }],
         });
         if self.channels == 2 {
             result["ChannelId"] = json!(format!("ch_{}", segment.channel));
@@ -594,7 +603,13 @@ impl Session {
             "BeginOffsetMillis": (segment.start_s * 1000.0).round() as i64,
             "EndOffsetMillis": (segment.end_s * 1000.0).round() as i64,
             "Transcript": segment.text,
-            "Items": [],
+            "Items": segment.words.iter().map(|word| json!({
+                "BeginOffsetMillis": (word.start_s * 1000.0).round() as i64,
+                "EndOffsetMillis": (word.end_s * 1000.0).round() as i64,
+                "Type": "pronunciation",
+                "Content": word.text,
+                "VocabularyFilterMatch": false,
+            })).collect::<Vec<_>>(),
             "Entities": [],
             "Sentiment": "NEUTRAL",
             "IssuesDetected": [],

@@ -26,6 +26,7 @@ fn spec(name: &str, timeout: Duration) -> FunctionSpec {
     FunctionSpec {
         name: name.to_string(),
         command: PathBuf::from(env!("CARGO_BIN_EXE_test-lambda")),
+        args: Vec::new(),
         environment: BTreeMap::from([("TEST_LAMBDA_SETTING".to_string(), "from-spec".to_string())]),
         timeout,
         memory_mb: 128,

@@ -148,6 +148,22 @@ impl StartLca {
     }
 }
 
+/// Serves StartLCA under the Lambda Runtime API (configuration from the environment): what
+/// the function's `bootstrap` runs, and `lca-kvs demo`'s functions too.
+pub async fn serve() -> Result<(), lambda_runtime::Error> {
+    use lambda_runtime::{Error, LambdaEvent, run, service_fn};
+    let config = StartConfig::from_lookup(|name| std::env::var(name).ok())?;
+    let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let start = &StartLca {
+        config,
+        lambda: aws_sdk_lambda::Client::new(&sdk),
+    };
+    run(service_fn(move |event: LambdaEvent<Value>| async move {
+        Ok::<_, Error>(start.handle(event.payload).await)
+    }))
+    .await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,11 +1,8 @@
-//! The StartLCA Lambda function: `main` only wires the handler into the runtime.
-
-use lambda_runtime::{Error, LambdaEvent, run, service_fn};
-use serde_json::Value;
-use start_lca::{StartConfig, StartLca};
+//! The StartLCA Lambda function: `main` only sets up logging and serves the handler
+//! ([`start_lca::serve`]).
 
 #[tokio::main]
-async fn main() -> Result<(), Error> {
+async fn main() -> Result<(), lambda_runtime::Error> {
     tracing_subscriber::fmt()
         .json()
         .with_env_filter(
@@ -15,15 +12,5 @@ async fn main() -> Result<(), Error> {
         .with_current_span(false)
         .without_time()
         .init();
-    let config = StartConfig::from_lookup(|name| std::env::var(name).ok())?;
-    let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
-    let start = StartLca {
-        config,
-        lambda: aws_sdk_lambda::Client::new(&sdk),
-    };
-    let start = &start;
-    run(service_fn(move |event: LambdaEvent<Value>| async move {
-        Ok::<_, Error>(start.handle(event.payload).await)
-    }))
-    .await
+    start_lca::serve().await
 }

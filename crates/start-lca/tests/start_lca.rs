@@ -48,6 +48,7 @@ async fn lambda() -> (Lambda, local_aws::http::Server, String) {
         .add_function(FunctionSpec {
             name: "transcriber".to_string(),
             command: PathBuf::from("/bin/true"),
+            args: Vec::new(),
             environment: BTreeMap::new(),
             timeout: Duration::from_secs(1),
             memory_mb: 128,
@@ -181,6 +182,7 @@ async fn the_real_binary_answers_the_contact_flow_under_the_lambda_runtime() {
         .add_function(FunctionSpec {
             name: "StartLCA".to_string(),
             command: PathBuf::from(env!("CARGO_BIN_EXE_start-lca")),
+            args: Vec::new(),
             environment,
             timeout: Duration::from_secs(5),
             memory_mb: 128,

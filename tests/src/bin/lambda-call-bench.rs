@@ -131,6 +131,7 @@ async fn run(
         .add_function(FunctionSpec {
             name: "CallTranscriber".to_string(),
             command: binary,
+            args: Vec::new(),
             environment,
             timeout: Duration::from_secs(900),
             memory_mb: 128,

@@ -1,0 +1,36 @@
+# Sourced by scripts/test.sh and scripts/demo.sh: installs what they need on Debian/Ubuntu
+# (when missing) and exports MOTO_SERVER.
+#  - espeak-ng (speaks the demo's sample call), pkg-config, libpocketsphinx-dev and
+#    pocketsphinx-en-us (the demo's offline speech recognizer), from apt (with sudo when not root);
+#  - moto server (Kinesis, S3, DynamoDB emulator) in a venv under target/. Pinned to 5.1.22:
+#    moto 5.2.x answers CompleteMultipartUpload with a <CompleteMultipartUploadResponse> root,
+#    which the AWS SDK for Rust rejects.
+
+apt_packages=(espeak-ng pkg-config libpocketsphinx-dev pocketsphinx-en-us python3-venv)
+missing=()
+for package in "${apt_packages[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$package")
+  fi
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  if ! command -v apt-get >/dev/null; then
+    echo "setup: needs the packages ${missing[*]} (Debian/Ubuntu names); install them and run again" >&2
+    exit 2
+  fi
+  sudo=""
+  if [ "$(id -u)" != 0 ]; then sudo="sudo"; fi
+  echo "setup: installing ${missing[*]} with apt-get" >&2
+  $sudo apt-get update -qq >&2
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >&2
+fi
+
+moto_version=5.1.22
+venv=target/interop-venv
+if [ ! -x "$venv/bin/python" ]; then
+  python3 -m venv "$venv"
+fi
+if ! "$venv/bin/pip" show moto 2>/dev/null | grep -qx "Version: $moto_version"; then
+  "$venv/bin/pip" install -q --disable-pip-version-check "moto[server]==$moto_version" >&2
+fi
+export MOTO_SERVER="$PWD/$venv/bin/moto_server"
