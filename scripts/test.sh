@@ -11,6 +11,12 @@ fi
 
 cargo fmt --all --check
 
+# The run builds everything once: incremental state would only take disk, of which a CI machine
+# may have little (the free space is printed at the start and at exit).
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+df -h . | sed 's/^/scripts\/test.sh: disk: /'
+trap 'df -h . | sed "s/^/scripts\/test.sh: disk at exit: /"; du -sh target | sed "s/^/scripts\/test.sh: /"' EXIT
+
 # apt packages (espeak-ng, pocketsphinx) and moto server: see scripts/setup.sh.
 source scripts/setup.sh
 if ! "$venv/bin/pip" show cfn-lint 2>/dev/null | grep -qx "Version: 1.41.0"; then

@@ -4,8 +4,9 @@
 //! the call transcriber (both are this executable, `lca-kvs function ...`, under the Lambda
 //! Runtime API); the transcriber reads KVS, streams to the local Transcribe (a real offline
 //! recognizer with the `pocketsphinx` feature) and publishes LCA events to Kinesis (moto
-//! server), records the call to S3 and leases it in DynamoDB (moto). The terminal shows the
-//! events as LCA would: the transcript as it is spoken, then a summary.
+//! server), records the call to S3 and leases it in DynamoDB (moto). Without moto the events go
+//! to an embedded Kinesis stand-in and the call runs without recording and lease. The terminal
+//! shows the events as LCA would: the transcript as it is spoken, then a summary.
 
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
@@ -19,6 +20,8 @@ use kvs_media::{ConnectWriter, FragmentReader, WriterOptions, split_chunks};
 use lca_kvs::inspect::Inspector;
 use lca_kvs::sample_call::{self, SampleCall, Speaker};
 use lca_kvs::wer::WordErrors;
+use local_aws::http::Server;
+use local_aws::kinesis::KinesisRecorder;
 use local_aws::kvs::{Kvs, KvsOptions};
 use local_aws::lambda::{FunctionSpec, Lambda, LambdaOptions};
 use local_aws::moto::{MotoError, MotoServer};
@@ -236,32 +239,12 @@ async fn demo(
     engine_name: &str,
     factory: RecognizerFactory,
 ) -> Result<()> {
-    let moto = match MotoServer::start() {
-        Ok(moto) => moto,
-        Err(MotoError::NotInstalled) => bail!(
-            "moto server (the local Kinesis, S3 and DynamoDB) is not installed: run `bash scripts/demo.sh`, which installs it, or `pip install \"moto[server]==5.1.22\"`"
-        ),
-        Err(error) => return Err(error.into()),
-    };
-    let sdk = local_aws::sdk_config(moto.url());
-    let kinesis = local_aws::moto::create_kinesis_stream(moto.url(), KINESIS_STREAM)
-        .await
-        .map_err(anyhow::Error::msg)?;
-    let s3 = aws_sdk_s3_client(&sdk);
-    s3.create_bucket()
-        .bucket(BUCKET)
-        .send()
-        .await
-        .context("creating the recordings bucket in moto")?;
-    call_transcriber::lease::CallLease {
-        client: aws_sdk_dynamodb::Client::new(&sdk),
-        table: LEASE_TABLE.to_string(),
-        duration: Duration::from_secs(30),
+    let events = Events::start().await?;
+    if args.recording_out.is_some() && matches!(events, Events::Embedded { .. }) {
+        bail!(
+            "--recording-out needs the local S3 (moto server), which is not installed: run `bash scripts/demo.sh`, which installs it, or `pip install \"moto[server]==5.1.22\"`"
+        );
     }
-    .create_table()
-    .await
-    .context("creating the lease table in moto")?;
-
     let kvs = Kvs::new(KvsOptions::default());
     let kvs_server = kvs
         .serve(0)
@@ -294,18 +277,14 @@ async fn demo(
             "AWS_ENDPOINT_URL_TRANSCRIBE_STREAMING",
             transcribe_server.url(),
         ),
-        ("AWS_ENDPOINT_URL_KINESIS", moto.url().to_string()),
-        ("AWS_ENDPOINT_URL_S3", moto.url().to_string()),
-        ("AWS_ENDPOINT_URL_DYNAMODB", moto.url().to_string()),
         ("AWS_ENDPOINT_URL_LAMBDA", lambda_server.url()),
         ("AWS_ACCESS_KEY_ID", "AKIDLOCAL".to_string()),
         ("AWS_SECRET_ACCESS_KEY", "local".to_string()),
         ("AWS_SESSION_TOKEN", String::new()),
         ("KINESIS_STREAM_NAME", KINESIS_STREAM.to_string()),
-        ("OUTPUT_BUCKET", BUCKET.to_string()),
-        ("TRANSCRIBER_CALL_EVENT_TABLE_NAME", LEASE_TABLE.to_string()),
     ]
     .into_iter()
+    .chain(events.environment())
     .map(|(k, v)| (k.to_string(), v))
     .collect();
     for (name, value) in [
@@ -412,16 +391,22 @@ async fn demo(
     let mut seen = 0;
     let mut ended_at: Option<Instant> = None;
     let outcome = loop {
-        let records = local_aws::moto::kinesis_records(&kinesis, KINESIS_STREAM)
-            .await
-            .map_err(anyhow::Error::msg)?;
-        for (_, data) in records.iter().skip(seen) {
-            let record: Value = serde_json::from_slice(data).unwrap_or(Value::Null);
+        for data in events.records(seen).await? {
+            let record: Value = serde_json::from_slice(&data).unwrap_or(Value::Null);
             view.show(&record)?;
+            seen += 1;
         }
-        seen = records.len();
-        if view.recording_url.is_some() {
+        if view.recording_url.is_some() || (view.ended && !events.records_calls()) {
             break Ok(());
+        }
+        // Lambda retries a failed Event invocation, but the demo stops at the first failure:
+        // it names the cause at once instead of after the retries and the budget.
+        if let Some(failure) = lambda.failures("CallTranscriber").first() {
+            break Err(anyhow::anyhow!(
+                "the call transcriber failed: {}: {} (the function's log is above)",
+                failure.error_type,
+                failure.message
+            ));
         }
         if view.ended && ended_at.is_none() {
             ended_at = Some(Instant::now());
@@ -446,8 +431,8 @@ async fn demo(
         bail!("no START on Kinesis");
     }
 
-    let recording = match (&view.recording_url, &args.recording_out) {
-        (Some(url), Some(out)) => {
+    let recording = match (&view.recording_url, &args.recording_out, &events) {
+        (Some(url), Some(out), Events::Moto { s3, .. }) => {
             let key = format!("lca-audio-recordings/{}.wav", view.call_id);
             let object = s3
                 .get_object()
@@ -466,13 +451,114 @@ async fn demo(
                 .with_context(|| format!("{}: cannot write", out.display()))?;
             format!("{url} (copied to {})", out.display())
         }
-        (Some(url), None) => {
+        (Some(url), _, _) => {
             format!("{url} (in the local S3; --recording-out FILE.wav copies it out)")
         }
-        (None, _) => "none (no ADD_S3_RECORDING_URL within 30 s of END)".to_string(),
+        (None, _, Events::Moto { .. }) => {
+            "none (no ADD_S3_RECORDING_URL within 30 s of END)".to_string()
+        }
+        (None, _, Events::Embedded { .. }) => {
+            "none (no local S3 without moto server; `bash scripts/demo.sh` installs it)".to_string()
+        }
     };
     view.summary(call.sample.as_ref(), engine_name, &recording);
     Ok(())
+}
+
+/// Where the transcriber publishes its LCA events, and what else it has: moto's Kinesis with
+/// S3 (the recording) and DynamoDB (the call lease) beside it, or, when moto is not installed,
+/// the embedded Kinesis stand-in alone (the transcriber then neither records nor leases).
+enum Events {
+    Moto {
+        moto: MotoServer,
+        kinesis: aws_sdk_kinesis::Client,
+        s3: aws_sdk_s3::Client,
+    },
+    Embedded {
+        recorder: KinesisRecorder,
+        server: Server,
+    },
+}
+
+impl Events {
+    /// Starts moto with the demo's stream, bucket and lease table, else the stand-in.
+    async fn start() -> Result<Self> {
+        let moto = match MotoServer::start() {
+            Ok(moto) => moto,
+            Err(MotoError::NotInstalled) => {
+                eprintln!(
+                    "lca-kvs demo: moto server is not installed: LCA events go to an embedded Kinesis stand-in, and the call is neither recorded (no local S3) nor leased (no local DynamoDB); `bash scripts/demo.sh` installs moto"
+                );
+                let recorder = KinesisRecorder::new();
+                recorder.create_stream(KINESIS_STREAM);
+                let server = recorder
+                    .serve(0)
+                    .await
+                    .context("cannot start the embedded Kinesis on loopback")?;
+                return Ok(Self::Embedded { recorder, server });
+            }
+            Err(error) => return Err(error.into()),
+        };
+        let sdk = local_aws::sdk_config(moto.url());
+        let kinesis = local_aws::moto::create_kinesis_stream(moto.url(), KINESIS_STREAM)
+            .await
+            .map_err(anyhow::Error::msg)?;
+        let s3 = aws_sdk_s3_client(&sdk);
+        s3.create_bucket()
+            .bucket(BUCKET)
+            .send()
+            .await
+            .context("creating the recordings bucket in moto")?;
+        call_transcriber::lease::CallLease {
+            client: aws_sdk_dynamodb::Client::new(&sdk),
+            table: LEASE_TABLE.to_string(),
+            duration: Duration::from_secs(30),
+        }
+        .create_table()
+        .await
+        .context("creating the lease table in moto")?;
+        Ok(Self::Moto { moto, kinesis, s3 })
+    }
+
+    /// The functions' environment for these services.
+    fn environment(&self) -> Vec<(&'static str, String)> {
+        match self {
+            Self::Moto { moto, .. } => vec![
+                ("AWS_ENDPOINT_URL_KINESIS", moto.url().to_string()),
+                ("AWS_ENDPOINT_URL_S3", moto.url().to_string()),
+                ("AWS_ENDPOINT_URL_DYNAMODB", moto.url().to_string()),
+                ("OUTPUT_BUCKET", BUCKET.to_string()),
+                ("TRANSCRIBER_CALL_EVENT_TABLE_NAME", LEASE_TABLE.to_string()),
+            ],
+            Self::Embedded { server, .. } => vec![("AWS_ENDPOINT_URL_KINESIS", server.url())],
+        }
+    }
+
+    /// Whether the transcriber records the call (and so sends its URL after END).
+    fn records_calls(&self) -> bool {
+        matches!(self, Self::Moto { .. })
+    }
+
+    /// The data of the stream's records from index `from` on.
+    async fn records(&self, from: usize) -> Result<Vec<Bytes>> {
+        match self {
+            Self::Moto { kinesis, .. } => {
+                Ok(local_aws::moto::kinesis_records(kinesis, KINESIS_STREAM)
+                    .await
+                    .map_err(anyhow::Error::msg)?
+                    .into_iter()
+                    .skip(from)
+                    .map(|(_, data)| Bytes::from(data))
+                    .collect())
+            }
+            Self::Embedded { recorder, .. } => Ok(recorder
+                .records(KINESIS_STREAM, from)
+                .context("the embedded Kinesis lost the demo's stream")?
+                .into_iter()
+                .map(|record| record.data)
+                .collect()),
+        }
+    }
 }
 
 fn aws_sdk_s3_client(sdk: &aws_config::SdkConfig) -> aws_sdk_s3::Client {

@@ -383,3 +383,68 @@ fn transcribe_rejects_a_bad_setting_naming_the_variable() {
         "{stderr}"
     );
 }
+
+/// `lca-kvs demo` replaying the fixture call at once, with no moto server to be found.
+fn demo_without_moto(extra: &[&str], envs: &[(&str, &str)]) -> Output {
+    let capture = fixture("connect/sample-call.mkv");
+    Command::new(env!("CARGO_BIN_EXE_lca-kvs"))
+        .args(["demo", "--mkv", capture.to_str().unwrap()])
+        .args(["--speed", "0", "--engine", "energy"])
+        .args(extra)
+        .env("MOTO_SERVER", "/nonexistent/moto_server")
+        .envs(envs.iter().copied())
+        .output()
+        .expect("lca-kvs runs")
+}
+
+#[test]
+fn demo_without_moto_shows_the_call_from_the_embedded_kinesis() {
+    let output = demo_without_moto(&[], &[]);
+    let stderr = stderr(&output);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("embedded Kinesis stand-in"), "{stderr}");
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        stdout.starts_with("call started: CallId d111f871-5fe7-40b1-b5f7-6b67060de0c2\n"),
+        "{stdout}"
+    );
+    let finals: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.contains("] Caller: ") || l.contains("] Agent : "))
+        .collect();
+    // The same 11 voiced stretches `transcribe` finds in this call, agent first.
+    assert_eq!(finals.len(), 11, "{stdout}");
+    assert!(finals[0].contains("Agent"), "{stdout}");
+    assert!(stdout.ends_with("call ended\n"), "{stdout}");
+    assert!(
+        stderr.contains("segments:   11 final (caller 5, agent 6)"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("recording:  none (no local S3 without moto server"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn demo_recording_out_without_moto_names_the_fix() {
+    let output = demo_without_moto(&["--recording-out", "/tmp/never-written.wav"], &[]);
+    assert!(!output.status.success());
+    let stderr = stderr(&output);
+    assert!(
+        stderr.contains("--recording-out needs the local S3 (moto server)")
+            && stderr.contains("bash scripts/demo.sh"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn demo_stops_at_a_failing_transcriber_with_its_error() {
+    let output = demo_without_moto(&[], &[("TRANSCRIBE_API_MODE", "telepathy")]);
+    assert!(!output.status.success());
+    let stderr = stderr(&output);
+    assert!(
+        stderr.contains("the call transcriber failed: ") && stderr.contains("TRANSCRIBE_API_MODE"),
+        "{stderr}"
+    );
+}

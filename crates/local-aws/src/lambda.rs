@@ -108,6 +108,19 @@ struct Function {
     attempts: Mutex<Vec<String>>,
     /// Every Invoke call accepted, for tests.
     invocations: Mutex<Vec<Invocation>>,
+    /// Every attempt that ended in an error, in order.
+    failures: Mutex<Vec<Failure>>,
+}
+
+/// An attempt that ended in an error, as Lambda reports it to the caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// The invocation's request id (shared by an Event invocation's retries).
+    pub request_id: String,
+    /// `errorType`: the function's own, or Lambda's (`Runtime.ExitError`, `Sandbox.Timedout`).
+    pub error_type: String,
+    /// `errorMessage`.
+    pub message: String,
 }
 
 /// An Invoke call as the service accepted it.
@@ -194,6 +207,7 @@ impl Lambda {
             in_flight: Mutex::new(HashMap::new()),
             instances: Mutex::new(HashMap::new()),
             attempts: Mutex::new(Vec::new()),
+            failures: Mutex::new(Vec::new()),
             invocations: Mutex::new(Vec::new()),
         });
         lock(&self.inner.functions).insert(spec.name, function);
@@ -213,6 +227,14 @@ impl Lambda {
     pub fn attempts(&self, name: &str) -> Vec<String> {
         self.function(name)
             .map(|f| lock(&f.attempts).clone())
+            .unwrap_or_default()
+    }
+
+    /// A function's attempts that ended in an error, in order: a caller that does not wait
+    /// for an Event invocation learns from these that it failed.
+    pub fn failures(&self, name: &str) -> Vec<Failure> {
+        self.function(name)
+            .map(|f| lock(&f.failures).clone())
             .unwrap_or_default()
     }
 
@@ -389,8 +411,28 @@ impl Lambda {
         }
     }
 
-    /// Runs one invocation in an execution environment (starting one if none is free).
+    /// Runs one invocation in an execution environment (starting one if none is free); a
+    /// failure is kept for [`Lambda::failures`].
     async fn invoke_once(
+        &self,
+        function: &Arc<Function>,
+        payload: Bytes,
+        request_id: String,
+    ) -> Outcome {
+        let outcome = self.attempt(function, payload, request_id.clone()).await;
+        if let Outcome::FunctionError(body) = &outcome {
+            let error: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+            let field = |name: &str| error[name].as_str().unwrap_or_default().to_string();
+            lock(&function.failures).push(Failure {
+                request_id,
+                error_type: field("errorType"),
+                message: field("errorMessage"),
+            });
+        }
+        outcome
+    }
+
+    async fn attempt(
         &self,
         function: &Arc<Function>,
         payload: Bytes,
@@ -522,12 +564,18 @@ impl Lambda {
                         .collect();
                     ids.iter().filter_map(|id| in_flight.remove(id)).collect()
                 };
+                let outcome = function_error(
+                    "Runtime.ExitError",
+                    &format!("Runtime exited with error: {status}"),
+                );
+                if crashed.is_empty() {
+                    // It died before taking an invocation (failed to start).
+                    watched.fail_queued(outcome);
+                    return;
+                }
                 for invocation in crashed {
                     watched.busy.fetch_sub(1, Ordering::SeqCst);
-                    let _ = invocation.respond.send(function_error(
-                        "Runtime.ExitError",
-                        &format!("Runtime exited with error: {status}"),
-                    ));
+                    let _ = invocation.respond.send(outcome.clone());
                 }
                 return;
             }
@@ -549,6 +597,24 @@ impl Lambda {
         ));
         if let Some(mut instance) = lock(&function.instances).remove(&in_flight.instance) {
             let _ = instance.child.start_kill();
+        }
+    }
+}
+
+impl Function {
+    /// An environment failed to start (init error, or exited before taking an invocation):
+    /// as on Lambda, the invocation waiting for it fails with that error, unless another
+    /// environment is alive to take it.
+    fn fail_queued(&self, outcome: Outcome) {
+        if !lock(&self.instances).is_empty() {
+            return;
+        }
+        let Ok(mut queue) = self.queue_rx.try_lock() else {
+            return; // an environment is taking it
+        };
+        if let Ok(pending) = queue.try_recv() {
+            self.queued.fetch_sub(1, Ordering::SeqCst);
+            let _ = pending.respond.send(outcome);
         }
     }
 }
@@ -575,6 +641,13 @@ impl RuntimeApi {
                 if let Some(mut instance) = lock(&self.function.instances).remove(&self.instance) {
                     let _ = instance.child.start_kill();
                 }
+                let error: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                self.function.fail_queued(function_error(
+                    error["errorType"].as_str().unwrap_or("Runtime.InitError"),
+                    error["errorMessage"]
+                        .as_str()
+                        .unwrap_or("the function failed to initialize"),
+                ));
                 accepted()
             }
             (Method::POST, path) => {

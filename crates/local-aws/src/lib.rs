@@ -4,10 +4,14 @@
 //!
 //! So far: Kinesis Video Streams ([`kvs`]): the control plane (GetDataEndpoint,
 //! DescribeStream, CreateStream, ListStreams) and the media plane (GetMedia) with every start
-//! selector, live delivery from an in-process producer, and KVS's errors.
+//! selector, live delivery from an in-process producer, and KVS's errors; Transcribe Streaming
+//! ([`transcribe`]) with pluggable recognizers; Lambda ([`lambda`]) over the Runtime API;
+//! Connect's DescribeUser ([`connect`]); and, for Kinesis, a fault proxy in front of moto
+//! ([`kinesis_faults`]) and an embedded producer-side stand-in ([`kinesis`]).
 
 pub mod connect;
 pub mod http;
+pub mod kinesis;
 pub mod kinesis_faults;
 pub mod kvs;
 pub mod lambda;

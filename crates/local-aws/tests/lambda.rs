@@ -167,6 +167,15 @@ async fn event_invocations_return_202_at_once_and_failed_events_are_retried_twic
     tokio::time::sleep(Duration::from_millis(500)).await;
     let lines = std::fs::read_to_string(&log).unwrap();
     assert_eq!(lines.lines().count(), 3, "one attempt and two retries");
+    // The caller got 202; the failures are what tells it the event failed.
+    let failures = lambda.failures("echo");
+    assert_eq!(failures.len(), 3, "{failures:?}");
+    assert!(
+        failures
+            .iter()
+            .all(|f| f.message.contains("boom") && f.request_id == lambda.attempts("echo")[0]),
+        "{failures:?}"
+    );
 
     // A succeeding event runs once.
     let ok_log = dir.join("ok.log");
@@ -180,6 +189,11 @@ async fn event_invocations_return_202_at_once_and_failed_events_are_retried_twic
         .unwrap();
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert_eq!(std::fs::read_to_string(&ok_log).unwrap().lines().count(), 1);
+    assert_eq!(
+        lambda.failures("echo").len(),
+        3,
+        "a success adds no failure"
+    );
 }
 
 #[tokio::test]
@@ -298,4 +312,38 @@ async fn a_crashing_function_fails_its_invocation_at_once_and_is_replaced() {
         .unwrap();
     assert_eq!(json_of(output.payload)["echo"], "after");
     assert_eq!(lambda.instances("echo"), 1);
+}
+
+#[tokio::test]
+async fn a_function_that_dies_before_taking_its_invocation_fails_it_at_once() {
+    let lambda = Lambda::new(LambdaOptions::default());
+    let server = lambda.serve(0).await.unwrap();
+    lambda
+        .add_function(FunctionSpec {
+            command: PathBuf::from("/bin/sh"),
+            args: vec!["-c".to_string(), "exit 4".to_string()],
+            ..spec("broken", Duration::from_secs(5))
+        })
+        .unwrap();
+    let started = std::time::Instant::now();
+    let output = client(&server.url())
+        .invoke()
+        .function_name("broken")
+        .payload(Blob::new(b"{}".to_vec()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(output.function_error.as_deref(), Some("Unhandled"));
+    let payload = json_of(output.payload);
+    assert_eq!(payload["errorType"], "Runtime.ExitError", "{payload}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "failed at once, not at the 5 s timeout"
+    );
+    let failures = lambda.failures("broken");
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    assert!(
+        failures[0].message.contains("exit status: 4"),
+        "{failures:?}"
+    );
 }
