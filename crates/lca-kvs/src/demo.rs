@@ -5,19 +5,22 @@
 //! Runtime API); the transcriber reads KVS, streams to the local Transcribe (a real offline
 //! recognizer with the `pocketsphinx` feature) and publishes LCA events to Kinesis (moto
 //! server), records the call to S3 and leases it in DynamoDB (moto). Without moto the events go
-//! to an embedded Kinesis stand-in and the call runs without recording and lease. The terminal
-//! shows the events as LCA would: the transcript as it is spoken, then a summary.
+//! to an embedded Kinesis stand-in and the call runs without recording and lease. With `--aws`
+//! the transcriber uses the user's Amazon Transcribe and LCA Kinesis stream (and S3 bucket)
+//! instead. The terminal shows the events as LCA would: the transcript as it is spoken, then a
+//! summary.
 
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use clap::{Args, ValueEnum};
 use kvs_media::{ConnectWriter, FragmentReader, WriterOptions, split_chunks};
 use lca_kvs::inspect::Inspector;
+use lca_kvs::kinesis_tail::{KinesisTail, TailRecord};
 use lca_kvs::sample_call::{self, SampleCall, Speaker};
 use lca_kvs::wer::WordErrors;
 use local_aws::http::Server;
@@ -51,6 +54,13 @@ pub struct DemoArgs {
     /// Copy the call recording (stereo WAV, from the local S3) to this file.
     #[arg(long)]
     recording_out: Option<PathBuf>,
+    /// Use your AWS account (credentials and region as the AWS CLI finds them): Amazon
+    /// Transcribe, and the LCA Kinesis stream named by KINESIS_STREAM_NAME (your LCA stack's
+    /// CallDataStream), so the call shows in your LCA web UI; OUTPUT_BUCKET (optional) records
+    /// it. The call still plays into the local KVS (no AWS SDK has PutMedia) and the functions
+    /// still run locally.
+    #[arg(long)]
+    aws: bool,
 }
 
 /// Speech recognizers the demo can use.
@@ -115,13 +125,26 @@ pub fn run(args: DemoArgs) -> Result<()> {
     if !(args.speed >= 0.0 && args.speed.is_finite()) {
         bail!("--speed {}: must be 0 or a positive number", args.speed);
     }
-    let (engine_name, factory) = recognizers(args.engine)?;
+    // --aws needs the user's LCA stream: checked before the call is synthesized.
+    let aws_stream = args.aws.then(aws_stream_name).transpose()?;
+    let (engine_name, factory) = if args.aws {
+        ("Amazon Transcribe (your account)", None)
+    } else {
+        let (name, factory) = recognizers(args.engine)?;
+        (name, Some(factory))
+    };
+    // Every --aws run is a new call in LCA; the local demo keeps one CallId.
+    let contact_id = if args.aws {
+        fresh_contact_id()
+    } else {
+        CONTACT_ID.to_string()
+    };
     let call = match &args.mkv {
         Some(path) => capture(path)?,
         None => {
             let sample = sample_call::synthesize()?;
             let mut writer = ConnectWriter::new(WriterOptions {
-                contact_id: CONTACT_ID.to_string(),
+                contact_id: contact_id.clone(),
                 ..WriterOptions::default()
             });
             let fragments = writer
@@ -131,7 +154,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
                 .collect();
             DemoCall {
                 fragments,
-                contact_id: CONTACT_ID.to_string(),
+                contact_id,
                 sample: Some(sample),
             }
         }
@@ -140,7 +163,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(demo(args, call, engine_name, factory))
+    runtime.block_on(demo(args, aws_stream, call, engine_name, factory))
 }
 
 /// The engine to use and a factory of its recognizers; a PocketSphinx model that cannot load
@@ -227,6 +250,24 @@ fn capture(path: &PathBuf) -> Result<DemoCall> {
     })
 }
 
+/// A ContactId no earlier run used (a version 4 UUID from the process's random hash keys).
+fn fresh_contact_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(now_ms());
+    let high = hasher.finish();
+    hasher.write_u32(std::process::id());
+    let low = hasher.finish();
+    format!(
+        "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
+        high >> 32,
+        (high >> 16) & 0xffff,
+        high & 0xfff,
+        0x8000 | (low >> 48) & 0x3fff,
+        low & 0xffff_ffff_ffff
+    )
+}
+
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -235,32 +276,39 @@ fn now_ms() -> u64 {
 
 async fn demo(
     args: DemoArgs,
+    aws_stream: Option<String>,
     call: DemoCall,
     engine_name: &str,
-    factory: RecognizerFactory,
+    factory: Option<RecognizerFactory>,
 ) -> Result<()> {
-    let events = Events::start().await?;
-    if args.recording_out.is_some() && matches!(events, Events::Embedded { .. }) {
-        bail!(
-            "--recording-out needs the local S3 (moto server), which is not installed: run `bash scripts/demo.sh`, which installs it, or `pip install \"moto[server]==5.1.22\"`"
-        );
+    let mut backend = match aws_stream {
+        Some(stream) => Backend::aws(stream, &call.contact_id).await?,
+        None => Backend::local(&call.contact_id).await?,
+    };
+    if args.recording_out.is_some() && backend.recordings.is_none() {
+        bail!("--recording-out: {}", backend.no_recordings);
     }
     let kvs = Kvs::new(KvsOptions::default());
     let kvs_server = kvs
         .serve(0)
         .await
         .context("cannot start the local KVS on loopback")?;
-    let transcribe = Transcribe::with_recognizer(
-        TranscribeOptions {
-            record_audio: false,
-            ..TranscribeOptions::default()
-        },
-        factory,
-    );
-    let transcribe_server = transcribe
-        .serve(0)
-        .await
-        .context("cannot start the local Transcribe on loopback")?;
+    // The local Transcribe, unless the user's Amazon Transcribe does the work.
+    let transcribe_server = match factory {
+        Some(factory) => Some(
+            Transcribe::with_recognizer(
+                TranscribeOptions {
+                    record_audio: false,
+                    ..TranscribeOptions::default()
+                },
+                factory,
+            )
+            .serve(0)
+            .await
+            .context("cannot start the local Transcribe on loopback")?,
+        ),
+        None => None,
+    };
     let lambda = Lambda::new(LambdaOptions::default());
     let lambda_server = lambda
         .serve(0)
@@ -273,18 +321,15 @@ async fn demo(
     // where the demo's services are, and defaults the user did not set, are added.
     let mut environment: BTreeMap<String, String> = [
         ("AWS_ENDPOINT_URL_KINESIS_VIDEO", kvs_server.url()),
-        (
-            "AWS_ENDPOINT_URL_TRANSCRIBE_STREAMING",
-            transcribe_server.url(),
-        ),
         ("AWS_ENDPOINT_URL_LAMBDA", lambda_server.url()),
-        ("AWS_ACCESS_KEY_ID", "AKIDLOCAL".to_string()),
-        ("AWS_SECRET_ACCESS_KEY", "local".to_string()),
-        ("AWS_SESSION_TOKEN", String::new()),
-        ("KINESIS_STREAM_NAME", KINESIS_STREAM.to_string()),
     ]
     .into_iter()
-    .chain(events.environment())
+    .chain(
+        transcribe_server
+            .as_ref()
+            .map(|server| ("AWS_ENDPOINT_URL_TRANSCRIBE_STREAMING", server.url())),
+    )
+    .chain(backend.environment.iter().cloned())
     .map(|(k, v)| (k.to_string(), v))
     .collect();
     for (name, value) in [
@@ -323,6 +368,7 @@ async fn demo(
         })
         .map_err(anyhow::Error::msg)?;
 
+    eprintln!("lca-kvs demo: LCA events go to {}", backend.description);
     let stream_arn = kvs.create_stream(KVS_STREAM)?;
     let seconds = call.sample.as_ref().map(SampleCall::seconds);
     eprintln!(
@@ -386,17 +432,22 @@ async fn demo(
         bail!("StartLCA did not start the transcriber: {answer}");
     }
 
-    let mut view = TranscriptView::new(args.json, args.speed, played_at);
+    let played_at_wall = SystemTime::now() - played_at.elapsed();
+    let mut view = TranscriptView::new(args.json, args.speed);
     let budget = Duration::from_secs_f64(seconds.unwrap_or(3600.0) / args.speed.max(0.05) + 180.0);
-    let mut seen = 0;
     let mut ended_at: Option<Instant> = None;
     let outcome = loop {
-        for data in events.records(seen).await? {
-            let record: Value = serde_json::from_slice(&data).unwrap_or(Value::Null);
-            view.show(&record)?;
-            seen += 1;
+        for record in backend.feed.poll().await? {
+            // Seconds from the start of play to the record's arrival on Kinesis.
+            let arrived_s = record
+                .arrived
+                .and_then(|at| at.duration_since(played_at_wall).ok())
+                .unwrap_or_else(|| played_at.elapsed())
+                .as_secs_f64();
+            let event: Value = serde_json::from_slice(&record.data).unwrap_or(Value::Null);
+            view.show(&event, arrived_s)?;
         }
-        if view.recording_url.is_some() || (view.ended && !events.records_calls()) {
+        if view.recording_url.is_some() || (view.ended && backend.recordings.is_none()) {
             break Ok(());
         }
         // Lambda retries a failed Event invocation, but the demo stops at the first failure:
@@ -421,7 +472,7 @@ async fn demo(
                 budget.as_secs_f64()
             ));
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(backend.poll_every).await;
     };
     view.finish_line()?;
     lambda.shutdown();
@@ -431,58 +482,111 @@ async fn demo(
         bail!("no START on Kinesis");
     }
 
-    let recording = match (&view.recording_url, &args.recording_out, &events) {
-        (Some(url), Some(out), Events::Moto { s3, .. }) => {
-            let key = format!("lca-audio-recordings/{}.wav", view.call_id);
-            let object = s3
-                .get_object()
-                .bucket(BUCKET)
-                .key(&key)
-                .send()
-                .await
-                .with_context(|| format!("reading {url} from the local S3"))?;
-            let bytes = object
-                .body
-                .collect()
-                .await
-                .with_context(|| format!("reading {url} from the local S3"))?
-                .into_bytes();
+    let recording = match (
+        &view.recording_url,
+        &args.recording_out,
+        &backend.recordings,
+    ) {
+        (Some(url), Some(out), Some(recordings)) => {
+            let bytes = recordings.fetch(url).await?;
             std::fs::write(out, &bytes)
                 .with_context(|| format!("{}: cannot write", out.display()))?;
             format!("{url} (copied to {})", out.display())
         }
-        (Some(url), _, _) => {
-            format!("{url} (in the local S3; --recording-out FILE.wav copies it out)")
-        }
-        (None, _, Events::Moto { .. }) => {
-            "none (no ADD_S3_RECORDING_URL within 30 s of END)".to_string()
-        }
-        (None, _, Events::Embedded { .. }) => {
-            "none (no local S3 without moto server; `bash scripts/demo.sh` installs it)".to_string()
-        }
+        (Some(url), _, _) => format!("{url} (--recording-out FILE.wav copies it here)"),
+        (None, _, Some(_)) => "none (no ADD_S3_RECORDING_URL within 30 s of END)".to_string(),
+        (None, _, None) => format!("none ({})", backend.no_recordings),
     };
     view.summary(call.sample.as_ref(), engine_name, &recording);
     Ok(())
 }
 
-/// Where the transcriber publishes its LCA events, and what else it has: moto's Kinesis with
-/// S3 (the recording) and DynamoDB (the call lease) beside it, or, when moto is not installed,
-/// the embedded Kinesis stand-in alone (the transcriber then neither records nor leases).
-enum Events {
-    Moto {
-        moto: MotoServer,
-        kinesis: aws_sdk_kinesis::Client,
-        s3: aws_sdk_s3::Client,
-    },
+/// The services the demo's functions use besides the local KVS and Lambda: where their LCA
+/// events go (read back by the demo), whether and where the call is recorded, and the
+/// functions' environment for them.
+struct Backend {
+    feed: Feed,
+    recordings: Option<Recordings>,
+    /// Why the call is not recorded, with the fix (when `recordings` is `None`).
+    no_recordings: &'static str,
+    environment: Vec<(&'static str, String)>,
+    /// How often the events are read (GetRecords is limited per shard, and LCA reads too).
+    poll_every: Duration,
+    /// Where the events go, for the banner.
+    description: String,
+    /// Kept running while the demo runs.
+    _moto: Option<MotoServer>,
+}
+
+/// Where the demo reads the call's LCA events from.
+enum Feed {
+    /// A Kinesis data stream: moto's, or the user's with `--aws`.
+    Stream(KinesisTail),
+    /// The embedded stand-in, without moto.
     Embedded {
         recorder: KinesisRecorder,
-        server: Server,
+        read: usize,
+        _server: Server,
     },
 }
 
-impl Events {
-    /// Starts moto with the demo's stream, bucket and lease table, else the stand-in.
-    async fn start() -> Result<Self> {
+impl Feed {
+    /// The call's events that arrived since the last poll.
+    async fn poll(&mut self) -> Result<Vec<TailRecord>> {
+        match self {
+            Self::Stream(tail) => Ok(tail.poll().await?),
+            Self::Embedded { recorder, read, .. } => {
+                let records = recorder
+                    .records(KINESIS_STREAM, *read)
+                    .context("the embedded Kinesis lost the demo's stream")?;
+                *read += records.len();
+                Ok(records
+                    .into_iter()
+                    .map(|record| TailRecord {
+                        data: record.data,
+                        arrived: Some(record.arrived),
+                    })
+                    .collect())
+            }
+        }
+    }
+}
+
+/// The bucket the transcriber records the call to.
+struct Recordings {
+    s3: aws_sdk_s3::Client,
+    bucket: String,
+}
+
+impl Recordings {
+    /// The recording at `url` (`https://BUCKET.s3.REGION.amazonaws.com/KEY`, as LCA gets it).
+    async fn fetch(&self, url: &str) -> Result<Bytes> {
+        let key = url
+            .strip_prefix("https://")
+            .and_then(|rest| rest.split_once('/'))
+            .map(|(_, key)| key)
+            .with_context(|| format!("recording URL {url} names no object"))?;
+        let object = self
+            .s3
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .with_context(|| format!("reading {key} from bucket {}", self.bucket))?;
+        Ok(object
+            .body
+            .collect()
+            .await
+            .with_context(|| format!("reading {key} from bucket {}", self.bucket))?
+            .into_bytes())
+    }
+}
+
+impl Backend {
+    /// moto with the demo's stream, bucket and lease table; without moto, the embedded
+    /// Kinesis stand-in alone (the transcriber then neither records nor leases).
+    async fn local(contact_id: &str) -> Result<Self> {
         let moto = match MotoServer::start() {
             Ok(moto) => moto,
             Err(MotoError::NotInstalled) => {
@@ -495,7 +599,25 @@ impl Events {
                     .serve(0)
                     .await
                     .context("cannot start the embedded Kinesis on loopback")?;
-                return Ok(Self::Embedded { recorder, server });
+                return Ok(Self {
+                    environment: [
+                        ("AWS_ENDPOINT_URL_KINESIS", server.url()),
+                        ("KINESIS_STREAM_NAME", KINESIS_STREAM.to_string()),
+                    ]
+                    .into_iter()
+                    .chain(local_credentials())
+                    .collect(),
+                    description: format!("the embedded Kinesis stand-in at {}", server.url()),
+                    feed: Feed::Embedded {
+                        recorder,
+                        read: 0,
+                        _server: server,
+                    },
+                    recordings: None,
+                    no_recordings: "there is no local S3 without moto server: run `bash scripts/demo.sh`, which installs it, or `pip install \"moto[server]==5.1.22\"`",
+                    poll_every: Duration::from_millis(100),
+                    _moto: None,
+                });
             }
             Err(error) => return Err(error.into()),
         };
@@ -517,48 +639,78 @@ impl Events {
         .create_table()
         .await
         .context("creating the lease table in moto")?;
-        Ok(Self::Moto { moto, kinesis, s3 })
-    }
-
-    /// The functions' environment for these services.
-    fn environment(&self) -> Vec<(&'static str, String)> {
-        match self {
-            Self::Moto { moto, .. } => vec![
+        Ok(Self {
+            feed: Feed::Stream(KinesisTail::start(kinesis, KINESIS_STREAM, contact_id).await?),
+            recordings: Some(Recordings {
+                s3,
+                bucket: BUCKET.to_string(),
+            }),
+            no_recordings: "",
+            environment: [
                 ("AWS_ENDPOINT_URL_KINESIS", moto.url().to_string()),
                 ("AWS_ENDPOINT_URL_S3", moto.url().to_string()),
                 ("AWS_ENDPOINT_URL_DYNAMODB", moto.url().to_string()),
+                ("KINESIS_STREAM_NAME", KINESIS_STREAM.to_string()),
                 ("OUTPUT_BUCKET", BUCKET.to_string()),
                 ("TRANSCRIBER_CALL_EVENT_TABLE_NAME", LEASE_TABLE.to_string()),
-            ],
-            Self::Embedded { server, .. } => vec![("AWS_ENDPOINT_URL_KINESIS", server.url())],
-        }
+            ]
+            .into_iter()
+            .chain(local_credentials())
+            .collect(),
+            poll_every: Duration::from_millis(100),
+            description: format!("Kinesis stream {KINESIS_STREAM} in moto server"),
+            _moto: Some(moto),
+        })
     }
 
-    /// Whether the transcriber records the call (and so sends its URL after END).
-    fn records_calls(&self) -> bool {
-        matches!(self, Self::Moto { .. })
+    /// The user's account: their LCA stream (KINESIS_STREAM_NAME) and, with OUTPUT_BUCKET,
+    /// their bucket. The functions inherit the user's environment (credentials, region, and
+    /// the transcriber's variables) and get no endpoints for these services.
+    async fn aws(stream: String, contact_id: &str) -> Result<Self> {
+        let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+        let Some(region) = sdk.region().map(|r| r.to_string()) else {
+            bail!("--aws: no AWS region configured: set AWS_REGION (your LCA stack's region)");
+        };
+        let tail = KinesisTail::start(aws_sdk_kinesis::Client::new(&sdk), &stream, contact_id)
+            .await
+            .context("--aws: your credentials must allow kinesis:ListShards, GetShardIterator and GetRecords on the stream")?;
+        let recordings = std::env::var("OUTPUT_BUCKET")
+            .ok()
+            .filter(|b| !b.is_empty())
+            .map(|bucket| Recordings {
+                s3: aws_sdk_s3::Client::new(&sdk),
+                bucket,
+            });
+        Ok(Self {
+            feed: Feed::Stream(tail),
+            recordings,
+            no_recordings: "set OUTPUT_BUCKET to a bucket of yours to record the call",
+            environment: Vec::new(),
+            // GetRecords allows 5 calls a second per shard, shared with LCA's own consumers.
+            poll_every: Duration::from_secs(1),
+            description: format!("your Kinesis stream {stream} in {region}"),
+            _moto: None,
+        })
     }
+}
 
-    /// The data of the stream's records from index `from` on.
-    async fn records(&self, from: usize) -> Result<Vec<Bytes>> {
-        match self {
-            Self::Moto { kinesis, .. } => {
-                Ok(local_aws::moto::kinesis_records(kinesis, KINESIS_STREAM)
-                    .await
-                    .map_err(anyhow::Error::msg)?
-                    .into_iter()
-                    .skip(from)
-                    .map(|(_, data)| Bytes::from(data))
-                    .collect())
-            }
-            Self::Embedded { recorder, .. } => Ok(recorder
-                .records(KINESIS_STREAM, from)
-                .context("the embedded Kinesis lost the demo's stream")?
-                .into_iter()
-                .map(|record| record.data)
-                .collect()),
-        }
+/// The user's LCA stream, for `--aws`: KINESIS_STREAM_NAME.
+fn aws_stream_name() -> Result<String> {
+    match std::env::var("KINESIS_STREAM_NAME") {
+        Ok(name) if !name.is_empty() => Ok(name),
+        _ => bail!(
+            "--aws publishes the call's LCA events to your LCA stack's Kinesis stream: set KINESIS_STREAM_NAME to its name (the stack's CallDataStream output)"
+        ),
     }
+}
+
+/// The dummy credentials of the local services.
+fn local_credentials() -> [(&'static str, String); 3] {
+    [
+        ("AWS_ACCESS_KEY_ID", "AKIDLOCAL".to_string()),
+        ("AWS_SECRET_ACCESS_KEY", "local".to_string()),
+        ("AWS_SESSION_TOKEN", String::new()),
+    ]
 }
 
 fn aws_sdk_s3_client(sdk: &aws_config::SdkConfig) -> aws_sdk_s3::Client {
@@ -584,7 +736,6 @@ struct TranscriptView {
     json: bool,
     live: bool,
     speed: f64,
-    played_at: Instant,
     partial_shown: bool,
     partials: usize,
     finals: Vec<FinalSegment>,
@@ -596,12 +747,11 @@ struct TranscriptView {
 }
 
 impl TranscriptView {
-    fn new(json: bool, speed: f64, played_at: Instant) -> Self {
+    fn new(json: bool, speed: f64) -> Self {
         Self {
             json,
             live: std::io::stdout().is_terminal(),
             speed,
-            played_at,
             partial_shown: false,
             partials: 0,
             finals: Vec::new(),
@@ -613,7 +763,9 @@ impl TranscriptView {
         }
     }
 
-    fn show(&mut self, record: &Value) -> Result<()> {
+    /// Shows one LCA event, which arrived on Kinesis `arrived_s` seconds after the call
+    /// began to play.
+    fn show(&mut self, record: &Value, arrived_s: f64) -> Result<()> {
         let mut out = std::io::stdout().lock();
         if self.json {
             writeln!(out, "{record}")?;
@@ -624,7 +776,7 @@ impl TranscriptView {
                 self.call_id = record["CallId"].as_str().unwrap_or("").to_string();
                 Some(format!("call started: CallId {}", self.call_id))
             }
-            "ADD_TRANSCRIPT_SEGMENT" => self.segment(record),
+            "ADD_TRANSCRIPT_SEGMENT" => self.segment(record, arrived_s),
             "ADD_CALL_CATEGORY" => {
                 let names = record["CategoryEvent"]["MatchedCategories"].to_string();
                 self.categories.push(names.clone());
@@ -664,7 +816,7 @@ impl TranscriptView {
     }
 
     /// A segment's line: `\r...` for a partial (only on a terminal), the final line otherwise.
-    fn segment(&mut self, record: &Value) -> Option<String> {
+    fn segment(&mut self, record: &Value, arrived_s: f64) -> Option<String> {
         // Standard segments carry the fields; Call Analytics ones the UtteranceEvent.
         let (speaker, start_s, end_s, text, partial) = match record.get("UtteranceEvent") {
             Some(utterance) => (
@@ -697,8 +849,7 @@ impl TranscriptView {
                 .live
                 .then(|| format!("\r[{start_s:6.1} s] {label} … {text}"));
         }
-        let latency_s =
-            (self.speed > 0.0).then(|| self.played_at.elapsed().as_secs_f64() - end_s / self.speed);
+        let latency_s = (self.speed > 0.0).then(|| arrived_s - end_s / self.speed);
         self.finals.push(FinalSegment {
             speaker,
             start_s,
@@ -741,7 +892,7 @@ impl TranscriptView {
                 "  latency:    not measured at --speed 0 (the whole call is in KVS at once)"
             ),
             n => eprintln!(
-                "  latency:    end of speech to final segment on Kinesis: median {:.2} s, max {:.2} s over {n} segments (includes the recognizer's 0.6 s end-of-speech wait)",
+                "  latency:    end of speech to final segment on Kinesis: median {:.2} s, max {:.2} s over {n} segments (includes the recognizer's wait for the end of speech: 0.6 s in the local ones)",
                 latencies[n / 2],
                 latencies[n - 1]
             ),

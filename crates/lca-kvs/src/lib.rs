@@ -2,5 +2,6 @@
 
 pub mod extract;
 pub mod inspect;
+pub mod kinesis_tail;
 pub mod sample_call;
 pub mod wer;

@@ -421,7 +421,7 @@ fn demo_without_moto_shows_the_call_from_the_embedded_kinesis() {
         "{stderr}"
     );
     assert!(
-        stderr.contains("recording:  none (no local S3 without moto server"),
+        stderr.contains("recording:  none (there is no local S3 without moto server"),
         "{stderr}"
     );
 }
@@ -432,7 +432,7 @@ fn demo_recording_out_without_moto_names_the_fix() {
     assert!(!output.status.success());
     let stderr = stderr(&output);
     assert!(
-        stderr.contains("--recording-out needs the local S3 (moto server)")
+        stderr.contains("--recording-out: there is no local S3 without moto server")
             && stderr.contains("bash scripts/demo.sh"),
         "{stderr}"
     );
@@ -447,4 +447,57 @@ fn demo_stops_at_a_failing_transcriber_with_its_error() {
         stderr.contains("the call transcriber failed: ") && stderr.contains("TRANSCRIBE_API_MODE"),
         "{stderr}"
     );
+}
+
+#[test]
+fn demo_aws_uses_the_accounts_transcribe_and_lca_stream() {
+    // `lca-kvs local` stands in for the user's account: its exports are what the AWS CLI's
+    // environment would hold (credentials, region, endpoints), plus KINESIS_STREAM_NAME.
+    let account = Local::start(&[]);
+    let capture = fixture("connect/sample-call.mkv");
+    let output = Command::new(env!("CARGO_BIN_EXE_lca-kvs"))
+        .args(["demo", "--aws", "--mkv", capture.to_str().unwrap()])
+        .args(["--speed", "0"])
+        .envs(
+            account
+                .exports
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.as_str())),
+        )
+        .env_remove("OUTPUT_BUCKET")
+        .output()
+        .expect("lca-kvs runs");
+    let stderr = stderr(&output);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("LCA events go to your Kinesis stream lca-kinesis-stream in us-east-1")
+            && stderr.contains("recognizer: Amazon Transcribe (your account)"),
+        "{stderr}"
+    );
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        stdout.starts_with("call started: CallId d111f871-5fe7-40b1-b5f7-6b67060de0c2\n"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("] Caller: ") && stdout.contains("] Agent : "),
+        "{stdout}"
+    );
+    assert!(stdout.ends_with("call ended\n"), "{stdout}");
+    assert!(
+        stderr.contains("recording:  none (set OUTPUT_BUCKET"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn demo_aws_without_a_stream_names_the_variable() {
+    let output = Command::new(env!("CARGO_BIN_EXE_lca-kvs"))
+        .args(["demo", "--aws", "--speed", "0"])
+        .env_remove("KINESIS_STREAM_NAME")
+        .output()
+        .expect("lca-kvs runs");
+    assert!(!output.status.success());
+    let stderr = stderr(&output);
+    assert!(stderr.contains("set KINESIS_STREAM_NAME"), "{stderr}");
 }

@@ -213,6 +213,17 @@ pub async fn read_body(request: Request<Incoming>, limit: usize) -> Result<Bytes
         .map_err(|e| format!("request body unreadable or larger than {limit} bytes: {e}"))
 }
 
+/// The `X-Amz-Target` header: the operation an AWS JSON-protocol request calls
+/// (`Service_Version.Operation`), empty when missing.
+pub fn amz_target<B>(request: &Request<B>) -> String {
+    request
+        .headers()
+        .get("x-amz-target")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string()
+}
+
 /// Decodes `%XX` escapes (the SDK escapes the colons of an ARN in the path).
 pub(crate) fn percent_decode(path: &str) -> String {
     let bytes = path.as_bytes();

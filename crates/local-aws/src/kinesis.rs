@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -24,6 +25,8 @@ pub struct KinesisRecord {
     pub data: Bytes,
     /// The sequence number it was given (increasing in stream order).
     pub sequence_number: String,
+    /// When it was stored (Kinesis's ApproximateArrivalTimestamp).
+    pub arrived: SystemTime,
 }
 
 /// Kinesis's limits on what a producer sends.
@@ -73,12 +76,7 @@ impl KinesisRecorder {
     }
 
     async fn handle(&self, request: Request<Incoming>) -> Response<Body> {
-        let target = request
-            .headers()
-            .get("x-amz-target")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_string();
+        let target = crate::http::amz_target(&request);
         let answer = match read_body(request, MAX_REQUEST_BYTES).await {
             Ok(body) => self.answer(&target, &body),
             Err(problem) => Err(serialization(problem)),
@@ -198,13 +196,15 @@ fn decode_record(entry: &Value, field: &str) -> Result<KinesisRecord, ApiError> 
         partition_key: partition_key.to_string(),
         data: Bytes::from(data),
         sequence_number: String::new(),
+        arrived: SystemTime::UNIX_EPOCH,
     })
 }
 
-/// Appends `record` with the next sequence number, which it returns.
+/// Appends `record` with the next sequence number, which it returns, and the time.
 fn append(records: &mut Vec<KinesisRecord>, mut record: KinesisRecord) -> String {
     // Kinesis's sequence numbers are decimal strings that grow with the stream.
     record.sequence_number = format!("{:056}", records.len() + 1);
+    record.arrived = SystemTime::now();
     let sequence_number = record.sequence_number.clone();
     records.push(record);
     sequence_number

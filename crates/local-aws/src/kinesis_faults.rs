@@ -85,12 +85,7 @@ impl KinesisFaults {
     }
 
     async fn handle(&self, request: Request<Incoming>) -> Response<Body> {
-        let target = request
-            .headers()
-            .get("x-amz-target")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_string();
+        let target = crate::http::amz_target(&request);
         let method = request.method().clone();
         let uri = request.uri().clone();
         let headers = request.headers().clone();

@@ -6,6 +6,7 @@ use local_aws::kinesis::KinesisRecorder;
 
 #[tokio::test]
 async fn the_sdk_puts_records_and_the_recorder_keeps_them_in_order() {
+    let before = std::time::SystemTime::now();
     let recorder = KinesisRecorder::new();
     recorder.create_stream("lca-events");
     let server = recorder.serve(0).await.unwrap();
@@ -54,6 +55,13 @@ async fn the_sdk_puts_records_and_the_recorder_keeps_them_in_order() {
         ]
     );
     assert!(records.iter().all(|r| r.partition_key == "call-1"));
+    let after = std::time::SystemTime::now();
+    assert!(
+        records.windows(2).all(|w| before <= w[0].arrived
+            && w[0].arrived <= w[1].arrived
+            && w[1].arrived <= after),
+        "arrival times in order, during the test"
+    );
     assert_eq!(records[0].sequence_number, single.sequence_number());
     assert_eq!(
         batch.records()[2].sequence_number(),

@@ -431,14 +431,15 @@ impl SphinxRecognizer {
 
 impl Recognizer for SphinxRecognizer {
     fn accept(&mut self, pcm: &[u8]) -> Vec<Segment> {
-        let mut frames: Vec<(usize, Vec<i16>)> = Vec::new();
-        self.splitter.push(pcm, |channel, samples| {
-            frames.push((channel, samples.to_vec()));
-        });
+        // The splitter is set aside while its frames go to the decoders, which `step` borrows
+        // mutably: no frame is copied.
+        let placeholder = FrameSplitter::new(self.sample_rate, 0);
+        let mut splitter = std::mem::replace(&mut self.splitter, placeholder);
         let mut out = Vec::new();
-        for (channel, samples) in frames {
-            self.step(channel, &samples, &mut out);
-        }
+        splitter.push(pcm, |channel, samples| {
+            self.step(channel, samples, &mut out)
+        });
+        self.splitter = splitter;
         out
     }
 
