@@ -634,6 +634,21 @@ async fn keep_renewing(lease: &CallLease, held: &Held, mut delivered: watch::Rec
     }
 }
 
+/// Sets up the functions' logs: JSON lines on stderr (CloudWatch takes them as they are; a
+/// local run keeps them apart from its output), level from `RUST_LOG` (default info), no
+/// timestamps (Lambda adds its own).
+pub fn json_logs() {
+    tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .without_time()
+        .with_writer(std::io::stderr)
+        .init();
+}
+
 /// Serves the call transcriber under the Lambda Runtime API (configuration from the
 /// environment): what the function's `bootstrap` runs, and `lca-kvs demo`'s functions too.
 pub async fn serve() -> Result<(), lambda_runtime::Error> {

@@ -6,14 +6,7 @@ use serde_json::Value;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    tracing_subscriber::fmt()
-        .json()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .without_time()
-        .init();
+    call_transcriber::lambda::json_logs();
     let config = ProcessorConfig::from_env()?;
     let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
     let processor = &ContactEventProcessor::new(config, &sdk);

@@ -95,15 +95,7 @@ type RecognizerFactory = Box<dyn Fn(u32, usize) -> Box<dyn Recognizer> + Send + 
 
 /// Runs `lca-kvs function NAME`: one of the Lambda functions, served under the Runtime API.
 pub fn serve_function(name: &str) -> Result<()> {
-    tracing_subscriber::fmt()
-        .json()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .without_time()
-        .with_writer(std::io::stderr)
-        .init();
+    call_transcriber::lambda::json_logs();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -335,13 +327,15 @@ async fn demo(
     for (name, value) in [
         ("KVS_IDLE_TIMEOUT", "5000"),
         ("RUST_LOG", "warn"),
-        // For TRANSCRIBE_API_MODE=analytics (post-call output; the local Transcribe takes any).
+        // For TRANSCRIBE_API_MODE=analytics (post-call output): the local Transcribe takes any
+        // role; Amazon Transcribe needs the user's own.
         (
             "TCA_DATA_ACCESS_ROLE_ARN",
             "arn:aws:iam::123456789012:role/lca-demo-post-call",
         ),
     ] {
-        if std::env::var_os(name).is_none() {
+        let local_only = name == "TCA_DATA_ACCESS_ROLE_ARN" && transcribe_server.is_none();
+        if std::env::var_os(name).is_none() && !local_only {
             environment.insert(name.to_string(), value.to_string());
         }
     }
