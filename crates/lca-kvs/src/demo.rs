@@ -555,11 +555,8 @@ struct Recordings {
 impl Recordings {
     /// The recording at `url` (`https://BUCKET.s3.REGION.amazonaws.com/KEY`, as LCA gets it).
     async fn fetch(&self, url: &str) -> Result<Bytes> {
-        let key = url
-            .strip_prefix("https://")
-            .and_then(|rest| rest.split_once('/'))
-            .map(|(_, key)| key)
-            .with_context(|| format!("recording URL {url} names no object"))?;
+        let key =
+            recording_key(url).with_context(|| format!("recording URL {url} names no object"))?;
         let object = self
             .s3
             .get_object()
@@ -575,6 +572,14 @@ impl Recordings {
             .with_context(|| format!("reading {key} from bucket {}", self.bucket))?
             .into_bytes())
     }
+}
+
+/// The object key of a recording URL (`https://HOST/KEY`).
+fn recording_key(url: &str) -> Option<&str> {
+    url.strip_prefix("https://")
+        .and_then(|rest| rest.split_once('/'))
+        .map(|(_, key)| key)
+        .filter(|key| !key.is_empty())
 }
 
 impl Backend {
@@ -914,5 +919,80 @@ impl TranscriptView {
             }
         }
         eprintln!("  recording:  {recording}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fresh_contact_ids_are_distinct_version_4_uuids() {
+        let (a, b) = (fresh_contact_id(), fresh_contact_id());
+        assert_ne!(a, b);
+        for id in [a, b] {
+            let groups: Vec<&str> = id.split('-').collect();
+            let lengths: Vec<usize> = groups.iter().map(|g| g.len()).collect();
+            assert_eq!(lengths, [8, 4, 4, 4, 12], "{id}");
+            assert!(groups[2].starts_with('4'), "version 4: {id}");
+            assert!(
+                matches!(&groups[3][..1], "8" | "9" | "a" | "b"),
+                "variant: {id}"
+            );
+            assert!(
+                id.chars().all(|c| c == '-' || c.is_ascii_hexdigit()),
+                "{id}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_recording_key_is_the_path_of_its_url() {
+        assert_eq!(
+            recording_key("https://b.s3.us-east-1.amazonaws.com/lca-audio-recordings/c.wav"),
+            Some("lca-audio-recordings/c.wav")
+        );
+        assert_eq!(recording_key("https://b.s3.amazonaws.com/"), None);
+        assert_eq!(recording_key("s3://b/k.wav"), None);
+    }
+
+    #[test]
+    fn segments_of_both_modes_become_lines_finals_and_latencies() {
+        let mut view = TranscriptView::new(false, 2.0);
+        view.live = true;
+        let standard = |partial: bool| {
+            json!({"EventType": "ADD_TRANSCRIPT_SEGMENT", "Channel": "CALLER",
+                   "StartTime": 1.5, "EndTime": 3.0, "Transcript": "hello there",
+                   "IsPartial": partial})
+        };
+        assert_eq!(
+            view.segment(&standard(true), 1.0).as_deref(),
+            Some("\r[   1.5 s] Caller … hello there")
+        );
+        assert_eq!(
+            view.segment(&standard(false), 2.25).as_deref(),
+            Some("[   1.5 s] Caller: hello there")
+        );
+        let analytics = json!({"EventType": "ADD_TRANSCRIPT_SEGMENT", "UtteranceEvent": {
+            "ParticipantRole": "AGENT", "BeginOffsetMillis": 4000, "EndOffsetMillis": 5000,
+            "Transcript": "how can I help", "IsPartial": false}});
+        assert_eq!(
+            view.segment(&analytics, 3.0).as_deref(),
+            Some("[   4.0 s] Agent : how can I help")
+        );
+        assert_eq!(view.partials, 1);
+        let finals: Vec<(Speaker, Option<f64>)> = view
+            .finals
+            .iter()
+            .map(|f| (f.speaker, f.latency_s))
+            .collect();
+        // At speed 2 the caller's speech ended 1.5 s into the play, the agent's 2.5 s.
+        assert_eq!(
+            finals,
+            [(Speaker::Caller, Some(0.75)), (Speaker::Agent, Some(0.5))]
+        );
+        // Piped (not a terminal), partials are not shown.
+        view.live = false;
+        assert_eq!(view.segment(&standard(true), 1.0), None);
     }
 }
