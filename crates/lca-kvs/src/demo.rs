@@ -242,22 +242,9 @@ fn capture(path: &PathBuf) -> Result<DemoCall> {
     })
 }
 
-/// A ContactId no earlier run used (a version 4 UUID from the process's random hash keys).
+/// A ContactId no earlier run used (a random version 4 UUID, as Connect's are).
 fn fresh_contact_id() -> String {
-    use std::hash::{BuildHasher, Hasher};
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u64(now_ms());
-    let high = hasher.finish();
-    hasher.write_u32(std::process::id());
-    let low = hasher.finish();
-    format!(
-        "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
-        high >> 32,
-        (high >> 16) & 0xffff,
-        high & 0xfff,
-        0x8000 | (low >> 48) & 0x3fff,
-        low & 0xffff_ffff_ffff
-    )
+    uuid::Uuid::new_v4().to_string()
 }
 
 fn now_ms() -> u64 {
@@ -277,8 +264,8 @@ async fn demo(
         Some(stream) => Backend::aws(stream, &call.contact_id).await?,
         None => Backend::local(&call.contact_id).await?,
     };
-    if args.recording_out.is_some() && backend.recordings.is_none() {
-        bail!("--recording-out: {}", backend.no_recordings);
+    if let (Some(_), Err(why)) = (&args.recording_out, &backend.recordings) {
+        bail!("--recording-out: {why}");
     }
     let kvs = Kvs::new(KvsOptions::default());
     let kvs_server = kvs
@@ -324,18 +311,17 @@ async fn demo(
     .chain(backend.environment.iter().cloned())
     .map(|(k, v)| (k.to_string(), v))
     .collect();
-    for (name, value) in [
-        ("KVS_IDLE_TIMEOUT", "5000"),
-        ("RUST_LOG", "warn"),
+    let mut defaults = vec![("KVS_IDLE_TIMEOUT", "5000"), ("RUST_LOG", "warn")];
+    if transcribe_server.is_some() {
         // For TRANSCRIBE_API_MODE=analytics (post-call output): the local Transcribe takes any
         // role; Amazon Transcribe needs the user's own.
-        (
+        defaults.push((
             "TCA_DATA_ACCESS_ROLE_ARN",
             "arn:aws:iam::123456789012:role/lca-demo-post-call",
-        ),
-    ] {
-        let local_only = name == "TCA_DATA_ACCESS_ROLE_ARN" && transcribe_server.is_none();
-        if std::env::var_os(name).is_none() && !local_only {
+        ));
+    }
+    for (name, value) in defaults {
+        if std::env::var_os(name).is_none() {
             environment.insert(name.to_string(), value.to_string());
         }
     }
@@ -441,7 +427,7 @@ async fn demo(
             let event: Value = serde_json::from_slice(&record.data).unwrap_or(Value::Null);
             view.show(&event, arrived_s)?;
         }
-        if view.recording_url.is_some() || (view.ended && backend.recordings.is_none()) {
+        if view.recording_url.is_some() || (view.ended && backend.recordings.is_err()) {
             break Ok(());
         }
         // Lambda retries a failed Event invocation, but the demo stops at the first failure:
@@ -481,15 +467,15 @@ async fn demo(
         &args.recording_out,
         &backend.recordings,
     ) {
-        (Some(url), Some(out), Some(recordings)) => {
+        (Some(url), Some(out), Ok(recordings)) => {
             let bytes = recordings.fetch(url).await?;
             std::fs::write(out, &bytes)
                 .with_context(|| format!("{}: cannot write", out.display()))?;
             format!("{url} (copied to {})", out.display())
         }
         (Some(url), _, _) => format!("{url} (--recording-out FILE.wav copies it here)"),
-        (None, _, Some(_)) => "none (no ADD_S3_RECORDING_URL within 30 s of END)".to_string(),
-        (None, _, None) => format!("none ({})", backend.no_recordings),
+        (None, _, Ok(_)) => "none (no ADD_S3_RECORDING_URL within 30 s of END)".to_string(),
+        (None, _, Err(why)) => format!("none ({why})"),
     };
     view.summary(call.sample.as_ref(), engine_name, &recording);
     Ok(())
@@ -500,9 +486,8 @@ async fn demo(
 /// functions' environment for them.
 struct Backend {
     feed: Feed,
-    recordings: Option<Recordings>,
-    /// Why the call is not recorded, with the fix (when `recordings` is `None`).
-    no_recordings: &'static str,
+    /// Where the call is recorded, or why it is not (with the fix).
+    recordings: Result<Recordings, &'static str>,
     environment: Vec<(&'static str, String)>,
     /// How often the events are read (GetRecords is limited per shard, and LCA reads too).
     poll_every: Duration,
@@ -612,8 +597,9 @@ impl Backend {
                         read: 0,
                         _server: server,
                     },
-                    recordings: None,
-                    no_recordings: "there is no local S3 without moto server: run `bash scripts/demo.sh`, which installs it, or `pip install \"moto[server]==5.1.22\"`",
+                    recordings: Err(
+                        "there is no local S3 without moto server: run `bash scripts/demo.sh`, which installs it, or `pip install \"moto[server]==5.1.22\"`",
+                    ),
                     poll_every: Duration::from_millis(100),
                     _moto: None,
                 });
@@ -640,11 +626,10 @@ impl Backend {
         .context("creating the lease table in moto")?;
         Ok(Self {
             feed: Feed::Stream(KinesisTail::start(kinesis, KINESIS_STREAM, contact_id).await?),
-            recordings: Some(Recordings {
+            recordings: Ok(Recordings {
                 s3,
                 bucket: BUCKET.to_string(),
             }),
-            no_recordings: "",
             environment: [
                 ("AWS_ENDPOINT_URL_KINESIS", moto.url().to_string()),
                 ("AWS_ENDPOINT_URL_S3", moto.url().to_string()),
@@ -679,11 +664,11 @@ impl Backend {
             .map(|bucket| Recordings {
                 s3: aws_sdk_s3::Client::new(&sdk),
                 bucket,
-            });
+            })
+            .ok_or("set OUTPUT_BUCKET to a bucket of yours to record the call");
         Ok(Self {
             feed: Feed::Stream(tail),
             recordings,
-            no_recordings: "set OUTPUT_BUCKET to a bucket of yours to record the call",
             environment: Vec::new(),
             // GetRecords allows 5 calls a second per shard, shared with LCA's own consumers.
             poll_every: Duration::from_secs(1),
