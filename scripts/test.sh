@@ -53,3 +53,6 @@ cargo run --locked -q -p lca-tests --bin media-bench -- --minutes 2 --skip-node
 cargo build --locked -q -p lca-kvs -p lca-tests --bins
 target/debug/pipeline-bench --minutes 2 --latency-minutes 1
 target/debug/lambda-call-bench --minutes 2 --invoke-timeout-ms 3000
+# Twice as many calls as the Transcribe quota allows: every call complete, nothing lost or
+# repeated (the bench exits non-zero otherwise).
+target/debug/capacity-bench --calls 4 --limit 2 --speed 20

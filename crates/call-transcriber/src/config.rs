@@ -125,6 +125,11 @@ pub struct TranscriberConfig {
     /// `CALL_LEASE_TIMEOUT` (this project's addition): a lease not renewed for this long is
     /// taken to belong to a crashed invocation.
     pub call_lease_timeout: Duration,
+    /// `MAXIMUM_RETRY_ATTEMPTS` (this project's addition; 0-2, default 2 as Lambda's): the
+    /// function's asynchronous retry attempts, as its event invoke configuration sets them.
+    /// A call whose invocation failed this many times more is given up: END is published so
+    /// LCA does not show it live for ever, and the failure stays in the lease and the log.
+    pub maximum_retry_attempts: u32,
 }
 
 /// Languages for which Transcribe streaming redacts PII (as in the LCA reference).
@@ -150,6 +155,7 @@ impl TranscriberConfig {
         "KVS_IDLE_TIMEOUT",
         "LAMBDA_HOOK_FUNCTION_ARN",
         "LAMBDA_INVOKE_TIMEOUT",
+        "MAXIMUM_RETRY_ATTEMPTS",
         "OUTPUT_BUCKET",
         "PII_ENTITY_TYPES",
         "POST_CALL_CONTENT_REDACTION_OUTPUT",
@@ -233,7 +239,10 @@ impl TranscriberConfig {
                      IS_TCA_POST_CALL_ANALYTICS_ENABLED=true) needs the role Transcribe writes with",
                 )
             })?;
-            let content_redaction_output = if redaction_enabled {
+            // PostCallAnalyticsSettings.ContentRedactionOutput needs content redaction on the
+            // stream (StartCallAnalyticsStreamTranscription API reference: "to include
+            // ContentRedactionOutput in your request, you must enable content redaction").
+            let content_redaction_output = if redaction.is_some() {
                 let output = env
                     .get("POST_CALL_CONTENT_REDACTION_OUTPUT")
                     .unwrap_or_else(|| "redacted".to_string());
@@ -256,6 +265,9 @@ impl TranscriberConfig {
         } else {
             None
         };
+        let vocabulary_name = env.get("CUSTOM_VOCABULARY_NAME");
+        let language_model_name = env.get("CUSTOM_LANGUAGE_MODEL_NAME");
+        check_language_rules(&env, mode, &language, language_model_name.as_deref())?;
         let endpoint = env.get("TRANSCRIBE_ENDPOINT");
         if let Some(url) = &endpoint
             && !(url.starts_with("https://") || url.starts_with("http://"))
@@ -294,6 +306,17 @@ impl TranscriberConfig {
                 "must be at least 3000 ms (the lease is renewed every third of it)",
             ));
         }
+        // Lambda's asynchronous invocation retries a failed event 0 to 2 times (Lambda
+        // developer guide, "Configuring error handling for asynchronous invocation":
+        // MaximumRetryAttempts, default 2).
+        let maximum_retry_attempts = env.number("MAXIMUM_RETRY_ATTEMPTS", 2)?;
+        if maximum_retry_attempts > 2 {
+            return Err(env.error(
+                "MAXIMUM_RETRY_ATTEMPTS",
+                &maximum_retry_attempts.to_string(),
+                "must be 0, 1 or 2, as the function's MaximumRetryAttempts",
+            ));
+        }
         let kvs_idle_timeout = env.millis("KVS_IDLE_TIMEOUT", 15_000)?;
         if kvs_idle_timeout.is_zero() {
             return Err(env.error("KVS_IDLE_TIMEOUT", "0", "must be positive"));
@@ -315,8 +338,8 @@ impl TranscriberConfig {
                 mode,
                 language,
                 redaction,
-                vocabulary_name: env.get("CUSTOM_VOCABULARY_NAME"),
-                language_model_name: env.get("CUSTOM_LANGUAGE_MODEL_NAME"),
+                vocabulary_name,
+                language_model_name,
                 post_call_analytics,
                 endpoint,
                 start_retries,
@@ -330,8 +353,96 @@ impl TranscriberConfig {
             lambda_hook_function_arn: env.get("LAMBDA_HOOK_FUNCTION_ARN"),
             call_event_table: env.get("TRANSCRIBER_CALL_EVENT_TABLE_NAME"),
             call_lease_timeout,
+            maximum_retry_attempts,
         })
     }
+}
+
+/// Language codes of Call Analytics streaming (StartCallAnalyticsStreamTranscription API
+/// reference, LanguageCode: "Valid Values").
+pub const CALL_ANALYTICS_LANGUAGES: [&str; 9] = [
+    "en-US", "en-GB", "es-US", "fr-CA", "fr-FR", "en-AU", "it-IT", "de-DE", "pt-BR",
+];
+
+/// The API references' rules on combining language settings, checked at start-up so that a
+/// combination Transcribe refuses is a configuration error naming the variable instead of a
+/// BadRequestException on every call.
+fn check_language_rules(
+    env: &Env<'_>,
+    mode: ApiMode,
+    language: &Language,
+    language_model_name: Option<&str>,
+) -> Result<(), ConfigError> {
+    let identification = match language {
+        Language::Code(code) => {
+            if mode == ApiMode::Analytics && !CALL_ANALYTICS_LANGUAGES.contains(&code.as_str()) {
+                return Err(env.error(
+                    "TRANSCRIBE_LANGUAGE_CODE",
+                    code,
+                    &format!(
+                        "Call Analytics streaming supports only {}",
+                        CALL_ANALYTICS_LANGUAGES.join(", ")
+                    ),
+                ));
+            }
+            return Ok(());
+        }
+        Language::Identify(id) => id,
+        Language::IdentifyMultiple(id) => {
+            // StartCallAnalyticsStreamTranscription has IdentifyLanguage only.
+            if mode == ApiMode::Analytics {
+                return Err(env.error(
+                    "TRANSCRIBE_LANGUAGE_CODE",
+                    "identify-multiple-languages",
+                    "Call Analytics streaming identifies one language per stream: use \
+                     `identify-language`",
+                ));
+            }
+            id
+        }
+    };
+    // StartStreamTranscription API reference, IdentifyLanguage: "Streaming language
+    // identification can't be combined with custom language models or redaction."
+    if let Some(model) = language_model_name {
+        return Err(env.error(
+            "CUSTOM_LANGUAGE_MODEL_NAME",
+            model,
+            "Transcribe cannot combine a custom language model with language identification",
+        ));
+    }
+    // "If you include IdentifyLanguage, you must include a list of language codes, using
+    // LanguageOptions"; "You can only include one language dialect per language per stream".
+    let Some(options) = &identification.options else {
+        return Err(env.error(
+            "TRANSCRIBE_LANGUAGE_OPTIONS",
+            "",
+            "language identification needs at least two language codes, e.g. `en-US,es-US`",
+        ));
+    };
+    let mut languages = std::collections::BTreeSet::new();
+    for code in options.split(',') {
+        let language = code.split('-').next().unwrap_or(code);
+        if !languages.insert(language) {
+            return Err(env.error(
+                "TRANSCRIBE_LANGUAGE_OPTIONS",
+                options,
+                &format!(
+                    "Transcribe allows one dialect per language; `{language}` is listed twice"
+                ),
+            ));
+        }
+        if mode == ApiMode::Analytics && !CALL_ANALYTICS_LANGUAGES.contains(&code) {
+            return Err(env.error(
+                "TRANSCRIBE_LANGUAGE_OPTIONS",
+                options,
+                &format!(
+                    "`{code}`: Call Analytics streaming supports only {}",
+                    CALL_ANALYTICS_LANGUAGES.join(", ")
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Typed reads over a lookup function; empty values count as unset (CloudFormation passes
@@ -538,6 +649,77 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn language_settings_transcribe_refuses_are_configuration_errors() {
+        let identify = ("TRANSCRIBE_LANGUAGE_CODE", "identify-language");
+        let options = ("TRANSCRIBE_LANGUAGE_OPTIONS", "en-US,es-US");
+        assert_eq!(error_variable(&[identify]), "TRANSCRIBE_LANGUAGE_OPTIONS");
+        assert_eq!(
+            error_variable(&[identify, ("TRANSCRIBE_LANGUAGE_OPTIONS", "en-US,en-AU")]),
+            "TRANSCRIBE_LANGUAGE_OPTIONS"
+        );
+        assert_eq!(
+            error_variable(&[identify, options, ("CUSTOM_LANGUAGE_MODEL_NAME", "m")]),
+            "CUSTOM_LANGUAGE_MODEL_NAME"
+        );
+        // A vocabulary is fine: it goes as VocabularyNames.
+        assert!(config(&[identify, options, ("CUSTOM_VOCABULARY_NAME", "v")]).is_ok());
+        let analytics = [
+            ("TRANSCRIBE_API_MODE", "analytics"),
+            ("IS_TCA_POST_CALL_ANALYTICS_ENABLED", "false"),
+        ];
+        let with = |extra: &[(&'static str, &'static str)]| {
+            let mut vars = analytics.to_vec();
+            vars.extend_from_slice(extra);
+            vars
+        };
+        assert_eq!(
+            error_variable(&with(&[("TRANSCRIBE_LANGUAGE_CODE", "ja-JP")])),
+            "TRANSCRIBE_LANGUAGE_CODE"
+        );
+        assert_eq!(
+            error_variable(&with(&[
+                ("TRANSCRIBE_LANGUAGE_CODE", "identify-multiple-languages"),
+                options
+            ])),
+            "TRANSCRIBE_LANGUAGE_CODE"
+        );
+        assert_eq!(
+            error_variable(&with(&[
+                identify,
+                ("TRANSCRIBE_LANGUAGE_OPTIONS", "en-US,ja-JP")
+            ])),
+            "TRANSCRIBE_LANGUAGE_OPTIONS"
+        );
+        assert!(config(&with(&[identify, options])).is_ok());
+        assert!(config(&with(&[("TRANSCRIBE_LANGUAGE_CODE", "de-DE")])).is_ok());
+    }
+
+    #[test]
+    fn no_redaction_output_without_redaction() {
+        let post_call = |vars: &[(&str, &str)]| {
+            let mut all = vec![
+                ("TRANSCRIBE_API_MODE", "analytics"),
+                ("OUTPUT_BUCKET", "b"),
+                ("TCA_DATA_ACCESS_ROLE_ARN", "arn:aws:iam::1:role/tca"),
+            ];
+            all.extend_from_slice(vars);
+            config(&all)
+                .unwrap()
+                .transcribe
+                .post_call_analytics
+                .unwrap()
+                .content_redaction_output
+        };
+        assert_eq!(post_call(&[]).as_deref(), Some("redacted"));
+        // de-DE has no streaming redaction: no ContentRedactionOutput either.
+        assert_eq!(post_call(&[("TRANSCRIBE_LANGUAGE_CODE", "de-DE")]), None);
+        assert_eq!(
+            post_call(&[("IS_CONTENT_REDACTION_ENABLED", "false")]),
+            None
+        );
     }
 
     #[test]

@@ -1,7 +1,13 @@
 //! [`Delivered`]: what of a call is known to be on the LCA Kinesis stream, kept from the
 //! publisher's acknowledgements. It travels in the call's lease so that an invocation retried
-//! after a crash publishes nothing twice: no second START or END, no final segment or category
-//! that was already delivered. Pure.
+//! after a crash or a failure publishes nothing twice: no second START or END, no final
+//! segment or category that was already delivered. Pure.
+//!
+//! A per-channel mark of the last delivered final is exact, not an approximation: the
+//! publisher puts messages on the stream strictly in the order they were produced and stops
+//! at the first one it cannot deliver ([`crate::publisher`]), so what is on the stream is
+//! always a prefix of what was produced, and a channel's finals are produced in time order.
+//! Every final up to the mark is on the stream; none after it is.
 
 use std::collections::BTreeSet;
 

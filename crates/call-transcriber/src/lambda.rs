@@ -25,7 +25,6 @@ use crate::TranscriberConfig;
 use crate::delivered::Delivered;
 use crate::lease::{CallLease, Claim, Held, LeaseError, decide, now_ms};
 use crate::pipeline::{CallPipeline, CallPosition, CallSpec, Clients, Ending, PipelineError, Taps};
-use crate::publisher::{self, PublisherOptions};
 use crate::recording::{Recorder, RecordingError};
 use crate::source::StartAt;
 
@@ -72,6 +71,11 @@ pub struct CallData {
     /// Whether the call is recorded to S3 (hook `shouldRecordCall`).
     #[serde(default = "yes")]
     pub should_record_call: bool,
+    /// When Connect started streaming the contact (the event's `StartTimestamp`, epoch ms):
+    /// START's CreatedAt, which LCA shows as the call's initiation time, so a call whose
+    /// event was processed late (retried, throttled) still shows when it happened.
+    #[serde(default)]
+    pub started_at_ms: Option<u64>,
 }
 
 fn yes() -> bool {
@@ -147,6 +151,7 @@ impl CallData {
             metadatajson: None,
             swap_channels: false,
             should_record_call: true,
+            started_at_ms: None,
         }
     }
 
@@ -190,6 +195,7 @@ pub struct Transcriber {
 impl Transcriber {
     /// The handler with every AWS client built from `sdk` for `config`.
     pub fn new(config: TranscriberConfig, sdk: &aws_config::SdkConfig) -> Self {
+        let bounded = crate::pipeline::with_timeouts(sdk);
         let region = config
             .region
             .clone()
@@ -197,18 +203,18 @@ impl Transcriber {
             .unwrap_or_else(|| "us-east-1".to_string());
         Self {
             lease: config.call_event_table.clone().map(|table| CallLease {
-                client: aws_sdk_dynamodb::Client::new(sdk),
+                client: aws_sdk_dynamodb::Client::new(&bounded),
                 table,
                 duration: config.call_lease_timeout,
             }),
             recorder: config.output_bucket.clone().map(|bucket| Recorder {
-                s3: s3_client(sdk),
+                s3: s3_client(&bounded),
                 bucket,
                 raw_prefix: config.raw_prefix.clone(),
                 recording_prefix: config.recording_prefix.clone(),
             }),
             region,
-            lambda: aws_sdk_lambda::Client::new(sdk),
+            lambda: aws_sdk_lambda::Client::new(&bounded),
             pipeline: CallPipeline {
                 clients: Clients::new(sdk, &config),
                 config,
@@ -331,10 +337,17 @@ impl Transcriber {
         let address = |e: Option<lca_events::connect::Endpoint>| {
             e.and_then(|e| e.address).unwrap_or_default()
         };
+        let started_at_ms = data
+            .media_streams
+            .and_then(|m| m.customer)
+            .and_then(|c| c.audio)
+            .and_then(|a| a.start_timestamp)
+            .and_then(|t| t.trim().parse::<u64>().ok());
         Ok(CallData {
             from_number: address(data.customer_endpoint),
             to_number: address(data.system_endpoint),
             agent_id: data.attributes.get("AgentId").cloned(),
+            started_at_ms,
             ..CallData::new(
                 &contact.contact_id,
                 &contact.stream_arn,
@@ -391,37 +404,60 @@ impl Transcriber {
                 None
             }
             Some(lease) => {
-                let record = lease.read(&call.contact_id).await?;
-                match decide(record, call.lambda_count, &held.owner, now_ms()) {
-                    Claim::Leave(reason) => return Ok(left(&call, reason)),
-                    Claim::Create => {
-                        if is_new && !self.hook(&event, &mut call).await? {
-                            return Ok(skipped(&call));
+                let mut waited = false;
+                loop {
+                    let record = lease.read(&call.contact_id).await?;
+                    match decide(record, call.lambda_count, &held.owner, now_ms()) {
+                        Claim::Leave(reason) => return Ok(left(&call, reason)),
+                        Claim::WaitForExpiry(record) if !waited => {
+                            let wait = Duration::from_millis(
+                                record.lease_until_ms.saturating_sub(now_ms()) + 100,
+                            )
+                            .min(lease.duration + Duration::from_secs(1));
+                            tracing::info!(call_id = %call.call_id, wait_ms = wait.as_millis() as u64, "the lease is held under this request id: waiting to see whether its holder is alive");
+                            tokio::time::sleep(wait).await;
+                            waited = true;
+                            continue;
                         }
-                        if !lease.create(&held, &call).await? {
-                            return Ok(left(&call, "another invocation created the lease first"));
+                        Claim::WaitForExpiry(_) => {
+                            return Ok(left(
+                                &call,
+                                "an invocation with this request id still holds the call",
+                            ));
+                        }
+                        Claim::Create => {
+                            if is_new && !self.hook(&event, &mut call).await? {
+                                return Ok(skipped(&call));
+                            }
+                            if !lease.create(&held, &call).await? {
+                                return Ok(left(
+                                    &call,
+                                    "another invocation created the lease first",
+                                ));
+                            }
+                        }
+                        Claim::TakeOver(record) => {
+                            if !lease.take_over(&held, &record).await? {
+                                return Ok(left(&call, "another invocation took the lease first"));
+                            }
+                            // A held lease was taken from an invocation that stopped (a crash,
+                            // a failure or a timeout); an empty owner is an ordinary hand-over.
+                            let after_failure = !record.owner.is_empty();
+                            if record.lambda_count == call.lambda_count {
+                                call = record.call;
+                            }
+                            delivered = record.delivered;
+                            if after_failure {
+                                tracing::warn!(call_id = %call.call_id, lambda_count = call.lambda_count, failures = record.failures, "resuming a call after a failed attempt; what it published is not published again");
+                            }
+                        }
+                        Claim::RepeatHandOver(record) => {
+                            return self
+                                .invoke_next(&record.call, invocation.function_arn)
+                                .await;
                         }
                     }
-                    Claim::TakeOver(record) => {
-                        if !lease.take_over(&held, &record).await? {
-                            return Ok(left(&call, "another invocation took the lease first"));
-                        }
-                        // A held lease was taken from an invocation that stopped (a crash
-                        // or a timeout); an empty owner is an ordinary hand-over.
-                        let after_failure = !record.owner.is_empty();
-                        if record.lambda_count == call.lambda_count {
-                            call = record.call;
-                        }
-                        delivered = record.delivered;
-                        if after_failure {
-                            tracing::warn!(call_id = %call.call_id, lambda_count = call.lambda_count, "resuming a call after a failed attempt; what it published is not published again");
-                        }
-                    }
-                    Claim::RepeatHandOver(record) => {
-                        return self
-                            .invoke_next(&record.call, invocation.function_arn)
-                            .await;
-                    }
+                    break;
                 }
                 Some(lease)
             }
@@ -449,7 +485,9 @@ impl Transcriber {
             system_phone_number: call.to_number.clone(),
             agent_id: call.agent_id.clone(),
             metadata_json: call.metadatajson.clone(),
-            created_at: crate::transcribe::now(),
+            created_at: call
+                .started_at_ms
+                .map_or_else(crate::transcribe::now, crate::transcribe::timestamp),
         });
         let now = Instant::now();
         let deadline = (now + config.lambda_invoke_timeout).min(
@@ -495,12 +533,17 @@ impl Transcriber {
             delivered: Some(tap_tx),
         };
         let run = self.pipeline.run(spec, taps);
-        let outcome = match lease {
-            None => run.await?,
+        let result = match lease {
+            None => run.await,
             Some(lease) => {
                 tokio::select! {
-                    outcome = run => outcome?,
+                    outcome = run => outcome,
                     () = keep_renewing(lease, &held, delivered_rx) => {
+                        // The run's tasks stop with it; the recording of this share stops too
+                        // (the new holder records it again and aborts the upload left open).
+                        if let Some(piece) = &piece {
+                            piece.abort();
+                        }
                         tracing::error!(call_id = %call.call_id, "lease lost to another invocation: stopping");
                         return Ok(json!({"status": "LEASE_LOST", "callId": call.call_id}));
                     }
@@ -511,18 +554,45 @@ impl Transcriber {
             Ok(delivered) => delivered,
             Err(join) => std::panic::resume_unwind(join.into_panic()),
         };
-        if let Some(piece) = piece {
-            match piece.await {
-                Ok(result) => {
-                    let piece = result?;
+        let piece = match piece {
+            Some(piece) => match piece.await {
+                Ok(result) => Some(result),
+                Err(join) => std::panic::resume_unwind(join.into_panic()),
+            },
+            None => None,
+        };
+        let finished = match (result, piece) {
+            (Err(error), _) => Err(error.into()),
+            (Ok(_), Some(Err(error))) => Err(error.into()),
+            (Ok(outcome), piece) => {
+                if let Some(Ok(piece)) = piece {
                     tracing::info!(call_id = %call.call_id, piece = ?piece, "recorded this invocation's audio");
                 }
-                Err(join) => std::panic::resume_unwind(join.into_panic()),
+                self.finish(&call, &held, lease, &mut delivered, outcome, invocation)
+                    .await
             }
+        };
+        match finished {
+            Err(error) => self.failed(&call, &held, lease, delivered, error).await,
+            answer => answer,
         }
+    }
+
+    /// After a run that went well: ends the call (recording, ADD_S3_RECORDING_URL, lease) or
+    /// hands it over.
+    async fn finish(
+        &self,
+        call: &CallData,
+        held: &Held,
+        lease: Option<&CallLease>,
+        delivered: &mut Delivered,
+        outcome: crate::pipeline::CallOutcome,
+        invocation: Invocation<'_>,
+    ) -> Result<Value, HandlerError> {
+        let recorder = self.recorder.as_ref().filter(|_| call.should_record_call);
         match outcome.ending {
             Ending::CallEnded(reason) => {
-                if let Some(recorder) = &recorder {
+                if let Some(recorder) = recorder {
                     let recording = recorder.assemble(&call.call_id).await?;
                     tracing::info!(call_id = %call.call_id, key = %recording.key, bytes = recording.bytes, pieces = recording.pieces, "recording written");
                     if !delivered.recording_url {
@@ -532,19 +602,20 @@ impl Transcriber {
                             &recorder.recording_prefix,
                             &call.call_id,
                         );
-                        self.publish(LcaMessage {
-                            call_id: call.call_id.clone(),
-                            event: LcaEvent::AddS3RecordingUrl(RecordingUrl {
-                                recording_url: url,
-                                created_at: crate::transcribe::now(),
-                            }),
-                        })
-                        .await?;
+                        self.pipeline
+                            .publish(LcaMessage {
+                                call_id: call.call_id.clone(),
+                                event: LcaEvent::AddS3RecordingUrl(RecordingUrl {
+                                    recording_url: url,
+                                    created_at: crate::transcribe::now(),
+                                }),
+                            })
+                            .await?;
                         delivered.recording_url = true;
                     }
                 }
                 if let Some(lease) = lease
-                    && !lease.end(&held, &delivered).await?
+                    && !lease.end(held, delivered).await?
                 {
                     tracing::warn!(call_id = %call.call_id, "the lease changed hands before the call's end was recorded");
                 }
@@ -561,10 +632,10 @@ impl Transcriber {
                     origin_ns: position.origin_ns,
                     start_sample: position.start_sample,
                     lambda_count: call.lambda_count + 1,
-                    ..call
+                    ..call.clone()
                 };
                 if let Some(lease) = lease
-                    && !lease.hand_over(&held, &next, &delivered).await?
+                    && !lease.hand_over(held, &next, delivered).await?
                 {
                     tracing::error!(call_id = %next.call_id, "lease lost to another invocation: not handing over");
                     return Ok(json!({"status": "LEASE_LOST", "callId": next.call_id}));
@@ -572,6 +643,67 @@ impl Transcriber {
                 self.invoke_next(&next, invocation.function_arn).await
             }
         }
+    }
+
+    /// Handles a failed attempt: records it in the lease (ending its hold, so Lambda's retry
+    /// takes over at once) and returns the error, so Lambda retries the event and, after its
+    /// last retry, sends it to the function's on-failure destination. When this was the last
+    /// attempt (`MAXIMUM_RETRY_ATTEMPTS` retries have failed too, or there is no lease to
+    /// count them), the call is given up: END is published, so LCA does not show the call as
+    /// live for ever, and the lease says FAILED. The transcript then stops where reading
+    /// stopped; the error log says why and what to do.
+    async fn failed(
+        &self,
+        call: &CallData,
+        held: &Held,
+        lease: Option<&CallLease>,
+        mut delivered: Delivered,
+        error: HandlerError,
+    ) -> Result<Value, HandlerError> {
+        let retries = self.pipeline.config.maximum_retry_attempts;
+        let attempt = match lease {
+            None => None,
+            Some(lease) => match lease
+                .record_failure(held, &delivered, &error.to_string())
+                .await
+            {
+                Ok(Some(attempt)) => Some(attempt),
+                Ok(None) => {
+                    tracing::error!(call_id = %call.call_id, error = %error, "invocation failed; the call's lease has moved on, so the failure is left to its holder");
+                    return Err(error);
+                }
+                Err(lease_error) => {
+                    tracing::error!(call_id = %call.call_id, error = %error, %lease_error, "invocation failed and the failure could not be recorded in the lease");
+                    return Err(error);
+                }
+            },
+        };
+        let last = attempt.is_none_or(|attempt| attempt > retries);
+        tracing::error!(call_id = %call.call_id, error = %error, attempt, retries, last_attempt = last, "the call's invocation failed");
+        if !last {
+            return Err(error);
+        }
+        if delivered.started && !delivered.ended {
+            let end = LcaMessage {
+                call_id: call.call_id.clone(),
+                event: LcaEvent::End(lca_events::Stamped {
+                    created_at: crate::transcribe::now(),
+                }),
+            };
+            match self.pipeline.publish(end).await {
+                Ok(()) => delivered.ended = true,
+                Err(end_error) => {
+                    tracing::error!(call_id = %call.call_id, error = %end_error, "END of the failed call could not be published: LCA shows it live");
+                }
+            }
+        }
+        if let Some(lease) = lease
+            && let Err(lease_error) = lease.give_up(held, &delivered).await
+        {
+            tracing::error!(call_id = %call.call_id, %lease_error, "the failed call could not be marked FAILED in the lease");
+        }
+        tracing::error!(call_id = %call.call_id, error = %error, end_published = delivered.ended, "call given up: its transcript stops at the failure");
+        Err(error)
     }
 
     /// Starts the invocation that continues the call at `next`.
@@ -598,20 +730,6 @@ impl Transcriber {
         }
         tracing::info!(call_id = %next.call_id, lambda_count = next.lambda_count, "handed over");
         Ok(json!({"status": "CONTINUED", "callId": next.call_id, "lambdaCount": next.lambda_count}))
-    }
-
-    /// Puts one message on the LCA stream with the pipeline's publisher (ordering, retries).
-    async fn publish(&self, message: LcaMessage) -> Result<(), HandlerError> {
-        let call_id = message.call_id.clone();
-        let (tx, rx) = mpsc::channel(1);
-        let _ = tx.send(message).await;
-        drop(tx);
-        let options = PublisherOptions::new(&self.pipeline.config.kinesis_stream_name);
-        let report = publisher::run(&self.pipeline.clients.kinesis, &options, rx, None).await;
-        match PipelineError::undelivered(&call_id, &report) {
-            None => Ok(()),
-            Some(error) => Err(error.into()),
-        }
     }
 }
 

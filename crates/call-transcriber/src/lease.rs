@@ -33,6 +33,10 @@ pub struct LeaseRecord {
     pub delivered: Delivered,
     /// The call has ended (END and the recording are done).
     pub ended: bool,
+    /// The call was given up after its invocation failed on every attempt Lambda makes.
+    pub failed: bool,
+    /// Failed attempts of the current invocation (reset at each hand-over).
+    pub failures: u32,
     /// Request id of the invocation that last handed the call over.
     pub handed_over_by: Option<String>,
 }
@@ -46,6 +50,12 @@ pub enum Claim {
     /// invocation, or its holder stopped (this invocation's own crashed attempt, or a lease
     /// that was not renewed in time).
     TakeOver(Box<LeaseRecord>),
+    /// The lease is held, unexpired, by an invocation with this request id: Lambda's retry of
+    /// a crashed attempt, or the same event delivered twice while the first delivery still
+    /// runs. Which one cannot be told from the request id (Lambda's retries keep it), so wait
+    /// until the hold expires (at most `CALL_LEASE_TIMEOUT`) and decide again: a live holder
+    /// renews it meanwhile.
+    WaitForExpiry(Box<LeaseRecord>),
     /// This invocation handed the call over (to this lease's call data), then failed before
     /// it could say so: start the next invocation again (the lease lets only one of them run).
     RepeatHandOver(Box<LeaseRecord>),
@@ -66,6 +76,9 @@ pub fn decide(
     if record.ended {
         return Claim::Leave("the call has already ended");
     }
+    if record.failed {
+        return Claim::Leave("the call was given up after failed attempts");
+    }
     if record.lambda_count > lambda_count {
         let ours = record.handed_over_by.as_deref() == Some(request_id);
         return if ours && record.owner.is_empty() && record.lambda_count == lambda_count + 1 {
@@ -74,8 +87,10 @@ pub fn decide(
             Claim::Leave("a later invocation has the call")
         };
     }
-    if record.owner == request_id || record.owner.is_empty() || record.lease_until_ms <= now_ms {
+    if record.owner.is_empty() || record.lease_until_ms <= now_ms {
         Claim::TakeOver(Box::new(record))
+    } else if record.owner == request_id {
+        Claim::WaitForExpiry(Box::new(record))
     } else {
         Claim::Leave("another invocation holds the call")
     }
@@ -296,9 +311,11 @@ impl CallLease {
             held,
             "hand over",
             "SET #o = :none, HandedOverBy = :me, LambdaCount = :next_count, CallData = :call, \
-             Delivered = :delivered, LeaseUntil = :until, ExpiresAfter = :expires",
+             Delivered = :delivered, LeaseUntil = :until, ExpiresAfter = :expires, \
+             Failures = :zero",
             vec![
                 (":none", s("")),
+                (":zero", n(0)),
                 (":next_count", n(next.lambda_count)),
                 (":call", json(next)),
                 (":delivered", json(delivered)),
@@ -321,6 +338,66 @@ impl CallLease {
             vec![
                 (":none", s("")),
                 (":ended", s("ENDED")),
+                (":delivered", json(delivered)),
+            ],
+        )
+        .await
+    }
+
+    /// Records a failed attempt of this invocation and ends its hold at once, so that
+    /// Lambda's retry (same request id) or any other delivery takes the call over without
+    /// waiting; returns the invocation's failed attempts so far, or `None` when the lease is
+    /// no longer this invocation's.
+    pub async fn record_failure(
+        &self,
+        held: &Held,
+        delivered: &Delivered,
+        message: &str,
+    ) -> Result<Option<u32>, LeaseError> {
+        let failed = |e: String| self.error(&held.contact_id, "UpdateItem (record failure)", e);
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("PK", key(&held.contact_id))
+            .update_expression(
+                "SET LeaseUntil = :zero, Delivered = :delivered, LastFailure = :message \
+                 ADD Failures :one",
+            )
+            .condition_expression("#o = :me AND LambdaCount = :count")
+            .expression_attribute_names("#o", "Owner")
+            .expression_attribute_values(":me", s(&held.owner))
+            .expression_attribute_values(":count", n(held.lambda_count))
+            .expression_attribute_values(":zero", n(0))
+            .expression_attribute_values(":one", n(1))
+            .expression_attribute_values(":delivered", json(delivered))
+            .expression_attribute_values(":message", s(message))
+            .return_values(aws_sdk_dynamodb::types::ReturnValue::UpdatedNew)
+            .send()
+            .await;
+        match result {
+            Ok(output) => output
+                .attributes
+                .as_ref()
+                .and_then(|a| a.get("Failures"))
+                .and_then(|v| v.as_n().ok())
+                .and_then(|v| v.parse().ok())
+                .map(Some)
+                .ok_or_else(|| failed("the answer has no Failures count".to_string())),
+            Err(e) if lost_race(&e) => Ok(None),
+            Err(e) => Err(failed(crate::source::error_text(&e))),
+        }
+    }
+
+    /// Gives the call up after its last failed attempt: no invocation takes it again.
+    pub async fn give_up(&self, held: &Held, delivered: &Delivered) -> Result<bool, LeaseError> {
+        self.held_update(
+            held,
+            "give up",
+            "SET #o = :none, #s = :failed, Delivered = :delivered",
+            vec![
+                (":none", s("")),
+                (":failed", s("FAILED")),
                 (":delivered", json(delivered)),
             ],
         )
@@ -383,6 +460,12 @@ fn parse(item: &HashMap<String, AttributeValue>) -> Result<LeaseRecord, String> 
         delivered: serde_json::from_str(text("Delivered")?)
             .map_err(|e| format!("attribute Delivered: {e}"))?,
         ended: text("Status")? == "ENDED",
+        failed: text("Status")? == "FAILED",
+        failures: item
+            .get("Failures")
+            .and_then(|v| v.as_n().ok())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
         handed_over_by: text("HandedOverBy").ok().map(str::to_string),
     })
 }
@@ -399,6 +482,8 @@ mod tests {
             call: CallData::new("c", "arn", "1"),
             delivered: Delivered::default(),
             ended: false,
+            failed: false,
+            failures: 0,
             handed_over_by: None,
         }
     }
@@ -418,12 +503,26 @@ mod tests {
     }
 
     #[test]
-    fn a_retry_of_the_holder_takes_over_at_once() {
-        // Lambda retries only after the attempt failed: the hold is dead though still valid.
+    fn the_same_request_id_waits_for_a_live_hold_to_expire() {
+        // A retry after a crash and a second delivery while the first runs look alike: the
+        // hold must expire (a live holder renews it) before the call is taken over.
         let held = record("r1", 5000, 2);
         assert_eq!(
             decide(Some(held.clone()), 2, "r1", 1000),
+            Claim::WaitForExpiry(Box::new(held.clone()))
+        );
+        assert_eq!(
+            decide(Some(held.clone()), 2, "r1", 5000),
             Claim::TakeOver(Box::new(held))
+        );
+        // A failed attempt ends its hold at once: the retry need not wait.
+        let failed = LeaseRecord {
+            failures: 1,
+            ..record("r1", 0, 2)
+        };
+        assert_eq!(
+            decide(Some(failed.clone()), 2, "r1", 1000),
+            Claim::TakeOver(Box::new(failed))
         );
     }
 
@@ -466,6 +565,18 @@ mod tests {
         assert_eq!(
             decide(Some(taken.clone()), 2, "r2", 1000),
             Claim::Leave("a later invocation has the call")
+        );
+    }
+
+    #[test]
+    fn a_call_given_up_is_left_alone() {
+        let given_up = LeaseRecord {
+            failed: true,
+            ..record("", 0, 1)
+        };
+        assert_eq!(
+            decide(Some(given_up), 1, "r1", 1000),
+            Claim::Leave("the call was given up after failed attempts")
         );
     }
 

@@ -44,10 +44,34 @@ impl Clients {
         Self {
             kvs: KvsClients::new(sdk),
             transcribe: transcribe::client(sdk, &config.transcribe),
-            kinesis: aws_sdk_kinesis::Client::new(sdk),
+            kinesis: aws_sdk_kinesis::Client::new(&with_timeouts(sdk)),
         }
     }
 }
+
+/// `sdk` with time limits on every request: a hung connection to Kinesis, S3, DynamoDB,
+/// Lambda or the KVS control plane fails that request (and its retry logic takes over)
+/// instead of holding the call until the Lambda times out. The streaming calls (GetMedia,
+/// Transcribe) are not under these limits: the source's idle timeout and the session's
+/// own timers bound them.
+pub fn with_timeouts(sdk: &aws_config::SdkConfig) -> aws_config::SdkConfig {
+    sdk.to_builder()
+        .timeout_config(
+            aws_config::timeout::TimeoutConfig::builder()
+                .connect_timeout(REQUEST_CONNECT_TIMEOUT)
+                .operation_attempt_timeout(REQUEST_ATTEMPT_TIMEOUT)
+                .operation_timeout(REQUEST_TIMEOUT)
+                .build(),
+        )
+        .build()
+}
+
+/// Connecting to an AWS endpoint.
+const REQUEST_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// One attempt of a request (a 5 MiB S3 part, a 500-record PutRecords, the lambda hook).
+const REQUEST_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(20);
+/// A request with the SDK's retries.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Loads the SDK configuration the way the Lambda does: the default chain, with `REGION`
 /// (when set) as the region.
@@ -143,7 +167,7 @@ pub enum PipelineError {
 
 impl PipelineError {
     /// The error for what `report` could not put on Kinesis, if anything.
-    pub(crate) fn undelivered(call_id: &str, report: &PublishReport) -> Option<Self> {
+    fn undelivered(call_id: &str, report: &PublishReport) -> Option<Self> {
         let (_, first) = report.undelivered.first()?;
         Some(Self::Undelivered {
             call_id: call_id.to_string(),
@@ -187,10 +211,20 @@ impl CallPipeline {
         let config = &self.config;
         let (message_tx, message_rx) = mpsc::channel::<LcaMessage>(1024);
         let kinesis = self.clients.kinesis.clone();
-        let publisher_options = PublisherOptions::new(&config.kinesis_stream_name);
+        // Kinesis writes are retried for as long as the run may take (a Lambda run's time,
+        // then its grace period); after that the run fails and its retry delivers the rest.
+        let publisher_options = match call.deadline {
+            Some(deadline) => {
+                PublisherOptions::until(&config.kinesis_stream_name, deadline + HANDOVER_GRACE)
+            }
+            None => PublisherOptions::new(&config.kinesis_stream_name),
+        };
         let publisher = tokio::spawn(async move {
             publisher::run(&kinesis, &publisher_options, message_rx, delivered).await
         }.in_current_span());
+        // A run that is dropped (its lease lost, its invocation ending) takes its tasks with
+        // it: no orphan keeps a Transcribe stream, a GetMedia connection or publishing.
+        let mut tasks = AbortOnDrop(vec![publisher.abort_handle()]);
         if let Some(start) = call.start_event.clone() {
             let _ = message_tx
                 .send(LcaMessage {
@@ -208,6 +242,9 @@ impl CallPipeline {
             session_id: call.position.session_id.clone(),
             start_sample: call.position.start_sample,
             delivered: call.already_delivered.clone(),
+            // Waiting for Transcribe capacity may use the hand-over's grace period too; then
+            // the run fails and the call continues in the retried invocation.
+            give_up_at: call.deadline.map(|deadline| deadline + HANDOVER_GRACE),
         };
         let transcribe_client = self.clients.transcribe.clone();
         let transcribe_messages = message_tx.clone();
@@ -231,6 +268,7 @@ impl CallPipeline {
             }
             .in_current_span(),
         );
+        tasks.0.push(transcriber.abort_handle());
 
         let mut events = source::spawn(
             self.clients.kvs.clone(),
@@ -370,6 +408,34 @@ impl CallPipeline {
             published,
             chunk_latencies,
         })
+    }
+}
+
+impl CallPipeline {
+    /// Puts one message on the LCA stream with the pipeline's publisher (ordering, retries):
+    /// for what is published outside a run (END of a call given up, the recording's URL).
+    pub async fn publish(&self, message: LcaMessage) -> Result<(), PipelineError> {
+        let call_id = message.call_id.clone();
+        let (tx, rx) = mpsc::channel(1);
+        let _ = tx.send(message).await;
+        drop(tx);
+        let options = PublisherOptions::new(&self.config.kinesis_stream_name);
+        let report = publisher::run(&self.clients.kinesis, &options, rx, None).await;
+        match PipelineError::undelivered(&call_id, &report) {
+            None => Ok(()),
+            Some(error) => Err(error),
+        }
+    }
+}
+
+/// Aborts the tasks it holds when dropped.
+struct AbortOnDrop(Vec<tokio::task::AbortHandle>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
     }
 }
 

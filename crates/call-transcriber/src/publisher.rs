@@ -1,24 +1,30 @@
 //! The ordered Kinesis publisher: LCA messages of one call onto the LCA data stream in the
 //! order they were produced, none dropped silently.
 //!
-//! One request is in flight at a time. A message arriving while the stream is idle goes out
-//! at once (PutRecord); messages that queued up meanwhile go together in one PutRecords, so
-//! a burst costs one round trip instead of many. START goes alone and first, END alone and
-//! after everything before it is acknowledged. Single records carry
-//! SequenceNumberForOrdering, so Kinesis keeps their order strictly. Throttling
-//! (ProvisionedThroughputExceeded), service errors and failed records of a batch are retried
-//! with exponential backoff; what still fails after the last attempt is reported.
+//! Every message goes out with PutRecord, one request in flight, each carrying the previous
+//! record's sequence number as SequenceNumberForOrdering, so the shard keeps them in order.
+//! PutRecords is not used: "A single record failure does not stop the processing of
+//! subsequent records. As a result, PutRecords doesn't guarantee the ordering of records. If
+//! you need to read records in the same order they are written to the stream, use PutRecord
+//! instead of PutRecords, and write to the same shard" (Kinesis API reference, PutRecords).
+//! A burst costs fewer round trips another way: a partial result whose segment has a newer
+//! version queued is skipped (LCA would overwrite it at once); finals are never skipped.
+//!
+//! Throttling (ProvisionedThroughputExceeded) and service errors are retried with exponential
+//! backoff until the run's time is up. A message that cannot be delivered stops the
+//! publisher: it and everything after it are reported undelivered, so what reached the
+//! stream is always a prefix of what was produced (which is what [`crate::Delivered`]
+//! records, exactly).
 //!
 //! Kinesis itself is at-least-once: a request whose response is lost is retried and may
-//! store its records twice. LCA's consumer keys segments by SegmentId, so such a repeat
+//! store its record twice. LCA's consumer keys segments by SegmentId, so such a repeat
 //! overwrites rather than duplicates.
 
 use std::time::Duration;
 
 use aws_sdk_kinesis::error::ProvideErrorMetadata;
 use aws_sdk_kinesis::primitives::Blob;
-use aws_sdk_kinesis::types::PutRecordsRequestEntry;
-use lca_events::{LcaEvent, LcaMessage};
+use lca_events::{LcaEvent, LcaMessage, Segment};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -29,8 +35,11 @@ use crate::source::error_text;
 pub struct PublisherOptions {
     /// The LCA Kinesis data stream.
     pub stream_name: String,
-    /// Attempts per record before it is reported undelivered.
+    /// Attempts per record before it is reported undelivered (at least one is made).
     pub max_attempts: u32,
+    /// No retry starts after this instant (the run's time is up): the record is reported
+    /// undelivered instead. `None`: only `max_attempts` limits.
+    pub give_up_at: Option<Instant>,
     /// First backoff; doubles per attempt.
     pub base_backoff: Duration,
     /// Longest backoff.
@@ -38,14 +47,33 @@ pub struct PublisherOptions {
 }
 
 impl PublisherOptions {
-    /// Defaults: 10 attempts, 50 ms doubling to 2 s (about 10 s of retrying in all).
+    /// Defaults: 10 attempts, 50 ms doubling to 2 s (about 10 s of retrying in all), no
+    /// deadline.
     pub fn new(stream_name: &str) -> Self {
         Self {
             stream_name: stream_name.to_string(),
             max_attempts: 10,
+            give_up_at: None,
             base_backoff: Duration::from_millis(50),
             max_backoff: Duration::from_secs(2),
         }
+    }
+
+    /// Retrying until `deadline` (a Lambda run's time), however many attempts that takes.
+    pub fn until(stream_name: &str, deadline: Instant) -> Self {
+        Self {
+            max_attempts: u32::MAX,
+            give_up_at: Some(deadline),
+            ..Self::new(stream_name)
+        }
+    }
+
+    /// Whether another attempt may follow attempt `attempt` after `delay`.
+    fn may_retry(&self, attempt: u32, delay: Duration) -> bool {
+        attempt < self.max_attempts
+            && self
+                .give_up_at
+                .is_none_or(|deadline| Instant::now() + delay < deadline)
     }
 }
 
@@ -58,8 +86,10 @@ pub struct PublishReport {
     pub undelivered: Vec<(LcaMessage, String)>,
     /// Requests made (PutRecord and PutRecords).
     pub requests: u64,
-    /// Requests or records retried.
+    /// Requests retried.
     pub retries: u64,
+    /// Partial results not sent because a newer version of their segment was queued.
+    pub superseded: u64,
     /// Per delivered record: from its arrival at the publisher to Kinesis's acknowledgement.
     pub latencies: Vec<Duration>,
     /// Per record: from its arrival at the publisher to the start of its first request
@@ -77,10 +107,6 @@ impl PublishReport {
         }
     }
 }
-
-/// Largest PutRecords request: 500 records, 5 MiB (records are far smaller than 1 MiB).
-const MAX_BATCH_RECORDS: usize = 500;
-const MAX_BATCH_BYTES: usize = 5 << 20;
 
 struct Pending {
     message: LcaMessage,
@@ -106,15 +132,11 @@ pub async fn run(
     loop {
         if queue.is_empty() {
             if !open {
-                report.delivered_tap = None;
-                return report;
+                break;
             }
             match messages.recv().await {
                 Some(message) => queue.push_back(pending(message)),
-                None => {
-                    report.delivered_tap = None;
-                    return report;
-                }
+                None => break,
             }
         }
         while let Ok(message) = messages.try_recv() {
@@ -123,19 +145,57 @@ pub async fn run(
         if messages.is_closed() && messages.is_empty() {
             open = false;
         }
-        let batch = take_batch(&mut queue);
-        report
-            .queue_latencies
-            .extend(batch.iter().map(|p| p.arrived.elapsed()));
-        if batch.len() == 1 {
-            let item = batch.into_iter().next().expect("one item");
-            put_one(client, options, item, &mut last_sequence, &mut report).await;
-        } else {
-            put_batch(client, options, batch, &mut report).await;
-            // A batch's order within the shard is not tied to earlier single records'.
-            last_sequence = None;
+        let item = queue.pop_front().expect("the queue is not empty");
+        if let Some(key) = partial_key(&item.message)
+            && queue
+                .iter()
+                .any(|later| segment_key(&later.message) == Some(key))
+        {
+            report.superseded += 1;
+            continue;
+        }
+        report.queue_latencies.push(item.arrived.elapsed());
+        if let Err((item, error)) =
+            put_one(client, options, item, &mut last_sequence, &mut report).await
+        {
+            // Nothing after an undeliverable message is sent: the stream keeps a prefix.
+            tracing::error!(call_id = %item.message.call_id, message = %error, "giving up on LCA messages: Kinesis did not take them");
+            report.undelivered.push((item.message, error.clone()));
+            while let Some(rest) = queue.pop_front() {
+                report.undelivered.push((rest.message, error.clone()));
+            }
+            while let Some(rest) = messages.recv().await {
+                report.undelivered.push((rest, error.clone()));
+            }
+            break;
         }
     }
+    report.delivered_tap = None;
+    report
+}
+
+/// The segment a transcript message updates (standard: SegmentId; Call Analytics: the
+/// utterance id), if it is one.
+fn segment_key(message: &LcaMessage) -> Option<&str> {
+    match &message.event {
+        LcaEvent::AddTranscriptSegment(Segment::Standard(s)) => Some(&s.segment_id),
+        LcaEvent::AddTranscriptSegment(Segment::Analytics(a)) => {
+            a.utterance_event["UtteranceId"].as_str()
+        }
+        _ => None,
+    }
+}
+
+/// The segment key of a partial result (which a newer version of the segment replaces).
+fn partial_key(message: &LcaMessage) -> Option<&str> {
+    let partial = match &message.event {
+        LcaEvent::AddTranscriptSegment(Segment::Standard(s)) => s.is_partial,
+        LcaEvent::AddTranscriptSegment(Segment::Analytics(a)) => {
+            a.utterance_event["IsPartial"].as_bool() == Some(true)
+        }
+        _ => false,
+    };
+    if partial { segment_key(message) } else { None }
 }
 
 fn pending(message: LcaMessage) -> Pending {
@@ -147,32 +207,8 @@ fn pending(message: LcaMessage) -> Pending {
     }
 }
 
-/// START and END go alone; otherwise as many queued messages as one request takes.
-fn take_batch(queue: &mut std::collections::VecDeque<Pending>) -> Vec<Pending> {
-    let alone = |p: &Pending| matches!(p.message.event, LcaEvent::Start(_) | LcaEvent::End(_));
-    let mut batch = Vec::new();
-    let mut bytes = 0;
-    while let Some(next) = queue.front() {
-        if !batch.is_empty()
-            && (alone(next)
-                || batch.len() == MAX_BATCH_RECORDS
-                || bytes + next.data.len() > MAX_BATCH_BYTES)
-        {
-            break;
-        }
-        let next = queue.pop_front().expect("front exists");
-        bytes += next.data.len();
-        let single = alone(&next);
-        batch.push(next);
-        if single {
-            break;
-        }
-    }
-    batch
-}
-
 /// The SDK's own retries are off for puts: the publisher retries (with its backoff, its
-/// attempt limit and its report), and a batch's failed records are retried alone.
+/// limits and its report).
 fn own_retries() -> aws_sdk_kinesis::config::Builder {
     aws_sdk_kinesis::config::Builder::default()
         .retry_config(aws_sdk_kinesis::config::retry::RetryConfig::disabled())
@@ -185,13 +221,14 @@ fn backoff(options: &PublisherOptions, attempt: u32) -> Duration {
         .min(options.max_backoff)
 }
 
+/// Puts one record, retrying; gives it back with the last error when it cannot be delivered.
 async fn put_one(
     client: &aws_sdk_kinesis::Client,
     options: &PublisherOptions,
     item: Pending,
     last_sequence: &mut Option<String>,
     report: &mut PublishReport,
-) {
+) -> Result<(), (Pending, String)> {
     let mut attempt = 0;
     loop {
         report.requests += 1;
@@ -209,7 +246,7 @@ async fn put_one(
             Ok(output) => {
                 *last_sequence = Some(output.sequence_number);
                 report.acknowledged(item);
-                return;
+                return Ok(());
             }
             Err(error) => {
                 attempt += 1;
@@ -220,92 +257,14 @@ async fn put_one(
                         .code()
                         .map_or_else(|| error_text(&error), str::to_string)
                 );
-                if attempt >= options.max_attempts {
-                    tracing::error!(call_id = %item.message.call_id, %message, "giving up on an LCA message");
-                    report.undelivered.push((item.message, message));
-                    return;
+                let delay = backoff(options, attempt);
+                if !options.may_retry(attempt, delay) {
+                    return Err((item, message));
                 }
                 report.retries += 1;
                 tracing::warn!(call_id = %item.message.call_id, attempt, %message, "retrying PutRecord");
-                tokio::time::sleep(backoff(options, attempt)).await;
+                tokio::time::sleep(delay).await;
             }
         }
-    }
-}
-
-async fn put_batch(
-    client: &aws_sdk_kinesis::Client,
-    options: &PublisherOptions,
-    mut batch: Vec<Pending>,
-    report: &mut PublishReport,
-) {
-    let mut attempt = 0;
-    while !batch.is_empty() {
-        report.requests += 1;
-        let entries: Vec<PutRecordsRequestEntry> = batch
-            .iter()
-            .map(|p| {
-                PutRecordsRequestEntry::builder()
-                    .partition_key(&p.message.call_id)
-                    .data(Blob::new(p.data.clone()))
-                    .build()
-                    .expect("partition key and data are set")
-            })
-            .collect();
-        let result = client
-            .put_records()
-            .stream_name(&options.stream_name)
-            .set_records(Some(entries))
-            .customize()
-            .config_override(own_retries())
-            .send()
-            .await;
-        let failed: Vec<(Pending, String)> = match result {
-            Ok(output) => {
-                let mut failed = Vec::new();
-                for (item, record) in batch.drain(..).zip(output.records) {
-                    match record.error_code {
-                        None => report.acknowledged(item),
-                        Some(code) => {
-                            let message = format!(
-                                "PutRecords to {}: {code}: {}",
-                                options.stream_name,
-                                record.error_message.unwrap_or_default()
-                            );
-                            failed.push((item, message));
-                        }
-                    }
-                }
-                failed
-            }
-            Err(error) => {
-                let message = format!(
-                    "PutRecords to {}: {}",
-                    options.stream_name,
-                    error
-                        .code()
-                        .map_or_else(|| error_text(&error), str::to_string)
-                );
-                batch
-                    .drain(..)
-                    .map(|item| (item, message.clone()))
-                    .collect()
-            }
-        };
-        if failed.is_empty() {
-            return;
-        }
-        attempt += 1;
-        if attempt >= options.max_attempts {
-            for (item, message) in failed {
-                tracing::error!(call_id = %item.message.call_id, %message, "giving up on an LCA message");
-                report.undelivered.push((item.message, message));
-            }
-            return;
-        }
-        report.retries += failed.len() as u64;
-        tracing::warn!(records = failed.len(), attempt, message = %failed[0].1, "retrying failed records");
-        batch = failed.into_iter().map(|(item, _)| item).collect();
-        tokio::time::sleep(backoff(options, attempt)).await;
     }
 }

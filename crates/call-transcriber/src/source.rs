@@ -90,16 +90,20 @@ pub enum SourceEvent {
 }
 
 /// Why the stream is over for this call.
+///
+/// An empty or ended GetMedia response is none of these: KVS ends a response body after
+/// 3 s when no new fragment is available (GetMedia API reference: "the reading of the HTTP
+/// response payload will timeout after 3 seconds if there are no ingested fragments
+/// available for playback"), which is what a producer stall in a live call looks like too.
+/// The source asks again until the idle timeout has passed without data.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EndReason {
-    /// GetMedia ended and a new request brought nothing new: the producer stopped.
+    /// The stream is gone (GetMedia answers ResourceNotFoundException after the call was read).
     StreamEnded,
-    /// No data for the idle timeout.
+    /// No data for the idle timeout (`KVS_IDLE_TIMEOUT`): the producer stopped.
     Idle,
     /// The stream now carries another contact (Connect reused it).
     OtherContact(String),
-    /// KVS sent an error chunk that retrying does not fix.
-    KvsError(KvsError),
 }
 
 /// What keeps the source from reading the stream.
@@ -113,6 +117,9 @@ pub enum SourceError {
         /// The SDK's error, with its details.
         message: String,
     },
+    /// KVS sent an error chunk that retrying does not fix: the call cannot be read.
+    #[error(transparent)]
+    Stream(#[from] KvsStreamError),
     /// GetMedia failed (or the connection kept failing) too many times in a row.
     #[error("GetMedia on {stream} failed {attempts} times in a row; last: {message}")]
     GetMedia {
@@ -128,6 +135,85 @@ pub enum SourceError {
 /// KVS error ids worth retrying: 5000 internal error, 4503 KMS key unavailable.
 fn is_transient(error: &KvsError) -> bool {
     matches!(error.id.trim(), "5000" | "4503")
+}
+
+/// A GetMedia error chunk that retrying does not fix: the call's audio cannot be read. This
+/// is a failure of the invocation, never the end of the call.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("KVS stream {stream}: GetMedia error {id} ({code}): {meaning}. To fix: {action}")]
+pub struct KvsStreamError {
+    /// The stream ARN.
+    pub stream: String,
+    /// AWS_KINESISVIDEO_ERROR_ID as sent (e.g. `4500`).
+    pub id: String,
+    /// AWS_KINESISVIDEO_ERROR_CODE as sent (KVS puts a description there).
+    pub code: String,
+    /// What the id means.
+    pub meaning: &'static str,
+    /// What the operator can do about it.
+    pub action: &'static str,
+}
+
+impl KvsStreamError {
+    /// The error for `error` on `stream`, with the meaning of its id as the GetMedia API
+    /// reference lists them (Kinesis Video Streams API reference, GetMedia, "Errors" in the
+    /// response: 3002, 4000, 4500-4506, 5000) and what to do about each.
+    pub fn new(stream: &str, error: &KvsError) -> Self {
+        let id = error.id.trim();
+        let (meaning, action) = match id {
+            "3002" => (
+                "error writing to the stream (the API reference says no more)",
+                "retry later; if it persists, check the stream in the Kinesis Video Streams console and contact AWS Support with the stream ARN",
+            ),
+            "4000" => (
+                "the requested fragment was not found",
+                "the contact's StartFragmentNumber is not (or no longer) on the stream: check the stream's data retention period (Connect instance, Data storage, Live media streaming) and that the event names the contact's own stream",
+            ),
+            "4500" => (
+                "access denied for the stream's KMS key",
+                "grant this function's role kms:Decrypt on the KMS key of the Connect instance's live media streaming (Connect console: the instance, Data storage, Live media streaming, encryption key), or use the AWS managed key",
+            ),
+            "4501" => (
+                "the stream's KMS key is disabled",
+                "enable the KMS key of the Connect instance's live media streaming",
+            ),
+            "4502" => (
+                "validation error on the stream's KMS key",
+                "check the KMS key configured for the Connect instance's live media streaming",
+            ),
+            "4503" => (
+                "the stream's KMS key is unavailable",
+                "KMS did not answer; retry later, and check the key's state in the KMS console",
+            ),
+            "4504" => (
+                "invalid usage of the stream's KMS key",
+                "the Connect instance's live media streaming key must be a symmetric encryption key",
+            ),
+            "4505" => (
+                "invalid state of the stream's KMS key",
+                "the key is pending deletion or import; restore the KMS key of the Connect instance's live media streaming",
+            ),
+            "4506" => (
+                "the stream's KMS key was not found",
+                "the KMS key of the Connect instance's live media streaming was deleted or is in another account or region",
+            ),
+            "5000" => (
+                "internal error in Kinesis Video Streams",
+                "retry later; if it persists, contact AWS Support with the stream ARN",
+            ),
+            _ => (
+                "an error id the GetMedia API reference does not list",
+                "see the error code text and the GetMedia API reference",
+            ),
+        };
+        Self {
+            stream: stream.to_string(),
+            id: id.to_string(),
+            code: error.code.trim().to_string(),
+            meaning,
+            action,
+        }
+    }
 }
 
 /// The two KVS clients a source needs, built once per process.
@@ -149,7 +235,7 @@ impl KvsClients {
             .stalled_stream_protection(StalledStreamProtectionConfig::disabled())
             .build();
         Self {
-            video: aws_sdk_kinesisvideo::Client::new(sdk),
+            video: aws_sdk_kinesisvideo::Client::new(&crate::pipeline::with_timeouts(sdk)),
             media,
         }
     }
@@ -222,12 +308,19 @@ struct KvsSource {
     from_producer_ms: Option<u64>,
     /// Only looking for the first ContactId: audio is not delivered.
     peek: bool,
+    /// When KVS last delivered something new for the call (or reading started): the idle
+    /// timeout counts from here, across GetMedia requests.
+    last_data: Instant,
 }
 
 /// How one GetMedia connection ended.
 enum Connection {
-    /// The response ended cleanly.
+    /// KVS sent an error chunk that retrying does not fix.
+    Unreadable(KvsError),
+    /// The response ended cleanly (KVS had nothing more for now).
     Ended { progressed: bool },
+    /// The stream no longer exists.
+    Gone,
     /// The connection failed (cut, unreadable, transient KVS error).
     Failed { progressed: bool, message: String },
     /// Nothing arrived for the idle timeout.
@@ -261,6 +354,7 @@ impl KvsSource {
             first_fragment,
             from_producer_ms: None,
             peek: false,
+            last_data: Instant::now(),
         }
     }
 
@@ -295,19 +389,35 @@ impl KvsSource {
         );
         let mut failures = 0u32;
         loop {
-            let outcome = self.connect(&media, tx).await;
+            // The consumer going away (a dropped run) stops reading at once, also while a
+            // request waits at the tip of a quiet stream.
+            let outcome = tokio::select! {
+                outcome = self.connect(&media, tx) => outcome,
+                () = tx.closed() => Connection::Closed,
+            };
             let reason = match outcome {
                 Connection::Closed => return Ok(()),
+                Connection::Unreadable(error) => {
+                    return Err(KvsStreamError::new(&stream, &error).into());
+                }
                 Connection::Stop(reason) => reason,
                 Connection::Idle => EndReason::Idle,
+                Connection::Gone => EndReason::StreamEnded,
                 Connection::Refetch => continue,
-                // KVS ended the response (the producer stopped). Ask again from the last
-                // fragment in case more followed; a response with nothing new ends the call.
-                Connection::Ended { progressed: true } => {
-                    tokio::time::sleep(RECONNECT_PAUSE).await;
-                    continue;
+                // KVS ended the response: nothing new for 3 s (the producer paused or
+                // stopped), or a long connection ended. Ask again from the last fragment
+                // until the idle timeout says the producer has stopped.
+                Connection::Ended { progressed } => {
+                    if progressed {
+                        failures = 0;
+                    }
+                    if self.idle_left().is_zero() {
+                        EndReason::Idle
+                    } else {
+                        tokio::time::sleep(POLL_PAUSE.min(self.idle_left())).await;
+                        continue;
+                    }
                 }
-                Connection::Ended { progressed: false } => EndReason::StreamEnded,
                 Connection::Failed {
                     progressed,
                     message,
@@ -329,6 +439,13 @@ impl KvsSource {
             let _ = tx.send(Ok(SourceEvent::End(reason))).await;
             return Ok(());
         }
+    }
+
+    /// What is left of the idle timeout since KVS last sent data.
+    fn idle_left(&self) -> Duration {
+        self.options
+            .idle_timeout
+            .saturating_sub(self.last_data.elapsed())
     }
 
     fn selector(&self) -> StartSelector {
@@ -360,9 +477,16 @@ impl KvsSource {
             .stream_arn(&self.options.stream_arn)
             .start_selector(self.selector())
             .send();
-        let output = match tokio::time::timeout(self.options.idle_timeout, request).await {
+        let output = match tokio::time::timeout(self.idle_left(), request).await {
             Err(_) => return Connection::Idle,
             Ok(Err(error)) => {
+                if error
+                    .as_service_error()
+                    .is_some_and(|e| e.is_resource_not_found_exception())
+                    && self.gate.last_fragment().is_some()
+                {
+                    return Connection::Gone;
+                }
                 return Connection::Failed {
                     progressed: false,
                     message: error_text(&error),
@@ -375,8 +499,7 @@ impl KvsSource {
         let mut progressed = false;
         let mut received_bytes = 0usize;
         loop {
-            let bytes = match tokio::time::timeout(self.options.idle_timeout, payload.next()).await
-            {
+            let bytes = match tokio::time::timeout(self.idle_left(), payload.next()).await {
                 Err(_) => return Connection::Idle,
                 // An empty response: nothing (new) on the stream.
                 Ok(None) if received_bytes == 0 => {
@@ -475,7 +598,7 @@ impl KvsSource {
                                     ),
                                 };
                             }
-                            return Connection::Stop(EndReason::KvsError(error));
+                            return Connection::Unreadable(error);
                         }
                     };
                     if self.peek && matches!(event, SourceEvent::Audio { .. }) {
@@ -484,6 +607,12 @@ impl KvsSource {
                     if tx.send(Ok(event)).await.is_err() {
                         return Connection::Closed;
                     }
+                    // New data for the call. (Bytes alone are not: a request from the last
+                    // fragment gets that fragment again when KVS reads the selector as
+                    // "including".) Time spent waiting for the consumer (a Transcribe
+                    // session waiting for capacity holds reading back) is not KVS being idle
+                    // either, so the clock starts after the hand-off.
+                    self.last_data = Instant::now();
                 }
             }
             if bytes.is_none() {
@@ -493,8 +622,14 @@ impl KvsSource {
     }
 }
 
-/// Pause before asking KVS again (GetMedia allows 5 calls per second per stream).
+/// Pause before asking KVS again after a failure (GetMedia allows 5 calls per second per
+/// stream).
 const RECONNECT_PAUSE: Duration = Duration::from_millis(250);
+
+/// Pause before asking again after a response that ended with nothing more: at most 2 calls
+/// per second (the KVS quotas page: "A unique consuming client shouldn't need more than 2 or
+/// 3 TPS"); against AWS each such response itself lasts 3 s.
+const POLL_PAUSE: Duration = Duration::from_millis(500);
 
 /// How far before a fragment's producer time to read when fetching the one before it.
 const FIRST_FRAGMENT_MARGIN_MS: u64 = 3_000;

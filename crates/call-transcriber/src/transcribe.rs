@@ -57,6 +57,9 @@ pub struct CallTranscription {
     pub start_sample: u64,
     /// What an earlier, crashed attempt already published (nothing for a normal run).
     pub delivered: Delivered,
+    /// Until when a session may wait for Transcribe capacity (LimitExceededException):
+    /// the invocation's time; `None`: as long as it takes.
+    pub give_up_at: Option<Instant>,
 }
 
 /// What a transcription did.
@@ -84,6 +87,21 @@ pub struct TranscriptionSummary {
 /// Why a transcription failed.
 #[derive(Debug, thiserror::Error)]
 pub enum TranscribeError {
+    /// Transcribe had no capacity for the call's stream (the account's concurrent stream
+    /// quota) for as long as the invocation could wait.
+    #[error(
+        "call {call_id}: Transcribe had no capacity for a stream for {waited:?} ({attempts} attempts; the account's concurrent stream quota, 25 by default, is in use); last: {message}. The call's audio waits in KVS: the retried invocation continues it. If this recurs, ask for a higher quota (Amazon Transcribe, concurrent HTTP/2 streams) in Service Quotas"
+    )]
+    Capacity {
+        /// The call.
+        call_id: String,
+        /// How long it waited.
+        waited: Duration,
+        /// Attempts made.
+        attempts: u32,
+        /// The last error.
+        message: String,
+    },
     /// Starting a stream kept failing.
     #[error(
         "call {call_id}: Transcribe did not start a stream after {attempts} attempts; last: {message}"
@@ -280,6 +298,7 @@ async fn start(
 ) -> Result<Session, TranscribeError> {
     let settings = &call.settings;
     let mut attempt = 0;
+    let waiting_since = Instant::now();
     loop {
         attempt += 1;
         let (audio_tx, audio_rx) = mpsc::channel(AUDIO_QUEUE + 1 + replay.len());
@@ -339,26 +358,69 @@ async fn start(
                     .map_err(|e| failure(&e))
             }
         };
-        match started {
+        let failure = match started {
             Ok(()) => {
+                if attempt > 1 {
+                    tracing::info!(call_id = %call.call_id, attempt, waited_ms = waiting_since.elapsed().as_millis() as u64, "Transcribe started the stream");
+                }
                 return Ok(Session {
                     audio: Some(audio_tx),
                     outputs,
                 });
             }
-            Err(failure) if attempt < settings.start_retries => {
-                tracing::warn!(call_id = %call.call_id, attempt, message = %failure.message, "Transcribe did not start the stream; retrying");
-                tokio::time::sleep(settings.start_retry_wait).await;
+            Err(failure) => failure,
+        };
+        let code = failure.code.as_deref();
+        let delay = backoff(settings.start_retry_wait, attempt);
+        let retry = match code {
+            // The concurrent stream quota: wait for capacity as long as the invocation may
+            // (the exception's documentation: "Reduce your number of concurrent streams and
+            // try your request again using an exponential backoff strategy").
+            Some("LimitExceededException") => {
+                let before_limit = call
+                    .give_up_at
+                    .is_none_or(|limit| Instant::now() + delay < limit);
+                if !before_limit {
+                    return Err(TranscribeError::Capacity {
+                        call_id: call.call_id.clone(),
+                        waited: waiting_since.elapsed(),
+                        attempts: attempt,
+                        message: failure.message,
+                    });
+                }
+                true
             }
-            Err(failure) => {
-                return Err(TranscribeError::Start {
-                    call_id: call.call_id.clone(),
-                    attempts: attempt,
-                    message: failure.message,
-                });
+            // Server-side and connection failures: retried a few times.
+            None | Some("InternalFailureException" | "ServiceUnavailableException") => {
+                attempt < settings.start_retries
             }
+            // BadRequest and the like: the request itself is wrong; retrying repeats it.
+            Some(_) => false,
+        };
+        if !retry {
+            return Err(TranscribeError::Start {
+                call_id: call.call_id.clone(),
+                attempts: attempt,
+                message: failure.message,
+            });
         }
+        tracing::warn!(call_id = %call.call_id, attempt, code = ?failure.code, delay_ms = delay.as_millis() as u64, message = %failure.message, "Transcribe did not start the stream; retrying");
+        tokio::time::sleep(delay).await;
     }
+}
+
+/// Longest pause between two attempts to start a stream.
+const MAX_START_BACKOFF: Duration = Duration::from_secs(20);
+
+/// The pause before attempt `attempt + 1`: exponential from `base`, capped, with "equal
+/// jitter" (half fixed, half random; AWS Architecture Blog, "Exponential Backoff And
+/// Jitter"), so that calls turned away by the same quota do not all come back at once.
+fn backoff(base: Duration, attempt: u32) -> Duration {
+    let ceiling = base
+        .saturating_mul(1 << attempt.saturating_sub(1).min(16))
+        .min(MAX_START_BACKOFF);
+    let millis = ceiling.as_millis() as u64;
+    Duration::from_millis(millis / 2 + fastrand::u64(0..=millis / 2))
 }
 
 /// Reads a session's results into `out` (with their arrival time) until the stream ends or
@@ -408,19 +470,29 @@ fn standard_request(
         .media_encoding(MediaEncoding::Pcm)
         .number_of_channels(2)
         .enable_channel_identification(true)
-        .set_session_id(session_id.map(str::to_string))
-        .set_vocabulary_name(settings.vocabulary_name.clone())
-        .set_language_model_name(settings.language_model_name.clone());
+        .set_session_id(session_id.map(str::to_string));
+    // StartStreamTranscription API reference: VocabularyName is "not intended for use with
+    // the IdentifyLanguage parameter ... use the VocabularyNames parameter instead" (the same
+    // for IdentifyMultipleLanguages); a custom language model cannot be combined with
+    // language identification (the configuration refuses that).
     request = match &settings.language {
-        Language::Code(code) => request.language_code(LanguageCode::from(code.as_str())),
+        Language::Code(code) => request
+            .language_code(LanguageCode::from(code.as_str()))
+            .set_vocabulary_name(settings.vocabulary_name.clone())
+            .set_language_model_name(settings.language_model_name.clone()),
         Language::Identify(id) => request
             .identify_language(true)
+            .set_vocabulary_names(settings.vocabulary_name.clone())
             .set_language_options(id.options.clone())
             .set_preferred_language(id.preferred.as_deref().map(LanguageCode::from)),
+        // PreferredLanguage: "You can only use this parameter if you've included
+        // IdentifyLanguage and LanguageOptions" (API reference), while the developer guide's
+        // multi-language example sends it; it is optional, so it is left out here, which
+        // both readings accept.
         Language::IdentifyMultiple(id) => request
             .identify_multiple_languages(true)
-            .set_language_options(id.options.clone())
-            .set_preferred_language(id.preferred.as_deref().map(LanguageCode::from)),
+            .set_vocabulary_names(settings.vocabulary_name.clone())
+            .set_language_options(id.options.clone()),
     };
     if let Some(redaction) = &settings.redaction {
         request = request
@@ -440,16 +512,19 @@ fn analytics_request(
         .start_call_analytics_stream_transcription()
         .media_sample_rate_hertz(8000)
         .media_encoding(MediaEncoding::Pcm)
-        .set_session_id(session_id.map(str::to_string))
-        .set_vocabulary_name(settings.vocabulary_name.clone())
-        .set_language_model_name(settings.language_model_name.clone());
+        .set_session_id(session_id.map(str::to_string));
+    // As in standard mode: VocabularyNames with IdentifyLanguage ("only intended for use
+    // with the IdentifyLanguage parameter"), VocabularyName and the language model with a
+    // language code. The configuration refuses identify-multiple-languages here (Call
+    // Analytics has IdentifyLanguage only).
     request = match &settings.language {
-        Language::Code(code) => {
-            request.language_code(CallAnalyticsLanguageCode::from(code.as_str()))
-        }
-        // Call Analytics identifies one language per stream.
+        Language::Code(code) => request
+            .language_code(CallAnalyticsLanguageCode::from(code.as_str()))
+            .set_vocabulary_name(settings.vocabulary_name.clone())
+            .set_language_model_name(settings.language_model_name.clone()),
         Language::Identify(id) | Language::IdentifyMultiple(id) => request
             .identify_language(true)
+            .set_vocabulary_names(settings.vocabulary_name.clone())
             .set_language_options(id.options.clone())
             .set_preferred_language(id.preferred.as_deref().map(CallAnalyticsLanguageCode::from)),
     };
@@ -705,4 +780,37 @@ pub fn category_json(event: &CategoryEvent) -> Value {
 /// The current time as LCA's CreatedAt (ISO-8601, UTC, milliseconds).
 pub fn now() -> String {
     humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
+}
+
+/// Epoch milliseconds as LCA's CreatedAt (ISO 8601, milliseconds, UTC).
+pub fn timestamp(epoch_ms: u64) -> String {
+    humantime::format_rfc3339_millis(
+        std::time::UNIX_EPOCH + std::time::Duration::from_millis(epoch_ms),
+    )
+    .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_backoff_grows_with_jitter_up_to_its_cap() {
+        let base = Duration::from_secs(1);
+        for attempt in 1..=12 {
+            let ceiling = (base * (1 << (attempt - 1))).min(MAX_START_BACKOFF);
+            for _ in 0..50 {
+                let delay = backoff(base, attempt);
+                assert!(
+                    delay >= ceiling / 2 && delay <= ceiling,
+                    "attempt {attempt}: {delay:?} outside {:?}..={ceiling:?}",
+                    ceiling / 2
+                );
+            }
+        }
+        // Jitter: calls turned away together do not all come back together.
+        let delays: std::collections::BTreeSet<Duration> =
+            (0..20).map(|_| backoff(base, 5)).collect();
+        assert!(delays.len() > 1);
+    }
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 use aws_sdk_lambda::primitives::Blob;
 use aws_sdk_lambda::types::InvocationType;
 use common::*;
-use local_aws::kvs::KvsOptions;
+use local_aws::kvs::{Fault, KvsOptions};
 use local_aws::lambda::{FunctionSpec, Lambda, LambdaOptions};
 use local_aws::transcribe::TranscribeOptions;
 use serde_json::{Value, json};
@@ -260,6 +260,8 @@ async fn start_lca_then_hand_overs_transcribe_and_record_every_sample_once() {
     assert_lifecycle(&records);
     assert_eq!(records[0]["CustomerPhoneNumber"], "+15551230001");
     assert_eq!(records[0]["AgentId"], "alex");
+    // The call's time (the event's StartTimestamp), not when an invocation ran.
+    assert_eq!(records[0]["CreatedAt"], "2024-09-18T16:41:29.681Z");
     assert_recording(&h).await;
     lambda.shutdown();
 }
@@ -384,6 +386,130 @@ async fn a_crash_mid_call_is_retried_without_losing_or_repeating_anything() {
         lambda.invocations("CallTranscriber").len() + 1,
         "the crashed invocation was retried once (with its request id)"
     );
+    lambda.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_delivery_with_the_same_request_id_leaves_the_call_alone() {
+    // Lambda's event queue may deliver an event twice while the first delivery still runs,
+    // and retries keep the request id: the id alone does not tell a retry from a duplicate.
+    let h = Harness::new(KvsOptions::default(), TranscribeOptions::default()).await;
+    let (lambda, server) = transcriber(&h, &[]).await;
+    let (arn, first) = h.play("call", sample_call_chunks()).await;
+    aws_sdk_lambda::Client::new(&local_aws::sdk_config(&server.url()))
+        .invoke()
+        .function_name("CallTranscriber")
+        .invocation_type(InvocationType::Event)
+        .payload(Blob::new(contact_flow_event(&arn, &first).to_string()))
+        .send()
+        .await
+        .unwrap();
+    for _ in 0..100 {
+        if !h.transcribe.sessions().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(h.transcribe.sessions().len(), 1, "the first delivery runs");
+    assert!(lambda.deliver_again("CallTranscriber"));
+    let records = records_until(&h, "ADD_S3_RECORDING_URL").await;
+    let attempts = lambda.attempts("CallTranscriber");
+    assert_eq!(
+        attempts.len(),
+        2,
+        "{attempts:?} {:?}",
+        lambda.failures("CallTranscriber")
+    );
+    assert_eq!(attempts[0], attempts[1], "the same request id");
+    assert_eq!(
+        h.transcribe.sessions().len(),
+        1,
+        "the second delivery started no session"
+    );
+    assert!(lambda.failures("CallTranscriber").is_empty());
+    assert_lifecycle(&records);
+    assert_recording(&h).await;
+    lambda.shutdown();
+}
+
+/// The lease's Status attribute.
+async fn leased_status(h: &Harness) -> Option<String> {
+    let item = h
+        .dynamodb
+        .get_item()
+        .table_name(TABLE)
+        .key(
+            "PK",
+            aws_sdk_dynamodb::types::AttributeValue::S(format!("contact#{CONTACT}")),
+        )
+        .consistent_read(true)
+        .send()
+        .await
+        .unwrap()
+        .item?;
+    item.get("Status")?.as_s().ok().cloned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kvs_error_fails_every_attempt_and_the_last_one_ends_the_call() {
+    // The stream's KMS key denies access after 10 fragments, on every GetMedia (each attempt
+    // reads the call from its start: FRAGMENT_NUMBER read as "including", one session each).
+    let h = Harness::new(named_first(), TranscribeOptions::default()).await;
+    let (lambda, server) = transcriber(&h, &[]).await;
+    let denied = Fault::ErrorChunkAfter {
+        fragments: 10,
+        code: "Access denied for the stream's KMS key".into(),
+        id: "4500".into(),
+    };
+    let (arn, first) = h.stored("call", &sample_call_chunks(), &vec![denied; 3]);
+    aws_sdk_lambda::Client::new(&local_aws::sdk_config(&server.url()))
+        .invoke()
+        .function_name("CallTranscriber")
+        .invocation_type(InvocationType::Event)
+        .payload(Blob::new(contact_flow_event(&arn, &first).to_string()))
+        .send()
+        .await
+        .unwrap();
+    let records = records_until(&h, "END").await;
+    // Each attempt failed naming the error and its fix; Lambda made all three.
+    let failures = lambda.failures("CallTranscriber");
+    assert_eq!(failures.len(), 3, "{failures:?}");
+    for failure in &failures {
+        assert!(
+            failure.message.contains("GetMedia error 4500")
+                && failure.message.contains("kms:Decrypt"),
+            "{}",
+            failure.message
+        );
+        assert_eq!(failure.request_id, failures[0].request_id);
+    }
+    assert_eq!(h.transcribe.sessions().len(), 3, "one session per attempt");
+    // LCA sees the call end once, after the last attempt, with what was said before the
+    // error published once; no recording URL (the call was not recorded whole).
+    let types: Vec<&str> = records
+        .iter()
+        .map(|r| r["EventType"].as_str().unwrap())
+        .collect();
+    assert_eq!(types.first(), Some(&"START"));
+    assert_eq!(types.last(), Some(&"END"));
+    assert_eq!(types.iter().filter(|t| **t == "START").count(), 1);
+    assert_eq!(types.iter().filter(|t| **t == "END").count(), 1);
+    assert!(!types.contains(&"ADD_S3_RECORDING_URL"));
+    let finals = finals(&records);
+    assert_eq!(on(&finals, "AGENT").first(), Some(&AGENT_TURNS[0]));
+    let mut ids: Vec<&str> = records
+        .iter()
+        .filter(|r| r["IsPartial"] == false)
+        .filter_map(|r| r["SegmentId"].as_str())
+        .collect();
+    let all = ids.len();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), all, "no final segment twice across the attempts");
+    assert_eq!(leased_status(&h).await.as_deref(), Some("FAILED"));
+    // Another delivery of the event leaves the given-up call alone.
+    let (_, answer) = invoke(&server, &contact_flow_event(&arn, &first)).await;
+    assert_eq!(answer["status"], "DUPLICATE", "{answer}");
     lambda.shutdown();
 }
 

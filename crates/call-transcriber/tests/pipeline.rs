@@ -7,8 +7,8 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use call_transcriber::pipeline::Ending;
-use call_transcriber::source::EndReason;
+use call_transcriber::pipeline::{Ending, PipelineError};
+use call_transcriber::source::{EndReason, SourceError};
 use local_aws::kinesis_faults::KinesisFault;
 use local_aws::kvs::{Fault, KvsOptions};
 use local_aws::transcribe::{TranscribeFault, TranscribeOptions};
@@ -21,7 +21,7 @@ async fn sample_call_live_gives_start_each_turn_and_end_and_transcribe_gets_exac
     let h = Harness::new(KvsOptions::default(), TranscribeOptions::default()).await;
     let (arn, first) = h.play("call", sample_call_chunks()).await;
     let outcome = run(&h.pipeline(&[]), new_call(&arn, &first)).await;
-    assert_eq!(outcome.ending, Ending::CallEnded(EndReason::StreamEnded));
+    assert_eq!(outcome.ending, Ending::CallEnded(EndReason::Idle));
     let records = h.records().await;
     assert_whole_call(&records);
     assert!(
@@ -194,8 +194,9 @@ async fn a_reused_stream_stops_at_the_next_contact() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_kvs_error_chunk_ends_the_call_and_a_transient_one_is_resumed() {
-    // 4500 (KMS access denied): the call ends with the audio before it, END published.
+async fn a_kvs_error_chunk_fails_the_run_and_a_transient_one_is_resumed() {
+    // 4500 (KMS access denied): the run fails naming the id and what to do; the audio before
+    // it is transcribed and published, and no END goes out (the call did not end).
     let h = Harness::new(named_first(), TranscribeOptions::default()).await;
     let (arn, first) = h.stored(
         "call",
@@ -206,11 +207,23 @@ async fn a_kvs_error_chunk_ends_the_call_and_a_transient_one_is_resumed() {
             id: "4500".into(),
         }],
     );
-    let outcome = run(&h.pipeline(&[]), new_call(&arn, &first)).await;
-    let Ending::CallEnded(EndReason::KvsError(error)) = &outcome.ending else {
-        panic!("{:?}", outcome.ending);
+    let result = tokio::time::timeout(
+        Duration::from_secs(60),
+        h.pipeline(&[])
+            .run(new_call(&arn, &first), Default::default()),
+    )
+    .await
+    .expect("the pipeline finishes");
+    let error = result.expect_err("a KMS error is a failure, not the end of the call");
+    let PipelineError::Source(SourceError::Stream(kvs)) = &error else {
+        panic!("{error}");
     };
-    assert_eq!(error.id, "4500");
+    assert_eq!(kvs.id, "4500");
+    let text = error.to_string();
+    assert!(
+        text.contains("4500") && text.contains("kms:Decrypt") && text.contains(&arn),
+        "{text}"
+    );
     let audio = &h.transcribe.sessions()[0].audio;
     assert!(
         sample_call_stereo().starts_with(audio) && audio.len() >= 9 * 32_000,
@@ -218,7 +231,16 @@ async fn a_kvs_error_chunk_ends_the_call_and_a_transient_one_is_resumed() {
         audio.len()
     );
     let records = h.records().await;
-    assert_eq!(records.last().unwrap()["EventType"], "END");
+    assert_eq!(records.first().unwrap()["EventType"], "START");
+    assert!(
+        records.iter().all(|r| r["EventType"] != "END"),
+        "no END for a call that could not be read"
+    );
+    assert_eq!(
+        on(&finals(&records), "AGENT").first(),
+        Some(&AGENT_TURNS[0]),
+        "what was said before the error is published"
+    );
 
     // 5000 (internal error): transient, the call resumes after the last fragment.
     let h = Harness::new(named_first(), TranscribeOptions::default()).await;
@@ -232,9 +254,88 @@ async fn a_kvs_error_chunk_ends_the_call_and_a_transient_one_is_resumed() {
         }],
     );
     let outcome = run(&h.pipeline(&[]), new_call(&arn, &first)).await;
-    assert_eq!(outcome.ending, Ending::CallEnded(EndReason::StreamEnded));
+    assert_eq!(outcome.ending, Ending::CallEnded(EndReason::Idle));
     assert!(h.transcribe.sessions()[0].audio == sample_call_stereo());
     assert_whole_call(&h.records().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_producer_stall_mid_call_is_not_the_end_of_the_call() {
+    // The sample call with 10 s of nothing on the stream after its 12th fragment (12.288 s,
+    // between two turns), played live at 10x. KVS ends a GetMedia response after 3 s without
+    // a new fragment (API reference), here 0.2 s as the call runs 10x faster (0.3 s scaled,
+    // and less, so that two empty responses fit well inside the 1 s stall).
+    let h = Harness::new(
+        KvsOptions {
+            payload_timeout: Duration::from_millis(200),
+            ..KvsOptions::default()
+        },
+        TranscribeOptions::default(),
+    )
+    .await;
+    let caller = std::fs::read(fixture("connect/sample-call.caller.raw")).unwrap();
+    let agent = std::fs::read(fixture("connect/sample-call.agent.raw")).unwrap();
+    let cut = 12 * 8192 * 2; // 12 fragments of 8192 samples
+    let mut writer = kvs_media::ConnectWriter::new(kvs_media::WriterOptions {
+        contact_id: CONTACT.to_string(),
+        ..kvs_media::WriterOptions::default()
+    });
+    let start_ms = 1_764_000_000_000u64;
+    let mut chunks = writer.call(&caller[..cut], &agent[..cut], start_ms);
+    chunks.extend(writer.call(
+        &caller[cut..],
+        &agent[cut..],
+        start_ms + (cut as u64 / 2) * 1000 / 8000 + 10_000,
+    ));
+    let chunks: Vec<Bytes> = chunks.into_iter().map(Bytes::from).collect();
+    let (arn, first) = h.play("call", chunks).await;
+    let outcome = run(&h.pipeline(&[]), new_call(&arn, &first)).await;
+    assert_eq!(outcome.ending, Ending::CallEnded(EndReason::Idle));
+    // Transcribe got the whole call with the stall as 10 s of silence, in place.
+    let mut expected = sample_call_stereo();
+    let at = cut * 2; // stereo bytes
+    expected.splice(at..at, std::iter::repeat_n(0u8, 10 * 8000 * 4));
+    let audio = &h.transcribe.sessions()[0].audio;
+    assert_eq!(h.transcribe.sessions().len(), 1);
+    assert!(
+        *audio == expected,
+        "Transcribe got {} bytes, the call with its stall is {}",
+        audio.len(),
+        expected.len()
+    );
+    // Every turn once; the ones after the stall 10 s later, as they happened.
+    let records = h.records().await;
+    let moved = |turns: &[(f64, f64)]| -> Vec<(f64, f64)> {
+        turns
+            .iter()
+            .map(|&(a, b)| {
+                if a > 12.288 {
+                    (a + 10.0, b + 10.0)
+                } else {
+                    (a, b)
+                }
+            })
+            .collect()
+    };
+    let near = |found: Vec<(f64, f64)>, expected: Vec<(f64, f64)>| {
+        found.len() == expected.len()
+            && found
+                .iter()
+                .zip(&expected)
+                .all(|(f, e)| (f.0 - e.0).abs() < 0.005 && (f.1 - e.1).abs() < 0.005)
+    };
+    let finals = finals(&records);
+    assert!(
+        near(on(&finals, "CALLER"), moved(&CALLER_TURNS)),
+        "{:?}",
+        on(&finals, "CALLER")
+    );
+    assert!(
+        near(on(&finals, "AGENT"), moved(&AGENT_TURNS)),
+        "{:?}",
+        on(&finals, "AGENT")
+    );
+    assert_eq!(records.last().unwrap()["EventType"], "END");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -370,24 +471,29 @@ async fn every_transcribe_option_reaches_transcribe_as_its_header() {
                 ("TRANSCRIBE_LANGUAGE_CODE", "identify-language"),
                 ("TRANSCRIBE_LANGUAGE_OPTIONS", "en-US, es-US"),
                 ("TRANSCRIBE_PREFERRED_LANGUAGE", "es-US"),
+                ("CUSTOM_VOCABULARY_NAME", "lca-vocab-en,lca-vocab-es"),
             ],
             &[
                 ("identify-language", "true"),
                 ("language-options", "en-US,es-US"),
                 ("preferred-language", "es-US"),
+                ("vocabulary-names", "lca-vocab-en,lca-vocab-es"),
             ],
-            // No redaction without a language code; no language code with identification.
-            &["language-code", "content-redaction-type"],
+            // No redaction without a language code; no language code with identification;
+            // VocabularyNames, not VocabularyName, with identification (API reference).
+            &["language-code", "content-redaction-type", "vocabulary-name"],
         ),
         (
             &[
                 ("TRANSCRIBE_LANGUAGE_CODE", "identify-multiple-languages"),
                 ("TRANSCRIBE_LANGUAGE_OPTIONS", "en-US,de-DE"),
+                ("TRANSCRIBE_PREFERRED_LANGUAGE", "de-DE"),
             ],
             &[
                 ("identify-multiple-languages", "true"),
                 ("language-options", "en-US,de-DE"),
             ],
+            // PreferredLanguage only with IdentifyLanguage (the API reference's reading).
             &["preferred-language"],
         ),
         (
@@ -442,7 +548,7 @@ async fn hand_overs_continue_the_call_with_every_sample_once_and_call_relative_t
                 call.start_event = None;
             }
             Ending::CallEnded(reason) => {
-                assert_eq!(reason, EndReason::StreamEnded);
+                assert_eq!(reason, EndReason::Idle);
                 break;
             }
         }
@@ -524,49 +630,101 @@ async fn kinesis_throttling_is_retried_without_losing_or_duplicating_events() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_batch_with_failed_records_is_completed_by_retrying_only_those() {
+async fn a_refused_record_holds_back_the_ones_after_it_and_stale_partials_are_skipped() {
     use call_transcriber::publisher::{self, PublisherOptions};
     use lca_events::{LcaEvent, LcaMessage, Segment, Speaker, StandardSegment};
     let h = Harness::new(KvsOptions::default(), TranscribeOptions::default()).await;
     let (tx, rx) = tokio::sync::mpsc::channel(16);
-    let segment = |i: u32| LcaMessage {
+    let segment = |i: u32, partial: bool, text: &str| LcaMessage {
         call_id: CONTACT.to_string(),
         event: LcaEvent::AddTranscriptSegment(Segment::Standard(StandardSegment {
             channel: Speaker::Caller,
             segment_id: format!("ch_0-{i}"),
             start_time: f64::from(i),
             end_time: f64::from(i) + 0.5,
-            transcript: format!("turn {i}"),
-            is_partial: false,
+            transcript: text.to_string(),
+            is_partial: partial,
             created_at: "2026-11-23T00:00:00.000Z".into(),
         })),
     };
-    // Queued before the publisher starts: one PutRecords for all six.
+    // Queued at once: finals 0-5, and for segment 6 two partials then its final.
     for i in 0..6 {
-        tx.send(segment(i)).await.unwrap();
+        tx.send(segment(i, false, "final")).await.unwrap();
     }
+    tx.send(segment(6, true, "partial a")).await.unwrap();
+    tx.send(segment(6, true, "partial a b")).await.unwrap();
+    tx.send(segment(6, false, "final")).await.unwrap();
     drop(tx);
-    h.faults.inject(KinesisFault::FailRecords(vec![1, 4]));
+    // The first two requests are refused (a throttled shard): every record waits.
     h.faults.inject(KinesisFault::Throttle);
     h.faults.inject(KinesisFault::FailRecords(vec![0]));
     let report = publisher::run(&h.clients.kinesis, &PublisherOptions::new("lca"), rx, None).await;
-    assert_eq!(report.delivered, 6);
     assert!(report.undelivered.is_empty());
+    assert_eq!(report.delivered, 7);
     assert_eq!(
-        report.requests, 4,
-        "one batch, then the two failed records until stored"
+        report.superseded, 2,
+        "the partials of segment 6 before its final"
     );
-    let records = h.records().await;
-    let mut ids: Vec<String> = records
+    assert_eq!(report.requests, 9, "one PutRecord per record, two retried");
+    let texts: Vec<(String, String)> = h
+        .records()
+        .await
         .iter()
-        .map(|r| r["SegmentId"].as_str().unwrap().to_string())
+        .map(|r| {
+            (
+                r["SegmentId"].as_str().unwrap().to_string(),
+                r["Transcript"].as_str().unwrap().to_string(),
+            )
+        })
         .collect();
-    assert_eq!(ids.len(), 6, "{ids:?}");
-    ids.sort();
-    assert_eq!(
-        ids,
-        ["ch_0-0", "ch_0-1", "ch_0-2", "ch_0-3", "ch_0-4", "ch_0-5"]
-    );
+    let expected: Vec<(String, String)> = (0..7)
+        .map(|i| (format!("ch_0-{i}"), "final".to_string()))
+        .collect();
+    assert_eq!(texts, expected, "in the order produced, each once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_an_undeliverable_record_nothing_later_is_published() {
+    // Kinesis refuses the second record for good: the third must not overtake it, so what
+    // is on the stream stays a prefix of what was produced (the lease's record of it).
+    use call_transcriber::publisher::{self, PublisherOptions};
+    let h = Harness::new(KvsOptions::default(), TranscribeOptions::default()).await;
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let end = |call: &str| lca_events::LcaMessage {
+        call_id: call.to_string(),
+        event: lca_events::LcaEvent::End(lca_events::Stamped {
+            created_at: "2026-11-23T00:00:00.000Z".into(),
+        }),
+    };
+    for call in ["first", "second", "third"] {
+        tx.send(end(call)).await.unwrap();
+    }
+    drop(tx);
+    let options = PublisherOptions {
+        max_attempts: 2,
+        base_backoff: Duration::from_millis(1),
+        ..PublisherOptions::new("lca")
+    };
+    // The first record goes through; the second meets two refusals, its only attempts.
+    h.faults.inject(KinesisFault::Pass);
+    h.faults.inject(KinesisFault::Throttle);
+    h.faults.inject(KinesisFault::Throttle);
+    let report = publisher::run(&h.clients.kinesis, &options, rx, None).await;
+    assert_eq!(report.delivered, 1);
+    assert_eq!(report.requests, 3, "the third record was never sent");
+    let undelivered: Vec<&str> = report
+        .undelivered
+        .iter()
+        .map(|(m, _)| m.call_id.as_str())
+        .collect();
+    assert_eq!(undelivered, ["second", "third"]);
+    let on_stream: Vec<String> = h
+        .records()
+        .await
+        .iter()
+        .map(|r| r["CallId"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(on_stream, ["first"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -630,8 +788,10 @@ async fn keep_alives_hold_transcribe_open_while_kvs_stalls_and_times_stay_exact(
     )
     .await;
     assert_eq!(outcome.transcription.sessions, 1, "the stream stayed open");
+    // About one a second through the 5 s stall and through the 8 s of quiet after the call
+    // that tell the call is over (KVS_IDLE_TIMEOUT).
     let keep_alives = outcome.transcription.keep_alives;
-    assert!((3..=6).contains(&keep_alives), "{keep_alives} keep-alives");
+    assert!((9..=15).contains(&keep_alives), "{keep_alives} keep-alives");
     let session = &h.transcribe.sessions()[0];
     assert!(session.exception.is_none(), "{:?}", session.exception);
     assert_eq!(
@@ -690,4 +850,90 @@ async fn swapped_tracks_put_the_caller_on_channel_0() {
     let finals = finals(&h.records().await);
     assert_eq!(on(&finals, "CALLER"), AGENT_TURNS);
     assert_eq!(on(&finals, "AGENT"), CALLER_TURNS);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_beyond_the_transcribe_quota_wait_and_catch_up_with_every_word() {
+    // Room for one stream (an account's quota in use); two live calls at once. The second
+    // is refused with LimitExceededException, waits with backoff while its audio stays in
+    // KVS, and catches up once the first call's stream closes.
+    let h = Harness::new(
+        KvsOptions::default(),
+        TranscribeOptions {
+            max_sessions: Some(1),
+            ..TranscribeOptions::default()
+        },
+    )
+    .await;
+    let (arn_a, first_a) = h.play("call-a", sample_call_chunks()).await;
+    let (arn_b, first_b) = h.play("call-b", sample_call_chunks()).await;
+    let pipeline = h.pipeline(&[("START_STREAM_RETRY_WAIT", "200")]);
+    let call = |id: &str, arn: &str, first: &str| {
+        let mut call = new_call(arn, first);
+        call.call_id = id.to_string();
+        call
+    };
+    let (a, b) = tokio::join!(
+        run(&pipeline, call("call-a", &arn_a, &first_a)),
+        run(&pipeline, call("call-b", &arn_b, &first_b)),
+    );
+    assert!(
+        h.transcribe.refused() >= 1,
+        "the quota turned a stream away"
+    );
+    assert_eq!(
+        (a.transcription.sessions, b.transcription.sessions),
+        (1, 1),
+        "one stream per call, started once there was room"
+    );
+    let sessions = h.transcribe.sessions();
+    assert_eq!(sessions.len(), 2);
+    for session in &sessions {
+        assert!(
+            session.audio == sample_call_stereo(),
+            "each call's audio exactly once"
+        );
+    }
+    let records = h.records().await;
+    for id in ["call-a", "call-b"] {
+        let call: Vec<Value> = records
+            .iter()
+            .filter(|r| r["CallId"] == id)
+            .cloned()
+            .collect();
+        assert_whole_call(&call);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_run_stops_its_transcribe_stream_and_publishes_nothing_more() {
+    // A run is dropped when its invocation loses the call's lease: nothing of it may go on
+    // (a Transcribe stream held open, GetMedia polling, events published behind the new
+    // holder's back).
+    let h = Harness::new(KvsOptions::default(), TranscribeOptions::default()).await;
+    let (arn, first) = h.play("call", sample_call_chunks()).await;
+    let pipeline = h.pipeline(&[]);
+    let run = pipeline.run(new_call(&arn, &first), Default::default());
+    assert!(
+        tokio::time::timeout(Duration::from_secs(2), run)
+            .await
+            .is_err(),
+        "still running after 2 s (the call lasts about 6 s)"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(h.transcribe.sessions().len(), 1);
+    assert_eq!(
+        h.transcribe.open_streams(),
+        0,
+        "the Transcribe stream closed"
+    );
+    let published = h.records().await.len();
+    assert!(published >= 1, "START and the first results were published");
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(
+        h.records().await.len(),
+        published,
+        "nothing is published after the run was dropped"
+    );
+    assert!(h.records().await.iter().all(|r| r["EventType"] != "END"));
 }

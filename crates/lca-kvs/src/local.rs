@@ -45,6 +45,10 @@ pub struct LocalArgs {
     /// FRAGMENT_NUMBER and CONTINUATION_TOKEN start with the named fragment instead of after it.
     #[arg(long)]
     include_named_fragment: bool,
+    /// Concurrent Transcribe streams allowed, as an account's quota (AWS default 25); a
+    /// stream beyond it is refused with LimitExceededException (HTTP 429). Default: no limit.
+    #[arg(long, value_name = "N")]
+    transcribe_max_sessions: Option<usize>,
     /// The LCA Kinesis data stream created in moto (exported as KINESIS_STREAM_NAME).
     #[arg(long, default_value = "lca-kinesis-stream")]
     kinesis_stream: String,
@@ -54,6 +58,9 @@ pub struct LocalArgs {
 pub fn run(args: LocalArgs) -> Result<()> {
     if !(args.speed >= 0.0 && args.speed.is_finite()) {
         bail!("--speed {}: must be 0 or a positive number", args.speed);
+    }
+    if args.transcribe_max_sessions == Some(0) {
+        bail!("--transcribe-max-sessions 0: must be at least 1");
     }
     let mut streams = Vec::new();
     for spec in &args.streams {
@@ -89,6 +96,7 @@ pub fn run(args: LocalArgs) -> Result<()> {
         // Long-running: keep no audio in the session records.
         let transcribe = Transcribe::new(TranscribeOptions {
             record_audio: false,
+            max_sessions: args.transcribe_max_sessions,
             ..TranscribeOptions::default()
         });
         let identity = match args.tls {

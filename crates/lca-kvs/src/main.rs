@@ -84,7 +84,7 @@ fn main() -> ExitCode {
         Command::Demo(args) => demo::run(args).map(|()| ExitCode::SUCCESS),
         Command::Function { name } => demo::serve_function(&name).map(|()| ExitCode::SUCCESS),
         Command::Local(args) => local::run(args).map(|()| ExitCode::SUCCESS),
-        Command::Transcribe(args) => transcribe::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Transcribe(args) => transcribe::run(args),
     };
     match result {
         Ok(code) => code,

@@ -2,13 +2,14 @@
 //! configured by the same environment variables as the Lambda function.
 
 use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use call_transcriber::TranscriberConfig;
 use call_transcriber::pipeline::{
-    self, CallPipeline, CallPosition, CallSpec, Clients, Ending, Taps,
+    self, CallPipeline, CallPosition, CallSpec, Clients, Ending, PipelineError, Taps,
 };
-use call_transcriber::source::{self, EndReason, StartAt};
+use call_transcriber::source::{self, EndReason, SourceError, StartAt};
 use call_transcriber::usage::{ProcessUsage, quantile_ms};
 use clap::Args;
 use lca_events::{LcaEvent, LcaMessage, Segment, StartCall};
@@ -34,8 +35,9 @@ pub struct TranscribeArgs {
     stats_json: Option<std::path::PathBuf>,
 }
 
-/// Runs the pipeline for one call; exit 0 when the call ended and every event is on Kinesis.
-pub fn run(args: TranscribeArgs) -> Result<()> {
+/// Runs the pipeline for one call; exit 0 when the call ended and every event is on Kinesis,
+/// 1 when KVS sent an error that retrying does not fix (as `extract`), errors otherwise.
+pub fn run(args: TranscribeArgs) -> Result<ExitCode> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
@@ -52,7 +54,7 @@ pub fn run(args: TranscribeArgs) -> Result<()> {
         .block_on(transcribe(args, config))
 }
 
-async fn transcribe(args: TranscribeArgs, config: TranscriberConfig) -> Result<()> {
+async fn transcribe(args: TranscribeArgs, config: TranscriberConfig) -> Result<ExitCode> {
     let sdk = pipeline::load_sdk_config(&config).await;
     let clients = Clients::new(&sdk, &config);
     let start = match &args.start_fragment {
@@ -79,6 +81,7 @@ async fn transcribe(args: TranscribeArgs, config: TranscriberConfig) -> Result<(
     };
     eprintln!("transcribing call {contact_id} from {}", args.stream_arn);
     let pipeline = CallPipeline { config, clients };
+    let call_id = contact_id.clone();
     let call = CallSpec {
         call_id: contact_id.clone(),
         contact_id,
@@ -135,18 +138,33 @@ async fn transcribe(args: TranscribeArgs, config: TranscriberConfig) -> Result<(
         )
         .await;
     let _ = progress.await;
-    let outcome = outcome?;
+    let outcome = match outcome {
+        Ok(outcome) => outcome,
+        Err(PipelineError::Source(SourceError::Stream(error))) => {
+            // The call cannot be read: this run was its only attempt, so END goes out (LCA
+            // must not show the call live for ever) and the command fails naming the error.
+            let end = LcaMessage {
+                call_id: call_id.clone(),
+                event: LcaEvent::End(lca_events::Stamped {
+                    created_at: call_transcriber::transcribe::now(),
+                }),
+            };
+            if let Err(end_error) = pipeline.publish(end).await {
+                eprintln!("END could not be published: {end_error}");
+            }
+            eprintln!("lca-kvs: the call could not be read: {error}");
+            return Ok(ExitCode::from(1));
+        }
+        Err(error) => return Err(error.into()),
+    };
     let reason = match &outcome.ending {
-        Ending::CallEnded(EndReason::StreamEnded) => "the stream ended".to_string(),
+        Ending::CallEnded(EndReason::StreamEnded) => "the stream no longer exists".to_string(),
         Ending::CallEnded(EndReason::Idle) => format!(
             "no new audio for {} ms",
             pipeline.config.kvs_idle_timeout.as_millis()
         ),
         Ending::CallEnded(EndReason::OtherContact(next)) => {
             format!("the stream now carries contact {next}")
-        }
-        Ending::CallEnded(EndReason::KvsError(error)) => {
-            format!("KVS error {} ({})", error.id.trim(), error.code.trim())
         }
         Ending::HandOver(_) => bail!("unexpected hand-over without a deadline"),
     };
@@ -182,14 +200,7 @@ async fn transcribe(args: TranscribeArgs, config: TranscriberConfig) -> Result<(
         std::fs::write(path, serde_json::to_vec_pretty(&stats)?)
             .with_context(|| format!("{}: cannot write", path.display()))?;
     }
-    if let Ending::CallEnded(EndReason::KvsError(error)) = &outcome.ending {
-        bail!(
-            "the stream carried a KVS error chunk: {} ({})",
-            error.id.trim(),
-            error.code.trim()
-        );
-    }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `CALLER 7.42-11.94 text` for a final standard segment (analytics: the utterance's role).

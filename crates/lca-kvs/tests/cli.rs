@@ -361,7 +361,10 @@ fn transcribe_runs_a_live_call_offline_with_local_exports() {
         stderr.contains("transcribing call d111f871-5fe7-40b1-b5f7-6b67060de0c2"),
         "the CallId is read from the stream when not given: {stderr}"
     );
-    assert!(stderr.contains("call ended (the stream ended)"), "{stderr}");
+    assert!(
+        stderr.contains("call ended (no new audio for 3000 ms)"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -500,4 +503,80 @@ fn demo_aws_without_a_stream_names_the_variable() {
     assert!(!output.status.success());
     let stderr = stderr(&output);
     assert!(stderr.contains("set KINESIS_STREAM_NAME"), "{stderr}");
+}
+
+#[test]
+fn transcribe_fails_naming_a_kvs_error_that_retrying_does_not_fix() {
+    use local_aws::kvs::{Fault, Kvs, KvsOptions};
+    // Local KVS (the stream's KMS key denies access after 5 fragments), local Transcribe and
+    // the embedded Kinesis stand-in, served by this test's runtime while the command runs.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let kvs = Kvs::new(KvsOptions {
+        include_named_fragment: true,
+        ..KvsOptions::default()
+    });
+    let kinesis = local_aws::kinesis::KinesisRecorder::new();
+    kinesis.create_stream("lca");
+    let transcribe = local_aws::transcribe::Transcribe::new(Default::default());
+    let servers = runtime.block_on(async {
+        (
+            kvs.serve(0).await.unwrap(),
+            transcribe.serve(0).await.unwrap(),
+            kinesis.serve(0).await.unwrap(),
+        )
+    });
+    let arn = kvs.create_stream("call").unwrap();
+    kvs.inject(
+        "call",
+        Fault::ErrorChunkAfter {
+            fragments: 5,
+            code: "Access denied for the stream's KMS key".into(),
+            id: "4500".into(),
+        },
+    )
+    .unwrap();
+    let capture = std::fs::read(fixture("connect/sample-call.mkv")).unwrap();
+    kvs.put_capture("call", &capture).unwrap();
+    kvs.close_stream("call").unwrap();
+    let first = kvs.fragment_numbers("call").unwrap()[0].clone();
+    let output = Command::new(env!("CARGO_BIN_EXE_lca-kvs"))
+        .args([
+            "transcribe",
+            "--stream-arn",
+            &arn,
+            "--start-fragment",
+            &first,
+            // The contact given: no first GetMedia to peek at it (the fault is for one).
+            "--call-id",
+            "d111f871-5fe7-40b1-b5f7-6b67060de0c2",
+        ])
+        .env("AWS_ENDPOINT_URL_KINESIS_VIDEO", servers.0.url())
+        .env("AWS_ENDPOINT_URL_TRANSCRIBE_STREAMING", servers.1.url())
+        .env("AWS_ENDPOINT_URL_KINESIS", servers.2.url())
+        .env("AWS_ACCESS_KEY_ID", "AKIDLOCAL")
+        .env("AWS_SECRET_ACCESS_KEY", "local")
+        .env("AWS_REGION", "us-east-1")
+        .env("KINESIS_STREAM_NAME", "lca")
+        .env("KVS_IDLE_TIMEOUT", "3000")
+        .output()
+        .unwrap();
+    let stderr = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("GetMedia error 4500") && stderr.contains("kms:Decrypt"),
+        "{stderr}"
+    );
+    // LCA must not show the call live for ever: END is the last event.
+    let events: Vec<String> = kinesis
+        .records("lca", 0)
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let value: serde_json::Value = serde_json::from_slice(&r.data).unwrap();
+            value["EventType"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(events.first().map(String::as_str), Some("START"));
+    assert_eq!(events.last().map(String::as_str), Some("END"));
+    drop(servers);
 }

@@ -27,6 +27,9 @@ pub enum KinesisFault {
     /// PutRecords: the records at these indices fail with ProvisionedThroughputExceeded
     /// (the others are stored). On PutRecord it acts as [`KinesisFault::Throttle`].
     FailRecords(Vec<usize>),
+    /// The request goes through untouched (to aim the faults queued after it at later
+    /// requests).
+    Pass,
 }
 
 #[derive(Default)]
@@ -127,7 +130,7 @@ impl KinesisFaults {
             self.client.request(request)
         };
         match (fault, operation) {
-            (None, _) => match forward(body).await {
+            (None | Some(KinesisFault::Pass), _) => match forward(body).await {
                 Ok(response) => {
                     let (parts, body) = response.into_parts();
                     let body = body

@@ -3,8 +3,12 @@
 //!
 //! Streams hold KVS chunks (one EBML document per fragment, as GetMedia returns them): loaded
 //! from captures or appended live by an in-process producer ([`Kvs::play`]). GetMedia streams
-//! them from the selected start, keeps the connection open and silent while the producer is
-//! quiet, and ends the response when the stream is closed — as KVS does for a finished call.
+//! them from the selected start and, as the GetMedia API reference says, ends the response
+//! body once no new fragment has been available for 3 seconds ("the reading of the HTTP
+//! response payload will timeout after 3 seconds if there are no ingested fragments available
+//! for playback"; [`KvsOptions::payload_timeout`]) — whether the producer paused or stopped.
+//! A stream closed by its producer (a stored or finished call) ends the response as soon as
+//! its last fragment is sent: the same answer without the wait.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -35,6 +39,10 @@ pub struct KvsOptions {
     pub include_named_fragment: bool,
     /// GetMedia calls allowed per stream per second (KVS: 5).
     pub get_media_per_second: usize,
+    /// A GetMedia response ends when no new fragment has been available for this long (KVS:
+    /// 3 s, per the GetMedia API reference). Tests that play a call faster than real time
+    /// scale it down by the same factor.
+    pub payload_timeout: Duration,
     /// Region in ARNs.
     pub region: String,
     /// Account in ARNs.
@@ -46,6 +54,7 @@ impl Default for KvsOptions {
         Self {
             include_named_fragment: false,
             get_media_per_second: 5,
+            payload_timeout: Duration::from_secs(3),
             region: "us-east-1".to_string(),
             account: "123456789012".to_string(),
         }
@@ -636,6 +645,7 @@ impl Kvs {
         let mut sent_fragments = 0usize;
         let mut sent_bytes = 0u64;
         let mut changed = self.inner.changed.subscribe();
+        let mut last_sent = tokio::time::Instant::now();
         loop {
             changed.borrow_and_update();
             let (batch, closed) = {
@@ -654,10 +664,16 @@ impl Kvs {
                 (batch, stream.closed)
             };
             if batch.is_empty() {
-                if closed || changed.changed().await.is_err() {
+                if closed {
                     return;
                 }
-                continue;
+                let payload_deadline = last_sent + self.inner.options.payload_timeout;
+                match tokio::time::timeout_at(payload_deadline, changed.changed()).await {
+                    Ok(Ok(())) => continue,
+                    // Nothing new for the payload timeout (or the service is going away):
+                    // the response ends cleanly.
+                    Ok(Err(_)) | Err(_) => return,
+                }
             }
             for mut chunk in batch {
                 match &fault {
@@ -693,6 +709,7 @@ impl Kvs {
                 }
                 sent_fragments += 1;
                 next += 1;
+                last_sent = tokio::time::Instant::now();
             }
         }
     }

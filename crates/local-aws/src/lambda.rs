@@ -91,7 +91,14 @@ struct Pending {
 struct InFlight {
     respond: oneshot::Sender<Outcome>,
     instance: u64,
+    /// Tells this attempt from another with the same request id (a retry, or a duplicate
+    /// delivery running at the same time) in the same environment.
+    ticket: u64,
 }
+
+/// An invocation in flight: its environment and request id (two deliveries of one event
+/// share the request id, and may run at once in two environments).
+type InFlightKey = (u64, String);
 
 struct Function {
     spec: FunctionSpec,
@@ -102,7 +109,7 @@ struct Function {
     queued: AtomicUsize,
     /// Environments running an invocation (from `next` until their response or error).
     busy: AtomicUsize,
-    in_flight: Mutex<HashMap<String, InFlight>>,
+    in_flight: Mutex<HashMap<InFlightKey, InFlight>>,
     instances: Mutex<HashMap<u64, Instance>>,
     /// Every request id the function was invoked with, attempts included, for tests.
     attempts: Mutex<Vec<String>>,
@@ -110,6 +117,8 @@ struct Function {
     invocations: Mutex<Vec<Invocation>>,
     /// Every attempt that ended in an error, in order.
     failures: Mutex<Vec<Failure>>,
+    /// Every Event invocation accepted: its request id and payload (for delivering again).
+    events: Mutex<Vec<(String, Bytes)>>,
 }
 
 /// An attempt that ended in an error, as Lambda reports it to the caller.
@@ -209,6 +218,7 @@ impl Lambda {
             attempts: Mutex::new(Vec::new()),
             failures: Mutex::new(Vec::new()),
             invocations: Mutex::new(Vec::new()),
+            events: Mutex::new(Vec::new()),
         });
         lock(&self.inner.functions).insert(spec.name, function);
         Ok(arn)
@@ -266,6 +276,25 @@ impl Lambda {
             }
         }
         killed
+    }
+
+    /// Delivers the function's latest Event invocation once more, with the same request id
+    /// and payload, while (or after) the first delivery runs: Lambda's event queue delivers
+    /// at least once ("Even if your function doesn't return an error, it's possible for it
+    /// to receive the same event from Lambda multiple times because the queue itself is
+    /// eventually consistent", Lambda developer guide, asynchronous invocation). Whether
+    /// such a duplicate keeps the request id is not documented; this one does, the harder
+    /// case for a consumer that tells retries by it. Returns false when there is none.
+    pub fn deliver_again(&self, name: &str) -> bool {
+        let Some(function) = self.function(name) else {
+            return false;
+        };
+        let Some((request_id, payload)) = lock(&function.events).last().cloned() else {
+            return false;
+        };
+        let lambda = self.clone();
+        tokio::spawn(async move { lambda.run_event(function, payload, request_id).await });
+        true
     }
 
     /// Process ids of a function's running execution environments (for measuring them).
@@ -373,7 +402,9 @@ impl Lambda {
             "DryRun" => response(StatusCode::NO_CONTENT, None, Bytes::new()),
             "Event" => {
                 let lambda = self.clone();
-                tokio::spawn(async move { lambda.run_event(function, payload).await });
+                let request_id = self.request_id();
+                lock(&function.events).push((request_id.clone(), payload.clone()));
+                tokio::spawn(async move { lambda.run_event(function, payload, request_id).await });
                 response(StatusCode::ACCEPTED, None, Bytes::new())
             }
             "RequestResponse" => match self
@@ -395,9 +426,8 @@ impl Lambda {
     /// An Event invocation: up to three attempts, as Lambda retries a failed event twice.
     /// Every attempt carries the same request id, as Lambda's retries do (AWS Knowledge
     /// Center, "duplicate invocations ... with the same request ID" are retries).
-    async fn run_event(&self, function: Arc<Function>, payload: Bytes) {
+    async fn run_event(&self, function: Arc<Function>, payload: Bytes, request_id: String) {
         let delays = self.inner.options.event_retry_delays;
-        let request_id = self.request_id();
         for attempt in 0..3 {
             let outcome = self
                 .invoke_once(&function, payload.clone(), request_id.clone())
@@ -557,7 +587,7 @@ impl Lambda {
                 };
                 let crashed: Vec<InFlight> = {
                     let mut in_flight = lock(&watched.in_flight);
-                    let ids: Vec<String> = in_flight
+                    let ids: Vec<InFlightKey> = in_flight
                         .iter()
                         .filter(|(_, f)| f.instance == instance_id)
                         .map(|(id, _)| id.clone())
@@ -585,8 +615,15 @@ impl Lambda {
 
     /// Ends an invocation that ran out of time: the caller gets Lambda's timeout error and
     /// the environment is stopped (its next invocation starts a fresh one).
-    fn time_out(&self, function: &Arc<Function>, request_id: &str) {
-        let Some(in_flight) = lock(&function.in_flight).remove(request_id) else {
+    fn time_out(&self, function: &Arc<Function>, key: &InFlightKey, ticket: u64) {
+        let in_flight = {
+            let mut in_flight = lock(&function.in_flight);
+            if in_flight.get(key).is_none_or(|f| f.ticket != ticket) {
+                return; // answered already (maybe followed by another attempt)
+            }
+            in_flight.remove(key)
+        };
+        let Some(in_flight) = in_flight else {
             return;
         };
         function.busy.fetch_sub(1, Ordering::SeqCst);
@@ -661,7 +698,8 @@ impl RuntimeApi {
                 let body = read_body(request, MAX_SYNC_PAYLOAD)
                     .await
                     .unwrap_or_default();
-                let Some(in_flight) = lock(&self.function.in_flight).remove(&request_id) else {
+                let key = (self.instance, request_id.clone());
+                let Some(in_flight) = lock(&self.function.in_flight).remove(&key) else {
                     // Timed out already: the environment is being stopped.
                     return ApiError::new(
                         StatusCode::BAD_REQUEST,
@@ -693,22 +731,21 @@ impl RuntimeApi {
         function.queued.fetch_sub(1, Ordering::SeqCst);
         function.busy.fetch_add(1, Ordering::SeqCst);
         let deadline_ms = now_ms() + function.spec.timeout.as_millis() as u64;
+        let key = (self.instance, pending.request_id.clone());
+        let ticket = self.lambda.inner.next_id.fetch_add(1, Ordering::SeqCst);
         lock(&function.in_flight).insert(
-            pending.request_id.clone(),
+            key.clone(),
             InFlight {
                 respond: pending.respond,
                 instance: self.instance,
+                ticket,
             },
         );
-        let (lambda, watched, request_id, timeout) = (
-            self.lambda.clone(),
-            function.clone(),
-            pending.request_id.clone(),
-            function.spec.timeout,
-        );
+        let (lambda, watched, timeout) =
+            (self.lambda.clone(), function.clone(), function.spec.timeout);
         tokio::spawn(async move {
             tokio::time::sleep(timeout).await;
-            lambda.time_out(&watched, &request_id);
+            lambda.time_out(&watched, &key, ticket);
         });
         Response::builder()
             .status(StatusCode::OK)

@@ -6,6 +6,7 @@
 //! so tests can assert that not one sample was lost or duplicated.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -56,6 +57,10 @@ pub struct TranscribeOptions {
     pub categories: Vec<CategoryRule>,
     /// Keep every audio byte in the session records (for tests); off for long-running use.
     pub record_audio: bool,
+    /// Concurrent streams allowed (the account's quota; AWS: 25 HTTP/2 streams per region
+    /// by default); `None`: unlimited. A stream started beyond it is refused with HTTP 429
+    /// LimitExceededException, as the API reference documents.
+    pub max_sessions: Option<usize>,
 }
 
 impl Default for TranscribeOptions {
@@ -64,6 +69,7 @@ impl Default for TranscribeOptions {
             audio_timeout: Duration::from_secs(15),
             categories: Vec::new(),
             record_audio: true,
+            max_sessions: None,
         }
     }
 }
@@ -112,6 +118,19 @@ struct Inner {
     sessions: Mutex<Vec<Arc<Mutex<SessionRecord>>>>,
     faults: Mutex<VecDeque<TranscribeFault>>,
     counter: Mutex<u64>,
+    /// Streams open now (for the concurrency quota).
+    open: Arc<AtomicUsize>,
+    /// Streams refused for the quota.
+    refused: AtomicUsize,
+}
+
+/// Counts one open stream until dropped (the session's task ends).
+struct OpenStream(Arc<AtomicUsize>);
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// The local Transcribe Streaming service: a handle for tests (faults, records) and
@@ -147,6 +166,8 @@ impl Transcribe {
                 sessions: Mutex::new(Vec::new()),
                 faults: Mutex::new(VecDeque::new()),
                 counter: Mutex::new(0),
+                open: Arc::new(AtomicUsize::new(0)),
+                refused: AtomicUsize::new(0),
             }),
         }
     }
@@ -176,6 +197,16 @@ impl Transcribe {
         lock(&self.inner.faults).push_back(fault);
     }
 
+    /// Streams refused so far because the concurrency quota was in use.
+    pub fn refused(&self) -> usize {
+        self.inner.refused.load(Ordering::SeqCst)
+    }
+
+    /// Streams open now.
+    pub fn open_streams(&self) -> usize {
+        self.inner.open.load(Ordering::SeqCst)
+    }
+
     /// Snapshots of every session so far, in the order they started.
     pub fn sessions(&self) -> Vec<SessionRecord> {
         lock(&self.inner.sessions)
@@ -201,6 +232,28 @@ impl Transcribe {
             Ok(settings) => settings,
             Err(error) => return error.into_response(),
         };
+        // The concurrent stream quota (StartStreamTranscription API reference,
+        // LimitExceededException, HTTP 429: "Your client has exceeded one of the Amazon
+        // Transcribe limits, typically the concurrent stream service quota").
+        let open = self.inner.open.fetch_add(1, Ordering::SeqCst);
+        let stream = OpenStream(self.inner.open.clone());
+        if self
+            .inner
+            .options
+            .max_sessions
+            .is_some_and(|max| open >= max)
+        {
+            drop(stream);
+            self.inner.refused.fetch_add(1, Ordering::SeqCst);
+            return ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "LimitExceededException",
+                "Your client has exceeded one of the Amazon Transcribe limits, typically the \
+                 concurrent stream service quota. Reduce your number of concurrent streams and \
+                 try your request again using an exponential backoff strategy.",
+            )
+            .into_response();
+        }
         let session_id = settings.session_id.clone().unwrap_or_else(|| {
             let mut counter = lock(&self.inner.counter);
             *counter += 1;
@@ -231,6 +284,7 @@ impl Transcribe {
             roles: Vec::new(),
             matched: Vec::new(),
             tx,
+            _open: stream,
         };
         tokio::spawn(session.run(request.into_body()));
         let mut response = Response::builder()
@@ -328,6 +382,27 @@ impl Settings {
                 "language identification needs at least two LanguageOptions".into(),
             ));
         }
+        // StartStreamTranscription API reference: VocabularyName "is not intended for use
+        // with the IdentifyLanguage parameter ... use the VocabularyNames parameter instead";
+        // VocabularyNames "is only intended for use with the IdentifyLanguage parameter".
+        if identify && get("vocabulary-name").is_some() {
+            return Err(bad(
+                "with language identification, use VocabularyNames instead of VocabularyName"
+                    .into(),
+            ));
+        }
+        if !identify && get("vocabulary-names").is_some() {
+            return Err(bad(
+                "VocabularyNames is only for use with language identification".into(),
+            ));
+        }
+        // PreferredLanguage: "You can only use this parameter if you've included
+        // IdentifyLanguage and LanguageOptions" (the strictest reading of the references).
+        if get("preferred-language").is_some() && !flag("identify-language") {
+            return Err(bad(
+                "PreferredLanguage needs IdentifyLanguage and LanguageOptions".into(),
+            ));
+        }
         if identify && get("language-model-name").is_some() {
             return Err(bad(
                 "a custom language model cannot be used with language identification".into(),
@@ -403,6 +478,8 @@ struct Session {
     roles: Vec<String>,
     matched: Vec<String>,
     tx: mpsc::Sender<Result<Frame<Bytes>, BodyError>>,
+    /// Holds the stream's place in the quota until the session ends.
+    _open: OpenStream,
 }
 
 /// Why a session stopped reading.

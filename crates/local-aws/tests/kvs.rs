@@ -303,6 +303,67 @@ async fn now_waits_silently_for_live_fragments_and_ends_when_the_call_ends() {
 }
 
 #[tokio::test]
+async fn a_quiet_stream_ends_the_response_after_the_payload_timeout() {
+    // GetMedia API reference: "the reading of the HTTP response payload will timeout after
+    // 3 seconds if there are no ingested fragments available for playback".
+    let kvs = Kvs::new(KvsOptions {
+        payload_timeout: Duration::from_millis(400),
+        ..KvsOptions::default()
+    });
+    let server = kvs.serve(0).await.unwrap();
+    kvs.create_stream("live").unwrap();
+    let mut writer = ConnectWriter::new(WriterOptions::default());
+    let pcm = vec![0u8; 2 * 8000 * 2];
+    let chunks = writer.call(&pcm, &pcm, 1_700_000_000_000);
+    kvs.put_chunk("live", Bytes::from(chunks[0].clone()))
+        .unwrap();
+    let started = std::time::Instant::now();
+    let output = media(&server.url())
+        .get_media()
+        .stream_name("live")
+        .start_selector(selector(StartSelectorType::Earliest).build().unwrap())
+        .send()
+        .await
+        .unwrap();
+    let events = tokio::time::timeout(Duration::from_secs(5), read_all(output))
+        .await
+        .expect("the response ends by itself while the producer is quiet");
+    let waited = started.elapsed();
+    assert_eq!(
+        fragment_numbers(&events),
+        [ConnectWriter::fragment_number(0)]
+    );
+    assert!(
+        !events.iter().any(|e| matches!(e, MediaEvent::Error(_))),
+        "a clean end, no error chunk"
+    );
+    assert!(
+        waited >= Duration::from_millis(400) && waited < Duration::from_secs(3),
+        "{waited:?}"
+    );
+    // The stream is still live: the next request from the last fragment gets what follows.
+    kvs.put_chunk("live", Bytes::from(chunks[1].clone()))
+        .unwrap();
+    let output = media(&server.url())
+        .get_media()
+        .stream_name("live")
+        .start_selector(
+            selector(StartSelectorType::FragmentNumber)
+                .after_fragment_number(ConnectWriter::fragment_number(0))
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let events = read_all(output).await;
+    assert_eq!(
+        fragment_numbers(&events),
+        [ConnectWriter::fragment_number(1)]
+    );
+}
+
+#[tokio::test]
 async fn a_missing_fragment_is_an_error_chunk_4000() {
     let (_kvs, _server, media) = sample_call_server(KvsOptions::default()).await;
     let output = get_media(

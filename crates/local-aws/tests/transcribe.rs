@@ -446,3 +446,52 @@ async fn tls_with_alpn_h2_as_production_runs() {
         .await;
     assert!(error.is_err());
 }
+
+#[tokio::test]
+async fn streams_beyond_the_quota_are_refused_with_limit_exceeded() {
+    // An account's concurrent stream quota: one stream open, the next refused with
+    // LimitExceededException (HTTP 429) before streaming, as the API reference documents;
+    // once the first closes there is room again.
+    let transcribe = Transcribe::new(TranscribeOptions {
+        max_sessions: Some(1),
+        ..TranscribeOptions::default()
+    });
+    let server = transcribe.serve(0).await.unwrap();
+    let client = client(&server.url());
+    let (tx, rx) = mpsc::channel(4);
+    let open = stereo_request(&client)
+        .audio_stream(ReceiverStream::new(rx).into())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(transcribe.open_streams(), 1);
+    let error = stereo_request(&client)
+        .audio_stream(audio_events(&[0; 3200], None).into())
+        .send()
+        .await
+        .unwrap_err();
+    let error = error.into_service_error();
+    assert!(error.is_limit_exceeded_exception(), "{error:?}");
+    assert!(
+        format!("{error:?}").contains("concurrent stream service quota"),
+        "{error:?}"
+    );
+    assert_eq!(transcribe.refused(), 1);
+    // The first stream ends (its audio ends); a new one is accepted.
+    drop(tx);
+    let mut results = open.transcript_result_stream;
+    while results.recv().await.unwrap().is_some() {}
+    for _ in 0..100 {
+        if transcribe.open_streams() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(transcribe.open_streams(), 0);
+    stereo_request(&client)
+        .audio_stream(audio_events(&[0; 3200], None).into())
+        .send()
+        .await
+        .expect("room again once the first stream closed");
+    assert_eq!(transcribe.sessions().len(), 2);
+}
