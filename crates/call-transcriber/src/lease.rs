@@ -354,39 +354,36 @@ impl CallLease {
         delivered: &Delivered,
         message: &str,
     ) -> Result<Option<u32>, LeaseError> {
-        let failed = |e: String| self.error(&held.contact_id, "UpdateItem (record failure)", e);
-        let result = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key("PK", key(&held.contact_id))
-            .update_expression(
+        let updated = self
+            .update_held(
+                held,
+                "record failure",
                 "SET LeaseUntil = :zero, Delivered = :delivered, LastFailure = :message \
                  ADD Failures :one",
+                vec![
+                    (":zero", n(0)),
+                    (":one", n(1)),
+                    (":delivered", json(delivered)),
+                    (":message", s(message)),
+                ],
+                true,
             )
-            .condition_expression("#o = :me AND LambdaCount = :count")
-            .expression_attribute_names("#o", "Owner")
-            .expression_attribute_values(":me", s(&held.owner))
-            .expression_attribute_values(":count", n(held.lambda_count))
-            .expression_attribute_values(":zero", n(0))
-            .expression_attribute_values(":one", n(1))
-            .expression_attribute_values(":delivered", json(delivered))
-            .expression_attribute_values(":message", s(message))
-            .return_values(aws_sdk_dynamodb::types::ReturnValue::UpdatedNew)
-            .send()
-            .await;
-        match result {
-            Ok(output) => output
-                .attributes
-                .as_ref()
-                .and_then(|a| a.get("Failures"))
-                .and_then(|v| v.as_n().ok())
-                .and_then(|v| v.parse().ok())
-                .map(Some)
-                .ok_or_else(|| failed("the answer has no Failures count".to_string())),
-            Err(e) if lost_race(&e) => Ok(None),
-            Err(e) => Err(failed(crate::source::error_text(&e))),
-        }
+            .await?;
+        let Some(attributes) = updated else {
+            return Ok(None);
+        };
+        attributes
+            .get("Failures")
+            .and_then(|v| v.as_n().ok())
+            .and_then(|v| v.parse().ok())
+            .map(Some)
+            .ok_or_else(|| {
+                self.error(
+                    &held.contact_id,
+                    "record failure",
+                    "the answer has no Failures count".to_string(),
+                )
+            })
     }
 
     /// Gives the call up after its last failed attempt: no invocation takes it again.
@@ -404,7 +401,8 @@ impl CallLease {
         .await
     }
 
-    /// An update made only while this invocation holds the lease.
+    /// An update made only while this invocation holds the lease; `false` when it no
+    /// longer does.
     async fn held_update(
         &self,
         held: &Held,
@@ -412,6 +410,22 @@ impl CallLease {
         expression: &str,
         values: Vec<(&str, AttributeValue)>,
     ) -> Result<bool, LeaseError> {
+        let updated = self
+            .update_held(held, operation, expression, values, false)
+            .await?;
+        Ok(updated.is_some())
+    }
+
+    /// [`Self::held_update`] giving back the updated attributes (when `return_updated`), or
+    /// `None` when the lease is no longer this invocation's.
+    async fn update_held(
+        &self,
+        held: &Held,
+        operation: &'static str,
+        expression: &str,
+        values: Vec<(&str, AttributeValue)>,
+        return_updated: bool,
+    ) -> Result<Option<HashMap<String, AttributeValue>>, LeaseError> {
         let mut request = self
             .client
             .update_item()
@@ -428,9 +442,12 @@ impl CallLease {
         for (name, value) in values {
             request = request.expression_attribute_values(name, value);
         }
+        if return_updated {
+            request = request.return_values(aws_sdk_dynamodb::types::ReturnValue::UpdatedNew);
+        }
         match request.send().await {
-            Ok(_) => Ok(true),
-            Err(e) if lost_race(&e) => Ok(false),
+            Ok(output) => Ok(Some(output.attributes.unwrap_or_default())),
+            Err(e) if lost_race(&e) => Ok(None),
             Err(e) => Err(self.error(&held.contact_id, operation, crate::source::error_text(&e))),
         }
     }

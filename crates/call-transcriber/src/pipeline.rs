@@ -119,6 +119,34 @@ pub struct CallSpec {
     pub already_delivered: Delivered,
 }
 
+impl CallSpec {
+    /// A call from its beginning at `start`, as a tool runs it: START (without phone numbers
+    /// or agent, stamped now) first, no deadline, tracks as Connect names them.
+    pub fn new(call_id: &str, contact_id: &str, stream_arn: &str, start: StartAt) -> Self {
+        Self {
+            call_id: call_id.to_string(),
+            contact_id: contact_id.to_string(),
+            stream_arn: stream_arn.to_string(),
+            position: CallPosition {
+                start,
+                session_id: None,
+                origin_ns: None,
+                start_sample: 0,
+            },
+            start_event: Some(StartCall {
+                customer_phone_number: String::new(),
+                system_phone_number: String::new(),
+                agent_id: None,
+                metadata_json: None,
+                created_at: transcribe::now(),
+            }),
+            deadline: None,
+            swap_channels: false,
+            already_delivered: Delivered::default(),
+        }
+    }
+}
+
 /// How a run ended.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Ending {

@@ -204,7 +204,9 @@ async fn start_lca_then_hand_overs_transcribe_and_record_every_sample_once() {
             memory_mb: 128,
         })
         .unwrap();
-    let (arn, first) = h.play("call", sample_call_chunks()).await;
+    // At 5x (12 s) there is room for three hand-overs also on a busy machine, where starting
+    // each invocation takes longer.
+    let (arn, first) = h.play_at("call", sample_call_chunks(), &[], 5.0).await;
     let client = aws_sdk_lambda::Client::new(&local_aws::sdk_config(&server.url()));
     // Connect invokes StartLCA synchronously and waits for its answer (8 s at most).
     let asked = std::time::Instant::now();
@@ -311,10 +313,11 @@ async fn a_duplicate_invocation_leaves_the_call_alone() {
     lambda.shutdown();
 }
 
-/// What the lease says Kinesis has acknowledged.
-async fn leased_delivered(h: &Harness) -> Option<call_transcriber::Delivered> {
-    let item = h
-        .dynamodb
+/// The call's lease item as stored.
+async fn lease_item(
+    h: &Harness,
+) -> Option<std::collections::HashMap<String, aws_sdk_dynamodb::types::AttributeValue>> {
+    h.dynamodb
         .get_item()
         .table_name(TABLE)
         .key(
@@ -325,8 +328,18 @@ async fn leased_delivered(h: &Harness) -> Option<call_transcriber::Delivered> {
         .send()
         .await
         .unwrap()
-        .item?;
+        .item
+}
+
+/// What the lease says Kinesis has acknowledged.
+async fn leased_delivered(h: &Harness) -> Option<call_transcriber::Delivered> {
+    let item = lease_item(h).await?;
     serde_json::from_str(item.get("Delivered")?.as_s().ok()?).ok()
+}
+
+/// The lease's Status attribute.
+async fn leased_status(h: &Harness) -> Option<String> {
+    lease_item(h).await?.get("Status")?.as_s().ok().cloned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -432,24 +445,6 @@ async fn a_second_delivery_with_the_same_request_id_leaves_the_call_alone() {
     lambda.shutdown();
 }
 
-/// The lease's Status attribute.
-async fn leased_status(h: &Harness) -> Option<String> {
-    let item = h
-        .dynamodb
-        .get_item()
-        .table_name(TABLE)
-        .key(
-            "PK",
-            aws_sdk_dynamodb::types::AttributeValue::S(format!("contact#{CONTACT}")),
-        )
-        .consistent_read(true)
-        .send()
-        .await
-        .unwrap()
-        .item?;
-    item.get("Status")?.as_s().ok().cloned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kvs_error_fails_every_attempt_and_the_last_one_ends_the_call() {
     // The stream's KMS key denies access after 10 fragments, on every GetMedia (each attempt
@@ -497,15 +492,7 @@ async fn a_kvs_error_fails_every_attempt_and_the_last_one_ends_the_call() {
     assert!(!types.contains(&"ADD_S3_RECORDING_URL"));
     let finals = finals(&records);
     assert_eq!(on(&finals, "AGENT").first(), Some(&AGENT_TURNS[0]));
-    let mut ids: Vec<&str> = records
-        .iter()
-        .filter(|r| r["IsPartial"] == false)
-        .filter_map(|r| r["SegmentId"].as_str())
-        .collect();
-    let all = ids.len();
-    ids.sort();
-    ids.dedup();
-    assert_eq!(ids.len(), all, "no final segment twice across the attempts");
+    assert_no_final_twice(&records);
     assert_eq!(leased_status(&h).await.as_deref(), Some("FAILED"));
     // Another delivery of the event leaves the given-up call alone.
     let (_, answer) = invoke(&server, &contact_flow_event(&arn, &first)).await;

@@ -195,7 +195,10 @@ impl SegmentMapper {
         } else {
             Speaker::Caller
         };
-        let start_time = round_ms(result.start_time + self.time_offset_s);
+        // LCA's call event processor reads the times with `if message.get("StartTime",
+        // None):`, so a segment starting at exactly 0 s would lose its StartTime and be
+        // refused (`Float!`); such a segment is published as starting 1 ms in.
+        let start_time = round_ms(result.start_time + self.time_offset_s).max(0.001);
         Some(
             self.message(LcaEvent::AddTranscriptSegment(Segment::Standard(
                 StandardSegment {
@@ -386,6 +389,16 @@ mod tests {
         let kept = mapper(0.0, true).transcript(&partial, AT).unwrap();
         assert!(
             matches!(kept.event, LcaEvent::AddTranscriptSegment(Segment::Standard(ref s)) if s.channel == Speaker::Caller && s.is_partial)
+        );
+        // Speech from the call's first sample: LCA takes a StartTime of 0 as missing.
+        let at_zero = TranscriptResult {
+            start_time: 0.0,
+            ..partial
+        };
+        let value = serde_json::to_value(mapper(0.0, true).transcript(&at_zero, AT)).unwrap();
+        assert_eq!(
+            (&value["StartTime"], &value["SegmentId"]),
+            (&json!(0.001), &json!("ch_0-0.001"))
         );
     }
 

@@ -7,12 +7,12 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use call_transcriber::TranscriberConfig;
 use call_transcriber::pipeline::{
-    self, CallPipeline, CallPosition, CallSpec, Clients, Ending, PipelineError, Taps,
+    self, CallPipeline, CallSpec, Clients, Ending, PipelineError, Taps,
 };
 use call_transcriber::source::{self, EndReason, SourceError, StartAt};
 use call_transcriber::usage::{ProcessUsage, quantile_ms};
 use clap::Args;
-use lca_events::{LcaEvent, LcaMessage, Segment, StartCall};
+use lca_events::{LcaEvent, LcaMessage, Segment};
 
 /// Arguments of `lca-kvs transcribe`.
 #[derive(Args)]
@@ -82,27 +82,7 @@ async fn transcribe(args: TranscribeArgs, config: TranscriberConfig) -> Result<E
     eprintln!("transcribing call {contact_id} from {}", args.stream_arn);
     let pipeline = CallPipeline { config, clients };
     let call_id = contact_id.clone();
-    let call = CallSpec {
-        call_id: contact_id.clone(),
-        contact_id,
-        stream_arn: args.stream_arn.clone(),
-        position: CallPosition {
-            start,
-            session_id: None,
-            origin_ns: None,
-            start_sample: 0,
-        },
-        start_event: Some(StartCall {
-            customer_phone_number: String::new(),
-            system_phone_number: String::new(),
-            agent_id: None,
-            metadata_json: None,
-            created_at: call_transcriber::transcribe::now(),
-        }),
-        deadline: None,
-        swap_channels: false,
-        already_delivered: Default::default(),
-    };
+    let call = CallSpec::new(&contact_id, &contact_id, &args.stream_arn, start);
     let (tap, mut delivered) = tokio::sync::mpsc::unbounded_channel::<LcaMessage>();
     let show = args.show_transcript;
     let progress = tokio::spawn(async move {

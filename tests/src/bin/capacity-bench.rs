@@ -15,9 +15,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant, SystemTime};
 
 use call_transcriber::TranscriberConfig;
-use call_transcriber::pipeline::{CallPipeline, CallPosition, CallSpec, Clients, Taps};
+use call_transcriber::pipeline::{CallPipeline, CallSpec, Clients, Taps};
 use call_transcriber::source::{KvsClients, StartAt};
-use lca_events::StartCall;
 use local_aws::kinesis::KinesisRecorder;
 use local_aws::kvs::{Kvs, KvsOptions};
 use local_aws::transcribe::{Transcribe, TranscribeOptions};
@@ -132,27 +131,7 @@ async fn run(args: Args) -> Result<(), String> {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let first = first.ok_or_else(|| format!("{id}: no fragment on the stream within 5 s"))?;
-        let spec = CallSpec {
-            call_id: id.clone(),
-            contact_id: id.clone(),
-            stream_arn: arn,
-            position: CallPosition {
-                start: StartAt::Fragment(first),
-                session_id: None,
-                origin_ns: None,
-                start_sample: 0,
-            },
-            start_event: Some(StartCall {
-                customer_phone_number: String::new(),
-                system_phone_number: String::new(),
-                agent_id: None,
-                metadata_json: None,
-                created_at: call_transcriber::transcribe::now(),
-            }),
-            deadline: None,
-            swap_channels: false,
-            already_delivered: Default::default(),
-        };
+        let spec = CallSpec::new(&id, &id, &arn, StartAt::Fragment(first));
         let pipeline = pipeline.clone();
         runs.spawn(async move { (id, pipeline.run(spec, Taps::default()).await) });
     }

@@ -8,9 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use call_transcriber::TranscriberConfig;
-use call_transcriber::pipeline::{
-    CallOutcome, CallPipeline, CallPosition, CallSpec, Clients, Taps,
-};
+use call_transcriber::pipeline::{CallOutcome, CallPipeline, CallSpec, Clients, Taps};
 use call_transcriber::source::{KvsClients, StartAt};
 use kvs_media::split_chunks;
 use lca_events::StartCall;
@@ -151,11 +149,22 @@ impl Harness {
         chunks: Vec<Bytes>,
         faults: &[Fault],
     ) -> (String, String) {
+        self.play_at(name, chunks, faults, SPEED).await
+    }
+
+    /// [`Self::play_with_faults`] at `speed` times real time.
+    pub async fn play_at(
+        &self,
+        name: &str,
+        chunks: Vec<Bytes>,
+        faults: &[Fault],
+        speed: f64,
+    ) -> (String, String) {
         let arn = self.kvs.create_stream(name).unwrap();
         for fault in faults {
             self.kvs.inject(name, fault.clone()).unwrap();
         }
-        self.kvs.play(name, chunks, SPEED);
+        self.kvs.play(name, chunks, speed);
         for _ in 0..200 {
             if let Some(first) = self.kvs.fragment_numbers(name).unwrap().first() {
                 return (arn, first.clone());
@@ -236,15 +245,6 @@ impl Harness {
 
 pub fn new_call(arn: &str, first: &str) -> CallSpec {
     CallSpec {
-        call_id: CONTACT.to_string(),
-        contact_id: CONTACT.to_string(),
-        stream_arn: arn.to_string(),
-        position: CallPosition {
-            start: StartAt::Fragment(first.to_string()),
-            session_id: None,
-            origin_ns: None,
-            start_sample: 0,
-        },
         start_event: Some(StartCall {
             customer_phone_number: "+15551230001".into(),
             system_phone_number: "+15559870002".into(),
@@ -252,9 +252,7 @@ pub fn new_call(arn: &str, first: &str) -> CallSpec {
             metadata_json: None,
             created_at: "2026-11-23T00:00:00.000Z".into(),
         }),
-        deadline: None,
-        swap_channels: false,
-        already_delivered: Default::default(),
+        ..CallSpec::new(CONTACT, CONTACT, arn, StartAt::Fragment(first.to_string()))
     }
 }
 
@@ -327,7 +325,11 @@ pub fn assert_whole_call_within(records: &[Value], tolerance_s: f64) {
             "{channel} finals {found:?}, expected {turns:?} (± {tolerance_s} s)"
         );
     }
-    // No segment twice: final segment ids are unique.
+    assert_no_final_twice(records);
+}
+
+/// No segment twice: final segment ids are unique.
+pub fn assert_no_final_twice(records: &[Value]) {
     let mut ids: Vec<&str> = records
         .iter()
         .filter(|r| r["IsPartial"] == false)
