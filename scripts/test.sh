@@ -23,25 +23,38 @@ if ! "$venv/bin/pip" show cfn-lint 2>/dev/null | grep -qx "Version: 1.41.0"; the
   "$venv/bin/pip" install -q --disable-pip-version-check "cfn-lint==1.41.0"
 fi
 
-# The offline recognizer (feature pocketsphinx) is on for the tests; the builds below without
-# it show that the rest needs none of its system libraries.
+# Each step's start, with the minutes since the start of the run (CI time is watched).
+started=$(date +%s)
+step() { echo "scripts/test.sh: [$(( ($(date +%s) - started) / 60 )) min] $*" >&2; }
+
+# The offline recognizer (feature pocketsphinx) is on for the tests; the clippy run without
+# it shows that the rest needs none of its system libraries.
 features=lca-tests/pocketsphinx
+step clippy
 cargo clippy --workspace --all-targets --locked --features "$features" -- -D warnings
 cargo clippy -p local-aws -p lca-kvs --all-targets --locked -- -D warnings
+step tests
 cargo test --workspace --locked --features "$features"
+
+# From here on, the binaries that `cargo test` built (target/debug: lca-kvs, the functions,
+# test-lambda, the benches) are run as they are. A `cargo build` of single packages would
+# resolve features without the dev-dependencies (tempfile and proptest turn on getrandom's
+# std, which reaches every AWS SDK crate through aws-runtime) and compile the SDKs again.
 
 # The deployment: the template validated offline, the functions built as the arm64 zips it
 # ships (sizes printed; no upload).
+step deployment
 "$venv/bin/cfn-lint" infra/template.yaml
 bash infra/package.sh
 
 # Clients written by others (boto3) against `lca-kvs local`.
-cargo build --locked -q -p lca-kvs -p local-aws --bins
+step interop
 bash tests/interop/run.sh
 
 # Smoke runs: the README's main command and the benchmark's correctness check stay working.
 # The demo in its fast mode (the whole call at once), as a newcomer runs it; it must show the
 # transcript, a summary and the recording.
+step demo
 LCA_DEMO_PROFILE=dev bash scripts/demo.sh --speed 0 --recording-out target/demo-recording.wav \
   > target/demo.out 2> target/demo.err || { cat target/demo.out target/demo.err >&2; exit 1; }
 cat target/demo.out target/demo.err
@@ -49,10 +62,11 @@ grep -q "^\[ *[0-9.]* s\] Agent : ." target/demo.out
 grep -q "^\[ *[0-9.]* s\] Caller: ." target/demo.out
 grep -q "WER caller" target/demo.err
 test "$(stat -c %s target/demo-recording.wav)" -gt 800000
-cargo run --locked -q -p lca-tests --bin media-bench -- --minutes 2 --skip-node
-cargo build --locked -q -p lca-kvs -p lca-tests --bins
+step benches
+target/debug/media-bench --minutes 2 --skip-node
 target/debug/pipeline-bench --minutes 2 --latency-minutes 1
 target/debug/lambda-call-bench --minutes 2 --invoke-timeout-ms 3000
 # Twice as many calls as the Transcribe quota allows: every call complete, nothing lost or
 # repeated (the bench exits non-zero otherwise).
 target/debug/capacity-bench --calls 4 --limit 2 --speed 20
+step done

@@ -205,3 +205,299 @@ fn the_contact_flow_streams_media_and_invokes_start_lca() {
     assert_eq!(queue["Type"], "UpdateContactTargetQueue");
     assert!(of_type("DisconnectParticipant").count() == 1);
 }
+
+/// A short-form intrinsic (`!Ref X`, `!GetAtt X.Arn`, `!If [...]`) as (function, argument).
+fn intrinsic(value: &Value) -> Option<(String, &Value)> {
+    match value {
+        Value::Tagged(tagged) => Some((tagged.tag.to_string(), &tagged.value)),
+        _ => None,
+    }
+}
+
+/// The argument of `!<function>` in `value`, if `value` is that intrinsic.
+fn argument<'a>(value: &'a Value, function: &str) -> Option<&'a Value> {
+    intrinsic(value)
+        .filter(|(tag, _)| tag.trim_start_matches('!') == function)
+        .map(|(_, argument)| argument)
+}
+
+/// The transcriber policy's statements: plain ones, and the `!If` ones by condition.
+fn transcriber_statements(template: &Value) -> (Vec<&Value>, Vec<(String, &Value)>) {
+    let statements = template["Resources"]["CallTranscriberPolicy"]["Properties"]["PolicyDocument"]
+        ["Statement"]
+        .as_sequence()
+        .unwrap();
+    let mut plain = Vec::new();
+    let mut conditional = Vec::new();
+    for statement in statements {
+        match argument(statement, "If") {
+            Some(branches) => {
+                let condition = branches[0].as_str().unwrap().to_string();
+                assert!(
+                    argument(&branches[2], "Ref").is_some_and(|r| r == "AWS::NoValue"),
+                    "{condition}: a statement granted only when the condition holds"
+                );
+                conditional.push((condition, &branches[1]));
+            }
+            None => plain.push(statement),
+        }
+    }
+    (plain, conditional)
+}
+
+#[test]
+fn failed_invocations_reach_a_queue_and_hand_overs_are_not_stopped_as_a_loop() {
+    let template = template();
+    let resources = &template["Resources"];
+    let config = &resources["CallTranscriberEventInvokeConfig"];
+    assert_eq!(config["Type"], "AWS::Lambda::EventInvokeConfig");
+    let properties = &config["Properties"];
+    assert_eq!(
+        argument(&properties["FunctionName"], "Ref").and_then(Value::as_str),
+        Some("CallTranscriberFunction")
+    );
+    assert_eq!(properties["Qualifier"], "$LATEST");
+    // Lambda's retries and the code's count of attempts are the same number.
+    let transcriber = &resources["CallTranscriberFunction"]["Properties"];
+    let retries = transcriber["Environment"]["Variables"]["MAXIMUM_RETRY_ATTEMPTS"]
+        .as_str()
+        .unwrap();
+    assert_eq!(
+        properties["MaximumRetryAttempts"]
+            .as_u64()
+            .unwrap()
+            .to_string(),
+        retries
+    );
+    assert_eq!(
+        properties["MaximumEventAgeInSeconds"].as_u64(),
+        Some(21600),
+        "an expired hand-over event is a call lost: the longest age Lambda allows"
+    );
+    let destination = &properties["DestinationConfig"]["OnFailure"]["Destination"];
+    assert_eq!(
+        argument(destination, "GetAtt").and_then(Value::as_str),
+        Some("CallTranscriberFailureQueue.Arn")
+    );
+    let queue = &resources["CallTranscriberFailureQueue"];
+    assert_eq!(queue["Type"], "AWS::SQS::Queue");
+    assert_eq!(
+        queue["Properties"]["SqsManagedSseEnabled"], true,
+        "encrypted"
+    );
+    assert!(
+        queue["Properties"]["FifoQueue"].is_null(),
+        "destinations take no FIFO queue"
+    );
+    let (plain, _) = transcriber_statements(&template);
+    assert!(
+        plain.iter().any(|s| s["Action"] == "sqs:SendMessage"
+            && argument(&s["Resource"], "GetAtt").and_then(Value::as_str)
+                == Some("CallTranscriberFailureQueue.Arn")),
+        "the role may send to its destination"
+    );
+    assert_eq!(transcriber["RecursiveLoop"], "Allow");
+}
+
+#[test]
+fn the_stream_key_is_granted_only_when_it_is_given() {
+    let template = template();
+    let (plain, conditional) = transcriber_statements(&template);
+    assert!(
+        !plain.iter().any(|s| s["Action"] == "kms:Decrypt"),
+        "no unconditional KMS grant"
+    );
+    let (condition, statement) = conditional
+        .iter()
+        .find(|(_, s)| s["Action"] == "kms:Decrypt")
+        .expect("a kms:Decrypt statement");
+    assert_eq!(
+        argument(&statement["Resource"], "Ref").and_then(Value::as_str),
+        Some("ConnectStreamKmsKeyArn")
+    );
+    // The condition: the parameter is not blank.
+    let not = argument(&template["Conditions"][condition.as_str()], "Not").unwrap();
+    let equals = argument(&not[0], "Equals").unwrap();
+    assert_eq!(
+        argument(&equals[0], "Ref").and_then(Value::as_str),
+        Some("ConnectStreamKmsKeyArn")
+    );
+    assert_eq!(equals[1], "");
+    assert_eq!(
+        template["Parameters"]["ConnectStreamKmsKeyArn"]["Default"],
+        ""
+    );
+}
+
+/// A metric as a dashboard names it: namespace, name, dimensions.
+type DashboardMetric = (String, String, Vec<(String, String)>);
+
+/// A dashboard widget's metric rows with CloudWatch's shorthand resolved ("." repeats the
+/// item above, "..." the items above up to the ones given).
+fn dashboard_metrics(rows: &[Json]) -> Vec<DashboardMetric> {
+    let mut resolved: Vec<Vec<String>> = Vec::new();
+    for row in rows {
+        let items: Vec<String> = row
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|i| i.as_str().map(str::to_string))
+            .collect();
+        let previous = resolved.last().cloned().unwrap_or_default();
+        let full = if items.first().map(String::as_str) == Some("...") {
+            let given = &items[1..];
+            let keep = previous.len().saturating_sub(given.len());
+            previous[..keep].iter().chain(given).cloned().collect()
+        } else {
+            items
+                .iter()
+                .enumerate()
+                .map(|(i, item)| match item.as_str() {
+                    "." => previous[i].clone(),
+                    _ => item.clone(),
+                })
+                .collect()
+        };
+        resolved.push(full);
+    }
+    resolved
+        .into_iter()
+        .map(|items| {
+            let dimensions = items[2..]
+                .chunks(2)
+                .map(|pair| (pair[0].clone(), pair[1].clone()))
+                .collect();
+            (items[0].clone(), items[1].clone(), dimensions)
+        })
+        .collect()
+}
+
+/// Checks a metric of our namespace against the code's list: the name is emitted, and a
+/// dimension is the one it is emitted by.
+fn assert_emitted(name: &str, dimensions: &[(String, String)], place: &str) {
+    let metric = call_metrics::Metric::from_name(name)
+        .unwrap_or_else(|| panic!("{place}: {name} is not a metric the code emits"));
+    for (dimension, _) in dimensions {
+        assert_eq!(
+            metric.dimension().map(|d| d.key()),
+            Some(dimension.as_str()),
+            "{place}: {name} is not emitted by {dimension}"
+        );
+    }
+}
+
+#[test]
+fn alarms_and_the_dashboard_name_only_metrics_the_code_emits() {
+    let template = template();
+    let mut alarmed = BTreeSet::new();
+    for (name, resource) in template["Resources"].as_mapping().unwrap() {
+        if resource["Type"] != "AWS::CloudWatch::Alarm" {
+            continue;
+        }
+        let name = name.as_str().unwrap();
+        let properties = &resource["Properties"];
+        let metric = properties["MetricName"].as_str().unwrap();
+        let namespace = properties["Namespace"].as_str().unwrap();
+        alarmed.insert(format!("{namespace}/{metric}"));
+        if namespace == call_metrics::NAMESPACE {
+            let dimensions: Vec<(String, String)> = properties["Dimensions"]
+                .as_sequence()
+                .into_iter()
+                .flatten()
+                .map(|d| {
+                    (
+                        d["Name"].as_str().unwrap().to_string(),
+                        d["Value"].as_str().unwrap_or("?").to_string(),
+                    )
+                })
+                .collect();
+            assert_emitted(metric, &dimensions, name);
+        }
+        // Every alarm notifies the optional topic.
+        let actions = argument(&properties["AlarmActions"], "If").expect("AlarmActions");
+        assert_eq!(actions[0], "HasAlarmTopic", "{name}");
+        assert_eq!(properties["TreatMissingData"], "notBreaching", "{name}");
+    }
+    for wanted in [
+        "LCA/ConnectKVS/CallsFailed",
+        "LCA/ConnectKVS/TranscriptLag",
+        "LCA/ConnectKVS/StartLcaAnswers",
+        "AWS/Lambda/Errors",
+        "AWS/Lambda/Throttles",
+        "AWS/SQS/ApproximateNumberOfMessagesVisible",
+    ] {
+        assert!(alarmed.contains(wanted), "no alarm on {wanted}");
+    }
+    let body = argument(
+        &template["Resources"]["Dashboard"]["Properties"]["DashboardBody"],
+        "Sub",
+    )
+    .and_then(Value::as_str)
+    .expect("DashboardBody is a !Sub string");
+    // ${...} substitutions stand for strings inside the JSON.
+    let mut plain = String::new();
+    let mut rest = body;
+    while let Some(start) = rest.find("${") {
+        let end = start + rest[start..].find('}').unwrap();
+        plain.push_str(&rest[..start]);
+        plain.push_str("substituted");
+        rest = &rest[end + 1..];
+    }
+    plain.push_str(rest);
+    let dashboard: Json = serde_json::from_str(&plain).expect("the dashboard body is JSON");
+    let mut shown = BTreeSet::new();
+    for widget in dashboard["widgets"].as_array().unwrap() {
+        let title = widget["properties"]["title"].as_str().unwrap();
+        for (namespace, name, dimensions) in
+            dashboard_metrics(widget["properties"]["metrics"].as_array().unwrap())
+        {
+            if namespace == call_metrics::NAMESPACE {
+                assert_emitted(&name, &dimensions, title);
+                shown.insert(name);
+            }
+        }
+    }
+    // The dashboard shows every metric the transcriber and StartLCA emit.
+    let all: BTreeSet<String> = call_metrics::Metric::ALL
+        .iter()
+        .map(|m| m.name().to_string())
+        .collect();
+    assert_eq!(shown, all);
+}
+
+#[test]
+fn the_functions_are_traced_when_tracing_is_on() {
+    let template = template();
+    for (name, resource) in template["Resources"].as_mapping().unwrap() {
+        if resource["Type"] != "AWS::Lambda::Function" {
+            continue;
+        }
+        let name = name.as_str().unwrap();
+        let properties = &resource["Properties"];
+        let mode = argument(&properties["TracingConfig"]["Mode"], "If")
+            .unwrap_or_else(|| panic!("{name}: TracingConfig.Mode follows EnableXRayTracing"));
+        assert_eq!(mode[0], "ShouldTrace");
+        assert_eq!(
+            (mode[1].as_str(), mode[2].as_str()),
+            (Some("Active"), Some("PassThrough"))
+        );
+        // Its role may write traces.
+        let role = argument(&properties["Role"], "GetAtt")
+            .and_then(Value::as_str)
+            .unwrap()
+            .trim_end_matches(".Arn");
+        let managed = argument(
+            &template["Resources"][role]["Properties"]["ManagedPolicyArns"],
+            "If",
+        )
+        .unwrap_or_else(|| panic!("{role}: the X-Ray policy follows EnableXRayTracing"));
+        assert_eq!(managed[0], "ShouldTrace");
+        let arn = argument(&managed[1][0], "Sub")
+            .and_then(Value::as_str)
+            .unwrap();
+        assert!(
+            arn.ends_with(":iam::aws:policy/AWSXRayDaemonWriteAccess"),
+            "{role}: {arn}"
+        );
+    }
+}

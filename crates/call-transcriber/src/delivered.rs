@@ -11,7 +11,7 @@
 
 use std::collections::BTreeSet;
 
-use lca_events::{LcaEvent, LcaMessage, Segment, Speaker};
+use lca_events::{LcaEvent, LcaMessage};
 use serde::{Deserialize, Serialize};
 
 /// What Kinesis has acknowledged for one call.
@@ -45,32 +45,9 @@ impl Delivered {
             LcaEvent::Start(_) => set(&mut self.started),
             LcaEvent::End(_) => set(&mut self.ended),
             LcaEvent::AddS3RecordingUrl(_) => set(&mut self.recording_url),
-            LcaEvent::AddTranscriptSegment(Segment::Standard(segment)) => {
-                let channel = match segment.channel {
-                    Speaker::Caller => 0,
-                    Speaker::Agent => 1,
-                };
-                !segment.is_partial
-                    && self.final_end(channel, (segment.end_time * 1000.0).round() as u64)
-            }
-            LcaEvent::AddTranscriptSegment(Segment::Analytics(segment)) => {
-                let event = &segment.utterance_event;
-                let channel = match event["ParticipantRole"].as_str() {
-                    Some("CUSTOMER") => Some(0),
-                    Some("AGENT") => Some(1),
-                    _ => None,
-                };
-                match (
-                    channel,
-                    event["IsPartial"].as_bool(),
-                    event["EndOffsetMillis"].as_f64(),
-                ) {
-                    (Some(channel), Some(false), Some(end)) => {
-                        self.final_end(channel, end.round() as u64)
-                    }
-                    _ => false,
-                }
-            }
+            LcaEvent::AddTranscriptSegment(_) => message
+                .final_segment_end()
+                .is_some_and(|(channel, end_ms)| self.final_end(channel, end_ms)),
             LcaEvent::AddCallCategory(category) => {
                 let mut new = false;
                 for name in category.category_event["MatchedCategories"]

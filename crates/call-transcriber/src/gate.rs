@@ -24,6 +24,8 @@ pub enum GateOutput {
         fragment_number: String,
         /// Its continuation token, if KVS sent one.
         continuation_token: Option<String>,
+        /// How far it was behind the stream's newest data (AWS_KINESISVIDEO_MILLIS_BEHIND_NOW).
+        millis_behind_now: Option<u64>,
     },
     /// Stop reading this stream.
     Stop(StopReason),
@@ -192,6 +194,7 @@ impl ContactGate {
                     out.push(GateOutput::FragmentDone {
                         fragment_number: number.clone(),
                         continuation_token: end.continuation_token,
+                        millis_behind_now: end.millis_behind_now,
                     });
                     self.last_done = Some(number);
                 }

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use aws_sdk_lambda::primitives::Blob;
 use aws_sdk_lambda::types::InvocationType;
+use call_metrics::EmfRecord;
 use lca_events::connect::{ContactFlowEvent, Rejection};
 use lca_events::{LcaEvent, LcaMessage, RecordingUrl, StartCall};
 use serde::{Deserialize, Serialize};
@@ -24,6 +25,7 @@ use tracing::Instrument as _;
 use crate::TranscriberConfig;
 use crate::delivered::Delivered;
 use crate::lease::{CallLease, Claim, Held, LeaseError, decide, now_ms};
+use crate::metrics::{InvocationFigures, RunFigures};
 use crate::pipeline::{CallPipeline, CallPosition, CallSpec, Clients, Ending, PipelineError, Taps};
 use crate::recording::{Recorder, RecordingError};
 use crate::source::StartAt;
@@ -286,6 +288,14 @@ pub enum HandlerError {
     },
 }
 
+/// The call an invocation works on, with its hold on it.
+#[derive(Clone, Copy)]
+struct Holding<'a> {
+    call: &'a CallData,
+    held: &'a Held,
+    lease: Option<&'a CallLease>,
+}
+
 /// The answer for an invocation that leaves the call to another one.
 fn left(call: &CallData, reason: &str) -> Value {
     tracing::info!(call_id = %call.call_id, lambda_count = call.lambda_count, reason, "call left to another invocation");
@@ -375,6 +385,28 @@ impl Transcriber {
         event: Value,
         invocation: Invocation<'_>,
     ) -> Result<Value, HandlerError> {
+        self.handle_measured(event, invocation).await.0
+    }
+
+    /// Handles one invocation; also returns its metrics line (what `serve` writes to stdout,
+    /// where CloudWatch Logs takes the metrics out of it).
+    pub async fn handle_measured(
+        &self,
+        event: Value,
+        invocation: Invocation<'_>,
+    ) -> (Result<Value, HandlerError>, EmfRecord) {
+        let mut figures = InvocationFigures::default();
+        let result = self.handle_call(event, invocation, &mut figures).await;
+        let record = figures.record(&result, now_ms());
+        (result, record)
+    }
+
+    async fn handle_call(
+        &self,
+        event: Value,
+        invocation: Invocation<'_>,
+        figures: &mut InvocationFigures,
+    ) -> Result<Value, HandlerError> {
         let is_new = event.get("action").and_then(Value::as_str) != Some("LAMBDA_CONTINUE");
         let mut call = if is_new {
             self.new_call(&event)?
@@ -389,6 +421,8 @@ impl Transcriber {
             }
             call
         };
+        figures.call_id = Some(call.call_id.clone());
+        figures.lambda_count = Some(call.lambda_count);
         let skipped = |call: &CallData| json!({"status": "SKIPPED", "callId": call.call_id});
         let held = Held {
             contact_id: call.contact_id.clone(),
@@ -465,7 +499,8 @@ impl Transcriber {
         // Everything this invocation logs about the call carries its CallId.
         let span =
             tracing::info_span!("call", call_id = %call.call_id, lambda_count = call.lambda_count);
-        self.transcribe(call, held, lease, delivered, invocation)
+        figures.call_id = Some(call.call_id.clone());
+        self.transcribe(call, held, lease, delivered, invocation, figures)
             .instrument(span)
             .await
     }
@@ -478,6 +513,7 @@ impl Transcriber {
         lease: Option<&CallLease>,
         delivered: Delivered,
         invocation: Invocation<'_>,
+        figures: &mut InvocationFigures,
     ) -> Result<Value, HandlerError> {
         let config = &self.pipeline.config;
         let start_event = (call.lambda_count == 0 && !delivered.started).then(|| StartCall {
@@ -489,6 +525,7 @@ impl Transcriber {
                 .started_at_ms
                 .map_or_else(crate::transcribe::now, crate::transcribe::timestamp),
         });
+        let start_sent = start_event.is_some();
         let now = Instant::now();
         let deadline = (now + config.lambda_invoke_timeout).min(
             invocation
@@ -554,6 +591,10 @@ impl Transcriber {
             Ok(delivered) => delivered,
             Err(join) => std::panic::resume_unwind(join.into_panic()),
         };
+        figures.started = start_sent && delivered.started;
+        if let Ok(outcome) = &result {
+            figures.run = Some(RunFigures::of(outcome));
+        }
         let piece = match piece {
             Some(piece) => match piece.await {
                 Ok(result) => Some(result),
@@ -568,12 +609,24 @@ impl Transcriber {
                 if let Some(Ok(piece)) = piece {
                     tracing::info!(call_id = %call.call_id, piece = ?piece, "recorded this invocation's audio");
                 }
-                self.finish(&call, &held, lease, &mut delivered, outcome, invocation)
+                let holding = Holding {
+                    call: &call,
+                    held: &held,
+                    lease,
+                };
+                self.finish(holding, &mut delivered, outcome, invocation, figures)
                     .await
             }
         };
         match finished {
-            Err(error) => self.failed(&call, &held, lease, delivered, error).await,
+            Err(error) => {
+                let holding = Holding {
+                    call: &call,
+                    held: &held,
+                    lease,
+                };
+                self.failed(holding, delivered, error, figures).await
+            }
             answer => answer,
         }
     }
@@ -582,19 +635,20 @@ impl Transcriber {
     /// hands it over.
     async fn finish(
         &self,
-        call: &CallData,
-        held: &Held,
-        lease: Option<&CallLease>,
+        holding: Holding<'_>,
         delivered: &mut Delivered,
         outcome: crate::pipeline::CallOutcome,
         invocation: Invocation<'_>,
+        figures: &mut InvocationFigures,
     ) -> Result<Value, HandlerError> {
+        let Holding { call, held, lease } = holding;
         let recorder = self.recorder.as_ref().filter(|_| call.should_record_call);
         match outcome.ending {
             Ending::CallEnded(reason) => {
                 if let Some(recorder) = recorder {
                     let recording = recorder.assemble(&call.call_id).await?;
                     tracing::info!(call_id = %call.call_id, key = %recording.key, bytes = recording.bytes, pieces = recording.pieces, "recording written");
+                    figures.recording_bytes = Some(recording.bytes);
                     if !delivered.recording_url {
                         let url = lca_events::recording_url(
                             &recorder.bucket,
@@ -654,12 +708,12 @@ impl Transcriber {
     /// stopped; the error log says why and what to do.
     async fn failed(
         &self,
-        call: &CallData,
-        held: &Held,
-        lease: Option<&CallLease>,
+        holding: Holding<'_>,
         mut delivered: Delivered,
         error: HandlerError,
+        figures: &mut InvocationFigures,
     ) -> Result<Value, HandlerError> {
+        let Holding { call, held, lease } = holding;
         let retries = self.pipeline.config.maximum_retry_attempts;
         let attempt = match lease {
             None => None,
@@ -683,6 +737,7 @@ impl Transcriber {
         if !last {
             return Err(error);
         }
+        figures.gave_up = true;
         if delivered.started && !delivered.ended {
             let end = LcaMessage {
                 call_id: call.call_id.clone(),
@@ -786,10 +841,11 @@ pub async fn serve() -> Result<(), lambda_runtime::Error> {
             request_id: &event.context.request_id,
             deadline,
         };
-        transcriber
-            .handle(event.payload, invocation)
-            .await
-            .map_err(Error::from)
+        let (result, metrics) = transcriber.handle_measured(event.payload, invocation).await;
+        // The metrics line goes to stdout, the logs to stderr: Lambda sends both to
+        // CloudWatch Logs, which extracts the metrics from the EMF line.
+        println!("{}", metrics.to_line());
+        result.map_err(Error::from)
     }))
     .await
 }

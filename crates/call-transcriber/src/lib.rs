@@ -11,6 +11,7 @@ mod gate;
 pub mod lambda;
 pub mod lease;
 mod ledger;
+pub mod metrics;
 pub mod pipeline;
 pub mod publisher;
 mod quiet;

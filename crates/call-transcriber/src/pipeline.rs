@@ -170,6 +170,12 @@ pub struct CallOutcome {
     /// Per 100 ms chunk: from the arrival of the KVS bytes that completed it to its hand-off
     /// to the Transcribe session.
     pub chunk_latencies: Vec<Duration>,
+    /// Per final segment published: from the arrival (from KVS) of the audio where it ends
+    /// to Kinesis's acknowledgement of it. With `kvs_behind_ms`, how late a user sees it.
+    pub transcript_lags: Vec<Duration>,
+    /// How far behind the stream's newest data the reading was, at most (KVS's
+    /// MILLIS_BEHIND_NOW per fragment); `None` when KVS sent none.
+    pub kvs_behind_ms: Option<u64>,
 }
 
 /// Why a run failed.
@@ -320,7 +326,9 @@ impl CallPipeline {
             transcribe: chunk_tx,
             recording,
             latencies: Vec::new(),
+            arrivals: Vec::new(),
         };
+        let mut kvs_behind_ms: Option<u64> = None;
         let mut quiet = QuietWatch::default();
         let mut last_received = Instant::now();
         let mut source_error = None;
@@ -348,8 +356,11 @@ impl CallPipeline {
                     }
                 }
                 Ok(SourceEvent::FragmentDone {
-                    fragment_number, ..
+                    fragment_number,
+                    millis_behind_now,
+                    ..
                 }) => {
+                    kvs_behind_ms = kvs_behind_ms.max(millis_behind_now);
                     assembler.sync();
                     at_boundary = true;
                     last_fragment = Some(StartAt::After(fragment_number));
@@ -386,6 +397,7 @@ impl CallPipeline {
             outlet.forward(&mut assembler, last_received).await;
         }
         let chunk_latencies = std::mem::take(&mut outlet.latencies);
+        let arrivals = std::mem::take(&mut outlet.arrivals);
         drop(outlet);
         let transcription = match transcriber.await {
             Ok(result) => result,
@@ -432,9 +444,15 @@ impl CallPipeline {
         Ok(CallOutcome {
             ending,
             samples: assembler.emitted_samples() - call.position.start_sample,
+            transcript_lags: transcript_lags(
+                call.position.start_sample,
+                &arrivals,
+                &published.final_acks,
+            ),
             transcription,
             published,
             chunk_latencies,
+            kvs_behind_ms,
         })
     }
 }
@@ -467,11 +485,35 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// Per final segment acknowledged (`(end ms, acknowledged)`): from the arrival of the chunk
+/// holding the segment's last sample (`arrivals`: `(end sample, arrived)` in call order) to
+/// the acknowledgement. Segments ending before this run's first sample (`start_sample`: a
+/// repeat from before a hand-over) are left out.
+fn transcript_lags(
+    start_sample: u64,
+    arrivals: &[(u64, Instant)],
+    final_acks: &[(u64, Instant)],
+) -> Vec<Duration> {
+    let samples_per_ms = u64::from(call_audio::CONNECT_SAMPLE_RATE) / 1000;
+    final_acks
+        .iter()
+        .filter(|&&(end_ms, _)| end_ms * samples_per_ms >= start_sample)
+        .filter_map(|&(end_ms, acknowledged)| {
+            let end_sample = end_ms * samples_per_ms;
+            let at = arrivals.partition_point(|&(chunk_end, _)| chunk_end < end_sample);
+            let (_, arrived) = arrivals.get(at).or(arrivals.last())?;
+            Some(acknowledged.saturating_duration_since(*arrived))
+        })
+        .collect()
+}
+
 /// Where assembled chunks go: the Transcribe session and the recorder; measures latency.
 struct ChunkOutlet {
     transcribe: mpsc::Sender<StereoChunk>,
     recording: Option<mpsc::Sender<StereoChunk>>,
     latencies: Vec<Duration>,
+    /// Per chunk: its end (samples since the origin) and when its KVS bytes arrived.
+    arrivals: Vec<(u64, Instant)>,
 }
 
 impl ChunkOutlet {
@@ -482,6 +524,8 @@ impl ChunkOutlet {
                 let _ = recording.send(chunk.clone()).await;
             }
             self.latencies.push(received.elapsed());
+            self.arrivals
+                .push((chunk.start_sample + chunk.samples as u64, received));
             // A closed channel means the transcription failed; its error is reported at the end.
             let _ = self.transcribe.send(chunk).await;
         }

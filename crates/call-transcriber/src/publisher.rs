@@ -95,6 +95,9 @@ pub struct PublishReport {
     /// Per record: from its arrival at the publisher to the start of its first request
     /// (the latency the publisher adds; the rest is Kinesis's).
     pub queue_latencies: Vec<Duration>,
+    /// Per final segment delivered: where it ends (ms from the start of the call) and when
+    /// Kinesis acknowledged it (the transcript lag is measured from these).
+    pub final_acks: Vec<(u64, Instant)>,
     delivered_tap: Option<mpsc::UnboundedSender<LcaMessage>>,
 }
 
@@ -102,6 +105,9 @@ impl PublishReport {
     fn acknowledged(&mut self, item: Pending) {
         self.delivered += 1;
         self.latencies.push(item.arrived.elapsed());
+        if let Some((_, end_ms)) = item.message.final_segment_end() {
+            self.final_acks.push((end_ms, Instant::now()));
+        }
         if let Some(tap) = &self.delivered_tap {
             let _ = tap.send(item.message);
         }

@@ -84,6 +84,9 @@ pub enum SourceEvent {
         fragment_number: String,
         /// Its continuation token, if KVS sent one.
         continuation_token: Option<String>,
+        /// How far it was behind the stream's newest data when read, in ms (KVS's
+        /// AWS_KINESISVIDEO_MILLIS_BEHIND_NOW tag).
+        millis_behind_now: Option<u64>,
     },
     /// The call's stream is over; nothing follows.
     End(EndReason),
@@ -213,6 +216,14 @@ impl KvsStreamError {
             meaning,
             action,
         }
+    }
+
+    /// Whether the GetMedia API reference lists this error id.
+    pub fn is_documented(&self) -> bool {
+        matches!(
+            self.id.as_str(),
+            "3002" | "4000" | "4500" | "4501" | "4502" | "4503" | "4504" | "4505" | "4506" | "5000"
+        )
     }
 }
 
@@ -577,11 +588,13 @@ impl KvsSource {
                         GateOutput::FragmentDone {
                             fragment_number,
                             continuation_token,
+                            millis_behind_now,
                         } => {
                             progressed = true;
                             SourceEvent::FragmentDone {
                                 fragment_number,
                                 continuation_token,
+                                millis_behind_now,
                             }
                         }
                         GateOutput::Stop(StopReason::OtherContact(contact)) => {

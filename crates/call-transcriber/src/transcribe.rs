@@ -82,6 +82,9 @@ pub struct TranscriptionSummary {
     /// Per Transcribe event that produced messages: from its arrival to the messages'
     /// hand-off to the publisher.
     pub handoff_latencies: Vec<Duration>,
+    /// Time spent waiting for Transcribe to accept a stream that it refused at first (its
+    /// stream quota, or a transient failure): how far behind the live call this run began.
+    pub start_wait: Duration,
 }
 
 /// Why a transcription failed.
@@ -361,6 +364,7 @@ async fn start(
         let failure = match started {
             Ok(()) => {
                 if attempt > 1 {
+                    summary.start_wait += waiting_since.elapsed();
                     tracing::info!(call_id = %call.call_id, attempt, waited_ms = waiting_since.elapsed().as_millis() as u64, "Transcribe started the stream");
                 }
                 return Ok(Session {

@@ -6,15 +6,16 @@
 
 mod common;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use aws_sdk_lambda::primitives::Blob;
 use aws_sdk_lambda::types::InvocationType;
+use call_metrics::Extracted;
 use common::*;
 use local_aws::kvs::{Fault, KvsOptions};
-use local_aws::lambda::{FunctionSpec, Lambda, LambdaOptions};
+use local_aws::lambda::{FunctionSpec, Lambda, LambdaOptions, RECURSION_LIMIT, RecursiveLoop};
 use local_aws::transcribe::TranscribeOptions;
 use serde_json::{Value, json};
 
@@ -79,7 +80,33 @@ fn transcriber_environment(
 
 /// The transcriber function in a local Lambda wired to the harness's services.
 async fn transcriber(h: &Harness, extra: &[(&str, &str)]) -> (Lambda, local_aws::http::Server) {
-    let lambda = Lambda::new(LambdaOptions::default());
+    transcriber_with(h, extra, LambdaOptions::default()).await
+}
+
+/// [`transcriber`], its functions' output (logs and metrics lines) in files in the folder
+/// returned.
+async fn logged_transcriber(
+    h: &Harness,
+    extra: &[(&str, &str)],
+) -> (Lambda, local_aws::http::Server, PathBuf) {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join("lambda-logs")
+        .join(format!("{}-{}", std::process::id(), fastrand::u64(..)));
+    std::fs::create_dir_all(&dir).unwrap();
+    let options = LambdaOptions {
+        log_dir: Some(dir.clone()),
+        ..LambdaOptions::default()
+    };
+    let (lambda, server) = transcriber_with(h, extra, options).await;
+    (lambda, server, dir)
+}
+
+async fn transcriber_with(
+    h: &Harness,
+    extra: &[(&str, &str)],
+    options: LambdaOptions,
+) -> (Lambda, local_aws::http::Server) {
+    let lambda = Lambda::new(options);
     let server = lambda.serve(0).await.unwrap();
     lambda
         .add_function(FunctionSpec {
@@ -117,6 +144,71 @@ async fn invoke(server: &local_aws::http::Server, event: &Value) -> (Option<Stri
         .unwrap();
     let answer = serde_json::from_slice(output.payload.unwrap().as_ref()).unwrap();
     (output.function_error, answer)
+}
+
+/// Invokes CallTranscriber asynchronously (InvocationType Event, as StartLCA does) with
+/// `event`: Lambda's event queue takes it and delivers it, retrying on failure.
+async fn invoke_event(server: &local_aws::http::Server, event: &Value) {
+    aws_sdk_lambda::Client::new(&local_aws::sdk_config(&server.url()))
+        .invoke()
+        .function_name("CallTranscriber")
+        .invocation_type(InvocationType::Event)
+        .payload(Blob::new(event.to_string()))
+        .send()
+        .await
+        .unwrap();
+}
+
+/// Waits (5 s at most) until a Transcribe session is open; asserts there is exactly one.
+async fn wait_for_session(h: &Harness) {
+    for _ in 0..100 {
+        if !h.transcribe.sessions().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        h.transcribe.sessions().len(),
+        1,
+        "the first delivery is transcribing"
+    );
+}
+
+/// Every metrics line `function` wrote to its log in `dir` (CloudWatch EMF: the lines with
+/// an `_aws` member), each checked against the specification: the line and the metric values
+/// CloudWatch would extract from it.
+fn metrics_lines(dir: &std::path::Path, function: &str) -> Vec<(Value, Vec<Extracted>)> {
+    let path = dir.join(format!("{function}.log"));
+    let text = std::fs::read_to_string(&path).unwrap_or_default();
+    text.lines()
+        .filter_map(|line| {
+            let value: Value = serde_json::from_str(line).ok()?;
+            value.get("_aws")?;
+            let extracted = call_metrics::validate(line)
+                .unwrap_or_else(|e| panic!("{}: {e}: {line}", path.display()));
+            Some((value, extracted))
+        })
+        .collect()
+}
+
+/// The values of `name` with exactly `dimensions` in `lines`, line by line.
+fn metric_values(
+    lines: &[(Value, Vec<Extracted>)],
+    name: &str,
+    dimensions: &[(&str, &str)],
+) -> Vec<f64> {
+    let dimensions: Vec<(String, String)> = dimensions
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    lines
+        .iter()
+        .flat_map(|(_, extracted)| extracted)
+        .filter(|e| {
+            e.namespace == call_metrics::NAMESPACE && e.name == name && e.dimensions == dimensions
+        })
+        .flat_map(|e| e.values.clone())
+        .collect()
 }
 
 /// Waits until an event of `kind` is on the stream (or 60 s); returns every record then.
@@ -184,7 +276,7 @@ fn assert_lifecycle(records: &[Value]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn start_lca_then_hand_overs_transcribe_and_record_every_sample_once() {
     let h = Harness::new(KvsOptions::default(), TranscribeOptions::default()).await;
-    let (lambda, server) = transcriber(&h, &[("LAMBDA_INVOKE_TIMEOUT", "500")]).await;
+    let (lambda, server, logs) = logged_transcriber(&h, &[("LAMBDA_INVOKE_TIMEOUT", "500")]).await;
     lambda
         .add_function(FunctionSpec {
             name: "StartLCA".to_string(),
@@ -265,6 +357,119 @@ async fn start_lca_then_hand_overs_transcribe_and_record_every_sample_once() {
     // The call's time (the event's StartTimestamp), not when an invocation ran.
     assert_eq!(records[0]["CreatedAt"], "2024-09-18T16:41:29.681Z");
     assert_recording(&h).await;
+    // One metrics line per invocation: hand-overs, then the end; the call's audio, events
+    // and recording added up across them.
+    let lines = metrics_lines(&logs, "CallTranscriber");
+    let outcomes: Vec<&str> = lines
+        .iter()
+        .map(|(line, _)| line["Outcome"].as_str().unwrap_or("?"))
+        .collect();
+    let mut expected = vec!["CONTINUED"; continuations.len()];
+    expected.push("ENDED");
+    assert_eq!(outcomes, expected);
+    assert_eq!(metric_values(&lines, "CallsStarted", &[]), [1.0]);
+    assert_eq!(metric_values(&lines, "CallsEnded", &[]), [1.0]);
+    let audio_s: f64 = metric_values(&lines, "AudioSeconds", &[]).iter().sum();
+    let call_s = sample_call_stereo().len() as f64 / 4.0 / 8000.0;
+    assert!(
+        (audio_s - call_s).abs() < 0.001,
+        "{audio_s} s of {call_s} s"
+    );
+    let published: f64 = metric_values(&lines, "EventsPublished", &[]).iter().sum();
+    assert_eq!(
+        published as usize,
+        records.len() - 1,
+        "all but the recording's URL"
+    );
+    let lags = metric_values(&lines, "TranscriptLag", &[]);
+    assert_eq!(
+        lags.len(),
+        finals(&records).len(),
+        "one lag per final segment"
+    );
+    assert!(
+        lags.iter().all(|ms| (0.0..30_000.0).contains(ms)),
+        "{lags:?}"
+    );
+    let recording = h
+        .object(&format!("lca-audio-recordings/{CONTACT}.wav"))
+        .await
+        .unwrap();
+    assert_eq!(
+        metric_values(&lines, "RecordingBytes", &[]),
+        [recording.len() as f64]
+    );
+    let started = metrics_lines(&logs, "StartLCA");
+    assert_eq!(
+        metric_values(&started, "StartLcaAnswers", &[("Answer", "STARTED")]),
+        [1.0]
+    );
+    lambda.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chain_of_hand_overs_longer_than_lambdas_loop_detection_completes_the_call() {
+    // Lambda stops the ~17th invocation of a function in one chain of requests unless the
+    // function's RecursiveLoop is Allow, as the template sets it for the transcriber (a call
+    // of three hours is a chain of 16). The call starts 14 deep in a chain (the trace header
+    // its caller passes on); its hand-overs take the chain past the limit.
+    let h = Harness::new(KvsOptions::default(), TranscribeOptions::default()).await;
+    let (lambda, server) = transcriber(&h, &[("LAMBDA_INVOKE_TIMEOUT", "500")]).await;
+    assert!(lambda.put_recursion_config("CallTranscriber", RecursiveLoop::Allow));
+    let start_depth = RECURSION_LIMIT - 2;
+    let deep = lambda.chain_trace("CallTranscriber", start_depth).unwrap();
+    let (arn, first) = h.play_at("call", sample_call_chunks(), &[], 5.0).await;
+    aws_sdk_lambda::Client::new(&local_aws::sdk_config(&server.url()))
+        .invoke()
+        .function_name("CallTranscriber")
+        .invocation_type(InvocationType::Event)
+        .payload(Blob::new(contact_flow_event(&arn, &first).to_string()))
+        .customize()
+        .mutate_request(move |request| {
+            request
+                .headers_mut()
+                .insert("x-amzn-trace-id", deep.clone());
+        })
+        .send()
+        .await
+        .unwrap();
+    let records = records_until(&h, "ADD_S3_RECORDING_URL").await;
+    let continuations: Vec<_> = lambda
+        .invocations("CallTranscriber")
+        .into_iter()
+        .filter(|i| i.payload["action"] == "LAMBDA_CONTINUE")
+        .collect();
+    // Each hand-over carried the chain on (the runtime client's _X_AMZN_TRACE_ID, passed on
+    // by the SDK): the k-th continuation is invocation start_depth + k + 1 of the chain.
+    let root = |trace: &str| trace.split(';').next().unwrap_or_default().to_string();
+    let roots: BTreeSet<String> = continuations
+        .iter()
+        .map(|i| {
+            root(
+                i.caller_trace
+                    .as_deref()
+                    .expect("a hand-over carries the trace"),
+            )
+        })
+        .collect();
+    assert_eq!(roots.len(), 1, "one chain: {roots:?}");
+    for (k, invocation) in continuations.iter().enumerate() {
+        let trace = invocation.caller_trace.as_deref().unwrap();
+        let depth = start_depth + k as u32 + 1;
+        assert!(
+            trace.ends_with(&format!(":{depth}")),
+            "hand-over {}: {trace}",
+            k + 1
+        );
+    }
+    assert!(
+        start_depth + continuations.len() as u32 > RECURSION_LIMIT,
+        "{} hand-overs: the chain did not pass the limit",
+        continuations.len()
+    );
+    assert!(lambda.failure_records("CallTranscriber").is_empty());
+    assert_lifecycle(&records);
+    assert_recording(&h).await;
     lambda.shutdown();
 }
 
@@ -273,27 +478,9 @@ async fn a_duplicate_invocation_leaves_the_call_alone() {
     let h = Harness::new(KvsOptions::default(), TranscribeOptions::default()).await;
     let (lambda, server) = transcriber(&h, &[]).await;
     let (arn, first) = h.play("call", sample_call_chunks()).await;
-    let client = aws_sdk_lambda::Client::new(&local_aws::sdk_config(&server.url()));
     let event = contact_flow_event(&arn, &first);
-    client
-        .invoke()
-        .function_name("CallTranscriber")
-        .invocation_type(InvocationType::Event)
-        .payload(Blob::new(event.to_string()))
-        .send()
-        .await
-        .unwrap();
-    for _ in 0..100 {
-        if !h.transcribe.sessions().is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(
-        h.transcribe.sessions().len(),
-        1,
-        "the first invocation is transcribing"
-    );
+    invoke_event(&server, &event).await;
+    wait_for_session(&h).await;
     // The same event again (Lambda's queue delivering twice, or a flow invoking twice).
     let (_, answer) = invoke(&server, &event).await;
     assert_eq!(answer["status"], "DUPLICATE", "{answer}");
@@ -347,15 +534,7 @@ async fn a_crash_mid_call_is_retried_without_losing_or_repeating_anything() {
     let h = Harness::new(KvsOptions::default(), TranscribeOptions::default()).await;
     let (lambda, server) = transcriber(&h, &[("LAMBDA_INVOKE_TIMEOUT", "1500")]).await;
     let (arn, first) = h.play("call", sample_call_chunks()).await;
-    let client = aws_sdk_lambda::Client::new(&local_aws::sdk_config(&server.url()));
-    client
-        .invoke()
-        .function_name("CallTranscriber")
-        .invocation_type(InvocationType::Event)
-        .payload(Blob::new(contact_flow_event(&arn, &first).to_string()))
-        .send()
-        .await
-        .unwrap();
+    invoke_event(&server, &contact_flow_event(&arn, &first)).await;
     // Into the second invocation, with finals on the stream.
     let mut crashed = false;
     for _ in 0..400 {
@@ -409,21 +588,8 @@ async fn a_second_delivery_with_the_same_request_id_leaves_the_call_alone() {
     let h = Harness::new(KvsOptions::default(), TranscribeOptions::default()).await;
     let (lambda, server) = transcriber(&h, &[]).await;
     let (arn, first) = h.play("call", sample_call_chunks()).await;
-    aws_sdk_lambda::Client::new(&local_aws::sdk_config(&server.url()))
-        .invoke()
-        .function_name("CallTranscriber")
-        .invocation_type(InvocationType::Event)
-        .payload(Blob::new(contact_flow_event(&arn, &first).to_string()))
-        .send()
-        .await
-        .unwrap();
-    for _ in 0..100 {
-        if !h.transcribe.sessions().is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(h.transcribe.sessions().len(), 1, "the first delivery runs");
+    invoke_event(&server, &contact_flow_event(&arn, &first)).await;
+    wait_for_session(&h).await;
     assert!(lambda.deliver_again("CallTranscriber"));
     let records = records_until(&h, "ADD_S3_RECORDING_URL").await;
     let attempts = lambda.attempts("CallTranscriber");
@@ -450,21 +616,14 @@ async fn a_kvs_error_fails_every_attempt_and_the_last_one_ends_the_call() {
     // The stream's KMS key denies access after 10 fragments, on every GetMedia (each attempt
     // reads the call from its start: FRAGMENT_NUMBER read as "including", one session each).
     let h = Harness::new(named_first(), TranscribeOptions::default()).await;
-    let (lambda, server) = transcriber(&h, &[]).await;
+    let (lambda, server, logs) = logged_transcriber(&h, &[]).await;
     let denied = Fault::ErrorChunkAfter {
         fragments: 10,
         code: "Access denied for the stream's KMS key".into(),
         id: "4500".into(),
     };
     let (arn, first) = h.stored("call", &sample_call_chunks(), &vec![denied; 3]);
-    aws_sdk_lambda::Client::new(&local_aws::sdk_config(&server.url()))
-        .invoke()
-        .function_name("CallTranscriber")
-        .invocation_type(InvocationType::Event)
-        .payload(Blob::new(contact_flow_event(&arn, &first).to_string()))
-        .send()
-        .await
-        .unwrap();
+    invoke_event(&server, &contact_flow_event(&arn, &first)).await;
     let records = records_until(&h, "END").await;
     // Each attempt failed naming the error and its fix; Lambda made all three.
     let failures = lambda.failures("CallTranscriber");
@@ -494,6 +653,47 @@ async fn a_kvs_error_fails_every_attempt_and_the_last_one_ends_the_call() {
     assert_eq!(on(&finals, "AGENT").first(), Some(&AGENT_TURNS[0]));
     assert_no_final_twice(&records);
     assert_eq!(leased_status(&h).await.as_deref(), Some("FAILED"));
+    // Lambda's on-failure destination got the event once, naming the error.
+    let mut destination = Vec::new();
+    for _ in 0..50 {
+        destination = lambda.failure_records("CallTranscriber");
+        if !destination.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(destination.len(), 1, "{destination:?}");
+    let record = &destination[0];
+    assert_eq!(record["requestContext"]["condition"], "RetriesExhausted");
+    assert_eq!(record["requestContext"]["approximateInvokeCount"], 3);
+    assert_eq!(record["requestPayload"], contact_flow_event(&arn, &first));
+    let why = record["responsePayload"]["errorMessage"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(why.contains("GetMedia error 4500"), "{record}");
+    // Each attempt wrote its metrics line: two failed invocations, then the call given up.
+    let lines = metrics_lines(&logs, "CallTranscriber");
+    let outcomes: Vec<&str> = lines
+        .iter()
+        .map(|(line, _)| line["Outcome"].as_str().unwrap_or("?"))
+        .collect();
+    assert_eq!(outcomes, ["FAILED", "FAILED", "GAVE_UP"]);
+    assert_eq!(
+        metric_values(&lines, "CallsFailed", &[("Reason", "KvsStream")]),
+        [1.0]
+    );
+    assert_eq!(metric_values(&lines, "CallsFailed", &[]), [1.0]);
+    assert_eq!(
+        metric_values(&lines, "InvocationsFailed", &[("Reason", "KvsStream")]).len(),
+        3
+    );
+    assert_eq!(
+        metric_values(&lines, "KvsErrors", &[("ErrorId", "4500")]).len(),
+        3
+    );
+    assert_eq!(metric_values(&lines, "CallsStarted", &[]), [1.0]);
+    assert!(metric_values(&lines, "CallsEnded", &[]).is_empty());
+    assert!(lines.iter().all(|(line, _)| line["CallId"] == CONTACT));
     // Another delivery of the event leaves the given-up call alone.
     let (_, answer) = invoke(&server, &contact_flow_event(&arn, &first)).await;
     assert_eq!(answer["status"], "DUPLICATE", "{answer}");

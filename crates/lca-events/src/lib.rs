@@ -19,6 +19,38 @@ pub struct LcaMessage {
     pub event: LcaEvent,
 }
 
+impl LcaMessage {
+    /// For a final transcript segment: its channel (0 caller, 1 agent) and where it ends, in
+    /// ms from the start of the call. `None` for partials and every other event.
+    pub fn final_segment_end(&self) -> Option<(usize, u64)> {
+        match &self.event {
+            LcaEvent::AddTranscriptSegment(Segment::Standard(segment)) if !segment.is_partial => {
+                let channel = match segment.channel {
+                    Speaker::Caller => 0,
+                    Speaker::Agent => 1,
+                };
+                Some((channel, (segment.end_time * 1000.0).round() as u64))
+            }
+            LcaEvent::AddTranscriptSegment(Segment::Analytics(segment)) => {
+                let event = &segment.utterance_event;
+                let channel = match event["ParticipantRole"].as_str() {
+                    Some("CUSTOMER") => 0,
+                    Some("AGENT") => 1,
+                    _ => return None,
+                };
+                match (
+                    event["IsPartial"].as_bool(),
+                    event["EndOffsetMillis"].as_f64(),
+                ) {
+                    (Some(false), Some(end)) if end >= 0.0 => Some((channel, end.round() as u64)),
+                    _ => None,
+                }
+            }
+            _ => None,
+        }
+    }
+}
+
 /// The LCA event types this source produces.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "EventType")]

@@ -26,7 +26,7 @@ use lca_kvs::wer::WordErrors;
 use local_aws::http::Server;
 use local_aws::kinesis::KinesisRecorder;
 use local_aws::kvs::{Kvs, KvsOptions};
-use local_aws::lambda::{FunctionSpec, Lambda, LambdaOptions};
+use local_aws::lambda::{FunctionSpec, Lambda, LambdaOptions, RecursiveLoop};
 use local_aws::moto::{MotoError, MotoServer};
 use local_aws::recognizer::{EnergyRecognizer, Recognizer};
 use local_aws::transcribe::{Transcribe, TranscribeOptions};
@@ -61,6 +61,11 @@ pub struct DemoArgs {
     /// still run locally.
     #[arg(long)]
     aws: bool,
+    /// Write every function's log lines (JSON logs and CloudWatch EMF metrics lines, as
+    /// CloudWatch Logs would receive them) to this file; default: a file in the system's
+    /// temporary folder, named in the summary.
+    #[arg(long, value_name = "FILE")]
+    logs: Option<PathBuf>,
 }
 
 /// Speech recognizers the demo can use.
@@ -288,7 +293,16 @@ async fn demo(
         ),
         None => None,
     };
-    let lambda = Lambda::new(LambdaOptions::default());
+    let log_file = args.logs.clone().unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("lca-kvs-demo-{}.log", std::process::id()))
+    });
+    // A new file per run: the summary reads this run's metrics lines back from it.
+    std::fs::write(&log_file, b"")
+        .with_context(|| format!("{}: cannot write the functions' logs", log_file.display()))?;
+    let lambda = Lambda::new(LambdaOptions {
+        log_file: Some(log_file.clone()),
+        ..LambdaOptions::default()
+    });
     let lambda_server = lambda
         .serve(0)
         .await
@@ -335,6 +349,8 @@ async fn demo(
             memory_mb: 128,
         })
         .map_err(anyhow::Error::msg)?;
+    // As the template sets it: the transcriber invokes itself by design.
+    lambda.put_recursion_config("CallTranscriber", RecursiveLoop::Allow);
     environment.insert("CONNECT_INSTANCE_ARN".to_string(), INSTANCE_ARN.to_string());
     environment.insert("TRANSCRIBER_FUNCTION_ARN".to_string(), transcriber_arn);
     lambda
@@ -434,9 +450,10 @@ async fn demo(
         // it names the cause at once instead of after the retries and the budget.
         if let Some(failure) = lambda.failures("CallTranscriber").first() {
             break Err(anyhow::anyhow!(
-                "the call transcriber failed: {}: {} (the function's log is above)",
+                "the call transcriber failed: {}: {}\n{}",
                 failure.error_type,
-                failure.message
+                failure.message,
+                log_tail(&log_file, 20)
             ));
         }
         if view.ended && ended_at.is_none() {
@@ -448,8 +465,9 @@ async fn demo(
         }
         if played_at.elapsed() > budget {
             break Err(anyhow::anyhow!(
-                "the call did not end within {:.0} s (no END on Kinesis); the functions' logs are above",
-                budget.as_secs_f64()
+                "the call did not end within {:.0} s (no END on Kinesis)\n{}",
+                budget.as_secs_f64(),
+                log_tail(&log_file, 20)
             ));
         }
         tokio::time::sleep(backend.poll_every).await;
@@ -478,7 +496,64 @@ async fn demo(
         (None, _, Err(why)) => format!("none ({why})"),
     };
     view.summary(call.sample.as_ref(), engine_name, &recording);
+    let log = std::fs::read_to_string(&log_file)
+        .with_context(|| format!("{}: cannot read the functions' logs", log_file.display()))?;
+    for line in operations_summary(&call_metrics::Totals::read(&log)) {
+        eprintln!("  {line}");
+    }
+    eprintln!(
+        "  logs:       {} (every function's JSON log lines and metrics lines)",
+        log_file.display()
+    );
     Ok(())
+}
+
+/// The last `lines` lines of the functions' log, under a line naming the file: what a failure
+/// message shows of what the functions said.
+fn log_tail(path: &std::path::Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    let tail = all[all.len().saturating_sub(lines)..].join("\n");
+    format!(
+        "the functions' log ({}), last lines:\n{tail}",
+        path.display()
+    )
+}
+
+/// What the functions' metrics lines say about the run: invocations, Transcribe, Kinesis,
+/// lag. The same figures an operator sees on the stack's dashboard.
+fn operations_summary(totals: &call_metrics::Totals) -> Vec<String> {
+    use call_metrics::Metric;
+    let outcomes: Vec<String> = totals
+        .by_dimension(Metric::Invocations)
+        .into_iter()
+        .map(|(outcome, n)| format!("{n:.0} {outcome}"))
+        .collect();
+    let mut lines = vec![format!(
+        "functions:  {:.0} transcriber invocations ({}); Transcribe reconnects {:.0}, waited for capacity {:.1} s; Kinesis: {:.0} events, {:.0} retries",
+        totals.sum(Metric::Invocations),
+        if outcomes.is_empty() {
+            "none".to_string()
+        } else {
+            outcomes.join(", ")
+        },
+        totals.sum(Metric::TranscribeReconnects),
+        totals.sum(Metric::TranscribeCapacityWait) / 1000.0,
+        totals.sum(Metric::EventsPublished),
+        totals.sum(Metric::KinesisRetries),
+    )];
+    let mut lags = totals.values(Metric::TranscriptLag).to_vec();
+    lags.sort_by(f64::total_cmp);
+    if let (Some(median), Some(max)) = (lags.get(lags.len() / 2), lags.last()) {
+        lines.push(format!(
+            "lag:        audio from KVS to its final segment on Kinesis: median {median:.0} ms, max {max:.0} ms; reading behind live at most {:.0} ms",
+            totals.max(Metric::KvsBehindLive).unwrap_or(0.0)
+        ));
+    }
+    for error in &totals.invalid {
+        lines.push(format!("invalid metrics line: {error}"));
+    }
+    lines
 }
 
 /// The services the demo's functions use besides the local KVS and Lambda: where their LCA

@@ -56,8 +56,11 @@ pub struct LambdaOptions {
     /// minutes; shorter here so tests and the demo do not wait).
     pub event_retry_delays: [Duration; 2],
     /// Where the functions' stdout/stderr go: a file per function in this folder, or this
-    /// process's stderr when `None`.
+    /// process's stdout and stderr when `None`.
     pub log_dir: Option<PathBuf>,
+    /// All functions' stdout/stderr appended to this one file instead (each line whole, as
+    /// CloudWatch Logs would hold them); takes precedence over `log_dir`.
+    pub log_file: Option<PathBuf>,
 }
 
 impl Default for LambdaOptions {
@@ -67,6 +70,7 @@ impl Default for LambdaOptions {
             account: "123456789012".to_string(),
             event_retry_delays: [Duration::from_secs(1), Duration::from_secs(2)],
             log_dir: None,
+            log_file: None,
         }
     }
 }
@@ -84,6 +88,8 @@ enum Outcome {
 struct Pending {
     request_id: String,
     payload: Bytes,
+    /// The X-Ray trace header handed to the function (`Lambda-Runtime-Trace-Id`).
+    trace_id: String,
     respond: oneshot::Sender<Outcome>,
 }
 
@@ -117,8 +123,13 @@ struct Function {
     invocations: Mutex<Vec<Invocation>>,
     /// Every attempt that ended in an error, in order.
     failures: Mutex<Vec<Failure>>,
-    /// Every Event invocation accepted: its request id and payload (for delivering again).
-    events: Mutex<Vec<(String, Bytes)>>,
+    /// Every Event invocation accepted: its request id, payload and trace header (for
+    /// delivering again).
+    events: Mutex<Vec<(String, Bytes, String)>>,
+    /// Whether Lambda stops the function in a recursive loop.
+    recursive_loop: Mutex<RecursiveLoop>,
+    /// The on-failure destination: a record per Event invocation that failed every attempt.
+    failure_records: Mutex<Vec<serde_json::Value>>,
 }
 
 /// An attempt that ended in an error, as Lambda reports it to the caller.
@@ -139,6 +150,9 @@ pub struct Invocation {
     pub invocation_type: String,
     /// The payload.
     pub payload: serde_json::Value,
+    /// The trace header the request carried (X-Amzn-Trace-Id: a caller inside a Lambda
+    /// function passes its own on), with the lineage that recursion detection counts.
+    pub caller_trace: Option<String>,
 }
 
 struct Instance {
@@ -219,6 +233,8 @@ impl Lambda {
             failures: Mutex::new(Vec::new()),
             invocations: Mutex::new(Vec::new()),
             events: Mutex::new(Vec::new()),
+            recursive_loop: Mutex::new(RecursiveLoop::Terminate),
+            failure_records: Mutex::new(Vec::new()),
         });
         lock(&self.inner.functions).insert(spec.name, function);
         Ok(arn)
@@ -245,6 +261,17 @@ impl Lambda {
     pub fn failures(&self, name: &str) -> Vec<Failure> {
         self.function(name)
             .map(|f| lock(&f.failures).clone())
+            .unwrap_or_default()
+    }
+
+    /// What the function's on-failure destination received: one invocation record per
+    /// Event invocation that failed all its attempts, shaped as Lambda documents it
+    /// (`version`, `timestamp`, `requestContext` with `condition` "RetriesExhausted" and
+    /// `approximateInvokeCount`, `requestPayload`, `responseContext`, `responsePayload`;
+    /// Lambda developer guide, Capturing records of Lambda asynchronous invocations).
+    pub fn failure_records(&self, name: &str) -> Vec<serde_json::Value> {
+        self.function(name)
+            .map(|f| lock(&f.failure_records).clone())
             .unwrap_or_default()
     }
 
@@ -289,12 +316,38 @@ impl Lambda {
         let Some(function) = self.function(name) else {
             return false;
         };
-        let Some((request_id, payload)) = lock(&function.events).last().cloned() else {
+        let Some((request_id, payload, trace_id)) = lock(&function.events).last().cloned() else {
             return false;
         };
         let lambda = self.clone();
-        tokio::spawn(async move { lambda.run_event(function, payload, request_id).await });
+        tokio::spawn(async move {
+            lambda
+                .run_event(function, payload, request_id, trace_id)
+                .await
+        });
         true
+    }
+
+    /// The trace header that the `depth`-th invocation of `function` in a chain of requests
+    /// passes on to what it invokes: for a test that starts a chain part-way.
+    pub fn chain_trace(&self, function: &str, depth: u32) -> Option<String> {
+        let function = self.function(function)?;
+        let mut trace = Trace::for_invocation(None, &function.arn, self.request_id());
+        trace.lineage = vec![(lineage_id(&function.arn), depth)];
+        Some(trace.header())
+    }
+
+    /// Sets whether Lambda stops the function when it detects it in a recursive loop, as
+    /// the PutFunctionRecursionConfig API does (a function's default: `Terminate`). Returns
+    /// false for an unknown function.
+    pub fn put_recursion_config(&self, name: &str, setting: RecursiveLoop) -> bool {
+        match self.function(name) {
+            Some(function) => {
+                *lock(&function.recursive_loop) = setting;
+                true
+            }
+            None => false,
+        }
     }
 
     /// Process ids of a function's running execution environments (for measuring them).
@@ -354,6 +407,13 @@ impl Lambda {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("RequestResponse")
             .to_string();
+        // The caller's trace header: the AWS SDK sets it from `_X_AMZN_TRACE_ID` when it
+        // runs inside a Lambda function (the recursion detection interceptor).
+        let caller_trace = request
+            .headers()
+            .get("x-amzn-trace-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         let Some(function) = self.function(&reference) else {
             return ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -397,18 +457,46 @@ impl Lambda {
         lock(&function.invocations).push(Invocation {
             invocation_type: invocation_type.clone(),
             payload: json,
+            caller_trace: caller_trace.clone(),
         });
+        let trace =
+            Trace::for_invocation(caller_trace.as_deref(), &function.arn, self.request_id());
+        let stopped = trace.depth(&function.arn) > RECURSION_LIMIT
+            && *lock(&function.recursive_loop) == RecursiveLoop::Terminate;
+        let trace_id = trace.header();
         match invocation_type.as_str() {
             "DryRun" => response(StatusCode::NO_CONTENT, None, Bytes::new()),
+            "Event" if stopped => {
+                // "If you have an on-failure destination or dead-letter queue configured for
+                // your function, then Lambda also sends the event from the stopped invocation
+                // to your destination" (Lambda developer guide, recursive loop detection).
+                let message = recursion_message(&function.arn);
+                self.send_to_destination(&function, &payload, &self.request_id(), 0, &message);
+                response(StatusCode::ACCEPTED, None, Bytes::new())
+            }
+            "RequestResponse" if stopped => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "RecursiveInvocationException",
+                recursion_message(&function.arn),
+            )
+            .into_response(),
             "Event" => {
                 let lambda = self.clone();
                 let request_id = self.request_id();
-                lock(&function.events).push((request_id.clone(), payload.clone()));
-                tokio::spawn(async move { lambda.run_event(function, payload, request_id).await });
+                lock(&function.events).push((
+                    request_id.clone(),
+                    payload.clone(),
+                    trace_id.clone(),
+                ));
+                tokio::spawn(async move {
+                    lambda
+                        .run_event(function, payload, request_id, trace_id)
+                        .await
+                });
                 response(StatusCode::ACCEPTED, None, Bytes::new())
             }
             "RequestResponse" => match self
-                .invoke_once(&function, payload, self.request_id())
+                .invoke_once(&function, payload, self.request_id(), trace_id)
                 .await
             {
                 Outcome::Success(body) => response(StatusCode::OK, None, body),
@@ -426,19 +514,79 @@ impl Lambda {
     /// An Event invocation: up to three attempts, as Lambda retries a failed event twice.
     /// Every attempt carries the same request id, as Lambda's retries do (AWS Knowledge
     /// Center, "duplicate invocations ... with the same request ID" are retries).
-    async fn run_event(&self, function: Arc<Function>, payload: Bytes, request_id: String) {
+    async fn run_event(
+        &self,
+        function: Arc<Function>,
+        payload: Bytes,
+        request_id: String,
+        trace_id: String,
+    ) {
         let delays = self.inner.options.event_retry_delays;
+        let mut last_error = Bytes::new();
         for attempt in 0..3 {
-            let outcome = self
-                .invoke_once(&function, payload.clone(), request_id.clone())
-                .await;
-            if let Outcome::Success(_) = outcome {
-                return;
+            match self
+                .invoke_once(
+                    &function,
+                    payload.clone(),
+                    request_id.clone(),
+                    trace_id.clone(),
+                )
+                .await
+            {
+                Outcome::Success(_) => return,
+                Outcome::FunctionError(body) => last_error = body,
             }
             if let Some(delay) = delays.get(attempt) {
                 tokio::time::sleep(*delay).await;
             }
         }
+        let error: serde_json::Value = serde_json::from_slice(&last_error).unwrap_or_default();
+        let message = error["errorMessage"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        self.send_to_destination(&function, &payload, &request_id, 3, &message);
+    }
+
+    /// Sends the invocation record of an Event invocation that will not run again to the
+    /// function's on-failure destination: after `attempts` failed attempts (condition
+    /// RetriesExhausted, as documented), or stopped as a recursive loop before any (the
+    /// record's condition for that case is not documented; "RecursiveInvocationDetected"
+    /// here, with the error in responsePayload).
+    fn send_to_destination(
+        &self,
+        function: &Function,
+        payload: &[u8],
+        request_id: &str,
+        attempts: u32,
+        message: &str,
+    ) {
+        let (condition, error_type) = match attempts {
+            0 => (
+                "RecursiveInvocationDetected",
+                "RecursiveInvocationException",
+            ),
+            _ => ("RetriesExhausted", "Unhandled"),
+        };
+        let record = json!({
+            "version": "1.0",
+            "timestamp": iso_now(),
+            "requestContext": {
+                "requestId": request_id,
+                "functionArn": format!("{}:$LATEST", function.arn),
+                "condition": condition,
+                "approximateInvokeCount": attempts
+            },
+            "requestPayload": serde_json::from_slice::<serde_json::Value>(payload)
+                .unwrap_or_else(|_| json!(String::from_utf8_lossy(payload))),
+            "responseContext": {
+                "statusCode": 200,
+                "executedVersion": "$LATEST",
+                "functionError": error_type
+            },
+            "responsePayload": {"errorMessage": message}
+        });
+        lock(&function.failure_records).push(record);
     }
 
     /// Runs one invocation in an execution environment (starting one if none is free); a
@@ -448,8 +596,11 @@ impl Lambda {
         function: &Arc<Function>,
         payload: Bytes,
         request_id: String,
+        trace_id: String,
     ) -> Outcome {
-        let outcome = self.attempt(function, payload, request_id.clone()).await;
+        let outcome = self
+            .attempt(function, payload, request_id.clone(), trace_id)
+            .await;
         if let Outcome::FunctionError(body) = &outcome {
             let error: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
             let field = |name: &str| error[name].as_str().unwrap_or_default().to_string();
@@ -467,6 +618,7 @@ impl Lambda {
         function: &Arc<Function>,
         payload: Bytes,
         request_id: String,
+        trace_id: String,
     ) -> Outcome {
         lock(&function.attempts).push(request_id.clone());
         let (respond, outcome) = oneshot::channel();
@@ -475,6 +627,7 @@ impl Lambda {
             .send(Pending {
                 request_id,
                 payload,
+                trace_id,
                 respond,
             })
             .is_err()
@@ -538,9 +691,15 @@ impl Lambda {
             .env("_HANDLER", "bootstrap")
             .stdin(Stdio::null())
             .kill_on_drop(true);
-        match &self.inner.options.log_dir {
-            Some(dir) => {
-                let path = dir.join(format!("{}.log", spec.name));
+        let options = &self.inner.options;
+        let log_path = options.log_file.clone().or_else(|| {
+            options
+                .log_dir
+                .as_ref()
+                .map(|dir| dir.join(format!("{}.log", spec.name)))
+        });
+        match log_path {
+            Some(path) => {
                 let file = std::fs::OpenOptions::new()
                     .create(true)
                     .append(true)
@@ -753,15 +912,7 @@ impl RuntimeApi {
             .header("lambda-runtime-aws-request-id", &pending.request_id)
             .header("lambda-runtime-deadline-ms", deadline_ms.to_string())
             .header("lambda-runtime-invoked-function-arn", &function.arn)
-            .header(
-                "lambda-runtime-trace-id",
-                format!(
-                    "Root=1-{:08x}-{:024x};Parent={:016x};Sampled=0",
-                    now_ms() / 1000,
-                    self.instance,
-                    self.instance
-                ),
-            )
+            .header("lambda-runtime-trace-id", &pending.trace_id)
             .body(full(pending.payload))
             .expect("static response parts are valid")
     }
@@ -801,6 +952,121 @@ fn not_found(path: &str) -> Response<Body> {
         format!("no Runtime API route {path}"),
     )
     .into_response()
+}
+
+/// How many times a function may be invoked in one chain of requests before Lambda stops the
+/// next invocation: "If your function is invoked approximately 16 times in the same chain of
+/// requests, then Lambda automatically stops the next function invocation in that request
+/// chain" (Lambda developer guide, Use Lambda recursive loop detection to prevent infinite
+/// loops; Lambda-only loops, synchronous or asynchronous, are covered too).
+pub const RECURSION_LIMIT: u32 = 16;
+
+/// A function's recursive loop setting (the PutFunctionRecursionConfig API, CloudFormation's
+/// `RecursiveLoop`): `Terminate`, Lambda's default, stops a function caught in a loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RecursiveLoop {
+    /// Stop the invocation that goes past [`RECURSION_LIMIT`] in one chain.
+    #[default]
+    Terminate,
+    /// Let the chain go on (a function that invokes itself by design).
+    Allow,
+}
+
+/// The X-Ray trace header an invocation gets: the chain's root, and how many times each
+/// function has been invoked in the chain. Lambda counts with a trace header field called
+/// "Lineage" (AWS Compute blog, "AWS Lambda introduces recursive loop detection APIs"); how
+/// the field is written is not documented. Here: `Lineage=<id>:<count>|<id>:<count>`, an id
+/// per function ARN. The SDK carries the header from one invocation to the next
+/// (`_X_AMZN_TRACE_ID`, set by the runtime client, becomes the request's `X-Amzn-Trace-Id`).
+struct Trace {
+    root: String,
+    parent: String,
+    lineage: Vec<(String, u32)>,
+}
+
+impl Trace {
+    /// The trace of an invocation of `function_arn` asked for by a caller with `caller`'s
+    /// trace header (none: a new chain).
+    fn for_invocation(caller: Option<&str>, function_arn: &str, request_id: String) -> Self {
+        let mut root = None;
+        let mut lineage: Vec<(String, u32)> = Vec::new();
+        for field in caller.unwrap_or_default().split(';') {
+            match field.trim().split_once('=') {
+                Some(("Root", value)) => root = Some(value.to_string()),
+                Some(("Lineage", value)) => {
+                    lineage = value
+                        .split('|')
+                        .filter_map(|entry| {
+                            let (id, count) = entry.split_once(':')?;
+                            Some((id.to_string(), count.parse().ok()?))
+                        })
+                        .collect();
+                }
+                _ => {}
+            }
+        }
+        let id = lineage_id(function_arn);
+        match lineage.iter_mut().find(|(entry, _)| *entry == id) {
+            Some((_, count)) => *count += 1,
+            None => lineage.push((id, 1)),
+        }
+        let digits: String = request_id.chars().filter(char::is_ascii_hexdigit).collect();
+        Self {
+            root: root.unwrap_or_else(|| {
+                format!(
+                    "1-{:08x}-{:0>24}",
+                    now_ms() / 1000,
+                    &digits[digits.len().saturating_sub(24)..]
+                )
+            }),
+            parent: format!("{:0>16}", &digits[digits.len().saturating_sub(16)..]),
+            lineage,
+        }
+    }
+
+    /// How many times `function_arn` has been invoked in this chain, this invocation included.
+    fn depth(&self, function_arn: &str) -> u32 {
+        let id = lineage_id(function_arn);
+        self.lineage
+            .iter()
+            .find(|(entry, _)| *entry == id)
+            .map_or(0, |(_, count)| *count)
+    }
+
+    /// The header as the function gets it.
+    fn header(&self) -> String {
+        let lineage: Vec<String> = self
+            .lineage
+            .iter()
+            .map(|(id, count)| format!("{id}:{count}"))
+            .collect();
+        format!(
+            "Root={};Parent={};Sampled=0;Lineage={}",
+            self.root,
+            self.parent,
+            lineage.join("|")
+        )
+    }
+}
+
+/// A short, stable id of a function for the lineage (FNV-1a of its ARN).
+fn lineage_id(function_arn: &str) -> String {
+    let hash = function_arn.bytes().fold(0x811c_9dc5u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
+    format!("{hash:08x}")
+}
+
+/// The error of an invocation stopped as a recursive loop.
+fn recursion_message(function_arn: &str) -> String {
+    format!(
+        "Lambda detected {function_arn} invoked more than {RECURSION_LIMIT} times in one chain of requests (a recursive loop) and stopped it; set its RecursiveLoop to Allow if it invokes itself by design"
+    )
+}
+
+/// The time now as ISO 8601 with milliseconds (UTC), as invocation records carry it.
+fn iso_now() -> String {
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
 }
 
 fn now_ms() -> u64 {

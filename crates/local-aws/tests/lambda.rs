@@ -8,7 +8,7 @@ use std::time::Duration;
 use aws_sdk_lambda::config::{Credentials, Region};
 use aws_sdk_lambda::primitives::Blob;
 use aws_sdk_lambda::types::InvocationType;
-use local_aws::lambda::{FunctionSpec, Lambda, LambdaOptions};
+use local_aws::lambda::{FunctionSpec, Lambda, LambdaOptions, RECURSION_LIMIT, RecursiveLoop};
 use serde_json::{Value, json};
 
 fn client(url: &str) -> aws_sdk_lambda::Client {
@@ -346,4 +346,113 @@ async fn a_function_that_dies_before_taking_its_invocation_fails_it_at_once() {
         failures[0].message.contains("exit status: 4"),
         "{failures:?}"
     );
+}
+
+/// Invokes `echo` as a function holding the trace header `trace` would (its SDK carries the
+/// header on); returns the trace header the invoked function got, or the error code.
+async fn invoke_in_chain(
+    client: &aws_sdk_lambda::Client,
+    invocation_type: InvocationType,
+    trace: Option<String>,
+) -> Result<Option<String>, String> {
+    let output = client
+        .invoke()
+        .function_name("echo")
+        .invocation_type(invocation_type)
+        .payload(Blob::new(json!({"echo": 1}).to_string()))
+        .customize()
+        .mutate_request(move |request| {
+            if let Some(trace) = &trace {
+                request
+                    .headers_mut()
+                    .insert("x-amzn-trace-id", trace.clone());
+            }
+        })
+        .send()
+        .await
+        .map_err(|e| {
+            aws_sdk_lambda::error::ProvideErrorMetadata::code(&e)
+                .unwrap_or("no code")
+                .to_string()
+        })?;
+    Ok(output
+        .payload
+        .map(|p| json_of(Some(p)))
+        .and_then(|answer| answer["trace_id"].as_str().map(str::to_string)))
+}
+
+/// The header `trace` with this function's lineage count set to `count`.
+fn with_count(trace: &str, count: u32) -> String {
+    let (head, lineage) = trace.split_once("Lineage=").unwrap();
+    let (id, _) = lineage.split_once(':').unwrap();
+    format!("{head}Lineage={id}:{count}")
+}
+
+#[tokio::test]
+async fn a_chain_of_invocations_is_stopped_past_the_limit_unless_the_function_allows_it() {
+    let (lambda, _server, client, _arn) = setup().await;
+    // A first invocation starts a chain; the one it makes is the second in it, same root.
+    let first = invoke_in_chain(&client, InvocationType::RequestResponse, None)
+        .await
+        .unwrap()
+        .expect("the function gets a trace header");
+    assert!(
+        first.starts_with("Root=1-") && first.ends_with(":1"),
+        "{first}"
+    );
+    let second = invoke_in_chain(
+        &client,
+        InvocationType::RequestResponse,
+        Some(first.clone()),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(second.ends_with(":2"), "{second}");
+    assert_eq!(
+        first.split(';').next(),
+        second.split(';').next(),
+        "one chain, one root"
+    );
+    // Past the limit, Lambda stops it: the caller gets RecursiveInvocationException (Lambda
+    // API reference, Invoke errors), an Event invocation goes to the failure destination.
+    let deep = with_count(&first, RECURSION_LIMIT);
+    let attempts = lambda.attempts("echo").len();
+    assert_eq!(
+        invoke_in_chain(&client, InvocationType::RequestResponse, Some(deep.clone())).await,
+        Err("RecursiveInvocationException".to_string())
+    );
+    invoke_in_chain(&client, InvocationType::Event, Some(deep.clone()))
+        .await
+        .unwrap();
+    let records = lambda.failure_records("echo");
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0]["requestPayload"], json!({"echo": 1}));
+    assert_eq!(
+        records[0]["responseContext"]["functionError"],
+        "RecursiveInvocationException"
+    );
+    assert_eq!(
+        lambda.attempts("echo").len(),
+        attempts,
+        "the function did not run"
+    );
+    // One below the limit still runs.
+    let last = with_count(&first, RECURSION_LIMIT - 1);
+    let ran = invoke_in_chain(&client, InvocationType::RequestResponse, Some(last))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(ran.ends_with(&format!(":{RECURSION_LIMIT}")), "{ran}");
+    // A function that invokes itself by design is let through.
+    assert!(lambda.put_recursion_config("echo", RecursiveLoop::Allow));
+    let allowed = invoke_in_chain(&client, InvocationType::RequestResponse, Some(deep))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        allowed.ends_with(&format!(":{}", RECURSION_LIMIT + 1)),
+        "{allowed}"
+    );
+    assert!(!lambda.put_recursion_config("nope", RecursiveLoop::Allow));
 }

@@ -12,6 +12,7 @@ use std::collections::HashMap;
 
 use aws_sdk_lambda::primitives::Blob;
 use aws_sdk_lambda::types::InvocationType;
+use call_metrics::{Dimension, EmfRecord, Metric};
 use lca_events::connect::{ContactFlowEvent, Rejection};
 use serde_json::Value;
 
@@ -148,6 +149,23 @@ impl StartLca {
     }
 }
 
+/// The metrics line of one answer (CloudWatch EMF): `StartLcaAnswers`, also by `Answer`
+/// (STARTED, or the error code answered).
+pub fn answer_metrics(response: &FlowResponse, timestamp_ms: u64) -> EmfRecord {
+    let answer = match response.get("status").map(String::as_str) {
+        Some("STARTED") => "STARTED",
+        _ => response.get("error").map_or("ERROR", String::as_str),
+    };
+    let mut record = EmfRecord::new(timestamp_ms);
+    record
+        .add(Metric::StartLcaAnswers, 1.0)
+        .dimension(Dimension::Answer, answer);
+    if let Some(call_id) = response.get("callId") {
+        record.member("CallId", call_id.as_str());
+    }
+    record
+}
+
 /// Serves StartLCA under the Lambda Runtime API (configuration from the environment): what
 /// the function's `bootstrap` runs, and `lca-kvs demo`'s functions too.
 pub async fn serve() -> Result<(), lambda_runtime::Error> {
@@ -159,7 +177,13 @@ pub async fn serve() -> Result<(), lambda_runtime::Error> {
         lambda: aws_sdk_lambda::Client::new(&sdk),
     };
     run(service_fn(move |event: LambdaEvent<Value>| async move {
-        Ok::<_, Error>(start.handle(event.payload).await)
+        let response = start.handle(event.payload).await;
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        // The metrics line on stdout (the logs are on stderr): CloudWatch Logs extracts it.
+        println!("{}", answer_metrics(&response, now_ms).to_line());
+        Ok::<_, Error>(response)
     }))
     .await
 }
@@ -167,6 +191,27 @@ pub async fn serve() -> Result<(), lambda_runtime::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_answer_is_counted_by_status_or_error_code() {
+        let started = HashMap::from([
+            ("status".to_string(), "STARTED".to_string()),
+            ("callId".to_string(), "c-1".to_string()),
+        ]);
+        let refused = error_response("NO_MEDIA_STREAM", "no stream");
+        for (response, answer) in [(started, "STARTED"), (refused, "NO_MEDIA_STREAM")] {
+            let line = answer_metrics(&response, 7).to_line();
+            let extracted = call_metrics::validate(&line).unwrap();
+            assert!(extracted.iter().any(|e| e.name == "StartLcaAnswers"
+                && e.dimensions == [("Answer".to_string(), answer.to_string())]
+                && e.values == [1.0]));
+            assert!(
+                extracted
+                    .iter()
+                    .any(|e| e.name == "StartLcaAnswers" && e.dimensions.is_empty())
+            );
+        }
+    }
 
     #[test]
     fn the_variable_list_is_what_is_read() {

@@ -2,9 +2,10 @@
 //! a local Transcribe that allows `--limit` streams (as an account's quota does, answering
 //! LimitExceededException beyond it). The calls turned away wait, their audio held in KVS,
 //! and catch up once a stream is free. Prints how many calls completed, final segments lost
-//! and duplicated (both must be 0), the streams refused, and how late the late calls'
-//! segments reached Kinesis. Exits non-zero when a call is incomplete or a segment is lost
-//! or repeated.
+//! and duplicated (both must be 0), the streams refused, and how far behind the live audio
+//! the last final segment reached Kinesis, for the calls that got a stream at once and for
+//! those that waited (with how long they waited). Exits non-zero when a call is incomplete
+//! or a segment is lost or repeated.
 //!
 //! `cargo run --release -p lca-tests --bin capacity-bench [-- --calls 10 --limit 5
 //! --speed 10 --minutes 1]` (the calls are the shared sample call tiled to `--minutes`,
@@ -136,10 +137,15 @@ async fn run(args: Args) -> Result<(), String> {
         runs.spawn(async move { (id, pipeline.run(spec, Taps::default()).await) });
     }
     let mut failed = Vec::new();
+    // How long each call waited for Transcribe to accept its stream (0: it got one at once).
+    let mut waited: BTreeMap<String, Duration> = BTreeMap::new();
     while let Some(joined) = runs.join_next().await {
         let (id, result) = joined.map_err(|e| e.to_string())?;
-        if let Err(error) = result {
-            failed.push(format!("{id}: {error}"));
+        match result {
+            Ok(outcome) => {
+                waited.insert(id, outcome.transcription.start_wait);
+            }
+            Err(error) => failed.push(format!("{id}: {error}")),
         }
     }
     let wall = started.elapsed();
@@ -197,17 +203,28 @@ async fn run(args: Args) -> Result<(), String> {
     let complete = (0..args.calls)
         .filter(|call| ended.contains(&format!("capacity-call-{call:03}")))
         .count();
-    let worst: Vec<f64> = lateness
-        .values()
-        .map(|l| l.iter().copied().fold(0.0, f64::max))
-        .collect();
-    let mut sorted = worst.clone();
-    sorted.sort_by(f64::total_cmp);
-    let quantile = |q: f64| {
-        sorted
-            .get(((sorted.len() as f64 - 1.0) * q).round() as usize)
-            .copied()
-            .unwrap_or(0.0)
+    // Each call's latest final, behind the live audio: the calls that got a stream at once
+    // apart from those that waited for one.
+    let (mut on_time, mut late_calls, mut waits) = (Vec::new(), Vec::new(), Vec::new());
+    for (id, l) in &lateness {
+        let worst = l.iter().copied().fold(0.0, f64::max);
+        match waited.get(id).filter(|w| !w.is_zero()) {
+            Some(wait) => {
+                late_calls.push(worst);
+                waits.push(wait.as_secs_f64() * args.speed);
+            }
+            None => on_time.push(worst),
+        }
+    }
+    let spread = |values: &mut Vec<f64>| {
+        values.sort_by(f64::total_cmp);
+        let at = |q: f64| {
+            values
+                .get(((values.len() as f64 - 1.0) * q).round() as usize)
+                .copied()
+                .unwrap_or(0.0)
+        };
+        format!("p50 {:.1}, max {:.1}", at(0.5), at(1.0))
     };
     println!(
         "{} calls of {} min at {}x against a Transcribe quota of {} streams ({:.1} s wall):",
@@ -230,9 +247,15 @@ async fn run(args: Args) -> Result<(), String> {
         transcribe.refused()
     );
     println!(
-        "  latest final per call, behind the live audio (call seconds): p50 {:.1}, max {:.1}",
-        quantile(0.5),
-        quantile(1.0)
+        "  calls that got a stream at once: {}; latest final behind the live audio (call s): {}",
+        on_time.len(),
+        spread(&mut on_time)
+    );
+    println!(
+        "  calls that waited for a stream: {}; waited (call s): {}; latest final behind: {}",
+        late_calls.len(),
+        spread(&mut waits),
+        spread(&mut late_calls)
     );
     for message in &failed {
         println!("  failed: {message}");

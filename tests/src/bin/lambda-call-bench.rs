@@ -14,7 +14,7 @@ use call_transcriber::lease::CallLease;
 use call_transcriber::usage::ProcessUsage;
 use kvs_media::ConnectWriter;
 use local_aws::kvs::{Kvs, KvsOptions};
-use local_aws::lambda::{FunctionSpec, Lambda, LambdaOptions};
+use local_aws::lambda::{FunctionSpec, Lambda, LambdaOptions, RecursiveLoop};
 use local_aws::moto::MotoServer;
 use local_aws::transcribe::{Transcribe, TranscribeOptions};
 use serde_json::{Value, json};
@@ -137,6 +137,8 @@ async fn run(
             memory_mb: 128,
         })
         .map_err(|e| e.to_string())?;
+    // As the template sets it: the transcriber invokes itself by design.
+    lambda.put_recursion_config("CallTranscriber", RecursiveLoop::Allow);
     let event = json!({
         "Name": "ContactFlowEvent",
         "Details": {"ContactData": {

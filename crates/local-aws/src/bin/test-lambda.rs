@@ -2,7 +2,8 @@
 //! The event says what to do: `{"echo": ...}` answers it back with the function's name;
 //! `{"fail": "message"}` returns a function error; `{"sleep_ms": N}` sleeps first;
 //! `{"append_to": "/path"}` appends a line per attempt (to count retries);
-//! `{"exit": N}` makes the process exit (a crash).
+//! `{"exit": N}` makes the process exit (a crash). The answer also carries the X-Ray trace
+//! header the runtime client put in `_X_AMZN_TRACE_ID` (what an AWS SDK call would carry on).
 
 use lambda_runtime::{Error, LambdaEvent, run, service_fn};
 use serde_json::{Value, json};
@@ -32,6 +33,7 @@ async fn handler(event: LambdaEvent<Value>) -> Result<Value, Error> {
         "arn": event.context.invoked_function_arn,
         "deadline_ms": event.context.deadline,
         "custom_env": std::env::var("TEST_LAMBDA_SETTING").ok(),
+        "trace_id": std::env::var("_X_AMZN_TRACE_ID").ok(),
     }))
 }
 

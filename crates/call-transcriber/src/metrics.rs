@@ -1,0 +1,320 @@
+//! One metrics line (CloudWatch EMF, [`call_metrics`]) per transcriber invocation: what it
+//! did to the call, how much audio it transcribed, how late the transcript was, and why it
+//! failed. Built from plain values, so it is tested without a Lambda.
+
+use std::time::Duration;
+
+use call_metrics::{Dimension, EmfRecord, FailureReason, Metric};
+use serde_json::Value;
+
+use crate::lambda::HandlerError;
+use crate::pipeline::{CallOutcome, PipelineError};
+use crate::source::SourceError;
+use crate::transcribe::TranscribeError;
+
+/// What one invocation did, gathered as it runs.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct InvocationFigures {
+    /// The call, once known.
+    pub call_id: Option<String>,
+    /// Its invocation count (0 for the first).
+    pub lambda_count: Option<u32>,
+    /// This invocation published the call's START.
+    pub started: bool,
+    /// This invocation gave the call up (its last attempt failed).
+    pub gave_up: bool,
+    /// The run's figures, when the run completed.
+    pub run: Option<RunFigures>,
+    /// The recording's size, when this invocation ended the call with one.
+    pub recording_bytes: Option<u64>,
+}
+
+/// The figures of a completed pipeline run.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RunFigures {
+    /// Call audio assembled, in samples.
+    pub samples: u64,
+    /// Transcript lags (audio arrival to Kinesis acknowledgement), per final segment.
+    pub transcript_lags: Vec<Duration>,
+    /// How far behind the stream's newest data the reading was, at most.
+    pub kvs_behind_ms: Option<u64>,
+    /// Transcribe streams opened.
+    pub sessions: u32,
+    /// Time spent waiting for Transcribe capacity.
+    pub capacity_wait: Duration,
+    /// Records Kinesis acknowledged.
+    pub events: u64,
+    /// Kinesis requests retried.
+    pub kinesis_retries: u64,
+}
+
+impl RunFigures {
+    /// The figures of `outcome`.
+    pub fn of(outcome: &CallOutcome) -> Self {
+        Self {
+            samples: outcome.samples,
+            transcript_lags: outcome.transcript_lags.clone(),
+            kvs_behind_ms: outcome.kvs_behind_ms,
+            sessions: outcome.transcription.sessions,
+            capacity_wait: outcome.transcription.start_wait,
+            events: outcome.published.delivered,
+            kinesis_retries: outcome.published.retries,
+        }
+    }
+}
+
+impl HandlerError {
+    /// Why the invocation failed, as the metrics break failures down.
+    pub fn reason(&self) -> FailureReason {
+        match self {
+            Self::Event(_) | Self::Rejected(_) => FailureReason::Event,
+            Self::Pipeline(PipelineError::Source(SourceError::Stream(_))) => {
+                FailureReason::KvsStream
+            }
+            Self::Pipeline(PipelineError::Source(_)) => FailureReason::KvsRead,
+            Self::Pipeline(PipelineError::Transcribe(TranscribeError::Capacity { .. })) => {
+                FailureReason::TranscribeCapacity
+            }
+            Self::Pipeline(PipelineError::Transcribe(_)) => FailureReason::Transcribe,
+            Self::Pipeline(PipelineError::Undelivered { .. }) => FailureReason::Kinesis,
+            Self::Lease(_) => FailureReason::Lease,
+            Self::Recording(_) => FailureReason::Recording,
+            Self::Hook { .. } => FailureReason::Hook,
+            Self::HandOver { .. } => FailureReason::HandOver,
+        }
+    }
+
+    /// The id of the KVS error chunk that failed the run, if that is what failed it. Ids
+    /// KVS does not document are reported as `unlisted` (a dimension's values stay few).
+    pub fn kvs_error_id(&self) -> Option<&str> {
+        match self {
+            Self::Pipeline(PipelineError::Source(SourceError::Stream(error))) => {
+                let id = error.id.trim();
+                Some(if error.is_documented() {
+                    id
+                } else {
+                    "unlisted"
+                })
+            }
+            _ => None,
+        }
+    }
+}
+
+impl InvocationFigures {
+    /// The invocation's metrics line, given how it ended.
+    pub fn record(&self, result: &Result<Value, HandlerError>, timestamp_ms: u64) -> EmfRecord {
+        let mut record = EmfRecord::new(timestamp_ms);
+        record.add(Metric::Invocations, 1.0);
+        if let Some(call_id) = &self.call_id {
+            record.member("CallId", call_id.as_str());
+        }
+        if let Some(count) = self.lambda_count {
+            record.member("LambdaCount", count);
+        }
+        match result {
+            Ok(answer) => {
+                let status = answer["status"].as_str().unwrap_or("UNKNOWN");
+                record.dimension(Dimension::Outcome, status);
+                if status == "ENDED" {
+                    record.add(Metric::CallsEnded, 1.0);
+                }
+            }
+            Err(error) => {
+                let outcome = if self.gave_up { "GAVE_UP" } else { "FAILED" };
+                record
+                    .dimension(Dimension::Outcome, outcome)
+                    .dimension(Dimension::Reason, error.reason().as_str())
+                    .add(Metric::InvocationsFailed, 1.0);
+                if self.gave_up {
+                    record.add(Metric::CallsFailed, 1.0);
+                }
+                if let Some(id) = error.kvs_error_id() {
+                    record
+                        .dimension(Dimension::ErrorId, id)
+                        .add(Metric::KvsErrors, 1.0);
+                }
+            }
+        }
+        if self.started {
+            record.add(Metric::CallsStarted, 1.0);
+        }
+        if let Some(run) = &self.run {
+            let ms = |d: &Duration| d.as_secs_f64() * 1000.0;
+            record
+                .add(
+                    Metric::AudioSeconds,
+                    run.samples as f64 / f64::from(call_audio::CONNECT_SAMPLE_RATE),
+                )
+                .add_all(Metric::TranscriptLag, run.transcript_lags.iter().map(ms))
+                .add(
+                    Metric::TranscribeReconnects,
+                    f64::from(run.sessions.saturating_sub(1)),
+                )
+                .add(Metric::TranscribeCapacityWait, ms(&run.capacity_wait))
+                .add(Metric::EventsPublished, run.events as f64)
+                .add(Metric::KinesisRetries, run.kinesis_retries as f64);
+            if let Some(behind) = run.kvs_behind_ms {
+                record.add(Metric::KvsBehindLive, behind as f64);
+            }
+        }
+        if let Some(bytes) = self.recording_bytes {
+            record.add(Metric::RecordingBytes, bytes as f64);
+        }
+        record
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::KvsStreamError;
+    use serde_json::json;
+
+    fn kvs_error(id: &str) -> kvs_media::KvsError {
+        kvs_media::KvsError {
+            id: id.to_string(),
+            code: "described".to_string(),
+        }
+    }
+
+    fn extracted(record: &EmfRecord) -> Vec<call_metrics::Extracted> {
+        call_metrics::validate(&record.to_line()).unwrap()
+    }
+
+    fn value(record: &EmfRecord, name: &str, dimensions: &[(&str, &str)]) -> Option<Vec<f64>> {
+        let dimensions: Vec<(String, String)> = dimensions
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        extracted(record)
+            .into_iter()
+            .find(|e| e.name == name && e.dimensions == dimensions)
+            .map(|e| e.values)
+    }
+
+    #[test]
+    fn an_invocation_that_ends_the_call_reports_its_audio_lag_and_recording() {
+        let figures = InvocationFigures {
+            call_id: Some("c-1".into()),
+            lambda_count: Some(2),
+            run: Some(RunFigures {
+                samples: 8000 * 90,
+                transcript_lags: vec![Duration::from_millis(900), Duration::from_millis(1500)],
+                kvs_behind_ms: Some(120),
+                sessions: 2,
+                capacity_wait: Duration::from_millis(2500),
+                events: 40,
+                kinesis_retries: 3,
+            }),
+            recording_bytes: Some(1_440_044),
+            ..InvocationFigures::default()
+        };
+        let record = figures.record(&Ok(json!({"status": "ENDED"})), 1);
+        assert_eq!(
+            value(&record, "Invocations", &[("Outcome", "ENDED")]),
+            Some(vec![1.0])
+        );
+        assert_eq!(value(&record, "CallsEnded", &[]), Some(vec![1.0]));
+        assert_eq!(value(&record, "CallsStarted", &[]), None);
+        assert_eq!(value(&record, "AudioSeconds", &[]), Some(vec![90.0]));
+        assert_eq!(
+            value(&record, "TranscriptLag", &[]),
+            Some(vec![900.0, 1500.0])
+        );
+        assert_eq!(value(&record, "KvsBehindLive", &[]), Some(vec![120.0]));
+        assert_eq!(value(&record, "TranscribeReconnects", &[]), Some(vec![1.0]));
+        assert_eq!(
+            value(&record, "TranscribeCapacityWait", &[]),
+            Some(vec![2500.0])
+        );
+        assert_eq!(value(&record, "EventsPublished", &[]), Some(vec![40.0]));
+        assert_eq!(value(&record, "KinesisRetries", &[]), Some(vec![3.0]));
+        assert_eq!(
+            value(&record, "RecordingBytes", &[]),
+            Some(vec![1_440_044.0])
+        );
+        let line: Value = serde_json::from_str(&record.to_line()).unwrap();
+        assert_eq!(
+            (line["CallId"].as_str(), line["LambdaCount"].as_u64()),
+            (Some("c-1"), Some(2))
+        );
+    }
+
+    #[test]
+    fn a_kvs_error_on_the_last_attempt_is_a_failed_call_by_reason_and_id() {
+        let error = HandlerError::Pipeline(PipelineError::Source(SourceError::Stream(
+            KvsStreamError::new("arn:s", &kvs_error("4500")),
+        )));
+        let figures = InvocationFigures {
+            gave_up: true,
+            ..InvocationFigures::default()
+        };
+        let record = figures.record(&Err(error), 1);
+        assert_eq!(
+            value(&record, "CallsFailed", &[("Reason", "KvsStream")]),
+            Some(vec![1.0])
+        );
+        assert_eq!(value(&record, "CallsFailed", &[]), Some(vec![1.0]));
+        assert_eq!(
+            value(&record, "InvocationsFailed", &[("Reason", "KvsStream")]),
+            Some(vec![1.0])
+        );
+        assert_eq!(
+            value(&record, "KvsErrors", &[("ErrorId", "4500")]),
+            Some(vec![1.0])
+        );
+        assert_eq!(
+            value(&record, "Invocations", &[("Outcome", "GAVE_UP")]),
+            Some(vec![1.0])
+        );
+        // An attempt that Lambda will retry is a failed invocation, not a failed call.
+        let error = HandlerError::Pipeline(PipelineError::Source(SourceError::Stream(
+            KvsStreamError::new("arn:s", &kvs_error("9999")),
+        )));
+        let record = InvocationFigures::default().record(&Err(error), 1);
+        assert_eq!(value(&record, "CallsFailed", &[]), None);
+        assert_eq!(
+            value(&record, "Invocations", &[("Outcome", "FAILED")]),
+            Some(vec![1.0])
+        );
+        assert_eq!(
+            value(&record, "KvsErrors", &[("ErrorId", "unlisted")]),
+            Some(vec![1.0])
+        );
+    }
+
+    #[test]
+    fn each_failure_has_its_reason() {
+        let cases = [
+            (HandlerError::Event("x".into()), "Event"),
+            (
+                HandlerError::Pipeline(PipelineError::Undelivered {
+                    call_id: "c".into(),
+                    count: 1,
+                    first: "throttled".into(),
+                }),
+                "Kinesis",
+            ),
+            (
+                HandlerError::Hook {
+                    function: "f".into(),
+                    message: "m".into(),
+                },
+                "Hook",
+            ),
+            (
+                HandlerError::HandOver {
+                    call_id: "c".into(),
+                    function: "f".into(),
+                    message: "m".into(),
+                },
+                "HandOver",
+            ),
+        ];
+        for (error, reason) in cases {
+            assert_eq!(error.reason().as_str(), reason);
+            assert_eq!(error.kvs_error_id(), None);
+        }
+    }
+}
