@@ -499,7 +499,9 @@ impl Transcriber {
         // Everything this invocation logs about the call carries its CallId.
         let span =
             tracing::info_span!("call", call_id = %call.call_id, lambda_count = call.lambda_count);
+        // The lease's copy of the call may have replaced the event's (a resumed attempt).
         figures.call_id = Some(call.call_id.clone());
+        figures.lambda_count = Some(call.lambda_count);
         self.transcribe(call, held, lease, delivered, invocation, figures)
             .instrument(span)
             .await
@@ -602,6 +604,11 @@ impl Transcriber {
             },
             None => None,
         };
+        let holding = Holding {
+            call: &call,
+            held: &held,
+            lease,
+        };
         let finished = match (result, piece) {
             (Err(error), _) => Err(error.into()),
             (Ok(_), Some(Err(error))) => Err(error.into()),
@@ -609,24 +616,12 @@ impl Transcriber {
                 if let Some(Ok(piece)) = piece {
                     tracing::info!(call_id = %call.call_id, piece = ?piece, "recorded this invocation's audio");
                 }
-                let holding = Holding {
-                    call: &call,
-                    held: &held,
-                    lease,
-                };
                 self.finish(holding, &mut delivered, outcome, invocation, figures)
                     .await
             }
         };
         match finished {
-            Err(error) => {
-                let holding = Holding {
-                    call: &call,
-                    held: &held,
-                    lease,
-                };
-                self.failed(holding, delivered, error, figures).await
-            }
+            Err(error) => self.failed(holding, delivered, error, figures).await,
             answer => answer,
         }
     }

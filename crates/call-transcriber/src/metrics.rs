@@ -140,7 +140,7 @@ impl InvocationFigures {
             record.add(Metric::CallsStarted, 1.0);
         }
         if let Some(run) = &self.run {
-            let ms = |d: &Duration| d.as_secs_f64() * 1000.0;
+            let ms = |d: &Duration| d.as_micros() as f64 / 1000.0;
             record
                 .add(
                     Metric::AudioSeconds,

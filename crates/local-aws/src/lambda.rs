@@ -4,8 +4,11 @@
 //! concurrent execution environment.
 //!
 //! Like Lambda: Event returns 202 at once and runs in the background, retrying a failed event
-//! twice; function errors come back with `X-Amz-Function-Error`; the function timeout is
-//! enforced by stopping the environment; functions answer to their name and their ARN.
+//! twice, then keeping its invocation record for the on-failure destination; function errors
+//! come back with `X-Amz-Function-Error`; the function timeout is enforced by stopping the
+//! environment; functions answer to their name and their ARN; each invocation gets an X-Ray
+//! trace header that counts the chain of requests it belongs to, and a function invoked more
+//! than [`RECURSION_LIMIT`] times in one chain is stopped unless its [`RecursiveLoop`] allows.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
