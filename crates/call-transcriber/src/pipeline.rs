@@ -497,9 +497,9 @@ fn transcript_lags(
     let samples_per_ms = u64::from(call_audio::CONNECT_SAMPLE_RATE) / 1000;
     final_acks
         .iter()
-        .filter(|&&(end_ms, _)| end_ms * samples_per_ms >= start_sample)
-        .filter_map(|&(end_ms, acknowledged)| {
-            let end_sample = end_ms * samples_per_ms;
+        .map(|&(end_ms, acknowledged)| (end_ms * samples_per_ms, acknowledged))
+        .filter(|&(end_sample, _)| end_sample >= start_sample)
+        .filter_map(|(end_sample, acknowledged)| {
             let at = arrivals.partition_point(|&(chunk_end, _)| chunk_end < end_sample);
             let (_, arrived) = arrivals.get(at).or(arrivals.last())?;
             Some(acknowledged.saturating_duration_since(*arrived))

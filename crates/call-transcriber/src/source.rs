@@ -140,6 +140,9 @@ fn is_transient(error: &KvsError) -> bool {
     matches!(error.id.trim(), "5000" | "4503")
 }
 
+/// The meaning given to an error id the GetMedia API reference does not list.
+const UNLISTED_MEANING: &str = "an error id the GetMedia API reference does not list";
+
 /// A GetMedia error chunk that retrying does not fix: the call's audio cannot be read. This
 /// is a failure of the invocation, never the end of the call.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -205,7 +208,7 @@ impl KvsStreamError {
                 "retry later; if it persists, contact AWS Support with the stream ARN",
             ),
             _ => (
-                "an error id the GetMedia API reference does not list",
+                UNLISTED_MEANING,
                 "see the error code text and the GetMedia API reference",
             ),
         };
@@ -220,10 +223,7 @@ impl KvsStreamError {
 
     /// Whether the GetMedia API reference lists this error id.
     pub fn is_documented(&self) -> bool {
-        matches!(
-            self.id.as_str(),
-            "3002" | "4000" | "4500" | "4501" | "4502" | "4503" | "4504" | "4505" | "4506" | "5000"
-        )
+        self.meaning != UNLISTED_MEANING
     }
 }
 

@@ -364,8 +364,9 @@ async fn start(
         let failure = match started {
             Ok(()) => {
                 if attempt > 1 {
-                    summary.start_wait += waiting_since.elapsed();
-                    tracing::info!(call_id = %call.call_id, attempt, waited_ms = waiting_since.elapsed().as_millis() as u64, "Transcribe started the stream");
+                    let waited = waiting_since.elapsed();
+                    summary.start_wait += waited;
+                    tracing::info!(call_id = %call.call_id, attempt, waited_ms = waited.as_millis() as u64, "Transcribe started the stream");
                 }
                 return Ok(Session {
                     audio: Some(audio_tx),

@@ -149,11 +149,29 @@ async fn invoke(server: &local_aws::http::Server, event: &Value) -> (Option<Stri
 /// Invokes CallTranscriber asynchronously (InvocationType Event, as StartLCA does) with
 /// `event`: Lambda's event queue takes it and delivers it, retrying on failure.
 async fn invoke_event(server: &local_aws::http::Server, event: &Value) {
+    invoke_event_in_chain(server, event, None).await;
+}
+
+/// [`invoke_event`] from a caller that passes on the trace header `trace` (a function part
+/// of a chain of requests, as Lambda's recursive loop detection counts them).
+async fn invoke_event_in_chain(
+    server: &local_aws::http::Server,
+    event: &Value,
+    trace: Option<String>,
+) {
     aws_sdk_lambda::Client::new(&local_aws::sdk_config(&server.url()))
         .invoke()
         .function_name("CallTranscriber")
         .invocation_type(InvocationType::Event)
         .payload(Blob::new(event.to_string()))
+        .customize()
+        .mutate_request(move |request| {
+            if let Some(trace) = &trace {
+                request
+                    .headers_mut()
+                    .insert("x-amzn-trace-id", trace.clone());
+            }
+        })
         .send()
         .await
         .unwrap();
@@ -419,20 +437,7 @@ async fn a_chain_of_hand_overs_longer_than_lambdas_loop_detection_completes_the_
     let start_depth = RECURSION_LIMIT - 2;
     let deep = lambda.chain_trace("CallTranscriber", start_depth).unwrap();
     let (arn, first) = h.play_at("call", sample_call_chunks(), &[], 5.0).await;
-    aws_sdk_lambda::Client::new(&local_aws::sdk_config(&server.url()))
-        .invoke()
-        .function_name("CallTranscriber")
-        .invocation_type(InvocationType::Event)
-        .payload(Blob::new(contact_flow_event(&arn, &first).to_string()))
-        .customize()
-        .mutate_request(move |request| {
-            request
-                .headers_mut()
-                .insert("x-amzn-trace-id", deep.clone());
-        })
-        .send()
-        .await
-        .unwrap();
+    invoke_event_in_chain(&server, &contact_flow_event(&arn, &first), Some(deep)).await;
     let records = records_until(&h, "ADD_S3_RECORDING_URL").await;
     let continuations: Vec<_> = lambda
         .invocations("CallTranscriber")

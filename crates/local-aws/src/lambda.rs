@@ -477,6 +477,9 @@ impl Lambda {
                 self.send_to_destination(&function, &payload, &self.request_id(), 0, &message);
                 response(StatusCode::ACCEPTED, None, Bytes::new())
             }
+            // "It returns a RecursiveInvocationException to the caller" (AWS Compute blog,
+            // "Detecting and stopping recursive loops in AWS Lambda functions"); the Invoke API
+            // reference lists RecursiveInvocationException among its errors, HTTP 400.
             "RequestResponse" if stopped => ApiError::new(
                 StatusCode::BAD_REQUEST,
                 "RecursiveInvocationException",
