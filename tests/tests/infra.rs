@@ -372,6 +372,44 @@ fn dashboard_metrics(rows: &[Json]) -> Vec<DashboardMetric> {
         .collect()
 }
 
+/// The namespace the template gives the functions' metrics (their METRICS_NAMESPACE), as
+/// its `!Sub` writes it: one per stack.
+const STACK_NAMESPACE: &str = "LCA/ConnectKVS/${AWS::StackName}";
+
+#[test]
+fn each_stack_has_its_own_metrics_namespace_and_a_maximum_call_length() {
+    let template = template();
+    let resources = &template["Resources"];
+    for function in [
+        "CallTranscriberFunction",
+        "StartLCAFunction",
+        "ContactEventProcessorFunction",
+    ] {
+        let variables = &resources[function]["Properties"]["Environment"]["Variables"];
+        let namespace = argument(&variables["METRICS_NAMESPACE"], "Sub")
+            .and_then(Value::as_str)
+            .unwrap_or_else(|| panic!("{function}: METRICS_NAMESPACE is a !Sub"));
+        assert_eq!(namespace, STACK_NAMESPACE, "{function}");
+        // Valid for any stack name (letters, digits and hyphens, 128 at most).
+        let longest = namespace.replace("${AWS::StackName}", &"A-1".repeat(43)[..128]);
+        assert_eq!(call_metrics::check_namespace(&longest), Ok(()));
+    }
+    let variables = &resources["CallTranscriberFunction"]["Properties"]["Environment"]["Variables"];
+    assert_eq!(
+        argument(&variables["MAX_CALL_DURATION"], "Ref").and_then(Value::as_str),
+        Some("MaxCallDurationMs")
+    );
+    let default = template["Parameters"]["MaxCallDurationMs"]["Default"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(
+        default,
+        call_transcriber::config::DEFAULT_MAX_CALL_DURATION_MS,
+        "the template's default is the code's"
+    );
+    assert!(default >= 6 * 3600 * 1000, "a six-hour call fits");
+}
+
 /// Checks a metric of our namespace against the code's list: the name is emitted, and a
 /// dimension is the one it is emitted by.
 fn assert_emitted(name: &str, dimensions: &[(String, String)], place: &str) {
@@ -397,9 +435,12 @@ fn alarms_and_the_dashboard_name_only_metrics_the_code_emits() {
         let name = name.as_str().unwrap();
         let properties = &resource["Properties"];
         let metric = properties["MetricName"].as_str().unwrap();
-        let namespace = properties["Namespace"].as_str().unwrap();
+        let namespace = properties["Namespace"]
+            .as_str()
+            .or_else(|| argument(&properties["Namespace"], "Sub").and_then(Value::as_str))
+            .unwrap_or_else(|| panic!("{name}: Namespace is a string or a !Sub"));
         alarmed.insert(format!("{namespace}/{metric}"));
-        if namespace == call_metrics::NAMESPACE {
+        if namespace == STACK_NAMESPACE {
             let dimensions: Vec<(String, String)> = properties["Dimensions"]
                 .as_sequence()
                 .into_iter()
@@ -419,9 +460,10 @@ fn alarms_and_the_dashboard_name_only_metrics_the_code_emits() {
         assert_eq!(properties["TreatMissingData"], "notBreaching", "{name}");
     }
     for wanted in [
-        "LCA/ConnectKVS/CallsFailed",
-        "LCA/ConnectKVS/TranscriptLag",
-        "LCA/ConnectKVS/StartLcaAnswers",
+        "LCA/ConnectKVS/${AWS::StackName}/CallsFailed",
+        "LCA/ConnectKVS/${AWS::StackName}/CallsCut",
+        "LCA/ConnectKVS/${AWS::StackName}/TranscriptLag",
+        "LCA/ConnectKVS/${AWS::StackName}/StartLcaAnswers",
         "AWS/Lambda/Errors",
         "AWS/Lambda/Throttles",
         "AWS/SQS/ApproximateNumberOfMessagesVisible",
@@ -434,13 +476,17 @@ fn alarms_and_the_dashboard_name_only_metrics_the_code_emits() {
     )
     .and_then(Value::as_str)
     .expect("DashboardBody is a !Sub string");
-    // ${...} substitutions stand for strings inside the JSON.
+    // ${...} substitutions stand for strings inside the JSON; the stack's name is kept, to
+    // tell the stack's namespace.
     let mut plain = String::new();
     let mut rest = body;
     while let Some(start) = rest.find("${") {
         let end = start + rest[start..].find('}').unwrap();
         plain.push_str(&rest[..start]);
-        plain.push_str("substituted");
+        match &rest[start..=end] {
+            "${AWS::StackName}" => plain.push_str("${AWS::StackName}"),
+            _ => plain.push_str("substituted"),
+        }
         rest = &rest[end + 1..];
     }
     plain.push_str(rest);
@@ -451,7 +497,11 @@ fn alarms_and_the_dashboard_name_only_metrics_the_code_emits() {
         for (namespace, name, dimensions) in
             dashboard_metrics(widget["properties"]["metrics"].as_array().unwrap())
         {
-            if namespace == call_metrics::NAMESPACE {
+            assert!(
+                !namespace.starts_with("LCA/") || namespace == STACK_NAMESPACE,
+                "{title}: {namespace} is not the stack's namespace"
+            );
+            if namespace == STACK_NAMESPACE {
                 assert_emitted(&name, &dimensions, title);
                 shown.insert(name);
             }

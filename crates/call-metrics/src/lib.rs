@@ -22,8 +22,29 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value, json};
 
-/// The namespace of every metric.
+/// The default namespace of the metrics (`METRICS_NAMESPACE` sets another; the template
+/// gives each stack its own, `LCA/ConnectKVS/<stack name>`).
 pub const NAMESPACE: &str = "LCA/ConnectKVS";
+
+/// Checks a namespace against CloudWatch's rules, reading the documents at their strictest:
+/// the concepts page allows "alphanumeric characters (0-9A-Za-z), period (.), hyphen (-),
+/// underscore (_), forward slash (/), hash (#), colon (:), and the space character"; the
+/// PutMetricData reference allows 1 to 255 ASCII characters without control characters and
+/// says not to begin one with `AWS/` (AWS's own namespaces). The error says what is wrong.
+pub fn check_namespace(namespace: &str) -> Result<(), String> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || "._-/#: ".contains(c);
+    if namespace.trim().is_empty() || namespace.len() > 255 {
+        Err("a namespace is 1 to 255 characters, not all blank".to_string())
+    } else if let Some(c) = namespace.chars().find(|c| !allowed(*c)) {
+        Err(format!(
+            "{c:?} is not allowed in a CloudWatch namespace (letters, digits, space and . - _ / # :)"
+        ))
+    } else if namespace.starts_with("AWS/") {
+        Err("namespaces beginning with AWS/ are AWS's own".to_string())
+    } else {
+        Ok(())
+    }
+}
 
 /// Most values one metric may carry in one line ("Numeric array metric targets MUST NOT have
 /// more than 100 members").
@@ -141,6 +162,9 @@ pub enum Metric {
     /// Calls given up after their last attempt failed, also by [`Dimension::Reason`]: END
     /// is published and the transcript stops at the failure.
     CallsFailed,
+    /// Calls ended at the maximum call length (`MAX_CALL_DURATION`): END is published and
+    /// the recording written, but the rest of the call is not transcribed.
+    CallsCut,
     /// Invocations that failed (Lambda retries them), also by [`Dimension::Reason`].
     InvocationsFailed,
     /// Call audio transcribed, in seconds of call.
@@ -165,15 +189,20 @@ pub enum Metric {
     KvsErrors,
     /// StartLCA's answers to the contact flow, also by [`Dimension::Answer`].
     StartLcaAnswers,
+    /// Connect contact events the contact-event processor handled, also by
+    /// [`Dimension::Outcome`]: UPDATED (the agent published), IGNORED, UNKNOWN_CALL (no call
+    /// being transcribed), FAILED (Lambda retries it).
+    ContactEvents,
 }
 
 impl Metric {
     /// Every metric, in a stable order.
-    pub const ALL: [Metric; 15] = [
+    pub const ALL: [Metric; 17] = [
         Self::Invocations,
         Self::CallsStarted,
         Self::CallsEnded,
         Self::CallsFailed,
+        Self::CallsCut,
         Self::InvocationsFailed,
         Self::AudioSeconds,
         Self::TranscriptLag,
@@ -185,6 +214,7 @@ impl Metric {
         Self::RecordingBytes,
         Self::KvsErrors,
         Self::StartLcaAnswers,
+        Self::ContactEvents,
     ];
 
     /// The metric's name in CloudWatch.
@@ -194,6 +224,7 @@ impl Metric {
             Self::CallsStarted => "CallsStarted",
             Self::CallsEnded => "CallsEnded",
             Self::CallsFailed => "CallsFailed",
+            Self::CallsCut => "CallsCut",
             Self::InvocationsFailed => "InvocationsFailed",
             Self::AudioSeconds => "AudioSeconds",
             Self::TranscriptLag => "TranscriptLag",
@@ -205,6 +236,7 @@ impl Metric {
             Self::RecordingBytes => "RecordingBytes",
             Self::KvsErrors => "KvsErrors",
             Self::StartLcaAnswers => "StartLcaAnswers",
+            Self::ContactEvents => "ContactEvents",
         }
     }
 
@@ -223,7 +255,7 @@ impl Metric {
     /// The dimension it is also emitted by, if any.
     pub fn dimension(self) -> Option<Dimension> {
         match self {
-            Self::Invocations => Some(Dimension::Outcome),
+            Self::Invocations | Self::ContactEvents => Some(Dimension::Outcome),
             Self::CallsFailed | Self::InvocationsFailed => Some(Dimension::Reason),
             Self::KvsErrors => Some(Dimension::ErrorId),
             Self::StartLcaAnswers => Some(Dimension::Answer),
@@ -240,6 +272,7 @@ impl Metric {
 /// One EMF line's worth of metric values, dimension values and plain members.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EmfRecord {
+    namespace: String,
     timestamp_ms: u64,
     values: BTreeMap<Metric, Vec<f64>>,
     dimensions: BTreeMap<Dimension, String>,
@@ -247,14 +280,23 @@ pub struct EmfRecord {
 }
 
 impl EmfRecord {
-    /// An empty record for metrics at `timestamp_ms` (ms since the Unix epoch).
+    /// An empty record for metrics at `timestamp_ms` (ms since the Unix epoch), in
+    /// [`NAMESPACE`].
     pub fn new(timestamp_ms: u64) -> Self {
         Self {
+            namespace: NAMESPACE.to_string(),
             timestamp_ms,
             values: BTreeMap::new(),
             dimensions: BTreeMap::new(),
             members: Map::new(),
         }
+    }
+
+    /// Puts the record's metrics in `namespace` (checked by the caller, see
+    /// [`check_namespace`]).
+    pub fn in_namespace(&mut self, namespace: &str) -> &mut Self {
+        self.namespace = namespace.to_string();
+        self
     }
 
     /// Adds one value of `metric` (a metric given several values carries them all).
@@ -336,7 +378,7 @@ impl EmfRecord {
                     None => json!([[]]),
                     Some(d) => json!([[], [d.key()]]),
                 };
-                json!({"Namespace": NAMESPACE, "Dimensions": sets, "Metrics": metrics})
+                json!({"Namespace": self.namespace, "Dimensions": sets, "Metrics": metrics})
             })
             .collect();
         root.insert(
@@ -476,6 +518,8 @@ pub fn validate(line: &str) -> Result<Vec<Extracted>, EmfError> {
             &["Namespace", "Dimensions", "Metrics"],
         )?;
         let namespace = name_member(directive, &at, "Namespace")?;
+        check_namespace(namespace)
+            .map_err(|problem| invalid(format!("{at}.Namespace"), problem))?;
         let sets = directive
             .get("Dimensions")
             .and_then(Value::as_array)
@@ -606,14 +650,15 @@ pub struct Totals {
 }
 
 impl Totals {
-    /// Gathers the metrics lines of `text` (a log, one event per line).
-    pub fn read(text: &str) -> Self {
+    /// Gathers the metrics of `namespace` in the lines of `text` (a log, one event per
+    /// line).
+    pub fn read(text: &str, namespace: &str) -> Self {
         let mut totals = Self::default();
         for line in text.lines().filter(|l| l.contains("\"_aws\"")) {
             match validate(line) {
                 Ok(extracted) => {
                     totals.lines += 1;
-                    for e in extracted.into_iter().filter(|e| e.namespace == NAMESPACE) {
+                    for e in extracted.into_iter().filter(|e| e.namespace == namespace) {
                         totals
                             .values
                             .entry((e.name, e.dimensions))
@@ -888,7 +933,7 @@ mod tests {
             continued.to_line(),
             ended.to_line()
         );
-        let totals = Totals::read(&log);
+        let totals = Totals::read(&log, NAMESPACE);
         assert_eq!(totals.lines, 2);
         assert_eq!(
             totals.invalid.len(),
@@ -906,10 +951,49 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_stacks_namespace_is_checked_and_kept_apart() {
+        for good in [
+            NAMESPACE,
+            "LCA/ConnectKVS/LCA-ConnectKVSStack-1ABC2DEF3",
+            "a #:._-",
+        ] {
+            assert_eq!(check_namespace(good), Ok(()), "{good}");
+        }
+        for (bad, why) in [
+            ("", "1 to 255"),
+            ("   ", "1 to 255"),
+            ("LCA/Connect\u{e9}", "not allowed"),
+            ("LCA$x", "not allowed"),
+            ("AWS/Lambda", "AWS's own"),
+        ] {
+            let problem = check_namespace(bad).unwrap_err();
+            assert!(problem.contains(why), "{bad:?}: {problem}");
+        }
+        assert!(check_namespace(&"x".repeat(256)).is_err());
+        let stack = "LCA/ConnectKVS/stack-a";
+        let mut record = sample();
+        record.in_namespace(stack);
+        let extracted = validate(&record.to_line()).unwrap();
+        assert!(extracted.iter().all(|e| e.namespace == stack));
+        let log = format!("{}\n{}\n", record.to_line(), sample().to_line());
+        assert_eq!(Totals::read(&log, stack).sum(Metric::Invocations), 1.0);
+        assert_eq!(Totals::read(&log, NAMESPACE).sum(Metric::Invocations), 1.0);
+        assert_eq!(Totals::read(&log, "LCA/ConnectKVS/other").lines, 2);
+        assert_eq!(
+            Totals::read(&log, "LCA/ConnectKVS/other").sum(Metric::Invocations),
+            0.0
+        );
+        let mut broken: Value = serde_json::from_str(&record.to_line()).unwrap();
+        broken["_aws"]["CloudWatchMetrics"][0]["Namespace"] = json!("AWS/Mine");
+        let message = validate(&broken.to_string()).unwrap_err().to_string();
+        assert!(message.contains("Namespace"), "{message}");
+    }
+
     proptest! {
         #[test]
         fn any_record_validates(
-            values in proptest::collection::vec((0usize..15, -1e12f64..1e12), 0..300),
+            values in proptest::collection::vec((0..Metric::ALL.len(), -1e12f64..1e12), 0..300),
             outcome in "[A-Z_]{1,20}",
             call_id in "[0-9a-f-]{0,36}",
         ) {

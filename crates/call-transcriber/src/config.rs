@@ -130,7 +130,20 @@ pub struct TranscriberConfig {
     /// A call whose invocation failed this many times more is given up: END is published so
     /// LCA does not show it live for ever, and the failure stays in the lease and the log.
     pub maximum_retry_attempts: u32,
+    /// `MAX_CALL_DURATION` (this project's addition; ms, default 8 hours): the longest call
+    /// transcribed, counted in the call's own time (its audio from the first fragment). A call
+    /// that reaches it ends there as a call does (END, the recording), with a log line and
+    /// the `CallsCut` metric saying so: the guard against a stream that never ends, in place
+    /// of the reference's limit of 30 invocations.
+    pub max_call_duration: Duration,
+    /// `METRICS_NAMESPACE` (this project's addition; default `LCA/ConnectKVS`): the
+    /// CloudWatch namespace of the metrics lines. The template sets one per stack, so two
+    /// stacks in one account and region keep their metrics and alarms apart.
+    pub metrics_namespace: String,
 }
+
+/// Default `MAX_CALL_DURATION`: 8 hours, room for a six-hour call and more.
+pub const DEFAULT_MAX_CALL_DURATION_MS: u64 = 8 * 3600 * 1000;
 
 /// Languages for which Transcribe streaming redacts PII (as in the LCA reference).
 pub const REDACTION_LANGUAGES: [&str; 4] = ["en-US", "en-AU", "en-GB", "es-US"];
@@ -139,6 +152,13 @@ pub const REDACTION_LANGUAGES: [&str; 4] = ["en-US", "en-AU", "en-GB", "es-US"];
 const TRANSCRIBE_AUDIO_TIMEOUT_MS: u64 = 15_000;
 
 impl TranscriberConfig {
+    /// `MAX_CALL_DURATION` in samples of call audio (8 kHz).
+    pub fn max_call_samples(&self) -> u64 {
+        (self.max_call_duration.as_millis() as u64)
+            .saturating_mul(u64::from(call_audio::CONNECT_SAMPLE_RATE))
+            / 1000
+    }
+
     /// Every environment variable the transcriber reads (the deployment sets each of them;
     /// a test keeps this list and [`Self::from_lookup`] in step).
     pub const VARIABLES: &'static [&'static str] = &[
@@ -156,6 +176,8 @@ impl TranscriberConfig {
         "LAMBDA_HOOK_FUNCTION_ARN",
         "LAMBDA_INVOKE_TIMEOUT",
         "MAXIMUM_RETRY_ATTEMPTS",
+        "MAX_CALL_DURATION",
+        "METRICS_NAMESPACE",
         "OUTPUT_BUCKET",
         "PII_ENTITY_TYPES",
         "POST_CALL_CONTENT_REDACTION_OUTPUT",
@@ -321,6 +343,16 @@ impl TranscriberConfig {
         if kvs_idle_timeout.is_zero() {
             return Err(env.error("KVS_IDLE_TIMEOUT", "0", "must be positive"));
         }
+        let max_call_duration = env.millis("MAX_CALL_DURATION", DEFAULT_MAX_CALL_DURATION_MS)?;
+        if max_call_duration.is_zero() {
+            return Err(env.error("MAX_CALL_DURATION", "0", "must be positive"));
+        }
+        let metrics_namespace = env
+            .get("METRICS_NAMESPACE")
+            .unwrap_or_else(|| call_metrics::NAMESPACE.to_string());
+        if let Err(problem) = call_metrics::check_namespace(&metrics_namespace) {
+            return Err(env.error("METRICS_NAMESPACE", &metrics_namespace, &problem));
+        }
         Ok(Self {
             region: env.get("REGION"),
             kinesis_stream_name: env.get("KINESIS_STREAM_NAME").ok_or_else(|| {
@@ -354,6 +386,8 @@ impl TranscriberConfig {
             call_event_table: env.get("TRANSCRIBER_CALL_EVENT_TABLE_NAME"),
             call_lease_timeout,
             maximum_retry_attempts,
+            max_call_duration,
+            metrics_namespace,
         })
     }
 }
@@ -602,6 +636,9 @@ mod tests {
         assert!(c.save_partials);
         assert_eq!(c.keep_alive, Duration::from_secs(10));
         assert_eq!(c.lambda_invoke_timeout, Duration::from_millis(720_000));
+        assert_eq!(c.max_call_duration, Duration::from_secs(8 * 3600));
+        assert_eq!(c.max_call_samples(), 8 * 3600 * 8000);
+        assert_eq!(c.metrics_namespace, "LCA/ConnectKVS");
         assert_eq!(c.transcribe.start_retries, 5);
         assert_eq!(c.transcribe.start_retry_wait, Duration::from_secs(1));
         assert_eq!(c.transcribe.post_call_analytics, None);
@@ -808,6 +845,13 @@ mod tests {
             (&[("START_STREAM_RETRIES", "-1")], "START_STREAM_RETRIES"),
             (&[("START_STREAM_RETRIES", "0")], "START_STREAM_RETRIES"),
             (&[("LAMBDA_INVOKE_TIMEOUT", "0")], "LAMBDA_INVOKE_TIMEOUT"),
+            (&[("MAX_CALL_DURATION", "0")], "MAX_CALL_DURATION"),
+            (&[("MAX_CALL_DURATION", "6h")], "MAX_CALL_DURATION"),
+            (&[("METRICS_NAMESPACE", "AWS/Lambda")], "METRICS_NAMESPACE"),
+            (
+                &[("METRICS_NAMESPACE", "LCA/Connect\u{e9}")],
+                "METRICS_NAMESPACE",
+            ),
             (&[("CALL_LEASE_TIMEOUT", "1000")], "CALL_LEASE_TIMEOUT"),
             (&[("CALL_LEASE_TIMEOUT", "soon")], "CALL_LEASE_TIMEOUT"),
             (

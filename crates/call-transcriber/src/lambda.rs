@@ -28,7 +28,7 @@ use crate::lease::{CallLease, Claim, Held, LeaseError, decide, now_ms};
 use crate::metrics::{InvocationFigures, RunFigures};
 use crate::pipeline::{CallPipeline, CallPosition, CallSpec, Clients, Ending, PipelineError, Taps};
 use crate::recording::{Recorder, RecordingError};
-use crate::source::StartAt;
+use crate::source::{EndReason, StartAt};
 
 /// A call as it is handed from one invocation to the next (the continuation's `callData`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -170,9 +170,6 @@ impl CallData {
         }
     }
 }
-
-/// Invocations of one call after which it is given up as a runaway (the reference's limit).
-pub const MAX_LAMBDA_COUNT: u32 = 30;
 
 /// Time kept back from the Lambda's deadline for waiting for a quiet moment to hand over
 /// ([`crate::pipeline::HANDOVER_GRACE`]), flushing Transcribe and Kinesis, joining the
@@ -388,17 +385,20 @@ impl Transcriber {
         self.handle_measured(event, invocation).await.0
     }
 
-    /// Handles one invocation; also returns its metrics line (what `serve` writes to stdout,
-    /// where CloudWatch Logs takes the metrics out of it).
+    /// Handles one invocation; also returns its metrics lines (what `serve` writes to
+    /// stdout, where CloudWatch Logs takes the metrics out of them).
     pub async fn handle_measured(
         &self,
         event: Value,
         invocation: Invocation<'_>,
-    ) -> (Result<Value, HandlerError>, EmfRecord) {
+    ) -> (Result<Value, HandlerError>, Vec<EmfRecord>) {
         let mut figures = InvocationFigures::default();
         let result = self.handle_call(event, invocation, &mut figures).await;
-        let record = figures.record(&result, now_ms());
-        (result, record)
+        let mut records = figures.records(&result, now_ms());
+        for record in &mut records {
+            record.in_namespace(&self.pipeline.config.metrics_namespace);
+        }
+        (result, records)
     }
 
     async fn handle_call(
@@ -411,15 +411,10 @@ impl Transcriber {
         let mut call = if is_new {
             self.new_call(&event)?
         } else {
-            let call: CallData = serde_json::from_value(event["callData"].clone())
-                .map_err(|e| HandlerError::Event(format!("LAMBDA_CONTINUE callData: {e}")))?;
-            if call.lambda_count > MAX_LAMBDA_COUNT {
-                tracing::error!(call_id = %call.call_id, lambda_count = call.lambda_count, "runaway call: not continued");
-                return Ok(
-                    json!({"status": "STOPPED", "reason": "runaway", "callId": call.call_id}),
-                );
-            }
-            call
+            // A chain of continuations is bounded by the call's length (MAX_CALL_DURATION,
+            // counted in call audio, which every hand-over advances), not by a count.
+            serde_json::from_value(event["callData"].clone())
+                .map_err(|e| HandlerError::Event(format!("LAMBDA_CONTINUE callData: {e}")))?
         };
         figures.call_id = Some(call.call_id.clone());
         figures.lambda_count = Some(call.lambda_count);
@@ -542,6 +537,7 @@ impl Transcriber {
             position: call.position(),
             start_event,
             deadline: Some(deadline),
+            max_samples: Some(config.max_call_samples()),
             swap_channels: call.swap_channels,
             already_delivered: delivered.clone(),
         };
@@ -667,6 +663,14 @@ impl Transcriber {
                     && !lease.end(held, delivered).await?
                 {
                     tracing::warn!(call_id = %call.call_id, "the lease changed hands before the call's end was recorded");
+                }
+                if reason == EndReason::MaxCallDuration {
+                    // Not a normal end: the caller may still be talking. Said as an error, and
+                    // counted apart (CallsCut) so the operator's alarm fires.
+                    tracing::error!(call_id = %call.call_id, max_call_duration_ms = self.pipeline.config.max_call_duration.as_millis() as u64, events = outcome.published.delivered, "call cut at MAX_CALL_DURATION: END published and the recording written, the rest of the call is not transcribed; raise MAX_CALL_DURATION if calls this long are expected");
+                    return Ok(
+                        json!({"status": "CUT", "reason": "MAX_CALL_DURATION", "callId": call.call_id}),
+                    );
                 }
                 tracing::info!(call_id = %call.call_id, ?reason, events = outcome.published.delivered, "call ended");
                 Ok(json!({"status": "ENDED", "callId": call.call_id}))
@@ -837,9 +841,11 @@ pub async fn serve() -> Result<(), lambda_runtime::Error> {
             deadline,
         };
         let (result, metrics) = transcriber.handle_measured(event.payload, invocation).await;
-        // The metrics line goes to stdout, the logs to stderr: Lambda sends both to
-        // CloudWatch Logs, which extracts the metrics from the EMF line.
-        println!("{}", metrics.to_line());
+        // The metrics lines go to stdout, the logs to stderr: Lambda sends both to
+        // CloudWatch Logs, which extracts the metrics from the EMF lines.
+        for record in metrics {
+            println!("{}", record.to_line());
+        }
         result.map_err(Error::from)
     }))
     .await

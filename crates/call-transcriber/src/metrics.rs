@@ -2,6 +2,7 @@
 //! did to the call, how much audio it transcribed, how late the transcript was, and why it
 //! failed. Built from plain values, so it is tested without a Lambda.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use call_metrics::{Dimension, EmfRecord, FailureReason, Metric};
@@ -46,6 +47,8 @@ pub struct RunFigures {
     pub events: u64,
     /// Kinesis requests retried.
     pub kinesis_retries: u64,
+    /// KVS error chunks that reading resumed after, by id.
+    pub transient_kvs_errors: BTreeMap<String, u32>,
 }
 
 impl RunFigures {
@@ -59,6 +62,7 @@ impl RunFigures {
             capacity_wait: outcome.transcription.start_wait,
             events: outcome.published.delivered,
             kinesis_retries: outcome.published.retries,
+            transient_kvs_errors: outcome.transient_kvs_errors.clone(),
         }
     }
 }
@@ -96,28 +100,66 @@ impl HandlerError {
                     "unlisted"
                 })
             }
+            // Retried errors (5000, 4503) that kept coming until the attempts ran out.
+            Self::Pipeline(PipelineError::Source(SourceError::GetMedia {
+                kvs_error: Some(id),
+                ..
+            })) => Some(id.as_str()),
             _ => None,
         }
     }
 }
 
 impl InvocationFigures {
-    /// The invocation's metrics line, given how it ended.
-    pub fn record(&self, result: &Result<Value, HandlerError>, timestamp_ms: u64) -> EmfRecord {
-        let mut record = EmfRecord::new(timestamp_ms);
-        record.add(Metric::Invocations, 1.0);
+    /// Every metrics line of the invocation: [`Self::record`], then one per id of KVS error
+    /// that reading resumed after (a line has one value per dimension: `KvsErrors` by
+    /// `ErrorId` for the id).
+    pub fn records(
+        &self,
+        result: &Result<Value, HandlerError>,
+        timestamp_ms: u64,
+    ) -> Vec<EmfRecord> {
+        let mut records = vec![self.record(result, timestamp_ms)];
+        let transient = self.run.iter().flat_map(|run| &run.transient_kvs_errors);
+        for (id, count) in transient {
+            let mut record = EmfRecord::new(timestamp_ms);
+            record
+                .dimension(Dimension::ErrorId, id.as_str())
+                .add(Metric::KvsErrors, f64::from(*count))
+                .member("Resumed", true);
+            self.identify(&mut record);
+            records.push(record);
+        }
+        records
+    }
+
+    /// The call's id and invocation count as plain members of `record`.
+    fn identify(&self, record: &mut EmfRecord) {
         if let Some(call_id) = &self.call_id {
             record.member("CallId", call_id.as_str());
         }
         if let Some(count) = self.lambda_count {
             record.member("LambdaCount", count);
         }
+    }
+
+    /// The invocation's metrics line, given how it ended.
+    pub fn record(&self, result: &Result<Value, HandlerError>, timestamp_ms: u64) -> EmfRecord {
+        let mut record = EmfRecord::new(timestamp_ms);
+        record.add(Metric::Invocations, 1.0);
+        self.identify(&mut record);
         match result {
             Ok(answer) => {
                 let status = answer["status"].as_str().unwrap_or("UNKNOWN");
                 record.dimension(Dimension::Outcome, status);
-                if status == "ENDED" {
-                    record.add(Metric::CallsEnded, 1.0);
+                match status {
+                    "ENDED" => {
+                        record.add(Metric::CallsEnded, 1.0);
+                    }
+                    "CUT" => {
+                        record.add(Metric::CallsCut, 1.0);
+                    }
+                    _ => {}
                 }
             }
             Err(error) => {
@@ -206,6 +248,7 @@ mod tests {
                 capacity_wait: Duration::from_millis(2500),
                 events: 40,
                 kinesis_retries: 3,
+                transient_kvs_errors: BTreeMap::new(),
             }),
             recording_bytes: Some(1_440_044),
             ..InvocationFigures::default()
@@ -280,6 +323,57 @@ mod tests {
         );
         assert_eq!(
             value(&record, "KvsErrors", &[("ErrorId", "unlisted")]),
+            Some(vec![1.0])
+        );
+    }
+
+    #[test]
+    fn kvs_errors_that_reading_resumed_after_are_counted_by_id_on_lines_of_their_own() {
+        let figures = InvocationFigures {
+            call_id: Some("c-1".into()),
+            lambda_count: Some(1),
+            run: Some(RunFigures {
+                transient_kvs_errors: BTreeMap::from([("4503".into(), 1), ("5000".into(), 2)]),
+                ..RunFigures::default()
+            }),
+            ..InvocationFigures::default()
+        };
+        let records = figures.records(&Ok(json!({"status": "CONTINUED"})), 1);
+        assert_eq!(records.len(), 3);
+        assert_eq!(
+            value(&records[0], "Invocations", &[("Outcome", "CONTINUED")]),
+            Some(vec![1.0])
+        );
+        assert_eq!(value(&records[0], "KvsErrors", &[]), None);
+        assert_eq!(
+            value(&records[1], "KvsErrors", &[("ErrorId", "4503")]),
+            Some(vec![1.0])
+        );
+        assert_eq!(
+            value(&records[2], "KvsErrors", &[("ErrorId", "5000")]),
+            Some(vec![2.0])
+        );
+        for record in &records[1..] {
+            let line: Value = serde_json::from_str(&record.to_line()).unwrap();
+            assert_eq!(
+                (line["CallId"].as_str(), line["Resumed"].as_bool()),
+                (Some("c-1"), Some(true))
+            );
+        }
+        // Retried errors that kept coming until the attempts ran out fail the invocation
+        // under their id.
+        let error = HandlerError::Pipeline(PipelineError::Source(SourceError::GetMedia {
+            stream: "arn:s".into(),
+            attempts: 5,
+            kvs_error: Some("5000".into()),
+            message: "KVS error 5000 (internal)".into(),
+        }));
+        assert_eq!(error.kvs_error_id(), Some("5000"));
+        assert_eq!(error.reason().as_str(), "KvsRead");
+        let records = InvocationFigures::default().records(&Err(error), 1);
+        assert_eq!(records.len(), 1);
+        assert_eq!(
+            value(&records[0], "KvsErrors", &[("ErrorId", "5000")]),
             Some(vec![1.0])
         );
     }

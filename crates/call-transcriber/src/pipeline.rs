@@ -2,6 +2,7 @@
 //! LCA events on Kinesis. Wires the source, the assembler, the Transcribe session and the
 //! publisher together; each runs in its own task, joined by channels.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use call_audio::{AssemblerConfig, Channel, StereoAssembler, StereoChunk};
@@ -111,6 +112,9 @@ pub struct CallSpec {
     pub start_event: Option<StartCall>,
     /// Stop at the first fragment boundary after this instant (Lambda hand-over).
     pub deadline: Option<Instant>,
+    /// End the call at the first fragment boundary once it is this many samples long
+    /// (`MAX_CALL_DURATION`); `None`: no limit.
+    pub max_samples: Option<u64>,
     /// The stream's tracks are the other way round (a lambda hook's `isCaller: false`):
     /// AUDIO_FROM_CUSTOMER becomes channel 1 and AUDIO_TO_CUSTOMER channel 0.
     pub swap_channels: bool,
@@ -141,6 +145,7 @@ impl CallSpec {
                 created_at: transcribe::now(),
             }),
             deadline: None,
+            max_samples: None,
             swap_channels: false,
             already_delivered: Delivered::default(),
         }
@@ -176,6 +181,8 @@ pub struct CallOutcome {
     /// How far behind the stream's newest data the reading was, at most (KVS's
     /// MILLIS_BEHIND_NOW per fragment); `None` when KVS sent none.
     pub kvs_behind_ms: Option<u64>,
+    /// KVS error chunks that reading resumed after (5000, 4503), counted by id.
+    pub transient_kvs_errors: BTreeMap<String, u32>,
 }
 
 /// Why a run failed.
@@ -329,6 +336,7 @@ impl CallPipeline {
             arrivals: Vec::new(),
         };
         let mut kvs_behind_ms: Option<u64> = None;
+        let mut transient_kvs_errors = BTreeMap::new();
         let mut quiet = QuietWatch::default();
         let mut last_received = Instant::now();
         let mut source_error = None;
@@ -365,6 +373,9 @@ impl CallPipeline {
                     at_boundary = true;
                     last_fragment = Some(StartAt::After(fragment_number));
                 }
+                Ok(SourceEvent::TransientKvsError { id }) => {
+                    *transient_kvs_errors.entry(id).or_default() += 1;
+                }
                 Ok(SourceEvent::End(reason)) => break Ending::CallEnded(reason),
                 Err(error) => {
                     source_error = Some(error);
@@ -372,6 +383,14 @@ impl CallPipeline {
                 }
             }
             outlet.forward(&mut assembler, last_received).await;
+            // A call that reached its maximum length ends here, as a call does.
+            if at_boundary
+                && call
+                    .max_samples
+                    .is_some_and(|max| assembler.emitted_samples() >= max)
+            {
+                break Ending::CallEnded(EndReason::MaxCallDuration);
+            }
             // Past the deadline, hand over at the first fragment boundary between utterances
             // (a new Transcribe session must not cut one in two), or at any boundary once the
             // grace period is over.
@@ -453,6 +472,7 @@ impl CallPipeline {
             published,
             chunk_latencies,
             kvs_behind_ms,
+            transient_kvs_errors,
         })
     }
 }

@@ -88,6 +88,12 @@ pub enum SourceEvent {
         /// AWS_KINESISVIDEO_MILLIS_BEHIND_NOW tag).
         millis_behind_now: Option<u64>,
     },
+    /// KVS sent an error chunk that is retried (5000, 4503): reading resumes after the last
+    /// fragment. Reported so that the operator sees such errors counted by id.
+    TransientKvsError {
+        /// The error's id.
+        id: String,
+    },
     /// The call's stream is over; nothing follows.
     End(EndReason),
 }
@@ -107,6 +113,9 @@ pub enum EndReason {
     Idle,
     /// The stream now carries another contact (Connect reused it).
     OtherContact(String),
+    /// The call reached its maximum length (`MAX_CALL_DURATION`): the pipeline stopped
+    /// reading, and the rest of the call is not transcribed.
+    MaxCallDuration,
 }
 
 /// What keeps the source from reading the stream.
@@ -130,6 +139,8 @@ pub enum SourceError {
         stream: String,
         /// Attempts made.
         attempts: u32,
+        /// The id of the KVS error chunk of the last failure, when it was one (5000, 4503).
+        kvs_error: Option<String>,
         /// The last failure.
         message: String,
     },
@@ -332,8 +343,12 @@ enum Connection {
     Ended { progressed: bool },
     /// The stream no longer exists.
     Gone,
-    /// The connection failed (cut, unreadable, transient KVS error).
-    Failed { progressed: bool, message: String },
+    /// The connection failed (cut, unreadable, transient KVS error: its id).
+    Failed {
+        progressed: bool,
+        message: String,
+        kvs_error: Option<String>,
+    },
     /// Nothing arrived for the idle timeout.
     Idle,
     /// The call's stream is over.
@@ -432,16 +447,26 @@ impl KvsSource {
                 Connection::Failed {
                     progressed,
                     message,
+                    kvs_error,
                 } => {
                     failures = if progressed { 1 } else { failures + 1 };
                     if failures >= self.options.max_attempts {
                         return Err(SourceError::GetMedia {
                             stream,
                             attempts: failures,
+                            kvs_error,
                             message,
                         });
                     }
                     tracing::warn!(stream = %stream, attempt = failures, %message, "GetMedia failed; resuming from the last fragment");
+                    if let Some(id) = kvs_error
+                        && tx
+                            .send(Ok(SourceEvent::TransientKvsError { id }))
+                            .await
+                            .is_err()
+                    {
+                        return Ok(());
+                    }
                     tokio::time::sleep(RECONNECT_PAUSE * failures).await;
                     self.gate.reconnect();
                     continue;
@@ -501,6 +526,7 @@ impl KvsSource {
                 return Connection::Failed {
                     progressed: false,
                     message: error_text(&error),
+                    kvs_error: None,
                 };
             }
             Ok(Ok(output)) => output,
@@ -524,6 +550,7 @@ impl KvsSource {
                     return Connection::Failed {
                         progressed,
                         message: format!("the response was cut: {}", error_text(&error)),
+                        kvs_error: None,
                     };
                 }
                 Ok(Some(Ok(bytes))) => Some(bytes),
@@ -541,6 +568,7 @@ impl KvsSource {
                         return Connection::Failed {
                             progressed,
                             message: format!("unreadable media: {error}"),
+                            kvs_error: None,
                         };
                     }
                 };
@@ -609,6 +637,7 @@ impl KvsSource {
                                         error.id.trim(),
                                         error.code.trim()
                                     ),
+                                    kvs_error: Some(error.id.trim().to_string()),
                                 };
                             }
                             return Connection::Unreadable(error);

@@ -706,22 +706,92 @@ async fn a_kvs_error_fails_every_attempt_and_the_last_one_ends_the_call() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_runaway_continuation_is_stopped() {
+async fn a_call_that_reaches_max_call_duration_ends_there_as_a_call_does() {
+    // The guard against a stream that never ends: 20 s of call (counted in the call's audio,
+    // across hand-overs), then END, the recording and the recording's URL, as at a normal
+    // end, but said as a cut call (outcome CUT, CallsCut) in the stack's own namespace.
     let h = Harness::new(KvsOptions::default(), TranscribeOptions::default()).await;
-    let (lambda, server) = transcriber(&h, &[]).await;
-    let (error, answer) = invoke(
-        &server,
-        &json!({"action": "LAMBDA_CONTINUE", "callData": {
-            "callId": CONTACT, "contactId": CONTACT, "fromNumber": "", "toNumber": "",
-            "streamArn": "arn:aws:kinesisvideo:us-east-1:123456789012:stream/call/1",
-            "startFragmentNumber": "1", "lastFragment": "5", "lambdaCount": 31
-        }}),
+    let namespace = "LCA/ConnectKVS/test-stack";
+    let (lambda, server, logs) = logged_transcriber(
+        &h,
+        &[
+            ("LAMBDA_INVOKE_TIMEOUT", "500"),
+            ("MAX_CALL_DURATION", "20000"),
+            ("METRICS_NAMESPACE", namespace),
+        ],
     )
     .await;
-    assert_eq!(error, None);
-    assert_eq!(answer["status"], "STOPPED");
-    assert!(h.transcribe.sessions().is_empty());
-    assert!(h.records().await.is_empty());
+    let (arn, first) = h.play_at("call", sample_call_chunks(), &[], 5.0).await;
+    invoke_event(&server, &contact_flow_event(&arn, &first)).await;
+    let records = records_until(&h, "ADD_S3_RECORDING_URL").await;
+    let types: Vec<&str> = records
+        .iter()
+        .map(|r| r["EventType"].as_str().unwrap())
+        .collect();
+    assert_eq!(types.first(), Some(&"START"));
+    assert_eq!(&types[types.len() - 2..], ["END", "ADD_S3_RECORDING_URL"]);
+    assert_no_final_twice(&records);
+    let continuations = lambda
+        .invocations("CallTranscriber")
+        .iter()
+        .filter(|i| i.payload["action"] == "LAMBDA_CONTINUE")
+        .count();
+    assert!(continuations >= 1, "the limit holds across hand-overs");
+    // Transcribe got the call's first 20 s (up to the end of the fragment where the limit
+    // fell: one second here), every sample once; the recording is exactly that audio.
+    let audio: Vec<u8> = h
+        .transcribe
+        .sessions()
+        .iter()
+        .flat_map(|s| s.audio.clone())
+        .collect();
+    let whole = sample_call_stereo();
+    let seconds = audio.len() as f64 / 4.0 / 8000.0;
+    assert!((20.0..21.5).contains(&seconds), "{seconds} s transcribed");
+    assert!(
+        audio[..] == whole[..audio.len()],
+        "the call's first samples, once"
+    );
+    let wav = h
+        .object(&format!("lca-audio-recordings/{CONTACT}.wav"))
+        .await
+        .expect("the recording is in S3");
+    assert!(
+        wav[call_audio::WAV_HEADER_BYTES..] == audio[..],
+        "the recording is what was transcribed"
+    );
+    // Turns before the limit are there; nothing after it.
+    let finals = finals(&records);
+    let agent = on(&finals, "AGENT");
+    assert!(agent.len() >= 2, "{agent:?}");
+    for (got, turn) in agent.iter().zip(&AGENT_TURNS[..2]) {
+        assert!(
+            (got.0 - turn.0).abs() < 0.02 && (got.1 - turn.1).abs() < 0.02,
+            "{got:?} for {turn:?}"
+        );
+    }
+    assert!(
+        finals.iter().all(|(_, start, _)| *start < seconds),
+        "{finals:?}"
+    );
+    assert_eq!(leased_status(&h).await.as_deref(), Some("ENDED"));
+    // Said as a cut call, not a normal end, in the stack's namespace.
+    let lines = metrics_lines(&logs, "CallTranscriber");
+    let outcomes: Vec<&str> = lines
+        .iter()
+        .map(|(line, _)| line["Outcome"].as_str().unwrap_or("?"))
+        .collect();
+    assert_eq!(outcomes.last(), Some(&"CUT"), "{outcomes:?}");
+    assert_eq!(outcomes.len(), continuations + 1);
+    let extracted: Vec<&Extracted> = lines.iter().flat_map(|(_, e)| e).collect();
+    assert!(extracted.iter().all(|e| e.namespace == namespace));
+    let cut: Vec<f64> = extracted
+        .iter()
+        .filter(|e| e.name == "CallsCut" && e.dimensions.is_empty())
+        .flat_map(|e| e.values.clone())
+        .collect();
+    assert_eq!(cut, [1.0]);
+    assert!(!extracted.iter().any(|e| e.name == "CallsEnded"));
     lambda.shutdown();
 }
 

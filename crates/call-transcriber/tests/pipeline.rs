@@ -257,6 +257,11 @@ async fn a_kvs_error_chunk_fails_the_run_and_a_transient_one_is_resumed() {
     assert_eq!(outcome.ending, Ending::CallEnded(EndReason::Idle));
     assert!(h.transcribe.sessions()[0].audio == sample_call_stereo());
     assert_whole_call(&h.records().await);
+    // Counted by id, for the KvsErrors metric.
+    assert_eq!(
+        outcome.transient_kvs_errors,
+        std::collections::BTreeMap::from([("5000".to_string(), 1)])
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use aws_sdk_kinesis::primitives::Blob;
+use call_metrics::{Dimension, EmfRecord, Metric};
 use call_transcriber::lease::CallLease;
 use lca_events::{Agent, LcaEvent, LcaMessage};
 use serde::Deserialize;
@@ -25,6 +26,9 @@ pub struct ProcessorConfig {
     pub wait_for_call: Duration,
     /// `CONNECT_INSTANCE_ARN`: events of other instances are ignored (unset: any).
     pub connect_instance_arn: Option<String>,
+    /// `METRICS_NAMESPACE` (default `LCA/ConnectKVS`): the namespace of the metrics line,
+    /// the transcriber's (the template sets one per stack).
+    pub metrics_namespace: String,
 }
 
 /// A setting that cannot be used; names the variable.
@@ -44,6 +48,7 @@ impl ProcessorConfig {
     pub const VARIABLES: &'static [&'static str] = &[
         "CONNECT_INSTANCE_ARN",
         "KINESIS_STREAM_NAME",
+        "METRICS_NAMESPACE",
         "TRANSCRIBER_CALL_EVENT_TABLE_NAME",
         "WAIT_FOR_CALL_SECS",
     ];
@@ -80,6 +85,16 @@ impl ProcessorConfig {
                     problem: "expected a whole number of seconds up to 600",
                 })?,
         };
+        let metrics_namespace =
+            get("METRICS_NAMESPACE").unwrap_or_else(|| call_metrics::NAMESPACE.to_string());
+        if call_metrics::check_namespace(&metrics_namespace).is_err() {
+            return Err(ConfigError {
+                variable: "METRICS_NAMESPACE",
+                value: metrics_namespace,
+                problem: "not a CloudWatch namespace (1 to 255 letters, digits, spaces and \
+                          . - _ / # :, not beginning with AWS/)",
+            });
+        }
         Ok(Self {
             kinesis_stream_name: required(
                 "KINESIS_STREAM_NAME",
@@ -91,6 +106,7 @@ impl ProcessorConfig {
             )?,
             wait_for_call,
             connect_instance_arn: get("CONNECT_INSTANCE_ARN"),
+            metrics_namespace,
         })
     }
 }
@@ -192,6 +208,25 @@ pub enum ProcessorError {
         /// The error.
         message: String,
     },
+}
+
+/// The metrics line of one event (CloudWatch EMF): `ContactEvents`, also by `Outcome` (the
+/// answer's status, or FAILED).
+pub fn event_metrics(result: &Result<Value, ProcessorError>, timestamp_ms: u64) -> EmfRecord {
+    let outcome = match result {
+        Ok(answer) => answer["status"].as_str().unwrap_or("UNKNOWN"),
+        Err(_) => "FAILED",
+    };
+    let mut record = EmfRecord::new(timestamp_ms);
+    record
+        .add(Metric::ContactEvents, 1.0)
+        .dimension(Dimension::Outcome, outcome);
+    if let Ok(answer) = result
+        && let Some(call_id) = answer["callId"].as_str()
+    {
+        record.member("CallId", call_id);
+    }
+    record
 }
 
 /// The handler and its clients.
@@ -323,6 +358,32 @@ impl ContactEventProcessor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_event_is_counted_by_outcome() {
+        let cases = [
+            (Ok(json!({"status": "UPDATED", "callId": "c-1"})), "UPDATED"),
+            (Ok(json!({"status": "IGNORED"})), "IGNORED"),
+            (Err(ProcessorError::Event("x".into())), "FAILED"),
+        ];
+        for (result, outcome) in cases {
+            let line = event_metrics(&result, 5).to_line();
+            let extracted = call_metrics::validate(&line).unwrap();
+            assert!(
+                extracted.iter().any(|e| e.name == "ContactEvents"
+                    && e.dimensions == [("Outcome".to_string(), outcome.to_string())]
+                    && e.values == [1.0]),
+                "{line}"
+            );
+        }
+        let env = |name: &str| match name {
+            "KINESIS_STREAM_NAME" | "TRANSCRIBER_CALL_EVENT_TABLE_NAME" => Some("x".to_string()),
+            "METRICS_NAMESPACE" => Some("AWS/Mine".to_string()),
+            _ => None,
+        };
+        let error = ProcessorConfig::from_lookup(env).unwrap_err();
+        assert_eq!(error.variable, "METRICS_NAMESPACE");
+    }
 
     #[test]
     fn agent_arns_name_instance_and_user() {

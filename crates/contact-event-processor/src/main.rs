@@ -1,6 +1,6 @@
 //! The contact-event processor Lambda function: `main` only wires the handler into the runtime.
 
-use contact_event_processor::{ContactEventProcessor, ProcessorConfig};
+use contact_event_processor::{ContactEventProcessor, ProcessorConfig, event_metrics};
 use lambda_runtime::{Error, LambdaEvent, run, service_fn};
 use serde_json::Value;
 
@@ -11,7 +11,15 @@ async fn main() -> Result<(), Error> {
     let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
     let processor = &ContactEventProcessor::new(config, &sdk);
     run(service_fn(move |event: LambdaEvent<Value>| async move {
-        processor.handle(event.payload).await.map_err(Error::from)
+        let result = processor.handle(event.payload).await;
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        // The metrics line on stdout (the logs are on stderr): CloudWatch Logs extracts it.
+        let mut metrics = event_metrics(&result, now_ms);
+        metrics.in_namespace(&processor.config.metrics_namespace);
+        println!("{}", metrics.to_line());
+        result.map_err(Error::from)
     }))
     .await
 }

@@ -219,7 +219,14 @@ async fn an_unknown_agent_fails_naming_it() {
 async fn the_real_binary_under_lambda_publishes_the_agent() {
     let world = World::new().await;
     world.call_started(true).await;
-    let lambda = Lambda::new(LambdaOptions::default());
+    let logs = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join("processor-logs")
+        .join(format!("{}-{}", std::process::id(), fastrand::u64(..)));
+    std::fs::create_dir_all(&logs).unwrap();
+    let lambda = Lambda::new(LambdaOptions {
+        log_dir: Some(logs.clone()),
+        ..LambdaOptions::default()
+    });
     let server = lambda.serve(0).await.unwrap();
     lambda
         .add_function(FunctionSpec {
@@ -240,6 +247,10 @@ async fn the_real_binary_under_lambda_publishes_the_agent() {
                     "calls".to_string(),
                 ),
                 ("CONNECT_INSTANCE_ARN".to_string(), world.instance_arn()),
+                (
+                    "METRICS_NAMESPACE".to_string(),
+                    "LCA/ConnectKVS/stack-1".to_string(),
+                ),
             ]),
             timeout: Duration::from_secs(20),
             memory_mb: 128,
@@ -260,4 +271,15 @@ async fn the_real_binary_under_lambda_publishes_the_agent() {
     assert_eq!(answer["status"], "UPDATED", "{answer}");
     assert_eq!(world.records().await[0]["AgentId"], "Jane Doe (jdoe)");
     lambda.shutdown();
+    // Its metrics line: the event counted by outcome, in the stack's namespace.
+    let log = std::fs::read_to_string(logs.join("ContactEventProcessor.log")).unwrap();
+    let totals = call_metrics::Totals::read(&log, "LCA/ConnectKVS/stack-1");
+    assert_eq!((totals.lines, totals.invalid.len()), (1, 0), "{log}");
+    assert_eq!(
+        totals
+            .by_dimension(call_metrics::Metric::ContactEvents)
+            .into_iter()
+            .collect::<Vec<_>>(),
+        [("UPDATED".to_string(), 1.0)]
+    );
 }

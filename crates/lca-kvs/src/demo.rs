@@ -498,7 +498,7 @@ async fn demo(
     view.summary(call.sample.as_ref(), engine_name, &recording);
     let log = std::fs::read_to_string(&log_file)
         .with_context(|| format!("{}: cannot read the functions' logs", log_file.display()))?;
-    for line in operations_summary(&call_metrics::Totals::read(&log)) {
+    for line in operations_summary(&call_metrics::Totals::read(&log, call_metrics::NAMESPACE)) {
         eprintln!("  {line}");
     }
     eprintln!(
@@ -548,6 +548,17 @@ fn operations_summary(totals: &call_metrics::Totals) -> Vec<String> {
         lines.push(format!(
             "lag:        audio from KVS to its final segment on Kinesis: median {median:.0} ms, max {max:.0} ms; reading behind live at most {:.0} ms",
             totals.max(Metric::KvsBehindLive).unwrap_or(0.0)
+        ));
+    }
+    let kvs_errors: Vec<String> = totals
+        .by_dimension(Metric::KvsErrors)
+        .into_iter()
+        .map(|(id, n)| format!("{id} ×{n:.0}"))
+        .collect();
+    if !kvs_errors.is_empty() {
+        lines.push(format!(
+            "kvs:        GetMedia error chunks by id: {}",
+            kvs_errors.join(", ")
         ));
     }
     for error in &totals.invalid {

@@ -9,7 +9,7 @@ use clap::Args;
 use kvs_media::split_chunks;
 use local_aws::http::TlsIdentity;
 use local_aws::kvs::{Kvs, KvsOptions};
-use local_aws::lambda::{FunctionSpec, Lambda, LambdaOptions};
+use local_aws::lambda::{FunctionSpec, Lambda, LambdaOptions, RecursiveLoop};
 use local_aws::moto::{MotoError, MotoServer};
 use local_aws::transcribe::{Transcribe, TranscribeOptions};
 
@@ -32,6 +32,12 @@ pub struct LocalArgs {
     /// runs with this process's environment, a 900 s timeout and 128 MB.
     #[arg(long = "function", value_name = "NAME=BINARY")]
     functions: Vec<String>,
+    /// Let function NAME invoke itself past Lambda's recursive loop detection, as a stack
+    /// does with `RecursiveLoop: Allow` (repeatable). Without it a function is stopped after
+    /// 16 invocations in one chain, as on AWS by default: a self-invoking transcriber (LCA's
+    /// own included) needs it for calls of more than 16 invocations.
+    #[arg(long = "allow-recursion", value_name = "NAME")]
+    allow_recursion: Vec<String>,
     /// Port of the Lambda stand-in (0: any free port).
     #[arg(long, default_value_t = 0)]
     lambda_port: u16,
@@ -58,6 +64,25 @@ pub struct LocalArgs {
 pub fn run(args: LocalArgs) -> Result<()> {
     if !(args.speed >= 0.0 && args.speed.is_finite()) {
         bail!("--speed {}: must be 0 or a positive number", args.speed);
+    }
+    let served: Vec<&str> = args
+        .functions
+        .iter()
+        .filter_map(|spec| spec.split_once('=').map(|(name, _)| name))
+        .collect();
+    if let Some(name) = args
+        .allow_recursion
+        .iter()
+        .find(|n| !served.contains(&n.as_str()))
+    {
+        bail!(
+            "--allow-recursion {name}: no --function {name}=BINARY to allow it for (functions: {})",
+            if served.is_empty() {
+                "none".to_string()
+            } else {
+                served.join(", ")
+            }
+        );
     }
     if args.transcribe_max_sessions == Some(0) {
         bail!("--transcribe-max-sessions 0: must be at least 1");
@@ -136,6 +161,9 @@ pub fn run(args: LocalArgs) -> Result<()> {
                     memory_mb: 128,
                 })
                 .map_err(|problem| anyhow::anyhow!("--function {spec:?}: {problem}"))?;
+        }
+        for name in &args.allow_recursion {
+            lambda.put_recursion_config(name, RecursiveLoop::Allow);
         }
         let lambda_server = lambda.serve(args.lambda_port).await.with_context(|| {
             format!(

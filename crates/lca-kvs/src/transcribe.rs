@@ -82,7 +82,11 @@ async fn transcribe(args: TranscribeArgs, config: TranscriberConfig) -> Result<E
     eprintln!("transcribing call {contact_id} from {}", args.stream_arn);
     let pipeline = CallPipeline { config, clients };
     let call_id = contact_id.clone();
-    let call = CallSpec::new(&contact_id, &contact_id, &args.stream_arn, start);
+    // The function's limit on a call's length holds here too.
+    let call = CallSpec {
+        max_samples: Some(pipeline.config.max_call_samples()),
+        ..CallSpec::new(&contact_id, &contact_id, &args.stream_arn, start)
+    };
     let (tap, mut delivered) = tokio::sync::mpsc::unbounded_channel::<LcaMessage>();
     let show = args.show_transcript;
     let progress = tokio::spawn(async move {
@@ -146,6 +150,10 @@ async fn transcribe(args: TranscribeArgs, config: TranscriberConfig) -> Result<E
         Ending::CallEnded(EndReason::OtherContact(next)) => {
             format!("the stream now carries contact {next}")
         }
+        Ending::CallEnded(EndReason::MaxCallDuration) => format!(
+            "cut at MAX_CALL_DURATION, {} ms: the rest of the stream is not transcribed",
+            pipeline.config.max_call_duration.as_millis()
+        ),
         Ending::HandOver(_) => bail!("unexpected hand-over without a deadline"),
     };
     eprintln!(

@@ -580,3 +580,24 @@ fn transcribe_fails_naming_a_kvs_error_that_retrying_does_not_fix() {
     assert_eq!(events.last().map(String::as_str), Some("END"));
     drop(servers);
 }
+
+#[test]
+fn local_allows_recursion_only_for_a_function_it_serves() {
+    let output = Command::new(env!("CARGO_BIN_EXE_lca-kvs"))
+        .args([
+            "local",
+            "--no-moto",
+            "--function",
+            "CallTranscriber=/bin/true",
+            "--allow-recursion",
+            "Transcriber",
+        ])
+        .output()
+        .unwrap();
+    let stderr = stderr(&output);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("--allow-recursion Transcriber") && stderr.contains("CallTranscriber"),
+        "{stderr}"
+    );
+}

@@ -33,12 +33,18 @@ pub struct StartConfig {
     pub connect_instance_arn: String,
     /// `TRANSCRIBER_FUNCTION_ARN`: the call transcriber function.
     pub transcriber_function_arn: String,
+    /// `METRICS_NAMESPACE` (default `LCA/ConnectKVS`): the namespace of the metrics line,
+    /// the transcriber's (the template sets one per stack).
+    pub metrics_namespace: String,
 }
 
 impl StartConfig {
     /// Every environment variable StartLCA reads.
-    pub const VARIABLES: &'static [&'static str] =
-        &["CONNECT_INSTANCE_ARN", "TRANSCRIBER_FUNCTION_ARN"];
+    pub const VARIABLES: &'static [&'static str] = &[
+        "CONNECT_INSTANCE_ARN",
+        "TRANSCRIBER_FUNCTION_ARN",
+        "METRICS_NAMESPACE",
+    ];
 
     /// Reads settings through `lookup`.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
@@ -58,17 +64,27 @@ impl StartConfig {
             }
             Ok(value)
         };
+        let connect_instance_arn = required(
+            "CONNECT_INSTANCE_ARN",
+            "arn:aws:connect:",
+            "the Connect instance ARN",
+        )?;
+        let transcriber_function_arn = required(
+            "TRANSCRIBER_FUNCTION_ARN",
+            "arn:aws:lambda:",
+            "the call transcriber function ARN",
+        )?;
+        let metrics_namespace = lookup("METRICS_NAMESPACE")
+            .filter(|v| !v.is_empty())
+            .unwrap_or_else(|| call_metrics::NAMESPACE.to_string());
+        call_metrics::check_namespace(&metrics_namespace).map_err(|problem| ConfigError {
+            variable: "METRICS_NAMESPACE",
+            problem: format!("{metrics_namespace:?}: {problem}"),
+        })?;
         Ok(Self {
-            connect_instance_arn: required(
-                "CONNECT_INSTANCE_ARN",
-                "arn:aws:connect:",
-                "the Connect instance ARN",
-            )?,
-            transcriber_function_arn: required(
-                "TRANSCRIBER_FUNCTION_ARN",
-                "arn:aws:lambda:",
-                "the call transcriber function ARN",
-            )?,
+            connect_instance_arn,
+            transcriber_function_arn,
+            metrics_namespace,
         })
     }
 }
@@ -182,7 +198,9 @@ pub async fn serve() -> Result<(), lambda_runtime::Error> {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
         // The metrics line on stdout (the logs are on stderr): CloudWatch Logs extracts it.
-        println!("{}", answer_metrics(&response, now_ms).to_line());
+        let mut metrics = answer_metrics(&response, now_ms);
+        metrics.in_namespace(&start.config.metrics_namespace);
+        println!("{}", metrics.to_line());
         Ok::<_, Error>(response)
     }))
     .await
@@ -225,5 +243,27 @@ mod tests {
         })
         .unwrap();
         assert_eq!(asked.into_inner(), StartConfig::VARIABLES);
+    }
+
+    #[test]
+    fn a_namespace_cloudwatch_refuses_is_a_configuration_error() {
+        let config = |namespace: &'static str| {
+            StartConfig::from_lookup(|name| match name {
+                "CONNECT_INSTANCE_ARN" => Some("arn:aws:connect:us-east-1:1:instance/i".into()),
+                "TRANSCRIBER_FUNCTION_ARN" => Some("arn:aws:lambda:us-east-1:1:function:f".into()),
+                _ => Some(namespace.to_string()),
+            })
+        };
+        assert_eq!(
+            config("LCA/ConnectKVS/stack-1").unwrap().metrics_namespace,
+            "LCA/ConnectKVS/stack-1"
+        );
+        assert_eq!(
+            config("").unwrap().metrics_namespace,
+            call_metrics::NAMESPACE
+        );
+        let error = config("AWS/Lambda").unwrap_err();
+        assert_eq!(error.variable, "METRICS_NAMESPACE");
+        assert!(error.to_string().contains("AWS/Lambda"), "{error}");
     }
 }

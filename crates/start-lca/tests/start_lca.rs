@@ -62,6 +62,7 @@ fn start_lca(url: &str, transcriber: &str) -> StartLca {
         config: StartConfig {
             connect_instance_arn: INSTANCE.to_string(),
             transcriber_function_arn: transcriber.to_string(),
+            metrics_namespace: call_metrics::NAMESPACE.to_string(),
         },
         lambda: aws_sdk_lambda::Client::new(&local_aws::sdk_config(url)),
     }
