@@ -245,6 +245,50 @@ fn transcriber_statements(template: &Value) -> (Vec<&Value>, Vec<(String, &Value
     (plain, conditional)
 }
 
+/// The actions of a statement (one or a list).
+fn actions(statement: &Value) -> Vec<&str> {
+    match &statement["Action"] {
+        Value::String(one) => vec![one.as_str()],
+        Value::Sequence(many) => many.iter().filter_map(Value::as_str).collect(),
+        _ => Vec::new(),
+    }
+}
+
+#[test]
+fn the_recording_pieces_may_be_deleted_with_every_version_and_nothing_more() {
+    // What Recorder::assemble calls to leave no raw call audio behind in LCA's versioned
+    // bucket: the versions listed under the pieces' prefix, each deleted by version id, and
+    // uploads left open aborted.
+    let template = template();
+    let (plain, _) = transcriber_statements(&template);
+    let sid = |name: &str| {
+        *plain
+            .iter()
+            .find(|s| s["Sid"] == name)
+            .unwrap_or_else(|| panic!("statement {name}"))
+    };
+    let pieces = sid("RecordingPieces");
+    let resource = argument(&pieces["Resource"], "Sub")
+        .and_then(Value::as_str)
+        .unwrap();
+    assert!(resource.ends_with("/lca-audio-raw/*"), "{resource}");
+    for action in ["s3:DeleteObjectVersion", "s3:AbortMultipartUpload"] {
+        assert!(actions(pieces).contains(&action), "{action}");
+    }
+    let listing = sid("ListRecordingPieces");
+    assert!(actions(listing).contains(&"s3:ListBucketVersions"));
+    assert_eq!(
+        listing["Condition"]["StringLike"]["s3:prefix"], "lca-audio-raw/*",
+        "versions are listed only under the pieces' prefix"
+    );
+    // Versions of anything else (the recordings, LCA's other objects) are never deleted.
+    for statement in &plain {
+        if actions(statement).contains(&"s3:DeleteObjectVersion") {
+            assert_eq!(statement["Sid"], "RecordingPieces");
+        }
+    }
+}
+
 #[test]
 fn failed_invocations_reach_a_queue_and_hand_overs_are_not_stopped_as_a_loop() {
     let template = template();

@@ -259,7 +259,7 @@ impl Recorder {
         }
         .await;
         self.finish(object, result).await?;
-        self.delete(&pieces).await?;
+        self.purge_pieces(call_id).await?;
         Ok(Recording {
             key,
             bytes: data_bytes + header.len() as u64,
@@ -471,32 +471,125 @@ impl Recorder {
         }
     }
 
-    async fn delete(&self, pieces: &[Piece]) -> Result<(), RecordingError> {
-        for batch in pieces.chunks(1000) {
-            let objects: Vec<ObjectIdentifier> = batch
-                .iter()
-                .filter_map(|p| ObjectIdentifier::builder().key(&p.key).build().ok())
-                .collect();
-            let delete = Delete::builder()
-                .set_objects(Some(objects))
-                .quiet(true)
-                .build()
-                .map_err(|e| self.error(&batch[0].key, "DeleteObjects", e.to_string()))?;
-            let output = self
+    /// Removes every trace of the call's pieces (raw call audio) once the WAV holds them: the
+    /// multipart uploads left open under the call's prefix (invocations that crashed), then
+    /// every version of every piece and every delete marker. A delete without a version id
+    /// is not enough: "If bucket versioning is enabled, the operation inserts a delete
+    /// marker ... To permanently delete an object in a versioned bucket, you must include
+    /// the object's versionId" (S3 API reference, DeleteObject), and LCA's bucket is
+    /// versioned. In a bucket without versioning the listing gives each object with the
+    /// version id `null`, which deletes it as well. Needs s3:ListBucketMultipartUploads,
+    /// s3:AbortMultipartUpload, s3:ListBucketVersions and s3:DeleteObjectVersion.
+    async fn purge_pieces(&self, call_id: &str) -> Result<(), RecordingError> {
+        let prefix = pieces_prefix(&self.raw_prefix, call_id);
+        let (mut key_marker, mut upload_marker) = (None::<String>, None::<String>);
+        loop {
+            let page = self
                 .s3
-                .delete_objects()
+                .list_multipart_uploads()
                 .bucket(&self.bucket)
-                .delete(delete)
+                .prefix(&prefix)
+                .set_key_marker(key_marker.take())
+                .set_upload_id_marker(upload_marker.take())
                 .send()
                 .await
-                .map_err(|e| self.error(&batch[0].key, "DeleteObjects", error_text(&e)))?;
-            if let Some(failed) = output.errors().first() {
-                return Err(self.error(
-                    failed.key().unwrap_or_default(),
-                    "DeleteObjects",
-                    failed.message().unwrap_or("failed").to_string(),
-                ));
+                .map_err(|e| self.error(&prefix, "ListMultipartUploads", error_text(&e)))?;
+            for upload in page.uploads() {
+                if let (Some(key), Some(id)) = (upload.key(), upload.upload_id()) {
+                    self.abandon(Some(Upload {
+                        key: key.to_string(),
+                        id: id.to_string(),
+                        parts: Vec::new(),
+                    }))
+                    .await;
+                }
             }
+            if page.is_truncated() != Some(true) {
+                break;
+            }
+            key_marker = page.next_key_marker().map(str::to_string);
+            upload_marker = page.next_upload_id_marker().map(str::to_string);
+        }
+        let (mut key_marker, mut version_marker) = (None::<String>, None::<String>);
+        loop {
+            let page = self
+                .s3
+                .list_object_versions()
+                .bucket(&self.bucket)
+                .prefix(&prefix)
+                .set_key_marker(key_marker.take())
+                .set_version_id_marker(version_marker.take())
+                .send()
+                .await
+                .map_err(|e| self.error(&prefix, "ListObjectVersions", error_text(&e)))?;
+            let versions = page
+                .versions()
+                .iter()
+                .map(|v| (v.key(), v.version_id()))
+                .chain(
+                    page.delete_markers()
+                        .iter()
+                        .map(|m| (m.key(), m.version_id())),
+                );
+            let objects: Vec<ObjectIdentifier> = versions
+                .filter_map(|(key, version)| {
+                    ObjectIdentifier::builder()
+                        .key(key?)
+                        .set_version_id(version.map(str::to_string))
+                        .build()
+                        .ok()
+                })
+                .collect();
+            self.delete(&prefix, objects).await?;
+            if page.is_truncated() != Some(true) {
+                break;
+            }
+            key_marker = page.next_key_marker().map(str::to_string);
+            version_marker = page.next_version_id_marker().map(str::to_string);
+        }
+        Ok(())
+    }
+
+    /// Deletes `objects`, 1000 to a request (DeleteObjects' limit).
+    async fn delete(
+        &self,
+        prefix: &str,
+        objects: Vec<ObjectIdentifier>,
+    ) -> Result<(), RecordingError> {
+        for batch in objects.chunks(1000) {
+            self.delete_batch(prefix, batch.to_vec()).await?;
+        }
+        Ok(())
+    }
+
+    async fn delete_batch(
+        &self,
+        prefix: &str,
+        objects: Vec<ObjectIdentifier>,
+    ) -> Result<(), RecordingError> {
+        let delete = Delete::builder()
+            .set_objects(Some(objects))
+            .quiet(true)
+            .build()
+            .map_err(|e| self.error(prefix, "DeleteObjects", e.to_string()))?;
+        let output = self
+            .s3
+            .delete_objects()
+            .bucket(&self.bucket)
+            .delete(delete)
+            .send()
+            .await
+            .map_err(|e| self.error(prefix, "DeleteObjects", error_text(&e)))?;
+        if let Some(failed) = output.errors().first() {
+            return Err(self.error(
+                failed.key().unwrap_or(prefix),
+                "DeleteObjects",
+                format!(
+                    "version {}: {}",
+                    failed.version_id().unwrap_or("-"),
+                    failed.message().unwrap_or("failed")
+                ),
+            ));
         }
         Ok(())
     }

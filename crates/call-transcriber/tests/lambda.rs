@@ -244,7 +244,7 @@ async fn records_until(h: &Harness, kind: &str) -> Vec<Value> {
 }
 
 /// The call's recording in S3 is the sample call's PCM behind a correct WAV header, and the
-/// pieces it was joined from are gone.
+/// pieces it was joined from are gone, every version of them.
 async fn assert_recording(h: &Harness) {
     let wav = h
         .object(&format!("lca-audio-recordings/{CONTACT}.wav"))
@@ -262,6 +262,11 @@ async fn assert_recording(h: &Harness) {
         pcm.len()
     );
     assert_eq!(h.keys("lca-audio-raw/").await, Vec::<String>::new());
+    assert_eq!(
+        h.versions("lca-audio-raw/").await,
+        (0, 0),
+        "no version of a piece is left in the versioned bucket"
+    );
 }
 
 /// START … END, then ADD_S3_RECORDING_URL, each once, with the recording's URL; the whole

@@ -88,6 +88,17 @@ impl Harness {
                 .build(),
         );
         s3.create_bucket().bucket(BUCKET).send().await.unwrap();
+        // Versioned, as LCA's recordings bucket is.
+        s3.put_bucket_versioning()
+            .bucket(BUCKET)
+            .versioning_configuration(
+                aws_sdk_s3::types::VersioningConfiguration::builder()
+                    .status(aws_sdk_s3::types::BucketVersioningStatus::Enabled)
+                    .build(),
+            )
+            .send()
+            .await
+            .unwrap();
         let dynamodb = aws_sdk_dynamodb::Client::new(&local_aws::sdk_config(moto.url()));
         call_transcriber::lease::CallLease {
             client: dynamodb.clone(),
@@ -226,6 +237,19 @@ impl Harness {
     }
 
     /// Keys in the bucket under `prefix`.
+    /// Object versions and delete markers under `prefix` in [`BUCKET`] (one page).
+    pub async fn versions(&self, prefix: &str) -> (usize, usize) {
+        let page = self
+            .s3
+            .list_object_versions()
+            .bucket(BUCKET)
+            .prefix(prefix)
+            .send()
+            .await
+            .unwrap();
+        (page.versions().len(), page.delete_markers().len())
+    }
+
     pub async fn keys(&self, prefix: &str) -> Vec<String> {
         let output = self
             .s3
