@@ -637,8 +637,9 @@ impl Transcriber {
         match outcome.ending {
             Ending::CallEnded(reason) => {
                 if let Some(recorder) = recorder {
+                    let joining = Instant::now();
                     let recording = recorder.assemble(&call.call_id).await?;
-                    tracing::info!(call_id = %call.call_id, key = %recording.key, bytes = recording.bytes, pieces = recording.pieces, "recording written");
+                    tracing::info!(call_id = %call.call_id, key = %recording.key, bytes = recording.bytes, pieces = recording.pieces, uploaded_bytes = recording.uploaded_bytes, join_ms = joining.elapsed().as_millis() as u64, "recording written");
                     figures.recording_bytes = Some(recording.bytes);
                     if !delivered.recording_url {
                         let url = lca_events::recording_url(

@@ -6,8 +6,11 @@
 //! `<RAW_FILE_PREFIX><CallId>/<first sample, 16 digits>.pcm`, uploading 5 MiB parts as they
 //! fill. The key is fixed by where the invocation starts, so an invocation retried after a
 //! crash rewrites the same piece. When the call ends, [`Recorder::assemble`] checks that the
-//! pieces join up sample for sample, streams them into a multipart upload of the WAV behind a
-//! header with the exact sizes, and deletes them. Memory stays at about one part.
+//! pieces join up sample for sample and joins them inside S3: a multipart upload of the WAV
+//! whose first part is the header with the first piece's leading bytes and whose other parts
+//! S3 copies from byte ranges of the pieces (UploadPartCopy, laid out by [`plan_join`]), so
+//! the audio of a long call does not pass through the function. Then every version of the
+//! pieces is deleted. Memory stays at about two parts.
 
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier};
@@ -22,6 +25,15 @@ const FRAME_BYTES: u64 = 4;
 
 /// S3's smallest part (every part of a multipart upload but the last).
 pub const PART_BYTES: usize = 5 * 1024 * 1024;
+
+/// What a key keeps unencoded in an UploadPartCopy source: letters, digits, `-._~` and the
+/// `/` between folders.
+const COPY_SOURCE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~')
+    .remove(b'/');
 
 /// One invocation's share of a call's audio in S3.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,6 +96,139 @@ pub fn join_pieces(pieces: &mut [Piece]) -> Result<u64, String> {
     Ok(expected * FRAME_BYTES)
 }
 
+/// S3's largest part, also of UploadPartCopy ("Part size: 5 MiB to 5 GiB", Amazon S3 user
+/// guide, Amazon S3 multipart upload limits).
+pub const MAX_PART_BYTES: u64 = 5 * 1024 * 1024 * 1024;
+
+/// A stretch of the joined WAV's bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Span {
+    /// The WAV header.
+    Header,
+    /// Bytes `start..end` of piece `piece` (an index into the pieces joined).
+    Piece {
+        /// Which piece.
+        piece: usize,
+        /// First byte.
+        start: u64,
+        /// Byte after the last.
+        end: u64,
+    },
+}
+
+/// One part of the joined WAV's multipart upload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PlannedPart {
+    /// Bytes that pass through the function (read from the pieces and uploaded): the
+    /// header, and whatever is too short to be a part of its own.
+    Upload(Vec<Span>),
+    /// A range of one piece that S3 copies into the part itself (UploadPartCopy): no audio
+    /// passes through the function.
+    Copy {
+        /// Which piece.
+        piece: usize,
+        /// First byte.
+        start: u64,
+        /// Byte after the last.
+        end: u64,
+    },
+}
+
+impl PlannedPart {
+    /// The part's size, given the header's and the pieces' sizes.
+    pub fn len(&self, header: u64) -> u64 {
+        match self {
+            Self::Upload(spans) => spans
+                .iter()
+                .map(|span| match span {
+                    Span::Header => header,
+                    Span::Piece { start, end, .. } => end - start,
+                })
+                .sum(),
+            Self::Copy { start, end, .. } => end - start,
+        }
+    }
+
+    /// Whether the part is empty.
+    pub fn is_empty(&self, header: u64) -> bool {
+        self.len(header) == 0
+    }
+}
+
+/// Lays out the joined WAV (the header, then pieces of `sizes` bytes in order) as parts of a
+/// multipart upload, so that as little audio as possible passes through the function: every
+/// part but the last at least [`PART_BYTES`] and at most [`MAX_PART_BYTES`] (S3's limits).
+/// The header needs company to make a part: it goes up with the first piece's leading
+/// bytes; a piece (or a piece's tail) shorter than a part goes up with what follows it.
+/// The rest is copied inside S3. At most about two parts' worth of a piece is uploaded.
+pub fn plan_join(header: u64, sizes: &[u64]) -> Vec<PlannedPart> {
+    let min = PART_BYTES as u64;
+    let mut parts = Vec::new();
+    let mut pending = vec![Span::Header];
+    let mut pending_len = header;
+    let flush = |parts: &mut Vec<PlannedPart>, pending: &mut Vec<Span>, len: &mut u64| {
+        if !pending.is_empty() {
+            parts.push(PlannedPart::Upload(std::mem::take(pending)));
+        }
+        *len = 0;
+    };
+    for (piece, &size) in sizes.iter().enumerate() {
+        let last = piece + 1 == sizes.len();
+        let mut position = 0;
+        if !pending.is_empty() {
+            // Fill the part being uploaded up to its minimum from this piece's start.
+            let take = (min.saturating_sub(pending_len)).min(size);
+            if take > 0 {
+                pending.push(Span::Piece {
+                    piece,
+                    start: 0,
+                    end: take,
+                });
+                pending_len += take;
+                position = take;
+            }
+            let rest = size - position;
+            if pending_len >= min {
+                if rest > 0 && rest < min && !last {
+                    // A tail too short to be a part of its own rides along.
+                    pending.push(Span::Piece {
+                        piece,
+                        start: position,
+                        end: size,
+                    });
+                    position = size;
+                }
+                flush(&mut parts, &mut pending, &mut pending_len);
+            }
+        }
+        let rest = size - position;
+        if rest == 0 {
+            continue;
+        }
+        if rest >= min || (last && pending.is_empty()) {
+            // Copied inside S3, in pieces of at most MAX_PART_BYTES and (being equal) at
+            // least half that.
+            let count = rest.div_ceil(MAX_PART_BYTES);
+            for k in 0..count {
+                parts.push(PlannedPart::Copy {
+                    piece,
+                    start: position + rest * k / count,
+                    end: position + rest * (k + 1) / count,
+                });
+            }
+        } else {
+            pending.push(Span::Piece {
+                piece,
+                start: position,
+                end: size,
+            });
+            pending_len += rest;
+        }
+    }
+    flush(&mut parts, &mut pending, &mut pending_len);
+    parts
+}
+
 /// Why the recording could not be written.
 #[derive(Debug, thiserror::Error)]
 #[error("recording s3://{bucket}/{key}: {operation}: {message}")]
@@ -107,6 +252,8 @@ pub struct Recording {
     pub bytes: u64,
     /// How many pieces it was joined from.
     pub pieces: usize,
+    /// Bytes of audio that passed through the function (the rest S3 copied itself).
+    pub uploaded_bytes: u64,
 }
 
 /// Writes recordings into one bucket.
@@ -234,25 +381,32 @@ impl Recorder {
                 format!("{data_bytes} bytes of audio do not fit a WAV"),
             )
         })?;
+        let sizes: Vec<u64> = pieces.iter().map(|p| p.bytes).collect();
+        let plan = plan_join(header.len() as u64, &sizes);
         let mut object = ObjectWriter::new(key.clone());
         let result: Result<(), RecordingError> = async {
-            self.write(&mut object, &header).await?;
-            for piece in &pieces {
-                let response = self
-                    .s3
-                    .get_object()
-                    .bucket(&self.bucket)
-                    .key(&piece.key)
-                    .send()
-                    .await
-                    .map_err(|e| self.error(&piece.key, "GetObject", error_text(&e)))?;
-                let mut body = response.body;
-                while let Some(bytes) = body
-                    .try_next()
-                    .await
-                    .map_err(|e| self.error(&piece.key, "GetObject (body)", e.to_string()))?
-                {
-                    self.write(&mut object, &bytes).await?;
+            for part in &plan {
+                match part {
+                    PlannedPart::Upload(spans) => {
+                        for span in spans {
+                            match *span {
+                                Span::Header => object.buffer.extend_from_slice(&header),
+                                Span::Piece { piece, start, end } => {
+                                    self.read_range(&pieces[piece].key, start, end, &mut object)
+                                        .await?;
+                                }
+                            }
+                        }
+                        // A WAV of one part is put whole (by `finish`).
+                        if plan.len() > 1 {
+                            self.upload_part(&object.key, &mut object.upload, &mut object.buffer)
+                                .await?;
+                        }
+                    }
+                    PlannedPart::Copy { piece, start, end } => {
+                        self.copy_part(&mut object, &pieces[*piece].key, *start, *end)
+                            .await?;
+                    }
                 }
             }
             Ok(())
@@ -260,11 +414,99 @@ impl Recorder {
         .await;
         self.finish(object, result).await?;
         self.purge_pieces(call_id).await?;
+        let uploaded_bytes = plan
+            .iter()
+            .filter(|part| matches!(part, PlannedPart::Upload(_)))
+            .map(|part| part.len(0))
+            .sum();
         Ok(Recording {
             key,
             bytes: data_bytes + header.len() as u64,
             pieces: pieces.len(),
+            uploaded_bytes,
         })
+    }
+
+    /// Appends bytes `start..end` of object `key` to `object`'s buffer.
+    async fn read_range(
+        &self,
+        key: &str,
+        start: u64,
+        end: u64,
+        object: &mut ObjectWriter,
+    ) -> Result<(), RecordingError> {
+        let response = self
+            .s3
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .range(format!("bytes={start}-{}", end - 1))
+            .send()
+            .await
+            .map_err(|e| self.error(key, "GetObject", error_text(&e)))?;
+        let before = object.buffer.len();
+        let mut body = response.body;
+        while let Some(bytes) = body
+            .try_next()
+            .await
+            .map_err(|e| self.error(key, "GetObject (body)", e.to_string()))?
+        {
+            object.buffer.extend_from_slice(&bytes);
+        }
+        let read = (object.buffer.len() - before) as u64;
+        if read != end - start {
+            return Err(self.error(
+                key,
+                "GetObject",
+                format!(
+                    "bytes {start}-{}: {read} bytes instead of {}",
+                    end - 1,
+                    end - start
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Adds bytes `start..end` of object `key` to `object`'s upload as its next part, copied
+    /// by S3 (UploadPartCopy with a byte range).
+    async fn copy_part(
+        &self,
+        object: &mut ObjectWriter,
+        key: &str,
+        start: u64,
+        end: u64,
+    ) -> Result<(), RecordingError> {
+        let upload = self.started(&object.key, &mut object.upload).await?;
+        let number = upload.parts.len() as i32 + 1;
+        // CopySource is "the name of the source bucket and the key of the source object,
+        // separated by a slash (/)... The value must be URL-encoded" (UploadPartCopy API
+        // reference).
+        let source = format!(
+            "{}/{}",
+            self.bucket,
+            percent_encoding::utf8_percent_encode(key, COPY_SOURCE)
+        );
+        let output = self
+            .s3
+            .upload_part_copy()
+            .bucket(&self.bucket)
+            .key(&upload.key)
+            .upload_id(&upload.id)
+            .part_number(number)
+            .copy_source(source)
+            .copy_source_range(format!("bytes={start}-{}", end - 1))
+            .send()
+            .await
+            .map_err(|e| self.error(key, "UploadPartCopy", error_text(&e)))?;
+        let e_tag = output.copy_part_result.and_then(|r| r.e_tag);
+        upload.parts.push(
+            CompletedPart::builder()
+                .part_number(number)
+                .set_e_tag(e_tag)
+                .build(),
+        );
+        Ok(())
     }
 
     /// The call's pieces as stored.
@@ -375,32 +617,7 @@ impl Recorder {
         upload: &mut Option<Upload>,
         part: &mut BytesMut,
     ) -> Result<(), RecordingError> {
-        let upload = match upload {
-            Some(upload) => upload,
-            None => {
-                let created = self
-                    .s3
-                    .create_multipart_upload()
-                    .bucket(&self.bucket)
-                    .key(key)
-                    .content_type(content_type(key))
-                    .send()
-                    .await
-                    .map_err(|e| self.error(key, "CreateMultipartUpload", error_text(&e)))?;
-                let id = created.upload_id.ok_or_else(|| {
-                    self.error(
-                        key,
-                        "CreateMultipartUpload",
-                        "no UploadId in the answer".to_string(),
-                    )
-                })?;
-                upload.insert(Upload {
-                    key: key.to_string(),
-                    id,
-                    parts: Vec::new(),
-                })
-            }
-        };
+        let upload = self.started(key, upload).await?;
         let number = upload.parts.len() as i32 + 1;
         let bytes = std::mem::take(part).freeze();
         let output = self
@@ -428,6 +645,40 @@ impl Recorder {
                 .build(),
         );
         Ok(())
+    }
+
+    /// `upload`, started now (CreateMultipartUpload of `key`) if it was not yet.
+    async fn started<'u>(
+        &self,
+        key: &str,
+        upload: &'u mut Option<Upload>,
+    ) -> Result<&'u mut Upload, RecordingError> {
+        Ok(match upload {
+            Some(upload) => upload,
+            None => {
+                let created = self
+                    .s3
+                    .create_multipart_upload()
+                    .bucket(&self.bucket)
+                    .key(key)
+                    .content_type(content_type(key))
+                    .send()
+                    .await
+                    .map_err(|e| self.error(key, "CreateMultipartUpload", error_text(&e)))?;
+                let id = created.upload_id.ok_or_else(|| {
+                    self.error(
+                        key,
+                        "CreateMultipartUpload",
+                        "no UploadId in the answer".to_string(),
+                    )
+                })?;
+                upload.insert(Upload {
+                    key: key.to_string(),
+                    id,
+                    parts: Vec::new(),
+                })
+            }
+        })
     }
 
     async fn complete(&self, upload: Option<Upload>) -> Result<(), RecordingError> {
@@ -598,6 +849,111 @@ impl Recorder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    const MIB: u64 = 1024 * 1024;
+
+    /// The bytes a plan writes, as (piece, start, end) runs with the header as piece
+    /// `usize::MAX`, merged where they continue each other.
+    fn runs(parts: &[PlannedPart], header: u64) -> Vec<(usize, u64, u64)> {
+        let mut runs: Vec<(usize, u64, u64)> = Vec::new();
+        let spans = parts.iter().flat_map(|part| match part {
+            PlannedPart::Upload(spans) => spans.clone(),
+            PlannedPart::Copy { piece, start, end } => vec![Span::Piece {
+                piece: *piece,
+                start: *start,
+                end: *end,
+            }],
+        });
+        for span in spans {
+            let (piece, start, end) = match span {
+                Span::Header => (usize::MAX, 0, header),
+                Span::Piece { piece, start, end } => (piece, start, end),
+            };
+            match runs.last_mut() {
+                Some(last) if last.0 == piece && last.2 == start => last.2 = end,
+                _ => runs.push((piece, start, end)),
+            }
+        }
+        runs
+    }
+
+    fn check(header: u64, sizes: &[u64]) -> Vec<PlannedPart> {
+        let parts = plan_join(header, sizes);
+        let mut expected = vec![(usize::MAX, 0, header)];
+        expected.extend(
+            sizes
+                .iter()
+                .enumerate()
+                .filter(|(_, size)| **size > 0)
+                .map(|(i, size)| (i, 0, *size)),
+        );
+        assert_eq!(runs(&parts, header), expected, "every byte once, in order");
+        for (i, part) in parts.iter().enumerate() {
+            let len = part.len(header);
+            assert!(len <= MAX_PART_BYTES, "part {i}: {len}");
+            if i + 1 < parts.len() {
+                assert!(
+                    len >= PART_BYTES as u64,
+                    "part {i} of {}: {len}",
+                    parts.len()
+                );
+            }
+            if let PlannedPart::Upload(spans) = part {
+                assert!(
+                    len < 2 * PART_BYTES as u64 + header,
+                    "part {i}: {len} uploaded"
+                );
+                assert!(!spans.is_empty());
+            }
+        }
+        assert!(parts.len() <= 10_000);
+        parts
+    }
+
+    #[test]
+    fn a_long_call_is_copied_inside_s3_but_for_the_header_and_its_first_bytes() {
+        // Six hours: thirty pieces of twelve minutes (23 MB each).
+        let piece = 12 * 60 * 8000 * 4;
+        let parts = check(44, &[piece; 30]);
+        let uploaded: u64 = parts
+            .iter()
+            .filter(|p| matches!(p, PlannedPart::Upload(_)))
+            .map(|p| p.len(44))
+            .sum();
+        assert_eq!(uploaded, PART_BYTES as u64, "one part through the function");
+        assert_eq!(parts.len(), 31);
+        // A call shorter than a part is one part, uploaded.
+        assert_eq!(check(44, &[1000, 2000]).len(), 1);
+        // No audio: the header alone.
+        assert_eq!(check(44, &[]), [PlannedPart::Upload(vec![Span::Header])]);
+        // Short pieces in the middle ride with their neighbours; a short last piece whose
+        // predecessor was copied is copied too (the last part may be short).
+        check(44, &[6 * MIB, MIB, MIB, 6 * MIB, 3 * MIB]);
+        check(44, &[5 * MIB - 44, 7 * MIB, 10, 0, 5 * MIB]);
+        check(44, &[5 * MIB - 43, 4 * MIB, 12 * MIB]);
+    }
+
+    #[test]
+    fn a_piece_larger_than_s3s_largest_part_is_copied_in_several() {
+        // The header with the first bytes, three copies of the rest, the short last piece
+        // copied (being last).
+        let parts = check(44, &[MAX_PART_BYTES * 2 + 7 * MIB, MIB]);
+        assert_eq!(parts.len(), 5);
+        assert!(matches!(parts[4], PlannedPart::Copy { piece: 1, .. }));
+    }
+
+    proptest! {
+        #[test]
+        fn any_call_is_laid_out_within_s3s_limits(
+            sizes in proptest::collection::vec(
+                prop_oneof![0..2 * MIB, 4 * MIB..7 * MIB, 9 * MIB..40 * MIB],
+                0..40,
+            ),
+        ) {
+            check(44, &sizes);
+        }
+    }
 
     fn piece(start: u64, frames: u64) -> Piece {
         Piece {

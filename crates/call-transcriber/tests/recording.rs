@@ -87,6 +87,12 @@ async fn pieces_of_several_parts_join_into_one_wav() {
     let frames = first + 8000 + 6 * 1024 * 1024 / 4;
     assert_eq!(recording.key, "lca-audio-recordings/call-1.wav");
     assert_eq!(recording.pieces, 3);
+    // Through the function: the header's part and the part around the short second piece;
+    // the rest (about 9 MB) S3 copied.
+    assert_eq!(
+        recording.uploaded_bytes,
+        2 * PART_BYTES as u64 - WAV_HEADER_BYTES as u64
+    );
     assert_eq!(recording.bytes, frames * 4 + WAV_HEADER_BYTES as u64);
     let wav = h.object("lca-audio-recordings/call-1.wav").await.unwrap();
     assert_eq!(wav.len() as u64, recording.bytes);

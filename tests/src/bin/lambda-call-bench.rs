@@ -96,7 +96,13 @@ async fn run(
         .map_err(|e| e.to_string())?;
     kvs.close_stream("call").map_err(|e| e.to_string())?;
 
-    let lambda = Lambda::new(LambdaOptions::default());
+    // The function's log, for the recording's join (how long, how much passed through it).
+    let log_file =
+        std::env::temp_dir().join(format!("lambda-call-bench-{}.log", std::process::id()));
+    let lambda = Lambda::new(LambdaOptions {
+        log_file: Some(log_file.clone()),
+        ..LambdaOptions::default()
+    });
     let lambda_server = lambda.serve(0).await.map_err(|e| e.to_string())?;
     let mut environment: BTreeMap<String, String> = [
         ("AWS_ENDPOINT_URL_KINESIS_VIDEO", kvs_server.url()),
@@ -232,6 +238,26 @@ async fn run(
             "WRONG SIZE"
         }
     );
+    if record {
+        let log = std::fs::read_to_string(&log_file).unwrap_or_default();
+        let joined = log
+            .lines()
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .find(|line| line["fields"]["message"] == "recording written")
+            .ok_or(format!(
+                "no \"recording written\" line in {}",
+                log_file.display()
+            ))?;
+        let fields = &joined["fields"];
+        println!(
+            "  recording joined from {} piece(s) in {} ms; {:.1} MB of {:.1} MB through the function, the rest copied by S3",
+            fields["pieces"],
+            fields["join_ms"],
+            fields["uploaded_bytes"].as_f64().unwrap_or(f64::NAN) / 1e6,
+            wav as f64 / 1e6,
+        );
+    }
+    let _ = std::fs::remove_file(&log_file);
     if wav != expected {
         return Err(format!("recording is {wav} bytes, expected {expected}"));
     }
