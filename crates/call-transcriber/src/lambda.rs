@@ -637,28 +637,7 @@ impl Transcriber {
         match outcome.ending {
             Ending::CallEnded(reason) => {
                 if let Some(recorder) = recorder {
-                    let joining = Instant::now();
-                    let recording = recorder.assemble(&call.call_id).await?;
-                    tracing::info!(call_id = %call.call_id, key = %recording.key, bytes = recording.bytes, pieces = recording.pieces, uploaded_bytes = recording.uploaded_bytes, join_ms = joining.elapsed().as_millis() as u64, "recording written");
-                    figures.recording_bytes = Some(recording.bytes);
-                    if !delivered.recording_url {
-                        let url = lca_events::recording_url(
-                            &recorder.bucket,
-                            &self.region,
-                            &recorder.recording_prefix,
-                            &call.call_id,
-                        );
-                        self.pipeline
-                            .publish(LcaMessage {
-                                call_id: call.call_id.clone(),
-                                event: LcaEvent::AddS3RecordingUrl(RecordingUrl {
-                                    recording_url: url,
-                                    created_at: crate::transcribe::now(),
-                                }),
-                            })
-                            .await?;
-                        delivered.recording_url = true;
-                    }
+                    self.record(recorder, call, delivered, figures).await?;
                 }
                 if let Some(lease) = lease
                     && !lease.end(held, delivered).await?
@@ -699,13 +678,47 @@ impl Transcriber {
         }
     }
 
+    /// Joins the call's recording and publishes its URL (once), after END.
+    async fn record(
+        &self,
+        recorder: &Recorder,
+        call: &CallData,
+        delivered: &mut Delivered,
+        figures: &mut InvocationFigures,
+    ) -> Result<(), HandlerError> {
+        let joining = Instant::now();
+        let recording = recorder.assemble(&call.call_id).await?;
+        tracing::info!(call_id = %call.call_id, key = %recording.key, bytes = recording.bytes, pieces = recording.pieces, uploaded_bytes = recording.uploaded_bytes, join_ms = joining.elapsed().as_millis() as u64, "recording written");
+        figures.recording_bytes = Some(recording.bytes);
+        if !delivered.recording_url {
+            let url = lca_events::recording_url(
+                &recorder.bucket,
+                &self.region,
+                &recorder.recording_prefix,
+                &call.call_id,
+            );
+            self.pipeline
+                .publish(LcaMessage {
+                    call_id: call.call_id.clone(),
+                    event: LcaEvent::AddS3RecordingUrl(RecordingUrl {
+                        recording_url: url,
+                        created_at: crate::transcribe::now(),
+                    }),
+                })
+                .await?;
+            delivered.recording_url = true;
+        }
+        Ok(())
+    }
+
     /// Handles a failed attempt: records it in the lease (ending its hold, so Lambda's retry
     /// takes over at once) and returns the error, so Lambda retries the event and, after its
     /// last retry, sends it to the function's on-failure destination. When this was the last
     /// attempt (`MAXIMUM_RETRY_ATTEMPTS` retries have failed too, or there is no lease to
     /// count them), the call is given up: END is published, so LCA does not show the call as
-    /// live for ever, and the lease says FAILED. The transcript then stops where reading
-    /// stopped; the error log says why and what to do.
+    /// live for ever, what was recorded is joined as the call's recording (its URL follows
+    /// END), and the lease says FAILED. The transcript then stops where reading stopped; the
+    /// error log says why and what to do.
     async fn failed(
         &self,
         holding: Holding<'_>,
@@ -751,6 +764,14 @@ impl Transcriber {
                     tracing::error!(call_id = %call.call_id, error = %end_error, "END of the failed call could not be published: LCA shows it live");
                 }
             }
+        }
+        // What was recorded up to the failure becomes the call's recording (LCA links it),
+        // so the raw pieces (call audio) do not stay behind unjoined.
+        if let Some(recorder) = self.recorder.as_ref().filter(|_| call.should_record_call)
+            && delivered.started
+            && let Err(record_error) = self.record(recorder, call, &mut delivered, figures).await
+        {
+            tracing::error!(call_id = %call.call_id, error = %record_error, "the failed call's recording could not be joined: its pieces stay under the raw prefix");
         }
         if let Some(lease) = lease
             && let Err(lease_error) = lease.give_up(held, &delivered).await

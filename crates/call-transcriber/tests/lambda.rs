@@ -634,7 +634,7 @@ async fn a_kvs_error_fails_every_attempt_and_the_last_one_ends_the_call() {
     };
     let (arn, first) = h.stored("call", &sample_call_chunks(), &vec![denied; 3]);
     invoke_event(&server, &contact_flow_event(&arn, &first)).await;
-    let records = records_until(&h, "END").await;
+    let records = records_until(&h, "ADD_S3_RECORDING_URL").await;
     // Each attempt failed naming the error and its fix; Lambda made all three.
     let failures = lambda.failures("CallTranscriber");
     assert_eq!(failures.len(), 3, "{failures:?}");
@@ -649,16 +649,28 @@ async fn a_kvs_error_fails_every_attempt_and_the_last_one_ends_the_call() {
     }
     assert_eq!(h.transcribe.sessions().len(), 3, "one session per attempt");
     // LCA sees the call end once, after the last attempt, with what was said before the
-    // error published once; no recording URL (the call was not recorded whole).
+    // error published once, and the recording of what was read before it.
     let types: Vec<&str> = records
         .iter()
         .map(|r| r["EventType"].as_str().unwrap())
         .collect();
     assert_eq!(types.first(), Some(&"START"));
-    assert_eq!(types.last(), Some(&"END"));
+    assert_eq!(&types[types.len() - 2..], ["END", "ADD_S3_RECORDING_URL"]);
     assert_eq!(types.iter().filter(|t| **t == "START").count(), 1);
     assert_eq!(types.iter().filter(|t| **t == "END").count(), 1);
-    assert!(!types.contains(&"ADD_S3_RECORDING_URL"));
+    let wav = h
+        .object(&format!("lca-audio-recordings/{CONTACT}.wav"))
+        .await
+        .expect("the failed call's recording");
+    let audio = &wav[call_audio::WAV_HEADER_BYTES..];
+    let whole = sample_call_stereo();
+    assert!(
+        !audio.is_empty() && audio.len() < whole.len() && audio[..] == whole[..audio.len()],
+        "the call's audio up to the error ({} of {} bytes)",
+        audio.len(),
+        whole.len()
+    );
+    assert_eq!(h.versions("lca-audio-raw/").await, (0, 0), "no piece left");
     let finals = finals(&records);
     assert_eq!(on(&finals, "AGENT").first(), Some(&AGENT_TURNS[0]));
     assert_no_final_twice(&records);
