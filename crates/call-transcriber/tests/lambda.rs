@@ -269,6 +269,35 @@ async fn assert_recording(h: &Harness) {
     );
 }
 
+/// A call that ended short of its whole audio (given up, or cut at its maximum length):
+/// START first, END once, then the recording's URL; the recording is the call's first
+/// samples, and no version of a piece is left. Returns the recording's audio.
+async fn assert_ended_short_with_recording(h: &Harness, records: &[Value]) -> Vec<u8> {
+    let types: Vec<&str> = records
+        .iter()
+        .map(|r| r["EventType"].as_str().unwrap())
+        .collect();
+    assert_eq!(types.first(), Some(&"START"));
+    assert_eq!(&types[types.len() - 2..], ["END", "ADD_S3_RECORDING_URL"]);
+    assert_eq!(types.iter().filter(|t| **t == "START").count(), 1);
+    assert_eq!(types.iter().filter(|t| **t == "END").count(), 1);
+    assert_no_final_twice(records);
+    let wav = h
+        .object(&format!("lca-audio-recordings/{CONTACT}.wav"))
+        .await
+        .expect("the call's recording");
+    let audio = wav[call_audio::WAV_HEADER_BYTES..].to_vec();
+    let whole = sample_call_stereo();
+    assert!(
+        !audio.is_empty() && audio.len() < whole.len() && audio[..] == whole[..audio.len()],
+        "the call's first samples ({} of {} bytes)",
+        audio.len(),
+        whole.len()
+    );
+    assert_eq!(h.versions("lca-audio-raw/").await, (0, 0), "no piece left");
+    audio
+}
+
 /// START … END, then ADD_S3_RECORDING_URL, each once, with the recording's URL; the whole
 /// transcript, finals in time order, none twice.
 fn assert_lifecycle(records: &[Value]) {
@@ -484,6 +513,79 @@ async fn a_chain_of_hand_overs_longer_than_lambdas_loop_detection_completes_the_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_of_more_than_25_hand_overs_comes_out_whole_and_once() {
+    // A call of short turns with 2 s pauses between them (a hand-over waits for a pause, so
+    // that no utterance is cut in two), 140 s at 8x, handed over at most of its 40 pauses:
+    // every sample once in Transcribe and in the recording, the WAV byte-exact, and no
+    // version of the pieces left in the versioned bucket.
+    let h = Harness::new(KvsOptions::default(), TranscribeOptions::default()).await;
+    let (lambda, server) = transcriber(&h, &[("LAMBDA_INVOKE_TIMEOUT", "100")]).await;
+    assert!(lambda.put_recursion_config("CallTranscriber", RecursiveLoop::Allow));
+    let (sample_caller, sample_agent) = sample_call_tracks();
+    // Per 7 s: the caller's 1.5 s, 2 s of silence, the agent's 1.5 s, 2 s of silence (bytes
+    // of 8 kHz s16le: 16 per ms).
+    let ms = |t: usize| t * 16;
+    let silence = vec![0u8; ms(1500)];
+    let pause = vec![0u8; ms(2000)];
+    let caller_turn = &sample_caller[ms(7500)..ms(9000)];
+    let agent_turn = &sample_agent[ms(500)..ms(2000)];
+    let caller = [caller_turn, &pause, &silence, &pause].concat().repeat(20);
+    let agent = [&silence[..], &pause, agent_turn, &pause]
+        .concat()
+        .repeat(20);
+    let mut writer = kvs_media::ConnectWriter::new(kvs_media::WriterOptions {
+        contact_id: CONTACT.to_string(),
+        ..kvs_media::WriterOptions::default()
+    });
+    let chunks = writer
+        .call(&caller, &agent, 1_764_000_000_000)
+        .into_iter()
+        .map(bytes::Bytes::from)
+        .collect();
+    let (arn, first) = h.play_at("call", chunks, &[], 8.0).await;
+    invoke_event(&server, &contact_flow_event(&arn, &first)).await;
+    let records = records_until(&h, "ADD_S3_RECORDING_URL").await;
+    let continuations = lambda
+        .invocations("CallTranscriber")
+        .iter()
+        .filter(|i| i.payload["action"] == "LAMBDA_CONTINUE")
+        .count();
+    assert!(continuations >= 25, "{continuations} hand-overs");
+    let whole = stereo(&caller, &agent);
+    let sessions = h.transcribe.sessions();
+    assert_eq!(sessions.len(), continuations + 1);
+    let audio: Vec<u8> = sessions.iter().flat_map(|s| s.audio.clone()).collect();
+    assert!(
+        audio == whole,
+        "every sample reaches Transcribe once ({} of {} bytes)",
+        audio.len(),
+        whole.len()
+    );
+    let types: Vec<&str> = records
+        .iter()
+        .map(|r| r["EventType"].as_str().unwrap())
+        .collect();
+    assert_eq!(types.first(), Some(&"START"));
+    assert_eq!(&types[types.len() - 2..], ["END", "ADD_S3_RECORDING_URL"]);
+    assert_eq!(types.iter().filter(|t| **t == "END").count(), 1);
+    assert_no_final_twice(&records);
+    let wav = h
+        .object(&format!("lca-audio-recordings/{CONTACT}.wav"))
+        .await
+        .expect("the recording");
+    assert_eq!(
+        &wav[..call_audio::WAV_HEADER_BYTES],
+        &call_audio::wav_header(8000, whole.len() as u64).unwrap()
+    );
+    assert!(
+        wav[call_audio::WAV_HEADER_BYTES..] == whole[..],
+        "byte-exact"
+    );
+    assert_eq!(h.versions("lca-audio-raw/").await, (0, 0), "no piece left");
+    lambda.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_duplicate_invocation_leaves_the_call_alone() {
     let h = Harness::new(KvsOptions::default(), TranscribeOptions::default()).await;
     let (lambda, server) = transcriber(&h, &[]).await;
@@ -650,27 +752,7 @@ async fn a_kvs_error_fails_every_attempt_and_the_last_one_ends_the_call() {
     assert_eq!(h.transcribe.sessions().len(), 3, "one session per attempt");
     // LCA sees the call end once, after the last attempt, with what was said before the
     // error published once, and the recording of what was read before it.
-    let types: Vec<&str> = records
-        .iter()
-        .map(|r| r["EventType"].as_str().unwrap())
-        .collect();
-    assert_eq!(types.first(), Some(&"START"));
-    assert_eq!(&types[types.len() - 2..], ["END", "ADD_S3_RECORDING_URL"]);
-    assert_eq!(types.iter().filter(|t| **t == "START").count(), 1);
-    assert_eq!(types.iter().filter(|t| **t == "END").count(), 1);
-    let wav = h
-        .object(&format!("lca-audio-recordings/{CONTACT}.wav"))
-        .await
-        .expect("the failed call's recording");
-    let audio = &wav[call_audio::WAV_HEADER_BYTES..];
-    let whole = sample_call_stereo();
-    assert!(
-        !audio.is_empty() && audio.len() < whole.len() && audio[..] == whole[..audio.len()],
-        "the call's audio up to the error ({} of {} bytes)",
-        audio.len(),
-        whole.len()
-    );
-    assert_eq!(h.versions("lca-audio-raw/").await, (0, 0), "no piece left");
+    assert_ended_short_with_recording(&h, &records).await;
     let finals = finals(&records);
     assert_eq!(on(&finals, "AGENT").first(), Some(&AGENT_TURNS[0]));
     assert_no_final_twice(&records);
@@ -741,13 +823,7 @@ async fn a_call_that_reaches_max_call_duration_ends_there_as_a_call_does() {
     let (arn, first) = h.play_at("call", sample_call_chunks(), &[], 5.0).await;
     invoke_event(&server, &contact_flow_event(&arn, &first)).await;
     let records = records_until(&h, "ADD_S3_RECORDING_URL").await;
-    let types: Vec<&str> = records
-        .iter()
-        .map(|r| r["EventType"].as_str().unwrap())
-        .collect();
-    assert_eq!(types.first(), Some(&"START"));
-    assert_eq!(&types[types.len() - 2..], ["END", "ADD_S3_RECORDING_URL"]);
-    assert_no_final_twice(&records);
+    let recorded = assert_ended_short_with_recording(&h, &records).await;
     let continuations = lambda
         .invocations("CallTranscriber")
         .iter()
@@ -762,21 +838,9 @@ async fn a_call_that_reaches_max_call_duration_ends_there_as_a_call_does() {
         .iter()
         .flat_map(|s| s.audio.clone())
         .collect();
-    let whole = sample_call_stereo();
     let seconds = audio.len() as f64 / 4.0 / 8000.0;
     assert!((20.0..21.5).contains(&seconds), "{seconds} s transcribed");
-    assert!(
-        audio[..] == whole[..audio.len()],
-        "the call's first samples, once"
-    );
-    let wav = h
-        .object(&format!("lca-audio-recordings/{CONTACT}.wav"))
-        .await
-        .expect("the recording is in S3");
-    assert!(
-        wav[call_audio::WAV_HEADER_BYTES..] == audio[..],
-        "the recording is what was transcribed"
-    );
+    assert!(recorded == audio, "the recording is what was transcribed");
     // Turns before the limit are there; nothing after it.
     let finals = finals(&records);
     let agent = on(&finals, "AGENT");

@@ -157,78 +157,39 @@ async fn a_call_without_audio_is_an_empty_wav() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_version_of_a_piece_is_left_in_a_versioned_bucket() {
-    // LCA's recordings bucket is versioned: a piece deleted without its version id would
-    // stay as a noncurrent version (raw call audio kept for ever).
+    // LCA's recordings bucket is versioned (the harness's is too): a piece deleted without
+    // its version id would stay as a noncurrent version (raw call audio kept for ever).
     let h = Harness::new(KvsOptions::default(), TranscribeOptions::default()).await;
-    let bucket = "lca-recordings-versioned";
-    h.s3.create_bucket().bucket(bucket).send().await.unwrap();
-    h.s3.put_bucket_versioning()
-        .bucket(bucket)
-        .versioning_configuration(
-            aws_sdk_s3::types::VersioningConfiguration::builder()
-                .status(aws_sdk_s3::types::BucketVersioningStatus::Enabled)
-                .build(),
-        )
-        .send()
-        .await
-        .unwrap();
-    let recorder = Recorder {
-        bucket: bucket.to_string(),
-        ..recorder(&h)
-    };
+    let recorder = recorder(&h);
     // The first piece recorded twice (a retried invocation: two versions), a second piece,
     // and an upload of a third left open by an invocation that crashed.
     record(&recorder, "call-v", 0, 8000).await;
     record(&recorder, "call-v", 0, 8000).await;
     record(&recorder, "call-v", 8000, 4000).await;
     h.s3.create_multipart_upload()
-        .bucket(bucket)
+        .bucket(BUCKET)
         .key("lca-audio-raw/call-v/0000000000012000.pcm")
         .send()
         .await
         .unwrap();
-    let versions = |prefix: &'static str| {
-        let s3 = h.s3.clone();
-        async move {
-            let page = s3
-                .list_object_versions()
-                .bucket(bucket)
-                .prefix(prefix)
-                .send()
-                .await
-                .unwrap();
-            (page.versions().len(), page.delete_markers().len())
-        }
-    };
-    assert_eq!(versions("lca-audio-raw/call-v/").await, (3, 0));
+    assert_eq!(h.versions("lca-audio-raw/call-v/").await, (3, 0));
 
     let recording = recorder.assemble("call-v").await.unwrap();
     assert_eq!(recording.pieces, 2);
     assert_eq!(
-        versions("lca-audio-raw/call-v/").await,
+        h.versions("lca-audio-raw/call-v/").await,
         (0, 0),
         "no version and no delete marker of a piece is left"
     );
     let open =
         h.s3.list_multipart_uploads()
-            .bucket(bucket)
+            .bucket(BUCKET)
             .send()
             .await
             .unwrap();
     assert_eq!(open.uploads().len(), 0, "no upload of a piece left open");
     // The recording itself is kept, whole.
-    let wav =
-        h.s3.get_object()
-            .bucket(bucket)
-            .key("lca-audio-recordings/call-v.wav")
-            .send()
-            .await
-            .unwrap()
-            .body
-            .collect()
-            .await
-            .unwrap()
-            .into_bytes();
+    let wav = h.object("lca-audio-recordings/call-v.wav").await.unwrap();
     assert!(wav[WAV_HEADER_BYTES..] == audio(0, 12_000)[..]);
-    assert_eq!(versions("lca-audio-recordings/").await, (1, 0));
+    assert_eq!(h.versions("lca-audio-recordings/").await, (1, 0));
 }

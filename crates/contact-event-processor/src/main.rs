@@ -12,9 +12,7 @@ async fn main() -> Result<(), Error> {
     let processor = &ContactEventProcessor::new(config, &sdk);
     run(service_fn(move |event: LambdaEvent<Value>| async move {
         let result = processor.handle(event.payload).await;
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        let now_ms = call_transcriber::lease::now_ms();
         // The metrics line on stdout (the logs are on stderr): CloudWatch Logs extracts it.
         let mut metrics = event_metrics(&result, now_ms);
         metrics.in_namespace(&processor.config.metrics_namespace);

@@ -39,8 +39,20 @@ pub fn sample_call_chunks() -> Vec<Bytes> {
 
 /// The sample call as interleaved stereo s16le: caller left, agent right.
 pub fn sample_call_stereo() -> Vec<u8> {
-    let caller = std::fs::read(fixture("connect/sample-call.caller.raw")).unwrap();
-    let agent = std::fs::read(fixture("connect/sample-call.agent.raw")).unwrap();
+    let (caller, agent) = sample_call_tracks();
+    stereo(&caller, &agent)
+}
+
+/// The sample call's tracks as mono s16le: (caller, agent).
+pub fn sample_call_tracks() -> (Vec<u8>, Vec<u8>) {
+    (
+        std::fs::read(fixture("connect/sample-call.caller.raw")).unwrap(),
+        std::fs::read(fixture("connect/sample-call.agent.raw")).unwrap(),
+    )
+}
+
+/// Two mono s16le tracks as interleaved stereo: caller left, agent right.
+pub fn stereo(caller: &[u8], agent: &[u8]) -> Vec<u8> {
     caller
         .chunks_exact(2)
         .zip(agent.chunks_exact(2))
