@@ -121,6 +121,8 @@ async fn run(
         ("TRANSCRIBER_CALL_EVENT_TABLE_NAME", "calls".to_string()),
         ("KVS_IDLE_TIMEOUT", "5000".to_string()),
         ("LAMBDA_INVOKE_TIMEOUT", invoke_timeout_ms.to_string()),
+        // As the template sets it (glibc returns large buffers to the system when freed).
+        ("MALLOC_MMAP_THRESHOLD_", "131072".to_string()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
