@@ -15,8 +15,8 @@ use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::types::AttributeValue;
 use std::collections::HashMap;
 
+use crate::call::CallData;
 use crate::delivered::Delivered;
-use crate::lambda::CallData;
 
 /// The lease as stored for one contact.
 #[derive(Debug, Clone, PartialEq)]

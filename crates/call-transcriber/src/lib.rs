@@ -5,6 +5,7 @@
 //! without duplicates), the AWS edges around them ([`pipeline`], [`recording`], [`lease`])
 //! and the Lambda handler ([`lambda`]).
 
+pub mod call;
 pub mod config;
 pub mod delivered;
 mod gate;

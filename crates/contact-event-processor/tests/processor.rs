@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use call_transcriber::Delivered;
-use call_transcriber::lambda::CallData;
+use call_transcriber::call::CallData;
 use call_transcriber::lease::{CallLease, Held};
 use contact_event_processor::{ContactEventProcessor, ProcessorConfig};
 use local_aws::connect::{Connect, User};

@@ -24,7 +24,11 @@ pub struct TranscribeArgs {
     /// it, reading starts at the newest data on the stream and earlier audio is not read.
     #[arg(long)]
     start_fragment: Option<String>,
-    /// The LCA CallId (= Connect ContactId; default: the ContactId of the first fragment read).
+    /// The contact whose audio is read (the fragments' ContactId tags; default: the ContactId
+    /// of the first fragment read).
+    #[arg(long)]
+    contact_id: Option<String>,
+    /// The LCA CallId the events are published under (default: the ContactId, as LCA uses).
     #[arg(long)]
     call_id: Option<String>,
     /// Print the final transcript segments on stdout as they reach Kinesis.
@@ -61,7 +65,7 @@ async fn transcribe(args: TranscribeArgs, config: TranscriberConfig) -> Result<E
         Some(number) => StartAt::Fragment(number.clone()),
         None => StartAt::Now,
     };
-    let contact_id = match &args.call_id {
+    let contact_id = match &args.contact_id {
         Some(id) => id.clone(),
         None => source::first_contact_id(
             &clients.kvs,
@@ -73,19 +77,22 @@ async fn transcribe(args: TranscribeArgs, config: TranscriberConfig) -> Result<E
         .with_context(|| format!("reading the first ContactId on {}", args.stream_arn))?
         .with_context(|| {
             format!(
-                "{}: no fragment with a ContactId within {} ms; pass --call-id",
+                "{}: no fragment with a ContactId within {} ms; pass --contact-id",
                 args.stream_arn,
                 config.kvs_idle_timeout.as_millis()
             )
         })?,
     };
-    eprintln!("transcribing call {contact_id} from {}", args.stream_arn);
+    let call_id = args.call_id.clone().unwrap_or_else(|| contact_id.clone());
+    eprintln!(
+        "transcribing contact {contact_id} from {} as call {call_id}",
+        args.stream_arn
+    );
     let pipeline = CallPipeline { config, clients };
-    let call_id = contact_id.clone();
     // The function's limit on a call's length holds here too.
     let call = CallSpec {
         max_samples: Some(pipeline.config.max_call_samples()),
-        ..CallSpec::new(&contact_id, &contact_id, &args.stream_arn, start)
+        ..CallSpec::new(&call_id, &contact_id, &args.stream_arn, start)
     };
     let (tap, mut delivered) = tokio::sync::mpsc::unbounded_channel::<LcaMessage>();
     let show = args.show_transcript;
@@ -141,6 +148,15 @@ async fn transcribe(args: TranscribeArgs, config: TranscriberConfig) -> Result<E
         }
         Err(error) => return Err(error.into()),
     };
+    // A run that read nothing of the contact is not a success: the stream carries another.
+    if let Ending::CallEnded(EndReason::OtherContact(other)) = &outcome.ending
+        && outcome.samples == 0
+    {
+        eprintln!(
+            "lca-kvs: nothing transcribed: the first fragment read belongs to contact {other}, not {contact_id} (check --contact-id and --start-fragment)"
+        );
+        return Ok(ExitCode::from(1));
+    }
     let reason = match &outcome.ending {
         Ending::CallEnded(EndReason::StreamEnded) => "the stream no longer exists".to_string(),
         Ending::CallEnded(EndReason::Idle) => format!(

@@ -358,11 +358,67 @@ fn transcribe_runs_a_live_call_offline_with_local_exports() {
     assert!(lines[1].starts_with("CALLER 7.42-11.94 "), "{stdout}");
     let stderr = stderr(&output);
     assert!(
-        stderr.contains("transcribing call d111f871-5fe7-40b1-b5f7-6b67060de0c2"),
-        "the CallId is read from the stream when not given: {stderr}"
+        stderr.contains("transcribing contact d111f871-5fe7-40b1-b5f7-6b67060de0c2 from ")
+            && stderr.contains(" as call d111f871-5fe7-40b1-b5f7-6b67060de0c2"),
+        "the contact is read from the stream when not given, and is the CallId: {stderr}"
     );
     assert!(
         stderr.contains("call ended (no new audio for 3000 ms)"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn transcribe_publishes_the_given_call_id_and_fails_on_another_contacts_stream() {
+    let local = Local::start(&[
+        "--stream",
+        &format!("call={}", fixture("connect/sample-call.mkv").display()),
+        "--speed",
+        "0",
+    ]);
+    let transcribe = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_lca-kvs"))
+            .args([
+                "transcribe",
+                "--stream-arn",
+                local.get("KVS_STREAM_ARN_CALL"),
+            ])
+            .args([
+                "--start-fragment",
+                "91343852333181531502161607852955530730505354276",
+            ])
+            .args(extra)
+            .envs(local.exports.iter().map(|(n, v)| (n.as_str(), v.as_str())))
+            .env("KVS_IDLE_TIMEOUT", "1000")
+            .output()
+            .unwrap()
+    };
+    // A CallId of the operator's choosing, for the stream's own contact.
+    let output = transcribe(&["--call-id", "replay-1"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let records = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let kinesis = aws_sdk_kinesis::Client::new(&local_aws::sdk_config(
+            local.get("AWS_ENDPOINT_URL_KINESIS"),
+        ));
+        local_aws::moto::kinesis_records(&kinesis, local.get("KINESIS_STREAM_NAME"))
+            .await
+            .unwrap()
+    });
+    let calls: std::collections::BTreeSet<String> = records
+        .iter()
+        .map(|(_, data)| {
+            let event: serde_json::Value = serde_json::from_slice(data).unwrap();
+            event["CallId"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(calls.into_iter().collect::<Vec<_>>(), ["replay-1"]);
+    assert!(records.len() > 11, "START, the segments, END");
+    // A contact the stream does not carry there: nothing read is not a success.
+    let output = transcribe(&["--contact-id", "someone-else"]);
+    let stderr = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("d111f871-5fe7-40b1-b5f7-6b67060de0c2") && stderr.contains("someone-else"),
         "{stderr}"
     );
 }
@@ -547,7 +603,7 @@ fn transcribe_fails_naming_a_kvs_error_that_retrying_does_not_fix() {
             "--start-fragment",
             &first,
             // The contact given: no first GetMedia to peek at it (the fault is for one).
-            "--call-id",
+            "--contact-id",
             "d111f871-5fe7-40b1-b5f7-6b67060de0c2",
         ])
         .env("AWS_ENDPOINT_URL_KINESIS_VIDEO", servers.0.url())

@@ -138,7 +138,7 @@ async fn run(binary: &Path, minutes: u64, speed: f64) -> Result<Value, String> {
         arn,
         "--start-fragment".to_string(),
         first,
-        "--call-id".to_string(),
+        "--contact-id".to_string(),
         CONTACT.to_string(),
         "--stats-json".to_string(),
         stats_file.display().to_string(),
