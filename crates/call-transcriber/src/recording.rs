@@ -159,8 +159,10 @@ impl PlannedPart {
 /// multipart upload, so that as little audio as possible passes through the function: every
 /// part but the last at least [`PART_BYTES`] and at most [`MAX_PART_BYTES`] (S3's limits).
 /// The header needs company to make a part: it goes up with the first piece's leading
-/// bytes; a piece (or a piece's tail) shorter than a part goes up with what follows it.
-/// The rest is copied inside S3. At most about two parts' worth of a piece is uploaded.
+/// bytes; a piece (or a piece's tail) shorter than a part goes up with its neighbours. The
+/// rest is copied inside S3, only ever from a piece larger than a part: "You can copy a
+/// range only if the source object is greater than 5 MB" (UploadPartCopy API reference,
+/// x-amz-copy-source-range). At most about two parts' worth of a piece is uploaded.
 pub fn plan_join(header: u64, sizes: &[u64]) -> Vec<PlannedPart> {
     let min = PART_BYTES as u64;
     let mut parts = Vec::new();
@@ -173,7 +175,6 @@ pub fn plan_join(header: u64, sizes: &[u64]) -> Vec<PlannedPart> {
         *len = 0;
     };
     for (piece, &size) in sizes.iter().enumerate() {
-        let last = piece + 1 == sizes.len();
         let mut position = 0;
         if !pending.is_empty() {
             // Fill the part being uploaded up to its minimum from this piece's start.
@@ -189,7 +190,7 @@ pub fn plan_join(header: u64, sizes: &[u64]) -> Vec<PlannedPart> {
             }
             let rest = size - position;
             if pending_len >= min {
-                if rest > 0 && rest < min && !last {
+                if rest > 0 && rest < min {
                     // A tail too short to be a part of its own rides along.
                     pending.push(Span::Piece {
                         piece,
@@ -205,7 +206,7 @@ pub fn plan_join(header: u64, sizes: &[u64]) -> Vec<PlannedPart> {
         if rest == 0 {
             continue;
         }
-        if rest >= min || (last && pending.is_empty()) {
+        if rest >= min && size > min {
             // Copied inside S3, in pieces of at most MAX_PART_BYTES and (being equal) at
             // least half that.
             let count = rest.div_ceil(MAX_PART_BYTES);
@@ -899,12 +900,20 @@ mod tests {
                     parts.len()
                 );
             }
-            if let PlannedPart::Upload(spans) = part {
-                assert!(
-                    len < 2 * PART_BYTES as u64 + header,
-                    "part {i}: {len} uploaded"
-                );
-                assert!(!spans.is_empty());
+            match part {
+                PlannedPart::Upload(spans) => {
+                    assert!(
+                        len < 2 * PART_BYTES as u64 + header,
+                        "part {i}: {len} uploaded"
+                    );
+                    assert!(!spans.is_empty());
+                }
+                PlannedPart::Copy { piece, .. } => {
+                    assert!(
+                        sizes[*piece] > PART_BYTES as u64,
+                        "part {i}: copied from a small piece"
+                    );
+                }
             }
         }
         assert!(parts.len() <= 10_000);
@@ -927,9 +936,19 @@ mod tests {
         assert_eq!(check(44, &[1000, 2000]).len(), 1);
         // No audio: the header alone.
         assert_eq!(check(44, &[]), [PlannedPart::Upload(vec![Span::Header])]);
-        // Short pieces in the middle ride with their neighbours; a short last piece whose
-        // predecessor was copied is copied too (the last part may be short).
+        // Short pieces in the middle ride with their neighbours; a short last piece is
+        // uploaded (S3 copies a range only from an object larger than 5 MB).
+        let parts = check(44, &[6 * MIB, 12 * MIB, MIB]);
+        assert_eq!(
+            parts.last(),
+            Some(&PlannedPart::Upload(vec![Span::Piece {
+                piece: 2,
+                start: 0,
+                end: MIB
+            }]))
+        );
         check(44, &[6 * MIB, MIB, MIB, 6 * MIB, 3 * MIB]);
+        check(44, &[5 * MIB, 5 * MIB, 5 * MIB]);
         check(44, &[5 * MIB - 44, 7 * MIB, 10, 0, 5 * MIB]);
         check(44, &[5 * MIB - 43, 4 * MIB, 12 * MIB]);
     }
@@ -937,10 +956,11 @@ mod tests {
     #[test]
     fn a_piece_larger_than_s3s_largest_part_is_copied_in_several() {
         // The header with the first bytes, three copies of the rest, the short last piece
-        // copied (being last).
+        // uploaded.
         let parts = check(44, &[MAX_PART_BYTES * 2 + 7 * MIB, MIB]);
         assert_eq!(parts.len(), 5);
-        assert!(matches!(parts[4], PlannedPart::Copy { piece: 1, .. }));
+        assert!(matches!(parts[3], PlannedPart::Copy { piece: 0, .. }));
+        assert!(matches!(parts[4], PlannedPart::Upload(_)));
     }
 
     proptest! {
