@@ -460,7 +460,7 @@ impl Transcriber {
             }
             delivered_tx.borrow().clone()
         });
-        let recorder = self.recorder.clone().filter(|_| call.should_record_call);
+        let recorder = self.recorder_of(&call).cloned();
         let (recording_tx, piece) = match recorder.clone() {
             Some(recorder) => {
                 let (tx, rx) = mpsc::channel(64);
@@ -542,7 +542,7 @@ impl Transcriber {
         figures: &mut InvocationFigures,
     ) -> Result<Value, HandlerError> {
         let Holding { call, held, lease } = holding;
-        let recorder = self.recorder.as_ref().filter(|_| call.should_record_call);
+        let recorder = self.recorder_of(call);
         match outcome.ending {
             Ending::CallEnded(reason) => {
                 if let Some(recorder) = recorder {
@@ -585,6 +585,12 @@ impl Transcriber {
                 self.invoke_next(&next, invocation.function_arn).await
             }
         }
+    }
+
+    /// What records `call`'s audio: none without `OUTPUT_BUCKET`, or when the lambda hook
+    /// said not to record the call.
+    fn recorder_of(&self, call: &CallData) -> Option<&Recorder> {
+        self.recorder.as_ref().filter(|_| call.should_record_call)
     }
 
     /// Joins the call's recording and publishes its URL (once), after END.
@@ -676,7 +682,7 @@ impl Transcriber {
         }
         // What was recorded up to the failure becomes the call's recording (LCA links it),
         // so the raw pieces (call audio) do not stay behind unjoined.
-        if let Some(recorder) = self.recorder.as_ref().filter(|_| call.should_record_call)
+        if let Some(recorder) = self.recorder_of(call)
             && delivered.started
             && let Err(record_error) = self.record(recorder, call, &mut delivered, figures).await
         {

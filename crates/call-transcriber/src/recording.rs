@@ -148,11 +148,6 @@ impl PlannedPart {
             Self::Copy { start, end, .. } => end - start,
         }
     }
-
-    /// Whether the part is empty.
-    pub fn is_empty(&self, header: u64) -> bool {
-        self.len(header) == 0
-    }
 }
 
 /// Lays out the joined WAV (the header, then pieces of `sizes` bytes in order) as parts of a
@@ -542,28 +537,37 @@ impl Recorder {
         Ok(pieces)
     }
 
-    async fn abort_uploads(&self, key: &str) -> Result<(), RecordingError> {
-        let open = self
-            .s3
-            .list_multipart_uploads()
-            .bucket(&self.bucket)
-            .prefix(key)
-            .send()
-            .await
-            .map_err(|e| self.error(key, "ListMultipartUploads", error_text(&e)))?;
-        for upload in open.uploads() {
-            if upload.key() == Some(key)
-                && let Some(id) = upload.upload_id()
-            {
-                self.abandon(Some(Upload {
-                    key: key.to_string(),
-                    id: id.to_string(),
-                    parts: Vec::new(),
-                }))
-                .await;
+    /// Aborts every multipart upload under `prefix` (a piece's key, or a call's pieces'
+    /// folder): uploads that invocations which crashed left open, never to be completed.
+    async fn abort_uploads(&self, prefix: &str) -> Result<(), RecordingError> {
+        let (mut key_marker, mut upload_marker) = (None::<String>, None::<String>);
+        loop {
+            let page = self
+                .s3
+                .list_multipart_uploads()
+                .bucket(&self.bucket)
+                .prefix(prefix)
+                .set_key_marker(key_marker.take())
+                .set_upload_id_marker(upload_marker.take())
+                .send()
+                .await
+                .map_err(|e| self.error(prefix, "ListMultipartUploads", error_text(&e)))?;
+            for upload in page.uploads() {
+                if let (Some(key), Some(id)) = (upload.key(), upload.upload_id()) {
+                    self.abandon(Some(Upload {
+                        key: key.to_string(),
+                        id: id.to_string(),
+                        parts: Vec::new(),
+                    }))
+                    .await;
+                }
             }
+            if page.is_truncated() != Some(true) {
+                return Ok(());
+            }
+            key_marker = page.next_key_marker().map(str::to_string);
+            upload_marker = page.next_upload_id_marker().map(str::to_string);
         }
-        Ok(())
     }
 
     /// Appends `bytes` to `object`, uploading a part whenever one is full.
@@ -734,34 +738,7 @@ impl Recorder {
     /// s3:AbortMultipartUpload, s3:ListBucketVersions and s3:DeleteObjectVersion.
     async fn purge_pieces(&self, call_id: &str) -> Result<(), RecordingError> {
         let prefix = pieces_prefix(&self.raw_prefix, call_id);
-        let (mut key_marker, mut upload_marker) = (None::<String>, None::<String>);
-        loop {
-            let page = self
-                .s3
-                .list_multipart_uploads()
-                .bucket(&self.bucket)
-                .prefix(&prefix)
-                .set_key_marker(key_marker.take())
-                .set_upload_id_marker(upload_marker.take())
-                .send()
-                .await
-                .map_err(|e| self.error(&prefix, "ListMultipartUploads", error_text(&e)))?;
-            for upload in page.uploads() {
-                if let (Some(key), Some(id)) = (upload.key(), upload.upload_id()) {
-                    self.abandon(Some(Upload {
-                        key: key.to_string(),
-                        id: id.to_string(),
-                        parts: Vec::new(),
-                    }))
-                    .await;
-                }
-            }
-            if page.is_truncated() != Some(true) {
-                break;
-            }
-            key_marker = page.next_key_marker().map(str::to_string);
-            upload_marker = page.next_upload_id_marker().map(str::to_string);
-        }
+        self.abort_uploads(&prefix).await?;
         let (mut key_marker, mut version_marker) = (None::<String>, None::<String>);
         loop {
             let page = self

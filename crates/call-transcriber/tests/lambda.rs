@@ -243,14 +243,17 @@ async fn records_until(h: &Harness, kind: &str) -> Vec<Value> {
     panic!("no {kind} on the stream within 60 s");
 }
 
-/// The call's recording in S3 is the sample call's PCM behind a correct WAV header, and the
-/// pieces it was joined from are gone, every version of them.
-async fn assert_recording(h: &Harness) {
-    let wav = h
-        .object(&format!("lca-audio-recordings/{CONTACT}.wav"))
+/// The call's recording as stored in S3.
+async fn call_recording(h: &Harness) -> Vec<u8> {
+    h.object(&format!("lca-audio-recordings/{CONTACT}.wav"))
         .await
-        .expect("the recording is in S3");
-    let pcm = sample_call_stereo();
+        .expect("the call's recording is in S3")
+}
+
+/// The call's recording in S3 is `pcm` behind a correct WAV header, and the pieces it was
+/// joined from are gone, every version of them.
+async fn assert_recording_is(h: &Harness, pcm: &[u8]) {
+    let wav = call_recording(h).await;
     assert_eq!(
         &wav[..call_audio::WAV_HEADER_BYTES],
         &call_audio::wav_header(8000, pcm.len() as u64).unwrap()
@@ -269,6 +272,11 @@ async fn assert_recording(h: &Harness) {
     );
 }
 
+/// [`assert_recording_is`] the sample call.
+async fn assert_recording(h: &Harness) {
+    assert_recording_is(h, &sample_call_stereo()).await;
+}
+
 /// START first and once, END once, then the recording's URL; no final segment twice.
 fn assert_start_end_recording_url(records: &[Value]) {
     let types: Vec<&str> = records
@@ -283,15 +291,11 @@ fn assert_start_end_recording_url(records: &[Value]) {
 }
 
 /// A call that ended short of its whole audio (given up, or cut at its maximum length):
-/// [`assert_start_end_recording_url`]; the recording is the call's first samples, and no
-/// version of a piece is left. Returns the recording's audio.
+/// [`assert_start_end_recording_url`]; the recording is the call's first samples
+/// ([`assert_recording_is`] them). Returns the recording's audio.
 async fn assert_ended_short_with_recording(h: &Harness, records: &[Value]) -> Vec<u8> {
     assert_start_end_recording_url(records);
-    let wav = h
-        .object(&format!("lca-audio-recordings/{CONTACT}.wav"))
-        .await
-        .expect("the call's recording");
-    let audio = wav[call_audio::WAV_HEADER_BYTES..].to_vec();
+    let audio = call_recording(h).await[call_audio::WAV_HEADER_BYTES..].to_vec();
     let whole = sample_call_stereo();
     assert!(
         !audio.is_empty() && audio.len() < whole.len() && audio[..] == whole[..audio.len()],
@@ -299,7 +303,7 @@ async fn assert_ended_short_with_recording(h: &Harness, records: &[Value]) -> Ve
         audio.len(),
         whole.len()
     );
-    assert_eq!(h.versions("lca-audio-raw/").await, (0, 0), "no piece left");
+    assert_recording_is(h, &audio).await;
     audio
 }
 
@@ -448,10 +452,7 @@ async fn start_lca_then_hand_overs_transcribe_and_record_every_sample_once() {
         lags.iter().all(|ms| (0.0..30_000.0).contains(ms)),
         "{lags:?}"
     );
-    let recording = h
-        .object(&format!("lca-audio-recordings/{CONTACT}.wav"))
-        .await
-        .unwrap();
+    let recording = call_recording(&h).await;
     assert_eq!(
         metric_values(&lines, "RecordingBytes", &[]),
         [recording.len() as f64]
@@ -567,19 +568,7 @@ async fn a_call_of_more_than_25_hand_overs_comes_out_whole_and_once() {
         whole.len()
     );
     assert_start_end_recording_url(&records);
-    let wav = h
-        .object(&format!("lca-audio-recordings/{CONTACT}.wav"))
-        .await
-        .expect("the recording");
-    assert_eq!(
-        &wav[..call_audio::WAV_HEADER_BYTES],
-        &call_audio::wav_header(8000, whole.len() as u64).unwrap()
-    );
-    assert!(
-        wav[call_audio::WAV_HEADER_BYTES..] == whole[..],
-        "byte-exact"
-    );
-    assert_eq!(h.versions("lca-audio-raw/").await, (0, 0), "no piece left");
+    assert_recording_is(&h, &whole).await;
     lambda.shutdown();
 }
 
