@@ -294,6 +294,83 @@ fn the_recording_pieces_may_be_deleted_with_every_version_and_nothing_more() {
 }
 
 #[test]
+fn the_post_call_job_may_be_started_with_the_data_access_role_and_nothing_more() {
+    // What PostCallJobs::start calls, and what the job does with the role it is passed.
+    let template = template();
+    let (plain, _) = transcriber_statements(&template);
+    let sid = |name: &str| {
+        *plain
+            .iter()
+            .find(|s| s["Sid"] == name)
+            .unwrap_or_else(|| panic!("statement {name}"))
+    };
+    assert!(actions(sid("Transcribe")).contains(&"transcribe:StartCallAnalyticsJob"));
+    let pass = sid("PassTcaRoleToTranscribe");
+    assert_eq!(actions(pass), ["iam:PassRole"]);
+    assert_eq!(
+        argument(&pass["Resource"], "GetAtt").and_then(Value::as_str),
+        Some("TcaDataAccessRole.Arn")
+    );
+    assert_eq!(
+        pass["Condition"]["StringEquals"]["iam:PassedToService"],
+        "transcribe.amazonaws.com"
+    );
+    // Whether the WAV is there already: a listing under the recordings' prefix only.
+    let listing = sid("ListRecordings");
+    assert_eq!(actions(listing), ["s3:ListBucket"]);
+    assert_eq!(
+        argument(&listing["Condition"]["StringLike"]["s3:prefix"], "Sub").and_then(Value::as_str),
+        Some("${AudioFilePrefix}*")
+    );
+    // The role: assumed by Transcribe's batch service in this account; reads the recordings,
+    // writes the analysis.
+    let role = &template["Resources"]["TcaDataAccessRole"]["Properties"];
+    let trust = &role["AssumeRolePolicyDocument"]["Statement"][0];
+    assert_eq!(trust["Principal"]["Service"], "transcribe.amazonaws.com");
+    assert_eq!(
+        argument(
+            &trust["Condition"]["StringEquals"]["aws:SourceAccount"],
+            "Ref"
+        )
+        .and_then(Value::as_str),
+        Some("AWS::AccountId")
+    );
+    let granted: Vec<(Vec<&str>, &str)> = role["Policies"][0]["PolicyDocument"]["Statement"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                actions(s),
+                argument(&s["Resource"], "Sub")
+                    .and_then(Value::as_str)
+                    .unwrap(),
+            )
+        })
+        .collect();
+    let reads = |prefix: &str| {
+        granted.iter().any(|(actions, resource)| {
+            actions.contains(&"s3:GetObject") && resource.ends_with(&format!("/${{{prefix}}}*"))
+        })
+    };
+    assert!(reads("AudioFilePrefix"), "{granted:?}");
+    assert!(
+        granted
+            .iter()
+            .any(|(actions, resource)| actions.contains(&"s3:PutObject")
+                && resource.ends_with("/${CallAnalyticsPrefix}*"))
+    );
+    for (actions, resource) in &granted {
+        if actions.contains(&"s3:PutObject") {
+            assert!(
+                resource.ends_with("/${CallAnalyticsPrefix}*"),
+                "writes only its output"
+            );
+        }
+    }
+}
+
+#[test]
 fn failed_invocations_reach_a_queue_and_hand_overs_are_not_stopped_as_a_loop() {
     let template = template();
     let resources = &template["Resources"];

@@ -189,6 +189,12 @@ pub enum Metric {
     KvsErrors,
     /// StartLCA's answers to the contact flow, also by [`Dimension::Answer`].
     StartLcaAnswers,
+    /// Post-call analytics jobs started: one Transcribe Call Analytics job per call, on its
+    /// recording, when the call ends.
+    PostCallAnalyticsJobs,
+    /// Calls left without post-call analytics: Transcribe refused the job, or the call is
+    /// longer than a job takes (4 hours). The transcript and the recording are complete.
+    PostCallAnalyticsMissed,
     /// Connect contact events the contact-event processor handled, also by
     /// [`Dimension::Outcome`]: UPDATED (the agent published), IGNORED, UNKNOWN_CALL (no call
     /// being transcribed), FAILED (Lambda retries it).
@@ -197,7 +203,7 @@ pub enum Metric {
 
 impl Metric {
     /// Every metric, in a stable order.
-    pub const ALL: [Metric; 17] = [
+    pub const ALL: [Metric; 19] = [
         Self::Invocations,
         Self::CallsStarted,
         Self::CallsEnded,
@@ -214,6 +220,8 @@ impl Metric {
         Self::RecordingBytes,
         Self::KvsErrors,
         Self::StartLcaAnswers,
+        Self::PostCallAnalyticsJobs,
+        Self::PostCallAnalyticsMissed,
         Self::ContactEvents,
     ];
 
@@ -236,6 +244,8 @@ impl Metric {
             Self::RecordingBytes => "RecordingBytes",
             Self::KvsErrors => "KvsErrors",
             Self::StartLcaAnswers => "StartLcaAnswers",
+            Self::PostCallAnalyticsJobs => "PostCallAnalyticsJobs",
+            Self::PostCallAnalyticsMissed => "PostCallAnalyticsMissed",
             Self::ContactEvents => "ContactEvents",
         }
     }

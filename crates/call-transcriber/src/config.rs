@@ -54,7 +54,8 @@ pub struct Redaction {
     pub entity_types: Option<String>,
 }
 
-/// Post-call analytics of a Call Analytics session.
+/// Post-call analytics of a call in Call Analytics mode: one Call Analytics job on the
+/// call's recording when the call ends ([`crate::post_call`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PostCallAnalytics {
     /// `s3://OUTPUT_BUCKET/CALL_ANALYTICS_FILE_PREFIX`.
@@ -79,7 +80,7 @@ pub struct TranscribeSettings {
     pub vocabulary_name: Option<String>,
     /// `CUSTOM_LANGUAGE_MODEL_NAME`.
     pub language_model_name: Option<String>,
-    /// Analytics mode with `IS_TCA_POST_CALL_ANALYTICS_ENABLED`.
+    /// Analytics mode with `IS_TCA_POST_CALL_ANALYTICS_ENABLED` (default on).
     pub post_call_analytics: Option<PostCallAnalytics>,
     /// `TRANSCRIBE_ENDPOINT`: a custom endpoint URL.
     pub endpoint: Option<String>,
@@ -261,8 +262,8 @@ impl TranscriberConfig {
                      IS_TCA_POST_CALL_ANALYTICS_ENABLED=true) needs the role Transcribe writes with",
                 )
             })?;
-            // PostCallAnalyticsSettings.ContentRedactionOutput needs content redaction on the
-            // stream (StartCallAnalyticsStreamTranscription API reference: "to include
+            // The job's redaction output applies with redaction on, as the live stream's did
+            // (StartCallAnalyticsStreamTranscription API reference: "to include
             // ContentRedactionOutput in your request, you must enable content redaction").
             let content_redaction_output = if redaction.is_some() {
                 let output = env

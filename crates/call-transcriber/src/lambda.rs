@@ -26,8 +26,9 @@ use crate::TranscriberConfig;
 use crate::call::CallData;
 use crate::delivered::Delivered;
 use crate::lease::{CallLease, Claim, Held, LeaseError, decide, now_ms};
-use crate::metrics::{InvocationFigures, RunFigures};
+use crate::metrics::{InvocationFigures, PostCallFigure, RunFigures};
 use crate::pipeline::{CallPipeline, CallSpec, Clients, Ending, PipelineError, Taps};
+use crate::post_call::{JobStarted, PostCallJobs};
 use crate::recording::{Recorder, RecordingError};
 use crate::source::{EndReason, StartAt};
 
@@ -98,6 +99,9 @@ pub struct Transcriber {
     pub recorder: Option<Recorder>,
     /// Region of the bucket, for the recording's URL.
     pub region: String,
+    /// Starts the call's post-call analytics job (absent unless Call Analytics mode with
+    /// post-call analytics on).
+    pub post_call: Option<PostCallJobs>,
 }
 
 impl Transcriber {
@@ -122,6 +126,13 @@ impl Transcriber {
                 recording_prefix: config.recording_prefix.clone(),
             }),
             region,
+            post_call: config
+                .transcribe
+                .post_call_analytics
+                .as_ref()
+                .map(|_| PostCallJobs {
+                    client: aws_sdk_transcribe::Client::new(&bounded),
+                }),
             lambda: aws_sdk_lambda::Client::new(&bounded),
             pipeline: CallPipeline {
                 clients: Clients::new(sdk, &config),
@@ -546,7 +557,7 @@ impl Transcriber {
         match outcome.ending {
             Ending::CallEnded(reason) => {
                 if let Some(recorder) = recorder {
-                    self.record(recorder, call, delivered, figures).await?;
+                    self.record(recorder, holding, delivered, figures).await?;
                 }
                 if let Some(lease) = lease
                     && !lease.end(held, delivered).await?
@@ -593,17 +604,19 @@ impl Transcriber {
         self.recorder.as_ref().filter(|_| call.should_record_call)
     }
 
-    /// Joins the call's recording and publishes its URL (once), after END.
+    /// Joins the call's recording and publishes its URL (once), after END; then starts the
+    /// call's post-call analytics on it.
     async fn record(
         &self,
         recorder: &Recorder,
-        call: &CallData,
+        holding: Holding<'_>,
         delivered: &mut Delivered,
         figures: &mut InvocationFigures,
     ) -> Result<(), HandlerError> {
+        let call = holding.call;
         let joining = Instant::now();
         let recording = recorder.assemble(&call.call_id).await?;
-        tracing::info!(call_id = %call.call_id, key = %recording.key, bytes = recording.bytes, pieces = recording.pieces, uploaded_bytes = recording.uploaded_bytes, join_ms = joining.elapsed().as_millis() as u64, "recording written");
+        tracing::info!(call_id = %call.call_id, key = %recording.key, bytes = recording.bytes, pieces = recording.pieces, uploaded_bytes = recording.uploaded_bytes, already_joined = recording.already_joined, join_ms = joining.elapsed().as_millis() as u64, "recording written");
         figures.recording_bytes = Some(recording.bytes);
         if !delivered.recording_url {
             let url = lca_events::recording_url(
@@ -622,8 +635,61 @@ impl Transcriber {
                 })
                 .await?;
             delivered.recording_url = true;
+            // Said in the lease at once, so that a crash from here on (the analytics job,
+            // the lease's end) does not publish the URL again on Lambda's retry.
+            if let Some(lease) = holding.lease
+                && let Err(error) = lease.renew(holding.held, delivered).await
+            {
+                tracing::warn!(call_id = %call.call_id, %error, "the recording's URL could not be recorded in the lease: a retry may publish it again");
+            }
         }
+        figures.post_call = self.analyse(recorder, call, &recording).await;
         Ok(())
+    }
+
+    /// Starts the call's post-call analytics job on its recording. A job that cannot be
+    /// started does not fail the invocation (the transcript and the recording are complete,
+    /// and a retry would not change Transcribe's answer; the SDK has retried throttling and
+    /// service errors): it is logged as an error and counted (PostCallAnalyticsMissed).
+    async fn analyse(
+        &self,
+        recorder: &Recorder,
+        call: &CallData,
+        recording: &crate::recording::Recording,
+    ) -> Option<PostCallFigure> {
+        let jobs = self.post_call.as_ref()?;
+        let planned = crate::post_call::plan_job(
+            &self.pipeline.config.transcribe,
+            &call.call_id,
+            &recorder.bucket,
+            &recording.key,
+            recording.bytes,
+        )?;
+        let job = match planned {
+            Ok(job) => job,
+            Err(no_job) if no_job.is_missed() => {
+                tracing::error!(call_id = %call.call_id, reason = %no_job, "post-call analytics not started: the call is not analysed (its transcript and recording are complete)");
+                return Some(PostCallFigure::Missed);
+            }
+            Err(no_job) => {
+                tracing::info!(call_id = %call.call_id, reason = %no_job, "post-call analytics not started: nothing to analyse");
+                return Some(PostCallFigure::NothingToAnalyse);
+            }
+        };
+        match jobs.start(&job).await {
+            Ok(JobStarted::Started) => {
+                tracing::info!(call_id = %call.call_id, job = %job.name, output = %job.output_location, "post-call analytics job started");
+                Some(PostCallFigure::Started)
+            }
+            Ok(JobStarted::AlreadyStarted) => {
+                tracing::info!(call_id = %call.call_id, job = %job.name, "post-call analytics job already started by an earlier attempt");
+                Some(PostCallFigure::AlreadyStarted)
+            }
+            Err(error) => {
+                tracing::error!(call_id = %call.call_id, %error, "post-call analytics not started: the call is not analysed (its transcript and recording are complete); check TCA_DATA_ACCESS_ROLE_ARN and the function's transcribe:StartCallAnalyticsJob and iam:PassRole permissions, then start the job by hand if the analysis is needed");
+                Some(PostCallFigure::Missed)
+            }
+        }
     }
 
     /// Handles a failed attempt: records it in the lease (ending its hold, so Lambda's retry
@@ -684,7 +750,9 @@ impl Transcriber {
         // so the raw pieces (call audio) do not stay behind unjoined.
         if let Some(recorder) = self.recorder_of(call)
             && delivered.started
-            && let Err(record_error) = self.record(recorder, call, &mut delivered, figures).await
+            && let Err(record_error) = self
+                .record(recorder, holding, &mut delivered, figures)
+                .await
         {
             tracing::error!(call_id = %call.call_id, error = %record_error, "the failed call's recording could not be joined: its pieces stay under the raw prefix");
         }

@@ -2,8 +2,8 @@
 //! ([`ContactGate`]: one call's audio out of a GetMedia event stream and the fragment
 //! bookkeeping for lossless resumes; [`TranscriptLedger`]: lossless, duplicate-free Transcribe
 //! reconnects; [`Delivered`] and [`lease::decide`]: one consumer per call, crash retries
-//! without duplicates), the AWS edges around them ([`pipeline`], [`recording`], [`lease`])
-//! and the Lambda handler ([`lambda`]).
+//! without duplicates), the AWS edges around them ([`pipeline`], [`recording`], [`lease`],
+//! [`post_call`]) and the Lambda handler ([`lambda`]).
 
 pub mod call;
 pub mod config;
@@ -14,6 +14,7 @@ pub mod lease;
 mod ledger;
 pub mod metrics;
 pub mod pipeline;
+pub mod post_call;
 pub mod publisher;
 mod quiet;
 pub mod recording;

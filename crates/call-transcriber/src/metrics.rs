@@ -28,6 +28,22 @@ pub struct InvocationFigures {
     pub run: Option<RunFigures>,
     /// The recording's size, when this invocation ended the call with one.
     pub recording_bytes: Option<u64>,
+    /// What became of the call's post-call analytics, when this invocation ended the call
+    /// with analytics on.
+    pub post_call: Option<PostCallFigure>,
+}
+
+/// What became of a call's post-call analytics job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PostCallFigure {
+    /// This invocation started the job.
+    Started,
+    /// An earlier attempt had started it (counted then).
+    AlreadyStarted,
+    /// The call is too short to analyse.
+    NothingToAnalyse,
+    /// The call is left without analytics (refused, or too long).
+    Missed,
 }
 
 /// The figures of a completed pipeline run.
@@ -203,6 +219,15 @@ impl InvocationFigures {
         if let Some(bytes) = self.recording_bytes {
             record.add(Metric::RecordingBytes, bytes as f64);
         }
+        match self.post_call {
+            Some(PostCallFigure::Started) => {
+                record.add(Metric::PostCallAnalyticsJobs, 1.0);
+            }
+            Some(PostCallFigure::Missed) => {
+                record.add(Metric::PostCallAnalyticsMissed, 1.0);
+            }
+            Some(PostCallFigure::AlreadyStarted | PostCallFigure::NothingToAnalyse) | None => {}
+        }
         record
     }
 }
@@ -251,9 +276,35 @@ mod tests {
                 transient_kvs_errors: BTreeMap::new(),
             }),
             recording_bytes: Some(1_440_044),
+            post_call: Some(PostCallFigure::Started),
             ..InvocationFigures::default()
         };
         let record = figures.record(&Ok(json!({"status": "ENDED"})), 1);
+        assert_eq!(
+            value(&record, "PostCallAnalyticsJobs", &[]),
+            Some(vec![1.0])
+        );
+        assert_eq!(value(&record, "PostCallAnalyticsMissed", &[]), None);
+        let missed = InvocationFigures {
+            post_call: Some(PostCallFigure::Missed),
+            ..figures.clone()
+        }
+        .record(&Ok(json!({"status": "ENDED"})), 1);
+        assert_eq!(
+            value(&missed, "PostCallAnalyticsMissed", &[]),
+            Some(vec![1.0])
+        );
+        assert_eq!(value(&missed, "PostCallAnalyticsJobs", &[]), None);
+        let again = InvocationFigures {
+            post_call: Some(PostCallFigure::AlreadyStarted),
+            ..figures.clone()
+        }
+        .record(&Ok(json!({"status": "ENDED"})), 1);
+        assert_eq!(
+            value(&again, "PostCallAnalyticsJobs", &[]),
+            None,
+            "counted once"
+        );
         assert_eq!(
             value(&record, "Invocations", &[("Outcome", "ENDED")]),
             Some(vec![1.0])

@@ -19,6 +19,7 @@ use crate::source::{
     self, EndReason, KvsClients, SourceError, SourceEvent, SourceOptions, StartAt,
 };
 use crate::transcribe::{self, CallTranscription, TranscribeError, TranscriptionSummary};
+use crate::usage::Latencies;
 
 /// Silence on both channels before a fragment boundary that makes it a hand-over point:
 /// longer than a pause within a sentence.
@@ -174,7 +175,7 @@ pub struct CallOutcome {
     pub samples: u64,
     /// Per 100 ms chunk: from the arrival of the KVS bytes that completed it to its hand-off
     /// to the Transcribe session.
-    pub chunk_latencies: Vec<Duration>,
+    pub chunk_latencies: Latencies,
     /// Per final segment published: from the arrival (from KVS) of the audio where it ends
     /// to Kinesis's acknowledgement of it. With `kvs_behind_ms`, how late a user sees it.
     pub transcript_lags: Vec<Duration>,
@@ -332,7 +333,7 @@ impl CallPipeline {
         let mut outlet = ChunkOutlet {
             transcribe: chunk_tx,
             recording,
-            latencies: Vec::new(),
+            latencies: Latencies::default(),
             arrivals: Vec::new(),
         };
         let mut kvs_behind_ms: Option<u64> = None;
@@ -527,12 +528,20 @@ fn transcript_lags(
         .collect()
 }
 
+/// How close in time two arrivals of KVS bytes are taken as one in [`ChunkOutlet`]'s
+/// arrivals: a transcript lag is measured to within this.
+const ARRIVAL_RESOLUTION: Duration = Duration::from_millis(10);
+
 /// Where assembled chunks go: the Transcribe session and the recorder; measures latency.
 struct ChunkOutlet {
     transcribe: mpsc::Sender<StereoChunk>,
     recording: Option<mpsc::Sender<StereoChunk>>,
-    latencies: Vec<Duration>,
-    /// Per chunk: its end (samples since the origin) and when its KVS bytes arrived.
+    latencies: Latencies,
+    /// When the call's audio arrived: `(end sample, arrived)` in call order, one entry per
+    /// [`ARRIVAL_RESOLUTION`] of arrival time at most (chunks arriving within it share the
+    /// first one's entry), so it grows with the invocation's time, not with the audio it
+    /// reads: an invocation catching up on hours of call at full speed keeps a few entries
+    /// per second, not one per 100 ms chunk.
     arrivals: Vec<(u64, Instant)>,
 }
 
@@ -543,11 +552,70 @@ impl ChunkOutlet {
             if let Some(recording) = &self.recording {
                 let _ = recording.send(chunk.clone()).await;
             }
-            self.latencies.push(received.elapsed());
-            self.arrivals
-                .push((chunk.start_sample + chunk.samples as u64, received));
+            self.latencies.record(received.elapsed());
+            note_arrival(
+                &mut self.arrivals,
+                chunk.start_sample + chunk.samples as u64,
+                received,
+            );
             // A closed channel means the transcription failed; its error is reported at the end.
             let _ = self.transcribe.send(chunk).await;
         }
+    }
+}
+
+/// Notes that the call's audio up to sample `end` arrived at `received`: in the last entry
+/// when that one's first arrival is less than [`ARRIVAL_RESOLUTION`] earlier.
+fn note_arrival(arrivals: &mut Vec<(u64, Instant)>, end: u64, received: Instant) {
+    match arrivals.last_mut() {
+        Some((last_end, first))
+            if received.saturating_duration_since(*first) < ARRIVAL_RESOLUTION =>
+        {
+            *last_end = end;
+        }
+        _ => arrivals.push((end, received)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arrivals_grow_with_time_not_audio_and_lags_stay_within_the_resolution() {
+        // Six hours of 100 ms chunks read at full speed, 10 a millisecond (21.6 s): one entry
+        // per 10 ms, not 216,000.
+        let start = Instant::now();
+        let chunks = 6 * 36_000u64;
+        let arrived = |i: u64| start + Duration::from_micros(i * 100);
+        let mut arrivals = Vec::new();
+        for i in 0..chunks {
+            note_arrival(&mut arrivals, (i + 1) * 800, arrived(i));
+        }
+        assert!(arrivals.len() <= 2_161, "{} entries", arrivals.len());
+        // A final ending in chunk i, acknowledged 2 s after that chunk arrived: its lag is
+        // 2 s, measured up to ARRIVAL_RESOLUTION over.
+        let acks: Vec<(u64, Instant)> = (0..chunks)
+            .step_by(997)
+            .map(|i| (i * 100 + 50, arrived(i) + Duration::from_secs(2)))
+            .collect();
+        let lags = transcript_lags(0, &arrivals, &acks);
+        assert_eq!(lags.len(), acks.len());
+        for lag in lags {
+            assert!(
+                lag >= Duration::from_secs(2) && lag <= Duration::from_secs(2) + ARRIVAL_RESOLUTION,
+                "{lag:?}"
+            );
+        }
+        // Live: chunks arriving 100 ms apart keep an entry each, and exact lags.
+        let mut live = Vec::new();
+        for i in 0..100u64 {
+            note_arrival(
+                &mut live,
+                (i + 1) * 800,
+                start + Duration::from_millis(i * 100),
+            );
+        }
+        assert_eq!(live.len(), 100);
     }
 }

@@ -250,6 +250,9 @@ pub struct Recording {
     pub pieces: usize,
     /// Bytes of audio that passed through the function (the rest S3 copied itself).
     pub uploaded_bytes: u64,
+    /// An earlier attempt had joined it: this one found it complete and only cleared what
+    /// was left of the pieces.
+    pub already_joined: bool,
 }
 
 /// Writes recordings into one bucket.
@@ -364,12 +367,28 @@ impl Recorder {
         }))
     }
 
-    /// Joins the call's pieces into the WAV and deletes them.
+    /// Joins the call's pieces into the WAV and deletes them. Idempotent: an attempt retried
+    /// after an earlier one joined the WAV and deleted some or all pieces (it crashed before
+    /// the call's end was recorded) finds the pieces no longer joining up from the start and
+    /// the WAV in place; it keeps that WAV and deletes what is left of the pieces (the
+    /// retry's own piece among them).
     pub async fn assemble(&self, call_id: &str) -> Result<Recording, RecordingError> {
         let key = self.recording_key(call_id);
         let mut pieces = self.list_pieces(call_id).await?;
-        let data_bytes = join_pieces(&mut pieces)
-            .map_err(|problem| self.error(&key, "joining pieces", problem))?;
+        let joined = join_pieces(&mut pieces);
+        if (pieces.is_empty() || joined.is_err())
+            && let Some(bytes) = self.existing_size(&key).await?
+        {
+            self.purge_pieces(call_id).await?;
+            return Ok(Recording {
+                key,
+                bytes,
+                pieces: 0,
+                uploaded_bytes: 0,
+                already_joined: true,
+            });
+        }
+        let data_bytes = joined.map_err(|problem| self.error(&key, "joining pieces", problem))?;
         let header = wav_header(CONNECT_SAMPLE_RATE, data_bytes).ok_or_else(|| {
             self.error(
                 &key,
@@ -420,7 +439,30 @@ impl Recorder {
             bytes: data_bytes + header.len() as u64,
             pieces: pieces.len(),
             uploaded_bytes,
+            already_joined: false,
         })
+    }
+
+    /// The size of object `key`, `None` when there is none. Asked by listing the key as a
+    /// prefix, not by HeadObject: HeadObject tells a missing key (404) from a forbidden one
+    /// (403) only to a caller with s3:ListBucket on the bucket (S3 API reference,
+    /// HeadObject), and whether a ListBucket grant limited to a prefix counts is not
+    /// documented; a listing under the recordings' prefix is what the template grants.
+    async fn existing_size(&self, key: &str) -> Result<Option<u64>, RecordingError> {
+        let page = self
+            .s3
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(key)
+            .max_keys(1)
+            .send()
+            .await
+            .map_err(|e| self.error(key, "ListObjectsV2", error_text(&e)))?;
+        Ok(page
+            .contents()
+            .iter()
+            .find(|object| object.key() == Some(key))
+            .map(|object| object.size().unwrap_or(0).max(0) as u64))
     }
 
     /// Appends bytes `start..end` of object `key` to `object`'s buffer.

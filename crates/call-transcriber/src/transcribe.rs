@@ -9,9 +9,8 @@ use aws_sdk_transcribestreaming::primitives::Blob;
 use aws_sdk_transcribestreaming::types::error::AudioStreamError;
 use aws_sdk_transcribestreaming::types::{
     AudioEvent, AudioStream, CallAnalyticsLanguageCode, CallAnalyticsTranscriptResultStream,
-    CategoryEvent, ChannelDefinition, ConfigurationEvent, ContentRedactionOutput,
-    ContentRedactionType, LanguageCode, MediaEncoding, ParticipantRole, PostCallAnalyticsSettings,
-    TranscriptEvent, TranscriptResultStream, UtteranceEvent,
+    CategoryEvent, ChannelDefinition, ConfigurationEvent, ContentRedactionType, LanguageCode,
+    MediaEncoding, ParticipantRole, TranscriptEvent, TranscriptResultStream, UtteranceEvent,
 };
 use call_audio::StereoChunk;
 use lca_events::{LcaMessage, SegmentMapper, TranscriptResult};
@@ -306,7 +305,7 @@ async fn start(
         attempt += 1;
         let (audio_tx, audio_rx) = mpsc::channel(AUDIO_QUEUE + 1 + replay.len());
         if settings.mode == ApiMode::Analytics {
-            let _ = audio_tx.try_send(Ok(AudioStream::ConfigurationEvent(configuration(settings))));
+            let _ = audio_tx.try_send(Ok(AudioStream::ConfigurationEvent(configuration())));
         }
         for chunk in &replay {
             let _ = audio_tx.try_send(Ok(AudioStream::AudioEvent(
@@ -541,9 +540,10 @@ fn analytics_request(
     request
 }
 
-/// The Call Analytics ConfigurationEvent: channel 0 is the customer, 1 the agent; post-call
-/// analytics output when configured.
-fn configuration(settings: &TranscribeSettings) -> ConfigurationEvent {
+/// The Call Analytics ConfigurationEvent: channel 0 is the customer, 1 the agent. Without
+/// PostCallAnalyticsSettings: each stream would write an analysis of its own share of the
+/// call; the whole call's is one job on the recording ([`crate::post_call`]).
+fn configuration() -> ConfigurationEvent {
     let channel = |id, role| {
         ChannelDefinition::builder()
             .channel_id(id)
@@ -551,22 +551,9 @@ fn configuration(settings: &TranscribeSettings) -> ConfigurationEvent {
             .build()
             .expect("channel id and role are set")
     };
-    let post_call = settings.post_call_analytics.as_ref().map(|p| {
-        PostCallAnalyticsSettings::builder()
-            .output_location(&p.output_location)
-            .data_access_role_arn(&p.data_access_role_arn)
-            .set_content_redaction_output(
-                p.content_redaction_output
-                    .as_deref()
-                    .map(ContentRedactionOutput::from),
-            )
-            .build()
-            .expect("output location and role are set")
-    });
     ConfigurationEvent::builder()
         .channel_definitions(channel(0, ParticipantRole::Customer))
         .channel_definitions(channel(1, ParticipantRole::Agent))
-        .set_post_call_analytics_settings(post_call)
         .build()
 }
 

@@ -59,6 +59,7 @@ fn transcriber_environment(
         ("AWS_ENDPOINT_URL_S3", h.moto_url.clone()),
         ("AWS_ENDPOINT_URL_DYNAMODB", h.moto_url.clone()),
         ("AWS_ENDPOINT_URL_LAMBDA", lambda_url.to_string()),
+        ("AWS_ENDPOINT_URL_TRANSCRIBE", h.jobs_url.clone()),
         ("AWS_ACCESS_KEY_ID", "AKIDLOCAL".to_string()),
         ("AWS_SECRET_ACCESS_KEY", "local".to_string()),
         ("AWS_REGION", "us-east-1".to_string()),
@@ -522,10 +523,13 @@ async fn a_chain_of_hand_overs_longer_than_lambdas_loop_detection_completes_the_
 async fn a_call_of_more_than_25_hand_overs_comes_out_whole_and_once() {
     // A call of short turns with 2 s pauses between them (a hand-over waits for a pause, so
     // that no utterance is cut in two), 140 s at 8x, handed over at most of its 40 pauses:
-    // every sample once in Transcribe and in the recording, the WAV byte-exact, and no
-    // version of the pieces left in the versioned bucket.
+    // every sample once in Transcribe and in the recording, the WAV byte-exact, no version of
+    // the pieces left in the versioned bucket, and one post-call analytics job for the call
+    // (Call Analytics mode), on the whole recording.
     let h = Harness::new(KvsOptions::default(), TranscribeOptions::default()).await;
-    let (lambda, server) = transcriber(&h, &[("LAMBDA_INVOKE_TIMEOUT", "100")]).await;
+    let mut environment = analytics_environment().to_vec();
+    environment.push(("LAMBDA_INVOKE_TIMEOUT", "100"));
+    let (lambda, server) = transcriber(&h, &environment).await;
     assert!(lambda.put_recursion_config("CallTranscriber", RecursiveLoop::Allow));
     let (sample_caller, sample_agent) = sample_call_tracks();
     // Per 7 s: the caller's 1.5 s, 2 s of silence, the agent's 1.5 s, 2 s of silence (bytes
@@ -569,7 +573,151 @@ async fn a_call_of_more_than_25_hand_overs_comes_out_whole_and_once() {
     );
     assert_start_end_recording_url(&records);
     assert_recording_is(&h, &whole).await;
+    assert!(
+        sessions
+            .iter()
+            .all(|s| s.configuration.as_ref().unwrap()["PostCallAnalyticsSettings"].is_null()),
+        "no stream writes post-call output of its own"
+    );
+    assert_one_post_call_job(&h).await;
     lambda.shutdown();
+}
+
+/// A transcriber in Call Analytics mode with post-call analytics (on by default).
+fn analytics_environment() -> [(&'static str, &'static str); 2] {
+    [
+        ("TRANSCRIBE_API_MODE", "analytics"),
+        ("TCA_DATA_ACCESS_ROLE_ARN", TCA_ROLE),
+    ]
+}
+
+const TCA_ROLE: &str = "arn:aws:iam::123456789012:role/tca";
+
+/// Waits for the call's lease to end, then checks that exactly one Call Analytics job was
+/// started for the call, on its whole recording, channel 0 the customer.
+async fn assert_one_post_call_job(h: &Harness) {
+    for _ in 0..200 {
+        if leased_status(h).await.as_deref() == Some("ENDED") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(leased_status(h).await.as_deref(), Some("ENDED"));
+    let jobs = h.jobs.jobs();
+    assert_eq!(jobs.len(), 1, "one post-call analytics job: {jobs:?}");
+    let job = &jobs[0];
+    assert_eq!(job["CallAnalyticsJobName"], CONTACT);
+    assert_eq!(
+        job["Media"]["MediaFileUri"],
+        format!("s3://{BUCKET}/lca-audio-recordings/{CONTACT}.wav")
+    );
+    assert_eq!(
+        job["OutputLocation"],
+        format!("s3://{BUCKET}/lca-call-analytics-json/")
+    );
+    assert_eq!(job["DataAccessRoleArn"], TCA_ROLE);
+    assert_eq!(
+        job["ChannelDefinitions"],
+        json!([
+            {"ChannelId": 0, "ParticipantRole": "CUSTOMER"},
+            {"ChannelId": 1, "ParticipantRole": "AGENT"}
+        ])
+    );
+    assert_eq!(job["Settings"]["LanguageOptions"], json!(["en-US"]));
+    assert_eq!(
+        job["Settings"]["ContentRedaction"],
+        json!({"RedactionType": "PII", "RedactionOutput": "redacted", "PiiEntityTypes": ["ALL"]})
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_after_the_recording_is_joined_keeps_it_and_starts_one_analytics_job() {
+    // The last invocation joins the WAV, deletes the pieces, publishes the URL and asks
+    // Transcribe for the analytics job; Transcribe takes the job but its answer is held, and
+    // the function is crashed there, before the lease records the call's end. Lambda's retry
+    // reads the end of the call again, and records its share again: it must keep the joined
+    // WAV (the pieces before its own are gone), leave no piece behind, and not start a
+    // second job.
+    let h = Harness::new(KvsOptions::default(), TranscribeOptions::default()).await;
+    let mut environment = analytics_environment().to_vec();
+    environment.push(("LAMBDA_INVOKE_TIMEOUT", "1500"));
+    let (lambda, server) = transcriber(&h, &environment).await;
+    h.jobs.inject(local_aws::call_analytics::JobFault::Hold);
+    let (arn, first) = h.play("call", sample_call_chunks()).await;
+    invoke_event(&server, &contact_flow_event(&arn, &first)).await;
+    let mut held = false;
+    for _ in 0..1200 {
+        if !h.jobs.jobs().is_empty() {
+            held = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(held, "the call ended and its analytics job was asked for");
+    assert_eq!(lambda.crash_busy("CallTranscriber"), 1);
+    assert_ne!(leased_status(&h).await.as_deref(), Some("ENDED"));
+    h.jobs.release();
+    assert_one_post_call_job(&h).await;
+    let records = h.records().await;
+    assert_start_end_recording_url(&records);
+    let urls = records
+        .iter()
+        .filter(|r| r["EventType"] == "ADD_S3_RECORDING_URL")
+        .count();
+    assert_eq!(urls, 1, "the recording's URL is published once");
+    assert_eq!(
+        h.jobs.refused(),
+        1,
+        "the retry's request met the job already there"
+    );
+    // The WAV the crashed attempt joined, whole; no piece or piece version left.
+    assert_recording(&h).await;
+    assert_eq!(
+        lambda.attempts("CallTranscriber").len(),
+        lambda.invocations("CallTranscriber").len() + 1,
+        "the crashed invocation was retried once"
+    );
+    lambda.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_analytics_job_leaves_the_call_ended_and_is_counted_as_missed() {
+    let h = Harness::new(KvsOptions::default(), TranscribeOptions::default()).await;
+    let (lambda, server, logs) = logged_transcriber(&h, &analytics_environment()).await;
+    h.jobs.inject(local_aws::call_analytics::JobFault::Refuse {
+        status: 403,
+        error_type: "AccessDeniedException".to_string(),
+    });
+    let (arn, first) = h.play("call", sample_call_chunks()).await;
+    invoke_event(&server, &contact_flow_event(&arn, &first)).await;
+    let records = records_until(&h, "ADD_S3_RECORDING_URL").await;
+    assert_start_end_recording_url(&records);
+    for _ in 0..200 {
+        if leased_status(&h).await.as_deref() == Some("ENDED") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(leased_status(&h).await.as_deref(), Some("ENDED"));
+    assert!(h.jobs.jobs().is_empty());
+    assert_eq!(h.jobs.refused(), 1, "asked once: a refusal is not retried");
+    assert_recording(&h).await;
+    lambda.shutdown();
+    let lines = metrics_lines(&logs, "CallTranscriber");
+    assert_eq!(metric_values(&lines, "PostCallAnalyticsMissed", &[]), [1.0]);
+    assert!(metric_values(&lines, "PostCallAnalyticsJobs", &[]).is_empty());
+    assert_eq!(
+        metric_values(&lines, "CallsEnded", &[]),
+        [1.0],
+        "the call itself ended normally"
+    );
+    let log = std::fs::read_to_string(logs.join("CallTranscriber.log")).unwrap();
+    assert!(
+        log.lines().any(|l| l.contains("\"level\":\"ERROR\"")
+            && l.contains("AccessDeniedException")
+            && l.contains("post-call analytics not started")),
+        "an error line names Transcribe's answer"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -964,6 +1112,7 @@ async fn with_hook(
             recording_prefix: "lca-audio-recordings/".to_string(),
         }),
         region: "us-east-1".to_string(),
+        post_call: None,
     };
     let (arn, first) = h.stored("call", &sample_call_chunks(), &[]);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);

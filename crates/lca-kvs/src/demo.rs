@@ -293,6 +293,18 @@ async fn demo(
         ),
         None => None,
     };
+    // With the local Transcribe, its batch side too (post-call analytics jobs in analytics
+    // mode): the jobs are taken, not run.
+    let jobs_server = if transcribe_server.is_some() {
+        Some(
+            local_aws::call_analytics::CallAnalyticsJobs::new()
+                .serve(0)
+                .await
+                .context("cannot start the local Transcribe (jobs) on loopback")?,
+        )
+    } else {
+        None
+    };
     let log_file = args.logs.clone().unwrap_or_else(|| {
         std::env::temp_dir().join(format!("lca-kvs-demo-{}.log", std::process::id()))
     });
@@ -322,13 +334,18 @@ async fn demo(
             .as_ref()
             .map(|server| ("AWS_ENDPOINT_URL_TRANSCRIBE_STREAMING", server.url())),
     )
+    .chain(
+        jobs_server
+            .as_ref()
+            .map(|server| ("AWS_ENDPOINT_URL_TRANSCRIBE", server.url())),
+    )
     .chain(backend.environment.iter().cloned())
     .map(|(k, v)| (k.to_string(), v))
     .collect();
     let mut defaults = vec![("KVS_IDLE_TIMEOUT", "5000"), ("RUST_LOG", "warn")];
     if transcribe_server.is_some() {
-        // For TRANSCRIBE_API_MODE=analytics (post-call output): the local Transcribe takes any
-        // role; Amazon Transcribe needs the user's own.
+        // For TRANSCRIBE_API_MODE=analytics (the post-call analytics job): the local
+        // Transcribe takes any role; Amazon Transcribe needs the user's own.
         defaults.push((
             "TCA_DATA_ACCESS_ROLE_ARN",
             "arn:aws:iam::123456789012:role/lca-demo-post-call",

@@ -146,6 +146,11 @@ pub fn run(args: LocalArgs) -> Result<()> {
                 args.transcribe_port
             )
         })?;
+        // Transcribe's batch side: StartCallAnalyticsJob (post-call analytics), taken, not run.
+        let jobs_server = local_aws::call_analytics::CallAnalyticsJobs::new()
+            .serve(0)
+            .await
+            .context("cannot start the local Transcribe (jobs) on loopback")?;
         let lambda = Lambda::new(LambdaOptions::default());
         for spec in &args.functions {
             let Some((name, binary)) = spec.split_once('=') else {
@@ -209,6 +214,7 @@ pub fn run(args: LocalArgs) -> Result<()> {
             "export AWS_ENDPOINT_URL_TRANSCRIBE_STREAMING={}",
             transcribe_server.url()
         )?;
+        writeln!(out, "export AWS_ENDPOINT_URL_TRANSCRIBE={}", jobs_server.url())?;
         writeln!(out, "export AWS_ENDPOINT_URL_LAMBDA={}", lambda_server.url())?;
         if let Some(moto) = &moto {
             for service in ["KINESIS", "S3", "DYNAMODB"] {

@@ -196,7 +196,12 @@ async fn transcribe(args: TranscribeArgs, config: TranscriberConfig) -> Result<E
             "events": outcome.published.delivered,
             "kinesis_requests": outcome.published.requests,
             "transcribe_sessions": outcome.transcription.sessions,
-            "kvs_to_transcribe_ms": ms(&outcome.chunk_latencies),
+            "kvs_to_transcribe_ms": {
+                "count": outcome.chunk_latencies.count(),
+                "p50": outcome.chunk_latencies.quantile_ms(0.5),
+                "p99": outcome.chunk_latencies.quantile_ms(0.99),
+                "max": outcome.chunk_latencies.quantile_ms(1.0),
+            },
             "transcribe_to_publisher_ms": ms(&outcome.transcription.handoff_latencies),
             "publisher_queue_ms": ms(&outcome.published.queue_latencies),
             "publisher_to_ack_ms": ms(&outcome.published.latencies),

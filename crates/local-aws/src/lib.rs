@@ -6,9 +6,11 @@
 //! DescribeStream, CreateStream, ListStreams) and the media plane (GetMedia) with every start
 //! selector, live delivery from an in-process producer, and KVS's errors; Transcribe Streaming
 //! ([`transcribe`]) with pluggable recognizers; Lambda ([`lambda`]) over the Runtime API;
-//! Connect's DescribeUser ([`connect`]); and, for Kinesis, a fault proxy in front of moto
+//! Connect's DescribeUser ([`connect`]); Transcribe's StartCallAnalyticsJob
+//! ([`call_analytics`]); and, for Kinesis, a fault proxy in front of moto
 //! ([`kinesis_faults`]) and an embedded producer-side stand-in ([`kinesis`]).
 
+pub mod call_analytics;
 pub mod connect;
 pub mod http;
 pub mod kinesis;

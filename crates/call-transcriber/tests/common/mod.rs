@@ -12,6 +12,7 @@ use call_transcriber::pipeline::{CallOutcome, CallPipeline, CallSpec, Clients, T
 use call_transcriber::source::{KvsClients, StartAt};
 use kvs_media::split_chunks;
 use lca_events::StartCall;
+use local_aws::call_analytics::CallAnalyticsJobs;
 use local_aws::kinesis_faults::KinesisFaults;
 use local_aws::kvs::{Fault, Kvs, KvsOptions};
 use local_aws::moto::MotoServer;
@@ -76,7 +77,11 @@ pub struct Harness {
     pub s3: aws_sdk_s3::Client,
     /// DynamoDB on moto, with the lease table [`TABLE`].
     pub dynamodb: aws_sdk_dynamodb::Client,
+    /// Transcribe's StartCallAnalyticsJob (post-call analytics jobs), and its endpoint.
+    pub jobs: CallAnalyticsJobs,
+    pub jobs_url: String,
     _servers: (
+        local_aws::http::Server,
         local_aws::http::Server,
         local_aws::http::Server,
         local_aws::http::Server,
@@ -122,6 +127,8 @@ impl Harness {
         .unwrap();
         let faults = KinesisFaults::new(moto.url());
         let faults_server = faults.serve(0).await.unwrap();
+        let jobs = CallAnalyticsJobs::new();
+        let jobs_server = jobs.serve(0).await.unwrap();
         let clients = Clients {
             kvs: KvsClients::new(&local_aws::sdk_config(&kvs_server.url())),
             transcribe: aws_sdk_transcribestreaming::Client::new(&local_aws::sdk_config(
@@ -143,7 +150,15 @@ impl Harness {
             moto_url: moto.url().to_string(),
             s3,
             dynamodb,
-            _servers: (kvs_server, transcribe_server, faults_server, moto),
+            jobs,
+            jobs_url: jobs_server.url(),
+            _servers: (
+                kvs_server,
+                transcribe_server,
+                faults_server,
+                jobs_server,
+                moto,
+            ),
         }
     }
 
