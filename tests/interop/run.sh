@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Interop checks: clients written by others against `lca-kvs local` — boto3 (kinesisvideo,
-# kinesis-video-media) and the JavaScript SDK v3 Transcribe Streaming client (HTTP/2, the
-# client LCA itself uses). Installs them under target/. Expects target/debug/lca-kvs built.
+# kinesis-video-media) and the JavaScript SDK v3 clients LCA itself uses: Transcribe Streaming
+# and Kinesis (HTTP/2 only), S3 and DynamoDB. Installs them under target/. Expects
+# target/debug/lca-kvs built, and moto server ($MOTO_SERVER, scripts/setup.sh).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 venv=target/interop-venv
@@ -10,11 +11,16 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 "$venv/bin/python" -c 'import boto3' 2>/dev/null || "$venv/bin/pip" install -q --disable-pip-version-check boto3
 node_dir=target/interop-node
-if [ ! -d "$node_dir/node_modules/@aws-sdk/client-transcribe-streaming" ]; then
-  mkdir -p "$node_dir"
-  npm install --prefix "$node_dir" --no-audit --no-fund --loglevel=error @aws-sdk/client-transcribe-streaming@3.1141.0
-fi
-cp tests/interop/js_transcribe.mjs "$node_dir/"
+js_clients=(client-transcribe-streaming client-kinesis client-s3 client-dynamodb)
+for client in "${js_clients[@]}"; do
+  if [ ! -d "$node_dir/node_modules/@aws-sdk/$client" ]; then
+    mkdir -p "$node_dir"
+    npm install --prefix "$node_dir" --no-audit --no-fund --loglevel=error \
+      $(printf '@aws-sdk/%s@3.1141.0 ' "${js_clients[@]}")
+    break
+  fi
+done
+cp tests/interop/js_transcribe.mjs tests/interop/js_kinesis_s3_dynamodb.mjs "$node_dir/"
 
 fixtures=../shared/fixtures/connect
 pids=()
@@ -28,7 +34,7 @@ start_local() {
   outs+=("$out")
   target/debug/lca-kvs local "$@" > "$out" &
   pids+=($!)
-  for _ in $(seq 1 100); do
+  for _ in $(seq 1 300); do
     grep -q '^ready$' "$out" && break
     sleep 0.1
   done
@@ -44,3 +50,8 @@ NODE_NO_WARNINGS=1 node "$node_dir/js_transcribe.mjs" "$fixtures/sample-call.cal
 # The same over TLS with ALPN h2, as production runs (the client trusts the local certificate).
 start_local --tls --no-moto
 NODE_NO_WARNINGS=1 node "$node_dir/js_transcribe.mjs" "$fixtures/sample-call.caller.raw" "$fixtures/sample-call.agent.raw"
+
+# With moto: the JavaScript SDK's Kinesis client (HTTP/2 only) through the exported Kinesis
+# endpoint, S3 and DynamoDB with their default handlers.
+start_local --stream call="$fixtures/sample-call.mkv" --speed 0
+NODE_NO_WARNINGS=1 node "$node_dir/js_kinesis_s3_dynamodb.mjs"

@@ -185,10 +185,19 @@ pub fn run(args: LocalArgs) -> Result<()> {
                 Err(error) => return Err(error.into()),
             }
         };
+        // Kinesis through a proxy in front of moto that speaks HTTP/2 (h2c) as well as
+        // HTTP/1.1: the JavaScript SDK's Kinesis client speaks only HTTP/2, moto only 1.1.
+        let mut kinesis_front = None;
         if let Some(moto) = &moto {
             local_aws::moto::create_kinesis_stream(moto.url(), &args.kinesis_stream)
                 .await
                 .map_err(anyhow::Error::msg)?;
+            kinesis_front = Some(
+                local_aws::kinesis_faults::KinesisFaults::new(moto.url())
+                    .serve(0)
+                    .await
+                    .context("cannot start the Kinesis front on loopback")?,
+            );
         }
         let mut players = Vec::new();
         let mut arns = Vec::new();
@@ -216,8 +225,9 @@ pub fn run(args: LocalArgs) -> Result<()> {
         )?;
         writeln!(out, "export AWS_ENDPOINT_URL_TRANSCRIBE={}", jobs_server.url())?;
         writeln!(out, "export AWS_ENDPOINT_URL_LAMBDA={}", lambda_server.url())?;
-        if let Some(moto) = &moto {
-            for service in ["KINESIS", "S3", "DYNAMODB"] {
+        if let (Some(moto), Some(kinesis)) = (&moto, &kinesis_front) {
+            writeln!(out, "export AWS_ENDPOINT_URL_KINESIS={}", kinesis.url())?;
+            for service in ["S3", "DYNAMODB"] {
                 writeln!(out, "export AWS_ENDPOINT_URL_{service}={}", moto.url())?;
             }
             writeln!(out, "export KINESIS_STREAM_NAME={}", args.kinesis_stream)?;

@@ -21,7 +21,8 @@ pub struct TranscribeArgs {
     #[arg(long)]
     stream_arn: String,
     /// The contact's first fragment (the contact-flow event's StartFragmentNumber). Without
-    /// it, reading starts at the newest data on the stream and earlier audio is not read.
+    /// it, reading starts with the newest fragment on the stream (GetMedia NOW) and earlier
+    /// audio is not read; on a stream idle since its last call, that is the last call's.
     #[arg(long)]
     start_fragment: Option<String>,
     /// The contact whose audio is read (the fragments' ContactId tags; default: the ContactId

@@ -1,7 +1,10 @@
 //! [`KinesisFaults`]: a proxy in front of a Kinesis emulator (moto) that makes chosen
 //! PutRecord/PutRecords requests fail the way Kinesis does under load — throttling of a whole
 //! request, or of some records of a batch — so a producer's retries are tested against the
-//! real SDK client and a real stream. Everything else passes through unchanged.
+//! real SDK client and a real stream. Everything else passes through unchanged. It serves
+//! HTTP/1.1 and HTTP/2 (h2c, prior knowledge) on one port, so without faults it is also the
+//! HTTP/2 front of moto (HTTP/1.1 only) for clients that speak nothing else: the JavaScript
+//! SDK v3's Kinesis client (`lca-kvs local` exports it as the Kinesis endpoint).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};

@@ -607,7 +607,10 @@ impl Kvs {
             Ok(Start::Index(containing))
         };
         let start = match kind {
-            "NOW" => Start::Index(fragments.len()),
+            // "NOW - Start with the latest chunk on the stream" (GetMedia API reference,
+            // StartSelector): the newest stored fragment, then what the producer adds; on an
+            // empty stream, the first to come.
+            "NOW" => Start::Index(fragments.len().saturating_sub(1)),
             "EARLIEST" => Start::Index(0),
             "FRAGMENT_NUMBER" => by_number("AfterFragmentNumber")?,
             "CONTINUATION_TOKEN" => by_number("ContinuationToken")?,

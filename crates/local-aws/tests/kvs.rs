@@ -260,7 +260,7 @@ async fn producer_and_server_timestamps_start_at_the_fragment_containing_them() 
 }
 
 #[tokio::test]
-async fn now_waits_silently_for_live_fragments_and_ends_when_the_call_ends() {
+async fn now_starts_with_the_newest_fragment_then_waits_for_live_ones_and_ends_with_the_call() {
     let kvs = Kvs::new(KvsOptions::default());
     let server = kvs.serve(0).await.unwrap();
     kvs.create_stream("live").unwrap();
@@ -274,8 +274,10 @@ async fn now_waits_silently_for_live_fragments_and_ends_when_the_call_ends() {
         .map(Bytes::from)
         .collect();
     assert_eq!(chunks.len(), 5);
-    // A fragment from before the session: NOW must not deliver it.
+    // Two fragments from before the request: NOW starts with the newest of them ("Start with
+    // the latest chunk on the stream", GetMedia API reference), not after it.
     kvs.put_chunk("live", chunks[0].clone()).unwrap();
+    kvs.put_chunk("live", chunks[1].clone()).unwrap();
     let output = media(&server.url())
         .get_media()
         .stream_name("live")
@@ -290,7 +292,7 @@ async fn now_waits_silently_for_live_fragments_and_ends_when_the_call_ends() {
         "the response stays open while the producer is quiet"
     );
     // The rest of the call, live at 20x speed (about 0.2 s), then the stream closes.
-    kvs.play("live", chunks[1..].to_vec(), 20.0)
+    kvs.play("live", chunks[2..].to_vec(), 20.0)
         .await
         .unwrap()
         .unwrap();
