@@ -258,6 +258,14 @@ fn actions(statement: &Value) -> Vec<&str> {
     }
 }
 
+/// The statement `sid` among `statements`.
+fn statement<'a>(statements: &[&'a Value], sid: &str) -> &'a Value {
+    statements
+        .iter()
+        .find(|s| s["Sid"] == sid)
+        .unwrap_or_else(|| panic!("statement {sid}"))
+}
+
 #[test]
 fn the_recording_pieces_may_be_deleted_with_every_version_and_nothing_more() {
     // What Recorder::assemble calls to leave no raw call audio behind in LCA's versioned
@@ -265,12 +273,7 @@ fn the_recording_pieces_may_be_deleted_with_every_version_and_nothing_more() {
     // uploads left open aborted.
     let template = template();
     let (plain, _) = transcriber_statements(&template);
-    let sid = |name: &str| {
-        *plain
-            .iter()
-            .find(|s| s["Sid"] == name)
-            .unwrap_or_else(|| panic!("statement {name}"))
-    };
+    let sid = |name: &str| statement(&plain, name);
     let pieces = sid("RecordingPieces");
     let resource = argument(&pieces["Resource"], "Sub")
         .and_then(Value::as_str)
@@ -298,12 +301,7 @@ fn the_post_call_job_may_be_started_with_the_data_access_role_and_nothing_more()
     // What PostCallJobs::start calls, and what the job does with the role it is passed.
     let template = template();
     let (plain, _) = transcriber_statements(&template);
-    let sid = |name: &str| {
-        *plain
-            .iter()
-            .find(|s| s["Sid"] == name)
-            .unwrap_or_else(|| panic!("statement {name}"))
-    };
+    let sid = |name: &str| statement(&plain, name);
     assert!(actions(sid("Transcribe")).contains(&"transcribe:StartCallAnalyticsJob"));
     let pass = sid("PassTcaRoleToTranscribe");
     assert_eq!(actions(pass), ["iam:PassRole"]);

@@ -747,11 +747,17 @@ impl Transcriber {
             }
         }
         // What was recorded up to the failure becomes the call's recording (LCA links it),
-        // so the raw pieces (call audio) do not stay behind unjoined.
+        // so the raw pieces (call audio) do not stay behind unjoined. Without the lease: its
+        // hold ended with the failure recorded (a renewal would take it again); give_up below
+        // records what was delivered.
+        let unleased = Holding {
+            lease: None,
+            ..holding
+        };
         if let Some(recorder) = self.recorder_of(call)
             && delivered.started
             && let Err(record_error) = self
-                .record(recorder, holding, &mut delivered, figures)
+                .record(recorder, unleased, &mut delivered, figures)
                 .await
         {
             tracing::error!(call_id = %call.call_id, error = %record_error, "the failed call's recording could not be joined: its pieces stay under the raw prefix");

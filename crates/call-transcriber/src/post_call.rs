@@ -5,9 +5,9 @@
 //! invocation (one per ~12 minutes), and each Call Analytics stream with
 //! PostCallAnalyticsSettings writes its own analysis of *its* audio when it ends, named by
 //! the session id (`<OutputLocation>analytics/<SessionId>.json` in LCA's reader,
-//! `process_tca_postcall`), which hand-overs keep: a 40-minute call left one partial
-//! analysis, each stream's overwriting the last. A batch job on the recording covers the
-//! whole call once.
+//! `process_tca_postcall`), which hand-overs keep: a 40-minute call got partial analyses,
+//! most likely each overwriting the last (inferred from the key; not documented). A batch
+//! job on the recording covers the whole call once.
 //!
 //! [`plan_job`] is pure: the job a call gets, or why it gets none. [`PostCallJobs`] sends it.
 
@@ -223,7 +223,30 @@ pub struct PostCallJobs {
 impl PostCallJobs {
     /// Starts `job`: channel 0 is the customer, 1 the agent, as on the live stream. Needs
     /// transcribe:StartCallAnalyticsJob, and iam:PassRole on the data-access role.
+    ///
+    /// One language goes as LanguageOptions of one, which AWS's own sample sends; the
+    /// reference of CallAnalyticsJobSettings says "two or more language codes". Should
+    /// Transcribe refuse the one (BadRequestException), the job is asked again without
+    /// options (Transcribe then identifies the language itself), so the call is analysed
+    /// under either reading.
     pub async fn start(&self, job: &AnalyticsJob) -> Result<JobStarted, JobError> {
+        match self.send(job).await {
+            Err((error, true)) if job.language_options.len() == 1 => {
+                tracing::warn!(job = %job.name, %error, "Transcribe refused the job with one language option; asking again with the language left to identify");
+                let identify = AnalyticsJob {
+                    language_options: Vec::new(),
+                    vocabulary_name: None,
+                    language_model_name: None,
+                    ..job.clone()
+                };
+                self.send(&identify).await.map_err(|(error, _)| error)
+            }
+            other => other.map_err(|(error, _)| error),
+        }
+    }
+
+    /// Sends the request; an error comes with whether it was a BadRequestException.
+    async fn send(&self, job: &AnalyticsJob) -> Result<JobStarted, (JobError, bool)> {
         let channel = |id, role| {
             ChannelDefinition::builder()
                 .channel_id(id)
@@ -275,11 +298,19 @@ impl PostCallJobs {
             {
                 Ok(JobStarted::AlreadyStarted)
             }
-            Err(error) => Err(JobError {
-                job: job.name.clone(),
-                media_uri: job.media_uri.clone(),
-                message: error_text(&error),
-            }),
+            Err(error) => {
+                let bad_request = error
+                    .as_service_error()
+                    .is_some_and(|e| e.is_bad_request_exception());
+                Err((
+                    JobError {
+                        job: job.name.clone(),
+                        media_uri: job.media_uri.clone(),
+                        message: error_text(&error),
+                    },
+                    bad_request,
+                ))
+            }
         }
     }
 }

@@ -593,16 +593,22 @@ fn analytics_environment() -> [(&'static str, &'static str); 2] {
 
 const TCA_ROLE: &str = "arn:aws:iam::123456789012:role/tca";
 
-/// Waits for the call's lease to end, then checks that exactly one Call Analytics job was
-/// started for the call, on its whole recording, channel 0 the customer.
-async fn assert_one_post_call_job(h: &Harness) {
+/// Waits (10 s at most) until the call's lease says it ended: after the last invocation's
+/// recording, its URL and its analytics job.
+async fn wait_for_call_end(h: &Harness) {
     for _ in 0..200 {
         if leased_status(h).await.as_deref() == Some("ENDED") {
-            break;
+            return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(leased_status(h).await.as_deref(), Some("ENDED"));
+}
+
+/// Waits for the call's lease to end, then checks that exactly one Call Analytics job was
+/// started for the call, on its whole recording, channel 0 the customer.
+async fn assert_one_post_call_job(h: &Harness) {
+    wait_for_call_end(h).await;
     let jobs = h.jobs.jobs();
     assert_eq!(jobs.len(), 1, "one post-call analytics job: {jobs:?}");
     let job = &jobs[0];
@@ -692,13 +698,7 @@ async fn a_refused_analytics_job_leaves_the_call_ended_and_is_counted_as_missed(
     invoke_event(&server, &contact_flow_event(&arn, &first)).await;
     let records = records_until(&h, "ADD_S3_RECORDING_URL").await;
     assert_start_end_recording_url(&records);
-    for _ in 0..200 {
-        if leased_status(&h).await.as_deref() == Some("ENDED") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(leased_status(&h).await.as_deref(), Some("ENDED"));
+    wait_for_call_end(&h).await;
     assert!(h.jobs.jobs().is_empty());
     assert_eq!(h.jobs.refused(), 1, "asked once: a refusal is not retried");
     assert_recording(&h).await;

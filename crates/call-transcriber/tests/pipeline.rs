@@ -940,3 +940,60 @@ async fn a_dropped_run_stops_its_transcribe_stream_and_publishes_nothing_more() 
     );
     assert!(h.records().await.iter().all(|r| r["EventType"] != "END"));
 }
+
+#[tokio::test]
+async fn the_post_call_job_is_taken_under_either_reading_of_language_options() {
+    use call_transcriber::post_call::{AnalyticsJob, JobStarted, PostCallJobs, plan_job};
+    let endpoint = local_aws::call_analytics::CallAnalyticsJobs::new();
+    let server = endpoint.serve(0).await.unwrap();
+    let jobs = PostCallJobs {
+        client: aws_sdk_transcribe::Client::new(&local_aws::sdk_config(&server.url())),
+    };
+    let vars = [
+        ("KINESIS_STREAM_NAME", "lca"),
+        ("TRANSCRIBE_API_MODE", "analytics"),
+        ("OUTPUT_BUCKET", "lca-bucket"),
+        (
+            "TCA_DATA_ACCESS_ROLE_ARN",
+            "arn:aws:iam::123456789012:role/tca",
+        ),
+        ("CUSTOM_VOCABULARY_NAME", "lca-vocab"),
+    ];
+    let config = call_transcriber::TranscriberConfig::from_lookup(|name| {
+        vars.iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.to_string())
+    })
+    .unwrap();
+    let minute = 44 + 60 * 32_000;
+    let job = plan_job(&config.transcribe, "c-1", "lca-bucket", "c-1.wav", minute)
+        .unwrap()
+        .unwrap();
+    // One language as LanguageOptions of one (AWS's post-call analytics sample does so).
+    assert_eq!(jobs.start(&job).await, Ok(JobStarted::Started));
+    let taken = endpoint.jobs();
+    assert_eq!(
+        taken[0]["Settings"]["LanguageOptions"],
+        serde_json::json!(["en-US"])
+    );
+    assert_eq!(taken[0]["Settings"]["VocabularyName"], "lca-vocab");
+    // The reference's "two or more language codes": the one refused, the job is asked again
+    // with the language left to Transcribe.
+    endpoint.refuse_single_language_option();
+    let second = AnalyticsJob {
+        name: "c-2".to_string(),
+        ..job.clone()
+    };
+    assert_eq!(jobs.start(&second).await, Ok(JobStarted::Started));
+    assert_eq!(endpoint.refused(), 1);
+    let taken = endpoint.jobs();
+    assert_eq!(taken.len(), 2);
+    assert!(
+        taken[1]["Settings"]["LanguageOptions"].is_null(),
+        "{}",
+        taken[1]
+    );
+    assert!(taken[1]["Settings"]["VocabularyName"].is_null());
+    // Asked again (a retried end of call): the job is there already.
+    assert_eq!(jobs.start(&second).await, Ok(JobStarted::AlreadyStarted));
+}

@@ -49,6 +49,7 @@ struct State {
     jobs: Vec<Value>,
     refused: usize,
     faults: VecDeque<JobFault>,
+    options_two_or_more: bool,
 }
 
 /// The local Transcribe Call Analytics jobs endpoint: inject faults, then
@@ -81,6 +82,14 @@ impl CallAnalyticsJobs {
     /// Queues a fault for the next StartCallAnalyticsJob request.
     pub fn inject(&self, fault: JobFault) {
         lock(&self.state).faults.push_back(fault);
+    }
+
+    /// Reads CallAnalyticsJobSettings.LanguageOptions as "two or more language codes" (its
+    /// reference's words) and refuses a single one with BadRequestException; by default one
+    /// is taken, as AWS's post-call analytics sample sends it for a known language. The
+    /// documents leave it open; the transcriber must work under both readings.
+    pub fn refuse_single_language_option(&self) {
+        lock(&self.state).options_two_or_more = true;
     }
 
     /// Answers the held requests, and every later one at once.
@@ -156,7 +165,17 @@ impl CallAnalyticsJobs {
                 false,
             );
         }
-        if let Err(problem) = check(&job) {
+        let single_option = job["Settings"]["LanguageOptions"]
+            .as_array()
+            .is_some_and(|options| options.len() == 1);
+        let check = check(&job).and_then(|()| {
+            if state.options_two_or_more && single_option {
+                Err("Settings.LanguageOptions must contain two or more language codes".into())
+            } else {
+                Ok(())
+            }
+        });
+        if let Err(problem) = check {
             state.refused += 1;
             return (
                 aws_error(StatusCode::BAD_REQUEST, "BadRequestException", &problem),
