@@ -165,17 +165,7 @@ impl CallAnalyticsJobs {
                 false,
             );
         }
-        let single_option = job["Settings"]["LanguageOptions"]
-            .as_array()
-            .is_some_and(|options| options.len() == 1);
-        let check = check(&job).and_then(|()| {
-            if state.options_two_or_more && single_option {
-                Err("Settings.LanguageOptions must contain two or more language codes".into())
-            } else {
-                Ok(())
-            }
-        });
-        if let Err(problem) = check {
+        if let Err(problem) = check(&job, state.options_two_or_more) {
             state.refused += 1;
             return (
                 aws_error(StatusCode::BAD_REQUEST, "BadRequestException", &problem),
@@ -202,6 +192,8 @@ impl CallAnalyticsJobs {
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
             .as_secs_f64();
+        // The real answer is QUEUED or IN_PROGRESS ("job queuing is enabled by default for
+        // Call Analytics jobs", API reference); the transcriber reads neither.
         let answer = json_response(&json!({"CallAnalyticsJob": {
             "CallAnalyticsJobName": name,
             "CallAnalyticsJobStatus": "IN_PROGRESS",
@@ -218,7 +210,9 @@ impl CallAnalyticsJobs {
 }
 
 /// The API reference's constraints on a StartCallAnalyticsJob request; the problem found.
-fn check(job: &Value) -> Result<(), String> {
+/// `options_two_or_more`: a single LanguageOptions code is refused
+/// ([`CallAnalyticsJobs::refuse_single_language_option`]).
+fn check(job: &Value, options_two_or_more: bool) -> Result<(), String> {
     let name = job["CallAnalyticsJobName"]
         .as_str()
         .ok_or("CallAnalyticsJobName is required")?;
@@ -251,6 +245,9 @@ fn check(job: &Value) -> Result<(), String> {
     {
         return Err(format!("OutputLocation {output:?} is not an s3:// URI"));
     }
+    // ChannelDefinitions (API reference): two items, ChannelId 0 or 1; one AGENT and one
+    // CUSTOMER is this stand-in's reading (the reference does not say two roles may not be
+    // the same; the transcriber never sends that).
     if let Some(channels) = job.get("ChannelDefinitions") {
         let roles: Vec<(i64, &str)> = channels
             .as_array()
@@ -277,6 +274,10 @@ fn check(job: &Value) -> Result<(), String> {
             || redaction["RedactionOutput"].as_str().is_none())
     {
         return Err("Settings.ContentRedaction needs RedactionType and RedactionOutput".into());
+    }
+    let options = job["Settings"]["LanguageOptions"].as_array();
+    if options_two_or_more && options.is_some_and(|options| options.len() == 1) {
+        return Err("Settings.LanguageOptions must contain two or more language codes".into());
     }
     Ok(())
 }
