@@ -585,6 +585,7 @@ fn alarms_and_the_dashboard_name_only_metrics_the_code_emits() {
     for wanted in [
         "LCA/ConnectKVS/${AWS::StackName}/CallsFailed",
         "LCA/ConnectKVS/${AWS::StackName}/CallsCut",
+        "LCA/ConnectKVS/${AWS::StackName}/Invocations",
         "LCA/ConnectKVS/${AWS::StackName}/TranscriptLag",
         "LCA/ConnectKVS/${AWS::StackName}/StartLcaAnswers",
         "AWS/Lambda/Errors",

@@ -54,6 +54,10 @@ pub struct CallData {
     /// event was processed late (retried, throttled) still shows when it happened.
     #[serde(default)]
     pub started_at_ms: Option<u64>,
+    /// Since when (epoch ms) the call has been waiting, invocation after invocation, for a
+    /// service with no room for it (`CALL_STALL_TIMEOUT`); absent while the call advances.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stalled_since_ms: Option<u64>,
 }
 
 fn yes() -> bool {
@@ -81,6 +85,7 @@ impl CallData {
             swap_channels: false,
             should_record_call: true,
             started_at_ms: None,
+            stalled_since_ms: None,
         }
     }
 

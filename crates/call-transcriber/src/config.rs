@@ -137,6 +137,15 @@ pub struct TranscriberConfig {
     /// the `CallsCut` metric saying so: the guard against a stream that never ends, in place
     /// of the reference's limit of 30 invocations.
     pub max_call_duration: Duration,
+    /// `CALL_STALL_TIMEOUT` (this project's addition; ms, default 30 minutes): how long a call
+    /// may wait without progress for a service with no room for it (Transcribe's concurrent
+    /// stream quota in use, Kinesis refusing its events for throttling or an outage). While
+    /// it waits, its audio stays in KVS and each invocation whose time runs out hands the
+    /// call to a fresh one at the same position (not a failure: Lambda's two retries are kept
+    /// for real failures); past this long, the call is given up as after a last failed
+    /// attempt. Keep it below the Connect instance's media stream retention
+    /// (RetentionPeriodHours, whole hours), or the audio waited for is deleted first.
+    pub call_stall_timeout: Duration,
     /// `METRICS_NAMESPACE` (this project's addition; default `LCA/ConnectKVS`): the
     /// CloudWatch namespace of the metrics lines. The template sets one per stack, so two
     /// stacks in one account and region keep their metrics and alarms apart.
@@ -145,6 +154,10 @@ pub struct TranscriberConfig {
 
 /// Default `MAX_CALL_DURATION`: 8 hours, room for a six-hour call and more.
 pub const DEFAULT_MAX_CALL_DURATION_MS: u64 = 8 * 3600 * 1000;
+
+/// Default `CALL_STALL_TIMEOUT`: 30 minutes, below the shortest media retention that keeps
+/// anything (Connect's RetentionPeriodHours is in whole hours; 0 keeps no data).
+pub const DEFAULT_CALL_STALL_TIMEOUT_MS: u64 = 30 * 60 * 1000;
 
 /// Languages for which Transcribe streaming redacts PII (as in the LCA reference).
 pub const REDACTION_LANGUAGES: [&str; 4] = ["en-US", "en-AU", "en-GB", "es-US"];
@@ -165,6 +178,7 @@ impl TranscriberConfig {
     pub const VARIABLES: &'static [&'static str] = &[
         "CALL_ANALYTICS_FILE_PREFIX",
         "CALL_LEASE_TIMEOUT",
+        "CALL_STALL_TIMEOUT",
         "CONNECT_INSTANCE_ARN",
         "CONTENT_REDACTION_TYPE",
         "CUSTOM_LANGUAGE_MODEL_NAME",
@@ -348,6 +362,7 @@ impl TranscriberConfig {
         if max_call_duration.is_zero() {
             return Err(env.error("MAX_CALL_DURATION", "0", "must be positive"));
         }
+        let call_stall_timeout = env.millis("CALL_STALL_TIMEOUT", DEFAULT_CALL_STALL_TIMEOUT_MS)?;
         let metrics_namespace = env
             .get("METRICS_NAMESPACE")
             .unwrap_or_else(|| call_metrics::NAMESPACE.to_string());
@@ -388,6 +403,7 @@ impl TranscriberConfig {
             call_lease_timeout,
             maximum_retry_attempts,
             max_call_duration,
+            call_stall_timeout,
             metrics_namespace,
         })
     }

@@ -81,6 +81,26 @@ impl HookAnswer {
     }
 }
 
+/// The `errorType` of a function error's payload (Lambda's `{"errorType", "errorMessage"}`),
+/// kept only when it looks like a type name: the error reaches the log, the lease and the
+/// failure queue, and must not carry the customer data a message might.
+fn hook_error_type(payload: &[u8]) -> String {
+    let kind = serde_json::from_slice::<Value>(payload)
+        .ok()
+        .and_then(|v| v["errorType"].as_str().map(str::to_string))
+        .unwrap_or_default();
+    let name_like = !kind.is_empty()
+        && kind.len() <= 100
+        && kind
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.:-$".contains(c));
+    if name_like {
+        format!("errorType {kind}")
+    } else {
+        "no errorType".to_string()
+    }
+}
+
 /// Time kept back from the Lambda's deadline for waiting for a quiet moment to hand over
 /// ([`crate::pipeline::HANDOVER_GRACE`]), flushing Transcribe and Kinesis, joining the
 /// recording and invoking the next function.
@@ -120,7 +140,7 @@ impl Transcriber {
                 duration: config.call_lease_timeout,
             }),
             recorder: config.output_bucket.clone().map(|bucket| Recorder {
-                s3: s3_client(&bounded),
+                s3: s3_client(&recording_retries(&bounded)),
                 bucket,
                 raw_prefix: config.raw_prefix.clone(),
                 recording_prefix: config.recording_prefix.clone(),
@@ -140,6 +160,22 @@ impl Transcriber {
             },
         }
     }
+}
+
+/// Attempts per S3 request of the recording: twice the SDK's default three (all within one
+/// request's time limit, 60 s), since a part that cannot be written fails the run (and
+/// a run retried by Lambda reads and records its share again). S3 answers 503 Slow Down
+/// while it scales a busy prefix, which the SDK's standard retry mode backs off from
+/// exponentially, with jitter, up to 20 s a wait.
+const RECORDING_ATTEMPTS: u32 = 6;
+
+/// `sdk` with [`RECORDING_ATTEMPTS`] attempts per request.
+fn recording_retries(sdk: &aws_config::SdkConfig) -> aws_config::SdkConfig {
+    sdk.to_builder()
+        .retry_config(
+            aws_config::retry::RetryConfig::standard().with_max_attempts(RECORDING_ATTEMPTS),
+        )
+        .build()
 }
 
 /// An S3 client; path-style addressing when the endpoint is overridden (local emulators),
@@ -205,6 +241,13 @@ pub enum HandlerError {
     },
 }
 
+/// Why a run could not advance its call, and when its invocation began (where a stall
+/// starts being counted when it is the call's first).
+struct Stall {
+    error: HandlerError,
+    began_ms: u64,
+}
+
 /// The call an invocation works on, with its hold on it.
 #[derive(Clone, Copy)]
 struct Holding<'a> {
@@ -238,15 +281,19 @@ impl Transcriber {
         let payload = output.payload.map(|p| p.into_inner()).unwrap_or_default();
         if let Some(kind) = output.function_error {
             return Err(failed(format!(
-                "function error ({kind}): {}",
-                String::from_utf8_lossy(&payload)
+                "function error ({kind}): {}; its errorMessage is not repeated here, as it may hold customer data: see the hook's own log",
+                hook_error_type(&payload)
             )));
         }
         if payload.is_empty() || payload == b"null" {
             return Ok(HookAnswer::default());
         }
-        serde_json::from_slice(&payload)
-            .map_err(|e| failed(format!("answer is not the expected JSON object: {e}")))
+        serde_json::from_slice(&payload).map_err(|e| {
+            failed(format!(
+                "answer is not the expected JSON object: {}",
+                lca_events::json_problem(&e)
+            ))
+        })
     }
 
     /// The call a contact-flow event starts, before the lambda hook.
@@ -259,7 +306,7 @@ impl Transcriber {
         });
         let contact = ContactFlowEvent::streaming_contact(event, instance)?;
         let parsed: ContactFlowEvent = serde_json::from_value(event.clone())
-            .map_err(|e| HandlerError::Event(e.to_string()))?;
+            .map_err(|e| HandlerError::Event(lca_events::json_problem(&e)))?;
         let data = parsed.details.contact_data;
         let address = |e: Option<lca_events::connect::Endpoint>| {
             e.and_then(|e| e.address).unwrap_or_default()
@@ -333,8 +380,12 @@ impl Transcriber {
         } else {
             // A chain of continuations is bounded by the call's length (MAX_CALL_DURATION,
             // counted in call audio, which every hand-over advances), not by a count.
-            serde_json::from_value(event["callData"].clone())
-                .map_err(|e| HandlerError::Event(format!("LAMBDA_CONTINUE callData: {e}")))?
+            serde_json::from_value(event["callData"].clone()).map_err(|e| {
+                HandlerError::Event(format!(
+                    "LAMBDA_CONTINUE callData: {}",
+                    lca_events::json_problem(&e)
+                ))
+            })?
         };
         figures.call_id = Some(call.call_id.clone());
         figures.lambda_count = Some(call.lambda_count);
@@ -433,7 +484,9 @@ impl Transcriber {
         figures: &mut InvocationFigures,
     ) -> Result<Value, HandlerError> {
         let config = &self.pipeline.config;
-        let start_event = (call.lambda_count == 0 && !delivered.started).then(|| StartCall {
+        // START goes out with the call's first share (the one read from its first fragment:
+        // also a share run again after a stall) unless the lease says it is on the stream.
+        let start_event = (call.last_fragment.is_none() && !delivered.started).then(|| StartCall {
             customer_phone_number: call.from_number.clone(),
             system_phone_number: call.to_number.clone(),
             agent_id: call.agent_id.clone(),
@@ -443,6 +496,7 @@ impl Transcriber {
                 .map_or_else(crate::transcribe::now, crate::transcribe::timestamp),
         });
         let start_sent = start_event.is_some();
+        let began_ms = now_ms();
         let now = Instant::now();
         let deadline = (now + config.lambda_invoke_timeout).min(
             invocation
@@ -537,9 +591,66 @@ impl Transcriber {
             }
         };
         match finished {
-            Err(error) => self.failed(holding, delivered, error, figures).await,
+            Err(HandlerError::Pipeline(error)) if error.is_stall() && lease.is_some() => {
+                let stall = Stall {
+                    error: error.into(),
+                    began_ms,
+                };
+                self.stalled(holding, delivered, stall, invocation, figures)
+                    .await
+            }
+            Err(error) => self.failed(holding, delivered, error, false, figures).await,
             answer => answer,
         }
+    }
+
+    /// A run that could not advance the call for want of room at a service (Transcribe's
+    /// stream quota in use, Kinesis throttling or out) for as long as it had: not a failure.
+    /// The call goes to a fresh invocation at the same position (what was delivered is in the
+    /// lease, so nothing is published twice, and the audio waits in KVS), without using up
+    /// Lambda's retries, which are kept for real failures. A call stalled for longer than
+    /// `CALL_STALL_TIMEOUT` is given up as after its last failed attempt. Needs the lease:
+    /// without it, nothing records what was delivered.
+    async fn stalled(
+        &self,
+        holding: Holding<'_>,
+        delivered: Delivered,
+        stall: Stall,
+        invocation: Invocation<'_>,
+        figures: &mut InvocationFigures,
+    ) -> Result<Value, HandlerError> {
+        let Holding { call, held, lease } = holding;
+        let Some(lease) = lease else {
+            return self
+                .failed(holding, delivered, stall.error, false, figures)
+                .await;
+        };
+        let timeout = self.pipeline.config.call_stall_timeout;
+        let since = call.stalled_since_ms.unwrap_or(stall.began_ms);
+        let stalled_ms = now_ms().saturating_sub(since);
+        if stalled_ms >= timeout.as_millis() as u64 {
+            tracing::error!(call_id = %call.call_id, error = %stall.error, stalled_ms, call_stall_timeout_ms = timeout.as_millis() as u64, "the call could not advance for CALL_STALL_TIMEOUT: giving it up");
+            return self
+                .failed(holding, delivered, stall.error, true, figures)
+                .await;
+        }
+        let next = CallData {
+            lambda_count: call.lambda_count + 1,
+            stalled_since_ms: Some(since),
+            ..call.clone()
+        };
+        if !lease.hand_over(held, &next, &delivered).await? {
+            tracing::error!(call_id = %next.call_id, "lease lost to another invocation: not handing over");
+            return Ok(json!({"status": "LEASE_LOST", "callId": next.call_id}));
+        }
+        tracing::warn!(call_id = %call.call_id, error = %stall.error, stalled_ms, call_stall_timeout_ms = timeout.as_millis() as u64, "no room at a service for this whole invocation: the call waits, its audio in KVS, and a fresh invocation continues it at the same position");
+        self.invoke_next(&next, invocation.function_arn).await?;
+        Ok(json!({
+            "status": "STALLED",
+            "callId": next.call_id,
+            "lambdaCount": next.lambda_count,
+            "reason": stall.error.reason().as_str(),
+        }))
     }
 
     /// After a run that went well: ends the call (recording, ADD_S3_RECORDING_URL, lease) or
@@ -585,6 +696,7 @@ impl Transcriber {
                     origin_ns: position.origin_ns,
                     start_sample: position.start_sample,
                     lambda_count: call.lambda_count + 1,
+                    stalled_since_ms: None,
                     ..call.clone()
                 };
                 if let Some(lease) = lease
@@ -705,6 +817,7 @@ impl Transcriber {
         holding: Holding<'_>,
         mut delivered: Delivered,
         error: HandlerError,
+        last_anyway: bool,
         figures: &mut InvocationFigures,
     ) -> Result<Value, HandlerError> {
         let Holding { call, held, lease } = holding;
@@ -726,7 +839,7 @@ impl Transcriber {
                 }
             },
         };
-        let last = attempt.is_none_or(|attempt| attempt > retries);
+        let last = last_anyway || attempt.is_none_or(|attempt| attempt > retries);
         tracing::error!(call_id = %call.call_id, error = %error, attempt, retries, last_attempt = last, "the call's invocation failed");
         if !last {
             return Err(error);

@@ -438,6 +438,7 @@ mod tests {
                     call_id: "c".into(),
                     count: 1,
                     first: "throttled".into(),
+                    refused: false,
                 }),
                 "Kinesis",
             ),

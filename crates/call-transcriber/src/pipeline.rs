@@ -196,7 +196,14 @@ pub enum PipelineError {
     #[error(transparent)]
     Transcribe(#[from] TranscribeError),
     /// Some events could not be put on Kinesis.
-    #[error("call {call_id}: {count} LCA events could not be put on Kinesis; first: {first}")]
+    #[error(
+        "call {call_id}: {count} LCA events could not be put on Kinesis; first: {first}. {}",
+        if *refused {
+            "Kinesis refused them: check that the stream exists and that the function's role may kinesis:PutRecord to it (and use its KMS key, if encrypted)"
+        } else {
+            "Kinesis did not take them in the time there was (throttling or an outage): they are published, in order, when it does"
+        }
+    )]
     Undelivered {
         /// The call.
         call_id: String,
@@ -204,6 +211,9 @@ pub enum PipelineError {
         count: usize,
         /// The first failure.
         first: String,
+        /// Kinesis refused them for good (see [`publisher::is_refusal`]); `false`: time or
+        /// attempts ran out.
+        refused: bool,
     },
 }
 
@@ -215,7 +225,20 @@ impl PipelineError {
             call_id: call_id.to_string(),
             count: report.undelivered.len(),
             first: first.clone(),
+            refused: report.refused,
         })
+    }
+
+    /// Whether the run failed only for want of room at a service: Transcribe's stream quota
+    /// stayed in use, or Kinesis kept throttling (or was out) until the run's time was up.
+    /// Nothing is wrong with the call or the configuration, and the audio waits in KVS: a
+    /// later run at the same position can do what this one could not.
+    pub fn is_stall(&self) -> bool {
+        matches!(
+            self,
+            Self::Transcribe(TranscribeError::Capacity { .. })
+                | Self::Undelivered { refused: false, .. }
+        )
     }
 }
 
@@ -254,7 +277,8 @@ impl CallPipeline {
         let (message_tx, message_rx) = mpsc::channel::<LcaMessage>(1024);
         let kinesis = self.clients.kinesis.clone();
         // Kinesis writes are retried for as long as the run may take (a Lambda run's time,
-        // then its grace period); after that the run fails and its retry delivers the rest.
+        // then its grace period); after that the run fails as a stall
+        // ([`PipelineError::is_stall`]) and a fresh run at the same position delivers the rest.
         let publisher_options = match call.deadline {
             Some(deadline) => {
                 PublisherOptions::until(&config.kinesis_stream_name, deadline + HANDOVER_GRACE)
@@ -285,7 +309,7 @@ impl CallPipeline {
             start_sample: call.position.start_sample,
             delivered: call.already_delivered.clone(),
             // Waiting for Transcribe capacity may use the hand-over's grace period too; then
-            // the run fails and the call continues in the retried invocation.
+            // the run fails as a stall and a fresh run continues the call at the same position.
             give_up_at: call.deadline.map(|deadline| deadline + HANDOVER_GRACE),
         };
         let transcribe_client = self.clients.transcribe.clone();

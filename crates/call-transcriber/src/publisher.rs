@@ -10,8 +10,12 @@
 //! A burst costs fewer round trips another way: a partial result whose segment has a newer
 //! version queued is skipped (LCA would overwrite it at once); finals are never skipped.
 //!
-//! Throttling (ProvisionedThroughputExceeded) and service errors are retried with exponential
-//! backoff until the run's time is up. A message that cannot be delivered stops the
+//! Throttling (ProvisionedThroughputExceeded, KMSThrottling), service and connection errors
+//! are retried with exponential backoff until the run's time is up. The errors PutRecord
+//! documents for a request that cannot succeed as it stands (a missing stream, denied access,
+//! the stream's KMS key unusable, an invalid argument) are not retried: they need the
+//! operator, and the report says so ([`PublishReport::refused`]). A message that cannot be
+//! delivered stops the
 //! publisher: it and everything after it are reported undelivered, so what reached the
 //! stream is always a prefix of what was produced (which is what [`crate::Delivered`]
 //! records, exactly).
@@ -84,6 +88,9 @@ pub struct PublishReport {
     pub delivered: u64,
     /// Messages that could not be delivered, with the last error.
     pub undelivered: Vec<(LcaMessage, String)>,
+    /// Kinesis refused the first undeliverable message for good (an error that retrying
+    /// does not fix, [`is_refusal`]); `false` when time or attempts ran out first.
+    pub refused: bool,
     /// Requests made (PutRecord and PutRecords).
     pub requests: u64,
     /// Requests retried.
@@ -161,9 +168,10 @@ pub async fn run(
             continue;
         }
         report.queue_latencies.push(item.arrived.elapsed());
-        if let Err((item, error)) =
+        if let Err((item, error, refused)) =
             put_one(client, options, item, &mut last_sequence, &mut report).await
         {
+            report.refused = refused;
             // Nothing after an undeliverable message is sent: the stream keeps a prefix.
             tracing::error!(call_id = %item.message.call_id, message = %error, "giving up on LCA messages: Kinesis did not take them");
             report.undelivered.push((item.message, error.clone()));
@@ -227,14 +235,36 @@ fn backoff(options: &PublisherOptions, attempt: u32) -> Duration {
         .min(options.max_backoff)
 }
 
-/// Puts one record, retrying; gives it back with the last error when it cannot be delivered.
+/// Whether a PutRecord error code says the request cannot succeed as it stands, so retrying
+/// is pointless: of the errors the Kinesis API reference lists for PutRecord, all but
+/// ProvisionedThroughputExceededException and KMSThrottlingException. Anything else (an
+/// internal failure, an unavailable service, a lost connection) is retried.
+pub fn is_refusal(code: Option<&str>) -> bool {
+    matches!(
+        code,
+        Some(
+            "AccessDeniedException"
+                | "InvalidArgumentException"
+                | "KMSAccessDeniedException"
+                | "KMSDisabledException"
+                | "KMSInvalidStateException"
+                | "KMSNotFoundException"
+                | "KMSOptInRequired"
+                | "ResourceNotFoundException"
+                | "ValidationException"
+        )
+    )
+}
+
+/// Puts one record, retrying; gives it back with the last error, and whether that error was
+/// a refusal ([`is_refusal`]), when it cannot be delivered.
 async fn put_one(
     client: &aws_sdk_kinesis::Client,
     options: &PublisherOptions,
     item: Pending,
     last_sequence: &mut Option<String>,
     report: &mut PublishReport,
-) -> Result<(), (Pending, String)> {
+) -> Result<(), (Pending, String, bool)> {
     let mut attempt = 0;
     loop {
         report.requests += 1;
@@ -263,9 +293,10 @@ async fn put_one(
                         .code()
                         .map_or_else(|| error_text(&error), str::to_string)
                 );
+                let refused = is_refusal(error.code());
                 let delay = backoff(options, attempt);
-                if !options.may_retry(attempt, delay) {
-                    return Err((item, message));
+                if refused || !options.may_retry(attempt, delay) {
+                    return Err((item, message, refused));
                 }
                 report.retries += 1;
                 tracing::warn!(call_id = %item.message.call_id, attempt, %message, "retrying PutRecord");

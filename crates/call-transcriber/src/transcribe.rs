@@ -92,7 +92,7 @@ pub enum TranscribeError {
     /// Transcribe had no capacity for the call's stream (the account's concurrent stream
     /// quota) for as long as the invocation could wait.
     #[error(
-        "call {call_id}: Transcribe had no capacity for a stream for {waited:?} ({attempts} attempts; the account's concurrent stream quota, 25 by default, is in use); last: {message}. The call's audio waits in KVS: the retried invocation continues it. If this recurs, ask for a higher quota (Amazon Transcribe, concurrent HTTP/2 streams) in Service Quotas"
+        "call {call_id}: Transcribe had no capacity for a stream for {waited:?} ({attempts} attempts; the account's concurrent stream quota, 25 by default, is in use); last: {message}. The call's audio waits in KVS: a fresh invocation continues it at the same position, for up to CALL_STALL_TIMEOUT. If this recurs, ask for a higher quota (Amazon Transcribe, concurrent HTTP/2 streams) in Service Quotas"
     )]
     Capacity {
         /// The call.

@@ -939,6 +939,168 @@ async fn a_kvs_error_fails_every_attempt_and_the_last_one_ends_the_call() {
     lambda.shutdown();
 }
 
+/// Waits (60 s at most) until the call has been handed on after a stall (a continuation
+/// carrying `stalledSinceMs`).
+async fn wait_for_stall(lambda: &Lambda) {
+    for _ in 0..600 {
+        if stalled_continuations(lambda) > 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("no invocation handed the call on after a stall within 60 s");
+}
+
+/// Continuations that carry on a stalled call.
+fn stalled_continuations(lambda: &Lambda) -> usize {
+    lambda
+        .invocations("CallTranscriber")
+        .iter()
+        .filter(|i| i.payload["callData"].get("stalledSinceMs").is_some())
+        .count()
+}
+
+/// The outcomes of the transcriber's invocations, from their metrics lines.
+fn outcomes(lines: &[(Value, Vec<Extracted>)]) -> Vec<String> {
+    lines
+        .iter()
+        .map(|(line, _)| line["Outcome"].as_str().unwrap_or("?").to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_waiting_for_transcribe_capacity_is_handed_on_and_caught_up_with_every_word() {
+    // The account's stream quota is in use by others for longer than an invocation: the
+    // invocation hands the call on at the same position (STALLED, no retry used up), and once
+    // a stream is free the call is transcribed from its first sample, every word once.
+    let h = Harness::new(
+        KvsOptions::default(),
+        TranscribeOptions {
+            max_sessions: Some(1),
+            ..TranscribeOptions::default()
+        },
+    )
+    .await;
+    h.transcribe.set_streams_elsewhere(1);
+    let (lambda, server, logs) = logged_transcriber(
+        &h,
+        &[
+            ("LAMBDA_INVOKE_TIMEOUT", "1500"),
+            ("START_STREAM_RETRY_WAIT", "200"),
+        ],
+    )
+    .await;
+    let (arn, first) = h.play("call", sample_call_chunks()).await;
+    invoke_event(&server, &contact_flow_event(&arn, &first)).await;
+    wait_for_stall(&lambda).await;
+    assert!(h.transcribe.refused() >= 2, "the quota turned streams away");
+    assert!(h.transcribe.sessions().is_empty());
+    h.transcribe.set_streams_elsewhere(0);
+    let records = records_until(&h, "ADD_S3_RECORDING_URL").await;
+    assert_lifecycle(&records);
+    assert_recording(&h).await;
+    let audio: Vec<u8> = h
+        .transcribe
+        .sessions()
+        .iter()
+        .flat_map(|s| s.audio.clone())
+        .collect();
+    assert!(
+        audio == sample_call_stereo(),
+        "Transcribe got the whole call once"
+    );
+    assert!(lambda.failures("CallTranscriber").is_empty());
+    assert_eq!(
+        stalled_continuations(&lambda),
+        1,
+        "one stall, then advancing"
+    );
+    assert_eq!(leased_status(&h).await.as_deref(), Some("ENDED"));
+    let outcomes = outcomes(&metrics_lines(&logs, "CallTranscriber"));
+    assert_eq!(
+        outcomes.first().map(String::as_str),
+        Some("STALLED"),
+        "{outcomes:?}"
+    );
+    assert_eq!(
+        outcomes.last().map(String::as_str),
+        Some("ENDED"),
+        "{outcomes:?}"
+    );
+    lambda.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kinesis_outage_longer_than_an_invocation_delays_the_call_and_loses_nothing() {
+    // Kinesis takes nothing, not even START, for longer than an invocation: the call is
+    // handed on at the same position; once Kinesis is back, START comes first and once,
+    // then every final once.
+    let h = Harness::new(KvsOptions::default(), TranscribeOptions::default()).await;
+    h.faults.set_outage(true);
+    let (lambda, server, logs) = logged_transcriber(&h, &[("LAMBDA_INVOKE_TIMEOUT", "1500")]).await;
+    let (arn, first) = h.play("call", sample_call_chunks()).await;
+    invoke_event(&server, &contact_flow_event(&arn, &first)).await;
+    wait_for_stall(&lambda).await;
+    assert!(h.records().await.is_empty());
+    h.faults.set_outage(false);
+    let records = records_until(&h, "ADD_S3_RECORDING_URL").await;
+    assert_lifecycle(&records);
+    assert_recording(&h).await;
+    assert!(lambda.failures("CallTranscriber").is_empty());
+    assert_eq!(stalled_continuations(&lambda), 1);
+    let outcomes = outcomes(&metrics_lines(&logs, "CallTranscriber"));
+    assert_eq!(
+        outcomes.first().map(String::as_str),
+        Some("STALLED"),
+        "{outcomes:?}"
+    );
+    lambda.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_stalled_past_call_stall_timeout_is_given_up_with_its_end() {
+    // The quota never frees: past CALL_STALL_TIMEOUT the call is given up as after a last
+    // failed attempt (END, the recording of what was read, lease FAILED, CallsFailed with
+    // the reason), not handed on for ever.
+    let h = Harness::new(
+        KvsOptions::default(),
+        TranscribeOptions {
+            max_sessions: Some(0),
+            ..TranscribeOptions::default()
+        },
+    )
+    .await;
+    let (lambda, server, logs) = logged_transcriber(
+        &h,
+        &[
+            ("LAMBDA_INVOKE_TIMEOUT", "1500"),
+            ("START_STREAM_RETRY_WAIT", "200"),
+            ("CALL_STALL_TIMEOUT", "1000"),
+        ],
+    )
+    .await;
+    let (arn, first) = h.play("call", sample_call_chunks()).await;
+    invoke_event(&server, &contact_flow_event(&arn, &first)).await;
+    let records = records_until(&h, "ADD_S3_RECORDING_URL").await;
+    assert_ended_short_with_recording(&h, &records).await;
+    assert!(finals(&records).is_empty());
+    assert_eq!(leased_status(&h).await.as_deref(), Some("FAILED"));
+    assert_eq!(stalled_continuations(&lambda), 0);
+    // Given up by the first attempt, saying why; Lambda's retries find the call given up.
+    let lines = metrics_lines(&logs, "CallTranscriber");
+    assert_eq!(
+        outcomes(&lines).first().map(String::as_str),
+        Some("GAVE_UP")
+    );
+    assert_eq!(
+        metric_values(&lines, "CallsFailed", &[("Reason", "TranscribeCapacity")]),
+        [1.0]
+    );
+    let log = std::fs::read_to_string(logs.join("CallTranscriber.log")).unwrap();
+    assert!(log.contains("could not advance for CALL_STALL_TIMEOUT"));
+    lambda.shutdown();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_that_reaches_max_call_duration_ends_there_as_a_call_does() {
     // The guard against a stream that never ends: 20 s of call (counted in the call's audio,
@@ -1073,7 +1235,7 @@ while True:
         event = json.load(r)
     assert event["Name"] == "ContactFlowEvent"
     kind = "error" if answer == "fail" else "response"
-    body = json.dumps({{"errorMessage": "hook says no", "errorType": "Refused"}}) if answer == "fail" else answer
+    body = json.dumps({{"errorMessage": "no CRM record for +15551230001", "errorType": "Refused"}}) if answer == "fail" else answer
     urllib.request.urlopen(urllib.request.Request(api + request_id + "/" + kind, data=body.encode(), method="POST")).read()
 "#
     );
@@ -1177,13 +1339,33 @@ async fn a_hook_saying_do_not_process_leaves_no_trace() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failing_hook_stops_the_call_with_its_message() {
+async fn a_failing_hook_stops_the_call_naming_its_error_type_but_not_its_message() {
+    // The hook's errorMessage may hold customer data (here a phone number): the error, which
+    // goes to the log, the lease and the failure queue, names the hook and its errorType only.
     let h = Harness::new(KvsOptions::default(), TranscribeOptions::default()).await;
     let error = with_hook(&h, "fail").await.unwrap_err();
     let text = error.to_string();
     assert!(
-        text.contains("lambda hook") && text.contains("hook says no"),
+        text.contains("lambda hook") && text.contains("errorType Refused"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("+1555") && !text.contains("no CRM record"),
         "{text}"
     );
     assert!(h.records().await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hook_answer_of_the_wrong_shape_fails_without_repeating_it() {
+    let h = Harness::new(KvsOptions::default(), TranscribeOptions::default()).await;
+    let error = with_hook(&h, r#"{"isCaller": "+15551230001"}"#)
+        .await
+        .unwrap_err();
+    let text = error.to_string();
+    assert!(
+        text.contains("not the expected JSON object") && text.contains("column"),
+        "{text}"
+    );
+    assert!(!text.contains("+1555"), "{text}");
 }

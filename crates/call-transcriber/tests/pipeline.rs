@@ -731,6 +731,47 @@ async fn after_an_undeliverable_record_nothing_later_is_published() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kinesis_refusal_is_not_retried_and_says_what_to_check() {
+    // A stream that does not exist: ResourceNotFoundException, which retrying does not fix
+    // (the Kinesis API reference's PutRecord errors). One request, reported as refused, while
+    // a throttled record (retryable) is not.
+    use call_transcriber::publisher::{self, PublisherOptions};
+    let h = Harness::new(KvsOptions::default(), TranscribeOptions::default()).await;
+    let end = lca_events::LcaMessage {
+        call_id: "c".to_string(),
+        event: lca_events::LcaEvent::End(lca_events::Stamped {
+            created_at: "2026-11-30T00:00:00.000Z".into(),
+        }),
+    };
+    let publish = |stream: &str, max_attempts: u32| {
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        tx.try_send(end.clone()).unwrap();
+        let options = PublisherOptions {
+            max_attempts,
+            base_backoff: Duration::from_millis(1),
+            ..PublisherOptions::new(stream)
+        };
+        let client = h.clients.kinesis.clone();
+        async move { publisher::run(&client, &options, rx, None).await }
+    };
+    let refused = publish("no-such-stream", 5).await;
+    assert_eq!(refused.requests, 1, "not retried");
+    assert!(refused.refused);
+    assert!(
+        refused.undelivered[0]
+            .1
+            .contains("ResourceNotFoundException"),
+        "{:?}",
+        refused.undelivered
+    );
+    h.faults.inject(KinesisFault::Throttle);
+    h.faults.inject(KinesisFault::Throttle);
+    let throttled = publish("lca", 2).await;
+    assert_eq!(throttled.requests, 2);
+    assert!(!throttled.refused, "throttling is retried, not a refusal");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_kinesis_never_accepts_are_reported_not_dropped() {
     use call_transcriber::publisher::{self, PublisherOptions};
     let h = Harness::new(KvsOptions::default(), TranscribeOptions::default()).await;

@@ -263,8 +263,8 @@ impl ContactEventProcessor {
 
     /// Handles one EventBridge event; the answer says what was done.
     pub async fn handle(&self, event: Value) -> Result<Value, ProcessorError> {
-        let event: ContactEvent =
-            serde_json::from_value(event).map_err(|e| ProcessorError::Event(e.to_string()))?;
+        let event: ContactEvent = serde_json::from_value(event)
+            .map_err(|e| ProcessorError::Event(lca_events::json_problem(&e)))?;
         let detail = event.detail;
         let ignored = |reason: &str| {
             tracing::info!(contact_id = %detail.contact_id, reason, "contact event ignored");

@@ -163,7 +163,7 @@ impl ContactFlowEvent {
         instance_arn: &str,
     ) -> Result<StreamingContact, Rejection> {
         let parsed: Self = serde_json::from_value(event.clone())
-            .map_err(|e| Rejection::Malformed(e.to_string()))?;
+            .map_err(|e| Rejection::Malformed(crate::json_problem(&e)))?;
         if parsed.name != "ContactFlowEvent" {
             return Err(Rejection::Malformed(format!(
                 "Name is {:?}, not \"ContactFlowEvent\"",

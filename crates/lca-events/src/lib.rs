@@ -309,6 +309,28 @@ pub fn recording_url(bucket: &str, region: &str, prefix: &str, call_id: &str) ->
     format!("https://{bucket}.s3.{region}.amazonaws.com/{prefix}{call_id}.wav")
 }
 
+/// What is wrong with a JSON input, from serde_json's error but without the offending value
+/// it quotes ("invalid type: string \"+15551230001\", expected a boolean"): the inputs are
+/// contact-flow events, hook answers and call data, whose values may be customer data (phone
+/// numbers), and this text goes to logs, the lease and Lambda's failure queue. Field names
+/// and what was expected come from our own types and are kept.
+pub fn json_problem(error: &serde_json::Error) -> String {
+    let text = error.to_string();
+    let at = if error.line() > 0 {
+        format!(" at line {}, column {}", error.line(), error.column())
+    } else {
+        String::new()
+    };
+    if text.starts_with("missing field") {
+        text
+    } else if let Some(i) = text.find(", expected ") {
+        let expected = text[i + 2..].split(" at line ").next().unwrap_or_default();
+        format!("a value of the wrong type or form ({expected}){at}")
+    } else {
+        format!("{:?} error{at}", error.classify())
+    }
+}
+
 /// Times to the millisecond, as Transcribe reports them (no float noise from offsets).
 fn round_ms(seconds: f64) -> f64 {
     (seconds * 1000.0).round() / 1000.0
@@ -318,6 +340,37 @@ fn round_ms(seconds: f64) -> f64 {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn json_problems_name_the_field_or_the_expectation_never_the_value() {
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)]
+        struct Answer {
+            #[serde(rename = "isCaller")]
+            is_caller: Option<bool>,
+            #[serde(rename = "callId")]
+            call_id: String,
+        }
+        let problem = |text: &str| json_problem(&serde_json::from_str::<Answer>(text).unwrap_err());
+        let wrong = problem(r#"{"isCaller": "+15551230001", "callId": "c"}"#);
+        assert_eq!(
+            wrong,
+            "a value of the wrong type or form (expected a boolean) at line 1, column 27"
+        );
+        assert_eq!(
+            problem(r#"{"isCaller": true}"#),
+            "missing field `callId` at line 1 column 18"
+        );
+        assert_eq!(
+            problem(r#"{"callId": "+1555"#),
+            "Eof error at line 1, column 17"
+        );
+        let from_value = serde_json::from_value::<Answer>(json!({"callId": 15551230001u64}));
+        assert_eq!(
+            json_problem(&from_value.unwrap_err()),
+            "a value of the wrong type or form (expected a string)"
+        );
+    }
 
     const AT: &str = "2026-11-23T22:00:00.000Z";
 

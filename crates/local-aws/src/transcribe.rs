@@ -122,6 +122,8 @@ struct Inner {
     open: Arc<AtomicUsize>,
     /// Streams refused for the quota.
     refused: AtomicUsize,
+    /// Streams of the account's other clients (see [`Transcribe::set_streams_elsewhere`]).
+    elsewhere: AtomicUsize,
 }
 
 /// Counts one open stream until dropped (the session's task ends).
@@ -168,6 +170,7 @@ impl Transcribe {
                 counter: Mutex::new(0),
                 open: Arc::new(AtomicUsize::new(0)),
                 refused: AtomicUsize::new(0),
+                elsewhere: AtomicUsize::new(0),
             }),
         }
     }
@@ -195,6 +198,13 @@ impl Transcribe {
     /// Queues a fault for the next session.
     pub fn inject(&self, fault: TranscribeFault) {
         lock(&self.inner.faults).push_back(fault);
+    }
+
+    /// Says that `streams` of the concurrency quota (`max_sessions`) are in use by the
+    /// account's other clients (other calls, other applications): they count against it as
+    /// this service's own streams do, until set again.
+    pub fn set_streams_elsewhere(&self, streams: usize) {
+        self.inner.elsewhere.store(streams, Ordering::SeqCst);
     }
 
     /// Streams refused so far because the concurrency quota was in use.
@@ -235,7 +245,8 @@ impl Transcribe {
         // The concurrent stream quota (StartStreamTranscription API reference,
         // LimitExceededException, HTTP 429: "Your client has exceeded one of the Amazon
         // Transcribe limits, typically the concurrent stream service quota").
-        let open = self.inner.open.fetch_add(1, Ordering::SeqCst);
+        let open = self.inner.open.fetch_add(1, Ordering::SeqCst)
+            + self.inner.elsewhere.load(Ordering::SeqCst);
         let stream = OpenStream(self.inner.open.clone());
         if self
             .inner
