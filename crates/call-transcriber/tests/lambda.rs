@@ -1102,6 +1102,56 @@ async fn a_call_stalled_past_call_stall_timeout_is_given_up_with_its_end() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_producer_stall_across_hand_overs_is_not_the_end_of_the_call() {
+    // 10 s of nothing on the stream at 12.288 s, live at 10x (KVS's 3 s payload timeout
+    // scaled to 0.2 s), with invocations of 1.5 s: the first one's time runs out in the
+    // stall. The call goes on across the hand-overs and comes out whole, the stall as
+    // silence in place, every turn once at its time.
+    let h = Harness::new(
+        KvsOptions {
+            payload_timeout: Duration::from_millis(200),
+            ..KvsOptions::default()
+        },
+        TranscribeOptions::default(),
+    )
+    .await;
+    let (lambda, server) = transcriber(&h, &[("LAMBDA_INVOKE_TIMEOUT", "1500")]).await;
+    let (chunks, expected) = sample_call_with_gap(12, Duration::from_secs(10));
+    let (arn, first) = h.play("call", chunks).await;
+    invoke_event(&server, &contact_flow_event(&arn, &first)).await;
+    let records = records_until(&h, "ADD_S3_RECORDING_URL").await;
+    assert_start_end_recording_url(&records);
+    let finals = finals(&records);
+    for (channel, turns) in [("CALLER", &CALLER_TURNS[..]), ("AGENT", &AGENT_TURNS[..])] {
+        let found = on(&finals, channel);
+        assert!(
+            turns_near(&found, &turns_moved(turns, 12.288, 10.0), 0.020),
+            "{channel}: {found:?}"
+        );
+    }
+    let audio: Vec<u8> = h
+        .transcribe
+        .sessions()
+        .iter()
+        .flat_map(|s| s.audio.clone())
+        .collect();
+    assert!(
+        audio == expected,
+        "Transcribe got the call and its stall once"
+    );
+    assert_recording_is(&h, &expected).await;
+    assert!(
+        lambda
+            .invocations("CallTranscriber")
+            .iter()
+            .any(|i| i.payload["action"] == "LAMBDA_CONTINUE"),
+        "handed over"
+    );
+    assert!(lambda.failures("CallTranscriber").is_empty());
+    lambda.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_that_reaches_max_call_duration_ends_there_as_a_call_does() {
     // The guard against a stream that never ends: 20 s of call (counted in the call's audio,
     // across hand-overs), then END, the recording and the recording's URL, as at a normal

@@ -278,28 +278,11 @@ async fn a_producer_stall_mid_call_is_not_the_end_of_the_call() {
         TranscribeOptions::default(),
     )
     .await;
-    let caller = std::fs::read(fixture("connect/sample-call.caller.raw")).unwrap();
-    let agent = std::fs::read(fixture("connect/sample-call.agent.raw")).unwrap();
-    let cut = 12 * 8192 * 2; // 12 fragments of 8192 samples
-    let mut writer = kvs_media::ConnectWriter::new(kvs_media::WriterOptions {
-        contact_id: CONTACT.to_string(),
-        ..kvs_media::WriterOptions::default()
-    });
-    let start_ms = 1_764_000_000_000u64;
-    let mut chunks = writer.call(&caller[..cut], &agent[..cut], start_ms);
-    chunks.extend(writer.call(
-        &caller[cut..],
-        &agent[cut..],
-        start_ms + (cut as u64 / 2) * 1000 / 8000 + 10_000,
-    ));
-    let chunks: Vec<Bytes> = chunks.into_iter().map(Bytes::from).collect();
+    let (chunks, expected) = sample_call_with_gap(12, Duration::from_secs(10));
     let (arn, first) = h.play("call", chunks).await;
     let outcome = run(&h.pipeline(&[]), new_call(&arn, &first)).await;
     assert_eq!(outcome.ending, Ending::CallEnded(EndReason::Idle));
     // Transcribe got the whole call with the stall as 10 s of silence, in place.
-    let mut expected = sample_call_stereo();
-    let at = cut * 2; // stereo bytes
-    expected.splice(at..at, std::iter::repeat_n(0u8, 10 * 8000 * 4));
     let audio = &h.transcribe.sessions()[0].audio;
     assert_eq!(h.transcribe.sessions().len(), 1);
     assert!(
@@ -310,36 +293,14 @@ async fn a_producer_stall_mid_call_is_not_the_end_of_the_call() {
     );
     // Every turn once; the ones after the stall 10 s later, as they happened.
     let records = h.records().await;
-    let moved = |turns: &[(f64, f64)]| -> Vec<(f64, f64)> {
-        turns
-            .iter()
-            .map(|&(a, b)| {
-                if a > 12.288 {
-                    (a + 10.0, b + 10.0)
-                } else {
-                    (a, b)
-                }
-            })
-            .collect()
-    };
-    let near = |found: Vec<(f64, f64)>, expected: Vec<(f64, f64)>| {
-        found.len() == expected.len()
-            && found
-                .iter()
-                .zip(&expected)
-                .all(|(f, e)| (f.0 - e.0).abs() < 0.005 && (f.1 - e.1).abs() < 0.005)
-    };
     let finals = finals(&records);
-    assert!(
-        near(on(&finals, "CALLER"), moved(&CALLER_TURNS)),
-        "{:?}",
-        on(&finals, "CALLER")
-    );
-    assert!(
-        near(on(&finals, "AGENT"), moved(&AGENT_TURNS)),
-        "{:?}",
-        on(&finals, "AGENT")
-    );
+    for (channel, turns) in [("CALLER", &CALLER_TURNS[..]), ("AGENT", &AGENT_TURNS[..])] {
+        let found = on(&finals, channel);
+        assert!(
+            turns_near(&found, &turns_moved(turns, 12.288, 10.0), 0.005),
+            "{channel}: {found:?}"
+        );
+    }
     assert_eq!(records.last().unwrap()["EventType"], "END");
 }
 

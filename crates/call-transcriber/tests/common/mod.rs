@@ -38,6 +38,48 @@ pub fn sample_call_chunks() -> Vec<Bytes> {
         .collect()
 }
 
+/// The sample call with `gap` of nothing on the stream after its first `fragments`
+/// fragments (8192 samples each; 12 ends at 12.288 s, between two turns), as Connect's
+/// writer produces it: the chunks, and the stereo PCM a reader must assemble from them (the
+/// gap as silence, in place).
+pub fn sample_call_with_gap(fragments: usize, gap: Duration) -> (Vec<Bytes>, Vec<u8>) {
+    let (caller, agent) = sample_call_tracks();
+    let cut = fragments * 8192 * 2;
+    let mut writer = kvs_media::ConnectWriter::new(kvs_media::WriterOptions {
+        contact_id: CONTACT.to_string(),
+        ..kvs_media::WriterOptions::default()
+    });
+    let start_ms = 1_764_000_000_000u64;
+    let mut chunks = writer.call(&caller[..cut], &agent[..cut], start_ms);
+    chunks.extend(writer.call(
+        &caller[cut..],
+        &agent[cut..],
+        start_ms + (cut as u64 / 2) * 1000 / 8000 + gap.as_millis() as u64,
+    ));
+    let mut expected = sample_call_stereo();
+    let gap_bytes = (gap.as_millis() as usize) * 8 * 4;
+    expected.splice(cut * 2..cut * 2, std::iter::repeat_n(0u8, gap_bytes));
+    (chunks.into_iter().map(Bytes::from).collect(), expected)
+}
+
+/// The call's turns (start, end) with those after `at` seconds moved `by` seconds later.
+pub fn turns_moved(turns: &[(f64, f64)], at: f64, by: f64) -> Vec<(f64, f64)> {
+    turns
+        .iter()
+        .map(|&(a, b)| if a > at { (a + by, b + by) } else { (a, b) })
+        .collect()
+}
+
+/// Whether `found` turns are `expected` to within `tolerance_s` each (see
+/// [`assert_whole_call_within`] for why a hand-over may move them).
+pub fn turns_near(found: &[(f64, f64)], expected: &[(f64, f64)], tolerance_s: f64) -> bool {
+    found.len() == expected.len()
+        && found
+            .iter()
+            .zip(expected)
+            .all(|(f, e)| (f.0 - e.0).abs() <= tolerance_s && (f.1 - e.1).abs() <= tolerance_s)
+}
+
 /// The sample call as interleaved stereo s16le: caller left, agent right.
 pub fn sample_call_stereo() -> Vec<u8> {
     let (caller, agent) = sample_call_tracks();
