@@ -6,24 +6,26 @@
 #    moto 5.2.x answers CompleteMultipartUpload with a <CompleteMultipartUploadResponse> root,
 #    which the AWS SDK for Rust rejects.
 
-apt_packages=(espeak-ng pkg-config libpocketsphinx-dev pocketsphinx-en-us python3-venv)
-missing=()
-for package in "${apt_packages[@]}"; do
-  if ! dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed"; then
-    missing+=("$package")
-  fi
-done
-if [ ${#missing[@]} -gt 0 ]; then
+# Installs the apt packages named that are missing (with sudo when not root).
+ensure_apt_packages() {
+  local missing=() package sudo=""
+  for package in "$@"; do
+    if ! dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed"; then
+      missing+=("$package")
+    fi
+  done
+  [ ${#missing[@]} -gt 0 ] || return 0
   if ! command -v apt-get >/dev/null; then
     echo "setup: needs the packages ${missing[*]} (Debian/Ubuntu names); install them and run again" >&2
     exit 2
   fi
-  sudo=""
   if [ "$(id -u)" != 0 ]; then sudo="sudo"; fi
   echo "setup: installing ${missing[*]} with apt-get" >&2
   $sudo apt-get update -qq >&2
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >&2
-fi
+}
+
+ensure_apt_packages espeak-ng pkg-config libpocketsphinx-dev pocketsphinx-en-us python3-venv
 
 moto_version=5.1.22
 venv=target/interop-venv

@@ -47,6 +47,23 @@ step deployment
 "$venv/bin/cfn-lint" infra/template.yaml
 bash infra/package.sh
 
+# The zips the stack ships, run: each arm64 bootstrap under qemu-user as a function of the
+# local Lambda, in the end-to-end tests the x86_64 build passed above (StartLCA → transcriber
+# with hand-overs and the recording → events and WAV; the contact-event processor), then
+# their cold start under emulation (information only: the emulator's own cost is in it).
+step "shipped arm64 functions (qemu)"
+ensure_apt_packages qemu-user-static libc6-arm64-cross unzip
+rm -rf target/arm64-functions
+for f in start-lca call-transcriber contact-event-processor; do
+  mkdir -p "target/arm64-functions/$f"
+  unzip -q "infra/build/$f.zip" -d "target/arm64-functions/$f"
+done
+LCA_TEST_ARM64_FUNCTIONS="$PWD/target/arm64-functions" cargo test --workspace --locked \
+  --features "$features" --test lambda --test processor -- --exact \
+  start_lca_then_hand_overs_transcribe_and_record_every_sample_once \
+  the_real_binary_under_lambda_publishes_the_agent
+LCA_TEST_ARM64_FUNCTIONS="$PWD/target/arm64-functions" target/debug/lambda-init-bench --runs 3
+
 # Clients written by others (boto3) against `lca-kvs local`.
 step interop
 bash tests/interop/run.sh

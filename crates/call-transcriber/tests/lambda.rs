@@ -15,7 +15,9 @@ use aws_sdk_lambda::types::InvocationType;
 use call_metrics::Extracted;
 use common::*;
 use local_aws::kvs::{Fault, KvsOptions};
-use local_aws::lambda::{FunctionSpec, Lambda, LambdaOptions, RECURSION_LIMIT, RecursiveLoop};
+use local_aws::lambda::{
+    FunctionSpec, Lambda, LambdaOptions, RECURSION_LIMIT, RecursiveLoop, function_command,
+};
 use local_aws::transcribe::TranscribeOptions;
 use serde_json::{Value, json};
 
@@ -109,11 +111,13 @@ async fn transcriber_with(
 ) -> (Lambda, local_aws::http::Server) {
     let lambda = Lambda::new(options);
     let server = lambda.serve(0).await.unwrap();
+    let (command, args) =
+        function_command(&PathBuf::from(env!("CARGO_BIN_EXE_call-transcriber"))).unwrap();
     lambda
         .add_function(FunctionSpec {
             name: "CallTranscriber".to_string(),
-            command: PathBuf::from(env!("CARGO_BIN_EXE_call-transcriber")),
-            args: Vec::new(),
+            command,
+            args,
             environment: transcriber_environment(h, &server.url(), extra),
             timeout: Duration::from_secs(120),
             memory_mb: 128,
@@ -339,11 +343,12 @@ fn assert_lifecycle(records: &[Value]) {
 async fn start_lca_then_hand_overs_transcribe_and_record_every_sample_once() {
     let h = Harness::new(KvsOptions::default(), TranscribeOptions::default()).await;
     let (lambda, server, logs) = logged_transcriber(&h, &[("LAMBDA_INVOKE_TIMEOUT", "500")]).await;
+    let (command, args) = function_command(&start_lca_binary()).unwrap();
     lambda
         .add_function(FunctionSpec {
             name: "StartLCA".to_string(),
-            command: start_lca_binary(),
-            args: Vec::new(),
+            command,
+            args,
             environment: BTreeMap::from([
                 ("AWS_ENDPOINT_URL_LAMBDA".to_string(), server.url()),
                 ("AWS_ACCESS_KEY_ID".to_string(), "AKIDLOCAL".to_string()),

@@ -10,7 +10,7 @@ use call_transcriber::call::CallData;
 use call_transcriber::lease::{CallLease, Held};
 use contact_event_processor::{ContactEventProcessor, ProcessorConfig};
 use local_aws::connect::{Connect, User};
-use local_aws::lambda::{FunctionSpec, Lambda, LambdaOptions};
+use local_aws::lambda::{FunctionSpec, Lambda, LambdaOptions, function_command};
 use local_aws::moto::MotoServer;
 use serde_json::{Value, json};
 
@@ -228,11 +228,17 @@ async fn the_real_binary_under_lambda_publishes_the_agent() {
         ..LambdaOptions::default()
     });
     let server = lambda.serve(0).await.unwrap();
+    // The local build, or the arm64 zip the stack ships (under qemu) when the test command
+    // asks for it.
+    let (command, args) = function_command(&PathBuf::from(env!(
+        "CARGO_BIN_EXE_contact-event-processor"
+    )))
+    .unwrap();
     lambda
         .add_function(FunctionSpec {
             name: "ContactEventProcessor".to_string(),
-            command: PathBuf::from(env!("CARGO_BIN_EXE_contact-event-processor")),
-            args: Vec::new(),
+            command,
+            args,
             environment: BTreeMap::from([
                 ("AWS_ENDPOINT_URL".to_string(), world.moto.url().to_string()),
                 (

@@ -28,8 +28,10 @@ pub struct LocalArgs {
     /// Port of the Transcribe Streaming stand-in (0: any free port).
     #[arg(long, default_value_t = 0)]
     transcribe_port: u16,
-    /// A Lambda function to serve: NAME=BINARY (a lambda_runtime executable; repeatable). It
-    /// runs with this process's environment, a 900 s timeout and 128 MB.
+    /// A Lambda function to serve: NAME=BINARY (a lambda_runtime executable; repeatable), or
+    /// NAME="COMMAND ARG..." to run it through another program (split at spaces), e.g. an
+    /// arm64 zip's bootstrap under qemu: "qemu-aarch64-static -L /usr/aarch64-linux-gnu
+    /// ./bootstrap". It runs with this process's environment, a 900 s timeout and 128 MB.
     #[arg(long = "function", value_name = "NAME=BINARY")]
     functions: Vec<String>,
     /// Let function NAME invoke itself past Lambda's recursive loop detection, as a stack
@@ -153,14 +155,14 @@ pub fn run(args: LocalArgs) -> Result<()> {
             .context("cannot start the local Transcribe (jobs) on loopback")?;
         let lambda = Lambda::new(LambdaOptions::default());
         for spec in &args.functions {
-            let Some((name, binary)) = spec.split_once('=') else {
-                bail!("--function {spec:?}: expected NAME=BINARY");
+            let Some((name, command, function_args)) = function_spec(spec) else {
+                bail!("--function {spec:?}: expected NAME=BINARY or NAME=\"COMMAND ARG...\"");
             };
             lambda
                 .add_function(FunctionSpec {
                     name: name.to_string(),
-                    command: PathBuf::from(binary),
-                    args: Vec::new(),
+                    command,
+                    args: function_args,
                     environment: Default::default(),
                     timeout: std::time::Duration::from_secs(900),
                     memory_mb: 128,
@@ -269,4 +271,48 @@ fn env_suffix(name: &str) -> String {
             }
         })
         .collect()
+}
+
+/// A `--function` value: the name, the program and its arguments (`None` when the value has
+/// no name or no program).
+fn function_spec(spec: &str) -> Option<(&str, PathBuf, Vec<String>)> {
+    let (name, command) = spec.split_once('=')?;
+    let mut words = command.split_whitespace();
+    let program = words.next()?;
+    if name.is_empty() {
+        return None;
+    }
+    Some((
+        name,
+        PathBuf::from(program),
+        words.map(str::to_string).collect(),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_function_is_a_binary_or_a_command_with_arguments() {
+        assert_eq!(
+            function_spec("t=target/debug/call-transcriber"),
+            Some(("t", PathBuf::from("target/debug/call-transcriber"), vec![]))
+        );
+        assert_eq!(
+            function_spec("t=qemu-aarch64-static -L /usr/aarch64-linux-gnu ./bootstrap"),
+            Some((
+                "t",
+                PathBuf::from("qemu-aarch64-static"),
+                vec![
+                    "-L".to_string(),
+                    "/usr/aarch64-linux-gnu".to_string(),
+                    "./bootstrap".to_string()
+                ]
+            ))
+        );
+        assert_eq!(function_spec("t="), None);
+        assert_eq!(function_spec("=bootstrap"), None);
+        assert_eq!(function_spec("bootstrap"), None);
+    }
 }

@@ -48,6 +48,39 @@ pub struct FunctionSpec {
     pub memory_mb: u32,
 }
 
+/// Where the shipped arm64 functions are, for tests that run them instead of the local build:
+/// `DIR/<binary>/bootstrap`, each unzipped from `infra/build/<binary>.zip`.
+pub const ARM64_FUNCTIONS_VAR: &str = "LCA_TEST_ARM64_FUNCTIONS";
+
+/// The emulator that runs an arm64 Linux binary on another machine (Debian's
+/// `qemu-user-static`), with the arm64 C library's root (`libc6-arm64-cross`).
+pub const ARM64_EMULATOR: [&str; 3] = ["qemu-aarch64-static", "-L", "/usr/aarch64-linux-gnu"];
+
+/// The command (executable and arguments) that runs the function built as `native` (a
+/// binary whose file name is its package's): `native` itself, or, when
+/// [`ARM64_FUNCTIONS_VAR`] names a folder, the arm64 `bootstrap` the stack ships for it under
+/// [`ARM64_EMULATOR`], so the same tests check the artifacts that are deployed. An error
+/// when that `bootstrap` is missing.
+pub fn function_command(native: &std::path::Path) -> Result<(PathBuf, Vec<String>), String> {
+    let Some(dir) = std::env::var_os(ARM64_FUNCTIONS_VAR).filter(|d| !d.is_empty()) else {
+        return Ok((native.to_path_buf(), Vec::new()));
+    };
+    let name = native
+        .file_name()
+        .ok_or_else(|| format!("{}: not a binary's path", native.display()))?;
+    let bootstrap = PathBuf::from(dir).join(name).join("bootstrap");
+    if !bootstrap.is_file() {
+        return Err(format!(
+            "{ARM64_FUNCTIONS_VAR}: {} is missing (unzip infra/build/{}.zip there)",
+            bootstrap.display(),
+            name.to_string_lossy()
+        ));
+    }
+    let mut args: Vec<String> = ARM64_EMULATOR[1..].iter().map(|a| a.to_string()).collect();
+    args.push(bootstrap.to_string_lossy().into_owned());
+    Ok((PathBuf::from(ARM64_EMULATOR[0]), args))
+}
+
 /// How the local Lambda behaves.
 #[derive(Debug, Clone)]
 pub struct LambdaOptions {

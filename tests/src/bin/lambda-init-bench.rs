@@ -5,6 +5,11 @@
 //! `cargo build --release -p start-lca -p call-transcriber -p contact-event-processor &&
 //! cargo run --release -p lca-tests
 //! --bin lambda-init-bench [-- --runs 20]`
+//!
+//! With `LCA_TEST_ARM64_FUNCTIONS=DIR` (the zips of `infra/package.sh` unzipped to
+//! `DIR/<function>/bootstrap`) it starts the arm64 functions the stack ships, under qemu-user:
+//! figures of the emulation, for information only (the emulator's own start-up and memory
+//! are in them).
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -30,6 +35,12 @@ fn main() -> Result<(), String> {
         }
     }
     let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+    if std::env::var_os(local_aws::lambda::ARM64_FUNCTIONS_VAR).is_some_and(|d| !d.is_empty()) {
+        println!(
+            "the shipped arm64 functions under {} (emulated: information only)",
+            local_aws::lambda::ARM64_EMULATOR[0]
+        );
+    }
     println!(
         "{:<24} {:>10} {:>10} {:>12}",
         "function", "init p50", "init max", "idle RSS"
@@ -80,7 +91,8 @@ fn main() -> Result<(), String> {
         let mut inits = Vec::new();
         let mut rss = 0u64;
         for _ in 0..runs {
-            let (init, kb) = runtime.block_on(cold_start(&binary, &env))?;
+            let command = local_aws::lambda::function_command(&binary)?;
+            let (init, kb) = runtime.block_on(cold_start(&command, &env))?;
             inits.push(init);
             rss = rss.max(kb);
         }
@@ -97,7 +109,10 @@ fn main() -> Result<(), String> {
 
 /// Starts `binary`, waits for its first `next` request; returns the time to it and the
 /// process's peak RSS (KiB) then.
-async fn cold_start(binary: &PathBuf, env: &[(&str, &str)]) -> Result<(Duration, u64), String> {
+async fn cold_start(
+    (binary, args): &(PathBuf, Vec<String>),
+    env: &[(&str, &str)],
+) -> Result<(Duration, u64), String> {
     let first: Arc<Mutex<Option<Instant>>> = Arc::default();
     let seen = first.clone();
     let server = local_aws::http::serve(0, move |_request| {
@@ -113,6 +128,7 @@ async fn cold_start(binary: &PathBuf, env: &[(&str, &str)]) -> Result<(Duration,
     .map_err(|e| e.to_string())?;
     let started = Instant::now();
     let mut child = Command::new(binary)
+        .args(args)
         .envs(env.iter().copied())
         .env("AWS_LAMBDA_RUNTIME_API", server.addr().to_string())
         .env("AWS_LAMBDA_FUNCTION_NAME", "bench")
