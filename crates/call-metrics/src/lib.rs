@@ -22,6 +22,14 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value, json};
 
+/// The finest level any of our binaries logs at, whatever `RUST_LOG` asks (their logging
+/// adds it as a filter of its own): at TRACE, the Lambda runtime writes each raw event (a
+/// contact-flow event holds the caller's phone number), the AWS SDK every request and
+/// response (LCA events with transcript text, call data) and the signing of Transcribe's
+/// event stream its payloads (the call's audio). Customer data never reaches a log.
+pub const FINEST_LOG_LEVEL: tracing::level_filters::LevelFilter =
+    tracing::level_filters::LevelFilter::DEBUG;
+
 /// The default namespace of the metrics (`METRICS_NAMESPACE` sets another; the template
 /// gives each stack its own, `LCA/ConnectKVS/<stack name>`).
 pub const NAMESPACE: &str = "LCA/ConnectKVS";

@@ -931,9 +931,11 @@ async fn keep_renewing(lease: &CallLease, held: &Held, mut delivered: watch::Rec
 }
 
 /// Sets up the functions' logs: JSON lines on stderr (CloudWatch takes them as they are; a
-/// local run keeps them apart from its output), level from `RUST_LOG` (default info), no
-/// timestamps (Lambda adds its own).
+/// local run keeps them apart from its output), level from `RUST_LOG` (default info) but
+/// never finer than [`call_metrics::FINEST_LOG_LEVEL`], no timestamps (Lambda adds its own).
 pub fn json_logs() {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     tracing_subscriber::fmt()
         .json()
         .with_env_filter(
@@ -942,6 +944,8 @@ pub fn json_logs() {
         )
         .without_time()
         .with_writer(std::io::stderr)
+        .finish()
+        .with(call_metrics::FINEST_LOG_LEVEL)
         .init();
 }
 

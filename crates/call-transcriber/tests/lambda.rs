@@ -472,6 +472,37 @@ async fn start_lca_then_hand_overs_transcribe_and_record_every_sample_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_logs_hold_no_phone_number_and_no_transcript() {
+    // RUST_LOG=trace, every crate: the function's log (stderr) and metrics lines (stdout)
+    // must not carry the call's phone numbers or any of its transcript (customer data).
+    let h = Harness::new(KvsOptions::default(), TranscribeOptions::default()).await;
+    let (lambda, server, logs) = logged_transcriber(
+        &h,
+        &[("RUST_LOG", "trace"), ("LAMBDA_INVOKE_TIMEOUT", "1500")],
+    )
+    .await;
+    let (arn, first) = h.play("call", sample_call_chunks()).await;
+    invoke_event(&server, &contact_flow_event(&arn, &first)).await;
+    let records = records_until(&h, "ADD_S3_RECORDING_URL").await;
+    assert_lifecycle(&records);
+    let log = std::fs::read_to_string(logs.join("CallTranscriber.log")).unwrap();
+    assert!(log.lines().count() > 1000, "trace logging is on");
+    for number in ["+15551230001", "+15559870002", "15551230001", "15559870002"] {
+        assert!(!log.contains(number), "the log holds a phone number");
+    }
+    let transcripts: BTreeSet<&str> = records
+        .iter()
+        .filter_map(|r| r["Transcript"].as_str())
+        .filter(|t| t.len() >= 8)
+        .collect();
+    assert!(!transcripts.is_empty());
+    for text in transcripts {
+        assert!(!log.contains(text), "the log holds transcript text");
+    }
+    lambda.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chain_of_hand_overs_longer_than_lambdas_loop_detection_completes_the_call() {
     // Lambda stops the ~17th invocation of a function in one chain of requests unless the
     // function's RecursiveLoop is Allow, as the template sets it for the transcriber (a call

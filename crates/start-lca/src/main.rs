@@ -1,8 +1,12 @@
 //! The StartLCA Lambda function: `main` only sets up logging and serves the handler
 //! ([`start_lca::serve`]).
 
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
+    // Never finer than call_metrics::FINEST_LOG_LEVEL: no event payload in the log.
     tracing_subscriber::fmt()
         .json()
         .with_env_filter(
@@ -11,6 +15,8 @@ async fn main() -> Result<(), lambda_runtime::Error> {
         )
         .with_current_span(false)
         .without_time()
+        .finish()
+        .with(call_metrics::FINEST_LOG_LEVEL)
         .init();
     start_lca::serve().await
 }
