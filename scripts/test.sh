@@ -71,14 +71,35 @@ bash tests/interop/run.sh
 # Smoke runs: the README's main command and the benchmark's correctness check stay working.
 # The demo in its fast mode (the whole call at once), as a newcomer runs it; it must show the
 # transcript, a summary and the recording.
+# With RUST_LOG=trace: no log line (the functions' and the demo's own) may carry the call's
+# phone numbers or any of the transcript it printed.
 step demo
-LCA_DEMO_PROFILE=dev bash scripts/demo.sh --speed 0 --recording-out target/demo-recording.wav \
-  > target/demo.out 2> target/demo.err || { cat target/demo.out target/demo.err >&2; exit 1; }
-cat target/demo.out target/demo.err
+RUST_LOG=trace LCA_DEMO_PROFILE=dev bash scripts/demo.sh --speed 0 \
+  --recording-out target/demo-recording.wav > target/demo.out 2> target/demo.err \
+  || { cat target/demo.out target/demo.err >&2; exit 1; }
+cat target/demo.out
+grep -v '^{' target/demo.err
 grep -q "^\[ *[0-9.]* s\] Agent : ." target/demo.out
 grep -q "^\[ *[0-9.]* s\] Caller: ." target/demo.out
 grep -q "WER caller" target/demo.err
 test "$(stat -c %s target/demo-recording.wav)" -gt 800000
+python3 - target/demo.out target/demo.err <<'PY'
+import re, sys
+out, err = (open(path, encoding="utf-8").read() for path in sys.argv[1:3])
+logs = re.search(r"^  logs: +(\S+)", err, re.M)
+assert logs, "the demo's summary names no log file"
+text = err + open(logs.group(1), encoding="utf-8").read()
+lines = [l for l in text.splitlines() if l.startswith("{")]
+assert len(lines) > 1000, f"only {len(lines)} log lines: is RUST_LOG=trace reaching the functions?"
+for number in ("15550100001", "15550100002"):
+    assert number not in text, "a phone number of the call is in a log line"
+said = [m.group(1).strip() for m in re.finditer(r"^\[ *[0-9.]+ s\] (?:Agent |Caller): (.+)$", out, re.M)]
+said = [s for s in said if len(s) >= 12]
+assert said, "the demo printed no transcript"
+leaked = [s for s in said if s in text]
+assert not leaked, f"{len(leaked)} of {len(said)} transcript lines are in the logs"
+print(f"demo at RUST_LOG=trace: {len(lines)} log lines, no phone number, none of {len(said)} transcript lines")
+PY
 step benches
 target/debug/media-bench --minutes 2 --skip-node
 target/debug/pipeline-bench --minutes 2 --latency-minutes 1

@@ -413,7 +413,7 @@ async fn start_lca_then_hand_overs_transcribe_and_record_every_sample_once() {
     );
     let sessions = h.transcribe.sessions();
     assert_eq!(sessions.len(), continuations.len() + 1);
-    let audio: Vec<u8> = sessions.iter().flat_map(|s| s.audio.clone()).collect();
+    let audio = h.transcribed_audio();
     assert!(
         audio == sample_call_stereo(),
         "every sample reaches Transcribe exactly once across the invocations"
@@ -600,7 +600,7 @@ async fn a_call_of_more_than_25_hand_overs_comes_out_whole_and_once() {
     let whole = stereo(&caller, &agent);
     let sessions = h.transcribe.sessions();
     assert_eq!(sessions.len(), continuations + 1);
-    let audio: Vec<u8> = sessions.iter().flat_map(|s| s.audio.clone()).collect();
+    let audio = h.transcribed_audio();
     assert!(
         audio == whole,
         "every sample reaches Transcribe once ({} of {} bytes)",
@@ -1009,14 +1009,7 @@ async fn a_call_waiting_for_transcribe_capacity_is_handed_on_and_caught_up_with_
     // The account's stream quota is in use by others for longer than an invocation: the
     // invocation hands the call on at the same position (STALLED, no retry used up), and once
     // a stream is free the call is transcribed from its first sample, every word once.
-    let h = Harness::new(
-        KvsOptions::default(),
-        TranscribeOptions {
-            max_sessions: Some(1),
-            ..TranscribeOptions::default()
-        },
-    )
-    .await;
+    let h = Harness::new(KvsOptions::default(), stream_quota(1)).await;
     h.transcribe.set_streams_elsewhere(1);
     let (lambda, server, logs) = logged_transcriber(
         &h,
@@ -1035,12 +1028,7 @@ async fn a_call_waiting_for_transcribe_capacity_is_handed_on_and_caught_up_with_
     let records = records_until(&h, "ADD_S3_RECORDING_URL").await;
     assert_lifecycle(&records);
     assert_recording(&h).await;
-    let audio: Vec<u8> = h
-        .transcribe
-        .sessions()
-        .iter()
-        .flat_map(|s| s.audio.clone())
-        .collect();
+    let audio = h.transcribed_audio();
     assert!(
         audio == sample_call_stereo(),
         "Transcribe got the whole call once"
@@ -1098,14 +1086,7 @@ async fn a_call_stalled_past_call_stall_timeout_is_given_up_with_its_end() {
     // The quota never frees: past CALL_STALL_TIMEOUT the call is given up as after a last
     // failed attempt (END, the recording of what was read, lease FAILED, CallsFailed with
     // the reason), not handed on for ever.
-    let h = Harness::new(
-        KvsOptions::default(),
-        TranscribeOptions {
-            max_sessions: Some(0),
-            ..TranscribeOptions::default()
-        },
-    )
-    .await;
+    let h = Harness::new(KvsOptions::default(), stream_quota(0)).await;
     let (lambda, server, logs) = logged_transcriber(
         &h,
         &[
@@ -1143,34 +1124,15 @@ async fn a_producer_stall_across_hand_overs_is_not_the_end_of_the_call() {
     // scaled to 0.2 s), with invocations of 1.5 s: the first one's time runs out in the
     // stall. The call goes on across the hand-overs and comes out whole, the stall as
     // silence in place, every turn once at its time.
-    let h = Harness::new(
-        KvsOptions {
-            payload_timeout: Duration::from_millis(200),
-            ..KvsOptions::default()
-        },
-        TranscribeOptions::default(),
-    )
-    .await;
+    let h = Harness::new(stall_kvs(), TranscribeOptions::default()).await;
     let (lambda, server) = transcriber(&h, &[("LAMBDA_INVOKE_TIMEOUT", "1500")]).await;
-    let (chunks, expected) = sample_call_with_gap(12, Duration::from_secs(10));
+    let (chunks, expected) = sample_call_with_stall();
     let (arn, first) = h.play("call", chunks).await;
     invoke_event(&server, &contact_flow_event(&arn, &first)).await;
     let records = records_until(&h, "ADD_S3_RECORDING_URL").await;
     assert_start_end_recording_url(&records);
-    let finals = finals(&records);
-    for (channel, turns) in [("CALLER", &CALLER_TURNS[..]), ("AGENT", &AGENT_TURNS[..])] {
-        let found = on(&finals, channel);
-        assert!(
-            turns_near(&found, &turns_moved(turns, 12.288, 10.0), 0.020),
-            "{channel}: {found:?}"
-        );
-    }
-    let audio: Vec<u8> = h
-        .transcribe
-        .sessions()
-        .iter()
-        .flat_map(|s| s.audio.clone())
-        .collect();
+    assert_turns_with_stall(&records, 0.020);
+    let audio = h.transcribed_audio();
     assert!(
         audio == expected,
         "Transcribe got the call and its stall once"
@@ -1215,12 +1177,7 @@ async fn a_call_that_reaches_max_call_duration_ends_there_as_a_call_does() {
     assert!(continuations >= 1, "the limit holds across hand-overs");
     // Transcribe got the call's first 20 s (up to the end of the fragment where the limit
     // fell: one second here), every sample once; the recording is exactly that audio.
-    let audio: Vec<u8> = h
-        .transcribe
-        .sessions()
-        .iter()
-        .flat_map(|s| s.audio.clone())
-        .collect();
+    let audio = h.transcribed_audio();
     let seconds = audio.len() as f64 / 4.0 / 8000.0;
     assert!((20.0..21.5).contains(&seconds), "{seconds} s transcribed");
     assert!(recorded == audio, "the recording is what was transcribed");

@@ -267,18 +267,9 @@ async fn a_kvs_error_chunk_fails_the_run_and_a_transient_one_is_resumed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_producer_stall_mid_call_is_not_the_end_of_the_call() {
     // The sample call with 10 s of nothing on the stream after its 12th fragment (12.288 s,
-    // between two turns), played live at 10x. KVS ends a GetMedia response after 3 s without
-    // a new fragment (API reference), here 0.2 s as the call runs 10x faster (0.3 s scaled,
-    // and less, so that two empty responses fit well inside the 1 s stall).
-    let h = Harness::new(
-        KvsOptions {
-            payload_timeout: Duration::from_millis(200),
-            ..KvsOptions::default()
-        },
-        TranscribeOptions::default(),
-    )
-    .await;
-    let (chunks, expected) = sample_call_with_gap(12, Duration::from_secs(10));
+    // between two turns), played live at 10x, against KVS's payload timeout (stall_kvs).
+    let h = Harness::new(stall_kvs(), TranscribeOptions::default()).await;
+    let (chunks, expected) = sample_call_with_stall();
     let (arn, first) = h.play("call", chunks).await;
     let outcome = run(&h.pipeline(&[]), new_call(&arn, &first)).await;
     assert_eq!(outcome.ending, Ending::CallEnded(EndReason::Idle));
@@ -293,14 +284,7 @@ async fn a_producer_stall_mid_call_is_not_the_end_of_the_call() {
     );
     // Every turn once; the ones after the stall 10 s later, as they happened.
     let records = h.records().await;
-    let finals = finals(&records);
-    for (channel, turns) in [("CALLER", &CALLER_TURNS[..]), ("AGENT", &AGENT_TURNS[..])] {
-        let found = on(&finals, channel);
-        assert!(
-            turns_near(&found, &turns_moved(turns, 12.288, 10.0), 0.005),
-            "{channel}: {found:?}"
-        );
-    }
+    assert_turns_with_stall(&records, 0.005);
     assert_eq!(records.last().unwrap()["EventType"], "END");
 }
 
@@ -525,7 +509,7 @@ async fn hand_overs_continue_the_call_with_every_sample_once_and_call_relative_t
             .iter()
             .all(|s| s.session_id == sessions[0].session_id)
     );
-    let audio: Vec<u8> = sessions.iter().flat_map(|s| s.audio.clone()).collect();
+    let audio = h.transcribed_audio();
     assert!(
         audio == sample_call_stereo(),
         "every sample reaches Transcribe exactly once across the runs"
@@ -862,14 +846,7 @@ async fn calls_beyond_the_transcribe_quota_wait_and_catch_up_with_every_word() {
     // Room for one stream (an account's quota in use); two live calls at once. The second
     // is refused with LimitExceededException, waits with backoff while its audio stays in
     // KVS, and catches up once the first call's stream closes.
-    let h = Harness::new(
-        KvsOptions::default(),
-        TranscribeOptions {
-            max_sessions: Some(1),
-            ..TranscribeOptions::default()
-        },
-    )
-    .await;
+    let h = Harness::new(KvsOptions::default(), stream_quota(1)).await;
     let (arn_a, first_a) = h.play("call-a", sample_call_chunks()).await;
     let (arn_b, first_b) = h.play("call-b", sample_call_chunks()).await;
     let pipeline = h.pipeline(&[("START_STREAM_RETRY_WAIT", "200")]);

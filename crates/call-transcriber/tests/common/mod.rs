@@ -62,22 +62,49 @@ pub fn sample_call_with_gap(fragments: usize, gap: Duration) -> (Vec<Bytes>, Vec
     (chunks.into_iter().map(Bytes::from).collect(), expected)
 }
 
-/// The call's turns (start, end) with those after `at` seconds moved `by` seconds later.
-pub fn turns_moved(turns: &[(f64, f64)], at: f64, by: f64) -> Vec<(f64, f64)> {
-    turns
-        .iter()
-        .map(|&(a, b)| if a > at { (a + by, b + by) } else { (a, b) })
-        .collect()
+/// The producer stall of the stall tests: 10 s after the 12th fragment (12.288 s, between two
+/// turns).
+pub const STALL_FRAGMENTS: usize = 12;
+pub const STALL: Duration = Duration::from_secs(10);
+
+/// The sample call with [`STALL`] after [`STALL_FRAGMENTS`] ([`sample_call_with_gap`]).
+pub fn sample_call_with_stall() -> (Vec<Bytes>, Vec<u8>) {
+    sample_call_with_gap(STALL_FRAGMENTS, STALL)
 }
 
-/// Whether `found` turns are `expected` to within `tolerance_s` each (see
+/// KVS as in the stall tests: the 3 s payload timeout of GetMedia (API reference) scaled to
+/// 0.2 s, as the call plays 10x faster (and less, so two empty responses fit in the stall).
+pub fn stall_kvs() -> KvsOptions {
+    KvsOptions {
+        payload_timeout: Duration::from_millis(200),
+        ..KvsOptions::default()
+    }
+}
+
+/// Every turn of [`sample_call_with_stall`] is a final once, the ones after the stall
+/// [`STALL`] later, as they happened, to within `tolerance_s` (see
 /// [`assert_whole_call_within`] for why a hand-over may move them).
-pub fn turns_near(found: &[(f64, f64)], expected: &[(f64, f64)], tolerance_s: f64) -> bool {
-    found.len() == expected.len()
-        && found
-            .iter()
-            .zip(expected)
-            .all(|(f, e)| (f.0 - e.0).abs() <= tolerance_s && (f.1 - e.1).abs() <= tolerance_s)
+pub fn assert_turns_with_stall(records: &[Value], tolerance_s: f64) {
+    let at = (STALL_FRAGMENTS * 8192) as f64 / 8000.0;
+    let by = STALL.as_secs_f64();
+    let finals = finals(records);
+    for (channel, turns) in [("CALLER", &CALLER_TURNS[..]), ("AGENT", &AGENT_TURNS[..])] {
+        let found = on(&finals, channel);
+        let near = found.len() == turns.len()
+            && found.iter().zip(turns).all(|(f, &(a, b))| {
+                let (a, b) = if a > at { (a + by, b + by) } else { (a, b) };
+                (f.0 - a).abs() <= tolerance_s && (f.1 - b).abs() <= tolerance_s
+            });
+        assert!(near, "{channel}: {found:?}");
+    }
+}
+
+/// The local Transcribe with an account's concurrent stream quota of `streams`.
+pub fn stream_quota(streams: usize) -> TranscribeOptions {
+    TranscribeOptions {
+        max_sessions: Some(streams),
+        ..TranscribeOptions::default()
+    }
 }
 
 /// The sample call as interleaved stereo s16le: caller left, agent right.
@@ -290,6 +317,17 @@ impl Harness {
 pub const BUCKET: &str = "lca-recordings";
 /// The lease table in moto.
 pub const TABLE: &str = "call-events";
+
+impl Harness {
+    /// Every audio byte Transcribe received, across its sessions, in the order they started.
+    pub fn transcribed_audio(&self) -> Vec<u8> {
+        self.transcribe
+            .sessions()
+            .iter()
+            .flat_map(|s| s.audio.clone())
+            .collect()
+    }
+}
 
 impl Harness {
     /// An object in the bucket, or `None`.
