@@ -53,16 +53,17 @@ bash infra/package.sh
 # their cold start under emulation (information only: the emulator's own cost is in it).
 step "shipped arm64 functions (qemu)"
 ensure_apt_packages qemu-user-static libc6-arm64-cross unzip
-rm -rf target/arm64-functions
+arm64="$PWD/target/arm64-functions"
+rm -rf "$arm64"
 for f in start-lca call-transcriber contact-event-processor; do
-  mkdir -p "target/arm64-functions/$f"
-  unzip -q "infra/build/$f.zip" -d "target/arm64-functions/$f"
+  mkdir -p "$arm64/$f"
+  unzip -q "infra/build/$f.zip" -d "$arm64/$f"
 done
-LCA_TEST_ARM64_FUNCTIONS="$PWD/target/arm64-functions" cargo test --workspace --locked \
+LCA_TEST_ARM64_FUNCTIONS="$arm64" cargo test --workspace --locked \
   --features "$features" --test lambda --test processor -- --exact \
   start_lca_then_hand_overs_transcribe_and_record_every_sample_once \
   the_real_binary_under_lambda_publishes_the_agent
-LCA_TEST_ARM64_FUNCTIONS="$PWD/target/arm64-functions" target/debug/lambda-init-bench --runs 3
+LCA_TEST_ARM64_FUNCTIONS="$arm64" target/debug/lambda-init-bench --runs 3
 
 # Clients written by others (boto3) against `lca-kvs local`.
 step interop

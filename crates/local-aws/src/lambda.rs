@@ -56,19 +56,26 @@ pub const ARM64_FUNCTIONS_VAR: &str = "LCA_TEST_ARM64_FUNCTIONS";
 /// `qemu-user-static`), with the arm64 C library's root (`libc6-arm64-cross`).
 pub const ARM64_EMULATOR: [&str; 3] = ["qemu-aarch64-static", "-L", "/usr/aarch64-linux-gnu"];
 
+/// The folder [`ARM64_FUNCTIONS_VAR`] names, when it is set (not empty).
+pub fn arm64_functions_dir() -> Option<PathBuf> {
+    std::env::var_os(ARM64_FUNCTIONS_VAR)
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+}
+
 /// The command (executable and arguments) that runs the function built as `native` (a
 /// binary whose file name is its package's): `native` itself, or, when
 /// [`ARM64_FUNCTIONS_VAR`] names a folder, the arm64 `bootstrap` the stack ships for it under
 /// [`ARM64_EMULATOR`], so the same tests check the artifacts that are deployed. An error
 /// when that `bootstrap` is missing.
 pub fn function_command(native: &std::path::Path) -> Result<(PathBuf, Vec<String>), String> {
-    let Some(dir) = std::env::var_os(ARM64_FUNCTIONS_VAR).filter(|d| !d.is_empty()) else {
+    let Some(dir) = arm64_functions_dir() else {
         return Ok((native.to_path_buf(), Vec::new()));
     };
     let name = native
         .file_name()
         .ok_or_else(|| format!("{}: not a binary's path", native.display()))?;
-    let bootstrap = PathBuf::from(dir).join(name).join("bootstrap");
+    let bootstrap = dir.join(name).join("bootstrap");
     if !bootstrap.is_file() {
         return Err(format!(
             "{ARM64_FUNCTIONS_VAR}: {} is missing (unzip infra/build/{}.zip there)",

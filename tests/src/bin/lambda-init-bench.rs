@@ -35,7 +35,8 @@ fn main() -> Result<(), String> {
         }
     }
     let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
-    if std::env::var_os(local_aws::lambda::ARM64_FUNCTIONS_VAR).is_some_and(|d| !d.is_empty()) {
+    let arm64 = local_aws::lambda::arm64_functions_dir().is_some();
+    if arm64 {
         println!(
             "the shipped arm64 functions under {} (emulated: information only)",
             local_aws::lambda::ARM64_EMULATOR[0]
@@ -82,7 +83,8 @@ fn main() -> Result<(), String> {
         let binary = std::env::current_exe()
             .map_err(|e| e.to_string())?
             .with_file_name(name);
-        if !binary.exists() {
+        // Under emulation only the binary's name is used (its arm64 bootstrap is run).
+        if !arm64 && !binary.exists() {
             return Err(format!(
                 "{} not found: build it first with `cargo build --release -p {name}`",
                 binary.display()
@@ -90,8 +92,8 @@ fn main() -> Result<(), String> {
         }
         let mut inits = Vec::new();
         let mut rss = 0u64;
+        let command = local_aws::lambda::function_command(&binary)?;
         for _ in 0..runs {
-            let command = local_aws::lambda::function_command(&binary)?;
             let (init, kb) = runtime.block_on(cold_start(&command, &env))?;
             inits.push(init);
             rss = rss.max(kb);
