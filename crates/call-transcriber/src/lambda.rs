@@ -317,6 +317,8 @@ impl Transcriber {
             .and_then(|c| c.audio)
             .and_then(|a| a.start_timestamp)
             .and_then(|t| t.trim().parse::<u64>().ok());
+        // Where the call's audio is, for `lca-kvs capture` (README, "Investigate a call").
+        tracing::info!(call_id = %contact.contact_id, stream_arn = %contact.stream_arn, start_fragment = %contact.start_fragment_number, start_timestamp_ms = ?started_at_ms, "new call");
         Ok(CallData {
             from_number: address(data.customer_endpoint),
             to_number: address(data.system_endpoint),

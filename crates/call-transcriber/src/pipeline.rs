@@ -352,7 +352,7 @@ impl CallPipeline {
         });
         let mut last_fragment = match &call.position.start {
             StartAt::After(number) => Some(StartAt::After(number.clone())),
-            StartAt::Fragment(_) | StartAt::Now => None,
+            StartAt::Fragment(_) | StartAt::Now | StartAt::ProducerTime(_) => None,
         };
         let mut outlet = ChunkOutlet {
             transcribe: chunk_tx,
@@ -398,6 +398,8 @@ impl CallPipeline {
                     at_boundary = true;
                     last_fragment = Some(StartAt::After(fragment_number));
                 }
+                // Only tools that save the stream's bytes ask for them.
+                Ok(SourceEvent::Chunk { .. }) => {}
                 Ok(SourceEvent::TransientKvsError { id }) => {
                     *transient_kvs_errors.entry(id).or_default() += 1;
                 }

@@ -6,6 +6,7 @@
 //! fragment, and ends at the next contact's first fragment, on a KVS error, when the stream
 //! ends, or after an idle timeout.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use aws_sdk_kinesisvideo::types::ApiName;
@@ -13,7 +14,7 @@ use aws_sdk_kinesisvideomedia::config::StalledStreamProtectionConfig;
 use aws_sdk_kinesisvideomedia::types::{StartSelector, StartSelectorType};
 use bytes::Bytes;
 use call_audio::Channel;
-use kvs_media::{FragmentReader, KvsError, MediaEvent};
+use kvs_media::{ChunkSplitter, FragmentReader, KvsError, MediaEvent};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::Instrument as _;
@@ -30,6 +31,10 @@ pub enum StartAt {
     /// The newest data on the stream (live only; what came before is not read). For tools
     /// that join a call in progress without knowing its first fragment.
     Now,
+    /// The fragment holding this producer time, ms since the epoch (GetMedia's
+    /// PRODUCER_TIMESTAMP selector): for tools given a contact's StartTimestamp rather than
+    /// its StartFragmentNumber.
+    ProducerTime(u64),
 }
 
 /// How one call's stream is read.
@@ -48,6 +53,9 @@ pub struct SourceOptions {
     pub max_gap: Duration,
     /// Connection attempts in a row without progress before giving up.
     pub max_attempts: u32,
+    /// Also deliver each fragment's GetMedia bytes ([`SourceEvent::Chunk`]), for tools that
+    /// save a call as the stream carried it.
+    pub keep_chunks: bool,
 }
 
 impl SourceOptions {
@@ -60,6 +68,7 @@ impl SourceOptions {
             idle_timeout,
             max_gap: Duration::from_secs(2),
             max_attempts: 5,
+            keep_chunks: false,
         }
     }
 }
@@ -77,6 +86,14 @@ pub enum SourceEvent {
         pcm: Bytes,
         /// When its bytes arrived from KVS.
         received: Instant,
+    },
+    /// The GetMedia bytes of the fragment whose [`SourceEvent::FragmentDone`] follows (one
+    /// EBML document, as KVS sent it), when [`SourceOptions::keep_chunks`] asks for them.
+    Chunk {
+        /// The fragment's number.
+        fragment_number: String,
+        /// Its bytes.
+        bytes: Bytes,
     },
     /// A fragment is fully delivered: a safe point to resume after or hand over at.
     FragmentDone {
@@ -291,8 +308,7 @@ pub async fn first_contact_id(
     start: StartAt,
     timeout: Duration,
 ) -> Result<Option<String>, SourceError> {
-    let mut options = SourceOptions::new(stream_arn, "", start, timeout);
-    options.max_attempts = 1;
+    let options = SourceOptions::new(stream_arn, "", start, timeout);
     let mut source = KvsSource::new(clients.clone(), options);
     source.peek = true;
     let (tx, mut rx) = mpsc::channel(16);
@@ -330,8 +346,8 @@ struct KvsSource {
     from_producer_ms: Option<u64>,
     /// Only looking for the first ContactId: audio is not delivered.
     peek: bool,
-    /// When KVS last delivered something new for the call (or reading started): the idle
-    /// timeout counts from here, across GetMedia requests.
+    /// When KVS last delivered something new for the call (or reading started, or a request
+    /// failed): the idle timeout counts from here, across GetMedia requests.
     last_data: Instant,
 }
 
@@ -366,7 +382,11 @@ impl KvsSource {
             // call), whichever way KVS reads the selector.
             StartAt::Fragment(number) => (Some(predecessor(number)), Some(number.clone())),
             StartAt::After(number) => (Some(number.clone()), None),
-            StartAt::Now => (None, None),
+            StartAt::Now | StartAt::ProducerTime(_) => (None, None),
+        };
+        let from_producer_ms = match options.start {
+            StartAt::ProducerTime(ms) => Some(ms),
+            _ => None,
         };
         let gate = ContactGate::new(
             options.contact_id.clone(),
@@ -378,7 +398,7 @@ impl KvsSource {
             options,
             gate,
             first_fragment,
-            from_producer_ms: None,
+            from_producer_ms,
             peek: false,
             last_data: Instant::now(),
         }
@@ -469,6 +489,10 @@ impl KvsSource {
                     }
                     tokio::time::sleep(RECONNECT_PAUSE * failures).await;
                     self.gate.reconnect();
+                    // A failed request (throttled, cut, a KVS internal error) says nothing of
+                    // whether the producer is idle: the idle clock starts again, and
+                    // `max_attempts` bounds a stream that keeps failing.
+                    self.last_data = Instant::now();
                     continue;
                 }
             };
@@ -533,6 +557,9 @@ impl KvsSource {
         };
         let mut payload = output.payload;
         let mut reader = FragmentReader::new();
+        // Each fragment's bytes, kept until the gate lets the fragment through or passes it.
+        let mut splitter = self.options.keep_chunks.then(ChunkSplitter::new);
+        let mut chunks = VecDeque::new();
         let mut progressed = false;
         let mut received_bytes = 0usize;
         loop {
@@ -559,6 +586,27 @@ impl KvsSource {
             if let Some(bytes) = &bytes {
                 received_bytes += bytes.len();
                 reader.push(bytes);
+            }
+            if let Some(splitter) = &mut splitter {
+                if let Some(bytes) = &bytes {
+                    splitter.push(bytes);
+                }
+                let mut split = || -> Result<(), kvs_media::SplitError> {
+                    while let Some(chunk) = splitter.next_chunk()? {
+                        chunks.push_back(chunk);
+                    }
+                    if bytes.is_none() {
+                        chunks.extend(splitter.finish()?);
+                    }
+                    Ok(())
+                };
+                if let Err(error) = split() {
+                    return Connection::Failed {
+                        progressed,
+                        message: format!("unreadable media: {error}"),
+                        kvs_error: None,
+                    };
+                }
             }
             loop {
                 let event = match reader.next_event() {
@@ -619,6 +667,20 @@ impl KvsSource {
                             millis_behind_now,
                         } => {
                             progressed = true;
+                            // Found (or passed) the first fragment: resume by number from now.
+                            self.from_producer_ms = None;
+                            if let Some(splitter) = &mut splitter {
+                                let kept = take_chunk(&mut chunks, splitter, &fragment_number);
+                                if let Some(bytes) = kept {
+                                    let chunk = SourceEvent::Chunk {
+                                        fragment_number: fragment_number.clone(),
+                                        bytes,
+                                    };
+                                    if tx.send(Ok(chunk)).await.is_err() {
+                                        return Connection::Closed;
+                                    }
+                                }
+                            }
                             SourceEvent::FragmentDone {
                                 fragment_number,
                                 continuation_token,
@@ -687,6 +749,39 @@ pub fn error_text(error: &(dyn std::error::Error + 'static)) -> String {
         source = cause.source();
     }
     text
+}
+
+/// The bytes of fragment `number`, which the gate has just let through, from the chunks split
+/// off so far; earlier ones (passed over by the gate) are dropped.
+fn take_chunk(
+    chunks: &mut VecDeque<Bytes>,
+    splitter: &mut ChunkSplitter,
+    number: &str,
+) -> Option<Bytes> {
+    loop {
+        let chunk = match chunks.pop_front() {
+            Some(chunk) => chunk,
+            // Its end tags are read, so its bytes are whole even before the next fragment
+            // begins.
+            None => splitter.end_chunk()?,
+        };
+        if fragment_number_of(&chunk).as_deref() == Some(number) {
+            return Some(chunk);
+        }
+    }
+}
+
+/// The fragment number a GetMedia chunk carries in its AWS_KINESISVIDEO_FRAGMENT_NUMBER tag.
+fn fragment_number_of(chunk: &[u8]) -> Option<String> {
+    let mut reader = FragmentReader::new();
+    reader.push(chunk);
+    reader.end_of_input();
+    while let Ok(Some(event)) = reader.next_event() {
+        if let MediaEvent::FragmentStart(start) = event {
+            return start.fragment_number;
+        }
+    }
+    None
 }
 
 /// Orders decimal fragment numbers of any length.

@@ -9,7 +9,7 @@ mod reader;
 mod writer;
 
 pub use block::{BlockError, BlockHeader, Lacing, encode_block};
-pub use chunks::{SplitError, kvs_end_tags_offset, split_chunks};
+pub use chunks::{ChunkSplitter, SplitError, kvs_end_tags_offset, split_chunks};
 pub use event::*;
 pub use reader::{DEFAULT_MAX_ELEMENT_SIZE, FragmentReader, ReadError, ReadErrorKind};
 pub use writer::{ConnectWriter, FragmentAudio, WriterOptions};

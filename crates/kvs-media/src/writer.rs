@@ -96,6 +96,12 @@ impl ConnectWriter {
         &self.options
     }
 
+    /// Tags the fragments written from now on with another ContactId, fragment numbers going
+    /// on increasing: Connect reusing a stream for its next contact.
+    pub fn set_contact_id(&mut self, contact_id: &str) {
+        self.options.contact_id = contact_id.to_string();
+    }
+
     /// The fragment number the `index`-th fragment gets (47 digits, increasing, like KVS's).
     pub fn fragment_number(index: u64) -> String {
         format!("91343852333181{index:033}")

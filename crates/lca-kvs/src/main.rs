@@ -14,6 +14,9 @@ use kvs_media::{FragmentReader, MediaEvent, ReadError};
 use lca_kvs::extract::{CallExtractor, ExtractStop};
 use lca_kvs::inspect::Inspector;
 
+use crate::capture::{CaptureStop, CaptureSummary, StreamArgs};
+
+mod capture;
 mod demo;
 mod local;
 mod transcribe;
@@ -33,22 +36,47 @@ struct Cli {
 enum Command {
     /// One line per KVS fragment: number, timestamps, ContactId, per-track blocks and bytes.
     Inspect {
-        /// A GetMedia capture (concatenated MKV fragments).
-        file: PathBuf,
+        /// A GetMedia capture (concatenated MKV fragments); or read a contact from its stream
+        /// with --stream-arn.
+        #[arg(required_unless_present = "stream_arn", conflicts_with = "stream_arn")]
+        file: Option<PathBuf>,
         /// One JSON object per line instead of text.
         #[arg(long)]
         json: bool,
+        /// With --stream-arn: the contact to read (default: the first ContactId read).
+        #[arg(long, requires = "stream_arn")]
+        contact_id: Option<String>,
+        #[command(flatten)]
+        stream: StreamArgs,
     },
     /// Write a contact's audio as a stereo WAV (channel 0 caller, channel 1 agent, 8 kHz).
     Extract {
-        /// A GetMedia capture (concatenated MKV fragments).
-        file: PathBuf,
+        /// A GetMedia capture (concatenated MKV fragments); or read the contact from its
+        /// stream with --stream-arn.
+        #[arg(required_unless_present = "stream_arn", conflicts_with = "stream_arn")]
+        file: Option<PathBuf>,
         /// Output WAV file.
         #[arg(short = 'o', long = "output")]
         output: PathBuf,
-        /// The contact to extract (default: the first ContactId in the file).
+        /// The contact to extract (default: the first ContactId read).
         #[arg(long)]
         contact_id: Option<String>,
+        #[command(flatten)]
+        stream: StreamArgs,
+    },
+    /// Save a contact as its Kinesis Video stream carries it (GetMedia bytes, one whole
+    /// fragment at a time) from its first fragment until the stream goes on with another
+    /// contact, stays idle, or Ctrl-C. The file replays with `demo --mkv`, `extract`,
+    /// `inspect` and `local --stream`.
+    Capture {
+        #[command(flatten)]
+        stream: StreamArgs,
+        /// The contact to save (default: the ContactId of the first fragment read).
+        #[arg(long)]
+        contact_id: Option<String>,
+        /// Output file (MKV: the GetMedia bytes of the contact's fragments).
+        #[arg(short = 'o', long = "output")]
+        output: PathBuf,
     },
     /// Local stand-ins for AWS (Kinesis Video Streams, Transcribe Streaming, Lambda; Kinesis,
     /// S3 and DynamoDB through moto server when installed) on loopback: prints
@@ -75,12 +103,27 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Inspect { file, json } => inspect(&file, json),
+        Command::Inspect {
+            file,
+            json,
+            contact_id,
+            stream,
+        } => inspect(&MediaInput::new(file, stream, contact_id.clone()), json),
         Command::Extract {
             file,
             output,
             contact_id,
-        } => extract(&file, &output, contact_id),
+            stream,
+        } => extract(
+            &MediaInput::new(file, stream, contact_id.clone()),
+            &output,
+            contact_id,
+        ),
+        Command::Capture {
+            stream,
+            contact_id,
+            output,
+        } => capture_to_file(&stream, contact_id, &output),
         Command::Demo(args) => demo::run(args).map(|()| ExitCode::SUCCESS),
         Command::Function { name } => demo::serve_function(&name).map(|()| ExitCode::SUCCESS),
         Command::Local(args) => local::run(args).map(|()| ExitCode::SUCCESS),
@@ -111,59 +154,223 @@ fn main() -> ExitCode {
     }
 }
 
-/// Streams a file through a [`FragmentReader`] in 64 KiB reads, calling `on_event` for each
-/// event until it returns false. Returns the read error that ended the stream, if any.
-fn stream_file(
-    path: &Path,
-    mut on_event: impl FnMut(MediaEvent) -> Result<bool>,
-) -> Result<Option<ReadError>> {
-    let mut file = File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
-    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-    let progress = if std::io::stderr().is_terminal() && len > 64 << 20 {
-        let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
-        bar.set_style(
-            ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} {eta}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
-        );
-        bar
-    } else {
-        ProgressBar::hidden()
-    };
-    let mut reader = FragmentReader::new();
-    let mut buf = vec![0u8; 64 << 10];
-    loop {
-        let n = file
-            .read(&mut buf)
-            .with_context(|| format!("{}: read failed", path.display()))?;
-        if n == 0 {
-            reader.end_of_input();
-        } else {
-            reader.push(&buf[..n]);
-            progress.inc(n as u64);
+/// Where a command's media comes from.
+enum MediaInput {
+    /// A GetMedia capture file.
+    File(PathBuf),
+    /// A contact read live from its stream.
+    Stream {
+        args: StreamArgs,
+        contact_id: Option<String>,
+    },
+}
+
+impl MediaInput {
+    fn new(file: Option<PathBuf>, args: StreamArgs, contact_id: Option<String>) -> Self {
+        match file {
+            Some(file) => Self::File(file),
+            None => Self::Stream { args, contact_id },
         }
-        loop {
-            match reader.next_event() {
-                Ok(Some(event)) => {
-                    if !on_event(event)? {
-                        progress.finish_and_clear();
-                        return Ok(None);
-                    }
-                }
-                Ok(None) => break,
-                Err(error) => {
-                    progress.finish_and_clear();
-                    return Ok(Some(error));
-                }
-            }
-        }
-        if n == 0 {
-            progress.finish_and_clear();
-            return Ok(None);
+    }
+
+    /// The file or stream, for messages.
+    fn name(&self) -> String {
+        match self {
+            Self::File(path) => path.display().to_string(),
+            Self::Stream { args, .. } => args.stream_arn.clone().unwrap_or_default(),
         }
     }
 }
 
-fn inspect(path: &Path, json: bool) -> Result<ExitCode> {
+/// A [`FragmentReader`] fed with bytes as they come, handing its events to `on_event` until
+/// that returns false or the media cannot be read.
+struct EventPump<F> {
+    reader: FragmentReader,
+    on_event: F,
+    done: bool,
+    error: Option<ReadError>,
+}
+
+impl<F: FnMut(MediaEvent) -> Result<bool>> EventPump<F> {
+    fn new(on_event: F) -> Self {
+        Self {
+            reader: FragmentReader::new(),
+            on_event,
+            done: false,
+            error: None,
+        }
+    }
+
+    /// Takes more bytes, or the end of the input (`None`).
+    fn push(&mut self, bytes: Option<&[u8]>) -> Result<()> {
+        if self.done {
+            return Ok(());
+        }
+        match bytes {
+            Some(bytes) => self.reader.push(bytes),
+            None => self.reader.end_of_input(),
+        }
+        loop {
+            match self.reader.next_event() {
+                Ok(Some(event)) => {
+                    if !(self.on_event)(event)? {
+                        self.done = true;
+                        return Ok(());
+                    }
+                }
+                Ok(None) => return Ok(()),
+                Err(error) => {
+                    self.error = Some(error);
+                    self.done = true;
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+/// Reads `input` through a [`FragmentReader`], calling `on_event` for each event until it
+/// returns false. Returns the read error that ended the media, if any, and for a stream what
+/// the capture read.
+fn stream_media(
+    input: &MediaInput,
+    on_event: impl FnMut(MediaEvent) -> Result<bool>,
+) -> Result<(Option<ReadError>, Option<CaptureSummary>)> {
+    let mut pump = EventPump::new(on_event);
+    let path = match input {
+        MediaInput::File(path) => path,
+        MediaInput::Stream { args, contact_id } => {
+            init_logging();
+            let summary =
+                capture::capture(args, contact_id.clone(), |chunk| pump.push(Some(chunk)))?;
+            pump.push(None)?;
+            return Ok((pump.error, Some(summary)));
+        }
+    };
+    let mut file = File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let progress = if len > 64 << 20 {
+        progress_bar(
+            Some(len),
+            "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} {eta}",
+        )
+    } else {
+        ProgressBar::hidden()
+    };
+    let mut buf = vec![0u8; 64 << 10];
+    while !pump.done {
+        let n = file
+            .read(&mut buf)
+            .with_context(|| format!("{}: read failed", path.display()))?;
+        if n == 0 {
+            pump.push(None)?;
+            break;
+        }
+        pump.push(Some(&buf[..n]))?;
+        progress.inc(n as u64);
+    }
+    progress.finish_and_clear();
+    Ok((pump.error, None))
+}
+
+/// Progress on stderr when it is a terminal (hidden otherwise): a bar over `len` bytes, or a
+/// spinner without it.
+fn progress_bar(len: Option<u64>, template: &str) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::with_draw_target(len, ProgressDrawTarget::stderr());
+    if let Ok(style) = ProgressStyle::with_template(template) {
+        bar.set_style(style);
+    }
+    bar
+}
+
+/// Reports how a stream capture ended; the exit code when it failed (1: the stream cannot be
+/// read or holds nothing of the contact; 2: reading failed).
+fn capture_verdict(summary: Option<&CaptureSummary>) -> Option<ExitCode> {
+    let summary = summary?;
+    eprintln!("lca-kvs: {}", summary.describe());
+    if let Some(other) = summary.found_another_contact() {
+        eprintln!(
+            "lca-kvs: nothing read: the first fragment read belongs to contact {other}, not {} (check --contact-id and the start)",
+            summary.contact_id
+        );
+        return Some(ExitCode::from(1));
+    }
+    match summary.stop {
+        CaptureStop::Unreadable(_) => Some(ExitCode::from(1)),
+        CaptureStop::Failed(_) => Some(ExitCode::from(2)),
+        _ if summary.fragments == 0 => Some(ExitCode::from(1)),
+        _ => None,
+    }
+}
+
+/// `lca-kvs capture`: the contact's fragments, whole, into `output` as they are read.
+fn capture_to_file(
+    stream: &StreamArgs,
+    contact_id: Option<String>,
+    output: &Path,
+) -> Result<ExitCode> {
+    init_logging();
+    let mut out = BufWriter::new(
+        File::create(output).with_context(|| format!("{}: cannot create", output.display()))?,
+    );
+    let progress = progress_bar(None, "{spinner} {pos} fragments saved, {msg} ({elapsed})");
+    let mut bytes = 0u64;
+    let captured = capture::capture(stream, contact_id, |chunk| {
+        // Whole fragments only, each flushed: the file is valid up to the last one whatever
+        // stops the capture.
+        out.write_all(chunk)
+            .and_then(|()| out.flush())
+            .with_context(|| format!("{}: cannot write", output.display()))?;
+        bytes += chunk.len() as u64;
+        progress.inc(1);
+        progress.set_message(indicatif::HumanBytes(bytes).to_string());
+        Ok(())
+    });
+    progress.finish_and_clear();
+    drop(out);
+    let summary = match captured {
+        Ok(summary) => summary,
+        Err(error) => {
+            if bytes == 0 {
+                let _ = std::fs::remove_file(output);
+            }
+            return Err(error);
+        }
+    };
+    if summary.fragments == 0 {
+        let _ = std::fs::remove_file(output);
+    }
+    let code = capture_verdict(Some(&summary)).unwrap_or(ExitCode::SUCCESS);
+    if summary.fragments > 0 {
+        eprintln!(
+            "lca-kvs: saved the {} whole fragments read to {}",
+            summary.fragments,
+            output.display()
+        );
+    }
+    Ok(code)
+}
+
+/// Log lines (warnings by default, RUST_LOG to change) on stderr, never finer than
+/// call_metrics::FINEST_LOG_LEVEL: no request body in the log.
+pub(crate) fn init_logging() {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .finish()
+        .with(call_metrics::FINEST_LOG_LEVEL)
+        .try_init();
+}
+
+fn inspect(input: &MediaInput, json: bool) -> Result<ExitCode> {
     let stdout = std::io::stdout();
     let mut out = BufWriter::new(stdout.lock());
     let mut inspector = Inspector::new();
@@ -176,7 +383,7 @@ fn inspect(path: &Path, json: bool) -> Result<ExitCode> {
         }
         Ok(())
     };
-    let error = stream_file(path, |event| {
+    let (error, captured) = stream_media(input, |event| {
         if let Some(done) = inspector.handle(&event) {
             print(done)?;
         }
@@ -189,16 +396,20 @@ fn inspect(path: &Path, json: bool) -> Result<ExitCode> {
         print(last)?;
     }
     out.flush()?;
+    if let Some(code) = capture_verdict(captured.as_ref()) {
+        return Ok(code);
+    }
     match error {
         None => Ok(ExitCode::SUCCESS),
         Some(error) => {
-            eprintln!("lca-kvs: {}: {error}", path.display());
+            eprintln!("lca-kvs: {}: {error}", input.name());
             Ok(ExitCode::from(2))
         }
     }
 }
 
-fn extract(path: &Path, output: &Path, contact_id: Option<String>) -> Result<ExitCode> {
+fn extract(input: &MediaInput, output: &Path, contact_id: Option<String>) -> Result<ExitCode> {
+    let path = input.name();
     let mut extractor = CallExtractor::new(contact_id, AssemblerConfig::default());
     let mut wav = WavWriter::new(
         BufWriter::new(
@@ -214,10 +425,10 @@ fn extract(path: &Path, output: &Path, contact_id: Option<String>) -> Result<Exi
         }
         Ok(())
     };
-    let read_error = stream_file(path, |event| {
+    let (read_error, captured) = stream_media(input, |event| {
         extractor
             .handle(event)
-            .with_context(|| format!("{}: audio cannot be placed", path.display()))?;
+            .with_context(|| format!("{path}: audio cannot be placed"))?;
         write_ready(&mut extractor)?;
         Ok(extractor.stopped().is_none())
     })?;
@@ -228,11 +439,14 @@ fn extract(path: &Path, output: &Path, contact_id: Option<String>) -> Result<Exi
     write_ready(&mut extractor)?;
     wav.finalize()
         .with_context(|| format!("{}: cannot finish WAV", output.display()))?;
+    if let Some(code) = capture_verdict(captured.as_ref()) {
+        return Ok(code);
+    }
 
     if !extractor.saw_connect_tracks() {
         anyhow::bail!(
             "{}: no Connect audio tracks (expected tracks named AUDIO_FROM_CUSTOMER / AUDIO_TO_CUSTOMER){}",
-            path.display(),
+            path,
             read_error
                 .map(|e| format!("; reading also stopped {e}"))
                 .unwrap_or_default()
@@ -241,7 +455,7 @@ fn extract(path: &Path, output: &Path, contact_id: Option<String>) -> Result<Exi
     if let Some(error) = read_error {
         eprintln!(
             "lca-kvs: {}: {error}; audio of the {} complete fragments before it was written to {}",
-            path.display(),
+            path,
             extractor.fragments(),
             output.display()
         );
@@ -252,7 +466,7 @@ fn extract(path: &Path, output: &Path, contact_id: Option<String>) -> Result<Exi
         Some(ExtractStop::KvsError(error)) => {
             eprintln!(
                 "lca-kvs: {}: the stream carried a KVS error chunk (code {}, id {}); {seconds:.2} s of audio before it written to {}",
-                path.display(),
+                path,
                 error.code,
                 error.id,
                 output.display()

@@ -43,18 +43,7 @@ pub struct TranscribeArgs {
 /// Runs the pipeline for one call; exit 0 when the call ended and every event is on Kinesis,
 /// 1 when KVS sent an error that retrying does not fix (as `extract`), errors otherwise.
 pub fn run(args: TranscribeArgs) -> Result<ExitCode> {
-    use tracing_subscriber::layer::SubscriberExt as _;
-    use tracing_subscriber::util::SubscriberInitExt as _;
-    // Never finer than call_metrics::FINEST_LOG_LEVEL: no request body in the log.
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .finish()
-        .with(call_metrics::FINEST_LOG_LEVEL)
-        .init();
+    crate::init_logging();
     let config = TranscriberConfig::from_env().context("configuration")?;
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -309,6 +309,17 @@ impl Local {
         Self { child, exports }
     }
 
+    /// Local stand-ins without moto, playing `capture` as stream `call` at `speed`.
+    fn playing(capture: &Path, speed: &str) -> Self {
+        Self::start(&[
+            "--no-moto",
+            "--stream",
+            &format!("call={}", capture.display()),
+            "--speed",
+            speed,
+        ])
+    }
+
     fn get(&self, name: &str) -> &str {
         &self
             .exports
@@ -655,5 +666,252 @@ fn local_allows_recursion_only_for_a_function_it_serves() {
     assert!(
         stderr.contains("--allow-recursion Transcriber") && stderr.contains("CallTranscriber"),
         "{stderr}"
+    );
+}
+
+const CONTACT_A: &str = "aaaaaaaa-0000-4000-8000-00000000000a";
+const CONTACT_B: &str = "bbbbbbbb-0000-4000-8000-00000000000b";
+
+/// A Connect-shaped stream written to `dir/name`: contact A for `seconds` s of distinct
+/// audio, then, when `next` is set, contact B for 3 s after a 5 s pause (Connect reusing the
+/// stream), fragment numbers increasing throughout. Returns the file and A's fragments.
+fn generated_stream(dir: &Path, name: &str, seconds: usize, next: bool) -> (PathBuf, Vec<Vec<u8>>) {
+    let noise = |seed: u32, len: usize| -> Vec<u8> {
+        let mut state = seed;
+        (0..len)
+            .map(|_| {
+                state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                (state >> 24) as u8
+            })
+            .collect()
+    };
+    let mut writer = ConnectWriter::new(WriterOptions {
+        contact_id: CONTACT_A.to_string(),
+        ..WriterOptions::default()
+    });
+    let start_ms = 1_764_000_000_000;
+    let a = writer.call(
+        &noise(1, seconds * 16_000),
+        &noise(2, seconds * 16_000),
+        start_ms,
+    );
+    let mut bytes = a.concat();
+    if next {
+        writer.set_contact_id(CONTACT_B);
+        let b_start = start_ms + seconds as u64 * 1000 + 5_000;
+        for fragment in writer.call(&noise(3, 48_000), &noise(4, 48_000), b_start) {
+            bytes.extend_from_slice(&fragment);
+        }
+    }
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).unwrap();
+    (path, a)
+}
+
+/// `lca-kvs ARGS` against a `Local`'s endpoints.
+fn lca_kvs_with(local: &Local, args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_lca-kvs"));
+    command
+        .args(args)
+        .envs(local.exports.iter().map(|(n, v)| (n.as_str(), v.as_str())));
+    command
+}
+
+/// The WAV that `extract` writes for `input` (a file), as bytes.
+fn extracted(input: &Path, wav: &Path) -> Vec<u8> {
+    let output = lca_kvs(&[
+        "extract",
+        input.to_str().unwrap(),
+        "-o",
+        wav.to_str().unwrap(),
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    std::fs::read(wav).unwrap()
+}
+
+#[test]
+fn capture_of_a_live_call_saves_it_whole_and_ctrl_c_keeps_whole_fragments() {
+    let dir = tempfile::tempdir().unwrap();
+    let (source, fragments) = generated_stream(dir.path(), "live.mkv", 6, false);
+    let local = Local::playing(&source, "1");
+    let first = ConnectWriter::fragment_number(0);
+    let capture = |output: &Path| {
+        lca_kvs_with(
+            &local,
+            &[
+                "capture",
+                "--stream-arn",
+                local.get("KVS_STREAM_ARN_CALL"),
+                "--start-fragment",
+                &first,
+                "--idle-timeout",
+                "2",
+                "-o",
+                output.to_str().unwrap(),
+            ],
+        )
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+    };
+    let whole = dir.path().join("whole.mkv");
+    let cut = dir.path().join("cut.mkv");
+    let to_the_end = capture(&whole);
+    let interrupted = capture(&cut);
+    // Ctrl-C once two fragments are saved (each is written whole, at once).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::fs::metadata(&cut).map_or(0, |m| m.len()) < (fragments[0].len() * 3 / 2) as u64 {
+        assert!(std::time::Instant::now() < deadline, "no fragment captured");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let signalled = Command::new("kill")
+        .args(["-INT", &interrupted.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(signalled.success());
+    let interrupted = interrupted.wait_with_output().unwrap();
+    let message = stderr(&interrupted);
+    assert!(interrupted.status.success(), "{message}");
+    assert!(
+        message.contains("stopped: interrupted (Ctrl-C)"),
+        "{message}"
+    );
+    let to_the_end = to_the_end.wait_with_output().unwrap();
+    let message = stderr(&to_the_end);
+    assert!(to_the_end.status.success(), "{message}");
+    assert!(
+        message.contains("read 6 fragments (6.00 s of audio) of contact ")
+            && message.contains(CONTACT_A)
+            && message.contains("stopped: no new fragment for 2.0 s"),
+        "{message}"
+    );
+
+    // The whole capture's audio is the call's, byte for byte.
+    let source_wav = extracted(&source, &dir.path().join("source.wav"));
+    assert!(extracted(&whole, &dir.path().join("whole.wav")) == source_wav);
+    // And it replays: played into another stream, it reads back the same.
+    drop(local);
+    let replay = Local::playing(&whole, "0");
+    let replayed = dir.path().join("replayed.wav");
+    let output = lca_kvs_with(
+        &replay,
+        &[
+            "extract",
+            "--stream-arn",
+            replay.get("KVS_STREAM_ARN_CALL"),
+            "--start-fragment",
+            &first,
+            "--idle-timeout",
+            "1",
+            "-o",
+            replayed.to_str().unwrap(),
+        ],
+    )
+    .output()
+    .unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(std::fs::read(&replayed).unwrap() == source_wav);
+    // The interrupted one holds whole fragments, the call's audio up to where it stopped.
+    let (caller, agent) = wav_channels(&dir.path().join("source.wav"));
+    extracted(&cut, &dir.path().join("cut.wav"));
+    let (cut_caller, cut_agent) = wav_channels(&dir.path().join("cut.wav"));
+    // Per track per fragment: 16 frames of 512 samples (WriterOptions::default()).
+    let fragment_bytes = 16 * 512 * 2;
+    assert_eq!(caller.len().div_ceil(fragment_bytes), fragments.len());
+    assert!(cut_caller.len() >= 2 * fragment_bytes && cut_caller.len() < caller.len());
+    assert_eq!(cut_caller.len() % fragment_bytes, 0, "whole fragments only");
+    assert!(cut_caller[..] == caller[..cut_caller.len()]);
+    assert!(cut_agent[..] == agent[..cut_agent.len()]);
+}
+
+#[test]
+fn stream_reads_stop_at_the_next_contact_and_equal_the_file_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let (source, fragments) = generated_stream(dir.path(), "reused.mkv", 5, true);
+    let local = Local::playing(&source, "0");
+    let arn = local.get("KVS_STREAM_ARN_CALL");
+    let first = ConnectWriter::fragment_number(0);
+    let run = |args: &[&str]| {
+        let output = lca_kvs_with(&local, args)
+            .args(["--stream-arn", arn, "--idle-timeout", "1"])
+            .output()
+            .unwrap();
+        (output.status.code(), stderr(&output), output.stdout)
+    };
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+
+    // Capture stops at the next contact; its audio is what extract reads from the file.
+    let (code, message, _) = run(&["capture", "--start-fragment", &first, "-o", &path("a.mkv")]);
+    assert_eq!(code, Some(0), "{message}");
+    assert!(
+        message.contains(&format!(
+            "read 5 fragments (5.00 s of audio) of contact {CONTACT_A}"
+        )) && message.contains(&format!(
+            "stopped: the stream went on with contact {CONTACT_B}"
+        )),
+        "{message}"
+    );
+    let from_file = extracted(&source, &dir.path().join("file.wav"));
+    assert!(extracted(Path::new(&path("a.mkv")), &dir.path().join("a.wav")) == from_file);
+
+    // extract and inspect read the stream straight, with the same results as from the file.
+    let (code, message, _) = run(&["extract", "--start-fragment", &first, "-o", &path("s.wav")]);
+    assert_eq!(code, Some(0), "{message}");
+    assert!(std::fs::read(path("s.wav")).unwrap() == from_file);
+    let (code, message, listing) = run(&["inspect", "--json", "--start-fragment", &first]);
+    assert_eq!(code, Some(0), "{message}");
+    let file_listing = lca_kvs(&["inspect", "--json", source.to_str().unwrap()]).stdout;
+    // KVS stamps MILLIS_BEHIND_NOW at delivery; everything else is the stream's.
+    let comparable = |listing: &[u8]| -> Vec<serde_json::Value> {
+        String::from_utf8_lossy(listing)
+            .lines()
+            .map(|line| {
+                let mut value: serde_json::Value = serde_json::from_str(line).unwrap();
+                value.as_object_mut().unwrap().remove("millis_behind_now");
+                value
+            })
+            .collect()
+    };
+    assert_eq!(
+        comparable(&listing),
+        comparable(&file_listing)[..fragments.len()],
+        "the contact's fragments, as the file lists them"
+    );
+
+    // A time within the first fragment starts there too.
+    let (code, message, _) = run(&[
+        "extract",
+        "--start-time",
+        "1764000000500",
+        "-o",
+        &path("t.wav"),
+    ]);
+    assert_eq!(code, Some(0), "{message}");
+    assert!(std::fs::read(path("t.wav")).unwrap() == from_file);
+
+    // A contact the stream does not carry there: nothing saved, and a failure naming both.
+    let (code, message, _) = run(&[
+        "capture",
+        "--start-fragment",
+        &first,
+        "--contact-id",
+        CONTACT_B,
+        "-o",
+        &path("b.mkv"),
+    ]);
+    assert_eq!(code, Some(1), "{message}");
+    assert!(
+        message.contains(&format!(
+            "the first fragment read belongs to contact {CONTACT_A}, not {CONTACT_B}"
+        )),
+        "{message}"
+    );
+    assert!(!Path::new(&path("b.mkv")).exists(), "no empty capture left");
+    // Without a start, the command says what to give.
+    let (code, message, _) = run(&["capture", "-o", &path("c.mkv")]);
+    assert_eq!(code, Some(2), "{message}");
+    assert!(
+        message.contains("--start-fragment or --start-time"),
+        "{message}"
     );
 }
