@@ -54,9 +54,38 @@ pub struct HookAnswer {
     pub should_record_call: Option<bool>,
 }
 
+/// A lambda hook's answer beyond one of the limits on what a call carries.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the answer's {field} is {size} {unit} long, beyond {limit_name} ({limit} {unit}: {why})")]
+pub struct AnswerTooLarge {
+    /// The answer's field.
+    pub field: &'static str,
+    /// Its size.
+    pub size: usize,
+    /// `characters` or `bytes`.
+    pub unit: &'static str,
+    /// The limit's name in the code.
+    pub limit_name: &'static str,
+    /// The limit.
+    pub limit: usize,
+    /// Why there is one.
+    pub why: &'static str,
+}
+
+/// Longest agent id or phone number a lambda hook may give: they ride in START and in every
+/// hand-over of the call.
+pub const MAX_HOOK_TEXT_CHARS: usize = 256;
+
+/// Largest `metadatajson` a lambda hook may give: it rides in START and in every hand-over
+/// payload, which Lambda limits to 256 KB for an asynchronous invocation (Lambda quotas,
+/// "Invocation payload"); a call whose hand-over could not be sent would be cut short.
+pub const MAX_METADATA_BYTES: usize = 64 * 1024;
+
 impl HookAnswer {
-    /// Applies the answer; returns whether the call is to be processed.
-    pub fn apply(self, call: &mut CallData) -> bool {
+    /// Applies the answer; returns whether the call is to be processed. An answer beyond a
+    /// limit changes nothing and says which.
+    pub fn apply(self, call: &mut CallData) -> Result<bool, AnswerTooLarge> {
+        self.check()?;
         let set = |field: &mut String, value: Option<String>| {
             if let Some(value) = value.filter(|v| !v.is_empty()) {
                 *field = value;
@@ -77,8 +106,149 @@ impl HookAnswer {
         if let Some(record) = self.should_record_call {
             call.should_record_call = record;
         }
-        self.should_process_call != Some(false)
+        Ok(self.should_process_call != Some(false))
     }
+
+    fn check(&self) -> Result<(), AnswerTooLarge> {
+        let chars = |field, value: &Option<String>, limit_name, limit, why| {
+            let size = value.as_deref().map_or(0, |v| v.chars().count());
+            if size > limit {
+                return Err(AnswerTooLarge {
+                    field,
+                    size,
+                    unit: "characters",
+                    limit_name,
+                    limit,
+                    why,
+                });
+            }
+            Ok(())
+        };
+        chars(
+            "callId",
+            &self.call_id,
+            "MAX_CALL_ID_CHARS",
+            lca_events::MAX_CALL_ID_CHARS,
+            "LCA's Kinesis partition key",
+        )?;
+        for (field, value) in [
+            ("agentId", &self.agent_id),
+            ("fromNumber", &self.from_number),
+            ("toNumber", &self.to_number),
+        ] {
+            chars(
+                field,
+                value,
+                "MAX_HOOK_TEXT_CHARS",
+                MAX_HOOK_TEXT_CHARS,
+                "carried in START and every hand-over",
+            )?;
+        }
+        let size = self.metadatajson.as_deref().map_or(0, str::len);
+        if size > MAX_METADATA_BYTES {
+            return Err(AnswerTooLarge {
+                field: "metadatajson",
+                size,
+                unit: "bytes",
+                limit_name: "MAX_METADATA_BYTES",
+                limit: MAX_METADATA_BYTES,
+                why: "carried in START and every hand-over, whose payload Lambda limits to 256 KB",
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The lambda hook's answer from its invocation's response: the payload, and the function
+/// error when the hook failed (Lambda's `X-Amz-Function-Error`). Pure: fuzzed on its own.
+pub fn hook_answer(
+    hook: &str,
+    payload: &[u8],
+    function_error: Option<&str>,
+) -> Result<HookAnswer, HandlerError> {
+    let failed = |message: String| HandlerError::Hook {
+        function: hook.to_string(),
+        message,
+    };
+    if let Some(kind) = function_error {
+        return Err(failed(format!(
+            "function error ({}): {}; its errorMessage is not repeated here, as it may hold customer data: see the hook's own log",
+            lca_events::excerpt(kind),
+            hook_error_type(payload)
+        )));
+    }
+    if payload.is_empty() || payload == b"null" {
+        return Ok(HookAnswer::default());
+    }
+    serde_json::from_slice(payload).map_err(|e| {
+        failed(format!(
+            "answer is not the expected JSON object: {}",
+            lca_events::json_problem(&e)
+        ))
+    })
+}
+
+/// The call an invocation's event gives: a contact-flow event's new call (checked against
+/// `connect_instance_arn`, or the event's own instance when unset), or the call a
+/// `LAMBDA_CONTINUE` hand-over carries; and whether it is new. Pure: everything the handler
+/// does with the event before its first request, fuzzed on its own.
+pub fn call_of_event(
+    event: &Value,
+    connect_instance_arn: Option<&str>,
+) -> Result<(CallData, bool), HandlerError> {
+    if event.get("action").and_then(Value::as_str) != Some("LAMBDA_CONTINUE") {
+        return Ok((new_call(event, connect_instance_arn)?, true));
+    }
+    // A chain of continuations is bounded by the call's length (MAX_CALL_DURATION, counted
+    // in call audio, which every hand-over advances), not by a count.
+    let call: CallData = serde_json::from_value(event["callData"].clone()).map_err(|e| {
+        HandlerError::Event(format!(
+            "LAMBDA_CONTINUE callData: {}",
+            lca_events::json_problem(&e)
+        ))
+    })?;
+    let length = call.call_id.chars().count();
+    if call.call_id.is_empty() || length > lca_events::MAX_CALL_ID_CHARS {
+        return Err(HandlerError::Event(format!(
+            "LAMBDA_CONTINUE callData: callId is {length} characters long; it must be 1 to {} (MAX_CALL_ID_CHARS: LCA's Kinesis partition key)",
+            lca_events::MAX_CALL_ID_CHARS
+        )));
+    }
+    Ok((call, false))
+}
+
+/// The call a contact-flow event starts, before the lambda hook.
+fn new_call(event: &Value, connect_instance_arn: Option<&str>) -> Result<CallData, HandlerError> {
+    let instance = connect_instance_arn.unwrap_or_else(|| {
+        event["Details"]["ContactData"]["InstanceARN"]
+            .as_str()
+            .unwrap_or_default()
+    });
+    let contact = ContactFlowEvent::streaming_contact(event, instance)?;
+    let parsed: ContactFlowEvent = serde_json::from_value(event.clone())
+        .map_err(|e| HandlerError::Event(lca_events::json_problem(&e)))?;
+    let data = parsed.details.contact_data;
+    let address =
+        |e: Option<lca_events::connect::Endpoint>| e.and_then(|e| e.address).unwrap_or_default();
+    let started_at_ms = data
+        .media_streams
+        .and_then(|m| m.customer)
+        .and_then(|c| c.audio)
+        .and_then(|a| a.start_timestamp)
+        .and_then(|t| t.trim().parse::<u64>().ok());
+    // Where the call's audio is, for `lca-kvs capture` (README, "Investigate a call").
+    tracing::info!(call_id = %contact.contact_id, stream_arn = %contact.stream_arn, start_fragment = %contact.start_fragment_number, start_timestamp_ms = ?started_at_ms, "new call");
+    Ok(CallData {
+        from_number: address(data.customer_endpoint),
+        to_number: address(data.system_endpoint),
+        agent_id: data.attributes.get("AgentId").cloned(),
+        started_at_ms,
+        ..CallData::new(
+            &contact.contact_id,
+            &contact.stream_arn,
+            &contact.start_fragment_number,
+        )
+    })
 }
 
 /// The `errorType` of a function error's payload (Lambda's `{"errorType", "errorMessage"}`),
@@ -265,10 +435,6 @@ fn left(call: &CallData, reason: &str) -> Value {
 impl Transcriber {
     /// Invokes the lambda hook (RequestResponse) with the contact-flow event.
     async fn call_hook(&self, hook: &str, event: &Value) -> Result<HookAnswer, HandlerError> {
-        let failed = |message: String| HandlerError::Hook {
-            function: hook.to_string(),
-            message,
-        };
         let output = self
             .lambda
             .invoke()
@@ -277,59 +443,12 @@ impl Transcriber {
             .payload(Blob::new(event.to_string()))
             .send()
             .await
-            .map_err(|e| failed(crate::source::error_text(&e)))?;
+            .map_err(|e| HandlerError::Hook {
+                function: hook.to_string(),
+                message: crate::source::error_text(&e),
+            })?;
         let payload = output.payload.map(|p| p.into_inner()).unwrap_or_default();
-        if let Some(kind) = output.function_error {
-            return Err(failed(format!(
-                "function error ({kind}): {}; its errorMessage is not repeated here, as it may hold customer data: see the hook's own log",
-                hook_error_type(&payload)
-            )));
-        }
-        if payload.is_empty() || payload == b"null" {
-            return Ok(HookAnswer::default());
-        }
-        serde_json::from_slice(&payload).map_err(|e| {
-            failed(format!(
-                "answer is not the expected JSON object: {}",
-                lca_events::json_problem(&e)
-            ))
-        })
-    }
-
-    /// The call a contact-flow event starts, before the lambda hook.
-    fn new_call(&self, event: &Value) -> Result<CallData, HandlerError> {
-        let config = &self.pipeline.config;
-        let instance = config.connect_instance_arn.as_deref().unwrap_or_else(|| {
-            event["Details"]["ContactData"]["InstanceARN"]
-                .as_str()
-                .unwrap_or_default()
-        });
-        let contact = ContactFlowEvent::streaming_contact(event, instance)?;
-        let parsed: ContactFlowEvent = serde_json::from_value(event.clone())
-            .map_err(|e| HandlerError::Event(lca_events::json_problem(&e)))?;
-        let data = parsed.details.contact_data;
-        let address = |e: Option<lca_events::connect::Endpoint>| {
-            e.and_then(|e| e.address).unwrap_or_default()
-        };
-        let started_at_ms = data
-            .media_streams
-            .and_then(|m| m.customer)
-            .and_then(|c| c.audio)
-            .and_then(|a| a.start_timestamp)
-            .and_then(|t| t.trim().parse::<u64>().ok());
-        // Where the call's audio is, for `lca-kvs capture` (README, "Investigate a call").
-        tracing::info!(call_id = %contact.contact_id, stream_arn = %contact.stream_arn, start_fragment = %contact.start_fragment_number, start_timestamp_ms = ?started_at_ms, "new call");
-        Ok(CallData {
-            from_number: address(data.customer_endpoint),
-            to_number: address(data.system_endpoint),
-            agent_id: data.attributes.get("AgentId").cloned(),
-            started_at_ms,
-            ..CallData::new(
-                &contact.contact_id,
-                &contact.stream_arn,
-                &contact.start_fragment_number,
-            )
-        })
+        hook_answer(hook, &payload, output.function_error.as_deref())
     }
 
     /// Runs the lambda hook for a new call (when configured); `false`: not to be processed.
@@ -338,7 +457,11 @@ impl Transcriber {
             return Ok(true);
         };
         let answer = self.call_hook(hook, event).await?;
-        if !answer.apply(call) {
+        let process = answer.apply(call).map_err(|e| HandlerError::Hook {
+            function: hook.to_string(),
+            message: e.to_string(),
+        })?;
+        if !process {
             tracing::info!(call_id = %call.call_id, "the lambda hook said shouldProcessCall=false");
             return Ok(false);
         }
@@ -376,19 +499,8 @@ impl Transcriber {
         invocation: Invocation<'_>,
         figures: &mut InvocationFigures,
     ) -> Result<Value, HandlerError> {
-        let is_new = event.get("action").and_then(Value::as_str) != Some("LAMBDA_CONTINUE");
-        let mut call = if is_new {
-            self.new_call(&event)?
-        } else {
-            // A chain of continuations is bounded by the call's length (MAX_CALL_DURATION,
-            // counted in call audio, which every hand-over advances), not by a count.
-            serde_json::from_value(event["callData"].clone()).map_err(|e| {
-                HandlerError::Event(format!(
-                    "LAMBDA_CONTINUE callData: {}",
-                    lca_events::json_problem(&e)
-                ))
-            })?
-        };
+        let (mut call, is_new) =
+            call_of_event(&event, self.pipeline.config.connect_instance_arn.as_deref())?;
         figures.call_id = Some(call.call_id.clone());
         figures.lambda_count = Some(call.lambda_count);
         let skipped = |call: &CallData| json!({"status": "SKIPPED", "callId": call.call_id});
@@ -996,7 +1108,29 @@ mod tests {
     fn apply(answer: Value) -> (bool, CallData) {
         let mut call = call();
         let answer: HookAnswer = serde_json::from_value(answer).unwrap();
-        (answer.apply(&mut call), call)
+        (answer.apply(&mut call).unwrap(), call)
+    }
+
+    #[test]
+    fn an_answer_beyond_a_limit_changes_nothing_and_names_the_limit() {
+        let too_long = |field: &str, len: usize| {
+            let mut call = call();
+            let answer: HookAnswer =
+                serde_json::from_value(json!({ field: "x".repeat(len) })).unwrap();
+            let error = answer.apply(&mut call).unwrap_err().to_string();
+            assert_eq!(call, self::call(), "nothing applied");
+            error
+        };
+        let error = too_long("callId", 257);
+        assert!(
+            error.contains("callId is 257 characters long, beyond MAX_CALL_ID_CHARS (256"),
+            "{error}"
+        );
+        assert!(too_long("fromNumber", 300).contains("MAX_HOOK_TEXT_CHARS"));
+        assert!(too_long("metadatajson", 70_000).contains("metadatajson is 70000 bytes"));
+        // At the limit, taken.
+        let (_, c) = apply(json!({"callId": "é".repeat(256)}));
+        assert_eq!(c.call_id.chars().count(), 256);
     }
 
     #[test]

@@ -136,10 +136,13 @@ fn is_retryable(code: Option<&str>) -> bool {
     )
 }
 
-/// One result from either API.
-enum Output {
+/// One result from either API, as the SDK gives it.
+pub enum Output {
+    /// Standard mode: a TranscriptEvent.
     Transcript(TranscriptEvent),
+    /// Call Analytics: an UtteranceEvent.
     Utterance(UtteranceEvent),
+    /// Call Analytics: a CategoryEvent.
     Category(CategoryEvent),
 }
 
@@ -558,8 +561,8 @@ fn configuration() -> ConfigurationEvent {
 }
 
 /// The LCA messages for one Transcribe output (none for repeats after a reconnect, or
-/// partials when they are not saved).
-fn map_output(
+/// partials when they are not saved). Pure but for the creation time: fuzzed on its own.
+pub fn map_output(
     output: Output,
     ledger: &mut TranscriptLedger,
     mapper: &mut SegmentMapper,

@@ -1412,3 +1412,19 @@ async fn a_hook_answer_of_the_wrong_shape_fails_without_repeating_it() {
     );
     assert!(!text.contains("+1555"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hook_answer_beyond_a_limit_fails_naming_it() {
+    // A CallId Kinesis would refuse as a partition key: the call fails at once, before START,
+    // naming the limit, instead of every event of the call being refused later.
+    let h = Harness::new(KvsOptions::default(), TranscribeOptions::default()).await;
+    let answer = format!(r#"{{"callId": "{}"}}"#, "c".repeat(300));
+    let error = with_hook(&h, &answer).await.unwrap_err();
+    let text = error.to_string();
+    assert!(
+        text.contains("lambda hook")
+            && text.contains("callId is 300 characters long, beyond MAX_CALL_ID_CHARS (256"),
+        "{text}"
+    );
+    assert!(h.records().await.is_empty());
+}

@@ -167,21 +167,28 @@ impl ContactFlowEvent {
         if parsed.name != "ContactFlowEvent" {
             return Err(Rejection::Malformed(format!(
                 "Name is {:?}, not \"ContactFlowEvent\"",
-                parsed.name
+                crate::excerpt(&parsed.name)
             )));
         }
         let contact = parsed.details.contact_data;
+        let length = contact.contact_id.chars().count();
+        if contact.contact_id.is_empty() || length > crate::MAX_CALL_ID_CHARS {
+            return Err(Rejection::Malformed(format!(
+                "ContactId is {length} characters long; it must be 1 to {} (MAX_CALL_ID_CHARS: the ContactId is the CallId, LCA's Kinesis partition key)",
+                crate::MAX_CALL_ID_CHARS
+            )));
+        }
         if contact.instance_arn != instance_arn {
             return Err(Rejection::WrongInstance {
                 contact_id: contact.contact_id,
-                instance_arn: contact.instance_arn,
+                instance_arn: crate::excerpt(&contact.instance_arn),
                 expected: instance_arn.to_string(),
             });
         }
         if contact.channel != "VOICE" {
             return Err(Rejection::NotVoice {
                 contact_id: contact.contact_id,
-                channel: contact.channel,
+                channel: crate::excerpt(&contact.channel),
             });
         }
         let audio = contact
@@ -250,6 +257,41 @@ mod tests {
         assert_eq!(
             data.customer_endpoint.unwrap().address.unwrap(),
             "+15551230001"
+        );
+    }
+
+    /// Found by the fuzz target `flow_event`: an event's whole Name was quoted in the error
+    /// (a 2,723-character line from a 300-character Name).
+    #[test]
+    fn a_rejection_quotes_a_bounded_excerpt_and_a_long_contact_id_names_its_limit() {
+        let mut e = event();
+        e["Name"] = json!("\u{52d2d}".repeat(300));
+        let text = ContactFlowEvent::streaming_contact(&e, INSTANCE)
+            .unwrap_err()
+            .to_string();
+        assert!(text.contains("(300 characters)"), "{text}");
+        assert!(text.chars().count() < 1_000, "{text}");
+        for (field, value) in [("InstanceARN", "i"), ("Channel", "c")] {
+            let mut e = event();
+            e["Details"]["ContactData"][field] = json!(value.repeat(10_000));
+            let text = ContactFlowEvent::streaming_contact(&e, INSTANCE)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                text.contains("(10000 characters)") && text.len() < 500,
+                "{text}"
+            );
+        }
+        let mut e = event();
+        e["Details"]["ContactData"]["ContactId"] = json!("c".repeat(257));
+        let rejection = ContactFlowEvent::streaming_contact(&e, INSTANCE).unwrap_err();
+        assert_eq!(rejection.code(), "MALFORMED_EVENT");
+        assert!(
+            rejection
+                .to_string()
+                .contains("ContactId is 257 characters long")
+                && rejection.to_string().contains("MAX_CALL_ID_CHARS"),
+            "{rejection}"
         );
     }
 

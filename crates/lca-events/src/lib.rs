@@ -304,6 +304,26 @@ impl SegmentMapper {
     }
 }
 
+/// Longest CallId: LCA keys its Kinesis records by CallId, and a partition key is 1 to 256
+/// Unicode characters (Kinesis API reference, PutRecord, PartitionKey). A longer one would
+/// have every event of the call refused.
+pub const MAX_CALL_ID_CHARS: usize = 256;
+
+/// Characters of an input's value an error message quotes at most ([`excerpt`]).
+pub const MAX_QUOTED_CHARS: usize = 64;
+
+/// `value` as an error may quote it: at most [`MAX_QUOTED_CHARS`] characters, the rest
+/// counted, so that a huge input cannot make a huge log line. (Only for values that are not
+/// customer data: those are never quoted.)
+pub fn excerpt(value: &str) -> String {
+    let total = value.chars().count();
+    if total <= MAX_QUOTED_CHARS {
+        return value.to_string();
+    }
+    let head: String = value.chars().take(MAX_QUOTED_CHARS).collect();
+    format!("{head}... ({total} characters)")
+}
+
 /// The S3 URL LCA shows for a recording.
 pub fn recording_url(bucket: &str, region: &str, prefix: &str, call_id: &str) -> String {
     format!("https://{bucket}.s3.{region}.amazonaws.com/{prefix}{call_id}.wav")

@@ -1,0 +1,87 @@
+//! A Lambda event through StartLCA's check and the transcriber's reading of it, up to the
+//! first AWS request: a contact-flow event (new call) or a LAMBDA_CONTINUE hand-over, built
+//! from a real one with fields removed, retyped and stretched, or arbitrary JSON bytes.
+//!
+//! Must hold: no panic; StartLCA and the transcriber accept the same contact-flow events;
+//! every call accepted has a CallId Kinesis takes and survives its own hand-over unchanged;
+//! no error is longer than `MAX_ERROR_CHARS` or quotes the caller's number.
+#![no_main]
+
+use arbitrary::Unstructured;
+use call_transcriber::lambda::call_of_event;
+use lca_events::connect::ContactFlowEvent;
+use lca_fuzz::{INSTANCE, check_error_text, flow_event, mutate};
+use libfuzzer_sys::fuzz_target;
+use serde_json::{Value, json};
+
+fuzz_target!(|data: &[u8]| {
+    let _ = run(data);
+});
+
+fn run(data: &[u8]) -> arbitrary::Result<()> {
+    let mut u = Unstructured::new(data);
+    let event = match u.choose_index(3)? {
+        // Raw JSON, as the Lambda runtime would hand over whatever it was invoked with.
+        0 => match serde_json::from_slice::<Value>(u.take_rest()) {
+            Ok(event) => event,
+            Err(_) => return Ok(()),
+        },
+        // A new call's event, changed.
+        1 => {
+            let mut event = flow_event();
+            mutate(&mut event, &mut u)?;
+            event
+        }
+        // A hand-over of an accepted call, changed.
+        _ => {
+            let (call, _) = call_of_event(&flow_event(), Some(INSTANCE)).expect("the real event");
+            let mut event = json!({"action": "LAMBDA_CONTINUE", "callData": call});
+            mutate(&mut event, &mut u)?;
+            event
+        }
+    };
+    let contact = &event["Details"]["ContactData"];
+    // What an error may name (bounded): the event's Name, the contact, its instance, channel.
+    let quoted = [
+        event["Name"].as_str().unwrap_or_default(),
+        contact["ContactId"].as_str().unwrap_or_default(),
+        contact["InstanceARN"].as_str().unwrap_or_default(),
+        contact["Channel"].as_str().unwrap_or_default(),
+    ];
+    let is_new = event.get("action").and_then(Value::as_str) != Some("LAMBDA_CONTINUE");
+    let start_lca = ContactFlowEvent::streaming_contact(&event, INSTANCE);
+    if let Err(rejection) = &start_lca {
+        check_error_text(&rejection.to_string(), &quoted);
+    }
+    let transcriber = call_of_event(&event, Some(INSTANCE));
+    if is_new {
+        assert_eq!(
+            start_lca.is_ok(),
+            transcriber.is_ok(),
+            "StartLCA and the transcriber disagree on a contact-flow event"
+        );
+    }
+    match transcriber {
+        Ok((call, new)) => {
+            assert_eq!(new, is_new);
+            if new {
+                assert!(call.stream_arn.starts_with("arn:"));
+                assert!(
+                    call.start_fragment_number
+                        .bytes()
+                        .all(|b| b.is_ascii_digit())
+                );
+            }
+            let length = call.call_id.chars().count();
+            assert!((1..=lca_events::MAX_CALL_ID_CHARS).contains(&length));
+            let _ = call.position();
+            // The call survives its own hand-over.
+            let next = json!({"action": "LAMBDA_CONTINUE", "callData": call});
+            let (again, new) = call_of_event(&next, None).expect("a hand-over of an accepted call");
+            assert!(!new);
+            assert_eq!(again, call);
+        }
+        Err(error) => check_error_text(&error.to_string(), &quoted),
+    }
+    Ok(())
+}

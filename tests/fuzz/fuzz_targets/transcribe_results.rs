@@ -1,0 +1,175 @@
+//! Transcribe's results, standard and Call Analytics, as the SDK hands them over, through the
+//! transcriber's ledger (reconnects, keep-alive silence, replay) and the LCA event mapping, in
+//! any order and with any times.
+//!
+//! Must hold: no panic or overflow; every message is JSON LCA can read back as sent; the
+//! replay buffer stays within its bound whatever Transcribe answers.
+#![no_main]
+
+use arbitrary::Arbitrary;
+use aws_sdk_transcribestreaming::types::{
+    Alternative, CategoryEvent, ParticipantRole, PointsOfInterest, Result as TranscriptResult,
+    TimestampRange, Transcript, TranscriptEvent, UtteranceEvent,
+};
+use call_audio::StereoChunk;
+use call_transcriber::TranscriptLedger;
+use call_transcriber::transcribe::{Output, TranscriptionSummary, map_output};
+use lca_events::{LcaMessage, SegmentMapper};
+use libfuzzer_sys::fuzz_target;
+
+#[derive(Arbitrary, Debug)]
+struct Input {
+    start_sample: u32,
+    lag_ms: u16,
+    max_replay_ms: u16,
+    save_partials: bool,
+    ops: Vec<Op>,
+}
+
+#[derive(Arbitrary, Debug)]
+enum Op {
+    /// Call audio sent to the session.
+    Sent { samples: u16 },
+    /// Keep-alive silence sent.
+    KeepAlive { samples: u16 },
+    /// A standard result, times in session ms.
+    Transcript {
+        channel: Option<bool>,
+        start_ms: i32,
+        length_ms: i32,
+        partial: bool,
+        words: u8,
+    },
+    /// A Call Analytics utterance.
+    Utterance {
+        agent: Option<bool>,
+        begin_ms: Option<i64>,
+        end_ms: Option<i64>,
+        partial: bool,
+        id: u8,
+    },
+    /// A Call Analytics category match.
+    Category {
+        names: Vec<u8>,
+        begin_ms: Option<i64>,
+        end_ms: Option<i64>,
+    },
+    /// The session failed: a new one starts from the ledger's resume point.
+    Restart,
+}
+
+fuzz_target!(|input: Input| {
+    let max_replay_samples = u64::from(input.max_replay_ms) * 8;
+    let mut ledger = TranscriptLedger::new(
+        u64::from(input.start_sample),
+        u64::from(input.lag_ms),
+        u64::from(input.max_replay_ms),
+    );
+    let mut mapper = SegmentMapper {
+        call_id: "c-1".to_string(),
+        time_offset_s: 0.0,
+        save_partials: input.save_partials,
+    };
+    let mut summary = TranscriptionSummary::default();
+    for op in input.ops {
+        let output = match op {
+            Op::Sent { samples } => {
+                let samples = usize::from(samples);
+                ledger.sent(&StereoChunk {
+                    start_sample: ledger.sent_end(),
+                    samples,
+                    pcm: vec![0; samples * 4],
+                });
+                None
+            }
+            Op::KeepAlive { samples } => {
+                ledger.keep_alive(u64::from(samples));
+                None
+            }
+            Op::Restart => {
+                let replay = ledger.restart();
+                let replayed: u64 = replay.iter().map(|c| c.samples as u64).sum();
+                assert!(replayed <= ledger.sent_end() - ledger.session_origin());
+                None
+            }
+            Op::Transcript {
+                channel,
+                start_ms,
+                length_ms,
+                partial,
+                words,
+            } => {
+                let result = TranscriptResult::builder()
+                    .start_time(f64::from(start_ms) / 1000.0)
+                    .end_time((f64::from(start_ms) + f64::from(length_ms)) / 1000.0)
+                    .is_partial(partial)
+                    .set_channel_id(channel.map(|c| format!("ch_{}", u8::from(c))))
+                    .alternatives(
+                        Alternative::builder()
+                            .transcript("word ".repeat(usize::from(words)))
+                            .build(),
+                    )
+                    .build();
+                Some(Output::Transcript(
+                    TranscriptEvent::builder()
+                        .transcript(Transcript::builder().results(result).build())
+                        .build(),
+                ))
+            }
+            Op::Utterance {
+                agent,
+                begin_ms,
+                end_ms,
+                partial,
+                id,
+            } => Some(Output::Utterance(
+                UtteranceEvent::builder()
+                    .utterance_id(format!("u-{id}"))
+                    .set_participant_role(agent.map(|a| {
+                        if a {
+                            ParticipantRole::Agent
+                        } else {
+                            ParticipantRole::Customer
+                        }
+                    }))
+                    .set_begin_offset_millis(begin_ms)
+                    .set_end_offset_millis(end_ms)
+                    .is_partial(partial)
+                    .transcript("words")
+                    .build(),
+            )),
+            Op::Category {
+                names,
+                begin_ms,
+                end_ms,
+            } => {
+                let names: Vec<String> = names.iter().map(|n| format!("category-{n}")).collect();
+                let mut event =
+                    CategoryEvent::builder().set_matched_categories(Some(names.clone()));
+                for name in names {
+                    event = event.matched_details(
+                        name,
+                        PointsOfInterest::builder()
+                            .timestamp_ranges(
+                                TimestampRange::builder()
+                                    .set_begin_offset_millis(begin_ms)
+                                    .set_end_offset_millis(end_ms)
+                                    .build(),
+                            )
+                            .build(),
+                    );
+                }
+                Some(Output::Category(event.build()))
+            }
+        };
+        if let Some(output) = output {
+            for message in map_output(output, &mut ledger, &mut mapper, &mut summary) {
+                let json = serde_json::to_string(&message).expect("a message is JSON");
+                let back: LcaMessage = serde_json::from_str(&json).expect("LCA reads it back");
+                assert_eq!(back, message);
+            }
+        }
+        // The replay buffer holds at most its bound plus the chunk it cuts into.
+        assert!(ledger.replay_bytes() as u64 <= (max_replay_samples + u64::from(u16::MAX)) * 4);
+    }
+});
