@@ -36,6 +36,12 @@ pub struct Delivered {
     pub categories: BTreeSet<String>,
 }
 
+/// Distinct Call Analytics categories a call remembers (the ledger and the lease item). The
+/// account's own categories bound what Transcribe sends; this bound keeps the lease item (a
+/// DynamoDB item is at most 400 KB) small whatever it sends. A category beyond it is not
+/// published, and a warning names this limit.
+pub const MAX_CALL_CATEGORIES: usize = 200;
+
 impl Delivered {
     /// Takes note of a message Kinesis acknowledged; returns whether that changed anything
     /// (a partial, a repeated flag or an older final does not).
@@ -56,7 +62,9 @@ impl Delivered {
                     .flatten()
                     .filter_map(|n| n.as_str())
                 {
-                    new |= self.categories.insert(name.to_string());
+                    if self.categories.len() < MAX_CALL_CATEGORIES {
+                        new |= self.categories.insert(name.to_string());
+                    }
                 }
                 new
             }

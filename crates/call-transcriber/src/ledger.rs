@@ -18,6 +18,8 @@ use std::collections::{BTreeSet, VecDeque};
 
 use call_audio::StereoChunk;
 
+use crate::delivered::MAX_CALL_CATEGORIES;
+
 /// Samples per millisecond at 8 kHz.
 const SAMPLES_PER_MS: u64 = 8;
 
@@ -180,10 +182,22 @@ impl TranscriptLedger {
 
     /// A CategoryEvent matching `names`: whether any of them is new to this call (a resumed
     /// session may match a category again).
+    /// At most [`MAX_CALL_CATEGORIES`] distinct categories are kept (and so published).
     pub fn category(&mut self, names: &[String]) -> bool {
         let mut new = false;
         for name in names {
-            new |= self.categories.insert(name.clone());
+            if self.categories.contains(name) {
+                continue;
+            }
+            if self.categories.len() >= MAX_CALL_CATEGORIES {
+                tracing::warn!(
+                    limit = MAX_CALL_CATEGORIES,
+                    "a Call Analytics category beyond MAX_CALL_CATEGORIES distinct categories of this call is not published"
+                );
+                continue;
+            }
+            self.categories.insert(name.clone());
+            new = true;
         }
         new
     }
@@ -385,5 +399,17 @@ mod tests {
         assert!(ledger.category(&["billing".into()]));
         assert!(!ledger.category(&["billing".into()]));
         assert!(ledger.category(&["billing".into(), "churn".into()]));
+    }
+
+    #[test]
+    fn categories_beyond_the_limit_are_not_kept_nor_published() {
+        let mut ledger = TranscriptLedger::new(0, 0, 1000);
+        let names: Vec<String> = (0..=MAX_CALL_CATEGORIES).map(|n| format!("c{n}")).collect();
+        assert!(ledger.category(&names[..MAX_CALL_CATEGORIES]));
+        assert!(
+            !ledger.category(&names[MAX_CALL_CATEGORIES..]),
+            "one too many"
+        );
+        assert!(!ledger.category(&names[..1]), "known already");
     }
 }
