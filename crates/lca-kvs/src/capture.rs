@@ -103,8 +103,6 @@ pub struct CaptureSummary {
     pub audio_bytes: [u64; 2],
     /// The first and last fragment numbers passed on.
     pub fragment_numbers: Option<(String, String)>,
-    /// KVS errors that were retried, by id.
-    pub retried_kvs_errors: u64,
     /// Why it stopped.
     pub stop: CaptureStop,
 }
@@ -150,6 +148,26 @@ impl CaptureSummary {
     }
 }
 
+/// The ContactId of the first fragment read from `start` on `stream` (waiting at most
+/// `idle`), or an error saying none came, ending with `hint`: what the operator can give.
+pub(crate) async fn first_contact(
+    clients: &KvsClients,
+    stream: &str,
+    start: &StartAt,
+    idle: Duration,
+    hint: &str,
+) -> Result<String> {
+    source::first_contact_id(clients, stream, start.clone(), idle)
+        .await
+        .with_context(|| format!("reading the first ContactId on {stream}"))?
+        .with_context(|| {
+            format!(
+                "{stream}: no fragment with a ContactId within {:.1} s of the start; {hint}",
+                idle.as_secs_f64()
+            )
+        })
+}
+
 /// Reads the contact's fragments from the stream, giving each one's GetMedia bytes to
 /// `on_fragment` in order as soon as it is whole, until the stream goes on with another
 /// contact, stays idle, ends, fails, or Ctrl-C.
@@ -191,24 +209,15 @@ async fn read_contact(
         fragments: 0,
         audio_bytes: [0; 2],
         fragment_numbers: None,
-        retried_kvs_errors: 0,
         stop: CaptureStop::Interrupted,
     };
     let contact_id = match contact_id {
         Some(id) => id,
         None => {
-            let first = tokio::select! {
-                first = source::first_contact_id(&clients, &stream, start.clone(), idle) => first,
+            tokio::select! {
+                first = first_contact(&clients, &stream, &start, idle, "check --start-fragment / --start-time, or pass --contact-id") => first?,
                 _ = &mut interrupted => return Ok(summary),
-            };
-            first
-                .with_context(|| format!("reading the first ContactId on {stream}"))?
-                .with_context(|| {
-                    format!(
-                        "{stream}: no fragment with a ContactId within {:.1} s of the start; check --start-fragment / --start-time, or pass --contact-id",
-                        idle.as_secs_f64()
-                    )
-                })?
+            }
         }
     };
     summary.contact_id = contact_id.clone();
@@ -253,7 +262,7 @@ async fn read_contact(
                 summary.fragment_numbers = Some((first, fragment_number));
                 on_fragment(&bytes)?;
             }
-            Ok(SourceEvent::TransientKvsError { .. }) => summary.retried_kvs_errors += 1,
+            Ok(SourceEvent::TransientKvsError { .. }) => {}
             Ok(SourceEvent::End(EndReason::OtherContact(next))) => {
                 break CaptureStop::OtherContact(next);
             }

@@ -9,7 +9,7 @@ use call_transcriber::TranscriberConfig;
 use call_transcriber::pipeline::{
     self, CallPipeline, CallSpec, Clients, Ending, PipelineError, Taps,
 };
-use call_transcriber::source::{self, EndReason, SourceError, StartAt};
+use call_transcriber::source::{EndReason, SourceError, StartAt};
 use call_transcriber::usage::{ProcessUsage, quantile_ms};
 use clap::Args;
 use lca_events::{LcaEvent, LcaMessage, Segment};
@@ -62,21 +62,16 @@ async fn transcribe(args: TranscribeArgs, config: TranscriberConfig) -> Result<E
     };
     let contact_id = match &args.contact_id {
         Some(id) => id.clone(),
-        None => source::first_contact_id(
-            &clients.kvs,
-            &args.stream_arn,
-            start.clone(),
-            config.kvs_idle_timeout,
-        )
-        .await
-        .with_context(|| format!("reading the first ContactId on {}", args.stream_arn))?
-        .with_context(|| {
-            format!(
-                "{}: no fragment with a ContactId within {} ms; pass --contact-id",
-                args.stream_arn,
-                config.kvs_idle_timeout.as_millis()
+        None => {
+            crate::capture::first_contact(
+                &clients.kvs,
+                &args.stream_arn,
+                &start,
+                config.kvs_idle_timeout,
+                "pass --contact-id",
             )
-        })?,
+            .await?
+        }
     };
     let call_id = args.call_id.clone().unwrap_or_else(|| contact_id.clone());
     eprintln!(
