@@ -45,6 +45,14 @@ start_local() {
 start_local --stream call="$fixtures/sample-call.mkv" --speed 0 --function echo=target/debug/test-lambda --no-moto
 "$venv/bin/python" tests/interop/boto3_kvs.py call "$fixtures/sample-call.mkv"
 "$venv/bin/python" tests/interop/boto3_lambda.py
+# PutMedia: the call sent by our producer reads back through boto3's GetMedia as the same audio.
+put_mkv=$(mktemp) put_wav=$(mktemp --suffix=.wav) source_wav=$(mktemp --suffix=.wav)
+outs+=("$put_mkv" "$put_wav" "$source_wav")
+target/debug/lca-kvs put-media "$fixtures/sample-call.mkv" --stream-name put --create --speed 0 > /dev/null
+"$venv/bin/python" tests/interop/boto3_get_media.py put "$put_mkv"
+target/debug/lca-kvs extract "$put_mkv" -o "$put_wav" 2> /dev/null
+target/debug/lca-kvs extract "$fixtures/sample-call.mkv" -o "$source_wav" 2> /dev/null
+cmp "$put_wav" "$source_wav" || { echo "boto3 interop: the PutMedia stream's audio differs from the sample call's"; exit 1; }
 NODE_NO_WARNINGS=1 node "$node_dir/js_transcribe.mjs" "$fixtures/sample-call.caller.raw" "$fixtures/sample-call.agent.raw"
 
 # The same over TLS with ALPN h2, as production runs (the client trusts the local certificate).

@@ -199,14 +199,14 @@ impl ChunkSplitter {
 }
 
 /// An element's ID, header length and size (`None`: unknown size).
-struct ElementHeader {
-    id: u64,
-    len: usize,
-    size: Option<u64>,
+pub(crate) struct ElementHeader {
+    pub(crate) id: u64,
+    pub(crate) len: usize,
+    pub(crate) size: Option<u64>,
 }
 
 /// The header of the element at the start of `data`; `Ok(None)` when `data` ends within it.
-fn element_header(data: &[u8]) -> Result<Option<ElementHeader>, &'static str> {
+pub(crate) fn element_header(data: &[u8]) -> Result<Option<ElementHeader>, &'static str> {
     let Some(&first) = data.first() else {
         return Ok(None);
     };

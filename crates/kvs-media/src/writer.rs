@@ -167,6 +167,24 @@ impl ConnectWriter {
     /// The Tags element KVS appends after a fragment's cluster: MILLIS_BEHIND_NOW and
     /// CONTINUATION_TOKEN (servers re-stamp it at delivery).
     pub fn kvs_end_tags(millis_behind_now: u64, continuation_token: &str) -> Vec<u8> {
+        Self::segment_tags(&[
+            (TAG_MILLIS_BEHIND_NOW, millis_behind_now.to_string()),
+            (TAG_CONTINUATION_TOKEN, continuation_token.to_string()),
+        ])
+    }
+
+    /// The Tags element KVS puts before a fragment's cluster: its number, and when KVS
+    /// received it and the producer made it (a server storing PutMedia fragments writes it).
+    pub fn kvs_start_tags(number: &str, server_ms: u64, producer_ms: u64) -> Vec<u8> {
+        Self::segment_tags(&[
+            (TAG_FRAGMENT_NUMBER, number.to_string()),
+            (TAG_SERVER_TIMESTAMP, seconds(server_ms)),
+            (TAG_PRODUCER_TIMESTAMP, seconds(producer_ms)),
+        ])
+    }
+
+    /// One Tags element with `tags`, as bytes to place inside a Segment.
+    pub(crate) fn segment_tags(tags: &[(&str, String)]) -> Vec<u8> {
         let plain = Self::new(WriterOptions::default());
         let mut w = TagWriter::new(Vec::new());
         // Tags are only valid inside a Segment: open an unknown-size one (ID + 8-byte size)
@@ -176,15 +194,7 @@ impl ConnectWriter {
             &MatroskaSpec::Segment(Master::Start),
             WriteOptions::is_unknown_sized_element(),
         )
-        .and_then(|()| {
-            plain.write_tags(
-                &mut w,
-                &[
-                    (TAG_MILLIS_BEHIND_NOW, millis_behind_now.to_string()),
-                    (TAG_CONTINUATION_TOKEN, continuation_token.to_string()),
-                ],
-            )
-        })
+        .and_then(|()| plain.write_tags(&mut w, tags))
         .and_then(|()| w.flush())
         .expect("writing to a Vec with a consistent spec cannot fail");
         let mut bytes = w.into_inner().expect("flushing to a Vec cannot fail");

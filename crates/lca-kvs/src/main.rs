@@ -19,6 +19,7 @@ use crate::capture::{CaptureStop, CaptureSummary, StreamArgs};
 mod capture;
 mod demo;
 mod local;
+mod put_media;
 mod transcribe;
 
 #[derive(Parser)]
@@ -78,6 +79,10 @@ enum Command {
         #[arg(short = 'o', long = "output")]
         output: PathBuf,
     },
+    /// Send a call (a capture or any Connect-shaped MKV) into a Kinesis video stream, local
+    /// or real, with PutMedia, at real-time pace or faster; prints the acknowledgements'
+    /// progress, and a JSON summary (fragment numbers) on stdout.
+    PutMedia(put_media::PutMediaArgs),
     /// Local stand-ins for AWS (Kinesis Video Streams, Transcribe Streaming, Lambda; Kinesis,
     /// S3 and DynamoDB through moto server when installed) on loopback: prints
     /// `export AWS_ENDPOINT_URL_<SERVICE>=<url>` lines, then `ready`, and serves until
@@ -128,6 +133,7 @@ fn main() -> ExitCode {
         Command::Function { name } => demo::serve_function(&name).map(|()| ExitCode::SUCCESS),
         Command::Local(args) => local::run(args).map(|()| ExitCode::SUCCESS),
         Command::Transcribe(args) => transcribe::run(args),
+        Command::PutMedia(args) => put_media::run(args),
     };
     match result {
         Ok(code) => code,

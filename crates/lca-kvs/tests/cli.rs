@@ -915,3 +915,89 @@ fn stream_reads_stop_at_the_next_contact_and_equal_the_file_reads() {
         "{message}"
     );
 }
+
+#[test]
+fn put_media_sends_a_fresh_contact_and_names_what_to_fix_when_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (source, fragments) = generated_stream(dir.path(), "call.mkv", 3, false);
+    let local = Local::start(&["--no-moto"]);
+    let output = lca_kvs_with(
+        &local,
+        &[
+            "put-media",
+            source.to_str().unwrap(),
+            "--stream-name",
+            "try-it",
+            "--create",
+            "--speed",
+            "0",
+            "--now",
+            "--contact-id",
+            CONTACT_B,
+        ],
+    )
+    .output()
+    .unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(summary["fragments"], fragments.len());
+    assert_eq!(summary["persisted"], fragments.len());
+    // Read back from its start fragment: the same audio, as contact B.
+    let wav = dir.path().join("sent.wav");
+    let output = lca_kvs_with(
+        &local,
+        &[
+            "extract",
+            "--stream-arn",
+            summary["stream"].as_str().unwrap(),
+            "--start-fragment",
+            summary["first_fragment_number"].as_str().unwrap(),
+            "--idle-timeout",
+            "1",
+            "-o",
+            wav.to_str().unwrap(),
+        ],
+    )
+    .output()
+    .unwrap();
+    let message = stderr(&output);
+    assert!(output.status.success(), "{message}");
+    assert!(message.contains(CONTACT_B), "{message}");
+    assert!(std::fs::read(&wav).unwrap() == extracted(&source, &dir.path().join("source.wav")));
+
+    // No such stream: exit 1, the service's error and what to check.
+    let output = lca_kvs_with(
+        &local,
+        &[
+            "put-media",
+            source.to_str().unwrap(),
+            "--stream-name",
+            "nope",
+        ],
+    )
+    .output()
+    .unwrap();
+    let message = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{message}");
+    assert!(
+        message.contains("ResourceNotFoundException") && message.contains("check the stream"),
+        "{message}"
+    );
+    // Not a call: exit 2 naming the file, nothing sent.
+    let garbage = dir.path().join("garbage.mkv");
+    std::fs::write(&garbage, b"not matroska").unwrap();
+    let output = lca_kvs_with(
+        &local,
+        &[
+            "put-media",
+            garbage.to_str().unwrap(),
+            "--stream-name",
+            "try-it",
+        ],
+    )
+    .output()
+    .unwrap();
+    let message = stderr(&output);
+    assert_eq!(output.status.code(), Some(2), "{message}");
+    assert!(message.contains("garbage.mkv"), "{message}");
+}

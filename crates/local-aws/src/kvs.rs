@@ -1,5 +1,16 @@
 //! A local Kinesis Video Streams: control plane (`/getDataEndpoint`, `/describeStream`,
-//! `/createStream`, `/listStreams`) and media plane (`/getMedia`) on one loopback port.
+//! `/createStream`, `/listStreams`) and media plane (`/getMedia`, `/putMedia`) on one
+//! loopback port.
+//!
+//! PutMedia follows its API reference: the stream named by `x-amzn-stream-name` or
+//! `x-amzn-stream-arn` (not both), `x-amzn-fragment-timecode-type` ABSOLUTE or RELATIVE (to
+//! `x-amzn-producer-start-timestamp`, seconds), a body of one MKV segment whose clusters
+//! become fragments, and newline-separated JSON acknowledgements on the response (BUFFERING
+//! when a fragment begins, RECEIVED and PERSISTED once it is whole and stored, ERROR with the
+//! documented error ids, IDLE while no data comes, the request closed after 30 s without
+//! data). A second concurrent PutMedia on a stream is refused with
+//! ConnectionLimitExceededException, as the current reference says (an older version said
+//! the fragments of simultaneous sessions get interleaved).
 //!
 //! Streams hold KVS chunks (one EBML document per fragment, as GetMedia returns them): loaded
 //! from captures or appended live by an in-process producer ([`Kvs::play`]). GetMedia streams
@@ -18,7 +29,10 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
-use kvs_media::{ConnectWriter, FragmentReader, MediaEvent, kvs_end_tags_offset, split_chunks};
+use kvs_media::{
+    Ack, AckEventType, ConnectWriter, FragmentReader, IngestEvent, IngestedFragment, MediaEvent,
+    PutMediaParser, kvs_end_tags_offset, split_chunks,
+};
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -43,6 +57,11 @@ pub struct KvsOptions {
     /// 3 s, per the GetMedia API reference). Tests that play a call faster than real time
     /// scale it down by the same factor.
     pub payload_timeout: Duration,
+    /// How often an open PutMedia session without data gets an IDLE acknowledgement (the
+    /// API reference says "periodically", without a period).
+    pub put_media_idle_ack: Duration,
+    /// A PutMedia session that receives no data this long is closed (KVS: 30 s).
+    pub put_media_idle_timeout: Duration,
     /// Region in ARNs.
     pub region: String,
     /// Account in ARNs.
@@ -55,6 +74,8 @@ impl Default for KvsOptions {
             include_named_fragment: false,
             get_media_per_second: 5,
             payload_timeout: Duration::from_secs(3),
+            put_media_idle_ack: Duration::from_secs(3),
+            put_media_idle_timeout: Duration::from_secs(30),
             region: "us-east-1".to_string(),
             account: "123456789012".to_string(),
         }
@@ -145,6 +166,8 @@ struct Stream {
     closed: bool,
     recent_get_media: VecDeque<Instant>,
     faults: VecDeque<Fault>,
+    /// A PutMedia session is open on the stream.
+    put_media_open: bool,
 }
 
 #[derive(Debug, Default)]
@@ -232,6 +255,7 @@ impl Kvs {
                 closed: false,
                 recent_get_media: VecDeque::new(),
                 faults: VecDeque::new(),
+                put_media_open: false,
             },
         );
         Ok(arn)
@@ -355,6 +379,9 @@ impl Kvs {
             );
         }
         let path = request.uri().path().to_string();
+        if path == "/putMedia" {
+            return self.put_media(request);
+        }
         let body = match read_body(request, MAX_REQUEST_BYTES).await {
             Ok(body) => body,
             Err(message) => {
@@ -715,6 +742,290 @@ impl Kvs {
                 last_sent = tokio::time::Instant::now();
             }
         }
+    }
+}
+
+impl Kvs {
+    /// PutMedia: checks the headers, then reads the body in a task while the response
+    /// carries the acknowledgements.
+    fn put_media(&self, request: Request<Incoming>) -> Response<Body> {
+        let session = match self.open_put_media(request.headers()) {
+            Ok(session) => session,
+            Err(error) => return error.into_response(),
+        };
+        let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, BodyError>>(64);
+        let kvs = self.clone();
+        tokio::spawn(async move {
+            let stream = session.stream.clone();
+            kvs.ingest(session, request.into_body(), tx).await;
+            if let Some(entry) = kvs.state().streams.get_mut(&stream) {
+                entry.put_media_open = false;
+            }
+        });
+        Response::builder()
+            .status(StatusCode::OK)
+            .header("content-type", "application/json")
+            .body(StreamBody::new(ReceiverStream::new(rx)).boxed())
+            .expect("static response parts are valid")
+    }
+
+    /// Validates a PutMedia request's headers and marks the stream as being written.
+    fn open_put_media(&self, headers: &http::HeaderMap) -> Result<PutMediaSession, ApiError> {
+        let bad = |message: String| {
+            ApiError::new(StatusCode::BAD_REQUEST, "InvalidArgumentException", message)
+        };
+        let header = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        // PutMedia, like every KVS API, is SigV4-signed; without a signature: "The caller is
+        // not authorized" (NotAuthorizedException, HTTP 401). The signature itself is not
+        // checked here: the stand-in knows no secret keys.
+        let signed = header("authorization")
+            .is_some_and(|auth| auth.starts_with("AWS4-HMAC-SHA256 Credential="))
+            && header("x-amz-date").is_some();
+        if !signed {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "NotAuthorizedException",
+                "PutMedia request is not signed with AWS Signature Version 4",
+            ));
+        }
+        let (name, arn) = (header("x-amzn-stream-name"), header("x-amzn-stream-arn"));
+        if name.is_some() && arn.is_some() {
+            return Err(bad(
+                "specify either x-amzn-stream-name or x-amzn-stream-arn, not both".to_string(),
+            ));
+        }
+        let stream = self.named_stream(&json!({ "StreamName": name, "StreamARN": arn }))?;
+        let relative = match header("x-amzn-fragment-timecode-type").as_deref() {
+            Some("ABSOLUTE") => false,
+            Some("RELATIVE") => true,
+            other => {
+                return Err(bad(format!(
+                    "x-amzn-fragment-timecode-type {other:?} is not ABSOLUTE or RELATIVE"
+                )));
+            }
+        };
+        let start_ms = match header("x-amzn-producer-start-timestamp") {
+            Some(text) => Some(
+                text.trim()
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|s| s.is_finite() && *s >= 0.0)
+                    .map(|s| (s * 1000.0).round() as u64)
+                    .ok_or_else(|| {
+                        bad(format!(
+                            "x-amzn-producer-start-timestamp {text:?} is not a time in seconds"
+                        ))
+                    })?,
+            ),
+            None if relative => {
+                return Err(bad(
+                    "RELATIVE timecodes need x-amzn-producer-start-timestamp".to_string(),
+                ));
+            }
+            None => None,
+        };
+        let mut state = self.state();
+        let entry = state
+            .streams
+            .get_mut(&stream)
+            .ok_or_else(|| bad(format!("stream {stream} vanished")))?;
+        if entry.put_media_open {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "ConnectionLimitExceededException",
+                format!("a PutMedia session is already open on stream {stream}"),
+            ));
+        }
+        entry.put_media_open = true;
+        // A producer is live again: GetMedia waits for its fragments.
+        entry.closed = false;
+        Ok(PutMediaSession {
+            stream,
+            relative_to_ms: relative.then_some(start_ms.unwrap_or(0)),
+        })
+    }
+
+    /// Reads a PutMedia body, storing each whole fragment and acknowledging it.
+    async fn ingest(
+        &self,
+        session: PutMediaSession,
+        mut body: Incoming,
+        tx: mpsc::Sender<Result<Frame<Bytes>, BodyError>>,
+    ) {
+        let send = |ack: Ack| {
+            let tx = tx.clone();
+            async move {
+                let line = Bytes::from(ack.to_json_line());
+                tx.send(Ok(Frame::data(line))).await.is_ok()
+            }
+        };
+        let mut parser = PutMediaParser::new();
+        let mut last_timecode = None;
+        let mut last_data = tokio::time::Instant::now();
+        let mut idle = tokio::time::interval(self.inner.options.put_media_idle_ack);
+        idle.tick().await;
+        loop {
+            let frame = tokio::select! {
+                frame = body.frame() => frame,
+                _ = idle.tick() => {
+                    if last_data.elapsed() >= self.inner.options.put_media_idle_timeout {
+                        return;
+                    }
+                    if last_data.elapsed() >= self.inner.options.put_media_idle_ack
+                        && !send(ack(AckEventType::Idle, None, None, None)).await
+                    {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            let mut events = Vec::new();
+            let ended = match frame {
+                Some(Ok(frame)) => {
+                    if let Some(data) = frame.data_ref() {
+                        parser.push(data);
+                        last_data = tokio::time::Instant::now();
+                    }
+                    false
+                }
+                // The connection broke: the fragments stored so far stay, the one being
+                // received is lost (as a producer would see from its missing acks).
+                Some(Err(_)) => return,
+                None => true,
+            };
+            let mut failure = None;
+            loop {
+                match parser.next_event() {
+                    Ok(Some(event)) => events.push(event),
+                    Ok(None) => break,
+                    Err(error) => {
+                        failure = Some(error);
+                        break;
+                    }
+                }
+            }
+            if ended && failure.is_none() {
+                match parser.finish() {
+                    Ok(Some(fragment)) => events.push(IngestEvent::Fragment(fragment)),
+                    Ok(None) => {}
+                    Err(error) => failure = Some(error),
+                }
+            }
+            for event in events {
+                let ack = match event {
+                    IngestEvent::FragmentBegins { timecode } => {
+                        ack(AckEventType::Buffering, Some(timecode), None, None)
+                    }
+                    IngestEvent::Fragment(fragment) => {
+                        // "The earliest frame timestamp in a fragment must be after the latest
+                        // frame timestamp in the previous fragment" (error 4004).
+                        if last_timecode.is_some_and(|last| fragment.timecode <= last) {
+                            ack(
+                                AckEventType::Error,
+                                Some(fragment.timecode),
+                                None,
+                                Some(4004),
+                            )
+                        } else {
+                            last_timecode = Some(fragment.timecode);
+                            match self.store_put_fragment(&session, &parser, &fragment) {
+                                Ok(number) => {
+                                    let received = ack(
+                                        AckEventType::Received,
+                                        Some(fragment.timecode),
+                                        Some(number.clone()),
+                                        None,
+                                    );
+                                    if !send(received).await {
+                                        return;
+                                    }
+                                    ack(
+                                        AckEventType::Persisted,
+                                        Some(fragment.timecode),
+                                        Some(number),
+                                        None,
+                                    )
+                                }
+                                // The stream is gone: "Stream no longer exists (deleted)".
+                                Err(_) => {
+                                    let _ = send(ack(
+                                        AckEventType::Error,
+                                        Some(fragment.timecode),
+                                        None,
+                                        Some(4008),
+                                    ))
+                                    .await;
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                };
+                if !send(ack).await {
+                    return;
+                }
+            }
+            if let Some(error) = failure {
+                let _ = send(Ack {
+                    error_code: Some(error.problem.to_string()),
+                    ..ack(AckEventType::Error, None, None, Some(error.error_id))
+                })
+                .await;
+                return;
+            }
+            if ended {
+                return;
+            }
+        }
+    }
+
+    /// Stores a PutMedia fragment as the chunk GetMedia will return; its fragment number.
+    fn store_put_fragment(
+        &self,
+        session: &PutMediaSession,
+        parser: &PutMediaParser,
+        fragment: &IngestedFragment,
+    ) -> Result<String, KvsError> {
+        let number = {
+            let mut state = self.state();
+            state.generated_numbers += 1;
+            // Sorts after every number ConnectWriter gives (prefix 91343852333181).
+            format!("91343852333182{:033}", state.generated_numbers)
+        };
+        // "If fragmentTimeCodeType is relative, producer_timestamp = producerStartTimeStamp +
+        // fragment timecode; if absolute, producer_timestamp = fragment timecode (converted
+        // to milliseconds)" (PutMedia API reference).
+        let producer_ms = session.relative_to_ms.unwrap_or(0) + fragment.timecode_ms;
+        let chunk = parser.chunk(fragment, &number, now_ms(), producer_ms);
+        self.put_chunk(&session.stream, Bytes::from(chunk))
+    }
+}
+
+/// An open PutMedia request.
+struct PutMediaSession {
+    stream: String,
+    /// RELATIVE timecodes: the producer start time (ms) they count from.
+    relative_to_ms: Option<u64>,
+}
+
+/// An acknowledgement with these fields.
+fn ack(
+    event_type: AckEventType,
+    fragment_timecode: Option<u64>,
+    fragment_number: Option<String>,
+    error_id: Option<u32>,
+) -> Ack {
+    Ack {
+        event_type,
+        fragment_timecode,
+        fragment_number,
+        error_id,
+        error_code: None,
     }
 }
 
