@@ -1000,6 +1000,53 @@ mod tests {
         assert_eq!(parser.finish().unwrap_err().error_id, 4006);
     }
 
+    proptest::proptest! {
+        /// Damaged input never panics any of the three readers: a chunk, a PutMedia body
+        /// (cut anywhere, bytes flipped) and an acknowledgement stream.
+        #[test]
+        fn damaged_input_is_an_error_not_a_panic(
+            flips in proptest::collection::vec((0usize..40_000, 0u8..=255), 0..8),
+            cut in 1usize..3_000,
+            acks in proptest::collection::vec(0u8..=255, 0..300),
+        ) {
+            let chunks = call(WriterOptions::default());
+            let mut body: Vec<u8> = Vec::new();
+            let mut encoder = PutMediaEncoder::new(EncoderOptions::default());
+            for chunk in &chunks[..3] {
+                body.extend(encoder.encode(chunk).unwrap().bytes);
+            }
+            let mut chunk = chunks[0].clone();
+            for (at, byte) in &flips {
+                if let Some(b) = body.get_mut(*at) {
+                    *b ^= byte;
+                }
+                if let Some(b) = chunk.get_mut(*at) {
+                    *b ^= byte;
+                }
+            }
+            let _ = PutMediaEncoder::new(EncoderOptions {
+                start_at_ms: Some(1),
+                contact_id: Some("x".into()),
+            })
+            .encode(&chunk);
+            let mut parser = PutMediaParser::new();
+            for piece in body.chunks(cut) {
+                parser.push(piece);
+                while let Ok(Some(event)) = parser.next_event() {
+                    if let IngestEvent::Fragment(f) = event {
+                        parser.chunk(&f, "1", 0, 0);
+                    }
+                }
+            }
+            let _ = parser.finish();
+            let mut acks_parser = AckParser::new();
+            acks_parser.push(&acks);
+            for _ in 0..acks.len() + 1 {
+                let _ = acks_parser.next_ack();
+            }
+        }
+    }
+
     #[test]
     fn acknowledgements_are_read_in_every_documented_form_and_any_chunking() {
         let sent = [

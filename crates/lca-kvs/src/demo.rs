@@ -6,8 +6,8 @@
 //! recognizer with the `pocketsphinx` feature) and publishes LCA events to Kinesis (moto
 //! server), records the call to S3 and leases it in DynamoDB (moto). Without moto the events go
 //! to an embedded Kinesis stand-in and the call runs without recording and lease. With `--aws`
-//! the transcriber uses the user's Amazon Transcribe and LCA Kinesis stream (and S3 bucket)
-//! instead. The terminal shows the events as LCA would: the transcript as it is spoken, then a
+//! the call is sent with PutMedia into the user's Kinesis video stream and the transcriber uses
+//! the user's Amazon Transcribe and LCA Kinesis stream (and S3 bucket) instead. The terminal shows the events as LCA would: the transcript as it is spoken, then a
 //! summary.
 
 use std::collections::BTreeMap;
@@ -18,7 +18,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use clap::{Args, ValueEnum};
-use kvs_media::{ConnectWriter, FragmentReader, WriterOptions, split_chunks};
+use kvs_media::{ConnectWriter, FragmentReader, WriterOptions};
 use lca_kvs::inspect::Inspector;
 use lca_kvs::kinesis_tail::{KinesisTail, TailRecord};
 use lca_kvs::sample_call::{self, SampleCall, Speaker};
@@ -54,13 +54,22 @@ pub struct DemoArgs {
     /// Copy the call recording (stereo WAV, from the local S3) to this file.
     #[arg(long)]
     recording_out: Option<PathBuf>,
-    /// Use your AWS account (credentials and region as the AWS CLI finds them): Amazon
-    /// Transcribe, and the LCA Kinesis stream named by KINESIS_STREAM_NAME (your LCA stack's
-    /// CallDataStream), so the call shows in your LCA web UI; OUTPUT_BUCKET (optional) records
-    /// it. The call still plays into the local KVS (no AWS SDK has PutMedia) and the functions
-    /// still run locally.
+    /// Use your AWS account (credentials and region as the AWS CLI finds them): the call is
+    /// sent with PutMedia into your Kinesis video stream --kvs-stream (created if missing),
+    /// Amazon Transcribe transcribes it, and the events go to the LCA Kinesis stream named by
+    /// KINESIS_STREAM_NAME (your LCA stack's CallDataStream), so the call shows in your LCA
+    /// web UI; OUTPUT_BUCKET (optional) records it. The functions still run locally, with
+    /// your credentials.
     #[arg(long)]
     aws: bool,
+    /// With --aws: the Kinesis video stream the call is sent into.
+    #[arg(
+        long,
+        value_name = "NAME",
+        default_value = "lca-kvs-demo",
+        requires = "aws"
+    )]
+    kvs_stream: String,
     /// Write every function's log lines (JSON logs and CloudWatch EMF metrics lines, as
     /// CloudWatch Logs would receive them) to this file; default: a file in the system's
     /// temporary folder, named in the summary.
@@ -88,11 +97,11 @@ const LEASE_TABLE: &str = "lca-demo-calls";
 const KVS_STREAM: &str = "connect-demo-contact";
 
 /// What plays into KVS.
-struct DemoCall {
-    fragments: Vec<Bytes>,
-    contact_id: String,
+pub(crate) struct DemoCall {
+    pub(crate) fragments: Vec<Bytes>,
+    pub(crate) contact_id: String,
     /// The script, when it is the sample call.
-    sample: Option<SampleCall>,
+    pub(crate) sample: Option<SampleCall>,
 }
 
 /// A factory of the local Transcribe's recognizers.
@@ -137,24 +146,13 @@ pub fn run(args: DemoArgs) -> Result<()> {
         CONTACT_ID.to_string()
     };
     let call = match &args.mkv {
+        // With --aws a capture is sent as a fresh contact (PutMedia re-tags it).
+        Some(path) if args.aws => DemoCall {
+            contact_id: contact_id.clone(),
+            ..capture(path)?
+        },
         Some(path) => capture(path)?,
-        None => {
-            let sample = sample_call::synthesize()?;
-            let mut writer = ConnectWriter::new(WriterOptions {
-                contact_id: contact_id.clone(),
-                ..WriterOptions::default()
-            });
-            let fragments = writer
-                .call(&sample.caller, &sample.agent, now_ms())
-                .into_iter()
-                .map(Bytes::from)
-                .collect();
-            DemoCall {
-                fragments,
-                contact_id,
-                sample: Some(sample),
-            }
-        }
+        None => sample(contact_id)?,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -207,20 +205,35 @@ fn recognizers(engine: Engine) -> Result<(&'static str, RecognizerFactory)> {
     }
 }
 
-/// A GetMedia capture as fragments, with its ContactId.
-fn capture(path: &PathBuf) -> Result<DemoCall> {
-    let bytes = Bytes::from(
-        std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?,
-    );
-    let fragments: Vec<Bytes> = split_chunks(&bytes)
-        .with_context(|| format!("{}: not a GetMedia capture", path.display()))?
+/// The sample call (spoken by espeak-ng) as Connect fragments of contact `contact_id`,
+/// starting now.
+pub(crate) fn sample(contact_id: String) -> Result<DemoCall> {
+    let sample = sample_call::synthesize()?;
+    let mut writer = ConnectWriter::new(WriterOptions {
+        contact_id: contact_id.clone(),
+        ..WriterOptions::default()
+    });
+    let fragments = writer
+        .call(&sample.caller, &sample.agent, now_ms())
         .into_iter()
-        .map(|range| bytes.slice(range))
+        .map(Bytes::from)
         .collect();
+    Ok(DemoCall {
+        fragments,
+        contact_id,
+        sample: Some(sample),
+    })
+}
+
+/// A GetMedia capture as fragments, with its ContactId.
+pub(crate) fn capture(path: &std::path::Path) -> Result<DemoCall> {
+    let fragments = crate::put_media::read_chunks(path)?;
     let mut reader = FragmentReader::new();
     let mut inspector = Inspector::new();
     let mut contact_id = None;
-    reader.push(&bytes);
+    for fragment in &fragments {
+        reader.push(fragment);
+    }
     reader.end_of_input();
     while contact_id.is_none() {
         let event = reader
@@ -248,11 +261,11 @@ fn capture(path: &PathBuf) -> Result<DemoCall> {
 }
 
 /// A ContactId no earlier run used (a random version 4 UUID, as Connect's are).
-fn fresh_contact_id() -> String {
+pub(crate) fn fresh_contact_id() -> String {
     uuid::Uuid::new_v4().to_string()
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
@@ -265,18 +278,27 @@ async fn demo(
     engine_name: &str,
     factory: Option<RecognizerFactory>,
 ) -> Result<()> {
-    let mut backend = match aws_stream {
-        Some(stream) => Backend::aws(stream, &call.contact_id).await?,
-        None => Backend::local(&call.contact_id).await?,
+    let aws_sdk = match &aws_stream {
+        Some(_) => Some(aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await),
+        None => None,
+    };
+    let mut backend = match (aws_stream, &aws_sdk) {
+        (Some(stream), Some(sdk)) => Backend::aws(sdk, stream, &call.contact_id).await?,
+        _ => Backend::local(&call.contact_id).await?,
     };
     if let (Some(_), Err(why)) = (&args.recording_out, &backend.recordings) {
         bail!("--recording-out: {why}");
     }
+    // The call's stream: in the local KVS, or (--aws) the user's, written with PutMedia.
     let kvs = Kvs::new(KvsOptions::default());
-    let kvs_server = kvs
-        .serve(0)
-        .await
-        .context("cannot start the local KVS on loopback")?;
+    let kvs_server = match aws_sdk {
+        None => Some(
+            kvs.serve(0)
+                .await
+                .context("cannot start the local KVS on loopback")?,
+        ),
+        Some(_) => None,
+    };
     // The local Transcribe, unless the user's Amazon Transcribe does the work.
     let transcribe_server = match factory {
         Some(factory) => Some(
@@ -324,24 +346,27 @@ async fn demo(
     // The functions inherit this process's environment: the transcriber's variables
     // (LAMBDA_INVOKE_TIMEOUT, TRANSCRIBE_API_MODE, ...) set by the user pass through; only
     // where the demo's services are, and defaults the user did not set, are added.
-    let mut environment: BTreeMap<String, String> = [
-        ("AWS_ENDPOINT_URL_KINESIS_VIDEO", kvs_server.url()),
-        ("AWS_ENDPOINT_URL_LAMBDA", lambda_server.url()),
-    ]
-    .into_iter()
-    .chain(
-        transcribe_server
-            .as_ref()
-            .map(|server| ("AWS_ENDPOINT_URL_TRANSCRIBE_STREAMING", server.url())),
-    )
-    .chain(
-        jobs_server
-            .as_ref()
-            .map(|server| ("AWS_ENDPOINT_URL_TRANSCRIBE", server.url())),
-    )
-    .chain(backend.environment.iter().cloned())
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
+    let mut environment: BTreeMap<String, String> =
+        [("AWS_ENDPOINT_URL_LAMBDA", lambda_server.url())]
+            .into_iter()
+            .chain(
+                kvs_server
+                    .as_ref()
+                    .map(|server| ("AWS_ENDPOINT_URL_KINESIS_VIDEO", server.url())),
+            )
+            .chain(
+                transcribe_server
+                    .as_ref()
+                    .map(|server| ("AWS_ENDPOINT_URL_TRANSCRIBE_STREAMING", server.url())),
+            )
+            .chain(
+                jobs_server
+                    .as_ref()
+                    .map(|server| ("AWS_ENDPOINT_URL_TRANSCRIBE", server.url())),
+            )
+            .chain(backend.environment.iter().cloned())
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
     let mut defaults = vec![("KVS_IDLE_TIMEOUT", "5000"), ("RUST_LOG", "warn")];
     if transcribe_server.is_some() {
         // For TRANSCRIBE_API_MODE=analytics (the post-call analytics job): the local
@@ -382,31 +407,97 @@ async fn demo(
         .map_err(anyhow::Error::msg)?;
 
     eprintln!("lca-kvs demo: LCA events go to {}", backend.description);
-    let stream_arn = kvs.create_stream(KVS_STREAM)?;
     let seconds = call.sample.as_ref().map(SampleCall::seconds);
-    eprintln!(
-        "lca-kvs demo: {} ({} fragments) playing into local KVS at {}; recognizer: {engine_name}",
-        match (&args.mkv, seconds) {
-            (Some(path), _) => format!("capture {}", path.display()),
-            (None, Some(s)) => format!("sample call, {s:.0} s"),
-            (None, None) => "call".to_string(),
-        },
-        call.fragments.len(),
-        match args.speed {
-            0.0 => "once (speed 0)".to_string(),
-            s => format!("{s}x real time"),
-        }
-    );
+    let what = match (&args.mkv, seconds) {
+        (Some(path), _) => format!("capture {}", path.display()),
+        (None, Some(s)) => format!("sample call, {s:.0} s"),
+        (None, None) => "call".to_string(),
+    };
+    let pace = match args.speed {
+        0.0 => "once (speed 0)".to_string(),
+        s => format!("{s}x real time"),
+    };
     let played_at = Instant::now();
-    let player = kvs.play(KVS_STREAM, call.fragments, args.speed);
-    let first_fragment = loop {
-        if let Some(first) = kvs.fragment_numbers(KVS_STREAM)?.into_iter().next() {
-            break first;
+    let fragments = call.fragments.len();
+    let (stream_arn, first_fragment, player) = match &aws_sdk {
+        None => {
+            let stream_arn = kvs.create_stream(KVS_STREAM)?;
+            eprintln!(
+                "lca-kvs demo: {what} ({fragments} fragments) playing into local KVS at {pace}; recognizer: {engine_name}"
+            );
+            let player = kvs.play(KVS_STREAM, call.fragments, args.speed);
+            let first_fragment = loop {
+                if let Some(first) = kvs.fragment_numbers(KVS_STREAM)?.into_iter().next() {
+                    break first;
+                }
+                if player.is_finished() || played_at.elapsed() > Duration::from_secs(10) {
+                    bail!("the call's first fragment did not reach the local KVS");
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            };
+            let player = tokio::spawn(async move {
+                player
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| e.to_string())
+            });
+            (stream_arn, first_fragment, player)
         }
-        if player.is_finished() || played_at.elapsed() > Duration::from_secs(10) {
-            bail!("the call's first fragment did not reach the local KVS");
+        Some(sdk) => {
+            let stream_arn = kvs_producer::ensure_stream(sdk, &args.kvs_stream, 24)
+                .await
+                .with_context(|| format!("--aws: the Kinesis video stream {}", args.kvs_stream))?;
+            eprintln!(
+                "lca-kvs demo: {what} ({fragments} fragments) sent with PutMedia into your stream {} at {pace}; recognizer: {engine_name}",
+                args.kvs_stream
+            );
+            let options = kvs_producer::PutMediaOptions {
+                speed: args.speed,
+                // A capture arrives as a fresh contact, happening now.
+                encoder: kvs_media::EncoderOptions {
+                    start_at_ms: args.mkv.is_some().then(now_ms),
+                    contact_id: args.mkv.is_some().then(|| call.contact_id.clone()),
+                },
+                ..kvs_producer::PutMediaOptions::default()
+            };
+            let (progress_tx, mut progress) = tokio::sync::mpsc::unbounded_channel();
+            let (sdk, stream, chunks) = (
+                sdk.clone(),
+                kvs_producer::StreamRef::Arn(stream_arn.clone()),
+                call.fragments,
+            );
+            let player = tokio::spawn(async move {
+                kvs_producer::put_media(&sdk, &stream, &chunks, &options, |p| {
+                    let _ = progress_tx.send(p);
+                })
+                .await
+                .map(|_| ())
+                .map_err(|e| {
+                    let hint =
+                        crate::put_media::hint(&e).map_or_else(String::new, |h| format!(" ({h})"));
+                    format!("{e}{hint}")
+                })
+            });
+            let first_fragment = loop {
+                match progress.recv().await {
+                    Some(kvs_producer::Progress::Acked { ack, .. })
+                        if ack.fragment_number.is_some()
+                            && ack.event_type != kvs_media::AckEventType::Buffering =>
+                    {
+                        break ack.fragment_number.unwrap_or_default();
+                    }
+                    Some(_) => {}
+                    None => {
+                        let why = match player.await {
+                            Ok(Err(error)) => error,
+                            _ => "no fragment was acknowledged".to_string(),
+                        };
+                        bail!("--aws: the call could not be sent: {why}");
+                    }
+                }
+            };
+            (stream_arn, first_fragment, player)
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
     };
 
     // The contact flow's "Invoke AWS Lambda function" block.
@@ -449,7 +540,14 @@ async fn demo(
     let mut view = TranscriptView::new(args.json, args.speed);
     let budget = Duration::from_secs_f64(seconds.unwrap_or(3600.0) / args.speed.max(0.05) + 180.0);
     let mut ended_at: Option<Instant> = None;
+    let mut player = Some(player);
     let outcome = loop {
+        // The call's audio stopping early (PutMedia refused a fragment) ends the demo.
+        if let Some(done) = player.take_if(|p| p.is_finished())
+            && let Ok(Err(error)) = done.await
+        {
+            break Err(anyhow::anyhow!("the call's audio stopped: {error}"));
+        }
         for record in backend.feed.poll().await? {
             // Seconds from the start of play to the record's arrival on Kinesis.
             let arrived_s = record
@@ -491,7 +589,9 @@ async fn demo(
     };
     view.finish_line()?;
     lambda.shutdown();
-    player.abort();
+    if let Some(player) = player {
+        player.abort();
+    }
     outcome?;
     if !view.started {
         bail!("no START on Kinesis");
@@ -663,7 +763,7 @@ impl Recordings {
 }
 
 /// The object key of a recording URL (`https://HOST/KEY`).
-fn recording_key(url: &str) -> Option<&str> {
+pub(crate) fn recording_key(url: &str) -> Option<&str> {
     url.strip_prefix("https://")
         .and_then(|rest| rest.split_once('/'))
         .map(|(_, key)| key)
@@ -753,19 +853,18 @@ impl Backend {
     /// The user's account: their LCA stream (KINESIS_STREAM_NAME) and, with OUTPUT_BUCKET,
     /// their bucket. The functions inherit the user's environment (credentials, region, and
     /// the transcriber's variables) and get no endpoints for these services.
-    async fn aws(stream: String, contact_id: &str) -> Result<Self> {
-        let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    async fn aws(sdk: &aws_config::SdkConfig, stream: String, contact_id: &str) -> Result<Self> {
         let Some(region) = sdk.region().map(|r| r.to_string()) else {
             bail!("--aws: no AWS region configured: set AWS_REGION (your LCA stack's region)");
         };
-        let tail = KinesisTail::start(aws_sdk_kinesis::Client::new(&sdk), &stream, contact_id)
+        let tail = KinesisTail::start(aws_sdk_kinesis::Client::new(sdk), &stream, contact_id)
             .await
             .context("--aws: your credentials must allow kinesis:ListShards, GetShardIterator and GetRecords on the stream")?;
         let recordings = std::env::var("OUTPUT_BUCKET")
             .ok()
             .filter(|b| !b.is_empty())
             .map(|bucket| Recordings {
-                s3: aws_sdk_s3::Client::new(&sdk),
+                s3: aws_sdk_s3::Client::new(sdk),
                 bucket,
             })
             .ok_or("set OUTPUT_BUCKET to a bucket of yours to record the call");
@@ -809,8 +908,8 @@ fn aws_sdk_s3_client(sdk: &aws_config::SdkConfig) -> aws_sdk_s3::Client {
 }
 
 /// A final segment as shown.
-struct FinalSegment {
-    speaker: Speaker,
+pub(crate) struct FinalSegment {
+    pub(crate) speaker: Speaker,
     start_s: f64,
     text: String,
     /// Seconds from the end of its speech (as played) to its arrival on Kinesis.
@@ -819,22 +918,22 @@ struct FinalSegment {
 
 /// The terminal view of the LCA events: the transcript (partials updated in place on a
 /// terminal) or the raw events.
-struct TranscriptView {
+pub(crate) struct TranscriptView {
     json: bool,
     live: bool,
     speed: f64,
     partial_shown: bool,
     partials: usize,
-    finals: Vec<FinalSegment>,
+    pub(crate) finals: Vec<FinalSegment>,
     categories: Vec<String>,
-    started: bool,
-    ended: bool,
+    pub(crate) started: bool,
+    pub(crate) ended: bool,
     call_id: String,
-    recording_url: Option<String>,
+    pub(crate) recording_url: Option<String>,
 }
 
 impl TranscriptView {
-    fn new(json: bool, speed: f64) -> Self {
+    pub(crate) fn new(json: bool, speed: f64) -> Self {
         Self {
             json,
             live: std::io::stdout().is_terminal(),
@@ -852,7 +951,7 @@ impl TranscriptView {
 
     /// Shows one LCA event, which arrived on Kinesis `arrived_s` seconds after the call
     /// began to play.
-    fn show(&mut self, record: &Value, arrived_s: f64) -> Result<()> {
+    pub(crate) fn show(&mut self, record: &Value, arrived_s: f64) -> Result<()> {
         let mut out = std::io::stdout().lock();
         if self.json {
             writeln!(out, "{record}")?;
@@ -946,7 +1045,7 @@ impl TranscriptView {
         Some(format!("[{start_s:6.1} s] {label}: {text}"))
     }
 
-    fn finish_line(&mut self) -> Result<()> {
+    pub(crate) fn finish_line(&mut self) -> Result<()> {
         if self.partial_shown && !self.json {
             let mut out = std::io::stdout().lock();
             write!(out, "\r\x1b[K")?;

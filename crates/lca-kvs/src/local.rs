@@ -60,7 +60,21 @@ pub struct LocalArgs {
     /// The LCA Kinesis data stream created in moto (exported as KINESIS_STREAM_NAME).
     #[arg(long, default_value = "lca-kinesis-stream")]
     kinesis_stream: String,
+    /// A recordings bucket to create in moto (exported as OUTPUT_BUCKET).
+    #[arg(long, value_name = "NAME")]
+    bucket: Option<String>,
+    /// A call lease table to create in moto (exported as TRANSCRIBER_CALL_EVENT_TABLE_NAME).
+    #[arg(long, value_name = "NAME")]
+    lease_table: Option<String>,
+    /// The --function functions may read only Kinesis Video streams whose name starts with
+    /// PREFIX, as a deployed stack's IAM policy allows (its ConnectKvsStreamNamePrefix); other
+    /// streams answer them AccessDeniedException. They get their own access key for this.
+    #[arg(long, value_name = "PREFIX")]
+    functions_stream_prefix: Option<String>,
 }
+
+/// The access key id the --function functions sign with (a role's, on AWS).
+const FUNCTIONS_ACCESS_KEY: &str = "AKIDLOCALFUNCTIONS";
 
 /// Runs the stand-ins until Ctrl-C.
 pub fn run(args: LocalArgs) -> Result<()> {
@@ -112,6 +126,10 @@ pub fn run(args: LocalArgs) -> Result<()> {
     runtime.block_on(async move {
         let kvs = Kvs::new(KvsOptions {
             include_named_fragment: args.include_named_fragment,
+            restricted: args
+                .functions_stream_prefix
+                .clone()
+                .map(|prefix| (FUNCTIONS_ACCESS_KEY.to_string(), prefix)),
             ..KvsOptions::default()
         });
         let server = kvs.serve(args.kvs_port).await.with_context(|| {
@@ -154,24 +172,6 @@ pub fn run(args: LocalArgs) -> Result<()> {
             .await
             .context("cannot start the local Transcribe (jobs) on loopback")?;
         let lambda = Lambda::new(LambdaOptions::default());
-        for spec in &args.functions {
-            let Some((name, command, function_args)) = function_spec(spec) else {
-                bail!("--function {spec:?}: expected NAME=BINARY or NAME=\"COMMAND ARG...\"");
-            };
-            lambda
-                .add_function(FunctionSpec {
-                    name: name.to_string(),
-                    command,
-                    args: function_args,
-                    environment: Default::default(),
-                    timeout: std::time::Duration::from_secs(900),
-                    memory_mb: 128,
-                })
-                .map_err(|problem| anyhow::anyhow!("--function {spec:?}: {problem}"))?;
-        }
-        for name in &args.allow_recursion {
-            lambda.put_recursion_config(name, RecursiveLoop::Allow);
-        }
         let lambda_server = lambda.serve(args.lambda_port).await.with_context(|| {
             format!(
                 "cannot listen on 127.0.0.1:{} (port in use? choose another with --lambda-port)",
@@ -201,42 +201,103 @@ pub fn run(args: LocalArgs) -> Result<()> {
                     .context("cannot start the Kinesis front on loopback")?,
             );
         }
+        if let Some(moto) = &moto {
+            let sdk = local_aws::sdk_config(moto.url());
+            if let Some(bucket) = &args.bucket {
+                aws_sdk_s3::Client::from_conf(
+                    aws_sdk_s3::config::Builder::from(&sdk)
+                        .force_path_style(true)
+                        .build(),
+                )
+                .create_bucket()
+                .bucket(bucket)
+                .send()
+                .await
+                .with_context(|| format!("--bucket {bucket}: cannot create it in moto"))?;
+            }
+            if let Some(table) = &args.lease_table {
+                call_transcriber::lease::CallLease {
+                    client: aws_sdk_dynamodb::Client::new(&sdk),
+                    table: table.clone(),
+                    duration: std::time::Duration::from_secs(30),
+                }
+                .create_table()
+                .await
+                .with_context(|| format!("--lease-table {table}: cannot create it in moto"))?;
+            }
+        } else if args.bucket.is_some() || args.lease_table.is_some() {
+            bail!("--bucket and --lease-table need moto server (installed, and no --no-moto)");
+        }
         let mut players = Vec::new();
         let mut arns = Vec::new();
         for (name, chunks) in streams {
             arns.push((name.clone(), kvs.create_stream(&name)?));
             players.push(kvs.play(&name, chunks, args.speed));
         }
-        let mut out = std::io::stdout().lock();
-        // Credentials and region for the SDKs (the local services accept any).
-        writeln!(out, "export AWS_ACCESS_KEY_ID=AKIDLOCAL")?;
-        writeln!(out, "export AWS_SECRET_ACCESS_KEY=local")?;
-        writeln!(out, "export AWS_REGION=us-east-1")?;
+        // Credentials and region for the SDKs (the local services accept any), and where
+        // each service is: printed as export lines, and the environment of the functions.
+        let mut exports: Vec<(String, String)> = vec![
+            ("AWS_ACCESS_KEY_ID".into(), "AKIDLOCAL".into()),
+            ("AWS_SECRET_ACCESS_KEY".into(), "local".into()),
+            ("AWS_REGION".into(), "us-east-1".into()),
+        ];
         for (name, arn) in &arns {
-            writeln!(out, "export KVS_STREAM_ARN_{}={arn}", env_suffix(name))?;
+            exports.push((format!("KVS_STREAM_ARN_{}", env_suffix(name)), arn.clone()));
         }
-        writeln!(
-            out,
-            "export AWS_ENDPOINT_URL_KINESIS_VIDEO={}",
-            server.url()
-        )?;
-        writeln!(
-            out,
-            "export AWS_ENDPOINT_URL_TRANSCRIBE_STREAMING={}",
-            transcribe_server.url()
-        )?;
-        writeln!(out, "export AWS_ENDPOINT_URL_TRANSCRIBE={}", jobs_server.url())?;
-        writeln!(out, "export AWS_ENDPOINT_URL_LAMBDA={}", lambda_server.url())?;
+        exports.push(("AWS_ENDPOINT_URL_KINESIS_VIDEO".into(), server.url()));
+        exports.push((
+            "AWS_ENDPOINT_URL_TRANSCRIBE_STREAMING".into(),
+            transcribe_server.url(),
+        ));
+        exports.push(("AWS_ENDPOINT_URL_TRANSCRIBE".into(), jobs_server.url()));
+        exports.push(("AWS_ENDPOINT_URL_LAMBDA".into(), lambda_server.url()));
         if let (Some(moto), Some(kinesis)) = (&moto, &kinesis_front) {
-            writeln!(out, "export AWS_ENDPOINT_URL_KINESIS={}", kinesis.url())?;
+            exports.push(("AWS_ENDPOINT_URL_KINESIS".into(), kinesis.url()));
             for service in ["S3", "DYNAMODB"] {
-                writeln!(out, "export AWS_ENDPOINT_URL_{service}={}", moto.url())?;
+                exports.push((format!("AWS_ENDPOINT_URL_{service}"), moto.url().to_string()));
             }
-            writeln!(out, "export KINESIS_STREAM_NAME={}", args.kinesis_stream)?;
+            exports.push(("KINESIS_STREAM_NAME".into(), args.kinesis_stream.clone()));
+            if let Some(bucket) = &args.bucket {
+                exports.push(("OUTPUT_BUCKET".into(), bucket.clone()));
+            }
+            if let Some(table) = &args.lease_table {
+                exports.push(("TRANSCRIBER_CALL_EVENT_TABLE_NAME".into(), table.clone()));
+            }
         }
         if let Some(path) = &cert_file {
-            writeln!(out, "export AWS_CA_BUNDLE={}", path.display())?;
-            writeln!(out, "export NODE_EXTRA_CA_CERTS={}", path.display())?;
+            exports.push(("AWS_CA_BUNDLE".into(), path.display().to_string()));
+            exports.push(("NODE_EXTRA_CA_CERTS".into(), path.display().to_string()));
+        }
+        // The functions run as deployed in this stand-in account: its endpoints and
+        // resources, on top of this process's environment (which sets the rest, e.g.
+        // CONNECT_INSTANCE_ARN, TRANSCRIBER_FUNCTION_ARN).
+        let mut environment: std::collections::BTreeMap<String, String> =
+            exports.iter().cloned().collect();
+        environment.insert("AWS_SESSION_TOKEN".into(), String::new());
+        if args.functions_stream_prefix.is_some() {
+            environment.insert("AWS_ACCESS_KEY_ID".into(), FUNCTIONS_ACCESS_KEY.into());
+        }
+        for spec in &args.functions {
+            let Some((name, command, function_args)) = function_spec(spec) else {
+                bail!("--function {spec:?}: expected NAME=BINARY or NAME=\"COMMAND ARG...\"");
+            };
+            lambda
+                .add_function(FunctionSpec {
+                    name: name.to_string(),
+                    command,
+                    args: function_args,
+                    environment: environment.clone(),
+                    timeout: std::time::Duration::from_secs(900),
+                    memory_mb: 128,
+                })
+                .map_err(|problem| anyhow::anyhow!("--function {spec:?}: {problem}"))?;
+        }
+        for name in &args.allow_recursion {
+            lambda.put_recursion_config(name, RecursiveLoop::Allow);
+        }
+        let mut out = std::io::stdout().lock();
+        for (name, value) in &exports {
+            writeln!(out, "export {name}={value}")?;
         }
         writeln!(out, "ready")?;
         out.flush()?;

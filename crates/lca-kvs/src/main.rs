@@ -21,6 +21,7 @@ mod demo;
 mod local;
 mod put_media;
 mod transcribe;
+mod try_stack;
 
 #[derive(Parser)]
 #[command(
@@ -83,6 +84,11 @@ enum Command {
     /// or real, with PutMedia, at real-time pace or faster; prints the acknowledgements'
     /// progress, and a JSON summary (fragment numbers) on stdout.
     PutMedia(put_media::PutMediaArgs),
+    /// Check a deployed stack end to end without a phone: a call sent with PutMedia into a
+    /// stream named with the stack's prefix, the deployed StartLCA invoked as a contact flow
+    /// would, the transcript followed on the LCA Kinesis stream, then a checklist with the
+    /// likely fix of each failed step. Exit 0 only when every step passed.
+    TryStack(try_stack::TryStackArgs),
     /// Local stand-ins for AWS (Kinesis Video Streams, Transcribe Streaming, Lambda; Kinesis,
     /// S3 and DynamoDB through moto server when installed) on loopback: prints
     /// `export AWS_ENDPOINT_URL_<SERVICE>=<url>` lines, then `ready`, and serves until
@@ -134,6 +140,7 @@ fn main() -> ExitCode {
         Command::Local(args) => local::run(args).map(|()| ExitCode::SUCCESS),
         Command::Transcribe(args) => transcribe::run(args),
         Command::PutMedia(args) => put_media::run(args),
+        Command::TryStack(args) => try_stack::run(args),
     };
     match result {
         Ok(code) => code,

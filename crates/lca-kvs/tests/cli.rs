@@ -286,10 +286,16 @@ struct Local {
 
 impl Local {
     fn start(args: &[&str]) -> Self {
+        Self::start_with_env(args, &[])
+    }
+
+    /// `lca-kvs local ARGS` with these variables in its environment (its functions' too).
+    fn start_with_env(args: &[&str], envs: &[(&str, &str)]) -> Self {
         use std::io::BufRead;
         let mut child = Command::new(env!("CARGO_BIN_EXE_lca-kvs"))
             .arg("local")
             .args(args)
+            .envs(envs.iter().copied())
             .stdout(std::process::Stdio::piped())
             .spawn()
             .expect("lca-kvs local runs");
@@ -541,14 +547,18 @@ fn demo_aws_uses_the_accounts_transcribe_and_lca_stream() {
     assert!(output.status.success(), "{stderr}");
     assert!(
         stderr.contains("LCA events go to your Kinesis stream lca-kinesis-stream in us-east-1")
-            && stderr.contains("recognizer: Amazon Transcribe (your account)"),
+            && stderr.contains("recognizer: Amazon Transcribe (your account)")
+            && stderr.contains("sent with PutMedia into your stream lca-kvs-demo"),
         "{stderr}"
     );
+    // The capture went into the account's KVS with PutMedia, as a fresh contact.
     let stdout = String::from_utf8(output.stdout).unwrap();
-    assert!(
-        stdout.starts_with("call started: CallId d111f871-5fe7-40b1-b5f7-6b67060de0c2\n"),
-        "{stdout}"
-    );
+    let call_id = stdout
+        .strip_prefix("call started: CallId ")
+        .and_then(|rest| rest.lines().next())
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert_eq!(call_id.len(), 36, "{stdout}");
+    assert_ne!(call_id, "d111f871-5fe7-40b1-b5f7-6b67060de0c2");
     assert!(
         stdout.contains("] Caller: ") && stdout.contains("] Agent : "),
         "{stdout}"
@@ -1000,4 +1010,204 @@ fn put_media_sends_a_fresh_contact_and_names_what_to_fix_when_refused() {
     let message = stderr(&output);
     assert_eq!(output.status.code(), Some(2), "{message}");
     assert!(message.contains("garbage.mkv"), "{message}");
+}
+
+#[test]
+fn try_stack_checks_a_stand_in_account_and_names_each_broken_step() {
+    const INSTANCE: &str = "arn:aws:connect:us-east-1:123456789012:instance/try-stack";
+    let dir = tempfile::tempdir().unwrap();
+    // The sample call's first 24 s: both speakers talk.
+    let sample = std::fs::read(fixture("connect/sample-call.mkv")).unwrap();
+    let ranges = kvs_media::split_chunks(&sample).unwrap();
+    let call = dir.path().join("call.mkv");
+    std::fs::write(&call, &sample[..ranges[23].end]).unwrap();
+    // A stand-in account with the stack deployed: the functions under the local Lambda,
+    // configured as the template configures them, their role limited to streams named
+    // connect-lca-*.
+    let exe = env!("CARGO_BIN_EXE_lca-kvs");
+    let start_lca = format!("StartLCA={exe} function start-lca");
+    let transcriber = format!("CallTranscriber={exe} function call-transcriber");
+    let local = Local::start_with_env(
+        &[
+            "--bucket",
+            "lca-recordings",
+            "--lease-table",
+            "lca-calls",
+            "--function",
+            &start_lca,
+            "--function",
+            &transcriber,
+            "--allow-recursion",
+            "CallTranscriber",
+            "--functions-stream-prefix",
+            "connect-lca-",
+        ],
+        &[
+            ("CONNECT_INSTANCE_ARN", INSTANCE),
+            (
+                "TRANSCRIBER_FUNCTION_ARN",
+                "arn:aws:lambda:us-east-1:123456789012:function:CallTranscriber",
+            ),
+            ("KVS_IDLE_TIMEOUT", "3000"),
+            ("RUST_LOG", "warn"),
+        ],
+    );
+    let try_stack = |start_lca: &str, instance: &str, prefix: &str, kinesis: &str| {
+        let output = lca_kvs_with(
+            &local,
+            &[
+                "try-stack",
+                "--start-lca",
+                start_lca,
+                "--instance-arn",
+                instance,
+                "--stream-prefix",
+                prefix,
+                "--kinesis-stream",
+                kinesis,
+                "--mkv",
+                call.to_str().unwrap(),
+                "--speed",
+                "4",
+                "--timeout",
+                "8",
+            ],
+        )
+        .output()
+        .unwrap();
+        (
+            output.status.code(),
+            stderr(&output),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+        )
+    };
+    let kinesis = local.get("KINESIS_STREAM_NAME").to_string();
+
+    // The whole stack works, its values read from the stack (moto's CloudFormation): every
+    // step passes, the transcript shows both speakers.
+    let moto = local.get("AWS_ENDPOINT_URL_S3").to_string();
+    let template = serde_json::json!({
+        "Parameters": {
+            "ConnectInstanceArn": {"Type": "String"},
+            "ConnectKvsStreamNamePrefix": {"Type": "String"},
+            "KinesisDataStreamName": {"Type": "String"},
+        },
+        "Resources": {"Placeholder": {"Type": "AWS::SQS::Queue"}},
+        "Outputs": {"StartLCAFunctionName": {"Value": "StartLCA"}},
+    });
+    let parameter = |key: &str, value: &str| {
+        aws_sdk_cloudformation::types::Parameter::builder()
+            .parameter_key(key)
+            .parameter_value(value)
+            .build()
+    };
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(
+            aws_sdk_cloudformation::Client::new(&local_aws::sdk_config(&moto))
+                .create_stack()
+                .stack_name("lca-connect-kvs")
+                .template_body(template.to_string())
+                .parameters(parameter("ConnectInstanceArn", INSTANCE))
+                .parameters(parameter("ConnectKvsStreamNamePrefix", "connect-lca-"))
+                .parameters(parameter("KinesisDataStreamName", &kinesis))
+                .send(),
+        )
+        .unwrap();
+    let output = lca_kvs_with(
+        &local,
+        &[
+            "try-stack",
+            "--stack",
+            "lca-connect-kvs",
+            "--mkv",
+            call.to_str().unwrap(),
+            "--speed",
+            "4",
+            "--timeout",
+            "8",
+        ],
+    )
+    .env("AWS_ENDPOINT_URL_CLOUDFORMATION", &moto)
+    .output()
+    .unwrap();
+    let (code, checklist, transcript) = (
+        output.status.code(),
+        stderr(&output),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+    );
+    assert_eq!(code, Some(0), "{checklist}\n{transcript}");
+    assert!(
+        checklist.contains("stack lca-connect-kvs: StartLCA StartLCA, instance ")
+            && checklist.contains("stream prefix \"connect-lca-\""),
+        "{checklist}"
+    );
+    assert_eq!(checklist.matches("[ok]").count(), 8, "{checklist}");
+    assert!(
+        transcript.contains("Caller:") && transcript.contains("Agent :"),
+        "{transcript}"
+    );
+    assert!(checklist.contains("24 fragments stored"), "{checklist}");
+
+    // Each broken step fails the run, named with its likely fix.
+    let failed = |checklist: &str, step: &str, fix: &str| {
+        let line = checklist
+            .lines()
+            .position(|l| l.contains("[FAILED]") && l.contains(step))
+            .unwrap_or_else(|| panic!("no failed step {step:?}:\n{checklist}"));
+        let next = checklist.lines().nth(line + 1).unwrap_or_default();
+        assert!(
+            next.contains("likely fix:") && next.contains(fix),
+            "{checklist}"
+        );
+    };
+    let (code, checklist, _) = try_stack("NoSuchFunction", INSTANCE, "connect-lca-", &kinesis);
+    assert_eq!(code, Some(1), "{checklist}");
+    failed(&checklist, "StartLCA answered", "StartLCAFunctionName");
+    let (code, checklist, _) = try_stack(
+        "StartLCA",
+        &format!("{INSTANCE}-other"),
+        "connect-lca-",
+        &kinesis,
+    );
+    assert_eq!(code, Some(1), "{checklist}");
+    failed(&checklist, "StartLCA answered", "ConnectInstanceArn");
+    assert!(checklist.contains("WRONG_INSTANCE"), "{checklist}");
+    // A prefix the stack's role does not allow: the transcriber cannot read the stream.
+    let (code, checklist, _) = try_stack("StartLCA", INSTANCE, "other-", &kinesis);
+    assert_eq!(code, Some(1), "{checklist}");
+    failed(
+        &checklist,
+        "segments from both channels",
+        "ConnectKvsStreamNamePrefix",
+    );
+    failed(
+        &checklist,
+        "END on the LCA stream",
+        "ConnectKvsStreamNamePrefix",
+    );
+    // Events followed on another stream than the stack's: none within the time limit.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime
+        .block_on(local_aws::moto::create_kinesis_stream(
+            local.get("AWS_ENDPOINT_URL_KINESIS"),
+            "another",
+        ))
+        .unwrap();
+    let (code, checklist, _) = try_stack("StartLCA", INSTANCE, "connect-lca-", "another");
+    assert_eq!(code, Some(1), "{checklist}");
+    failed(
+        &checklist,
+        "START on the LCA stream",
+        "KinesisDataStreamName",
+    );
+    assert!(checklist.contains("within 8 s"), "{checklist}");
+    // No such LCA stream: the first step.
+    let (code, checklist, _) = try_stack("StartLCA", INSTANCE, "connect-lca-", "nope");
+    assert_eq!(code, Some(1), "{checklist}");
+    failed(
+        &checklist,
+        "LCA Kinesis stream readable",
+        "KinesisDataStreamName",
+    );
 }

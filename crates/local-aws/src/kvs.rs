@@ -62,6 +62,10 @@ pub struct KvsOptions {
     pub put_media_idle_ack: Duration,
     /// A PutMedia session that receives no data this long is closed (KVS: 30 s).
     pub put_media_idle_timeout: Duration,
+    /// An IAM policy stand-in: requests signed with this access key id may use only streams
+    /// whose name starts with this prefix (as the stack's role allows
+    /// `stream/<ConnectKvsStreamNamePrefix>*`); others get AccessDeniedException.
+    pub restricted: Option<(String, String)>,
     /// Region in ARNs.
     pub region: String,
     /// Account in ARNs.
@@ -76,6 +80,7 @@ impl Default for KvsOptions {
             payload_timeout: Duration::from_secs(3),
             put_media_idle_ack: Duration::from_secs(3),
             put_media_idle_timeout: Duration::from_secs(30),
+            restricted: None,
             region: "us-east-1".to_string(),
             account: "123456789012".to_string(),
         }
@@ -379,7 +384,16 @@ impl Kvs {
             );
         }
         let path = request.uri().path().to_string();
+        let access_key = access_key_of(request.headers());
         if path == "/putMedia" {
+            let headers = request.headers();
+            let named = json!({
+                "StreamName": headers.get("x-amzn-stream-name").and_then(|v| v.to_str().ok()),
+                "StreamARN": headers.get("x-amzn-stream-arn").and_then(|v| v.to_str().ok()),
+            });
+            if let Some(denied) = self.denied(access_key.as_deref(), &named, "PutMedia") {
+                return denied.into_response();
+            }
             return self.put_media(request);
         }
         let body = match read_body(request, MAX_REQUEST_BYTES).await {
@@ -406,6 +420,12 @@ impl Kvs {
                 }
             }
         };
+        let operation = path.trim_start_matches('/');
+        if operation != "listStreams"
+            && let Some(denied) = self.denied(access_key.as_deref(), &input, operation)
+        {
+            return denied.into_response();
+        }
         match path.as_str() {
             "/getDataEndpoint" => self.get_data_endpoint(&input),
             "/describeStream" => self.describe_stream(&input),
@@ -418,6 +438,45 @@ impl Kvs {
                 &format!("no Kinesis Video Streams operation at {other}"),
             ),
         }
+    }
+
+    /// The policy stand-in's answer to a request of `access_key` on the stream `input`
+    /// names, when it is denied. The message has IAM's form; which error type KVS gives an
+    /// IAM denial is not documented per API (its common errors list AccessDeniedException,
+    /// "You do not have sufficient access to perform this action").
+    fn denied(&self, access_key: Option<&str>, input: &Value, operation: &str) -> Option<ApiError> {
+        let (key, prefix) = self.inner.options.restricted.as_ref()?;
+        if access_key != Some(key.as_str()) {
+            return None;
+        }
+        let name = match self.named_stream(input) {
+            Ok(name) => name,
+            Err(_) => input
+                .get("StreamName")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string(),
+        };
+        if name.starts_with(prefix.as_str()) {
+            return None;
+        }
+        let resource = self
+            .state()
+            .streams
+            .get(&name)
+            .map_or_else(|| format!("stream/{name}"), |s| s.arn.clone());
+        let mut action = operation.to_string();
+        if let Some(first) = action.get_mut(..1) {
+            first.make_ascii_uppercase();
+        }
+        Some(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "AccessDeniedException",
+            format!(
+                "User: arn:aws:sts::{}:assumed-role/CallTranscriberRole/{key} is not authorized to perform: kinesisvideo:{action} on resource: {resource} because no identity-based policy allows the kinesisvideo:{action} action",
+                self.inner.options.account
+            ),
+        ))
     }
 
     /// The stream a request names by StreamName or StreamARN.
@@ -1011,6 +1070,13 @@ struct PutMediaSession {
     stream: String,
     /// RELATIVE timecodes: the producer start time (ms) they count from.
     relative_to_ms: Option<u64>,
+}
+
+/// The access key id a SigV4-signed request was signed with.
+fn access_key_of(headers: &http::HeaderMap) -> Option<String> {
+    let auth = headers.get("authorization")?.to_str().ok()?;
+    let credential = auth.split("Credential=").nth(1)?;
+    Some(credential.split('/').next()?.to_string())
 }
 
 /// An acknowledgement with these fields.

@@ -11,6 +11,7 @@
 //! than [`RECURSION_LIMIT`] times in one chain is stopped unless its [`RecursiveLoop`] allows.
 
 use std::collections::{BTreeMap, HashMap};
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -99,7 +100,7 @@ pub struct LambdaOptions {
     /// minutes; shorter here so tests and the demo do not wait).
     pub event_retry_delays: [Duration; 2],
     /// Where the functions' stdout/stderr go: a file per function in this folder, or this
-    /// process's stdout and stderr when `None`.
+    /// process's stderr when `None`.
     pub log_dir: Option<PathBuf>,
     /// All functions' stdout/stderr appended to this one file instead (each line whole, as
     /// CloudWatch Logs would hold them); takes precedence over `log_dir`.
@@ -756,8 +757,15 @@ impl Lambda {
                     .map_err(|e| format!("{}: {e}", path.display()))?;
                 command.stdout(file).stderr(err);
             }
+            // Both to this process's stderr: its stdout may be a pipe that its reader closes
+            // (`lca-kvs local`'s exports read up to "ready"), and a function writing its log
+            // lines there would die of the broken pipe.
             None => {
-                command.stdout(Stdio::inherit()).stderr(Stdio::inherit());
+                let err = std::io::stderr()
+                    .as_fd()
+                    .try_clone_to_owned()
+                    .map_err(|e| format!("cannot share stderr with {}: {e}", spec.name))?;
+                command.stdout(Stdio::from(err)).stderr(Stdio::inherit());
             }
         }
         let child = command
