@@ -49,7 +49,8 @@ bash infra/package.sh
 
 # The zips the stack ships, run: each arm64 bootstrap under qemu-user as a function of the
 # local Lambda, in the end-to-end tests the x86_64 build passed above (StartLCA → transcriber
-# with hand-overs and the recording → events and WAV; the contact-event processor), then
+# with hand-overs and the recording → events and WAV; the contact-event processor; the stack
+# checked by `lca-kvs try-stack` in a stand-in account), then
 # their cold start under emulation (information only: the emulator's own cost is in it).
 step "shipped arm64 functions (qemu)"
 ensure_apt_packages qemu-user-static libc6-arm64-cross unzip
@@ -60,9 +61,10 @@ for f in start-lca call-transcriber contact-event-processor; do
   unzip -q "infra/build/$f.zip" -d "$arm64/$f"
 done
 LCA_TEST_ARM64_FUNCTIONS="$arm64" cargo test --workspace --locked \
-  --features "$features" --test lambda --test processor -- --exact \
+  --features "$features" --test lambda --test processor --test cli -- --exact \
   start_lca_then_hand_overs_transcribe_and_record_every_sample_once \
-  the_real_binary_under_lambda_publishes_the_agent
+  the_real_binary_under_lambda_publishes_the_agent \
+  try_stack_checks_a_stand_in_account_and_names_each_broken_step
 LCA_TEST_ARM64_FUNCTIONS="$arm64" target/debug/lambda-init-bench --runs 3
 
 # Clients written by others (boto3) against `lca-kvs local`.

@@ -214,9 +214,9 @@ pub fn hint(error: &PutMediaError) -> Option<&'static str> {
         PutMediaError::Rejected { error_id, .. } if (4500..=4506).contains(error_id) => Some(
             "the stream's KMS key refuses this caller: check the key policy and kms:GenerateDataKey",
         ),
-        PutMediaError::Rejected { error_id: 4007, .. } => {
-            Some("KVS refused the producer timestamps: send the call as happening now (--now)")
-        }
+        PutMediaError::Rejected { error_id: 4007, .. } => Some(
+            "KVS refused the producer timestamps: send the call as happening now and at its own pace (--now --speed 1), so that no fragment is stamped far in the past or ahead of the clock",
+        ),
         PutMediaError::ControlPlane { operation, .. } if *operation == "GetDataEndpoint" => Some(
             "check the stream name or ARN, the region and kinesisvideo:GetDataEndpoint permission",
         ),

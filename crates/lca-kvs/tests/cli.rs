@@ -1023,10 +1023,17 @@ fn try_stack_checks_a_stand_in_account_and_names_each_broken_step() {
     std::fs::write(&call, &sample[..ranges[23].end]).unwrap();
     // A stand-in account with the stack deployed: the functions under the local Lambda,
     // configured as the template configures them, their role limited to streams named
-    // connect-lca-*.
-    let exe = env!("CARGO_BIN_EXE_lca-kvs");
-    let start_lca = format!("StartLCA={exe} function start-lca");
-    let transcriber = format!("CallTranscriber={exe} function call-transcriber");
+    // connect-lca-*. They are this build's (`lca-kvs function NAME`, the same handlers), or,
+    // with LCA_TEST_ARM64_FUNCTIONS, the arm64 zips the stack ships, under qemu.
+    let function = |name: &str, binary: &str| match local_aws::lambda::arm64_functions_dir() {
+        Some(_) => {
+            let (command, args) = local_aws::lambda::function_command(Path::new(binary)).unwrap();
+            format!("{name}={} {}", command.display(), args.join(" "))
+        }
+        None => format!("{name}={} function {binary}", env!("CARGO_BIN_EXE_lca-kvs")),
+    };
+    let start_lca = function("StartLCA", "start-lca");
+    let transcriber = function("CallTranscriber", "call-transcriber");
     let local = Local::start_with_env(
         &[
             "--bucket",
