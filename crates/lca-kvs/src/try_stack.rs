@@ -412,6 +412,7 @@ async fn try_stack(
             }
         }
     };
+    let first_persisted = first.event_type == AckEventType::Persisted;
     let start_fragment = first.fragment_number.unwrap_or_default();
     let start_ms = first.fragment_timecode.unwrap_or_else(now_ms);
 
@@ -450,7 +451,9 @@ async fn try_stack(
     let mut ended_at = None;
     let mut sent: Option<Result<PutMediaSummary, String>> = None;
     let mut sender = Some(sender);
-    let (mut stored, total) = (0usize, chunks_len);
+    // The first stored fragment's PERSISTED may be the ack StartLCA waited for.
+    let mut stored = usize::from(first_persisted);
+    let total = chunks_len;
     let tail_error = loop {
         while let Ok(event) = progress.try_recv() {
             if matches!(&event, Progress::Acked { ack, .. } if ack.event_type == AckEventType::Persisted)
@@ -510,8 +513,10 @@ async fn try_stack(
         ),
         None if view.ended => list.fail(
             SENT,
-            format!("{stored} of {total} fragments stored when the call's END came"),
-            "the transcriber ended the call before its audio was over: see END",
+            format!(
+                "stopped after {stored} of {total} fragments were stored: the transcriber ended the call first (PutMedia itself reported no error)"
+            ),
+            "see END",
         ),
         None => list.fail(
             SENT,
