@@ -19,6 +19,7 @@ use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use clap::{Args, ValueEnum};
 use kvs_media::{ConnectWriter, FragmentReader, WriterOptions};
+use kvs_producer::now_ms;
 use lca_kvs::inspect::Inspector;
 use lca_kvs::kinesis_tail::{KinesisTail, TailRecord};
 use lca_kvs::sample_call::{self, SampleCall, Speaker};
@@ -227,7 +228,7 @@ pub(crate) fn sample(contact_id: String) -> Result<DemoCall> {
 
 /// A GetMedia capture as fragments, with its ContactId.
 pub(crate) fn capture(path: &std::path::Path) -> Result<DemoCall> {
-    let fragments = crate::put_media::read_chunks(path)?;
+    let fragments = crate::read_capture(path)?;
     let mut reader = FragmentReader::new();
     let mut inspector = Inspector::new();
     let mut contact_id = None;
@@ -260,15 +261,37 @@ pub(crate) fn capture(path: &std::path::Path) -> Result<DemoCall> {
     })
 }
 
+/// The event the contact flow's "Invoke AWS Lambda function" block sends StartLCA for a
+/// contact whose customer audio streams to `stream_arn` from `start_fragment`.
+pub(crate) fn contact_flow_event(
+    contact_id: &str,
+    instance_arn: &str,
+    stream_arn: &str,
+    start_fragment: &str,
+    start_ms: u64,
+) -> Value {
+    json!({
+        "Name": "ContactFlowEvent",
+        "Details": {
+            "ContactData": {
+                "ContactId": contact_id, "InitialContactId": contact_id,
+                "Channel": "VOICE", "InstanceARN": instance_arn,
+                "CustomerEndpoint": {"Address": "+15550100001", "Type": "TELEPHONE_NUMBER"},
+                "SystemEndpoint": {"Address": "+15550100002", "Type": "TELEPHONE_NUMBER"},
+                "MediaStreams": {"Customer": {"Audio": {
+                    "StreamARN": stream_arn,
+                    "StartFragmentNumber": start_fragment,
+                    "StartTimestamp": start_ms.to_string(),
+                }}}
+            },
+            "Parameters": {}
+        }
+    })
+}
+
 /// A ContactId no earlier run used (a random version 4 UUID, as Connect's are).
 pub(crate) fn fresh_contact_id() -> String {
     uuid::Uuid::new_v4().to_string()
-}
-
-pub(crate) fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 async fn demo(
@@ -460,64 +483,38 @@ async fn demo(
                 },
                 ..kvs_producer::PutMediaOptions::default()
             };
-            let (progress_tx, mut progress) = tokio::sync::mpsc::unbounded_channel();
-            let (sdk, stream, chunks) = (
-                sdk.clone(),
-                kvs_producer::StreamRef::Arn(stream_arn.clone()),
-                call.fragments,
-            );
-            let player = tokio::spawn(async move {
-                kvs_producer::put_media(&sdk, &stream, &chunks, &options, |p| {
-                    let _ = progress_tx.send(p);
-                })
-                .await
-                .map(|_| ())
-                .map_err(|e| {
-                    let hint =
-                        crate::put_media::hint(&e).map_or_else(String::new, |h| format!(" ({h})"));
-                    format!("{e}{hint}")
-                })
-            });
-            let first_fragment = loop {
-                match progress.recv().await {
-                    Some(kvs_producer::Progress::Acked { ack, .. })
-                        if ack.fragment_number.is_some()
-                            && ack.event_type != kvs_media::AckEventType::Buffering =>
-                    {
-                        break ack.fragment_number.unwrap_or_default();
-                    }
-                    Some(_) => {}
-                    None => {
-                        let why = match player.await {
-                            Ok(Err(error)) => error,
-                            _ => "no fragment was acknowledged".to_string(),
-                        };
-                        bail!("--aws: the call could not be sent: {why}");
-                    }
-                }
+            let with_hint = |error: &kvs_producer::PutMediaError| {
+                let hint =
+                    crate::put_media::hint(error).map_or_else(String::new, |h| format!(" ({h})"));
+                format!("{error}{hint}")
             };
+            let live = crate::put_media::send_live(sdk, &stream_arn, call.fragments, options)
+                .await
+                .map_err(|error| {
+                    let why = error
+                        .as_ref()
+                        .map_or_else(|| "no fragment was acknowledged".to_string(), with_hint);
+                    anyhow::anyhow!("--aws: the call could not be sent: {why}")
+                })?;
+            let first_fragment = live.first.fragment_number.unwrap_or_default();
+            let task = live.task;
+            let player = tokio::spawn(async move {
+                match task.await {
+                    Ok(result) => result.map(|_| ()).map_err(|e| with_hint(&e)),
+                    Err(error) => Err(error.to_string()),
+                }
+            });
             (stream_arn, first_fragment, player)
         }
     };
 
-    // The contact flow's "Invoke AWS Lambda function" block.
-    let event = json!({
-        "Name": "ContactFlowEvent",
-        "Details": {
-            "ContactData": {
-                "ContactId": call.contact_id, "InitialContactId": call.contact_id,
-                "Channel": "VOICE", "InstanceARN": INSTANCE_ARN,
-                "CustomerEndpoint": {"Address": "+15550100001", "Type": "TELEPHONE_NUMBER"},
-                "SystemEndpoint": {"Address": "+15550100002", "Type": "TELEPHONE_NUMBER"},
-                "MediaStreams": {"Customer": {"Audio": {
-                    "StreamARN": stream_arn,
-                    "StartFragmentNumber": first_fragment,
-                    "StartTimestamp": now_ms().to_string(),
-                }}}
-            },
-            "Parameters": {}
-        }
-    });
+    let event = contact_flow_event(
+        &call.contact_id,
+        INSTANCE_ARN,
+        &stream_arn,
+        &first_fragment,
+        now_ms(),
+    );
     let answer = aws_sdk_lambda::Client::new(&local_aws::sdk_config(&lambda_server.url()))
         .invoke()
         .function_name("StartLCA")

@@ -4,9 +4,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
-use bytes::Bytes;
 use clap::Args;
-use kvs_media::split_chunks;
 use local_aws::http::TlsIdentity;
 use local_aws::kvs::{Kvs, KvsOptions};
 use local_aws::lambda::{FunctionSpec, Lambda, LambdaOptions, RecursiveLoop};
@@ -108,15 +106,7 @@ pub fn run(args: LocalArgs) -> Result<()> {
         let Some((name, path)) = spec.split_once('=') else {
             bail!("--stream {spec:?}: expected NAME=CAPTURE.mkv");
         };
-        let path = PathBuf::from(path);
-        let capture =
-            std::fs::read(&path).with_context(|| format!("{}: cannot read", path.display()))?;
-        let capture = Bytes::from(capture);
-        let chunks = split_chunks(&capture)
-            .with_context(|| format!("{}: not a GetMedia capture", path.display()))?
-            .into_iter()
-            .map(|range| capture.slice(range))
-            .collect::<Vec<_>>();
+        let chunks = crate::read_capture(&PathBuf::from(path))?;
         streams.push((name.to_string(), chunks));
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()

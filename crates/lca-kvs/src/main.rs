@@ -286,6 +286,18 @@ fn stream_media(
     Ok((pump.error, None))
 }
 
+/// The chunks of a GetMedia capture file (one per fragment), or an error naming the file.
+pub(crate) fn read_capture(path: &Path) -> Result<Vec<bytes::Bytes>> {
+    let bytes = bytes::Bytes::from(
+        std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?,
+    );
+    Ok(kvs_media::split_chunks(&bytes)
+        .with_context(|| format!("{}: not a GetMedia capture", path.display()))?
+        .into_iter()
+        .map(|range| bytes.slice(range))
+        .collect())
+}
+
 /// Progress on stderr when it is a terminal (hidden otherwise): a bar over `len` bytes, or a
 /// spinner without it.
 fn progress_bar(len: Option<u64>, template: &str) -> ProgressBar {

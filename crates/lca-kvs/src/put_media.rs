@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use clap::Args;
-use kvs_media::{AckEventType, EncoderOptions, split_chunks};
+use kvs_media::{Ack, AckEventType, EncoderOptions};
 use kvs_producer::{
     MAX_FRAGMENTS_PER_SECOND, Progress, PutMediaError, PutMediaOptions, PutMediaSummary, StreamRef,
 };
@@ -55,20 +55,61 @@ impl PutMediaArgs {
     }
 }
 
-/// The chunks of a capture file, or an error naming the file.
+/// The chunks of a capture file to send: [`crate::read_capture`], which must hold at least
+/// one fragment.
 pub fn read_chunks(path: &std::path::Path) -> Result<Vec<Bytes>> {
-    let bytes = Bytes::from(
-        std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?,
-    );
-    let chunks: Vec<Bytes> = split_chunks(&bytes)
-        .with_context(|| format!("{}: not a capture of GetMedia chunks", path.display()))?
-        .into_iter()
-        .map(|range| bytes.slice(range))
-        .collect();
+    let chunks = crate::read_capture(path)?;
     if chunks.is_empty() {
         bail!("{}: holds no fragment", path.display());
     }
     Ok(chunks)
+}
+
+/// A call being sent with PutMedia in the background, once KVS has stored its first
+/// fragment (the StartFragmentNumber a contact-flow event carries).
+pub struct LiveSend {
+    /// The first acknowledgement that names a stored fragment (RECEIVED or PERSISTED).
+    pub first: Ack,
+    /// The progress from then on.
+    pub progress: tokio::sync::mpsc::UnboundedReceiver<Progress>,
+    /// The sending, until every fragment is stored.
+    pub task: tokio::task::JoinHandle<Result<PutMediaSummary, PutMediaError>>,
+}
+
+/// Starts sending `chunks` into `stream_arn` and waits for the first stored fragment; the
+/// error that stopped it before that (`None`: none was stored, and no error said why).
+pub async fn send_live(
+    sdk: &aws_config::SdkConfig,
+    stream_arn: &str,
+    chunks: Vec<Bytes>,
+    options: PutMediaOptions,
+) -> Result<LiveSend, Option<PutMediaError>> {
+    let (progress_tx, mut progress) = tokio::sync::mpsc::unbounded_channel();
+    let (sdk, stream) = (sdk.clone(), StreamRef::Arn(stream_arn.to_string()));
+    let task = tokio::spawn(async move {
+        kvs_producer::put_media(&sdk, &stream, &chunks, &options, |p| {
+            let _ = progress_tx.send(p);
+        })
+        .await
+    });
+    loop {
+        match progress.recv().await {
+            Some(Progress::Acked { ack, .. })
+                if matches!(
+                    ack.event_type,
+                    AckEventType::Received | AckEventType::Persisted
+                ) && ack.fragment_number.is_some() =>
+            {
+                return Ok(LiveSend {
+                    first: ack,
+                    progress,
+                    task,
+                });
+            }
+            Some(_) => {}
+            None => return Err(task.await.ok().and_then(Result::err)),
+        }
+    }
 }
 
 /// Runs `put-media`: 0 when every fragment is stored; 1 when KVS refused the request or a

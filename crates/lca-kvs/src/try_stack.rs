@@ -14,13 +14,14 @@ use aws_sdk_lambda::error::ProvideErrorMetadata;
 use bytes::Bytes;
 use clap::Args;
 use kvs_media::{AckEventType, EncoderOptions};
-use kvs_producer::{Progress, PutMediaOptions, PutMediaSummary, StreamRef};
+use kvs_producer::{Progress, PutMediaOptions, PutMediaSummary};
 use lca_kvs::kinesis_tail::KinesisTail;
 use lca_kvs::sample_call::Speaker;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
-use crate::demo::{TranscriptView, fresh_contact_id, now_ms, recording_key};
+use crate::demo::{TranscriptView, contact_flow_event, fresh_contact_id, recording_key};
+use kvs_producer::now_ms;
 
 /// Options of `lca-kvs try-stack`: the stack's values.
 #[derive(Args, Debug)]
@@ -374,42 +375,27 @@ async fn try_stack(
         },
         ..PutMediaOptions::default()
     };
-    let (progress_tx, mut progress) = tokio::sync::mpsc::unbounded_channel();
     let chunks_len = chunks.len();
     let call_seconds = chunks_len as f64 / args.speed;
-    let sender = {
-        let (sdk, stream, chunks) = (sdk.clone(), StreamRef::Arn(stream_arn.clone()), chunks);
-        tokio::spawn(async move {
-            kvs_producer::put_media(&sdk, &stream, &chunks, &options, |p| {
-                let _ = progress_tx.send(p);
-            })
-            .await
-        })
-    };
-    let first = loop {
-        match progress.recv().await {
-            Some(Progress::Acked { ack, .. })
-                if matches!(
-                    ack.event_type,
-                    AckEventType::Received | AckEventType::Persisted
-                ) && ack.fragment_number.is_some() =>
-            {
-                break ack;
-            }
-            Some(_) => {}
-            None => {
-                let error = match sender.await {
-                    Ok(Err(error)) => error.to_string(),
-                    Ok(Ok(_)) => "no fragment was acknowledged".to_string(),
-                    Err(error) => error.to_string(),
-                };
-                list.fail(
+    let (first, mut progress, sender) = match crate::put_media::send_live(
+        sdk,
+        &stream_arn,
+        chunks,
+        options,
+    )
+    .await
+    {
+        Ok(live) => (live.first, live.progress, live.task),
+        Err(error) => {
+            list.fail(
                     SENT,
-                    error,
+                    error.map_or_else(
+                        || "no fragment was acknowledged".to_string(),
+                        |e| e.to_string(),
+                    ),
                     "your credentials need kinesisvideo:GetDataEndpoint and PutMedia on the stream (and kms:GenerateDataKey on its key)",
                 );
-                return list;
-            }
+            return list;
         }
     };
     let first_persisted = first.event_type == AckEventType::Persisted;
@@ -417,24 +403,14 @@ async fn try_stack(
     let start_ms = first.fragment_timecode.unwrap_or_else(now_ms);
 
     // 4. The contact flow's "Invoke AWS Lambda function" block.
-    let event = json!({
-        "Name": "ContactFlowEvent",
-        "Details": {
-            "ContactData": {
-                "ContactId": contact_id, "InitialContactId": contact_id,
-                "Channel": "VOICE", "InstanceARN": stack.instance_arn,
-                "CustomerEndpoint": {"Address": "+15550100001", "Type": "TELEPHONE_NUMBER"},
-                "SystemEndpoint": {"Address": "+15550100002", "Type": "TELEPHONE_NUMBER"},
-                "Attributes": {"lcaTryStack": "true"},
-                "MediaStreams": {"Customer": {"Audio": {
-                    "StreamARN": stream_arn,
-                    "StartFragmentNumber": start_fragment,
-                    "StartTimestamp": start_ms.to_string(),
-                }}}
-            },
-            "Parameters": {}
-        }
-    });
+    let mut event = contact_flow_event(
+        contact_id,
+        &stack.instance_arn,
+        &stream_arn,
+        &start_fragment,
+        start_ms,
+    );
+    event["Details"]["ContactData"]["Attributes"] = json!({"lcaTryStack": "true"});
     let answered_at = Instant::now();
     match invoke_start_lca(sdk, &stack.start_lca, &event).await {
         Ok(answer) => list.pass(START_LCA, answer),

@@ -386,14 +386,6 @@ impl Kvs {
         let path = request.uri().path().to_string();
         let access_key = access_key_of(request.headers());
         if path == "/putMedia" {
-            let headers = request.headers();
-            let named = json!({
-                "StreamName": headers.get("x-amzn-stream-name").and_then(|v| v.to_str().ok()),
-                "StreamARN": headers.get("x-amzn-stream-arn").and_then(|v| v.to_str().ok()),
-            });
-            if let Some(denied) = self.denied(access_key.as_deref(), &named, "PutMedia") {
-                return denied.into_response();
-            }
             return self.put_media(request);
         }
         let body = match read_body(request, MAX_REQUEST_BYTES).await {
@@ -858,7 +850,11 @@ impl Kvs {
                 "specify either x-amzn-stream-name or x-amzn-stream-arn, not both".to_string(),
             ));
         }
-        let stream = self.named_stream(&json!({ "StreamName": name, "StreamARN": arn }))?;
+        let named = json!({ "StreamName": name, "StreamARN": arn });
+        if let Some(denied) = self.denied(access_key_of(headers).as_deref(), &named, "PutMedia") {
+            return Err(denied);
+        }
+        let stream = self.named_stream(&named)?;
         let relative = match header("x-amzn-fragment-timecode-type").as_deref() {
             Some("ABSOLUTE") => false,
             Some("RELATIVE") => true,
