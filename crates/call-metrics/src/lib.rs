@@ -136,6 +136,9 @@ pub enum FailureReason {
     Hook,
     /// The next invocation could not be started.
     HandOver,
+    /// Every attempt of the invocation was stopped by Lambda (timeouts, out of memory,
+    /// crashes) without finishing the call.
+    Stopped,
     /// The event could not be used (malformed, or a contact this function does not take).
     Event,
 }
@@ -153,6 +156,7 @@ impl FailureReason {
             Self::Lease => "Lease",
             Self::Hook => "Hook",
             Self::HandOver => "HandOver",
+            Self::Stopped => "Stopped",
             Self::Event => "Event",
         }
     }

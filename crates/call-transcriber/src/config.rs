@@ -128,8 +128,10 @@ pub struct TranscriberConfig {
     pub call_lease_timeout: Duration,
     /// `MAXIMUM_RETRY_ATTEMPTS` (this project's addition; 0-2, default 2 as Lambda's): the
     /// function's asynchronous retry attempts, as its event invoke configuration sets them.
-    /// A call whose invocation failed this many times more is given up: END is published so
-    /// LCA does not show it live for ever, and the failure stays in the lease and the log.
+    /// An invocation's attempts are counted when they claim the call's lease, however they
+    /// end (an error, a timeout, a crash): a call whose invocation used this many retries is
+    /// given up, END published so LCA does not show it live for ever, the failure in the
+    /// lease and the log.
     pub maximum_retry_attempts: u32,
     /// `MAX_CALL_DURATION` (this project's addition; ms, default 8 hours): the longest call
     /// transcribed, counted in the call's own time (its audio from the first fragment). A call
@@ -166,6 +168,14 @@ pub const REDACTION_LANGUAGES: [&str; 4] = ["en-US", "en-AU", "en-GB", "es-US"];
 const TRANSCRIBE_AUDIO_TIMEOUT_MS: u64 = 15_000;
 
 impl TranscriberConfig {
+    /// The lifecycle's limits: attempts per invocation and `CALL_STALL_TIMEOUT`.
+    pub fn limits(&self) -> call_lifecycle::Limits {
+        call_lifecycle::Limits::new(
+            self.maximum_retry_attempts,
+            self.call_stall_timeout.as_millis() as u64,
+        )
+    }
+
     /// `MAX_CALL_DURATION` in samples of call audio (8 kHz).
     pub fn max_call_samples(&self) -> u64 {
         (self.max_call_duration.as_millis() as u64)

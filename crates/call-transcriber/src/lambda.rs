@@ -31,6 +31,8 @@ use crate::pipeline::{CallPipeline, CallSpec, Clients, Ending, PipelineError, Ta
 use crate::post_call::{JobStarted, PostCallJobs};
 use crate::recording::{Recorder, RecordingError};
 use crate::source::{EndReason, StartAt};
+use call_lifecycle::verdict::Continuation;
+use call_lifecycle::{AfterFailure, AfterStall, after_failure, after_stall};
 
 /// What a lambda hook may answer; every field optional (as the LCA reference reads it).
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -399,6 +401,17 @@ pub enum HandlerError {
         /// What went wrong.
         message: String,
     },
+    /// Every attempt Lambda makes of the call's invocation claimed it and stopped without
+    /// giving it up (timeouts, out of memory, crashes): the call is given up.
+    #[error(
+        "call {call_id}: all {attempts} attempts of its invocation stopped (Lambda timeouts, out of memory or crashes; see their REPORT lines and errors in the log) without finishing it: the call is given up"
+    )]
+    AttemptsUsedUp {
+        /// The call.
+        call_id: String,
+        /// The attempts that stopped.
+        attempts: u32,
+    },
     /// The next invocation could not be started: the rest of the call is not transcribed.
     #[error("call {call_id}: invoking {function} to continue failed: {message}")]
     HandOver {
@@ -504,10 +517,11 @@ impl Transcriber {
         figures.call_id = Some(call.call_id.clone());
         figures.lambda_count = Some(call.lambda_count);
         let skipped = |call: &CallData| json!({"status": "SKIPPED", "callId": call.call_id});
-        let held = Held {
+        let mut held = Held {
             contact_id: call.contact_id.clone(),
             owner: invocation.request_id.to_string(),
             lambda_count: call.lambda_count,
+            attempt: 1,
         };
         let mut delivered = Delivered::default();
         let lease = match &self.lease {
@@ -518,10 +532,11 @@ impl Transcriber {
                 None
             }
             Some(lease) => {
+                let limits = self.pipeline.config.limits();
                 let mut waited = false;
                 loop {
                     let record = lease.read(&call.contact_id).await?;
-                    match decide(record, call.lambda_count, &held.owner, now_ms()) {
+                    match decide(record, call.lambda_count, &held.owner, now_ms(), limits) {
                         Claim::Leave(reason) => return Ok(left(&call, reason)),
                         Claim::WaitForExpiry(record) if !waited => {
                             let wait = Duration::from_millis(
@@ -550,20 +565,44 @@ impl Transcriber {
                                 ));
                             }
                         }
-                        Claim::TakeOver(record) => {
+                        Claim::TakeOver { record, attempt } => {
+                            held.attempt = attempt;
                             if !lease.take_over(&held, &record).await? {
                                 return Ok(left(&call, "another invocation took the lease first"));
                             }
-                            // A held lease was taken from an invocation that stopped (a crash,
-                            // a failure or a timeout); an empty owner is an ordinary hand-over.
+                            // A held lease was taken from an attempt that stopped (a crash, a
+                            // failure or a timeout); an empty owner is an ordinary hand-over.
                             let after_failure = !record.owner.is_empty();
                             if record.lambda_count == call.lambda_count {
                                 call = record.call;
                             }
                             delivered = record.delivered;
                             if after_failure {
-                                tracing::warn!(call_id = %call.call_id, lambda_count = call.lambda_count, failures = record.failures, "resuming a call after a failed attempt; what it published is not published again");
+                                tracing::warn!(call_id = %call.call_id, lambda_count = call.lambda_count, attempt, max_attempts = limits.max_attempts, "resuming a call after an attempt that stopped; what it published is not published again");
                             }
+                        }
+                        Claim::GiveUp { record, attempt } => {
+                            held.attempt = attempt;
+                            if !lease.take_over(&held, &record).await? {
+                                return Ok(left(&call, "another invocation took the lease first"));
+                            }
+                            let call = record.call;
+                            let span = tracing::info_span!("call", call_id = %call.call_id, lambda_count = call.lambda_count);
+                            figures.call_id = Some(call.call_id.clone());
+                            figures.lambda_count = Some(call.lambda_count);
+                            let error = HandlerError::AttemptsUsedUp {
+                                call_id: call.call_id.clone(),
+                                attempts: attempt - 1,
+                            };
+                            let holding = Holding {
+                                call: &call,
+                                held: &held,
+                                lease: Some(lease),
+                            };
+                            return self
+                                .give_up(holding, record.delivered, error, figures)
+                                .instrument(span)
+                                .await;
                         }
                         Claim::RepeatHandOver(record) => {
                             return self
@@ -622,7 +661,7 @@ impl Transcriber {
             call_id: call.call_id.clone(),
             contact_id: call.contact_id.clone(),
             stream_arn: call.stream_arn.clone(),
-            position: call.position(),
+            position: crate::call::position(&call),
             start_event,
             deadline: Some(deadline),
             max_samples: Some(config.max_call_samples()),
@@ -661,14 +700,24 @@ impl Transcriber {
             Some(lease) => {
                 tokio::select! {
                     outcome = run => outcome,
-                    () = keep_renewing(lease, &held, delivered_rx) => {
+                    ended = keep_renewing(lease, &held, delivered_rx) => {
                         // The run's tasks stop with it; the recording of this share stops too
                         // (the new holder records it again and aborts the upload left open).
                         if let Some(piece) = &piece {
                             piece.abort();
                         }
-                        tracing::error!(call_id = %call.call_id, "lease lost to another invocation: stopping");
-                        return Ok(json!({"status": "LEASE_LOST", "callId": call.call_id}));
+                        return match ended {
+                            HoldEnded::Lost => {
+                                tracing::error!(call_id = %call.call_id, "lease lost to another invocation: stopping");
+                                Ok(json!({"status": "LEASE_LOST", "callId": call.call_id}))
+                            }
+                            HoldEnded::Lapsed(error) => {
+                                // Lambda retries the attempt; the retry takes the call over
+                                // once the hold has expired, as the next attempt.
+                                tracing::error!(call_id = %call.call_id, %error, "the lease could not be renewed before its hold would lapse: stopping, for Lambda's retry to take the call over; check the lease table (DynamoDB) and the function's access to it");
+                                Err(error.into())
+                            }
+                        };
                     }
                 }
             }
@@ -740,19 +789,23 @@ impl Transcriber {
                 .await;
         };
         let timeout = self.pipeline.config.call_stall_timeout;
-        let since = call.stalled_since_ms.unwrap_or(stall.began_ms);
-        let stalled_ms = now_ms().saturating_sub(since);
-        if stalled_ms >= timeout.as_millis() as u64 {
-            tracing::error!(call_id = %call.call_id, error = %stall.error, stalled_ms, call_stall_timeout_ms = timeout.as_millis() as u64, "the call could not advance for CALL_STALL_TIMEOUT: giving it up");
-            return self
-                .failed(holding, delivered, stall.error, true, figures)
-                .await;
-        }
-        let next = CallData {
-            lambda_count: call.lambda_count + 1,
-            stalled_since_ms: Some(since),
-            ..call.clone()
+        let next = match after_stall(
+            call,
+            stall.began_ms,
+            now_ms(),
+            self.pipeline.config.limits(),
+        ) {
+            AfterStall::GiveUp { stalled_ms } => {
+                tracing::error!(call_id = %call.call_id, error = %stall.error, stalled_ms, call_stall_timeout_ms = timeout.as_millis() as u64, "the call could not advance for CALL_STALL_TIMEOUT: giving it up");
+                return self
+                    .failed(holding, delivered, stall.error, true, figures)
+                    .await;
+            }
+            AfterStall::HandOn(next) => *next,
         };
+        let stalled_ms = next
+            .stalled_since_ms
+            .map_or(0, |since| now_ms().saturating_sub(since));
         if !lease.hand_over(held, &next, &delivered).await? {
             tracing::error!(call_id = %next.call_id, "lease lost to another invocation: not handing over");
             return Ok(json!({"status": "LEASE_LOST", "callId": next.call_id}));
@@ -804,15 +857,12 @@ impl Transcriber {
                 let StartAt::After(last) = position.start else {
                     unreachable!("a hand-over happens after a processed fragment")
                 };
-                let next = CallData {
-                    last_fragment: Some(last),
+                let next = call.continued(Continuation {
+                    last_fragment: last,
                     session_id: position.session_id,
                     origin_ns: position.origin_ns,
                     start_sample: position.start_sample,
-                    lambda_count: call.lambda_count + 1,
-                    stalled_since_ms: None,
-                    ..call.clone()
-                };
+                });
                 if let Some(lease) = lease
                     && !lease.hand_over(held, &next, delivered).await?
                 {
@@ -918,32 +968,30 @@ impl Transcriber {
         }
     }
 
-    /// Handles a failed attempt: records it in the lease (ending its hold, so Lambda's retry
-    /// takes over at once) and returns the error, so Lambda retries the event and, after its
-    /// last retry, sends it to the function's on-failure destination. When this was the last
-    /// attempt (`MAXIMUM_RETRY_ATTEMPTS` retries have failed too, or there is no lease to
-    /// count them), the call is given up: END is published, so LCA does not show the call as
-    /// live for ever, what was recorded is joined as the call's recording (its URL follows
-    /// END), and the lease says FAILED. The transcript then stops where reading stopped; the
-    /// error log says why and what to do.
+    /// Handles a failed attempt: ends its hold in the lease (so Lambda's retry takes over at
+    /// once) and returns the error, so Lambda retries the event and, after its last retry,
+    /// sends it to the function's on-failure destination. When this was the invocation's last
+    /// attempt (attempts are counted when they claim the lease, so the ones Lambda stopped
+    /// count too; without a lease every failure is the last), or `last_anyway`, the call is
+    /// given up ([`Self::give_up`]).
     async fn failed(
         &self,
         holding: Holding<'_>,
-        mut delivered: Delivered,
+        delivered: Delivered,
         error: HandlerError,
         last_anyway: bool,
         figures: &mut InvocationFigures,
     ) -> Result<Value, HandlerError> {
         let Holding { call, held, lease } = holding;
-        let retries = self.pipeline.config.maximum_retry_attempts;
+        let limits = self.pipeline.config.limits();
         let attempt = match lease {
             None => None,
             Some(lease) => match lease
-                .record_failure(held, &delivered, &error.to_string())
+                .release_after_failure(held, &delivered, &error.to_string())
                 .await
             {
-                Ok(Some(attempt)) => Some(attempt),
-                Ok(None) => {
+                Ok(true) => Some(held.attempt),
+                Ok(false) => {
                     tracing::error!(call_id = %call.call_id, error = %error, "invocation failed; the call's lease has moved on, so the failure is left to its holder");
                     return Err(error);
                 }
@@ -953,11 +1001,26 @@ impl Transcriber {
                 }
             },
         };
-        let last = last_anyway || attempt.is_none_or(|attempt| attempt > retries);
-        tracing::error!(call_id = %call.call_id, error = %error, attempt, retries, last_attempt = last, "the call's invocation failed");
+        let last = last_anyway || after_failure(attempt, limits) == AfterFailure::GiveUp;
+        tracing::error!(call_id = %call.call_id, error = %error, attempt, max_attempts = limits.max_attempts, last_attempt = last, "the call's invocation failed");
         if !last {
             return Err(error);
         }
+        self.give_up(holding, delivered, error, figures).await
+    }
+
+    /// Gives the call up: END is published, so LCA does not show the call as live for ever,
+    /// what was recorded is joined as the call's recording (its URL follows END), and the
+    /// lease says FAILED. The transcript then stops where reading stopped; the error log says
+    /// why and what to do, and the error is returned (for Lambda's on-failure destination).
+    async fn give_up(
+        &self,
+        holding: Holding<'_>,
+        mut delivered: Delivered,
+        error: HandlerError,
+        figures: &mut InvocationFigures,
+    ) -> Result<Value, HandlerError> {
+        let Holding { call, held, lease } = holding;
         figures.gave_up = true;
         if delivered.started && !delivered.ended {
             let end = LcaMessage {
@@ -975,8 +1038,8 @@ impl Transcriber {
         }
         // What was recorded up to the failure becomes the call's recording (LCA links it),
         // so the raw pieces (call audio) do not stay behind unjoined. Without the lease: its
-        // hold ended with the failure recorded (a renewal would take it again); give_up below
-        // records what was delivered.
+        // hold may have ended with the failure recorded (a renewal would take it again);
+        // give_up below records what was delivered.
         let unleased = Holding {
             lease: None,
             ..holding
@@ -1025,10 +1088,29 @@ impl Transcriber {
     }
 }
 
+/// Why an attempt's hold on the call ended while it ran.
+#[derive(Debug)]
+enum HoldEnded {
+    /// Another attempt holds the lease now.
+    Lost,
+    /// No renewal succeeded for two thirds of the lease's duration: before the hold can
+    /// expire and another attempt take the call over, this one stops publishing (the rule
+    /// `call-lifecycle`'s simulation checks: an attempt publishes only under a hold it knows
+    /// to be valid).
+    Lapsed(LeaseError),
+}
+
 /// Renews the lease every third of its duration, and records in it at once whatever Kinesis
 /// newly acknowledged (so a crash repeats at most what was acknowledged during one DynamoDB
-/// write); returns only when the lease is lost (a failed renewal is retried at the next turn).
-async fn keep_renewing(lease: &CallLease, held: &Held, mut delivered: watch::Receiver<Delivered>) {
+/// write); returns only when the hold ends: lost to another attempt, or lapsing because no
+/// renewal succeeded in time (a failed renewal is retried at the next turn until then).
+async fn keep_renewing(
+    lease: &CallLease,
+    held: &Held,
+    mut delivered: watch::Receiver<Delivered>,
+) -> HoldEnded {
+    let lapse = lease.duration * 2 / 3;
+    let mut renewed = Instant::now();
     let mut open = true;
     loop {
         tokio::select! {
@@ -1036,11 +1118,25 @@ async fn keep_renewing(lease: &CallLease, held: &Held, mut delivered: watch::Rec
             changed = delivered.changed(), if open => open = changed.is_ok(),
         }
         let snapshot = delivered.borrow_and_update().clone();
-        match lease.renew(held, &snapshot).await {
-            Ok(true) => {}
-            Ok(false) => return,
-            Err(error) => tracing::warn!(%error, "lease renewal failed; retrying"),
+        let left = (renewed + lapse).saturating_duration_since(Instant::now());
+        let error = match tokio::time::timeout(left, lease.renew(held, &snapshot)).await {
+            Ok(Ok(true)) => {
+                renewed = Instant::now();
+                continue;
+            }
+            Ok(Ok(false)) => return HoldEnded::Lost,
+            Ok(Err(error)) => error,
+            Err(_) => LeaseError {
+                table: lease.table.clone(),
+                contact_id: held.contact_id.clone(),
+                operation: "renew",
+                message: format!("no answer within {} ms", left.as_millis()),
+            },
+        };
+        if renewed.elapsed() >= lapse {
+            return HoldEnded::Lapsed(error);
         }
+        tracing::warn!(%error, "lease renewal failed; retrying");
     }
 }
 
@@ -1096,6 +1192,50 @@ pub async fn serve() -> Result<(), lambda_runtime::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_hold_that_cannot_be_renewed_lapses_before_it_expires() {
+        // DynamoDB unreachable (nothing listens on the port): every renewal fails, and the
+        // run is stopped before its hold can expire and another attempt take the call.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", closed.local_addr().unwrap());
+        drop(closed);
+        let sdk = aws_config::SdkConfig::builder()
+            .behavior_version(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new("us-east-1"))
+            .endpoint_url(url)
+            .credentials_provider(aws_sdk_dynamodb::config::SharedCredentialsProvider::new(
+                aws_sdk_dynamodb::config::Credentials::for_tests(),
+            ))
+            .build();
+        let lease = CallLease {
+            client: aws_sdk_dynamodb::Client::new(&sdk),
+            table: "calls".to_string(),
+            duration: Duration::from_secs(3),
+        };
+        let held = Held {
+            contact_id: "c-1".to_string(),
+            owner: "r1".to_string(),
+            lambda_count: 0,
+            attempt: 1,
+        };
+        let (_tx, rx) = watch::channel(Delivered::default());
+        let began = Instant::now();
+        let ended = keep_renewing(&lease, &held, rx).await;
+        let took = began.elapsed();
+        let HoldEnded::Lapsed(error) = ended else {
+            panic!("{ended:?}");
+        };
+        // Stopped at two thirds of the hold, well before it expires.
+        assert!(
+            took >= Duration::from_secs(2) && took < Duration::from_secs(3),
+            "{took:?}"
+        );
+        assert!(
+            error.to_string().contains("contact c-1: renew failed"),
+            "{error}"
+        );
+    }
 
     fn call() -> CallData {
         CallData {

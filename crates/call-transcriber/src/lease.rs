@@ -1,13 +1,9 @@
-//! One transcriber per call at a time. Lambda retries a failed asynchronous invocation (with
-//! the same request id), its event queue can deliver an event twice, and a contact flow can
-//! invoke StartLCA twice; without a guard two invocations would read the same call and
-//! publish everything twice.
-//!
-//! The guard is a lease on the ContactId in DynamoDB (`TRANSCRIBER_CALL_EVENT_TABLE_NAME`):
-//! created with a conditional write by the first invocation, renewed while it runs together
-//! with what Kinesis has acknowledged ([`Delivered`]), handed to the next invocation at a
-//! hand-over, and closed when the call ends. [`decide`] is the pure rule for what an
-//! invocation may do with the lease it finds; [`CallLease`] is the DynamoDB edge.
+//! The call's lease in DynamoDB (`TRANSCRIBER_CALL_EVENT_TABLE_NAME`): the edge that stores
+//! what `call-lifecycle`'s rules decide ([`decide`], [`LeaseRecord`], [`Held`]). Every write
+//! but the first is conditional, so that of two attempts only one holds the call: a claim on
+//! the lease as it was read (owner, hold, invocation and attempts), every later write on
+//! holding it (owner, invocation and attempt number, since a duplicate delivery can carry the
+//! request id of the attempt it duplicates).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -15,97 +11,10 @@ use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::types::AttributeValue;
 use std::collections::HashMap;
 
+pub use call_lifecycle::lease::{Claim, Held, LeaseRecord, Limits, decide};
+
 use crate::call::CallData;
 use crate::delivered::Delivered;
-
-/// The lease as stored for one contact.
-#[derive(Debug, Clone, PartialEq)]
-pub struct LeaseRecord {
-    /// Request id of the invocation holding the call; empty while it is handed over or over.
-    pub owner: String,
-    /// Epoch milliseconds until which the owner's hold is valid without renewal.
-    pub lease_until_ms: u64,
-    /// The invocation (0 = first) that holds, or is to take, the call.
-    pub lambda_count: u32,
-    /// Where that invocation starts.
-    pub call: CallData,
-    /// What Kinesis has acknowledged for the call.
-    pub delivered: Delivered,
-    /// The call has ended (END and the recording are done).
-    pub ended: bool,
-    /// The call was given up after its invocation failed on every attempt Lambda makes.
-    pub failed: bool,
-    /// Failed attempts of the current invocation (reset at each hand-over).
-    pub failures: u32,
-    /// Request id of the invocation that last handed the call over.
-    pub handed_over_by: Option<String>,
-}
-
-/// What an invocation may do, given the lease it found.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Claim {
-    /// No lease: create it and start the call.
-    Create,
-    /// Take this lease over and continue the call from its call data: it was handed to this
-    /// invocation, or its holder stopped (this invocation's own crashed attempt, or a lease
-    /// that was not renewed in time).
-    TakeOver(Box<LeaseRecord>),
-    /// The lease is held, unexpired, by an invocation with this request id: Lambda's retry of
-    /// a crashed attempt, or the same event delivered twice while the first delivery still
-    /// runs. Which one cannot be told from the request id (Lambda's retries keep it), so wait
-    /// until the hold expires (at most `CALL_LEASE_TIMEOUT`) and decide again: a live holder
-    /// renews it meanwhile.
-    WaitForExpiry(Box<LeaseRecord>),
-    /// This invocation handed the call over (to this lease's call data), then failed before
-    /// it could say so: start the next invocation again (the lease lets only one of them run).
-    RepeatHandOver(Box<LeaseRecord>),
-    /// Another invocation has the call, or it is over: leave it untouched.
-    Leave(&'static str),
-}
-
-/// The rule for invocation `lambda_count` with `request_id` at `now_ms`.
-pub fn decide(
-    record: Option<LeaseRecord>,
-    lambda_count: u32,
-    request_id: &str,
-    now_ms: u64,
-) -> Claim {
-    let Some(record) = record else {
-        return Claim::Create;
-    };
-    if record.ended {
-        return Claim::Leave("the call has already ended");
-    }
-    if record.failed {
-        return Claim::Leave("the call was given up after failed attempts");
-    }
-    if record.lambda_count > lambda_count {
-        let ours = record.handed_over_by.as_deref() == Some(request_id);
-        return if ours && record.owner.is_empty() && record.lambda_count == lambda_count + 1 {
-            Claim::RepeatHandOver(Box::new(record))
-        } else {
-            Claim::Leave("a later invocation has the call")
-        };
-    }
-    if record.owner.is_empty() || record.lease_until_ms <= now_ms {
-        Claim::TakeOver(Box::new(record))
-    } else if record.owner == request_id {
-        Claim::WaitForExpiry(Box::new(record))
-    } else {
-        Claim::Leave("another invocation holds the call")
-    }
-}
-
-/// A lease this invocation holds.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Held {
-    /// The contact.
-    pub contact_id: String,
-    /// This invocation's request id.
-    pub owner: String,
-    /// This invocation's number.
-    pub lambda_count: u32,
-}
 
 /// Why the lease table could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -240,6 +149,7 @@ impl CallLease {
             .item("CallId", s(&call.call_id))
             .item("Delivered", json(&Delivered::default()))
             .item("Status", s("RUNNING"))
+            .item("Attempts", n(held.attempt))
             .item(
                 "ExpiresAfter",
                 n((now + KEEP_ITEM.as_millis() as u64) / 1000),
@@ -254,24 +164,36 @@ impl CallLease {
         }
     }
 
-    /// Takes over the lease as it was `seen`; `false` when it changed meanwhile.
+    /// Takes over the lease as it was `seen`, as attempt `held.attempt` of its invocation;
+    /// `false` when it changed meanwhile.
     pub async fn take_over(&self, held: &Held, seen: &LeaseRecord) -> Result<bool, LeaseError> {
+        // Items written before attempts were counted have no Attempts: read as 0.
+        let seen_attempts = if seen.attempts == 0 {
+            "(attribute_not_exists(Attempts) OR Attempts = :seen_attempts)"
+        } else {
+            "Attempts = :seen_attempts"
+        };
         let result = self
             .client
             .update_item()
             .table_name(&self.table)
             .key("PK", key(&held.contact_id))
-            .update_expression("SET #o = :me, LeaseUntil = :until, LambdaCount = :count")
-            .condition_expression(
-                "#o = :seen_owner AND LeaseUntil = :seen_until AND LambdaCount = :seen_count",
+            .update_expression(
+                "SET #o = :me, LeaseUntil = :until, LambdaCount = :count, Attempts = :attempt",
             )
+            .condition_expression(format!(
+                "#o = :seen_owner AND LeaseUntil = :seen_until AND LambdaCount = :seen_count \
+                 AND {seen_attempts}"
+            ))
             .expression_attribute_names("#o", "Owner")
             .expression_attribute_values(":me", s(&held.owner))
             .expression_attribute_values(":until", n(now_ms() + self.duration.as_millis() as u64))
             .expression_attribute_values(":count", n(held.lambda_count))
+            .expression_attribute_values(":attempt", n(held.attempt))
             .expression_attribute_values(":seen_owner", s(&seen.owner))
             .expression_attribute_values(":seen_until", n(seen.lease_until_ms))
             .expression_attribute_values(":seen_count", n(seen.lambda_count))
+            .expression_attribute_values(":seen_attempts", n(seen.attempts))
             .send()
             .await;
         match result {
@@ -312,7 +234,7 @@ impl CallLease {
             "hand over",
             "SET #o = :none, HandedOverBy = :me, LambdaCount = :next_count, CallData = :call, \
              Delivered = :delivered, LeaseUntil = :until, ExpiresAfter = :expires, \
-             Failures = :zero",
+             Attempts = :zero",
             vec![
                 (":none", s("")),
                 (":zero", n(0)),
@@ -344,49 +266,31 @@ impl CallLease {
         .await
     }
 
-    /// Records a failed attempt of this invocation and ends its hold at once, so that
-    /// Lambda's retry (same request id) or any other delivery takes the call over without
-    /// waiting; returns the invocation's failed attempts so far, or `None` when the lease is
-    /// no longer this invocation's.
-    pub async fn record_failure(
+    /// Records a failed attempt and ends its hold at once, so that Lambda's retry (same
+    /// request id) or any other delivery takes the call over without waiting (the attempt
+    /// was counted when it claimed the lease); `false` when the lease is no longer this
+    /// attempt's.
+    pub async fn release_after_failure(
         &self,
         held: &Held,
         delivered: &Delivered,
         message: &str,
-    ) -> Result<Option<u32>, LeaseError> {
-        let updated = self
-            .update_held(
-                held,
-                "record failure",
-                "SET LeaseUntil = :zero, Delivered = :delivered, LastFailure = :message \
-                 ADD Failures :one",
-                vec![
-                    (":zero", n(0)),
-                    (":one", n(1)),
-                    (":delivered", json(delivered)),
-                    (":message", s(message)),
-                ],
-                true,
-            )
-            .await?;
-        let Some(attributes) = updated else {
-            return Ok(None);
-        };
-        attributes
-            .get("Failures")
-            .and_then(|v| v.as_n().ok())
-            .and_then(|v| v.parse().ok())
-            .map(Some)
-            .ok_or_else(|| {
-                self.error(
-                    &held.contact_id,
-                    "record failure",
-                    "the answer has no Failures count".to_string(),
-                )
-            })
+    ) -> Result<bool, LeaseError> {
+        self.held_update(
+            held,
+            "record failure",
+            "SET LeaseUntil = :zero, Delivered = :delivered, LastFailure = :message",
+            vec![
+                (":zero", n(0)),
+                (":delivered", json(delivered)),
+                (":message", s(message)),
+            ],
+        )
+        .await
     }
 
-    /// Gives the call up after its last failed attempt: no invocation takes it again.
+    /// Gives the call up (its last attempt failed, every attempt was used, or it stalled past
+    /// its limit): no invocation takes it again.
     pub async fn give_up(&self, held: &Held, delivered: &Delivered) -> Result<bool, LeaseError> {
         self.held_update(
             held,
@@ -401,8 +305,8 @@ impl CallLease {
         .await
     }
 
-    /// An update made only while this invocation holds the lease; `false` when it no
-    /// longer does.
+    /// An update made only while this attempt holds the lease (its owner, invocation and
+    /// attempt number); `false` when it no longer does.
     async fn held_update(
         &self,
         held: &Held,
@@ -410,44 +314,26 @@ impl CallLease {
         expression: &str,
         values: Vec<(&str, AttributeValue)>,
     ) -> Result<bool, LeaseError> {
-        let updated = self
-            .update_held(held, operation, expression, values, false)
-            .await?;
-        Ok(updated.is_some())
-    }
-
-    /// [`Self::held_update`] giving back the updated attributes (when `return_updated`), or
-    /// `None` when the lease is no longer this invocation's.
-    async fn update_held(
-        &self,
-        held: &Held,
-        operation: &'static str,
-        expression: &str,
-        values: Vec<(&str, AttributeValue)>,
-        return_updated: bool,
-    ) -> Result<Option<HashMap<String, AttributeValue>>, LeaseError> {
         let mut request = self
             .client
             .update_item()
             .table_name(&self.table)
             .key("PK", key(&held.contact_id))
             .update_expression(expression)
-            .condition_expression("#o = :me AND LambdaCount = :count")
+            .condition_expression("#o = :me AND LambdaCount = :count AND Attempts = :attempt")
             .expression_attribute_names("#o", "Owner")
             .expression_attribute_values(":me", s(&held.owner))
-            .expression_attribute_values(":count", n(held.lambda_count));
+            .expression_attribute_values(":count", n(held.lambda_count))
+            .expression_attribute_values(":attempt", n(held.attempt));
         if expression.contains("#s") {
             request = request.expression_attribute_names("#s", "Status");
         }
         for (name, value) in values {
             request = request.expression_attribute_values(name, value);
         }
-        if return_updated {
-            request = request.return_values(aws_sdk_dynamodb::types::ReturnValue::UpdatedNew);
-        }
         match request.send().await {
-            Ok(output) => Ok(Some(output.attributes.unwrap_or_default())),
-            Err(e) if lost_race(&e) => Ok(None),
+            Ok(_) => Ok(true),
+            Err(e) if lost_race(&e) => Ok(false),
             Err(e) => Err(self.error(&held.contact_id, operation, crate::source::error_text(&e))),
         }
     }
@@ -478,8 +364,8 @@ fn parse(item: &HashMap<String, AttributeValue>) -> Result<LeaseRecord, String> 
             .map_err(|e| format!("attribute Delivered: {e}"))?,
         ended: text("Status")? == "ENDED",
         failed: text("Status")? == "FAILED",
-        failures: item
-            .get("Failures")
+        attempts: item
+            .get("Attempts")
             .and_then(|v| v.as_n().ok())
             .and_then(|v| v.parse().ok())
             .unwrap_or(0),
@@ -490,124 +376,6 @@ fn parse(item: &HashMap<String, AttributeValue>) -> Result<LeaseRecord, String> 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn record(owner: &str, until: u64, count: u32) -> LeaseRecord {
-        LeaseRecord {
-            owner: owner.to_string(),
-            lease_until_ms: until,
-            lambda_count: count,
-            call: CallData::new("c", "arn", "1"),
-            delivered: Delivered::default(),
-            ended: false,
-            failed: false,
-            failures: 0,
-            handed_over_by: None,
-        }
-    }
-
-    #[test]
-    fn a_new_call_creates_the_lease() {
-        assert_eq!(decide(None, 0, "r1", 1000), Claim::Create);
-    }
-
-    #[test]
-    fn a_duplicate_leaves_a_live_lease_alone() {
-        let held = record("r1", 5000, 0);
-        assert_eq!(
-            decide(Some(held.clone()), 0, "r2", 1000),
-            Claim::Leave("another invocation holds the call")
-        );
-    }
-
-    #[test]
-    fn the_same_request_id_waits_for_a_live_hold_to_expire() {
-        // A retry after a crash and a second delivery while the first runs look alike: the
-        // hold must expire (a live holder renews it) before the call is taken over.
-        let held = record("r1", 5000, 2);
-        assert_eq!(
-            decide(Some(held.clone()), 2, "r1", 1000),
-            Claim::WaitForExpiry(Box::new(held.clone()))
-        );
-        assert_eq!(
-            decide(Some(held.clone()), 2, "r1", 5000),
-            Claim::TakeOver(Box::new(held))
-        );
-        // A failed attempt ends its hold at once: the retry need not wait.
-        let failed = LeaseRecord {
-            failures: 1,
-            ..record("r1", 0, 2)
-        };
-        assert_eq!(
-            decide(Some(failed.clone()), 2, "r1", 1000),
-            Claim::TakeOver(Box::new(failed))
-        );
-    }
-
-    #[test]
-    fn an_expired_hold_is_taken_over() {
-        let expired = record("r1", 999, 0);
-        assert_eq!(
-            decide(Some(expired.clone()), 0, "r2", 1000),
-            Claim::TakeOver(Box::new(expired))
-        );
-    }
-
-    #[test]
-    fn a_handed_over_call_goes_to_the_next_invocation_only() {
-        let mut handed = record("", 5000, 3);
-        handed.handed_over_by = Some("r2".to_string());
-        assert_eq!(
-            decide(Some(handed.clone()), 3, "r3", 1000),
-            Claim::TakeOver(Box::new(handed.clone()))
-        );
-        // The invocation that handed over is retried: start the next one again.
-        assert_eq!(
-            decide(Some(handed.clone()), 2, "r2", 1000),
-            Claim::RepeatHandOver(Box::new(handed.clone()))
-        );
-        // Any older event is stale.
-        assert_eq!(
-            decide(Some(handed.clone()), 2, "rX", 1000),
-            Claim::Leave("a later invocation has the call")
-        );
-        assert_eq!(
-            decide(Some(handed.clone()), 0, "r0", 1000),
-            Claim::Leave("a later invocation has the call")
-        );
-        // Once the next one holds it, a repeated hand-over is left alone.
-        let taken = LeaseRecord {
-            owner: "r3".to_string(),
-            ..handed
-        };
-        assert_eq!(
-            decide(Some(taken.clone()), 2, "r2", 1000),
-            Claim::Leave("a later invocation has the call")
-        );
-    }
-
-    #[test]
-    fn a_call_given_up_is_left_alone() {
-        let given_up = LeaseRecord {
-            failed: true,
-            ..record("", 0, 1)
-        };
-        assert_eq!(
-            decide(Some(given_up), 1, "r1", 1000),
-            Claim::Leave("the call was given up after failed attempts")
-        );
-    }
-
-    #[test]
-    fn an_ended_call_is_left_alone() {
-        let ended = LeaseRecord {
-            ended: true,
-            ..record("", 0, 4)
-        };
-        assert_eq!(
-            decide(Some(ended.clone()), 4, "r1", 1000),
-            Claim::Leave("the call has already ended")
-        );
-    }
 
     #[test]
     fn stored_items_read_back_and_name_what_is_wrong() {

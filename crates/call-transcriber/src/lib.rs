@@ -1,13 +1,12 @@
 //! The call transcriber: configuration from the environment, the sans-IO cores
 //! ([`ContactGate`]: one call's audio out of a GetMedia event stream and the fragment
 //! bookkeeping for lossless resumes; [`TranscriptLedger`]: lossless, duplicate-free Transcribe
-//! reconnects; [`Delivered`] and [`lease::decide`]: one consumer per call, crash retries
-//! without duplicates), the AWS edges around them ([`pipeline`], [`recording`], [`lease`],
+//! reconnects; from `call-lifecycle`, [`Delivered`] and [`lease::decide`]: one consumer per
+//! call, crash retries without duplicates), the AWS edges around them ([`pipeline`], [`recording`], [`lease`],
 //! [`post_call`]) and the Lambda handler ([`lambda`]).
 
 pub mod call;
 pub mod config;
-pub mod delivered;
 mod gate;
 pub mod lambda;
 pub mod lease;
@@ -22,7 +21,8 @@ pub mod source;
 pub mod transcribe;
 pub mod usage;
 
+pub use call_lifecycle::delivered;
+pub use call_lifecycle::{Delivered, Limits};
 pub use config::{ConfigError, TranscriberConfig};
-pub use delivered::Delivered;
 pub use gate::{ContactGate, GateOutput, StopReason};
 pub use ledger::{Placement, TranscriptLedger};

@@ -101,6 +101,7 @@ impl HandlerError {
             Self::Recording(_) => FailureReason::Recording,
             Self::Hook { .. } => FailureReason::Hook,
             Self::HandOver { .. } => FailureReason::HandOver,
+            Self::AttemptsUsedUp { .. } => FailureReason::Stopped,
         }
     }
 

@@ -975,6 +975,127 @@ async fn a_kvs_error_fails_every_attempt_and_the_last_one_ends_the_call() {
     lambda.shutdown();
 }
 
+/// Waits (30 s at most) until the local Transcribe has had `sessions` sessions.
+async fn wait_for_sessions(h: &Harness, sessions: usize) {
+    for _ in 0..300 {
+        if h.transcribe.sessions().len() >= sessions {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("no Transcribe session number {sessions} within 30 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attempts_stopped_by_lambda_count_and_the_last_attempt_gives_the_call_up() {
+    // Lambda retries a crash, a timeout or an out-of-memory kill as it retries a function
+    // error (Lambda developer guide, "How Lambda handles errors and retries with asynchronous
+    // invocation"). The first two attempts are killed mid-call (their GetMedia held still
+    // after 12 fragments); the third fails cleanly on a KMS error. Attempts are counted when
+    // they claim the lease, so the third is the last: END, the recording, its URL, FAILED.
+    // (Counted only when they failed cleanly, the third was "the first failure" and the call
+    // was left live for ever.)
+    let h = Harness::new(named_first(), TranscribeOptions::default()).await;
+    let (lambda, server, logs) = logged_transcriber(&h, &[("KVS_IDLE_TIMEOUT", "120000")]).await;
+    let held = Fault::StallBefore {
+        fragment: 12,
+        duration: Duration::from_secs(120),
+    };
+    let denied = Fault::ErrorChunkAfter {
+        fragments: 10,
+        code: "Access denied for the stream's KMS key".into(),
+        id: "4500".into(),
+    };
+    let (arn, first) = h.stored("call", &sample_call_chunks(), &[held.clone(), held, denied]);
+    invoke_event(&server, &contact_flow_event(&arn, &first)).await;
+    for attempt in 1..=2 {
+        wait_for_sessions(&h, attempt).await;
+        // Its first finals out and recorded in the lease, then it is killed.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(lambda.crash_busy("CallTranscriber"), 1, "attempt {attempt}");
+    }
+    let records = records_until(&h, "ADD_S3_RECORDING_URL").await;
+    let attempts = lambda.attempts("CallTranscriber");
+    assert_eq!(attempts.len(), 3, "{attempts:?}");
+    let failures = lambda.failures("CallTranscriber");
+    let kinds: Vec<&str> = failures.iter().map(|f| f.error_type.as_str()).collect();
+    assert_eq!(
+        kinds[..2],
+        ["Runtime.ExitError", "Runtime.ExitError"],
+        "{failures:?}"
+    );
+    assert!(
+        failures[2].message.contains("GetMedia error 4500"),
+        "{failures:?}"
+    );
+    assert_eq!(h.transcribe.sessions().len(), 3, "one session per attempt");
+    assert_ended_short_with_recording(&h, &records).await;
+    assert_no_final_twice(&records);
+    assert_eq!(leased_status(&h).await.as_deref(), Some("FAILED"));
+    let item = lease_item(&h).await.expect("the lease item");
+    assert_eq!(item["Attempts"].as_n().map(String::as_str), Ok("3"));
+    // The killed attempts wrote no metrics line; the third says the call was given up.
+    let lines = metrics_lines(&logs, "CallTranscriber");
+    assert_eq!(outcomes(&lines), ["GAVE_UP"]);
+    assert_eq!(metric_values(&lines, "CallsFailed", &[]), [1.0]);
+    lambda.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_whose_every_attempt_was_killed_is_given_up_by_its_next_delivery() {
+    // All three attempts killed mid-call: Lambda sends the event to the on-failure
+    // destination and nobody is left to end the call. The next delivery of its event (the
+    // queue delivering it again, as Lambda documents it may) finds every attempt used and
+    // gives the call up instead of running it a fourth time.
+    let h = Harness::new(named_first(), TranscribeOptions::default()).await;
+    let (lambda, server) = transcriber(&h, &[("KVS_IDLE_TIMEOUT", "120000")]).await;
+    let held = Fault::StallBefore {
+        fragment: 12,
+        duration: Duration::from_secs(120),
+    };
+    let (arn, first) = h.stored("call", &sample_call_chunks(), &vec![held; 3]);
+    invoke_event(&server, &contact_flow_event(&arn, &first)).await;
+    for attempt in 1..=3 {
+        wait_for_sessions(&h, attempt).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(lambda.crash_busy("CallTranscriber"), 1, "attempt {attempt}");
+    }
+    for _ in 0..100 {
+        if !lambda.failure_records("CallTranscriber").is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(lambda.failure_records("CallTranscriber").len(), 1);
+    assert!(
+        !h.records().await.iter().any(|r| r["EventType"] == "END"),
+        "no END yet: the call hangs until something takes it up"
+    );
+    assert!(lambda.deliver_again("CallTranscriber"));
+    let records = records_until(&h, "ADD_S3_RECORDING_URL").await;
+    assert_start_end_recording_url(&records);
+    // The killed attempts' audio was never stored (a piece is written when its attempt
+    // ends, or in 5 MiB parts): the recording is a valid WAV of what was stored, here none.
+    let whole = sample_call_stereo();
+    let audio = call_recording(&h).await[call_audio::WAV_HEADER_BYTES..].to_vec();
+    assert!(audio.len() < whole.len() && audio[..] == whole[..audio.len()]);
+    assert_recording_is(&h, &audio).await;
+    assert_eq!(
+        h.transcribe.sessions().len(),
+        3,
+        "the call was not run a fourth time"
+    );
+    assert_eq!(leased_status(&h).await.as_deref(), Some("FAILED"));
+    let failures = lambda.failures("CallTranscriber");
+    let last = failures.last().expect("the giving-up delivery's error");
+    assert!(
+        last.message
+            .contains("all 3 attempts of its invocation stopped"),
+        "{failures:?}"
+    );
+    lambda.shutdown();
+}
+
 /// Waits (60 s at most) until the call has been handed on after a stall (a continuation
 /// carrying `stalledSinceMs`).
 async fn wait_for_stall(lambda: &Lambda) {

@@ -104,6 +104,7 @@ impl World {
             contact_id: CONTACT.to_string(),
             owner: "req-1".to_string(),
             lambda_count: 0,
+            attempt: 1,
         };
         let call = CallData {
             call_id: "custom-call-1".to_string(),

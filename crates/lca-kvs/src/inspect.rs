@@ -23,7 +23,7 @@ pub struct ErrorSummary {
     pub id: String,
 }
 
-/// One line of `inspect --json` (the contract in DESIGN.md).
+/// One line of `inspect --json` (the contract in ARCHITECTURE.md).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct FragmentSummary {
     /// KVS fragment number.

@@ -1,4 +1,4 @@
-//! The `lca-kvs` command line as scripts call it: output formats and exit codes (DESIGN.md).
+//! The `lca-kvs` command line as scripts call it: output formats and exit codes (ARCHITECTURE.md).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -74,7 +74,7 @@ fn run(data: &[u8]) -> arbitrary::Result<()> {
             }
             let length = call.call_id.chars().count();
             assert!((1..=lca_events::MAX_CALL_ID_CHARS).contains(&length));
-            let _ = call.position();
+            let _ = call_transcriber::call::position(&call);
             // The call survives its own hand-over.
             let next = json!({"action": "LAMBDA_CONTINUE", "callData": call});
             let (again, new) = call_of_event(&next, None).expect("a hand-over of an accepted call");

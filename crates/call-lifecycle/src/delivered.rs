@@ -5,7 +5,7 @@
 //!
 //! A per-channel mark of the last delivered final is exact, not an approximation: the
 //! publisher puts messages on the stream strictly in the order they were produced and stops
-//! at the first one it cannot deliver ([`crate::publisher`]), so what is on the stream is
+//! at the first one it cannot deliver (the transcriber's `publisher`), so what is on the stream is
 //! always a prefix of what was produced, and a channel's finals are produced in time order.
 //! Every final up to the mark is on the stream; none after it is.
 

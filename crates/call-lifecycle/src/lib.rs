@@ -1,0 +1,25 @@
+//! The call's lifecycle decisions, pure and synchronous: no AWS SDK, no tokio, no clock of
+//! its own. The transcriber Lambda (crate `call-transcriber`) reads the lease, asks these
+//! rules what to do, and carries out what they say (the quinn-proto / quinn split).
+//!
+//! - [`lease`]: who may work on a call ([`lease::decide`]), the lease as stored
+//!   ([`lease::LeaseRecord`]) and the attempts it counts. An attempt is counted when it claims
+//!   the lease, so one that Lambda stopped (timeout, out of memory, crash) counts as much as
+//!   one that failed cleanly.
+//! - [`verdict`]: what becomes of a call after a failed attempt or a stalled run.
+//! - [`call`] and [`delivered`]: what the lease keeps of a call (where the next invocation
+//!   starts; what Kinesis has acknowledged).
+//!
+//! `tests/simulation.rs` tries these rules against random schedules of the faults Lambda
+//! documents (retries after errors, timeouts and crashes; duplicate, delayed and dropped
+//! deliveries; clock jumps) with invariants checked after every step.
+
+pub mod call;
+pub mod delivered;
+pub mod lease;
+pub mod verdict;
+
+pub use call::CallData;
+pub use delivered::Delivered;
+pub use lease::{Claim, Held, LeaseRecord, Limits, decide};
+pub use verdict::{AfterFailure, AfterStall, after_failure, after_stall};
