@@ -333,10 +333,13 @@ fn the_post_call_job_may_be_started_with_the_data_access_role_and_nothing_more()
         .and_then(Value::as_str),
         Some("AWS::AccountId")
     );
+    // The plain statements (the one under a condition is the recordings key's, checked in
+    // a_recordings_key_is_granted_to_the_writer_and_the_analytics_role_only_when_given).
     let granted: Vec<(Vec<&str>, &str)> = role["Policies"][0]["PolicyDocument"]["Statement"]
         .as_sequence()
         .unwrap()
         .iter()
+        .filter(|s| argument(s, "If").is_none())
         .map(|s| {
             (
                 actions(s),
@@ -674,4 +677,109 @@ fn the_functions_are_traced_when_tracing_is_on() {
             "{role}: {arn}"
         );
     }
+}
+
+/// Whether parameter `name`'s AllowedPattern (as CloudFormation applies it: the whole value)
+/// takes `value`.
+fn allowed(template: &Value, name: &str, value: &str) -> bool {
+    let pattern = template["Parameters"][name]["AllowedPattern"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{name} has an AllowedPattern"));
+    regex_lite::Regex::new(pattern)
+        .unwrap_or_else(|e| panic!("{name}: {e}"))
+        .is_match(value)
+}
+
+#[test]
+fn arns_of_every_partition_and_multi_region_keys_are_accepted() {
+    let template = template();
+    // ARN partitions: aws, aws-cn, aws-us-gov (AWS General Reference, ARN format).
+    for partition in ["aws", "aws-cn", "aws-us-gov"] {
+        let instance =
+            format!("arn:{partition}:connect:us-gov-west-1:123456789012:instance/0a1b2c3d-4e5f");
+        assert!(
+            allowed(&template, "ConnectInstanceArn", &instance),
+            "{instance}"
+        );
+        for parameter in ["ConnectStreamKmsKeyArn", "RecordingsKmsKeyArn"] {
+            let key = format!(
+                "arn:{partition}:kms:cn-north-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+            );
+            assert!(allowed(&template, parameter, &key), "{parameter} {key}");
+            let multi_region = format!(
+                "arn:{partition}:kms:us-east-1:123456789012:key/mrk-1234abcd12ab34cd56ef1234567890ab"
+            );
+            assert!(
+                allowed(&template, parameter, &multi_region),
+                "{multi_region}"
+            );
+            assert!(allowed(&template, parameter, ""), "blank: none");
+            assert!(!allowed(&template, parameter, "alias/recordings"));
+        }
+    }
+}
+
+#[test]
+fn the_failure_destination_waits_for_its_grant() {
+    // Lambda checks the role's permission for an on-failure destination when the event
+    // invoke configuration is created; a grant in a separate policy resource must exist by
+    // then (a first deploy otherwise fails, as aws-amplify/amplify-js issue 9869 reports).
+    let template = template();
+    let config = &template["Resources"]["CallTranscriberEventInvokeConfig"];
+    let (plain, _) = transcriber_statements(&template);
+    assert!(plain.iter().any(|s| s["Action"] == "sqs:SendMessage"));
+    let depends: Vec<&str> = match &config["DependsOn"] {
+        Value::String(one) => vec![one.as_str()],
+        Value::Sequence(many) => many.iter().filter_map(Value::as_str).collect(),
+        _ => Vec::new(),
+    };
+    assert!(depends.contains(&"CallTranscriberPolicy"), "{depends:?}");
+}
+
+#[test]
+fn a_recordings_key_is_granted_to_the_writer_and_the_analytics_role_only_when_given() {
+    let template = template();
+    let (plain, conditional) = transcriber_statements(&template);
+    assert!(
+        !plain
+            .iter()
+            .any(|s| actions(s).contains(&"kms:GenerateDataKey")),
+        "no unconditional grant"
+    );
+    let (condition, statement) = conditional
+        .iter()
+        .find(|(_, s)| actions(s).contains(&"kms:GenerateDataKey"))
+        .expect("the recordings key statement");
+    let mut granted = actions(statement);
+    granted.sort();
+    assert_eq!(granted, ["kms:Decrypt", "kms:GenerateDataKey"]);
+    assert_eq!(
+        argument(&statement["Resource"], "Ref").and_then(Value::as_str),
+        Some("RecordingsKmsKeyArn")
+    );
+    let not = argument(&template["Conditions"][condition.as_str()], "Not").unwrap();
+    let equals = argument(&not[0], "Equals").unwrap();
+    assert_eq!(
+        argument(&equals[0], "Ref").and_then(Value::as_str),
+        Some("RecordingsKmsKeyArn")
+    );
+    assert_eq!(template["Parameters"]["RecordingsKmsKeyArn"]["Default"], "");
+    // The post-call analytics role reads the recording and writes the analysis with it.
+    let statements = template["Resources"]["TcaDataAccessRole"]["Properties"]["Policies"][0]
+        ["PolicyDocument"]["Statement"]
+        .as_sequence()
+        .unwrap();
+    let tca = statements
+        .iter()
+        .find_map(|s| {
+            let [condition, statement, _] = argument(s, "If")?.as_sequence()?.as_slice() else {
+                return None;
+            };
+            Some((condition.as_str()?, statement))
+        })
+        .expect("a conditional statement in the analytics role");
+    assert_eq!(tca.0, condition);
+    let mut granted = actions(tca.1);
+    granted.sort();
+    assert_eq!(granted, ["kms:Decrypt", "kms:GenerateDataKey"]);
 }

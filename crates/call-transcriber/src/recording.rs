@@ -376,8 +376,16 @@ impl Recorder {
         let key = self.recording_key(call_id);
         let mut pieces = self.list_pieces(call_id).await?;
         let joined = join_pieces(&mut pieces);
-        if (pieces.is_empty() || joined.is_err())
-            && let Some(bytes) = self.existing_size(&key).await?
+        // Joined already by an attempt that stopped before the pieces were deleted (or with
+        // them gone): kept as it is, since in LCA's versioned bucket joining again would
+        // leave the first WAV behind as a non-current version (S3 user guide, "Retaining
+        // multiple versions of objects with S3 Versioning").
+        let joined_size = joined
+            .as_ref()
+            .ok()
+            .map(|data| data + call_audio::WAV_HEADER_BYTES as u64);
+        if let Some(bytes) = self.existing_size(&key).await?
+            && (pieces.is_empty() || joined_size.is_none_or(|size| size == bytes))
         {
             self.purge_pieces(call_id).await?;
             return Ok(Recording {
@@ -396,6 +404,12 @@ impl Recorder {
                 format!("{data_bytes} bytes of audio do not fit a WAV"),
             )
         })?;
+        // A join that stopped midway (a crash, a timeout) left its upload open: it is never
+        // completed, and is aborted so that its parts are not kept (and billed) for ever.
+        // Best effort, as for a piece.
+        if let Err(error) = self.abort_uploads(&key).await {
+            tracing::warn!(%error, "could not look for open uploads of a join that stopped");
+        }
         let sizes: Vec<u64> = pieces.iter().map(|p| p.bytes).collect();
         let plan = plan_join(header.len() as u64, &sizes);
         let mut object = ObjectWriter::new(key.clone());

@@ -195,3 +195,59 @@ async fn no_version_of_a_piece_is_left_in_a_versioned_bucket() {
     assert!(wav[WAV_HEADER_BYTES..] == audio(0, 12_000)[..]);
     assert_eq!(h.versions("lca-audio-recordings/").await, (1, 0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_retried_after_a_crash_leaves_one_wav_version_and_no_open_upload() {
+    let h = Harness::new(KvsOptions::default(), TranscribeOptions::default()).await;
+    let recorder = recorder(&h);
+    record(&recorder, "call-r", 0, 8000).await;
+    record(&recorder, "call-r", 8000, 4000).await;
+    // A join that stopped midway (a crash, a timeout) left its upload open.
+    let wav_key = "lca-audio-recordings/call-r.wav";
+    h.s3.create_multipart_upload()
+        .bucket(BUCKET)
+        .key(wav_key)
+        .send()
+        .await
+        .unwrap();
+    let pieces = h.keys("lca-audio-raw/call-r/").await;
+    let mut saved = Vec::new();
+    for key in &pieces {
+        saved.push((key.clone(), h.object(key).await.expect("a piece")));
+    }
+    let first = recorder.assemble("call-r").await.unwrap();
+    assert!(!first.already_joined);
+    let open =
+        h.s3.list_multipart_uploads()
+            .bucket(BUCKET)
+            .send()
+            .await
+            .unwrap();
+    assert_eq!(
+        open.uploads().len(),
+        0,
+        "the stopped join's upload is aborted"
+    );
+    // The next attempt stopped after the WAV was complete but before the pieces were
+    // deleted: they are there again, as it leaves them.
+    for (key, bytes) in saved {
+        h.s3.put_object()
+            .bucket(BUCKET)
+            .key(key)
+            .body(bytes.into())
+            .send()
+            .await
+            .unwrap();
+    }
+    let again = recorder.assemble("call-r").await.unwrap();
+    assert!(again.already_joined, "{again:?}");
+    assert_eq!(again.bytes, first.bytes);
+    assert_eq!(
+        h.versions(wav_key).await,
+        (1, 0),
+        "the WAV is not written twice"
+    );
+    assert_eq!(h.versions("lca-audio-raw/call-r/").await, (0, 0));
+    let wav = h.object(wav_key).await.unwrap();
+    assert!(wav[WAV_HEADER_BYTES..] == audio(0, 12_000)[..]);
+}

@@ -48,7 +48,7 @@ impl StartConfig {
 
     /// Reads settings through `lookup`.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let required = |variable: &'static str, prefix: &str, what: &str| {
+        let required = |variable: &'static str, service: &str, what: &str| {
             let value = lookup(variable)
                 .map(|v| v.trim().to_string())
                 .filter(|v| !v.is_empty())
@@ -56,22 +56,24 @@ impl StartConfig {
                     variable,
                     problem: format!("required: {what}"),
                 })?;
-            if !value.starts_with(prefix) {
+            if arn_service(&value) != Some(service) {
                 return Err(ConfigError {
                     variable,
-                    problem: format!("{value:?} is not {what} (expected {prefix}...)"),
+                    problem: format!(
+                        "{value:?} is not {what} (expected arn:PARTITION:{service}:..., PARTITION aws, aws-cn or aws-us-gov)"
+                    ),
                 });
             }
             Ok(value)
         };
         let connect_instance_arn = required(
             "CONNECT_INSTANCE_ARN",
-            "arn:aws:connect:",
+            "connect",
             "the Connect instance ARN",
         )?;
         let transcriber_function_arn = required(
             "TRANSCRIBER_FUNCTION_ARN",
-            "arn:aws:lambda:",
+            "lambda",
             "the call transcriber function ARN",
         )?;
         let metrics_namespace = lookup("METRICS_NAMESPACE")
@@ -87,6 +89,16 @@ impl StartConfig {
             metrics_namespace,
         })
     }
+}
+
+/// The service of an ARN in any partition (`arn:aws:`, `arn:aws-cn:`, `arn:aws-us-gov:`, and
+/// the isolated ones, all of which start `aws`; AWS General Reference, "Amazon Resource Names
+/// (ARNs)"), or `None` when `value` is not an ARN.
+fn arn_service(value: &str) -> Option<&str> {
+    let mut parts = value.splitn(4, ':');
+    let (arn, partition, service) = (parts.next()?, parts.next()?, parts.next()?);
+    parts.next()?;
+    (arn == "arn" && partition.starts_with("aws")).then_some(service)
 }
 
 /// What the handler needs: configuration and a Lambda client.
@@ -227,6 +239,49 @@ mod tests {
                 extracted
                     .iter()
                     .any(|e| e.name == "StartLcaAnswers" && e.dimensions.is_empty())
+            );
+        }
+    }
+
+    #[test]
+    fn arns_of_every_partition_are_taken_and_others_named() {
+        let config = |instance: &str, function: &str| {
+            let (instance, function) = (instance.to_string(), function.to_string());
+            StartConfig::from_lookup(move |name| match name {
+                "CONNECT_INSTANCE_ARN" => Some(instance.clone()),
+                "TRANSCRIBER_FUNCTION_ARN" => Some(function.clone()),
+                _ => None,
+            })
+        };
+        for partition in ["aws", "aws-cn", "aws-us-gov"] {
+            let instance = format!("arn:{partition}:connect:us-gov-west-1:1:instance/i");
+            let function = format!("arn:{partition}:lambda:us-gov-west-1:1:function:f");
+            let read = config(&instance, &function).unwrap();
+            assert_eq!(
+                (read.connect_instance_arn, read.transcriber_function_arn),
+                (instance, function)
+            );
+        }
+        let error = config(
+            "arn:aws:lambda:us-east-1:1:function:f",
+            "arn:aws:lambda:us-east-1:1:function:f",
+        )
+        .unwrap_err();
+        assert_eq!(error.variable, "CONNECT_INSTANCE_ARN");
+        assert!(
+            error
+                .to_string()
+                .contains("expected arn:PARTITION:connect:"),
+            "{error}"
+        );
+        for not_an_arn in [
+            "connect:instance",
+            "arn:gcp:connect:x:1:i",
+            "arn:aws:connect",
+        ] {
+            assert!(
+                config(not_an_arn, "arn:aws:lambda:us-east-1:1:function:f").is_err(),
+                "{not_an_arn}"
             );
         }
     }
