@@ -783,3 +783,56 @@ fn a_recordings_key_is_granted_to_the_writer_and_the_analytics_role_only_when_gi
     granted.sort();
     assert_eq!(granted, ["kms:Decrypt", "kms:GenerateDataKey"]);
 }
+
+#[test]
+fn the_sweep_runs_every_minute_and_reads_only_the_index_of_open_calls() {
+    let template = template();
+    let resources = &template["Resources"];
+    let rule = &resources["SweepSchedule"];
+    assert_eq!(rule["Type"], "AWS::Events::Rule");
+    assert_eq!(rule["Properties"]["ScheduleExpression"], "rate(1 minute)");
+    let target = &rule["Properties"]["Targets"][0]["Arn"];
+    assert_eq!(
+        argument(target, "GetAtt").and_then(Value::as_str),
+        Some("CallTranscriberFunction.Arn")
+    );
+    let permission = &resources["EventBridgeInvokesCallTranscriber"]["Properties"];
+    assert_eq!(permission["Principal"], "events.amazonaws.com");
+    assert_eq!(
+        argument(&permission["SourceArn"], "GetAtt").and_then(Value::as_str),
+        Some("SweepSchedule.Arn")
+    );
+    // The index the code queries, with the keys the code writes.
+    let table = &resources["CallTranscriberEventTable"]["Properties"];
+    let index = table["GlobalSecondaryIndexes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|i| i["IndexName"] == call_transcriber::lease::OPEN_CALLS_INDEX)
+        .expect("the open calls index");
+    let keys: Vec<(&str, &str)> = index["KeySchema"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|k| {
+            (
+                k["AttributeName"].as_str().unwrap(),
+                k["KeyType"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(keys, [("OpenCall", "HASH"), ("SweepAt", "RANGE")]);
+    assert_eq!(index["Projection"]["ProjectionType"], "KEYS_ONLY");
+    // Query on that index and nothing more.
+    let (plain, _) = transcriber_statements(&template);
+    let query = statement(&plain, "OpenCalls");
+    assert_eq!(actions(query), ["dynamodb:Query"]);
+    assert_eq!(
+        argument(&query["Resource"], "Sub").and_then(Value::as_str),
+        Some("${CallTranscriberEventTable.Arn}/index/OpenCalls")
+    );
+    assert!(
+        !plain.iter().any(|s| actions(s).contains(&"dynamodb:Scan")),
+        "the sweep never scans"
+    );
+}

@@ -53,14 +53,23 @@ pub struct Limits {
     /// How long a call may wait, invocation after invocation, for a service with no room for
     /// it before it is given up (`CALL_STALL_TIMEOUT`), in milliseconds.
     pub stall_timeout_ms: u64,
+    /// How long an open call may go unlooked-after before the sweep takes it up
+    /// (`SWEEP_GRACE`), in milliseconds: longer than Lambda takes to retry a failed event
+    /// (about one, then two more minutes), so the sweep rescues only what Lambda lost.
+    pub sweep_grace_ms: u64,
 }
 
+/// The default `SWEEP_GRACE`: five minutes.
+pub const DEFAULT_SWEEP_GRACE_MS: u64 = 300_000;
+
 impl Limits {
-    /// The limits for a function with `maximum_retry_attempts` retries.
+    /// The limits for a function with `maximum_retry_attempts` retries, the default sweep
+    /// grace.
     pub fn new(maximum_retry_attempts: u32, stall_timeout_ms: u64) -> Self {
         Self {
             max_attempts: maximum_retry_attempts.saturating_add(1),
             stall_timeout_ms,
+            sweep_grace_ms: DEFAULT_SWEEP_GRACE_MS,
         }
     }
 }
@@ -169,6 +178,7 @@ mod tests {
     const LIMITS: Limits = Limits {
         max_attempts: 3,
         stall_timeout_ms: 60_000,
+        sweep_grace_ms: 300_000,
     };
 
     fn record(owner: &str, until: u64, count: u32) -> LeaseRecord {

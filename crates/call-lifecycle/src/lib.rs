@@ -7,16 +7,19 @@
 //!   the lease, so one that Lambda stopped (timeout, out of memory, crash) counts as much as
 //!   one that failed cleanly.
 //! - [`verdict`]: what becomes of a call after a failed attempt or a stalled run.
+//! - [`sweep`]: calls nobody holds (an event Lambda lost, a last attempt that was stopped),
+//!   found through their sweep time and rescued.
 //! - [`call`] and [`delivered`]: what the lease keeps of a call (where the next invocation
 //!   starts; what Kinesis has acknowledged).
 //!
 //! `tests/simulation.rs` tries these rules against random schedules of the faults Lambda
 //! documents (retries after errors, timeouts and crashes; duplicate, delayed and dropped
-//! deliveries; clock jumps) with invariants checked after every step.
+//! deliveries; clock jumps; the sweep) with invariants checked after every step.
 
 pub mod call;
 pub mod delivered;
 pub mod lease;
+pub mod sweep;
 pub mod verdict;
 
 pub use call::CallData;

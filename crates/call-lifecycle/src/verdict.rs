@@ -89,6 +89,7 @@ mod tests {
     const LIMITS: Limits = Limits {
         max_attempts: 3,
         stall_timeout_ms: 10_000,
+        sweep_grace_ms: 300_000,
     };
 
     #[test]

@@ -25,6 +25,7 @@
 //! `Delivered`); that window is the publisher's, not the lifecycle's.
 
 use call_lifecycle::lease::Limits;
+use call_lifecycle::sweep::{self, SweepVerdict};
 use call_lifecycle::verdict::Continuation;
 use call_lifecycle::{
     AfterFailure, AfterStall, CallData, Claim, Delivered, Held, LeaseRecord, after_failure,
@@ -43,8 +44,16 @@ const SHARES: u64 = 3;
 const SEGMENTS_PER_SHARE: u64 = 2;
 const SEGMENTS: u64 = SHARES * SEGMENTS_PER_SHARE;
 
+/// `SWEEP_GRACE`.
+const SWEEP_GRACE_MS: u64 = 300_000;
+/// How often the sweep runs (an EventBridge schedule).
+const SWEEP_EVERY_MS: u64 = 60_000;
+
 fn limits() -> Limits {
-    Limits::new(RETRIES, STALL_MS)
+    Limits {
+        sweep_grace_ms: SWEEP_GRACE_MS,
+        ..Limits::new(RETRIES, STALL_MS)
+    }
 }
 
 /// The choices that drive one run; 0 past the end.
@@ -134,6 +143,12 @@ struct World {
     orphan_causes: Vec<String>,
     /// The call was given up after waiting past CALL_STALL_TIMEOUT.
     stall_given_up: bool,
+    /// The lease's `SweepAt` while the call is open (its place in the index of open calls).
+    sweep_at: Option<u64>,
+    /// When the sweep runs next.
+    next_sweep: u64,
+    /// Calls the sweep rescued.
+    rescues: usize,
     steps: usize,
 }
 
@@ -150,6 +165,9 @@ impl World {
             ran: Default::default(),
             orphan_causes: Vec::new(),
             stall_given_up: false,
+            sweep_at: None,
+            next_sweep: 1_000_000 + SWEEP_EVERY_MS,
+            rescues: 0,
             steps: 0,
         };
         let first = CallData::new(
@@ -226,6 +244,9 @@ impl World {
             11 => self.now += LEASE_MS + 1,
             _ => {}
         }
+        if self.now >= self.next_sweep {
+            self.sweep();
+        }
         let due: Vec<usize> = (0..self.queue.len())
             .filter(|&i| self.queue[i].due_ms <= self.now)
             .collect();
@@ -245,6 +266,8 @@ impl World {
                     Phase::Waiting { until_ms } => Some(until_ms),
                     _ => None,
                 }))
+                // The sweep runs while the index holds an open call.
+                .chain(self.sweep_at.map(|_| self.next_sweep))
                 .min();
             return match next {
                 Some(at) => {
@@ -266,6 +289,27 @@ impl World {
             }
         }
         true
+    }
+
+    /// The scheduled sweep: the open call, when due, is rescued, or taken out of the index.
+    fn sweep(&mut self) {
+        self.next_sweep = self.now + SWEEP_EVERY_MS;
+        let (Some(at), Some(lease)) = (self.sweep_at, self.lease.as_ref()) else {
+            return;
+        };
+        if at > self.now {
+            return;
+        }
+        match sweep::verdict(lease, self.now) {
+            SweepVerdict::Rescue { lambda_count, .. } => {
+                let mut call = lease.call.clone();
+                call.lambda_count = lambda_count;
+                self.rescues += 1;
+                self.invoke(call);
+            }
+            SweepVerdict::Closed => self.sweep_at = None,
+            SweepVerdict::Held => {}
+        }
     }
 
     /// Lambda delivers an event: dropped, delivered twice, or started.
@@ -369,6 +413,7 @@ impl World {
                 if self.lease.is_some() {
                     return Some(Stop::Answered); // attribute_not_exists(PK) failed
                 }
+                self.sweep_at = Some(sweep::sweep_at(self.now, limits()));
                 self.lease = Some(LeaseRecord {
                     owner: delivery.request_id.clone(),
                     lease_until_ms: until,
@@ -399,6 +444,7 @@ impl World {
                 lease.lease_until_ms = until;
                 lease.lambda_count = delivery.call.lambda_count;
                 lease.attempts = n;
+                self.sweep_at = Some(sweep::sweep_at(self.now, limits()));
                 let held = held(n);
                 if n > limits().max_attempts {
                     // Claim::GiveUp: every attempt used by attempts that never gave it up.
@@ -453,12 +499,20 @@ impl World {
             if !self.held_update(&held, |r| r.lease_until_ms = until) {
                 return Some(Stop::Answered); // LEASE_LOST
             }
+            if let Some(at) = self.sweep_at
+                && let Some(next) = sweep::refresh_sweep_at(at, self.now, limits())
+            {
+                self.sweep_at = Some(next);
+            }
             held_until_ms = until;
         }
         let delivered = self.lease.as_ref().expect("held").delivered.clone();
         // A clean failure of the run (an error the pipeline returns).
         if self.tape.fault(20) {
             let recorded = self.held_update(&held, |r| r.lease_until_ms = 0);
+            if recorded {
+                self.sweep_at = Some(sweep::sweep_at_unheld(self.now, limits()));
+            }
             if recorded && after_failure(Some(held.attempt), limits()) == AfterFailure::GiveUp {
                 self.give_up(&held);
             }
@@ -499,10 +553,12 @@ impl World {
                 self.publish(Published::End);
                 self.held_update(&held, |r| r.delivered.ended = true);
             }
-            self.held_update(&held, |r| {
+            if self.held_update(&held, |r| {
                 r.owner.clear();
                 r.ended = true;
-            });
+            }) {
+                self.sweep_at = None;
+            }
             return Some(Stop::Answered);
         } else {
             let next = call.continued(Continuation {
@@ -538,6 +594,7 @@ impl World {
         if !handed {
             return Some(Stop::Answered); // LEASE_LOST
         }
+        self.sweep_at = Some(sweep::sweep_at_unheld(self.now, limits()));
         if self.tape.fault(6) {
             return Some(Stop::Failed);
         }
@@ -552,10 +609,12 @@ impl World {
             self.publish(Published::End);
             self.held_update(held, |r| r.delivered.ended = true);
         }
-        self.held_update(held, |r| {
+        if self.held_update(held, |r| {
             r.owner.clear();
             r.failed = true;
-        });
+        }) {
+            self.sweep_at = None;
+        }
     }
 
     /// What must hold after every step.
@@ -623,27 +682,31 @@ impl World {
                 self.published
             );
         } else {
+            // With the sweep, nothing Lambda loses leaves a call open once its lease exists.
+            // Before that (StartLCA's event lost, or every attempt of it stopped before it
+            // claimed the call) nothing records the call: the gap StartLCA writing the lease
+            // before it invokes is to close (issue "No call left hanging", next slice).
             prop_assert!(
-                !self.orphan_causes.is_empty(),
-                "the call was left unfinished with no cause: {:?}, lease {:?}",
+                lease.is_none() && !self.orphan_causes.is_empty(),
+                "the call was left open: {:?}, lease {:?}, Lambda lost: {:?}",
                 self.published,
-                lease
+                lease,
+                self.orphan_causes
             );
         }
         Ok(())
     }
 }
 
-/// Runs one schedule to its end, checking after every step; whether the call was left to the
-/// sweeper.
-fn simulate(choices: Vec<u8>) -> Result<bool, TestCaseError> {
+/// Runs one schedule to its end, checking after every step.
+fn simulate(choices: Vec<u8>) -> Result<World, TestCaseError> {
     let mut world = World::new(choices);
     while world.step() {
         world.check()?;
         prop_assert!(world.steps < 100_000, "the simulation does not end");
     }
     world.check_end()?;
-    Ok(world.lease.as_ref().is_none_or(|l| !l.ended && !l.failed))
+    Ok(world)
 }
 
 proptest! {
@@ -709,7 +772,8 @@ fn attempts_stopped_by_lambda_count_toward_giving_up() {
 #[test]
 fn random_schedules_reach_every_outcome() {
     // The simulation is not vacuous: random tapes end calls whole, give calls up (after
-    // their attempts and after a stall) and leave calls to the sweeper, in good numbers.
+    // their attempts and after a stall), and lose events that the sweep then makes up for,
+    // in good numbers.
     let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
     let mut byte = || {
         seed ^= seed << 13;
@@ -717,26 +781,25 @@ fn random_schedules_reach_every_outcome() {
         seed ^= seed << 17;
         (seed >> 24) as u8
     };
-    let (mut ended, mut failed, mut stalled, mut orphaned) = (0, 0, 0, 0);
+    let (mut ended, mut failed, mut stalled, mut lost, mut rescued) = (0, 0, 0, 0, 0);
+    let mut never_claimed = 0;
     for _ in 0..2_000 {
         let choices: Vec<u8> = (0..400).map(|_| byte()).collect();
-        let mut world = World::new(choices);
-        while world.step() {
-            world.check().unwrap();
-        }
-        world.check_end().unwrap();
+        let world = simulate(choices).unwrap();
         match world.lease.as_ref() {
             Some(l) if l.ended => ended += 1,
             Some(l) if l.failed && world.stall_given_up => stalled += 1,
-            Some(l) if l.failed => failed += 1,
-            _ => orphaned += 1,
+            Some(_) => failed += 1,
+            None => never_claimed += 1,
         }
+        lost += usize::from(!world.orphan_causes.is_empty());
+        rescued += usize::from(world.rescues > 0);
     }
     println!(
-        "ended {ended}, given up {failed}, given up after a stall {stalled}, left to the sweeper {orphaned}"
+        "ended {ended}, given up {failed}, given up after a stall {stalled}, StartLCA's event lost before any claim {never_claimed}; Lambda lost an event or retries in {lost}, the sweep rescued {rescued}"
     );
     assert!(
-        ended > 200 && failed > 20 && stalled > 5 && orphaned > 20,
-        "{ended} {failed} {stalled} {orphaned}"
+        ended > 200 && failed > 20 && stalled > 5 && rescued > 20 && lost > never_claimed,
+        "{ended} {failed} {stalled} {lost} {rescued}"
     );
 }

@@ -211,11 +211,19 @@ pub enum Metric {
     /// [`Dimension::Outcome`]: UPDATED (the agent published), IGNORED, UNKNOWN_CALL (no call
     /// being transcribed), FAILED (Lambda retries it).
     ContactEvents,
+    /// Calls the sweep found with nobody looking after them and delivered again, also by
+    /// [`Dimension::Reason`]: HandOverLost, RetryLost, HolderStopped (an event Lambda lost,
+    /// or a last attempt stopped with no retry to follow).
+    CallsRescued,
+    /// Calls a rescue delivery gave up: every attempt had been used (stopped by Lambda) or
+    /// the rescued attempt failed for the last time. Each one is a call whose transcript
+    /// stops short.
+    RescuedCallsGivenUp,
 }
 
 impl Metric {
     /// Every metric, in a stable order.
-    pub const ALL: [Metric; 19] = [
+    pub const ALL: [Metric; 21] = [
         Self::Invocations,
         Self::CallsStarted,
         Self::CallsEnded,
@@ -235,6 +243,8 @@ impl Metric {
         Self::PostCallAnalyticsJobs,
         Self::PostCallAnalyticsMissed,
         Self::ContactEvents,
+        Self::CallsRescued,
+        Self::RescuedCallsGivenUp,
     ];
 
     /// The metric's name in CloudWatch.
@@ -259,6 +269,8 @@ impl Metric {
             Self::PostCallAnalyticsJobs => "PostCallAnalyticsJobs",
             Self::PostCallAnalyticsMissed => "PostCallAnalyticsMissed",
             Self::ContactEvents => "ContactEvents",
+            Self::CallsRescued => "CallsRescued",
+            Self::RescuedCallsGivenUp => "RescuedCallsGivenUp",
         }
     }
 
@@ -278,7 +290,9 @@ impl Metric {
     pub fn dimension(self) -> Option<Dimension> {
         match self {
             Self::Invocations | Self::ContactEvents => Some(Dimension::Outcome),
-            Self::CallsFailed | Self::InvocationsFailed => Some(Dimension::Reason),
+            Self::CallsFailed | Self::InvocationsFailed | Self::CallsRescued => {
+                Some(Dimension::Reason)
+            }
             Self::KvsErrors => Some(Dimension::ErrorId),
             Self::StartLcaAnswers => Some(Dimension::Answer),
             _ => None,

@@ -148,6 +148,12 @@ pub struct TranscriberConfig {
     /// attempt. Keep it below the Connect instance's media stream retention
     /// (RetentionPeriodHours, whole hours), or the audio waited for is deleted first.
     pub call_stall_timeout: Duration,
+    /// `SWEEP_GRACE` (this project's addition; ms, default 5 minutes): how long an open call
+    /// may go with nobody looking after it (its event lost by Lambda, its last attempt
+    /// stopped) before the scheduled sweep delivers it again. Keep it longer than Lambda
+    /// takes to retry a failed event (about one, then two more minutes): a sweep that comes
+    /// first spends one of the call's attempts.
+    pub sweep_grace: Duration,
     /// `METRICS_NAMESPACE` (this project's addition; default `LCA/ConnectKVS`): the
     /// CloudWatch namespace of the metrics lines. The template sets one per stack, so two
     /// stacks in one account and region keep their metrics and alarms apart.
@@ -170,10 +176,13 @@ const TRANSCRIBE_AUDIO_TIMEOUT_MS: u64 = 15_000;
 impl TranscriberConfig {
     /// The lifecycle's limits: attempts per invocation and `CALL_STALL_TIMEOUT`.
     pub fn limits(&self) -> call_lifecycle::Limits {
-        call_lifecycle::Limits::new(
-            self.maximum_retry_attempts,
-            self.call_stall_timeout.as_millis() as u64,
-        )
+        call_lifecycle::Limits {
+            sweep_grace_ms: self.sweep_grace.as_millis() as u64,
+            ..call_lifecycle::Limits::new(
+                self.maximum_retry_attempts,
+                self.call_stall_timeout.as_millis() as u64,
+            )
+        }
     }
 
     /// `MAX_CALL_DURATION` in samples of call audio (8 kHz).
@@ -212,6 +221,7 @@ impl TranscriberConfig {
         "SAVE_PARTIAL_TRANSCRIPTS",
         "START_STREAM_RETRIES",
         "START_STREAM_RETRY_WAIT",
+        "SWEEP_GRACE",
         "TCA_DATA_ACCESS_ROLE_ARN",
         "TRANSCRIBER_CALL_EVENT_TABLE_NAME",
         "TRANSCRIBE_API_MODE",
@@ -373,6 +383,15 @@ impl TranscriberConfig {
             return Err(env.error("MAX_CALL_DURATION", "0", "must be positive"));
         }
         let call_stall_timeout = env.millis("CALL_STALL_TIMEOUT", DEFAULT_CALL_STALL_TIMEOUT_MS)?;
+        let sweep_grace =
+            env.millis("SWEEP_GRACE", call_lifecycle::lease::DEFAULT_SWEEP_GRACE_MS)?;
+        if sweep_grace < Duration::from_secs(1) {
+            return Err(env.error(
+                "SWEEP_GRACE",
+                &sweep_grace.as_millis().to_string(),
+                "must be at least 1000 ms",
+            ));
+        }
         let metrics_namespace = env
             .get("METRICS_NAMESPACE")
             .unwrap_or_else(|| call_metrics::NAMESPACE.to_string());
@@ -414,6 +433,7 @@ impl TranscriberConfig {
             maximum_retry_attempts,
             max_call_duration,
             call_stall_timeout,
+            sweep_grace,
             metrics_namespace,
         })
     }

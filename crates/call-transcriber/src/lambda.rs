@@ -307,9 +307,12 @@ impl Transcriber {
             .unwrap_or_else(|| "us-east-1".to_string());
         Self {
             lease: config.call_event_table.clone().map(|table| CallLease {
-                client: aws_sdk_dynamodb::Client::new(&bounded),
-                table,
-                duration: config.call_lease_timeout,
+                sweep_grace: config.sweep_grace,
+                ..CallLease::new(
+                    aws_sdk_dynamodb::Client::new(&bounded),
+                    table,
+                    config.call_lease_timeout,
+                )
             }),
             recorder: config.output_bucket.clone().map(|bucket| Recorder {
                 s3: s3_client(&recording_retries(&bounded)),
@@ -512,8 +515,30 @@ impl Transcriber {
         invocation: Invocation<'_>,
         figures: &mut InvocationFigures,
     ) -> Result<Value, HandlerError> {
-        let (mut call, is_new) =
-            call_of_event(&event, self.pipeline.config.connect_instance_arn.as_deref())?;
+        if crate::sweep::is_scheduled(&event) {
+            // Boxed: its future beside the call's would make the handler's too deep to lay out.
+            return Box::pin(self.sweep(invocation, figures)).await;
+        }
+        let (mut call, is_new) = match crate::sweep::rescue_of_event(&event)
+            .map_err(HandlerError::Event)?
+        {
+            Some(rescue) => {
+                figures.rescued = true;
+                match self.rescued_call(&rescue).await? {
+                    Some(call) => (call, false),
+                    None => {
+                        tracing::warn!(
+                            lambda_count = rescue.lambda_count,
+                            "rescue: the call's lease is gone"
+                        );
+                        return Ok(
+                            json!({"status": "DUPLICATE", "reason": "the call's lease is gone"}),
+                        );
+                    }
+                }
+            }
+            None => call_of_event(&event, self.pipeline.config.connect_instance_arn.as_deref())?,
+        };
         figures.call_id = Some(call.call_id.clone());
         figures.lambda_count = Some(call.lambda_count);
         let skipped = |call: &CallData| json!({"status": "SKIPPED", "callId": call.call_id});
@@ -700,7 +725,7 @@ impl Transcriber {
             Some(lease) => {
                 tokio::select! {
                     outcome = run => outcome,
-                    ended = keep_renewing(lease, &held, delivered_rx) => {
+                    ended = keep_renewing(lease, &held, Some(delivered_rx)) => {
                         // The run's tasks stop with it; the recording of this share stops too
                         // (the new holder records it again and aborts the upload left open).
                         if let Some(piece) = &piece {
@@ -749,8 +774,24 @@ impl Transcriber {
                 if let Some(Ok(piece)) = piece {
                     tracing::info!(call_id = %call.call_id, piece = ?piece, "recorded this invocation's audio");
                 }
-                self.finish(holding, &mut delivered, outcome, invocation, figures)
-                    .await
+                let finish = self.finish(holding, &mut delivered, outcome, invocation, figures);
+                match lease {
+                    None => finish.await,
+                    // The hold is kept while the call is finished (a long join, the URL, the
+                    // post-call job), so no duplicate delivery takes it over meanwhile.
+                    Some(lease) => tokio::select! {
+                        finished = finish => finished,
+                        ended = keep_renewing(lease, &held, None) => return match ended {
+                            HoldEnded::Lost => {
+                                Ok(json!({"status": "LEASE_LOST", "callId": call.call_id}))
+                            }
+                            HoldEnded::Lapsed(error) => {
+                                tracing::error!(call_id = %call.call_id, %error, "the lease could not be renewed while finishing: stopping, for Lambda's retry to take the call over");
+                                Err(error.into())
+                            }
+                        },
+                    },
+                }
             }
         };
         match finished {
@@ -914,7 +955,7 @@ impl Transcriber {
             // Said in the lease at once, so that a crash from here on (the analytics job,
             // the lease's end) does not publish the URL again on Lambda's retry.
             if let Some(lease) = holding.lease
-                && let Err(error) = lease.renew(holding.held, delivered).await
+                && let Err(error) = lease.renew(holding.held, Some(delivered), None).await
             {
                 tracing::warn!(call_id = %call.call_id, %error, "the recording's URL could not be recorded in the lease: a retry may publish it again");
             }
@@ -966,6 +1007,58 @@ impl Transcriber {
                 Some(PostCallFigure::Missed)
             }
         }
+    }
+
+    /// Runs the scheduled sweep ([`crate::sweep`]): calls nobody looks after are delivered
+    /// to this function again.
+    async fn sweep(
+        &self,
+        invocation: Invocation<'_>,
+        figures: &mut InvocationFigures,
+    ) -> Result<Value, HandlerError> {
+        let Some(lease) = &self.lease else {
+            // Without the lease table nothing records open calls: nothing to sweep.
+            tracing::info!(
+                "scheduled sweep: no call lease table (TRANSCRIBER_CALL_EVENT_TABLE_NAME), nothing to sweep"
+            );
+            return Ok(json!({"status": "SWEPT", "due": 0, "rescued": 0}));
+        };
+        let report = crate::sweep::sweep(lease, &self.lambda, invocation.function_arn).await?;
+        figures.rescues = report.rescued.iter().map(|r| r.as_str()).collect();
+        tracing::info!(
+            due = report.due,
+            rescued = report.rescued.len(),
+            closed = report.closed,
+            failed = report.failed,
+            "swept the open calls"
+        );
+        Ok(json!({
+            "status": "SWEPT",
+            "due": report.due,
+            "rescued": report.rescued.len(),
+            "closed": report.closed,
+            "failed": report.failed,
+        }))
+    }
+
+    /// The call a rescue event takes up, as its lease keeps it (`None`: no lease).
+    async fn rescued_call(
+        &self,
+        rescue: &crate::sweep::Rescue,
+    ) -> Result<Option<CallData>, HandlerError> {
+        let Some(lease) = &self.lease else {
+            return Err(HandlerError::Event(
+                "a rescue event needs the call lease table (TRANSCRIBER_CALL_EVENT_TABLE_NAME)"
+                    .to_string(),
+            ));
+        };
+        Ok(lease
+            .read(&rescue.contact_id)
+            .await?
+            .map(|record| CallData {
+                lambda_count: record.lambda_count,
+                ..record.call
+            }))
     }
 
     /// Handles a failed attempt: ends its hold in the lease (so Lambda's retry takes over at
@@ -1100,30 +1193,42 @@ enum HoldEnded {
     Lapsed(LeaseError),
 }
 
-/// Renews the lease every third of its duration, and records in it at once whatever Kinesis
-/// newly acknowledged (so a crash repeats at most what was acknowledged during one DynamoDB
-/// write); returns only when the hold ends: lost to another attempt, or lapsing because no
-/// renewal succeeded in time (a failed renewal is retried at the next turn until then).
+/// Renews the lease every third of its duration, and, while the run goes on (`delivered`),
+/// records in it at once whatever Kinesis newly acknowledged (so a crash repeats at most what
+/// was acknowledged during one DynamoDB write); while the call is being finished (`None`:
+/// the join, the URL, the post-call job, the lease's last write) it only extends the hold.
+/// Returns only when the hold ends: lost to another attempt, or lapsing because no renewal
+/// succeeded in time (a failed renewal is retried at the next turn until then).
 async fn keep_renewing(
     lease: &CallLease,
     held: &Held,
-    mut delivered: watch::Receiver<Delivered>,
+    mut delivered: Option<watch::Receiver<Delivered>>,
 ) -> HoldEnded {
     let lapse = lease.duration * 2 / 3;
     let mut renewed = Instant::now();
-    let mut open = true;
+    // What the claim wrote (within milliseconds): pushed forward only now and then.
+    let mut sweep_at = lease.sweep_at(now_ms());
+    let mut open = delivered.is_some();
     loop {
         tokio::select! {
             () = tokio::time::sleep(lease.duration / 3) => {}
-            changed = delivered.changed(), if open => open = changed.is_ok(),
+            changed = async { delivered.as_mut().expect("open").changed().await }, if open => {
+                open = changed.is_ok();
+            }
         }
-        let snapshot = delivered.borrow_and_update().clone();
+        let snapshot = delivered.as_mut().map(|d| d.borrow_and_update().clone());
         let left = (renewed + lapse).saturating_duration_since(Instant::now());
-        let error = match tokio::time::timeout(left, lease.renew(held, &snapshot)).await {
+        let refresh = lease.refresh_sweep_at(sweep_at, now_ms());
+        let renewal = lease.renew(held, snapshot.as_ref(), refresh);
+        let error = match tokio::time::timeout(left, renewal).await {
             Ok(Ok(true)) => {
                 renewed = Instant::now();
+                sweep_at = refresh.unwrap_or(sweep_at);
                 continue;
             }
+            // While finishing, the call's own last writes (the hand-over, the end) give the
+            // lease up; those writes themselves tell a lease lost to another attempt.
+            Ok(Ok(false)) if delivered.is_none() => return std::future::pending().await,
             Ok(Ok(false)) => return HoldEnded::Lost,
             Ok(Err(error)) => error,
             Err(_) => LeaseError {
@@ -1208,11 +1313,11 @@ mod tests {
                 aws_sdk_dynamodb::config::Credentials::for_tests(),
             ))
             .build();
-        let lease = CallLease {
-            client: aws_sdk_dynamodb::Client::new(&sdk),
-            table: "calls".to_string(),
-            duration: Duration::from_secs(3),
-        };
+        let lease = CallLease::new(
+            aws_sdk_dynamodb::Client::new(&sdk),
+            "calls".to_string(),
+            Duration::from_secs(3),
+        );
         let held = Held {
             contact_id: "c-1".to_string(),
             owner: "r1".to_string(),
@@ -1221,7 +1326,7 @@ mod tests {
         };
         let (_tx, rx) = watch::channel(Delivered::default());
         let began = Instant::now();
-        let ended = keep_renewing(&lease, &held, rx).await;
+        let ended = keep_renewing(&lease, &held, Some(rx)).await;
         let took = began.elapsed();
         let HoldEnded::Lapsed(error) = ended else {
             panic!("{ended:?}");

@@ -4,6 +4,11 @@
 //! the lease as it was read (owner, hold, invocation and attempts), every later write on
 //! holding it (owner, invocation and attempt number, since a duplicate delivery can carry the
 //! request id of the attempt it duplicates).
+//!
+//! An open call also carries `OpenCall` and `SweepAt` ([`call_lifecycle::sweep`]): the keys of
+//! the sparse index [`OPEN_CALLS_INDEX`] in which the scheduled sweep finds calls nobody
+//! looks after, without reading the others. Both are removed when the call ends or is given
+//! up.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -12,6 +17,7 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use std::collections::HashMap;
 
 pub use call_lifecycle::lease::{Claim, Held, LeaseRecord, Limits, decide};
+use call_lifecycle::sweep;
 
 use crate::call::CallData;
 use crate::delivered::Delivered;
@@ -39,7 +45,20 @@ pub struct CallLease {
     pub table: String,
     /// A hold not renewed for this long is taken to be dead (`CALL_LEASE_TIMEOUT`).
     pub duration: Duration,
+    /// How long an open call may go unlooked-after before the sweep takes it up
+    /// (`SWEEP_GRACE`).
+    pub sweep_grace: Duration,
 }
+
+/// The sparse global secondary index of open calls: partition key `OpenCall` (one value,
+/// [`OPEN`]), sort key `SweepAt`, keys only. An item is in it only while it has `OpenCall`.
+pub const OPEN_CALLS_INDEX: &str = "OpenCalls";
+
+/// The value of `OpenCall` on an open call (`Open` is a DynamoDB reserved word).
+const OPEN: &str = "open";
+
+/// Calls the sweep takes up in one run, at most (the next run takes the rest).
+pub const SWEEP_BATCH: i32 = 100;
 
 /// How long a lease item is kept after its last write (DynamoDB TTL).
 const KEEP_ITEM: Duration = Duration::from_secs(24 * 3600);
@@ -77,6 +96,34 @@ fn lost_race<E: aws_sdk_dynamodb::error::ProvideErrorMetadata, R>(error: &SdkErr
 }
 
 impl CallLease {
+    /// The lease table `table`, holds of `duration`, the default sweep grace.
+    pub fn new(client: aws_sdk_dynamodb::Client, table: String, duration: Duration) -> Self {
+        Self {
+            client,
+            table,
+            duration,
+            sweep_grace: Duration::from_millis(call_lifecycle::lease::DEFAULT_SWEEP_GRACE_MS),
+        }
+    }
+
+    /// The lifecycle's sweep limits of this table (only the grace is read).
+    fn sweep_limits(&self) -> Limits {
+        Limits {
+            sweep_grace_ms: self.sweep_grace.as_millis() as u64,
+            ..Limits::new(0, 0)
+        }
+    }
+
+    /// `SweepAt` for a hold taken now.
+    pub fn sweep_at(&self, now_ms: u64) -> u64 {
+        sweep::sweep_at(now_ms, self.sweep_limits())
+    }
+
+    /// A new `SweepAt` for a renewal now, when the one written last needs pushing forward.
+    pub fn refresh_sweep_at(&self, written_ms: u64, now_ms: u64) -> Option<u64> {
+        sweep::refresh_sweep_at(written_ms, now_ms, self.sweep_limits())
+    }
+
     fn error(&self, contact_id: &str, operation: &'static str, message: String) -> LeaseError {
         LeaseError {
             table: self.table.clone(),
@@ -90,25 +137,44 @@ impl CallLease {
     /// emulators; in AWS the CloudFormation stack creates it.
     pub async fn create_table(&self) -> Result<(), LeaseError> {
         use aws_sdk_dynamodb::types::{
-            AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
+            AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType,
+            Projection, ProjectionType, ScalarAttributeType,
         };
         let failed = |message: String| self.error("-", "CreateTable", message);
-        let attribute = AttributeDefinition::builder()
-            .attribute_name("PK")
-            .attribute_type(ScalarAttributeType::S)
-            .build()
-            .map_err(|e| failed(e.to_string()))?;
-        let key = KeySchemaElement::builder()
-            .attribute_name("PK")
-            .key_type(KeyType::Hash)
+        let attribute = |name: &str, kind: ScalarAttributeType| {
+            AttributeDefinition::builder()
+                .attribute_name(name)
+                .attribute_type(kind)
+                .build()
+                .map_err(|e| failed(e.to_string()))
+        };
+        let key = |name: &str, kind: KeyType| {
+            KeySchemaElement::builder()
+                .attribute_name(name)
+                .key_type(kind)
+                .build()
+                .map_err(|e| failed(e.to_string()))
+        };
+        let open_calls = GlobalSecondaryIndex::builder()
+            .index_name(OPEN_CALLS_INDEX)
+            .key_schema(key("OpenCall", KeyType::Hash)?)
+            .key_schema(key("SweepAt", KeyType::Range)?)
+            .projection(
+                Projection::builder()
+                    .projection_type(ProjectionType::KeysOnly)
+                    .build(),
+            )
             .build()
             .map_err(|e| failed(e.to_string()))?;
         self.client
             .create_table()
             .table_name(&self.table)
             .billing_mode(BillingMode::PayPerRequest)
-            .attribute_definitions(attribute)
-            .key_schema(key)
+            .attribute_definitions(attribute("PK", ScalarAttributeType::S)?)
+            .attribute_definitions(attribute("OpenCall", ScalarAttributeType::S)?)
+            .attribute_definitions(attribute("SweepAt", ScalarAttributeType::N)?)
+            .key_schema(key("PK", KeyType::Hash)?)
+            .global_secondary_indexes(open_calls)
             .send()
             .await
             .map_err(|e| failed(crate::source::error_text(&e)))?;
@@ -150,6 +216,8 @@ impl CallLease {
             .item("Delivered", json(&Delivered::default()))
             .item("Status", s("RUNNING"))
             .item("Attempts", n(held.attempt))
+            .item("OpenCall", s(OPEN))
+            .item("SweepAt", n(self.sweep_at(now)))
             .item(
                 "ExpiresAfter",
                 n((now + KEEP_ITEM.as_millis() as u64) / 1000),
@@ -179,7 +247,8 @@ impl CallLease {
             .table_name(&self.table)
             .key("PK", key(&held.contact_id))
             .update_expression(
-                "SET #o = :me, LeaseUntil = :until, LambdaCount = :count, Attempts = :attempt",
+                "SET #o = :me, LeaseUntil = :until, LambdaCount = :count, Attempts = :attempt, \
+                 SweepAt = :sweep",
             )
             .condition_expression(format!(
                 "#o = :seen_owner AND LeaseUntil = :seen_until AND LambdaCount = :seen_count \
@@ -190,6 +259,7 @@ impl CallLease {
             .expression_attribute_values(":until", n(now_ms() + self.duration.as_millis() as u64))
             .expression_attribute_values(":count", n(held.lambda_count))
             .expression_attribute_values(":attempt", n(held.attempt))
+            .expression_attribute_values(":sweep", n(self.sweep_at(now_ms())))
             .expression_attribute_values(":seen_owner", s(&seen.owner))
             .expression_attribute_values(":seen_until", n(seen.lease_until_ms))
             .expression_attribute_values(":seen_count", n(seen.lambda_count))
@@ -207,19 +277,25 @@ impl CallLease {
         }
     }
 
-    /// Extends the hold and records what has been delivered; `false` when the lease is no
-    /// longer this invocation's.
-    pub async fn renew(&self, held: &Held, delivered: &Delivered) -> Result<bool, LeaseError> {
-        self.held_update(
-            held,
-            "renew",
-            "SET LeaseUntil = :until, Delivered = :delivered",
-            vec![
-                (":until", n(now_ms() + self.duration.as_millis() as u64)),
-                (":delivered", json(delivered)),
-            ],
-        )
-        .await
+    /// Extends the hold, records what has been delivered when given, and a new `SweepAt`
+    /// when given; `false` when the lease is no longer this attempt's.
+    pub async fn renew(
+        &self,
+        held: &Held,
+        delivered: Option<&Delivered>,
+        sweep_at: Option<u64>,
+    ) -> Result<bool, LeaseError> {
+        let mut values = vec![(":until", n(now_ms() + self.duration.as_millis() as u64))];
+        let mut expression = "SET LeaseUntil = :until".to_string();
+        if let Some(delivered) = delivered {
+            values.push((":delivered", json(delivered)));
+            expression.push_str(", Delivered = :delivered");
+        }
+        if let Some(at) = sweep_at {
+            values.push((":sweep", n(at)));
+            expression.push_str(", SweepAt = :sweep");
+        }
+        self.held_update(held, "renew", &expression, values).await
     }
 
     /// Hands the call to the next invocation, which will start at `next`.
@@ -234,12 +310,16 @@ impl CallLease {
             "hand over",
             "SET #o = :none, HandedOverBy = :me, LambdaCount = :next_count, CallData = :call, \
              Delivered = :delivered, LeaseUntil = :until, ExpiresAfter = :expires, \
-             Attempts = :zero",
+             Attempts = :zero, SweepAt = :sweep",
             vec![
                 (":none", s("")),
                 (":zero", n(0)),
                 (":next_count", n(next.lambda_count)),
                 (":call", json(next)),
+                (
+                    ":sweep",
+                    n(sweep::sweep_at_unheld(now_ms(), self.sweep_limits())),
+                ),
                 (":delivered", json(delivered)),
                 (":until", n(now_ms() + self.duration.as_millis() as u64)),
                 (
@@ -256,7 +336,7 @@ impl CallLease {
         self.held_update(
             held,
             "end",
-            "SET #o = :none, #s = :ended, Delivered = :delivered",
+            "SET #o = :none, #s = :ended, Delivered = :delivered REMOVE OpenCall, SweepAt",
             vec![
                 (":none", s("")),
                 (":ended", s("ENDED")),
@@ -279,9 +359,14 @@ impl CallLease {
         self.held_update(
             held,
             "record failure",
-            "SET LeaseUntil = :zero, Delivered = :delivered, LastFailure = :message",
+            "SET LeaseUntil = :zero, Delivered = :delivered, LastFailure = :message, \
+             SweepAt = :sweep",
             vec![
                 (":zero", n(0)),
+                (
+                    ":sweep",
+                    n(sweep::sweep_at_unheld(now_ms(), self.sweep_limits())),
+                ),
                 (":delivered", json(delivered)),
                 (":message", s(message)),
             ],
@@ -295,7 +380,7 @@ impl CallLease {
         self.held_update(
             held,
             "give up",
-            "SET #o = :none, #s = :failed, Delivered = :delivered",
+            "SET #o = :none, #s = :failed, Delivered = :delivered REMOVE OpenCall, SweepAt",
             vec![
                 (":none", s("")),
                 (":failed", s("FAILED")),
@@ -303,6 +388,56 @@ impl CallLease {
             ],
         )
         .await
+    }
+
+    /// Contact ids of open calls whose `SweepAt` has passed at `now_ms` (at most
+    /// [`SWEEP_BATCH`], the most overdue first): one Query of the sparse index, which reads
+    /// only the calls that are due.
+    pub async fn due_calls(&self, now_ms: u64) -> Result<Vec<String>, LeaseError> {
+        let output = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name(OPEN_CALLS_INDEX)
+            .key_condition_expression("#open = :open AND SweepAt <= :now")
+            .expression_attribute_names("#open", "OpenCall")
+            .expression_attribute_values(":open", s(OPEN))
+            .expression_attribute_values(":now", n(now_ms))
+            .limit(SWEEP_BATCH)
+            .send()
+            .await
+            .map_err(|e| self.error("-", "Query (open calls)", crate::source::error_text(&e)))?;
+        Ok(output
+            .items()
+            .iter()
+            .filter_map(|item| item.get("PK")?.as_s().ok()?.strip_prefix("contact#"))
+            .map(str::to_string)
+            .collect())
+    }
+
+    /// Takes a call that is over out of the index of open calls (an index entry left by a
+    /// write that ended the call some other way); `false` when the call is open.
+    pub async fn close_index(&self, contact_id: &str) -> Result<bool, LeaseError> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("PK", key(contact_id))
+            .update_expression("REMOVE OpenCall, SweepAt")
+            .condition_expression("#s <> :running")
+            .expression_attribute_names("#s", "Status")
+            .expression_attribute_values(":running", s("RUNNING"))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(e) if lost_race(&e) => Ok(false),
+            Err(e) => Err(self.error(
+                contact_id,
+                "UpdateItem (close index)",
+                crate::source::error_text(&e),
+            )),
+        }
     }
 
     /// An update made only while this attempt holds the lease (its owner, invocation and

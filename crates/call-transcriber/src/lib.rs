@@ -18,6 +18,7 @@ pub mod publisher;
 mod quiet;
 pub mod recording;
 pub mod source;
+pub mod sweep;
 pub mod transcribe;
 pub mod usage;
 

@@ -24,6 +24,10 @@ pub struct InvocationFigures {
     pub started: bool,
     /// This invocation gave the call up (its last attempt failed).
     pub gave_up: bool,
+    /// This invocation was a rescue delivery of the sweep.
+    pub rescued: bool,
+    /// The calls this invocation's sweep delivered again, by reason.
+    pub rescues: Vec<&'static str>,
     /// The run's figures, when the run completed.
     pub run: Option<RunFigures>,
     /// The recording's size, when this invocation ended the call with one.
@@ -137,6 +141,18 @@ impl InvocationFigures {
         timestamp_ms: u64,
     ) -> Vec<EmfRecord> {
         let mut records = vec![self.record(result, timestamp_ms)];
+        // One line per reason: a line has one value per dimension.
+        let mut rescues: BTreeMap<&str, u32> = BTreeMap::new();
+        for reason in &self.rescues {
+            *rescues.entry(reason).or_default() += 1;
+        }
+        for (reason, count) in rescues {
+            let mut record = EmfRecord::new(timestamp_ms);
+            record
+                .dimension(Dimension::Reason, reason)
+                .add(Metric::CallsRescued, f64::from(count));
+            records.push(record);
+        }
         let transient = self.run.iter().flat_map(|run| &run.transient_kvs_errors);
         for (id, count) in transient {
             let mut record = EmfRecord::new(timestamp_ms);
@@ -187,6 +203,9 @@ impl InvocationFigures {
                     .add(Metric::InvocationsFailed, 1.0);
                 if self.gave_up {
                     record.add(Metric::CallsFailed, 1.0);
+                    if self.rescued {
+                        record.add(Metric::RescuedCallsGivenUp, 1.0);
+                    }
                 }
                 if let Some(id) = error.kvs_error_id() {
                     record

@@ -723,6 +723,55 @@ async fn a_crash_after_the_recording_is_joined_keeps_it_and_starts_one_analytics
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hold_is_kept_while_the_call_is_finished() {
+    // The last invocation's end-of-call work (here the post-call job's answer, held by
+    // Transcribe) takes longer than CALL_LEASE_TIMEOUT (3 s). The hold is renewed meanwhile,
+    // so a second delivery of its event (same request id: it waits for the hold to expire)
+    // finds it live and leaves the call alone instead of redoing the last share.
+    let h = Harness::new(KvsOptions::default(), TranscribeOptions::default()).await;
+    let mut environment = analytics_environment().to_vec();
+    environment.push(("LAMBDA_INVOKE_TIMEOUT", "1500"));
+    let (lambda, server, logs) = logged_transcriber(&h, &environment).await;
+    h.jobs.inject(local_aws::call_analytics::JobFault::Hold);
+    let (arn, first) = h.play("call", sample_call_chunks()).await;
+    invoke_event(&server, &contact_flow_event(&arn, &first)).await;
+    let mut held = false;
+    for _ in 0..1200 {
+        if !h.jobs.jobs().is_empty() {
+            held = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(held, "the call ended and its analytics job was asked for");
+    // Twice the lease's duration with the answer held, the duplicate waiting meanwhile.
+    assert!(lambda.deliver_again("CallTranscriber"));
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_ne!(leased_status(&h).await.as_deref(), Some("ENDED"));
+    h.jobs.release();
+    wait_for_call_end(&h).await;
+    assert_one_post_call_job(&h).await;
+    // The second delivery left the call alone; the first one ended it.
+    let lines = metrics_lines(&logs, "CallTranscriber");
+    let outcomes = outcomes(&lines);
+    assert_eq!(
+        outcomes.iter().filter(|o| *o == "ENDED").count(),
+        1,
+        "{outcomes:?}"
+    );
+    assert!(outcomes.iter().any(|o| o == "DUPLICATE"), "{outcomes:?}");
+    let records = h.records().await;
+    assert_start_end_recording_url(&records);
+    assert_recording(&h).await;
+    assert!(
+        lambda.failures("CallTranscriber").is_empty(),
+        "{:?}",
+        lambda.failures("CallTranscriber")
+    );
+    lambda.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_analytics_job_leaves_the_call_ended_and_is_counted_as_missed() {
     let h = Harness::new(KvsOptions::default(), TranscribeOptions::default()).await;
     let (lambda, server, logs) = logged_transcriber(&h, &analytics_environment()).await;
@@ -1092,6 +1141,62 @@ async fn a_call_whose_every_attempt_was_killed_is_given_up_by_its_next_delivery(
         last.message
             .contains("all 3 attempts of its invocation stopped"),
         "{failures:?}"
+    );
+    lambda.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hand_over_event_lambda_lost_is_made_up_for_by_the_sweep() {
+    // Lambda loses the first hand-over's event ("events might also be deleted from the queue
+    // without being sent to the function"): the call's lease stays handed over with nobody
+    // to take it. The sweep (every second here, SWEEP_GRACE 1 s) finds it in the index of open
+    // calls and delivers it again; the call comes out whole and once.
+    let h = Harness::new(KvsOptions::default(), TranscribeOptions::default()).await;
+    let (lambda, server, logs) = logged_transcriber(
+        &h,
+        &[("LAMBDA_INVOKE_TIMEOUT", "1500"), ("SWEEP_GRACE", "1000")],
+    )
+    .await;
+    assert!(lambda.drop_next_event("CallTranscriber", "LAMBDA_CONTINUE"));
+    let (arn, first) = h.play("call", sample_call_chunks()).await;
+    invoke_event(&server, &contact_flow_event(&arn, &first)).await;
+    let sweep = lambda.scheduled_event("sweep");
+    assert!(lambda.schedule("CallTranscriber", Duration::from_secs(1), sweep));
+    let records = records_until(&h, "ADD_S3_RECORDING_URL").await;
+    assert_eq!(lambda.dropped_events("CallTranscriber").len(), 1);
+    assert_lifecycle(&records);
+    assert_recording(&h).await;
+    assert!(
+        h.transcribed_audio() == sample_call_stereo(),
+        "every sample reaches Transcribe exactly once"
+    );
+    let rescues: Vec<Value> = lambda
+        .invocations("CallTranscriber")
+        .into_iter()
+        .filter(|i| i.payload["action"] == "LAMBDA_RESCUE")
+        .map(|i| i.payload)
+        .collect();
+    assert!(!rescues.is_empty());
+    assert_eq!(rescues[0]["reason"], "HandOverLost");
+    assert_eq!(rescues[0]["lambdaCount"], 1);
+    assert!(
+        rescues
+            .iter()
+            .all(|r| r.get("callData").is_none() && !r.to_string().contains("+1555")),
+        "a rescue event carries no customer data: {rescues:?}"
+    );
+    assert_eq!(leased_status(&h).await.as_deref(), Some("ENDED"));
+    let item = lease_item(&h).await.expect("the lease item");
+    assert!(
+        !item.contains_key("OpenCall") && !item.contains_key("SweepAt"),
+        "an ended call leaves the index of open calls"
+    );
+    let lines = metrics_lines(&logs, "CallTranscriber");
+    assert!(
+        metric_values(&lines, "CallsRescued", &[("Reason", "HandOverLost")])
+            .iter()
+            .sum::<f64>()
+            >= 1.0
     );
     lambda.shutdown();
 }

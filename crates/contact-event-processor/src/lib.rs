@@ -250,12 +250,12 @@ impl ContactEventProcessor {
     pub fn new(config: ProcessorConfig, sdk: &aws_config::SdkConfig) -> Self {
         Self {
             connect: aws_sdk_connect::Client::new(sdk),
-            lease: CallLease {
-                client: aws_sdk_dynamodb::Client::new(sdk),
-                table: config.call_event_table.clone(),
+            lease: CallLease::new(
+                aws_sdk_dynamodb::Client::new(sdk),
+                config.call_event_table.clone(),
                 // Only read here.
-                duration: Duration::from_secs(30),
-            },
+                Duration::from_secs(30),
+            ),
             kinesis: aws_sdk_kinesis::Client::new(sdk),
             config,
         }

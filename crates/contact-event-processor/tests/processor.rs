@@ -32,11 +32,11 @@ impl World {
         let kinesis = local_aws::moto::create_kinesis_stream(moto.url(), "lca")
             .await
             .unwrap();
-        let lease = CallLease {
-            client: aws_sdk_dynamodb::Client::new(&sdk),
-            table: "calls".to_string(),
-            duration: Duration::from_secs(30),
-        };
+        let lease = CallLease::new(
+            aws_sdk_dynamodb::Client::new(&sdk),
+            "calls".to_string(),
+            Duration::from_secs(30),
+        );
         lease.create_table().await.unwrap();
         let connect = Connect::new("us-east-1", "123456789012");
         let agent_arn = connect.add_user(
@@ -122,7 +122,12 @@ impl World {
             started: true,
             ..Delivered::default()
         };
-        assert!(self.lease.renew(held, &delivered).await.unwrap());
+        assert!(
+            self.lease
+                .renew(held, Some(&delivered), None)
+                .await
+                .unwrap()
+        );
     }
 
     async fn records(&self) -> Vec<Value> {

@@ -95,6 +95,9 @@ const INSTANCE_ARN: &str =
 const KINESIS_STREAM: &str = "lca-demo-call-events";
 const BUCKET: &str = "lca-demo-recordings";
 const LEASE_TABLE: &str = "lca-demo-calls";
+
+/// How often the transcriber's sweep runs, as the stack's schedule (`rate(1 minute)`).
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
 const KVS_STREAM: &str = "connect-demo-contact";
 
 /// What plays into KVS.
@@ -414,8 +417,11 @@ async fn demo(
             memory_mb: 128,
         })
         .map_err(anyhow::Error::msg)?;
-    // As the template sets it: the transcriber invokes itself by design.
+    // As the template sets it: the transcriber invokes itself by design, and is swept every
+    // minute (SweepSchedule) for calls nobody looks after.
     lambda.put_recursion_config("CallTranscriber", RecursiveLoop::Allow);
+    let sweep = lambda.scheduled_event("sweep");
+    lambda.schedule("CallTranscriber", SWEEP_EVERY, sweep);
     environment.insert("CONNECT_INSTANCE_ARN".to_string(), INSTANCE_ARN.to_string());
     environment.insert("TRANSCRIBER_FUNCTION_ARN".to_string(), transcriber_arn);
     lambda
@@ -816,11 +822,11 @@ impl Backend {
             .send()
             .await
             .context("creating the recordings bucket in moto")?;
-        call_transcriber::lease::CallLease {
-            client: aws_sdk_dynamodb::Client::new(&sdk),
-            table: LEASE_TABLE.to_string(),
-            duration: Duration::from_secs(30),
-        }
+        call_transcriber::lease::CallLease::new(
+            aws_sdk_dynamodb::Client::new(&sdk),
+            LEASE_TABLE.to_string(),
+            Duration::from_secs(30),
+        )
         .create_table()
         .await
         .context("creating the lease table in moto")?;

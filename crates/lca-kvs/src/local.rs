@@ -38,6 +38,14 @@ pub struct LocalArgs {
     /// own included) needs it for calls of more than 16 invocations.
     #[arg(long = "allow-recursion", value_name = "NAME")]
     allow_recursion: Vec<String>,
+    /// How often the transcriber's sweep runs, in seconds (the stack's schedule: 60; 0: never).
+    /// The sweep goes to the --function named by --sweep, or else by TRANSCRIBER_FUNCTION_ARN.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    sweep_every: u64,
+    /// The --function that gets the scheduled sweep (default: the one TRANSCRIBER_FUNCTION_ARN
+    /// names, when it is served).
+    #[arg(long, value_name = "NAME")]
+    sweep: Option<String>,
     /// Port of the Lambda stand-in (0: any free port).
     #[arg(long, default_value_t = 0)]
     lambda_port: u16,
@@ -98,6 +106,7 @@ pub fn run(args: LocalArgs) -> Result<()> {
             }
         );
     }
+    let sweep_to = sweep_target(&args, &served)?;
     if args.transcribe_max_sessions == Some(0) {
         bail!("--transcribe-max-sessions 0: must be at least 1");
     }
@@ -206,11 +215,11 @@ pub fn run(args: LocalArgs) -> Result<()> {
                 .with_context(|| format!("--bucket {bucket}: cannot create it in moto"))?;
             }
             if let Some(table) = &args.lease_table {
-                call_transcriber::lease::CallLease {
-                    client: aws_sdk_dynamodb::Client::new(&sdk),
-                    table: table.clone(),
-                    duration: std::time::Duration::from_secs(30),
-                }
+                call_transcriber::lease::CallLease::new(
+                    aws_sdk_dynamodb::Client::new(&sdk),
+                    table.clone(),
+                    std::time::Duration::from_secs(30),
+                )
                 .create_table()
                 .await
                 .with_context(|| format!("--lease-table {table}: cannot create it in moto"))?;
@@ -285,6 +294,10 @@ pub fn run(args: LocalArgs) -> Result<()> {
         for name in &args.allow_recursion {
             lambda.put_recursion_config(name, RecursiveLoop::Allow);
         }
+        if let Some(name) = &sweep_to {
+            let sweep = lambda.scheduled_event("sweep");
+            lambda.schedule(name, std::time::Duration::from_secs(args.sweep_every), sweep);
+        }
         let mut out = std::io::stdout().lock();
         for (name, value) in &exports {
             writeln!(out, "export {name}={value}")?;
@@ -322,6 +335,23 @@ fn env_suffix(name: &str) -> String {
             }
         })
         .collect()
+}
+
+/// The served function that gets the scheduled sweep: `--sweep`, or the one
+/// TRANSCRIBER_FUNCTION_ARN names; none with `--sweep-every 0`.
+fn sweep_target(args: &LocalArgs, served: &[&str]) -> Result<Option<String>> {
+    if args.sweep_every == 0 {
+        return Ok(None);
+    }
+    if let Some(name) = &args.sweep {
+        if !served.contains(&name.as_str()) {
+            bail!("--sweep {name}: no --function {name}=BINARY to sweep with");
+        }
+        return Ok(Some(name.clone()));
+    }
+    let named = std::env::var("TRANSCRIBER_FUNCTION_ARN").unwrap_or_default();
+    let name = named.rsplit(':').next().unwrap_or_default();
+    Ok(served.contains(&name).then(|| name.to_string()))
 }
 
 /// A `--function` value: the name, the program and its arguments (`None` when the value has

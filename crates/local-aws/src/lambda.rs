@@ -174,6 +174,10 @@ struct Function {
     recursive_loop: Mutex<RecursiveLoop>,
     /// The on-failure destination: a record per Event invocation that failed every attempt.
     failure_records: Mutex<Vec<serde_json::Value>>,
+    /// Event invocations to lose, by the `action` of their payload (one entry per event).
+    to_drop: Mutex<Vec<String>>,
+    /// Event invocations lost on purpose, their payloads.
+    dropped: Mutex<Vec<serde_json::Value>>,
 }
 
 /// An attempt that ended in an error, as Lambda reports it to the caller.
@@ -208,6 +212,8 @@ struct Inner {
     options: LambdaOptions,
     functions: Mutex<BTreeMap<String, Arc<Function>>>,
     next_id: AtomicU64,
+    /// Schedules running ([`Lambda::schedule`]), stopped at shutdown.
+    schedules: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 /// The local Lambda: register functions, then [`Lambda::serve`] the Invoke API.
@@ -230,6 +236,7 @@ impl Lambda {
                 options,
                 functions: Mutex::new(BTreeMap::new()),
                 next_id: AtomicU64::new(1),
+                schedules: Mutex::new(Vec::new()),
             }),
         }
     }
@@ -279,6 +286,8 @@ impl Lambda {
             events: Mutex::new(Vec::new()),
             recursive_loop: Mutex::new(RecursiveLoop::Terminate),
             failure_records: Mutex::new(Vec::new()),
+            to_drop: Mutex::new(Vec::new()),
+            dropped: Mutex::new(Vec::new()),
         });
         lock(&self.inner.functions).insert(spec.name, function);
         Ok(arn)
@@ -286,6 +295,9 @@ impl Lambda {
 
     /// Stops every execution environment (their processes are killed).
     pub fn shutdown(&self) {
+        for schedule in lock(&self.inner.schedules).drain(..) {
+            schedule.abort();
+        }
         for function in lock(&self.inner.functions).values() {
             for (_, mut instance) in lock(&function.instances).drain() {
                 let _ = instance.child.start_kill();
@@ -370,6 +382,77 @@ impl Lambda {
                 .await
         });
         true
+    }
+
+    /// Loses the next Event invocation of `name` whose payload's `action` is `action` (say
+    /// `LAMBDA_CONTINUE`): accepted (202) and never run, as Lambda documents it may happen
+    /// ("events might also be deleted from the queue without being sent to the function";
+    /// an event older than its maximum age is discarded the same way; Lambda developer guide,
+    /// "How Lambda handles errors and retries with asynchronous invocation"). Returns false
+    /// for an unknown function.
+    pub fn drop_next_event(&self, name: &str, action: &str) -> bool {
+        match self.function(name) {
+            Some(function) => {
+                lock(&function.to_drop).push(action.to_string());
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The payloads of the Event invocations of `name` lost by [`Lambda::drop_next_event`].
+    pub fn dropped_events(&self, name: &str) -> Vec<serde_json::Value> {
+        self.function(name)
+            .map(|f| lock(&f.dropped).clone())
+            .unwrap_or_default()
+    }
+
+    /// Invokes `name` asynchronously with `payload` every `period` until [`Lambda::shutdown`],
+    /// as an EventBridge schedule does (a rule with a rate expression targeting the function:
+    /// "EventBridge invokes your function asynchronously", Lambda developer guide, "Using
+    /// Lambda with EventBridge Scheduler" / EventBridge rules). Returns false for an unknown
+    /// function.
+    pub fn schedule(&self, name: &str, period: Duration, payload: serde_json::Value) -> bool {
+        let Some(function) = self.function(name) else {
+            return false;
+        };
+        let lambda = self.clone();
+        let payload = Bytes::from(payload.to_string());
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+            loop {
+                tick.tick().await;
+                let request_id = lambda.request_id();
+                let trace =
+                    Trace::for_invocation(None, &function.arn, lambda.request_id()).header();
+                let (lambda, function, payload) =
+                    (lambda.clone(), function.clone(), payload.clone());
+                tokio::spawn(async move {
+                    lambda.run_event(function, payload, request_id, trace).await
+                });
+            }
+        });
+        lock(&self.inner.schedules).push(task);
+        true
+    }
+
+    /// EventBridge's scheduled event from rule `rule` of this Lambda's account and region, as
+    /// a rule with a schedule expression delivers it to its target (EventBridge user guide,
+    /// "Creating a rule that runs on a schedule": `"source": "aws.events"`, `"detail-type":
+    /// "Scheduled Event"`, an empty `detail`).
+    pub fn scheduled_event(&self, rule: &str) -> serde_json::Value {
+        let options = &self.inner.options;
+        json!({
+            "version": "0",
+            "id": self.request_id(),
+            "detail-type": "Scheduled Event",
+            "source": "aws.events",
+            "account": options.account,
+            "time": iso_now(),
+            "region": options.region,
+            "resources": [format!("arn:aws:events:{}:{}:rule/{rule}", options.region, options.account)],
+            "detail": {}
+        })
     }
 
     /// The trace header that the `depth`-th invocation of `function` in a chain of requests
@@ -500,7 +583,7 @@ impl Lambda {
         };
         lock(&function.invocations).push(Invocation {
             invocation_type: invocation_type.clone(),
-            payload: json,
+            payload: json.clone(),
             caller_trace: caller_trace.clone(),
         });
         let trace =
@@ -527,6 +610,9 @@ impl Lambda {
                 recursion_message(&function.arn),
             )
             .into_response(),
+            "Event" if self.drops(&function, &json) => {
+                response(StatusCode::ACCEPTED, None, Bytes::new())
+            }
             "Event" => {
                 let lambda = self.clone();
                 let request_id = self.request_id();
@@ -556,6 +642,19 @@ impl Lambda {
             )
             .into_response(),
         }
+    }
+
+    /// Whether this Event invocation is one to lose ([`Lambda::drop_next_event`]); it is
+    /// then kept among the dropped.
+    fn drops(&self, function: &Function, payload: &serde_json::Value) -> bool {
+        let action = payload["action"].as_str().unwrap_or_default();
+        let mut to_drop = lock(&function.to_drop);
+        let Some(index) = to_drop.iter().position(|a| a == action) else {
+            return false;
+        };
+        to_drop.remove(index);
+        lock(&function.dropped).push(payload.clone());
+        true
     }
 
     /// An Event invocation: up to three attempts, as Lambda retries a failed event twice.

@@ -75,11 +75,11 @@ async fn run(
         .send()
         .await
         .map_err(|e| format!("CreateBucket in moto: {e}"))?;
-    CallLease {
-        client: aws_sdk_dynamodb::Client::new(&sdk),
-        table: "calls".to_string(),
-        duration: Duration::from_secs(30),
-    }
+    CallLease::new(
+        aws_sdk_dynamodb::Client::new(&sdk),
+        "calls".to_string(),
+        Duration::from_secs(30),
+    )
     .create_table()
     .await
     .map_err(|e| e.to_string())?;

@@ -186,11 +186,11 @@ impl Harness {
             .await
             .unwrap();
         let dynamodb = aws_sdk_dynamodb::Client::new(&local_aws::sdk_config(moto.url()));
-        call_transcriber::lease::CallLease {
-            client: dynamodb.clone(),
-            table: TABLE.to_string(),
-            duration: Duration::from_secs(30),
-        }
+        call_transcriber::lease::CallLease::new(
+            dynamodb.clone(),
+            TABLE.to_string(),
+            Duration::from_secs(30),
+        )
         .create_table()
         .await
         .unwrap();
