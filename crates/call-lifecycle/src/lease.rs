@@ -36,6 +36,9 @@ pub struct LeaseRecord {
     pub ended: bool,
     /// The call was given up (every attempt used, or stalled past its limit).
     pub failed: bool,
+    /// The call is being given up, and what that owes LCA (END, the recording's URL) could
+    /// not all be delivered yet (Kinesis refusing them): the next claim finishes giving it up.
+    pub giving_up: bool,
     /// Attempts that have claimed invocation `lambda_count` so far, however they ended;
     /// 0 after a hand-over, until the next invocation claims the call.
     pub attempts: u32,
@@ -89,8 +92,9 @@ pub enum Claim {
         attempt: u32,
     },
     /// Every attempt the invocation has was used (the last ones stopped without giving the
-    /// call up: a timeout, a crash): take the lease over as attempt `attempt` only to give the
-    /// call up (END, what was recorded, FAILED), without running it again.
+    /// call up: a timeout, a crash), or an attempt began giving the call up and could not
+    /// deliver all it owes (END, the URL): take the lease over as attempt `attempt` only to
+    /// give the call up (END, what was recorded, FAILED), without running it again.
     GiveUp {
         /// The lease as read (the take-over is conditional on it).
         record: Box<LeaseRecord>,
@@ -143,7 +147,8 @@ pub fn decide(
         };
     }
     // Free, or its holder stopped: this attempt is the invocation's next one. (An event of a
-    // later invocation than the lease names starts that invocation's count.)
+    // later invocation than the lease names starts that invocation's count.) A call being
+    // given up is only finished being given up, whatever its attempts.
     let before = if record.lambda_count == lambda_count {
         record.attempts
     } else {
@@ -151,7 +156,7 @@ pub fn decide(
     };
     let attempt = before.saturating_add(1);
     let record = Box::new(record);
-    if attempt > limits.max_attempts {
+    if attempt > limits.max_attempts || record.giving_up {
         Claim::GiveUp { record, attempt }
     } else {
         Claim::TakeOver { record, attempt }
@@ -190,6 +195,7 @@ mod tests {
             delivered: Delivered::default(),
             ended: false,
             failed: false,
+            giving_up: false,
             attempts: 1,
             handed_over_by: None,
         }
@@ -278,6 +284,33 @@ mod tests {
             decide(Some(once), 0, "r1", 1000, Limits::new(0, 1)),
             Claim::GiveUp { attempt: 2, .. }
         ));
+    }
+
+    #[test]
+    fn a_call_being_given_up_is_only_finished_being_given_up() {
+        // An attempt gave the call up but Kinesis refused its END: whoever claims it next
+        // (a retry, the sweep's rescue) finishes giving it up, once its hold is free.
+        let pending = LeaseRecord {
+            giving_up: true,
+            attempts: 1,
+            ..record("", 0, 2)
+        };
+        assert_eq!(
+            decide(Some(pending.clone()), 2, "r9", 1000, LIMITS),
+            Claim::GiveUp {
+                record: Box::new(pending.clone()),
+                attempt: 2
+            }
+        );
+        let held = LeaseRecord {
+            owner: "r8".into(),
+            lease_until_ms: 5000,
+            ..pending
+        };
+        assert_eq!(
+            decide(Some(held), 2, "r9", 1000, LIMITS),
+            Claim::Leave("another invocation holds the call")
+        );
     }
 
     #[test]

@@ -49,6 +49,9 @@ pub enum RescueReason {
     /// The holder stopped without a word (a timeout, out of memory, a crash) and no retry
     /// took the call over.
     HolderStopped,
+    /// The call was given up but its END or its recording's URL could not be delivered yet
+    /// (Kinesis refusing them): delivered again until they are.
+    EndPending,
 }
 
 impl RescueReason {
@@ -58,6 +61,7 @@ impl RescueReason {
             Self::HandOverLost => "HandOverLost",
             Self::RetryLost => "RetryLost",
             Self::HolderStopped => "HolderStopped",
+            Self::EndPending => "EndPending",
         }
     }
 }
@@ -83,7 +87,9 @@ pub fn verdict(record: &LeaseRecord, now_ms: u64) -> SweepVerdict {
     if record.ended || record.failed {
         return SweepVerdict::Closed;
     }
-    let reason = if record.owner.is_empty() {
+    let reason = if record.giving_up && record.lease_until_ms <= now_ms {
+        RescueReason::EndPending
+    } else if record.owner.is_empty() {
         RescueReason::HandOverLost
     } else if record.lease_until_ms == 0 {
         RescueReason::RetryLost
@@ -118,6 +124,7 @@ mod tests {
             delivered: Delivered::default(),
             ended: false,
             failed: false,
+            giving_up: false,
             attempts: 1,
             handed_over_by: None,
         }
@@ -155,6 +162,11 @@ mod tests {
             rescue(RescueReason::HolderStopped)
         );
         assert_eq!(verdict(&record("r1", 9_000), 5_000), SweepVerdict::Held);
+        let pending = LeaseRecord {
+            giving_up: true,
+            ..record("", 1_000)
+        };
+        assert_eq!(verdict(&pending, 5_000), rescue(RescueReason::EndPending));
         let ended = LeaseRecord {
             ended: true,
             ..record("", 0)

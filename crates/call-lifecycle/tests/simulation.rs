@@ -149,6 +149,8 @@ struct World {
     next_sweep: u64,
     /// Calls the sweep rescued.
     rescues: usize,
+    /// Times Kinesis refused a given-up call's END.
+    ends_refused: usize,
     steps: usize,
 }
 
@@ -168,6 +170,7 @@ impl World {
             sweep_at: None,
             next_sweep: 1_000_000 + SWEEP_EVERY_MS,
             rescues: 0,
+            ends_refused: 0,
             steps: 0,
         };
         let first = CallData::new(
@@ -422,6 +425,7 @@ impl World {
                     delivered: Delivered::default(),
                     ended: false,
                     failed: false,
+                    giving_up: false,
                     attempts: 1,
                     handed_over_by: None,
                 });
@@ -602,16 +606,31 @@ impl World {
         Some(Stop::Answered)
     }
 
-    /// Gives the call up: END when START is on the stream and END is not, then FAILED.
+    /// Gives the call up: END when START is on the stream and END is not, then FAILED. When
+    /// Kinesis refuses END, the lease says the call is being given up and is left for the
+    /// next claim (a retry, the sweep's rescue) to finish.
     fn give_up(&mut self, held: &Held) {
         let delivered = self.lease.as_ref().expect("held").delivered.clone();
         if delivered.started && !delivered.ended {
+            if self.tape.fault(3) {
+                self.ends_refused += 1;
+                let now = self.now;
+                if self.held_update(held, |r| {
+                    r.owner.clear();
+                    r.lease_until_ms = 0;
+                    r.giving_up = true;
+                }) {
+                    self.sweep_at = Some(sweep::sweep_at_unheld(now, limits()));
+                }
+                return;
+            }
             self.publish(Published::End);
             self.held_update(held, |r| r.delivered.ended = true);
         }
         if self.held_update(held, |r| {
             r.owner.clear();
             r.failed = true;
+            r.giving_up = false;
         }) {
             self.sweep_at = None;
         }
@@ -756,6 +775,7 @@ fn attempts_stopped_by_lambda_count_toward_giving_up() {
         },
         ended: false,
         failed: false,
+        giving_up: false,
         attempts: 3,
         handed_over_by: None,
     });
@@ -782,7 +802,7 @@ fn random_schedules_reach_every_outcome() {
         (seed >> 24) as u8
     };
     let (mut ended, mut failed, mut stalled, mut lost, mut rescued) = (0, 0, 0, 0, 0);
-    let mut never_claimed = 0;
+    let (mut never_claimed, mut end_refused) = (0, 0);
     for _ in 0..2_000 {
         let choices: Vec<u8> = (0..400).map(|_| byte()).collect();
         let world = simulate(choices).unwrap();
@@ -794,12 +814,18 @@ fn random_schedules_reach_every_outcome() {
         }
         lost += usize::from(!world.orphan_causes.is_empty());
         rescued += usize::from(world.rescues > 0);
+        end_refused += usize::from(world.ends_refused > 0);
     }
     println!(
-        "ended {ended}, given up {failed}, given up after a stall {stalled}, StartLCA's event lost before any claim {never_claimed}; Lambda lost an event or retries in {lost}, the sweep rescued {rescued}"
+        "ended {ended}, given up {failed}, given up after a stall {stalled}, StartLCA's event lost before any claim {never_claimed}; Lambda lost an event or retries in {lost}, the sweep rescued {rescued}, a given-up call's END refused at first in {end_refused}"
     );
     assert!(
-        ended > 200 && failed > 20 && stalled > 5 && rescued > 20 && lost > never_claimed,
+        ended > 200
+            && failed > 20
+            && stalled > 5
+            && rescued > 20
+            && lost > never_claimed
+            && end_refused > 5,
         "{ended} {failed} {stalled} {lost} {rescued}"
     );
 }

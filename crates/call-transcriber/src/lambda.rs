@@ -415,6 +415,14 @@ pub enum HandlerError {
         /// The attempts that stopped.
         attempts: u32,
     },
+    /// A given-up call's END or recording URL is still refused by Kinesis.
+    #[error(
+        "call {call_id}: given up, and Kinesis still refuses its END or its recording's URL; kept in the lease and delivered again by the sweep (check the LCA stream and the function's kinesis:PutRecord permission)"
+    )]
+    EndPending {
+        /// The call.
+        call_id: String,
+    },
     /// The next invocation could not be started: the rest of the call is not transcribed.
     #[error("call {call_id}: invoking {function} to continue failed: {message}")]
     HandOver {
@@ -615,17 +623,25 @@ impl Transcriber {
                             let span = tracing::info_span!("call", call_id = %call.call_id, lambda_count = call.lambda_count);
                             figures.call_id = Some(call.call_id.clone());
                             figures.lambda_count = Some(call.lambda_count);
-                            let error = HandlerError::AttemptsUsedUp {
-                                call_id: call.call_id.clone(),
-                                attempts: attempt - 1,
-                            };
                             let holding = Holding {
                                 call: &call,
                                 held: &held,
                                 lease: Some(lease),
                             };
-                            return self
-                                .give_up(holding, record.delivered, error, figures)
+                            if record.giving_up {
+                                // Given up already; what that owes LCA was refused then.
+                                let finishing =
+                                    self.finish_giving_up(holding, record.delivered, figures);
+                                return holding_while(lease, &held, finishing)
+                                    .instrument(span)
+                                    .await;
+                            }
+                            let error = HandlerError::AttemptsUsedUp {
+                                call_id: call.call_id.clone(),
+                                attempts: attempt - 1,
+                            };
+                            let giving_up = self.give_up(holding, record.delivered, error, figures);
+                            return holding_while(lease, &held, giving_up)
                                 .instrument(span)
                                 .await;
                         }
@@ -779,18 +795,7 @@ impl Transcriber {
                     None => finish.await,
                     // The hold is kept while the call is finished (a long join, the URL, the
                     // post-call job), so no duplicate delivery takes it over meanwhile.
-                    Some(lease) => tokio::select! {
-                        finished = finish => finished,
-                        ended = keep_renewing(lease, &held, None) => return match ended {
-                            HoldEnded::Lost => {
-                                Ok(json!({"status": "LEASE_LOST", "callId": call.call_id}))
-                            }
-                            HoldEnded::Lapsed(error) => {
-                                tracing::error!(call_id = %call.call_id, %error, "the lease could not be renewed while finishing: stopping, for Lambda's retry to take the call over");
-                                Err(error.into())
-                            }
-                        },
-                    },
+                    Some(lease) => holding_while(lease, &held, finish).await,
                 }
             }
         };
@@ -1077,29 +1082,45 @@ impl Transcriber {
     ) -> Result<Value, HandlerError> {
         let Holding { call, held, lease } = holding;
         let limits = self.pipeline.config.limits();
-        let attempt = match lease {
-            None => None,
-            Some(lease) => match lease
-                .release_after_failure(held, &delivered, &error.to_string())
-                .await
-            {
-                Ok(true) => Some(held.attempt),
-                Ok(false) => {
-                    tracing::error!(call_id = %call.call_id, error = %error, "invocation failed; the call's lease has moved on, so the failure is left to its holder");
-                    return Err(error);
-                }
-                Err(lease_error) => {
-                    tracing::error!(call_id = %call.call_id, error = %error, %lease_error, "invocation failed and the failure could not be recorded in the lease");
-                    return Err(error);
-                }
-            },
-        };
+        let attempt = lease.map(|_| held.attempt);
         let last = last_anyway || after_failure(attempt, limits) == AfterFailure::GiveUp;
         tracing::error!(call_id = %call.call_id, error = %error, attempt, max_attempts = limits.max_attempts, last_attempt = last, "the call's invocation failed");
-        if !last {
-            return Err(error);
+        let Some(lease) = lease else {
+            return self.give_up(holding, delivered, error, figures).await;
+        };
+        if last {
+            // Given up while holding the call (renewed throughout), so that nothing (a
+            // duplicate, the sweep) takes it over meanwhile.
+            return match lease.renew(held, Some(&delivered), None).await {
+                Ok(true) => {
+                    let giving_up = self.give_up(holding, delivered, error, figures);
+                    holding_while(lease, held, giving_up).await
+                }
+                Ok(false) => {
+                    tracing::error!(call_id = %call.call_id, error = %error, "the call's lease has moved on, so giving it up is left to its holder");
+                    Err(error)
+                }
+                Err(lease_error) => {
+                    tracing::error!(call_id = %call.call_id, error = %error, %lease_error, "the call could not be given up: its lease could not be written (Lambda's retry or the sweep gives it up)");
+                    Err(error)
+                }
+            };
         }
-        self.give_up(holding, delivered, error, figures).await
+        // Released at once, so that Lambda's retry (same request id) or any other delivery
+        // takes the call over without waiting (the attempt was counted when it claimed).
+        match lease
+            .release_after_failure(held, &delivered, &error.to_string())
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::error!(call_id = %call.call_id, error = %error, "invocation failed; the call's lease has moved on, so the failure is left to its holder");
+            }
+            Err(lease_error) => {
+                tracing::error!(call_id = %call.call_id, error = %error, %lease_error, "invocation failed and the failure could not be recorded in the lease");
+            }
+        }
+        Err(error)
     }
 
     /// Gives the call up: END is published, so LCA does not show the call as live for ever,
@@ -1109,12 +1130,30 @@ impl Transcriber {
     async fn give_up(
         &self,
         holding: Holding<'_>,
-        mut delivered: Delivered,
+        delivered: Delivered,
         error: HandlerError,
         figures: &mut InvocationFigures,
     ) -> Result<Value, HandlerError> {
-        let Holding { call, held, lease } = holding;
         figures.gave_up = true;
+        let settled = self.settle_give_up(holding, delivered, figures).await;
+        tracing::error!(call_id = %holding.call.call_id, error = %error, settled, "call given up: its transcript stops at the failure");
+        Err(error)
+    }
+
+    /// Delivers what giving the call up owes LCA: END (when START is out and END is not),
+    /// then what was recorded joined as the call's recording with its URL, so the raw pieces
+    /// (call audio) do not stay behind; then the lease says FAILED. When Kinesis refuses END
+    /// or the URL, the lease says GIVING_UP instead and keeps the call among the open ones:
+    /// the next claim (Lambda's retry, the sweep's rescue) finishes giving it up, so END is
+    /// never lost and goes out once. Returns whether everything was delivered.
+    async fn settle_give_up(
+        &self,
+        holding: Holding<'_>,
+        mut delivered: Delivered,
+        figures: &mut InvocationFigures,
+    ) -> bool {
+        let Holding { call, held, lease } = holding;
+        let mut owed = false;
         if delivered.started && !delivered.ended {
             let end = LcaMessage {
                 call_id: call.call_id.clone(),
@@ -1125,33 +1164,62 @@ impl Transcriber {
             match self.pipeline.publish(end).await {
                 Ok(()) => delivered.ended = true,
                 Err(end_error) => {
-                    tracing::error!(call_id = %call.call_id, error = %end_error, "END of the failed call could not be published: LCA shows it live");
+                    owed = true;
+                    tracing::error!(call_id = %call.call_id, error = %end_error, "END of the given-up call could not be published: kept in the lease, delivered again by the next claim or the sweep");
                 }
             }
         }
-        // What was recorded up to the failure becomes the call's recording (LCA links it),
-        // so the raw pieces (call audio) do not stay behind unjoined. Without the lease: its
-        // hold may have ended with the failure recorded (a renewal would take it again);
-        // give_up below records what was delivered.
+        // The recording's URL follows END. Without the lease: its hold may have ended with
+        // the failure recorded (a renewal would take it again); the lease's last write
+        // below records what was delivered.
         let unleased = Holding {
             lease: None,
             ..holding
         };
-        if let Some(recorder) = self.recorder_of(call)
+        if !owed
+            && let Some(recorder) = self.recorder_of(call)
             && delivered.started
-            && let Err(record_error) = self
+        {
+            match self
                 .record(recorder, unleased, &mut delivered, figures)
                 .await
-        {
-            tracing::error!(call_id = %call.call_id, error = %record_error, "the failed call's recording could not be joined: its pieces stay under the raw prefix");
+            {
+                Ok(()) => {}
+                Err(HandlerError::Pipeline(url_error)) => {
+                    owed = true;
+                    tracing::error!(call_id = %call.call_id, error = %url_error, "the given-up call's recording URL could not be published: kept in the lease, delivered again by the next claim or the sweep");
+                }
+                Err(record_error) => {
+                    tracing::error!(call_id = %call.call_id, error = %record_error, "the given-up call's recording could not be joined: its pieces stay under the raw prefix");
+                }
+            }
         }
-        if let Some(lease) = lease
-            && let Err(lease_error) = lease.give_up(held, &delivered).await
-        {
-            tracing::error!(call_id = %call.call_id, %lease_error, "the failed call could not be marked FAILED in the lease");
+        if let Some(lease) = lease {
+            let written = if owed {
+                lease.give_up_pending(held, &delivered).await
+            } else {
+                lease.give_up(held, &delivered).await
+            };
+            if let Err(lease_error) = written {
+                tracing::error!(call_id = %call.call_id, %lease_error, "the given-up call could not be marked in the lease");
+            }
         }
-        tracing::error!(call_id = %call.call_id, error = %error, end_published = delivered.ended, "call given up: its transcript stops at the failure");
-        Err(error)
+        !owed
+    }
+
+    /// Finishes giving up a call whose END or URL Kinesis refused when it was given up.
+    async fn finish_giving_up(
+        &self,
+        holding: Holding<'_>,
+        delivered: Delivered,
+        figures: &mut InvocationFigures,
+    ) -> Result<Value, HandlerError> {
+        let call_id = holding.call.call_id.clone();
+        if self.settle_give_up(holding, delivered, figures).await {
+            tracing::warn!(call_id = %call_id, "the given-up call's END and recording are delivered now");
+            return Ok(json!({"status": "GIVEN_UP", "callId": call_id}));
+        }
+        Err(HandlerError::EndPending { call_id })
     }
 
     /// Starts the invocation that continues the call at `next`.
@@ -1178,6 +1246,27 @@ impl Transcriber {
         }
         tracing::info!(call_id = %next.call_id, lambda_count = next.lambda_count, "handed over");
         Ok(json!({"status": "CONTINUED", "callId": next.call_id, "lambdaCount": next.lambda_count}))
+    }
+}
+
+/// Runs `work` while keeping this attempt's hold on the call ([`keep_renewing`] without
+/// `Delivered`: the call's own last writes give the lease up). When no renewal succeeds for
+/// two thirds of the lease's duration, `work` is stopped and the lease error returned, for
+/// Lambda's retry (or the sweep) to take the call over.
+async fn holding_while(
+    lease: &CallLease,
+    held: &Held,
+    work: impl std::future::Future<Output = Result<Value, HandlerError>>,
+) -> Result<Value, HandlerError> {
+    tokio::select! {
+        done = work => done,
+        ended = keep_renewing(lease, held, None) => match ended {
+            HoldEnded::Lost => Ok(json!({"status": "LEASE_LOST", "contactId": held.contact_id})),
+            HoldEnded::Lapsed(error) => {
+                tracing::error!(%error, "the lease could not be renewed: stopping, for Lambda's retry or the sweep to take the call over");
+                Err(error.into())
+            }
+        },
     }
 }
 

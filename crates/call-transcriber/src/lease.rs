@@ -440,6 +440,33 @@ impl CallLease {
         }
     }
 
+    /// Marks the call as being given up with END or the URL still owed: released at once, kept
+    /// among the open calls (due for the sweep after `SWEEP_GRACE`), so that the next claim
+    /// finishes giving it up.
+    pub async fn give_up_pending(
+        &self,
+        held: &Held,
+        delivered: &Delivered,
+    ) -> Result<bool, LeaseError> {
+        self.held_update(
+            held,
+            "give up (END owed)",
+            "SET #o = :none, #s = :giving_up, Delivered = :delivered, LeaseUntil = :zero, \
+             SweepAt = :sweep",
+            vec![
+                (":none", s("")),
+                (":giving_up", s("GIVING_UP")),
+                (":delivered", json(delivered)),
+                (":zero", n(0)),
+                (
+                    ":sweep",
+                    n(sweep::sweep_at_unheld(now_ms(), self.sweep_limits())),
+                ),
+            ],
+        )
+        .await
+    }
+
     /// An update made only while this attempt holds the lease (its owner, invocation and
     /// attempt number); `false` when it no longer does.
     async fn held_update(
@@ -499,6 +526,7 @@ fn parse(item: &HashMap<String, AttributeValue>) -> Result<LeaseRecord, String> 
             .map_err(|e| format!("attribute Delivered: {e}"))?,
         ended: text("Status")? == "ENDED",
         failed: text("Status")? == "FAILED",
+        giving_up: text("Status")? == "GIVING_UP",
         attempts: item
             .get("Attempts")
             .and_then(|v| v.as_n().ok())

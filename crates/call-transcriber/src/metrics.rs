@@ -106,6 +106,7 @@ impl HandlerError {
             Self::Hook { .. } => FailureReason::Hook,
             Self::HandOver { .. } => FailureReason::HandOver,
             Self::AttemptsUsedUp { .. } => FailureReason::Stopped,
+            Self::EndPending { .. } => FailureReason::Kinesis,
         }
     }
 

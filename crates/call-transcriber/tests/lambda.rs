@@ -1345,6 +1345,65 @@ async fn a_call_stalled_past_call_stall_timeout_is_given_up_with_its_end() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kinesis_outage_past_call_stall_timeout_delivers_end_once_kinesis_is_back() {
+    // START and the first finals are out, then Kinesis takes nothing for longer than
+    // CALL_STALL_TIMEOUT: the call is given up, and its END, refused too, is kept in the
+    // lease (GIVING_UP). Lambda's retries and the sweep deliver the call again until Kinesis
+    // takes END: then the recording's URL follows, once, and the lease says FAILED.
+    let h = Harness::new(KvsOptions::default(), TranscribeOptions::default()).await;
+    let (lambda, server, logs) = logged_transcriber(
+        &h,
+        &[
+            ("LAMBDA_INVOKE_TIMEOUT", "1500"),
+            ("CALL_STALL_TIMEOUT", "1000"),
+            ("SWEEP_GRACE", "1000"),
+        ],
+    )
+    .await;
+    let (arn, first) = h.play("call", sample_call_chunks()).await;
+    invoke_event(&server, &contact_flow_event(&arn, &first)).await;
+    let sweep = lambda.scheduled_event("sweep");
+    assert!(lambda.schedule("CallTranscriber", Duration::from_secs(1), sweep));
+    let mut out = false;
+    for _ in 0..600 {
+        if finals(&h.records().await).len() >= 2 {
+            out = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(out, "START and two finals on the stream");
+    h.faults.set_outage(true);
+    let mut pending = false;
+    for _ in 0..900 {
+        if leased_status(&h).await.as_deref() == Some("GIVING_UP") {
+            pending = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(pending, "given up with END owed");
+    // Rescued at least once more while Kinesis is still out.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(!h.records().await.iter().any(|r| r["EventType"] == "END"));
+    h.faults.set_outage(false);
+    let records = records_until(&h, "ADD_S3_RECORDING_URL").await;
+    assert_ended_short_with_recording(&h, &records).await;
+    assert_eq!(leased_status(&h).await.as_deref(), Some("FAILED"));
+    let lines = metrics_lines(&logs, "CallTranscriber");
+    let outcomes = outcomes(&lines);
+    assert!(outcomes.iter().any(|o| o == "GIVEN_UP"), "{outcomes:?}");
+    assert_eq!(
+        metric_values(&lines, "CallsFailed", &[])
+            .iter()
+            .sum::<f64>(),
+        1.0,
+        "counted once, when it was given up"
+    );
+    lambda.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_producer_stall_across_hand_overs_is_not_the_end_of_the_call() {
     // 10 s of nothing on the stream at 12.288 s, live at 10x (KVS's 3 s payload timeout
     // scaled to 0.2 s), with invocations of 1.5 s: the first one's time runs out in the
