@@ -46,6 +46,25 @@ pub struct LeaseRecord {
     pub handed_over_by: Option<String>,
 }
 
+impl LeaseRecord {
+    /// The lease as a call's first attempt `held` creates it for `call`, holding it until
+    /// `until_ms`: nothing delivered yet, one attempt counted.
+    pub fn created(held: &Held, call: CallData, until_ms: u64) -> Self {
+        Self {
+            owner: held.owner.clone(),
+            lease_until_ms: until_ms,
+            lambda_count: held.lambda_count,
+            call,
+            delivered: Delivered::default(),
+            ended: false,
+            failed: false,
+            giving_up: false,
+            attempts: held.attempt,
+            handed_over_by: None,
+        }
+    }
+}
+
 /// The limits the rules apply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -187,18 +206,13 @@ mod tests {
     };
 
     fn record(owner: &str, until: u64, count: u32) -> LeaseRecord {
-        LeaseRecord {
-            owner: owner.to_string(),
-            lease_until_ms: until,
+        let held = Held {
+            contact_id: "c".into(),
+            owner: owner.into(),
             lambda_count: count,
-            call: CallData::new("c", "arn", "1"),
-            delivered: Delivered::default(),
-            ended: false,
-            failed: false,
-            giving_up: false,
-            attempts: 1,
-            handed_over_by: None,
-        }
+            attempt: 1,
+        };
+        LeaseRecord::created(&held, CallData::new("c", "arn", "1"), until)
     }
 
     fn take_over(record: &LeaseRecord, attempt: u32) -> Claim {

@@ -107,7 +107,7 @@ pub fn verdict(record: &LeaseRecord, now_ms: u64) -> SweepVerdict {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{CallData, Delivered};
+    use crate::{CallData, Held};
 
     const LIMITS: Limits = Limits {
         max_attempts: 3,
@@ -116,18 +116,13 @@ mod tests {
     };
 
     fn record(owner: &str, until: u64) -> LeaseRecord {
-        LeaseRecord {
-            owner: owner.to_string(),
-            lease_until_ms: until,
+        let held = Held {
+            contact_id: "c".into(),
+            owner: owner.into(),
             lambda_count: 4,
-            call: CallData::new("c", "arn", "1"),
-            delivered: Delivered::default(),
-            ended: false,
-            failed: false,
-            giving_up: false,
-            attempts: 1,
-            handed_over_by: None,
-        }
+            attempt: 1,
+        };
+        LeaseRecord::created(&held, CallData::new("c", "arn", "1"), until)
     }
 
     #[test]

@@ -417,18 +417,7 @@ impl World {
                     return Some(Stop::Answered); // attribute_not_exists(PK) failed
                 }
                 self.sweep_at = Some(sweep::sweep_at(self.now, limits()));
-                self.lease = Some(LeaseRecord {
-                    owner: delivery.request_id.clone(),
-                    lease_until_ms: until,
-                    lambda_count: delivery.call.lambda_count,
-                    call: delivery.call.clone(),
-                    delivered: Delivered::default(),
-                    ended: false,
-                    failed: false,
-                    giving_up: false,
-                    attempts: 1,
-                    handed_over_by: None,
-                });
+                self.lease = Some(LeaseRecord::created(&held(1), delivery.call.clone(), until));
                 self.start_running(attempt, held(1), delivery.call.clone(), until);
                 None
             }
