@@ -14,7 +14,7 @@ use std::time::Duration;
 use aws_sdk_lambda::primitives::Blob;
 use aws_sdk_lambda::types::InvocationType;
 use call_metrics::EmfRecord;
-use lca_events::connect::{ContactFlowEvent, Rejection};
+use lca_events::connect::ContactFlowEvent;
 use lca_events::{LcaEvent, LcaMessage, RecordingUrl, StartCall};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -25,11 +25,12 @@ use tracing::Instrument as _;
 use crate::TranscriberConfig;
 use crate::call::CallData;
 use crate::delivered::Delivered;
+pub use crate::error::HandlerError;
 use crate::lease::{CallLease, Claim, Held, LeaseError, decide, now_ms};
 use crate::metrics::{InvocationFigures, PostCallFigure, RunFigures};
-use crate::pipeline::{CallPipeline, CallSpec, Clients, Ending, PipelineError, Taps};
+use crate::pipeline::{CallPipeline, CallSpec, Clients, Ending, Taps};
 use crate::post_call::{JobStarted, PostCallJobs};
-use crate::recording::{Recorder, RecordingError};
+use crate::recording::Recorder;
 use crate::source::{EndReason, StartAt};
 use call_lifecycle::verdict::Continuation;
 use call_lifecycle::{AfterFailure, AfterStall, after_failure, after_stall};
@@ -299,7 +300,7 @@ pub struct Transcriber {
 impl Transcriber {
     /// The handler with every AWS client built from `sdk` for `config`.
     pub fn new(config: TranscriberConfig, sdk: &aws_config::SdkConfig) -> Self {
-        let bounded = crate::pipeline::with_timeouts(sdk);
+        let bounded = crate::sdk::with_timeouts(sdk);
         let region = config
             .region
             .clone()
@@ -376,63 +377,6 @@ pub struct Invocation<'a> {
     pub request_id: &'a str,
     /// When Lambda stops this invocation.
     pub deadline: Instant,
-}
-
-/// Why an invocation failed (Lambda retries a failed Event invocation).
-#[derive(Debug, thiserror::Error)]
-pub enum HandlerError {
-    /// The event is neither a contact-flow event nor a continuation.
-    #[error("unusable event: {0}")]
-    Event(String),
-    /// The contact cannot be transcribed.
-    #[error(transparent)]
-    Rejected(#[from] Rejection),
-    /// The pipeline failed.
-    #[error(transparent)]
-    Pipeline(#[from] PipelineError),
-    /// The lease table failed.
-    #[error(transparent)]
-    Lease(#[from] LeaseError),
-    /// The recording failed (the retry records this invocation's audio again).
-    #[error(transparent)]
-    Recording(#[from] RecordingError),
-    /// The lambda hook failed (the call is not processed, as in the reference).
-    #[error("lambda hook {function}: {message}")]
-    Hook {
-        /// The hook function.
-        function: String,
-        /// What went wrong.
-        message: String,
-    },
-    /// Every attempt Lambda makes of the call's invocation claimed it and stopped without
-    /// giving it up (timeouts, out of memory, crashes): the call is given up.
-    #[error(
-        "call {call_id}: all {attempts} attempts of its invocation stopped (Lambda timeouts, out of memory or crashes; see their REPORT lines and errors in the log) without finishing it: the call is given up"
-    )]
-    AttemptsUsedUp {
-        /// The call.
-        call_id: String,
-        /// The attempts that stopped.
-        attempts: u32,
-    },
-    /// A given-up call's END or recording URL is still refused by Kinesis.
-    #[error(
-        "call {call_id}: given up, and Kinesis still refuses its END or its recording's URL; kept in the lease and delivered again by the sweep (check the LCA stream and the function's kinesis:PutRecord permission)"
-    )]
-    EndPending {
-        /// The call.
-        call_id: String,
-    },
-    /// The next invocation could not be started: the rest of the call is not transcribed.
-    #[error("call {call_id}: invoking {function} to continue failed: {message}")]
-    HandOver {
-        /// The call.
-        call_id: String,
-        /// This function.
-        function: String,
-        /// The error.
-        message: String,
-    },
 }
 
 /// Why a run could not advance its call, and when its invocation began (where a stall

@@ -7,6 +7,7 @@
 
 pub mod call;
 pub mod config;
+pub mod error;
 mod gate;
 pub mod lambda;
 pub mod lease;
@@ -17,6 +18,7 @@ pub mod post_call;
 pub mod publisher;
 mod quiet;
 pub mod recording;
+pub mod sdk;
 pub mod source;
 pub mod sweep;
 pub mod transcribe;

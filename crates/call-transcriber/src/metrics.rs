@@ -5,13 +5,11 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use call_metrics::{Dimension, EmfRecord, FailureReason, Metric};
+use call_metrics::{Dimension, EmfRecord, Metric};
 use serde_json::Value;
 
-use crate::lambda::HandlerError;
-use crate::pipeline::{CallOutcome, PipelineError};
-use crate::source::SourceError;
-use crate::transcribe::TranscribeError;
+use crate::error::HandlerError;
+use crate::pipeline::CallOutcome;
 
 /// What one invocation did, gathered as it runs.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -83,51 +81,6 @@ impl RunFigures {
             events: outcome.published.delivered,
             kinesis_retries: outcome.published.retries,
             transient_kvs_errors: outcome.transient_kvs_errors.clone(),
-        }
-    }
-}
-
-impl HandlerError {
-    /// Why the invocation failed, as the metrics break failures down.
-    pub fn reason(&self) -> FailureReason {
-        match self {
-            Self::Event(_) | Self::Rejected(_) => FailureReason::Event,
-            Self::Pipeline(PipelineError::Source(SourceError::Stream(_))) => {
-                FailureReason::KvsStream
-            }
-            Self::Pipeline(PipelineError::Source(_)) => FailureReason::KvsRead,
-            Self::Pipeline(PipelineError::Transcribe(TranscribeError::Capacity { .. })) => {
-                FailureReason::TranscribeCapacity
-            }
-            Self::Pipeline(PipelineError::Transcribe(_)) => FailureReason::Transcribe,
-            Self::Pipeline(PipelineError::Undelivered { .. }) => FailureReason::Kinesis,
-            Self::Lease(_) => FailureReason::Lease,
-            Self::Recording(_) => FailureReason::Recording,
-            Self::Hook { .. } => FailureReason::Hook,
-            Self::HandOver { .. } => FailureReason::HandOver,
-            Self::AttemptsUsedUp { .. } => FailureReason::Stopped,
-            Self::EndPending { .. } => FailureReason::Kinesis,
-        }
-    }
-
-    /// The id of the KVS error chunk that failed the run, if that is what failed it. Ids
-    /// KVS does not document are reported as `unlisted` (a dimension's values stay few).
-    pub fn kvs_error_id(&self) -> Option<&str> {
-        match self {
-            Self::Pipeline(PipelineError::Source(SourceError::Stream(error))) => {
-                let id = error.id.trim();
-                Some(if error.is_documented() {
-                    id
-                } else {
-                    "unlisted"
-                })
-            }
-            // Retried errors (5000, 4503) that kept coming until the attempts ran out.
-            Self::Pipeline(PipelineError::Source(SourceError::GetMedia {
-                kvs_error: Some(id),
-                ..
-            })) => Some(id.as_str()),
-            _ => None,
         }
     }
 }
@@ -256,7 +209,9 @@ impl InvocationFigures {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pipeline::PipelineError;
     use crate::source::KvsStreamError;
+    use crate::source::SourceError;
     use serde_json::json;
 
     fn kvs_error(id: &str) -> kvs_media::KvsError {

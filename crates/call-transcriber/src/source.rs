@@ -274,7 +274,7 @@ impl KvsClients {
             .stalled_stream_protection(StalledStreamProtectionConfig::disabled())
             .build();
         Self {
-            video: aws_sdk_kinesisvideo::Client::new(&crate::pipeline::with_timeouts(sdk)),
+            video: aws_sdk_kinesisvideo::Client::new(&crate::sdk::with_timeouts(sdk)),
             media,
         }
     }
