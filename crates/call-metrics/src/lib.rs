@@ -124,6 +124,9 @@ pub enum FailureReason {
     KvsRead,
     /// Transcribe had no capacity for the stream (the account's concurrent stream quota).
     TranscribeCapacity,
+    /// A Transcribe stream stopped taking audio, or did not finish after it, without an
+    /// error (the watchdog, `TRANSCRIBE_STUCK_TIMEOUT`).
+    TranscribeStuck,
     /// Transcribe refused or broke the stream otherwise.
     Transcribe,
     /// LCA events could not be put on the Kinesis data stream.
@@ -150,6 +153,7 @@ impl FailureReason {
             Self::KvsStream => "KvsStream",
             Self::KvsRead => "KvsRead",
             Self::TranscribeCapacity => "TranscribeCapacity",
+            Self::TranscribeStuck => "TranscribeStuck",
             Self::Transcribe => "Transcribe",
             Self::Kinesis => "Kinesis",
             Self::Recording => "Recording",

@@ -88,6 +88,12 @@ pub struct TranscribeSettings {
     pub start_retries: u32,
     /// `START_STREAM_RETRY_WAIT`: pause between attempts.
     pub start_retry_wait: Duration,
+    /// `TRANSCRIBE_STUCK_TIMEOUT` (this project's addition; ms, default 30 s, at least 1 s):
+    /// the watchdog's bound. A session that takes no audio for this long while audio waits,
+    /// or has not finished this long after its audio ended (plus however far the audio sent
+    /// ran ahead of real time), is stuck: it is closed and the run ends as a stall, so a fresh
+    /// invocation reads the call again from the run's start, nothing lost ([`crate::transcribe`]).
+    pub stuck_timeout: Duration,
 }
 
 /// The transcriber's configuration.
@@ -229,6 +235,7 @@ impl TranscriberConfig {
         "TRANSCRIBE_LANGUAGE_CODE",
         "TRANSCRIBE_LANGUAGE_OPTIONS",
         "TRANSCRIBE_PREFERRED_LANGUAGE",
+        "TRANSCRIBE_STUCK_TIMEOUT",
     ];
 
     /// Reads the process environment.
@@ -378,6 +385,14 @@ impl TranscriberConfig {
         if kvs_idle_timeout.is_zero() {
             return Err(env.error("KVS_IDLE_TIMEOUT", "0", "must be positive"));
         }
+        let stuck_timeout = env.millis("TRANSCRIBE_STUCK_TIMEOUT", 30_000)?;
+        if stuck_timeout < Duration::from_secs(1) {
+            return Err(env.error(
+                "TRANSCRIBE_STUCK_TIMEOUT",
+                &stuck_timeout.as_millis().to_string(),
+                "must be at least 1000 ms",
+            ));
+        }
         let max_call_duration = env.millis("MAX_CALL_DURATION", DEFAULT_MAX_CALL_DURATION_MS)?;
         if max_call_duration.is_zero() {
             return Err(env.error("MAX_CALL_DURATION", "0", "must be positive"));
@@ -421,6 +436,7 @@ impl TranscriberConfig {
                 endpoint,
                 start_retries,
                 start_retry_wait: env.millis("START_STREAM_RETRY_WAIT", 1_000)?,
+                stuck_timeout,
             },
             save_partials: env.flag("SAVE_PARTIAL_TRANSCRIPTS", true)?,
             keep_alive,
@@ -688,6 +704,7 @@ mod tests {
         assert_eq!(c.metrics_namespace, "LCA/ConnectKVS");
         assert_eq!(c.transcribe.start_retries, 5);
         assert_eq!(c.transcribe.start_retry_wait, Duration::from_secs(1));
+        assert_eq!(c.transcribe.stuck_timeout, Duration::from_secs(30));
         assert_eq!(c.transcribe.post_call_analytics, None);
     }
 
@@ -889,6 +906,10 @@ mod tests {
             ),
             (&[("KEEP_ALIVE", "15000")], "KEEP_ALIVE"),
             (&[("KEEP_ALIVE", "ten")], "KEEP_ALIVE"),
+            (
+                &[("TRANSCRIBE_STUCK_TIMEOUT", "999")],
+                "TRANSCRIBE_STUCK_TIMEOUT",
+            ),
             (&[("START_STREAM_RETRIES", "-1")], "START_STREAM_RETRIES"),
             (&[("START_STREAM_RETRIES", "0")], "START_STREAM_RETRIES"),
             (&[("LAMBDA_INVOKE_TIMEOUT", "0")], "LAMBDA_INVOKE_TIMEOUT"),

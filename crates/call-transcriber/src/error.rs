@@ -81,6 +81,9 @@ impl HandlerError {
             Self::Pipeline(PipelineError::Transcribe(TranscribeError::Capacity { .. })) => {
                 FailureReason::TranscribeCapacity
             }
+            Self::Pipeline(PipelineError::Transcribe(TranscribeError::Stuck { .. })) => {
+                FailureReason::TranscribeStuck
+            }
             Self::Pipeline(PipelineError::Transcribe(_)) => FailureReason::Transcribe,
             Self::Pipeline(PipelineError::Undelivered { .. }) => FailureReason::Kinesis,
             Self::Lease(_) => FailureReason::Lease,

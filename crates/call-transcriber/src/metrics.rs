@@ -146,6 +146,13 @@ impl InvocationFigures {
                     "CUT" => {
                         record.add(Metric::CallsCut, 1.0);
                     }
+                    // What the service lacked (TranscribeCapacity, TranscribeStuck, Kinesis),
+                    // for Logs Insights: a member, so the alarm's dimensions stay as they are.
+                    "STALLED" => {
+                        if let Some(reason) = answer["reason"].as_str() {
+                            record.member("StallReason", reason);
+                        }
+                    }
                     _ => {}
                 }
             }

@@ -208,13 +208,13 @@ impl PipelineError {
     }
 
     /// Whether the run failed only for want of room at a service: Transcribe's stream quota
-    /// stayed in use, or Kinesis kept throttling (or was out) until the run's time was up.
-    /// Nothing is wrong with the call or the configuration, and the audio waits in KVS: a
-    /// later run at the same position can do what this one could not.
+    /// stayed in use, a Transcribe stream got stuck, or Kinesis kept throttling (or was out)
+    /// until the run's time was up. Nothing is wrong with the call or the configuration, and
+    /// the audio waits in KVS: a later run at the same position can do what this one could not.
     pub fn is_stall(&self) -> bool {
         matches!(
             self,
-            Self::Transcribe(TranscribeError::Capacity { .. })
+            Self::Transcribe(TranscribeError::Capacity { .. } | TranscribeError::Stuck { .. })
                 | Self::Undelivered { refused: false, .. }
         )
     }
@@ -387,7 +387,10 @@ impl CallPipeline {
                     break Ending::CallEnded(EndReason::StreamEnded);
                 }
             }
-            outlet.forward(&mut assembler, last_received).await;
+            if !outlet.forward(&mut assembler, last_received).await {
+                // The transcription failed (its error is the run's): reading on is in vain.
+                break Ending::CallEnded(EndReason::StreamEnded);
+            }
             // A call that reached its maximum length ends here, as a call does.
             if at_boundary
                 && call
@@ -551,7 +554,8 @@ struct ChunkOutlet {
 
 impl ChunkOutlet {
     /// Sends every ready chunk; `received` is when the KVS bytes that completed them arrived.
-    async fn forward(&mut self, assembler: &mut StereoAssembler, received: Instant) {
+    /// `false`: the transcription has stopped (failed).
+    async fn forward(&mut self, assembler: &mut StereoAssembler, received: Instant) -> bool {
         while let Some(chunk) = assembler.pop_chunk() {
             if let Some(recording) = &self.recording {
                 let _ = recording.send(chunk.clone()).await;
@@ -563,8 +567,11 @@ impl ChunkOutlet {
                 received,
             );
             // A closed channel means the transcription failed; its error is reported at the end.
-            let _ = self.transcribe.send(chunk).await;
+            if self.transcribe.send(chunk).await.is_err() {
+                return false;
+            }
         }
+        !self.transcribe.is_closed()
     }
 }
 

@@ -116,6 +116,19 @@ pub enum TranscribeError {
         /// The last error.
         message: String,
     },
+    /// The watchdog found the stream stuck (`TRANSCRIBE_STUCK_TIMEOUT`): Transcribe took no
+    /// audio, or did not finish after the audio ended, and gave no error. What it has not
+    /// answered may never have been heard, so the run ends as a stall: a fresh invocation
+    /// reads the call again from the run's start, nothing lost or published twice.
+    #[error(
+        "call {call_id}: {what}. The stream is closed and a fresh invocation continues the call from this one's start (its audio waits in KVS), for up to CALL_STALL_TIMEOUT; if this recurs, check Transcribe's health in the AWS Health Dashboard"
+    )]
+    Stuck {
+        /// The call.
+        call_id: String,
+        /// What the watchdog saw.
+        what: String,
+    },
     /// A stream failed in a way reconnecting does not fix.
     #[error("call {call_id}: Transcribe stream failed: {message}")]
     Stream {
@@ -163,10 +176,89 @@ where
     }
 }
 
-/// A running session: where its audio goes and where its results come from.
+/// A running session: where its audio goes and where its results come from. Dropping it
+/// stops its reader (and with it the SDK's response stream), so no task waits on a stuck
+/// session's results for ever. (Whether the HTTP/2 stream is then reset is the SDK's affair:
+/// against the local Transcribe it was not; see ARCHITECTURE.md.)
 struct Session {
     audio: Option<mpsc::Sender<Result<AudioStream, AudioStreamError>>>,
     outputs: mpsc::Receiver<Result<(Output, Instant), Failure>>,
+    reader: tokio::task::AbortHandle,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+/// The watchdog of one session: when it is stuck. Transcribe documents no bound of its own
+/// for taking audio or answering (only the other way round: a stream that gets no new audio
+/// for 15 s is closed with a BadRequestException), so without one a session
+/// that stops reading without an error would hold the call until Lambda's timeout. Pure: the
+/// session loop tells it the time.
+#[derive(Debug)]
+struct Watchdog {
+    /// `TRANSCRIBE_STUCK_TIMEOUT`.
+    bound: Duration,
+    /// When the session began taking audio.
+    began: Instant,
+    /// Audio queued for it so far (replay, call audio, keep-alives), in samples.
+    queued_samples: u64,
+    /// Since when audio has waited for room in its queue.
+    full_since: Option<Instant>,
+    /// When the session must have finished, once its audio has ended.
+    finish_by: Option<Instant>,
+}
+
+impl Watchdog {
+    fn new(bound: Duration, replayed_samples: u64, now: Instant) -> Self {
+        Self {
+            bound,
+            began: now,
+            queued_samples: replayed_samples,
+            full_since: None,
+            finish_by: None,
+        }
+    }
+
+    /// Notes whether audio waits for room at `now`.
+    fn waiting_for_room(&mut self, waiting: bool, now: Instant) {
+        self.full_since = match (waiting, self.full_since) {
+            (false, _) => None,
+            (true, since) => Some(since.unwrap_or(now)),
+        };
+    }
+
+    /// The session's audio has ended: it must finish within the bound, after however far
+    /// its audio ran ahead of real time (a service that processes in real time needs that
+    /// long; AWS's streaming guide does not say how fast it processes audio sent faster).
+    fn audio_ended(&mut self, now: Instant) {
+        let audio = Duration::from_secs_f64(
+            self.queued_samples as f64 / f64::from(call_audio::CONNECT_SAMPLE_RATE),
+        );
+        let ahead = audio.saturating_sub(now.saturating_duration_since(self.began));
+        self.finish_by = Some(now + ahead + self.bound);
+    }
+
+    /// When the session counts as stuck, if it is being watched now.
+    fn stuck_at(&self) -> Option<Instant> {
+        self.full_since
+            .map(|since| since + self.bound)
+            .or(self.finish_by)
+    }
+
+    /// What was stuck, for the log and the failure.
+    fn what(&self) -> String {
+        if self.full_since.is_some() {
+            format!(
+                "Transcribe took no audio for {} ms (TRANSCRIBE_STUCK_TIMEOUT) without an error",
+                self.bound.as_millis()
+            )
+        } else {
+            "Transcribe did not finish the stream after its audio ended (TRANSCRIBE_STUCK_TIMEOUT past the audio's real time) without an error".to_string()
+        }
+    }
 }
 
 /// 10 ms of stereo silence (80 samples): enough to keep a stream open, short enough not to
@@ -201,14 +293,17 @@ pub async fn run(
         save_partials: call.save_partials,
     };
     let mut input_open = true;
-    let mut replay = Vec::new();
+    let mut replay: Vec<StereoChunk> = Vec::new();
     let mut fruitless = 0u32;
     loop {
+        let replayed: u64 = replay.iter().map(|c| c.samples as u64).sum();
         let mut session = start(client, &call, &mut summary, std::mem::take(&mut replay)).await?;
         summary.sessions += 1;
         let mut answered = false;
+        let mut watchdog = Watchdog::new(call.settings.stuck_timeout, replayed, Instant::now());
         if !input_open {
             session.audio = None;
+            watchdog.audio_ended(Instant::now());
         }
         let mut last_audio = Instant::now();
         let failure: Failure = loop {
@@ -216,12 +311,15 @@ pub async fn run(
             // slow Transcribe slows the reading of KVS instead of filling memory.
             let has_room = session.audio.as_ref().is_none_or(|a| a.capacity() > 0);
             let room = session.audio.clone();
+            watchdog.waiting_for_room(input_open && !has_room, Instant::now());
+            let stuck_at = watchdog.stuck_at();
             tokio::select! {
                 _ = async { if let Some(audio) = &room { let _ = audio.reserve().await; } }, if input_open && !has_room => {}
                 chunk = chunks.recv(), if input_open && has_room => match chunk {
                     Some(chunk) => {
                         ledger.sent(&chunk);
                         summary.audio_samples += chunk.samples as u64;
+                        watchdog.queued_samples += chunk.samples as u64;
                         send_audio(&session, chunk.pcm);
                         last_audio = Instant::now();
                     }
@@ -229,13 +327,28 @@ pub async fn run(
                         input_open = false;
                         // Dropping the sender ends the audio stream (an empty event).
                         session.audio = None;
+                        watchdog.audio_ended(Instant::now());
                     }
                 },
                 _ = tokio::time::sleep_until(last_audio + call.keep_alive), if input_open => {
                     send_audio(&session, vec![0; KEEP_ALIVE_SAMPLES as usize * 4]);
                     ledger.keep_alive(KEEP_ALIVE_SAMPLES);
                     summary.keep_alives += 1;
+                    watchdog.queued_samples += KEEP_ALIVE_SAMPLES;
                     last_audio = Instant::now();
+                }
+                // The watchdog: a session that neither takes audio nor finishes, without an
+                // error, is closed (dropping it stops its reader). A new session here could
+                // only replay what the ledger kept, and a stuck one may not have heard far
+                // more than that (the SDK takes audio ahead of the service), so the run
+                // ends as a stall instead and a fresh one reads the call again from KVS.
+                _ = tokio::time::sleep_until(stuck_at.unwrap_or_else(Instant::now)), if stuck_at.is_some() => {
+                    let what = watchdog.what();
+                    tracing::warn!(call_id = %call.call_id, stuck_timeout_ms = watchdog.bound.as_millis() as u64, "{what}: closing the stream; a fresh invocation continues the call");
+                    return Err(TranscribeError::Stuck {
+                        call_id: call.call_id.clone(),
+                        what,
+                    });
                 }
                 output = session.outputs.recv() => match output {
                     Some(Ok((output, received))) => {
@@ -335,7 +448,7 @@ async fn start(
                             }
                             _ => None,
                         },
-                    );
+                    )
                 })
                 .map_err(|e| failure(&e)),
             ApiMode::Analytics => {
@@ -358,13 +471,13 @@ async fn start(
                                 }
                                 _ => None,
                             },
-                        );
+                        )
                     })
                     .map_err(|e| failure(&e))
             }
         };
         let failure = match started {
-            Ok(()) => {
+            Ok(reader) => {
                 if attempt > 1 {
                     let waited = waiting_since.elapsed();
                     summary.start_wait += waited;
@@ -373,6 +486,7 @@ async fn start(
                 return Ok(Session {
                     audio: Some(audio_tx),
                     outputs,
+                    reader,
                 });
             }
             Err(failure) => failure,
@@ -437,7 +551,8 @@ fn spawn_reader<T, E>(
     mut receiver: aws_sdk_transcribestreaming::primitives::event_stream::EventReceiver<T, E>,
     out: mpsc::Sender<Result<(Output, Instant), Failure>>,
     select: fn(T) -> Option<Output>,
-) where
+) -> tokio::task::AbortHandle
+where
     T: Send + 'static,
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
@@ -459,7 +574,8 @@ fn spawn_reader<T, E>(
             }
         }
         .in_current_span(),
-    );
+    )
+    .abort_handle()
 }
 
 type StandardRequest = aws_sdk_transcribestreaming::operation::start_stream_transcription::builders::StartStreamTranscriptionFluentBuilder;
@@ -788,6 +904,51 @@ pub fn timestamp(epoch_ms: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_watchdog_counts_a_full_queue_from_when_it_filled_and_forgets_it_when_room_comes() {
+        let bound = Duration::from_secs(30);
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut watchdog = Watchdog::new(bound, 0, t0);
+        assert_eq!(
+            watchdog.stuck_at(),
+            None,
+            "nothing is watched while audio flows"
+        );
+        watchdog.waiting_for_room(true, at(5));
+        watchdog.waiting_for_room(true, at(20));
+        assert_eq!(
+            watchdog.stuck_at(),
+            Some(at(35)),
+            "counted from the first wait"
+        );
+        assert!(watchdog.what().contains("took no audio for 30000 ms"));
+        // Transcribe takes audio again (a real-time pace takes a chunk every 100 ms).
+        watchdog.waiting_for_room(false, at(21));
+        assert_eq!(watchdog.stuck_at(), None);
+        watchdog.waiting_for_room(true, at(22));
+        assert_eq!(watchdog.stuck_at(), Some(at(52)));
+    }
+
+    #[test]
+    fn after_the_audio_ends_the_watchdog_allows_for_audio_sent_ahead_of_real_time() {
+        let bound = Duration::from_secs(30);
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        // 10 s replayed and 50 s of call audio queued in the session's first 20 s: a service
+        // that processes in real time needs until 60 s; stuck only after 60 s + the bound.
+        let mut watchdog = Watchdog::new(bound, 10 * 8000, t0);
+        watchdog.queued_samples += 50 * 8000;
+        watchdog.audio_ended(at(20));
+        assert_eq!(watchdog.stuck_at(), Some(at(90)));
+        assert!(watchdog.what().contains("did not finish"));
+        // Audio sent at real time (or slower): only the bound.
+        let mut live = Watchdog::new(bound, 0, t0);
+        live.queued_samples += 60 * 8000;
+        live.audio_ended(at(61));
+        assert_eq!(live.stuck_at(), Some(at(91)));
+    }
 
     #[test]
     fn start_backoff_grows_with_jitter_up_to_its_cap() {

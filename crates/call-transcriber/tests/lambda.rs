@@ -18,7 +18,7 @@ use local_aws::kvs::{Fault, KvsOptions};
 use local_aws::lambda::{
     FunctionSpec, Lambda, LambdaOptions, RECURSION_LIMIT, RecursiveLoop, function_command,
 };
-use local_aws::transcribe::TranscribeOptions;
+use local_aws::transcribe::{TranscribeFault, TranscribeOptions};
 use serde_json::{Value, json};
 
 fn contact_flow_event(stream_arn: &str, first: &str) -> Value {
@@ -1277,6 +1277,65 @@ async fn a_call_waiting_for_transcribe_capacity_is_handed_on_and_caught_up_with_
         Some("ENDED"),
         "{outcomes:?}"
     );
+    lambda.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transcribe_that_stops_reading_without_an_error_is_caught_by_the_watchdog_long_before_the_deadline()
+ {
+    // The call's first 10 fragments. After 2 s of audio Transcribe neither reads, answers
+    // nor fails. The watchdog (TRANSCRIBE_STUCK_TIMEOUT 2 s past the audio's real time) ends
+    // the run as a stall, long before the invocation's deadline (LAMBDA_INVOKE_TIMEOUT
+    // 60 s, the function's timeout 120 s); the fresh invocation transcribes the whole call,
+    // every final once, within the retries Lambda allows (none used).
+    let h = Harness::new(KvsOptions::default(), TranscribeOptions::default()).await;
+    h.transcribe
+        .inject(TranscribeFault::StopReadingAfter { seconds: 2.0 });
+    let (lambda, server, logs) = logged_transcriber(
+        &h,
+        &[
+            ("LAMBDA_INVOKE_TIMEOUT", "60000"),
+            ("TRANSCRIBE_STUCK_TIMEOUT", "2000"),
+        ],
+    )
+    .await;
+    let chunks: Vec<bytes::Bytes> = sample_call_chunks().into_iter().take(10).collect();
+    let (arn, first) = h.play("call", chunks).await;
+    let began = std::time::Instant::now();
+    invoke_event(&server, &contact_flow_event(&arn, &first)).await;
+    wait_for_stall(&lambda).await;
+    assert!(
+        began.elapsed() < Duration::from_secs(30),
+        "the watchdog acted at {:?}, not at the deadline",
+        began.elapsed()
+    );
+    let records = records_until(&h, "ADD_S3_RECORDING_URL").await;
+    assert_start_end_recording_url(&records);
+    let sessions = h.transcribe.sessions();
+    assert_eq!(sessions.len(), 2);
+    assert!(sessions[0].stopped_reading);
+    let audio = call_recording(&h).await[call_audio::WAV_HEADER_BYTES..].to_vec();
+    assert!(
+        audio.len() > 8 * 32_000 && sample_call_stereo().starts_with(&audio),
+        "the recording is the call's first {} bytes",
+        audio.len()
+    );
+    assert_recording_is(&h, &audio).await;
+    assert!(
+        sessions[1].audio == audio,
+        "the fresh invocation transcribes the call from its first sample"
+    );
+    assert!(lambda.failures("CallTranscriber").is_empty());
+    assert_eq!(stalled_continuations(&lambda), 1);
+    assert_eq!(leased_status(&h).await.as_deref(), Some("ENDED"));
+    let lines = metrics_lines(&logs, "CallTranscriber");
+    let stalled: Vec<&Value> = lines
+        .iter()
+        .map(|(line, _)| line)
+        .filter(|line| line["Outcome"] == "STALLED")
+        .collect();
+    assert_eq!(stalled.len(), 1, "{lines:?}");
+    assert_eq!(stalled[0]["StallReason"], "TranscribeStuck");
     lambda.shutdown();
 }
 

@@ -149,6 +149,62 @@ async fn a_transcribe_exception_mid_call_resumes_without_losing_or_repeating_seg
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transcribe_stream_that_stops_reading_without_an_error_ends_the_run_as_a_stall() {
+    // The first 9 s of the call; after 2 s of audio the session neither reads nor answers nor
+    // fails, its stream left open. Without the watchdog the run waits for ever (here `run`
+    // would fail at its 60 s limit). With it, the stream is closed TRANSCRIBE_STUCK_TIMEOUT
+    // after the audio's real time, and the run ends as a stall (a fresh invocation reads the
+    // call again from KVS: tests/lambda.rs), with what was published before it, and no END.
+    let analytics = [
+        ("TRANSCRIBE_API_MODE", "analytics"),
+        ("IS_TCA_POST_CALL_ANALYTICS_ENABLED", "false"),
+    ];
+    for mode in [&[][..], &analytics[..]] {
+        let h = Harness::new(KvsOptions::default(), TranscribeOptions::default()).await;
+        h.transcribe
+            .inject(TranscribeFault::StopReadingAfter { seconds: 2.0 });
+        let chunks: Vec<Bytes> = sample_call_chunks().into_iter().take(10).collect();
+        let (arn, first) = h.play("call", chunks).await;
+        let mut vars = vec![("TRANSCRIBE_STUCK_TIMEOUT", "2000")];
+        vars.extend(mode.iter().copied());
+        let began = tokio::time::Instant::now();
+        let result = tokio::time::timeout(
+            Duration::from_secs(60),
+            h.pipeline(&vars).run(
+                new_call(&arn, &first),
+                call_transcriber::pipeline::Taps::default(),
+            ),
+        )
+        .await
+        .expect("the watchdog ends the run");
+        let error = result.expect_err("a stuck stream fails the run");
+        assert!(error.is_stall(), "{error}");
+        let text = error.to_string();
+        assert!(
+            text.contains("Transcribe did not finish the stream after its audio ended")
+                && text.contains("TRANSCRIBE_STUCK_TIMEOUT")
+                && text.contains("fresh invocation"),
+            "{text}"
+        );
+        // The audio's real time (about 9 s, less what reading it took) plus the bound.
+        assert!(
+            began.elapsed() < Duration::from_secs(20),
+            "{:?}",
+            began.elapsed()
+        );
+        let sessions = h.transcribe.sessions();
+        assert_eq!(sessions.len(), 1, "{mode:?}");
+        assert!(sessions[0].stopped_reading && sessions[0].exception.is_none());
+        let records = h.records().await;
+        assert_eq!(
+            records.first().map(|r| &r["EventType"]),
+            Some(&"START".into())
+        );
+        assert!(records.iter().all(|r| r["EventType"] != "END"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reused_stream_stops_at_the_next_contact() {
     let h = Harness::new(KvsOptions::default(), TranscribeOptions::default()).await;
     // This call, then (after an idle gap on the stream) the next caller's call.

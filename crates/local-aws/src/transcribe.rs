@@ -85,6 +85,13 @@ pub enum TranscribeFault {
         /// `BadRequestException`, `ConflictException`.
         exception: String,
     },
+    /// After this many seconds of audio the session stops reading and answering, without an
+    /// error and without closing the stream, until the client goes away: a service that
+    /// hangs. (No AWS document describes this; it is the failure a watchdog exists for.)
+    StopReadingAfter {
+        /// Seconds of audio received first.
+        seconds: f64,
+    },
 }
 
 /// What a session received, for tests.
@@ -108,6 +115,8 @@ pub struct SessionRecord {
     pub ended_cleanly: bool,
     /// The exception that ended the session, if any.
     pub exception: Option<String>,
+    /// The session stopped reading as [`TranscribeFault::StopReadingAfter`] made it.
+    pub stopped_reading: bool,
 }
 
 type RecognizerFactory = dyn Fn(u32, usize) -> Box<dyn Recognizer> + Send + Sync;
@@ -280,6 +289,7 @@ impl Transcribe {
             audio_events: 0,
             ended_cleanly: false,
             exception: None,
+            stopped_reading: false,
         }));
         lock(&self.inner.sessions).push(record.clone());
         let fault = lock(&self.inner.faults).pop_front();
@@ -499,6 +509,8 @@ enum End {
     Clean,
     /// An exception was sent.
     Exception,
+    /// The session stopped reading and answering (an injected fault).
+    Stuck,
     /// The client or connection went away.
     Gone,
 }
@@ -548,6 +560,13 @@ impl Session {
                 tokio::spawn(async move {
                     while let Ok(Some(Ok(_))) = tokio::time::timeout(timeout, body.frame()).await {}
                 });
+            }
+            End::Stuck => {
+                lock(&self.record).stopped_reading = true;
+                // Neither reads nor answers, holding the request body unread (its flow-control
+                // window fills and the client's sending stops), until the client goes away.
+                self.tx.closed().await;
+                drop(body);
             }
             End::Gone => {}
         }
@@ -626,10 +645,16 @@ impl Session {
             record.audio_events += 1;
             record.audio_bytes
         };
+        let received_s = received as f64 / bytes_per_second;
+        if let Some(TranscribeFault::StopReadingAfter { seconds }) = &self.fault
+            && received_s >= *seconds
+        {
+            return Some(End::Stuck);
+        }
         let segments = self.recognizer.accept(&pcm);
         self.send_segments(segments).await;
         if let Some(TranscribeFault::ExceptionAfter { seconds, exception }) = &self.fault
-            && received as f64 / bytes_per_second >= *seconds
+            && received_s >= *seconds
         {
             let exception = exception.clone();
             self.exception(&exception, "injected fault").await;
