@@ -1,5 +1,7 @@
 //! The call transcriber as a Lambda function: a new call from a contact-flow event, or a call
-//! continued from an earlier invocation (`{"action":"LAMBDA_CONTINUE","callData":{...}}`).
+//! continued from an earlier invocation (`{"action":"LAMBDA_CONTINUE","contactId",
+//! "lambdaCount"}`, the call read from its lease; `"callData"` instead without a lease table,
+//! and from earlier versions), or rescued by the sweep.
 //! Before the invocation's time runs out it stops at a fragment boundary, flushes, and
 //! invokes itself with where to continue, so a call of any length is transcribed exactly once.
 //!
@@ -25,6 +27,7 @@ use tracing::Instrument as _;
 use crate::TranscriberConfig;
 use crate::call::CallData;
 use crate::delivered::Delivered;
+use crate::delivery::{CONTINUE_ACTION, NamedBy, NamedCall, hand_over_event, named_call_of_event};
 pub use crate::error::HandlerError;
 use crate::lease::{CallLease, Claim, Held, LeaseError, decide, now_ms};
 use crate::metrics::{InvocationFigures, PostCallFigure, RunFigures};
@@ -193,7 +196,8 @@ pub fn hook_answer(
 
 /// The call an invocation's event gives: a contact-flow event's new call (checked against
 /// `connect_instance_arn`, or the event's own instance when unset), or the call a
-/// `LAMBDA_CONTINUE` hand-over carries; and whether it is new. Pure: everything the handler
+/// `LAMBDA_CONTINUE` hand-over carries (`callData`: without a lease table, and from earlier
+/// versions; [`crate::delivery`] reads the ones that name the call); and whether it is new. Pure: everything the handler
 /// does with the event before its first request, fuzzed on its own.
 pub fn call_of_event(
     event: &Value,
@@ -471,23 +475,33 @@ impl Transcriber {
             // Boxed: its future beside the call's would make the handler's too deep to lay out.
             return Box::pin(self.sweep(invocation, figures)).await;
         }
-        let (mut call, is_new) = match crate::sweep::rescue_of_event(&event)
-            .map_err(HandlerError::Event)?
-        {
-            Some(rescue) => {
-                figures.rescued = true;
-                match self.rescued_call(&rescue).await? {
-                    Some(call) => (call, false),
-                    None => {
-                        tracing::warn!(
-                            lambda_count = rescue.lambda_count,
-                            "rescue: the call's lease is gone"
-                        );
-                        return Ok(
-                            json!({"status": "DUPLICATE", "reason": "the call's lease is gone"}),
-                        );
-                    }
-                }
+        // The lease as a named delivery read it, for the claim's first look.
+        let mut read_already = None;
+        let (mut call, is_new) = match named_call_of_event(&event).map_err(HandlerError::Event)? {
+            Some(named) => {
+                figures.rescued = named.by == NamedBy::Rescue;
+                let Some(record) = self.named_call(&named).await? else {
+                    tracing::warn!(
+                        lambda_count = named.lambda_count,
+                        "{:?}: the call's lease is gone",
+                        named.by
+                    );
+                    return Ok(
+                        json!({"status": "DUPLICATE", "reason": "the call's lease is gone"}),
+                    );
+                };
+                let lambda_count = match named.by {
+                    // The lease names the invocation the sweep found; claimed as it stands.
+                    NamedBy::Rescue => record.lambda_count,
+                    // The event's invocation: a stale hand-over finds the lease moved on.
+                    NamedBy::HandOver => named.lambda_count,
+                };
+                let call = CallData {
+                    lambda_count,
+                    ..record.call.clone()
+                };
+                read_already = Some(Some(record));
+                (call, false)
             }
             None => call_of_event(&event, self.pipeline.config.connect_instance_arn.as_deref())?,
         };
@@ -512,7 +526,10 @@ impl Transcriber {
                 let limits = self.pipeline.config.limits();
                 let mut waited = false;
                 loop {
-                    let record = lease.read(&call.contact_id).await?;
+                    let record = match read_already.take() {
+                        Some(record) => record,
+                        None => lease.read(&call.contact_id).await?,
+                    };
                     match decide(record, call.lambda_count, &held.owner, now_ms(), limits) {
                         Claim::Leave(reason) => return Ok(left(&call, reason)),
                         Claim::WaitForExpiry(record) if !waited => {
@@ -991,23 +1008,18 @@ impl Transcriber {
     }
 
     /// The call a rescue event takes up, as its lease keeps it (`None`: no lease).
-    async fn rescued_call(
+    /// The lease of the call a named delivery names (`None`: gone, its TTL passed).
+    async fn named_call(
         &self,
-        rescue: &crate::sweep::Rescue,
-    ) -> Result<Option<CallData>, HandlerError> {
+        named: &NamedCall,
+    ) -> Result<Option<call_lifecycle::LeaseRecord>, HandlerError> {
         let Some(lease) = &self.lease else {
-            return Err(HandlerError::Event(
-                "a rescue event needs the call lease table (TRANSCRIBER_CALL_EVENT_TABLE_NAME)"
-                    .to_string(),
-            ));
+            return Err(HandlerError::Event(format!(
+                "{:?} of contact {}: a delivery naming its call needs the call lease table (TRANSCRIBER_CALL_EVENT_TABLE_NAME), where the call is kept",
+                named.by, named.contact_id
+            )));
         };
-        Ok(lease
-            .read(&rescue.contact_id)
-            .await?
-            .map(|record| CallData {
-                lambda_count: record.lambda_count,
-                ..record.call
-            }))
+        Ok(lease.read(&named.contact_id).await?)
     }
 
     /// Handles a failed attempt: ends its hold in the lease (so Lambda's retry takes over at
@@ -1166,13 +1178,18 @@ impl Transcriber {
         Err(HandlerError::EndPending { call_id })
     }
 
-    /// Starts the invocation that continues the call at `next`.
+    /// Starts the invocation that continues the call at `next`. With the lease table, the
+    /// event names the call, which the lease holds ([`crate::delivery`]); without one it
+    /// carries the call, there being nowhere else to keep it.
     async fn invoke_next(
         &self,
         next: &CallData,
         function_arn: &str,
     ) -> Result<Value, HandlerError> {
-        let payload = json!({"action": "LAMBDA_CONTINUE", "callData": next});
+        let payload = match &self.lease {
+            Some(_) => hand_over_event(&next.contact_id, next.lambda_count),
+            None => json!({"action": CONTINUE_ACTION, "callData": next}),
+        };
         let invoked = self
             .lambda
             .invoke()

@@ -10,10 +10,8 @@ use aws_sdk_lambda::types::InvocationType;
 use call_lifecycle::sweep::{RescueReason, SweepVerdict, verdict};
 use serde_json::{Value, json};
 
+use crate::delivery::RESCUE_ACTION;
 use crate::lease::{CallLease, LeaseError, now_ms};
-
-/// The `action` of a rescue event.
-pub const RESCUE_ACTION: &str = "LAMBDA_RESCUE";
 
 /// Whether `event` is EventBridge's scheduled event (`"source": "aws.events"`,
 /// `"detail-type": "Scheduled Event"`; EventBridge user guide, "Creating a rule that runs on
@@ -21,38 +19,6 @@ pub const RESCUE_ACTION: &str = "LAMBDA_RESCUE";
 pub fn is_scheduled(event: &Value) -> bool {
     event.get("source").and_then(Value::as_str) == Some("aws.events")
         && event.get("detail-type").and_then(Value::as_str) == Some("Scheduled Event")
-}
-
-/// A rescue event: the call to take up again.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rescue {
-    /// The contact (the lease's key).
-    pub contact_id: String,
-    /// The invocation the lease named when the sweep found it.
-    pub lambda_count: u32,
-}
-
-/// The rescue `event` carries, `None` when it is not one; an error names what is wrong.
-pub fn rescue_of_event(event: &Value) -> Result<Option<Rescue>, String> {
-    if event.get("action").and_then(Value::as_str) != Some(RESCUE_ACTION) {
-        return Ok(None);
-    }
-    let contact_id = event["contactId"].as_str().unwrap_or_default();
-    let length = contact_id.chars().count();
-    if contact_id.is_empty() || length > lca_events::MAX_CALL_ID_CHARS {
-        return Err(format!(
-            "{RESCUE_ACTION}: contactId is {length} characters long; it must be 1 to {}",
-            lca_events::MAX_CALL_ID_CHARS
-        ));
-    }
-    let lambda_count = event["lambdaCount"]
-        .as_u64()
-        .and_then(|c| u32::try_from(c).ok())
-        .ok_or_else(|| format!("{RESCUE_ACTION}: lambdaCount is not a whole number"))?;
-    Ok(Some(Rescue {
-        contact_id: contact_id.to_string(),
-        lambda_count,
-    }))
 }
 
 /// What one sweep did.
@@ -135,25 +101,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn rescue_events_are_read_and_bad_ones_named() {
-        let event = json!({"action": "LAMBDA_RESCUE", "contactId": "c-1", "lambdaCount": 3});
-        assert_eq!(
-            rescue_of_event(&event),
-            Ok(Some(Rescue {
-                contact_id: "c-1".into(),
-                lambda_count: 3
-            }))
-        );
-        assert_eq!(
-            rescue_of_event(&json!({"action": "LAMBDA_CONTINUE"})),
-            Ok(None)
-        );
-        let error = rescue_of_event(&json!({"action": "LAMBDA_RESCUE", "lambdaCount": 1}));
-        assert!(error.unwrap_err().contains("contactId is 0 characters"));
-        let error = rescue_of_event(
-            &json!({"action": "LAMBDA_RESCUE", "contactId": "c", "lambdaCount": -1}),
-        );
-        assert!(error.unwrap_err().contains("lambdaCount"));
+    fn scheduled_events_are_told_apart() {
         assert!(is_scheduled(
             &json!({"source": "aws.events", "detail-type": "Scheduled Event", "detail": {}})
         ));

@@ -390,18 +390,26 @@ async fn start_lca_then_hand_overs_transcribe_and_record_every_sample_once() {
     let continuations: Vec<&Value> = invocations
         .iter()
         .filter(|i| i.payload["action"] == "LAMBDA_CONTINUE")
-        .map(|i| &i.payload["callData"])
+        .map(|i| &i.payload)
         .collect();
     assert!(
         continuations.len() >= 3,
         "{} hand-overs",
         continuations.len()
     );
-    for (i, data) in continuations.iter().enumerate() {
-        assert_eq!(data["lambdaCount"], i + 1);
-        assert_eq!(data["callId"], CONTACT);
-        assert!(data["lastFragment"].is_string() && data["sessionId"].is_string());
+    for (i, event) in continuations.iter().enumerate() {
+        assert_eq!(
+            **event,
+            json!({"action": "LAMBDA_CONTINUE", "contactId": CONTACT, "lambdaCount": i + 1}),
+            "a hand-over names the call: no customer data between functions"
+        );
     }
+    // Where the call is kept instead: the lease, up to the last invocation's position.
+    let item = lease_item(&h).await.expect("the lease item");
+    let kept: Value = serde_json::from_str(item["CallData"].as_s().unwrap()).unwrap();
+    assert_eq!(kept["lambdaCount"], continuations.len());
+    assert_eq!(kept["fromNumber"], "+15551230001");
+    assert!(kept["lastFragment"].is_string() && kept["sessionId"].is_string());
     assert!(
         invocations.iter().all(|i| i.invocation_type == "Event"),
         "the transcriber is always started asynchronously"
@@ -1091,6 +1099,51 @@ async fn attempts_stopped_by_lambda_count_and_the_last_attempt_gives_the_call_up
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_queue_record_of_a_hand_over_holds_no_customer_data() {
+    // Every attempt of the first hand-over is killed: Lambda sends its event to the
+    // on-failure destination, which keeps it for up to 14 days. The event names the call;
+    // the caller's number stays in the lease. The sweep then gives the call up (every attempt
+    // used): END, the recording, its URL.
+    let h = Harness::new(KvsOptions::default(), TranscribeOptions::default()).await;
+    let (lambda, server) = transcriber(
+        &h,
+        &[("LAMBDA_INVOKE_TIMEOUT", "1500"), ("SWEEP_GRACE", "1000")],
+    )
+    .await;
+    let (arn, first) = h.play("call", sample_call_chunks()).await;
+    invoke_event(&server, &contact_flow_event(&arn, &first)).await;
+    for attempt in 1..=3 {
+        // Session 1 is the first invocation's; 2 to 4 the hand-over's attempts.
+        wait_for_sessions(&h, 1 + attempt).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(lambda.crash_busy("CallTranscriber"), 1, "attempt {attempt}");
+    }
+    for _ in 0..100 {
+        if !lambda.failure_records("CallTranscriber").is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let records = lambda.failure_records("CallTranscriber");
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(
+        records[0]["requestPayload"],
+        json!({"action": "LAMBDA_CONTINUE", "contactId": CONTACT, "lambdaCount": 1})
+    );
+    let text = records[0].to_string();
+    assert!(
+        !text.contains("+1555") && !text.contains("Number"),
+        "no phone number in the failure queue: {text}"
+    );
+    let sweep = lambda.scheduled_event("sweep");
+    assert!(lambda.schedule("CallTranscriber", Duration::from_secs(1), sweep));
+    let records = records_until(&h, "ADD_S3_RECORDING_URL").await;
+    assert_ended_short_with_recording(&h, &records).await;
+    assert_eq!(leased_status(&h).await.as_deref(), Some("FAILED"));
+    lambda.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_whose_every_attempt_was_killed_is_given_up_by_its_next_delivery() {
     // All three attempts killed mid-call: Lambda sends the event to the on-failure
     // destination and nobody is left to end the call. The next delivery of its event (the
@@ -1201,11 +1254,11 @@ async fn a_hand_over_event_lambda_lost_is_made_up_for_by_the_sweep() {
     lambda.shutdown();
 }
 
-/// Waits (60 s at most) until the call has been handed on after a stall (a continuation
-/// carrying `stalledSinceMs`).
-async fn wait_for_stall(lambda: &Lambda) {
+/// Waits (60 s at most) until the call has been handed on after a stall (an invocation's
+/// metrics line says `STALLED`; the hand-over event names the call only).
+async fn wait_for_stall(logs: &std::path::Path) {
     for _ in 0..600 {
-        if stalled_continuations(lambda) > 0 {
+        if stalled_invocations(logs) > 0 {
             return;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -1213,12 +1266,11 @@ async fn wait_for_stall(lambda: &Lambda) {
     panic!("no invocation handed the call on after a stall within 60 s");
 }
 
-/// Continuations that carry on a stalled call.
-fn stalled_continuations(lambda: &Lambda) -> usize {
-    lambda
-        .invocations("CallTranscriber")
+/// Invocations that handed a stalled call on, by their metrics lines.
+fn stalled_invocations(logs: &std::path::Path) -> usize {
+    outcomes(&metrics_lines(logs, "CallTranscriber"))
         .iter()
-        .filter(|i| i.payload["callData"].get("stalledSinceMs").is_some())
+        .filter(|o| *o == "STALLED")
         .count()
 }
 
@@ -1247,7 +1299,7 @@ async fn a_call_waiting_for_transcribe_capacity_is_handed_on_and_caught_up_with_
     .await;
     let (arn, first) = h.play("call", sample_call_chunks()).await;
     invoke_event(&server, &contact_flow_event(&arn, &first)).await;
-    wait_for_stall(&lambda).await;
+    wait_for_stall(&logs).await;
     assert!(h.transcribe.refused() >= 2, "the quota turned streams away");
     assert!(h.transcribe.sessions().is_empty());
     h.transcribe.set_streams_elsewhere(0);
@@ -1260,11 +1312,7 @@ async fn a_call_waiting_for_transcribe_capacity_is_handed_on_and_caught_up_with_
         "Transcribe got the whole call once"
     );
     assert!(lambda.failures("CallTranscriber").is_empty());
-    assert_eq!(
-        stalled_continuations(&lambda),
-        1,
-        "one stall, then advancing"
-    );
+    assert_eq!(stalled_invocations(&logs), 1, "one stall, then advancing");
     assert_eq!(leased_status(&h).await.as_deref(), Some("ENDED"));
     let outcomes = outcomes(&metrics_lines(&logs, "CallTranscriber"));
     assert_eq!(
@@ -1303,7 +1351,7 @@ async fn transcribe_that_stops_reading_without_an_error_is_caught_by_the_watchdo
     let (arn, first) = h.play("call", chunks).await;
     let began = std::time::Instant::now();
     invoke_event(&server, &contact_flow_event(&arn, &first)).await;
-    wait_for_stall(&lambda).await;
+    wait_for_stall(&logs).await;
     assert!(
         began.elapsed() < Duration::from_secs(30),
         "the watchdog acted at {:?}, not at the deadline",
@@ -1326,7 +1374,7 @@ async fn transcribe_that_stops_reading_without_an_error_is_caught_by_the_watchdo
         "the fresh invocation transcribes the call from its first sample"
     );
     assert!(lambda.failures("CallTranscriber").is_empty());
-    assert_eq!(stalled_continuations(&lambda), 1);
+    assert_eq!(stalled_invocations(&logs), 1);
     assert_eq!(leased_status(&h).await.as_deref(), Some("ENDED"));
     let lines = metrics_lines(&logs, "CallTranscriber");
     let stalled: Vec<&Value> = lines
@@ -1349,14 +1397,14 @@ async fn a_kinesis_outage_longer_than_an_invocation_delays_the_call_and_loses_no
     let (lambda, server, logs) = logged_transcriber(&h, &[("LAMBDA_INVOKE_TIMEOUT", "1500")]).await;
     let (arn, first) = h.play("call", sample_call_chunks()).await;
     invoke_event(&server, &contact_flow_event(&arn, &first)).await;
-    wait_for_stall(&lambda).await;
+    wait_for_stall(&logs).await;
     assert!(h.records().await.is_empty());
     h.faults.set_outage(false);
     let records = records_until(&h, "ADD_S3_RECORDING_URL").await;
     assert_lifecycle(&records);
     assert_recording(&h).await;
     assert!(lambda.failures("CallTranscriber").is_empty());
-    assert_eq!(stalled_continuations(&lambda), 1);
+    assert_eq!(stalled_invocations(&logs), 1);
     let outcomes = outcomes(&metrics_lines(&logs, "CallTranscriber"));
     assert_eq!(
         outcomes.first().map(String::as_str),
@@ -1387,7 +1435,7 @@ async fn a_call_stalled_past_call_stall_timeout_is_given_up_with_its_end() {
     assert_ended_short_with_recording(&h, &records).await;
     assert!(finals(&records).is_empty());
     assert_eq!(leased_status(&h).await.as_deref(), Some("FAILED"));
-    assert_eq!(stalled_continuations(&lambda), 0);
+    assert_eq!(stalled_invocations(&logs), 0);
     // Given up by the first attempt, saying why; Lambda's retries find the call given up.
     let lines = metrics_lines(&logs, "CallTranscriber");
     assert_eq!(
@@ -1595,6 +1643,10 @@ async fn malformed_events_fail_naming_what_is_wrong() {
         (
             json!({"action": "LAMBDA_CONTINUE", "callData": {"callId": 5}}),
             "LAMBDA_CONTINUE callData",
+        ),
+        (
+            json!({"action": "LAMBDA_CONTINUE", "contactId": "c-1", "lambdaCount": "two"}),
+            "LAMBDA_CONTINUE: lambdaCount is not a whole number",
         ),
     ] {
         let (kind, error) = invoke(&server, &event).await;

@@ -1,13 +1,16 @@
 //! A Lambda event through StartLCA's check and the transcriber's reading of it, up to the
-//! first AWS request: a contact-flow event (new call) or a LAMBDA_CONTINUE hand-over, built
-//! from a real one with fields removed, retyped and stretched, or arbitrary JSON bytes.
+//! first AWS request: a contact-flow event (new call), a LAMBDA_CONTINUE hand-over (naming the
+//! call, or carrying it as earlier versions did) or a LAMBDA_RESCUE, built from a real one with
+//! fields removed, retyped and stretched, or arbitrary JSON bytes.
 //!
 //! Must hold: no panic; StartLCA and the transcriber accept the same contact-flow events;
 //! every call accepted has a CallId Kinesis takes and survives its own hand-over unchanged;
-//! no error is longer than `MAX_ERROR_CHARS` or quotes the caller's number.
+//! every call named has a contact id the lease takes; no error is longer than
+//! `MAX_ERROR_CHARS` or quotes the caller's number.
 #![no_main]
 
 use arbitrary::Unstructured;
+use call_transcriber::delivery::{NamedBy, hand_over_event, named_call_of_event};
 use call_transcriber::lambda::call_of_event;
 use lca_events::connect::ContactFlowEvent;
 use lca_fuzz::{INSTANCE, check_error_text, flow_event, mutate};
@@ -20,7 +23,7 @@ fuzz_target!(|data: &[u8]| {
 
 fn run(data: &[u8]) -> arbitrary::Result<()> {
     let mut u = Unstructured::new(data);
-    let event = match u.choose_index(3)? {
+    let event = match u.choose_index(4)? {
         // Raw JSON, as the Lambda runtime would hand over whatever it was invoked with.
         0 => match serde_json::from_slice::<Value>(u.take_rest()) {
             Ok(event) => event,
@@ -32,7 +35,17 @@ fn run(data: &[u8]) -> arbitrary::Result<()> {
             mutate(&mut event, &mut u)?;
             event
         }
-        // A hand-over of an accepted call, changed.
+        // A hand-over naming the call, or a rescue, changed.
+        2 => {
+            let mut event = if u.arbitrary::<bool>()? {
+                hand_over_event("d111f871-5fe7-40b1-b5f7-6b67060de0c2", 3)
+            } else {
+                json!({"action": "LAMBDA_RESCUE", "contactId": "c-1", "lambdaCount": 0, "reason": "HandOverLost"})
+            };
+            mutate(&mut event, &mut u)?;
+            event
+        }
+        // An earlier version's hand-over of an accepted call, changed.
         _ => {
             let (call, _) = call_of_event(&flow_event(), Some(INSTANCE)).expect("the real event");
             let mut event = json!({"action": "LAMBDA_CONTINUE", "callData": call});
@@ -48,6 +61,24 @@ fn run(data: &[u8]) -> arbitrary::Result<()> {
         contact["InstanceARN"].as_str().unwrap_or_default(),
         contact["Channel"].as_str().unwrap_or_default(),
     ];
+    // The handler reads a named delivery first; only the others reach `call_of_event`.
+    match named_call_of_event(&event) {
+        Ok(Some(named)) => {
+            let length = named.contact_id.chars().count();
+            assert!((1..=lca_events::MAX_CALL_ID_CHARS).contains(&length));
+            if named.by == NamedBy::HandOver {
+                let again =
+                    named_call_of_event(&hand_over_event(&named.contact_id, named.lambda_count));
+                assert_eq!(again, Ok(Some(named)));
+            }
+            return Ok(());
+        }
+        Ok(None) => {}
+        Err(error) => {
+            check_error_text(&error, &quoted);
+            return Ok(());
+        }
+    }
     let is_new = event.get("action").and_then(Value::as_str) != Some("LAMBDA_CONTINUE");
     let start_lca = ContactFlowEvent::streaming_contact(&event, INSTANCE);
     if let Err(rejection) = &start_lca {

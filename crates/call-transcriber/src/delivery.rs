@@ -1,0 +1,114 @@
+//! Deliveries that name a call kept in its lease instead of carrying it: the hand-over
+//! (`{"action":"LAMBDA_CONTINUE","contactId","lambdaCount"}`) and the sweep's rescue
+//! (`{"action":"LAMBDA_RESCUE","contactId","lambdaCount","reason"}`). Neither holds customer
+//! data, so neither does Lambda's failure queue when it keeps one (14 days): the call's numbers
+//! and metadata stay in the lease item. Pure: parsed and fuzzed without a request.
+
+use serde_json::{Value, json};
+
+/// The `action` of a hand-over.
+pub const CONTINUE_ACTION: &str = "LAMBDA_CONTINUE";
+
+/// The `action` of a rescue event.
+pub const RESCUE_ACTION: &str = "LAMBDA_RESCUE";
+
+/// Why a call is delivered by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NamedBy {
+    /// The previous invocation handed the call over: the lease must name this invocation.
+    HandOver,
+    /// The sweep found nobody looking after the call: it is taken up as the lease stands.
+    Rescue,
+}
+
+/// A delivery naming a call in the lease table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamedCall {
+    /// The contact (the lease's key).
+    pub contact_id: String,
+    /// The invocation the event is for (a hand-over), or the one the lease named when the
+    /// sweep found it (a rescue).
+    pub lambda_count: u32,
+    /// Who sent it.
+    pub by: NamedBy,
+}
+
+/// The hand-over event for invocation `lambda_count` of `contact_id`.
+pub fn hand_over_event(contact_id: &str, lambda_count: u32) -> Value {
+    json!({"action": CONTINUE_ACTION, "contactId": contact_id, "lambdaCount": lambda_count})
+}
+
+/// The call `event` names; `None` when it is not such a delivery (a contact-flow event, or a
+/// hand-over of an earlier version carrying `callData`). An error names what is wrong.
+pub fn named_call_of_event(event: &Value) -> Result<Option<NamedCall>, String> {
+    let action = event.get("action").and_then(Value::as_str);
+    let by = match action {
+        Some(CONTINUE_ACTION) if event.get("callData").is_none() => NamedBy::HandOver,
+        Some(RESCUE_ACTION) => NamedBy::Rescue,
+        _ => return Ok(None),
+    };
+    let action = action.unwrap_or_default();
+    let contact_id = event["contactId"].as_str().unwrap_or_default();
+    let length = contact_id.chars().count();
+    if contact_id.is_empty() || length > lca_events::MAX_CALL_ID_CHARS {
+        return Err(format!(
+            "{action}: contactId is {length} characters long; it must be 1 to {}",
+            lca_events::MAX_CALL_ID_CHARS
+        ));
+    }
+    let lambda_count = event["lambdaCount"]
+        .as_u64()
+        .and_then(|c| u32::try_from(c).ok())
+        .ok_or_else(|| format!("{action}: lambdaCount is not a whole number"))?;
+    Ok(Some(NamedCall {
+        contact_id: contact_id.to_string(),
+        lambda_count,
+        by,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn named_calls_are_read_and_bad_ones_named() {
+        let event = json!({"action": "LAMBDA_RESCUE", "contactId": "c-1", "lambdaCount": 3});
+        assert_eq!(
+            named_call_of_event(&event),
+            Ok(Some(NamedCall {
+                contact_id: "c-1".into(),
+                lambda_count: 3,
+                by: NamedBy::Rescue,
+            }))
+        );
+        assert_eq!(
+            named_call_of_event(&hand_over_event("c-2", 4)),
+            Ok(Some(NamedCall {
+                contact_id: "c-2".into(),
+                lambda_count: 4,
+                by: NamedBy::HandOver,
+            }))
+        );
+        // An earlier version's hand-over carries the call: read by `call_of_event`.
+        let legacy = json!({"action": "LAMBDA_CONTINUE", "callData": {"callId": "c"}});
+        assert_eq!(named_call_of_event(&legacy), Ok(None));
+        assert_eq!(
+            named_call_of_event(&json!({"Name": "ContactFlowEvent"})),
+            Ok(None)
+        );
+        let error = named_call_of_event(&json!({"action": "LAMBDA_RESCUE", "lambdaCount": 1}));
+        assert!(
+            error
+                .unwrap_err()
+                .contains("LAMBDA_RESCUE: contactId is 0 characters")
+        );
+        let error = named_call_of_event(
+            &json!({"action": "LAMBDA_CONTINUE", "contactId": "c", "lambdaCount": -1}),
+        );
+        assert!(error.unwrap_err().contains("LAMBDA_CONTINUE: lambdaCount"));
+        let long = "c".repeat(lca_events::MAX_CALL_ID_CHARS + 1);
+        let error = named_call_of_event(&hand_over_event(&long, 1));
+        assert!(error.is_err());
+    }
+}
