@@ -1,7 +1,9 @@
 //! [`CallData`]: a call as one invocation of the transcriber hands it to the next, and as the
 //! lease keeps it (the continuation's `callData`, the lease item's `CallData`).
 
+use lca_events::connect::{ContactFlowEvent, Rejection};
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 /// A call as it is handed from one invocation to the next (the continuation's `callData`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -84,5 +86,36 @@ impl CallData {
             started_at_ms: None,
             stalled_since_ms: None,
         }
+    }
+
+    /// The call a Connect contact-flow event starts (before any lambda hook): its stream
+    /// and first fragment, the caller's and the dialled number, the agent when the flow set
+    /// `AgentId`, and when Connect started streaming it. Checked as StartLCA checks it
+    /// ([`ContactFlowEvent::streaming_contact`] against `instance_arn`).
+    pub fn of_contact_flow_event(event: &Value, instance_arn: &str) -> Result<Self, Rejection> {
+        let contact = ContactFlowEvent::streaming_contact(event, instance_arn)?;
+        let parsed: ContactFlowEvent = serde_json::from_value(event.clone())
+            .map_err(|e| Rejection::Malformed(lca_events::json_problem(&e)))?;
+        let data = parsed.details.contact_data;
+        let address = |e: Option<lca_events::connect::Endpoint>| {
+            e.and_then(|e| e.address).unwrap_or_default()
+        };
+        let started_at_ms = data
+            .media_streams
+            .and_then(|m| m.customer)
+            .and_then(|c| c.audio)
+            .and_then(|a| a.start_timestamp)
+            .and_then(|t| t.trim().parse::<u64>().ok());
+        Ok(Self {
+            from_number: address(data.customer_endpoint),
+            to_number: address(data.system_endpoint),
+            agent_id: data.attributes.get("AgentId").cloned(),
+            started_at_ms,
+            ..Self::new(
+                &contact.contact_id,
+                &contact.stream_arn,
+                &contact.start_fragment_number,
+            )
+        })
     }
 }

@@ -44,6 +44,10 @@ pub struct LeaseRecord {
     pub attempts: u32,
     /// Request id of the invocation that last handed the call over.
     pub handed_over_by: Option<String>,
+    /// The contact-flow event StartLCA kept with the lease it wrote (JSON), for the lambda
+    /// hook: present until the call's first attempt has run the hook (a lease StartLCA wrote
+    /// and no attempt has started yet).
+    pub contact_event: Option<String>,
 }
 
 impl LeaseRecord {
@@ -61,6 +65,27 @@ impl LeaseRecord {
             giving_up: false,
             attempts: held.attempt,
             handed_over_by: None,
+            contact_event: None,
+        }
+    }
+
+    /// The lease StartLCA writes before it invokes the transcriber for a new call: nobody
+    /// holds it, no attempt counted, `contact_event` kept for the hook. The first delivery
+    /// takes it over as attempt 1; if that delivery is lost, the sweep finds it as it finds a
+    /// lost hand-over.
+    pub fn pending(call: CallData, contact_event: Option<String>) -> Self {
+        Self {
+            owner: String::new(),
+            lease_until_ms: 0,
+            lambda_count: call.lambda_count,
+            call,
+            delivered: Delivered::default(),
+            ended: false,
+            failed: false,
+            giving_up: false,
+            attempts: 0,
+            handed_over_by: None,
+            contact_event,
         }
     }
 }
@@ -225,6 +250,27 @@ mod tests {
     #[test]
     fn a_new_call_creates_the_lease() {
         assert_eq!(decide(None, 0, "r1", 1000, LIMITS), Claim::Create);
+    }
+
+    #[test]
+    fn the_lease_startlca_wrote_is_taken_over_by_the_first_delivery_as_attempt_one() {
+        let pending = LeaseRecord::pending(CallData::new("c", "arn", "1"), Some("{}".into()));
+        assert_eq!(
+            decide(Some(pending.clone()), 0, "r1", 1000, LIMITS),
+            take_over(&pending, 1)
+        );
+        // A second delivery of StartLCA's event while the first runs leaves it alone.
+        let held = LeaseRecord {
+            owner: "r1".into(),
+            lease_until_ms: 5000,
+            attempts: 1,
+            contact_event: None,
+            ..pending
+        };
+        assert_eq!(
+            decide(Some(held), 0, "r2", 1000, LIMITS),
+            Claim::Leave("another invocation holds the call")
+        );
     }
 
     #[test]

@@ -11,6 +11,8 @@
 //!   found through their sweep time and rescued.
 //! - [`call`] and [`delivered`]: what the lease keeps of a call (where the next invocation
 //!   starts; what Kinesis has acknowledged).
+//! - [`delivery`]: the events that start, hand over and rescue a call by naming it (its data
+//!   stays in the lease: no customer data between functions).
 //!
 //! `tests/simulation.rs` tries these rules against random schedules of the faults Lambda
 //! documents (retries after errors, timeouts and crashes; duplicate, delayed and dropped
@@ -18,6 +20,7 @@
 
 pub mod call;
 pub mod delivered;
+pub mod delivery;
 pub mod lease;
 pub mod sweep;
 pub mod verdict;

@@ -40,6 +40,9 @@ pub fn sweep_at_unheld(now_ms: u64, limits: Limits) -> u64 {
 /// Why the sweep rescues a call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RescueReason {
+    /// StartLCA wrote the lease and invoked the transcriber, and no delivery ever claimed it
+    /// (its event lost, or every attempt stopped before claiming).
+    StartLost,
     /// Handed over, and the next invocation never claimed it (its event lost, or its Invoke
     /// failed on every attempt).
     HandOverLost,
@@ -58,6 +61,7 @@ impl RescueReason {
     /// The reason's name, as the `Reason` dimension of `CallsRescued` carries it.
     pub fn as_str(self) -> &'static str {
         match self {
+            Self::StartLost => "StartLost",
             Self::HandOverLost => "HandOverLost",
             Self::RetryLost => "RetryLost",
             Self::HolderStopped => "HolderStopped",
@@ -89,6 +93,8 @@ pub fn verdict(record: &LeaseRecord, now_ms: u64) -> SweepVerdict {
     }
     let reason = if record.giving_up && record.lease_until_ms <= now_ms {
         RescueReason::EndPending
+    } else if record.owner.is_empty() && record.contact_event.is_some() {
+        RescueReason::StartLost
     } else if record.owner.is_empty() {
         RescueReason::HandOverLost
     } else if record.lease_until_ms == 0 {
@@ -167,6 +173,15 @@ mod tests {
             ..record("", 0)
         };
         assert_eq!(verdict(&ended, 5_000), SweepVerdict::Closed);
+        // StartLCA's lease that no delivery claimed: the first event was lost.
+        let unstarted = LeaseRecord::pending(CallData::new("c", "arn", "1"), Some("{}".into()));
+        assert_eq!(
+            verdict(&unstarted, 5_000),
+            SweepVerdict::Rescue {
+                reason: RescueReason::StartLost,
+                lambda_count: 0
+            }
+        );
         assert_eq!(RescueReason::RetryLost.as_str(), "RetryLost");
     }
 }

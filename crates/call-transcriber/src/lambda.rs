@@ -16,7 +16,6 @@ use std::time::Duration;
 use aws_sdk_lambda::primitives::Blob;
 use aws_sdk_lambda::types::InvocationType;
 use call_metrics::EmfRecord;
-use lca_events::connect::ContactFlowEvent;
 use lca_events::{LcaEvent, LcaMessage, RecordingUrl, StartCall};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -231,31 +230,10 @@ fn new_call(event: &Value, connect_instance_arn: Option<&str>) -> Result<CallDat
             .as_str()
             .unwrap_or_default()
     });
-    let contact = ContactFlowEvent::streaming_contact(event, instance)?;
-    let parsed: ContactFlowEvent = serde_json::from_value(event.clone())
-        .map_err(|e| HandlerError::Event(lca_events::json_problem(&e)))?;
-    let data = parsed.details.contact_data;
-    let address =
-        |e: Option<lca_events::connect::Endpoint>| e.and_then(|e| e.address).unwrap_or_default();
-    let started_at_ms = data
-        .media_streams
-        .and_then(|m| m.customer)
-        .and_then(|c| c.audio)
-        .and_then(|a| a.start_timestamp)
-        .and_then(|t| t.trim().parse::<u64>().ok());
+    let call = CallData::of_contact_flow_event(event, instance)?;
     // Where the call's audio is, for `lca-kvs capture` (README, "Investigate a call").
-    tracing::info!(call_id = %contact.contact_id, stream_arn = %contact.stream_arn, start_fragment = %contact.start_fragment_number, start_timestamp_ms = ?started_at_ms, "new call");
-    Ok(CallData {
-        from_number: address(data.customer_endpoint),
-        to_number: address(data.system_endpoint),
-        agent_id: data.attributes.get("AgentId").cloned(),
-        started_at_ms,
-        ..CallData::new(
-            &contact.contact_id,
-            &contact.stream_arn,
-            &contact.start_fragment_number,
-        )
-    })
+    tracing::info!(call_id = %call.contact_id, stream_arn = %call.stream_arn, start_fragment = %call.start_fragment_number, start_timestamp_ms = ?call.started_at_ms, "new call");
+    Ok(call)
 }
 
 /// The `errorType` of a function error's payload (Lambda's `{"errorType", "errorMessage"}`),
@@ -493,8 +471,8 @@ impl Transcriber {
                 let lambda_count = match named.by {
                     // The lease names the invocation the sweep found; claimed as it stands.
                     NamedBy::Rescue => record.lambda_count,
-                    // The event's invocation: a stale hand-over finds the lease moved on.
-                    NamedBy::HandOver => named.lambda_count,
+                    // The event's invocation: a stale one finds the lease moved on.
+                    NamedBy::Start | NamedBy::HandOver => named.lambda_count,
                 };
                 let call = CallData {
                     lambda_count,
@@ -564,6 +542,7 @@ impl Transcriber {
                             if !lease.take_over(&held, &record).await? {
                                 return Ok(left(&call, "another invocation took the lease first"));
                             }
+                            let contact_event = record.contact_event.clone();
                             // A held lease was taken from an attempt that stopped (a crash, a
                             // failure or a timeout); an empty owner is an ordinary hand-over.
                             let after_failure = !record.owner.is_empty();
@@ -573,6 +552,27 @@ impl Transcriber {
                             delivered = record.delivered;
                             if after_failure {
                                 tracing::warn!(call_id = %call.call_id, lambda_count = call.lambda_count, attempt, max_attempts = limits.max_attempts, "resuming a call after an attempt that stopped; what it published is not published again");
+                            }
+                            if let Some(text) = contact_event {
+                                // The lease StartLCA wrote: the call's first attempt runs the
+                                // lambda hook on the contact-flow event kept with it.
+                                let flow_event: Value =
+                                    serde_json::from_str(&text).map_err(|e| {
+                                        HandlerError::Event(format!(
+                                            "the lease's ContactEvent: {}",
+                                            lca_events::json_problem(&e)
+                                        ))
+                                    })?;
+                                if !self.hook(&flow_event, &mut call).await? {
+                                    lease.skip(&held).await?;
+                                    return Ok(skipped(&call));
+                                }
+                                if !lease.started(&held, &call).await? {
+                                    return Ok(left(
+                                        &call,
+                                        "another invocation took the lease first",
+                                    ));
+                                }
                             }
                         }
                         Claim::GiveUp { record, attempt } => {
@@ -1295,24 +1295,7 @@ async fn keep_renewing(
     }
 }
 
-/// Sets up the functions' logs: JSON lines on stderr (CloudWatch takes them as they are; a
-/// local run keeps them apart from its output), level from `RUST_LOG` (default info) but
-/// never finer than [`call_metrics::FINEST_LOG_LEVEL`], no timestamps (Lambda adds its own).
-pub fn json_logs() {
-    use tracing_subscriber::layer::SubscriberExt as _;
-    use tracing_subscriber::util::SubscriberInitExt as _;
-    tracing_subscriber::fmt()
-        .json()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .without_time()
-        .with_writer(std::io::stderr)
-        .finish()
-        .with(call_metrics::FINEST_LOG_LEVEL)
-        .init();
-}
+pub use aws_edge::json_logs;
 
 /// Serves the call transcriber under the Lambda Runtime API (configuration from the
 /// environment): what the function's `bootstrap` runs, and `lca-kvs demo`'s functions too.

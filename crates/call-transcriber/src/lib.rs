@@ -7,11 +7,9 @@
 
 pub mod call;
 pub mod config;
-pub mod delivery;
 pub mod error;
 mod gate;
 pub mod lambda;
-pub mod lease;
 mod ledger;
 pub mod metrics;
 pub mod pipeline;
@@ -25,7 +23,9 @@ pub mod sweep;
 pub mod transcribe;
 pub mod usage;
 
+pub use call_lease as lease;
 pub use call_lifecycle::delivered;
+pub use call_lifecycle::delivery;
 pub use call_lifecycle::{Delivered, Limits};
 pub use config::{ConfigError, TranscriberConfig};
 pub use gate::{ContactGate, GateOutput, StopReason};

@@ -738,18 +738,7 @@ const POLL_PAUSE: Duration = Duration::from_millis(500);
 /// How far before a fragment's producer time to read when fetching the one before it.
 const FIRST_FRAGMENT_MARGIN_MS: u64 = 3_000;
 
-/// An error with its source chain, for messages (the Display of an SdkError alone says
-/// little: "service error").
-pub fn error_text(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
+pub use aws_edge::error_text;
 
 /// The bytes of fragment `number`, which the gate has just let through, from the chunks split
 /// off so far; earlier ones (passed over by the gate) are dropped.

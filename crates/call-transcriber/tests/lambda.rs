@@ -339,10 +339,9 @@ fn assert_lifecycle(records: &[Value]) {
     assert_eq!(starts, sorted, "final segments in time order");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn start_lca_then_hand_overs_transcribe_and_record_every_sample_once() {
-    let h = Harness::new(KvsOptions::default(), TranscribeOptions::default()).await;
-    let (lambda, server, logs) = logged_transcriber(&h, &[("LAMBDA_INVOKE_TIMEOUT", "500")]).await;
+/// The StartLCA binary in `lambda`, as the template sets it up: the call lease table `table`
+/// on the harness's DynamoDB, the transcriber function of `lambda`.
+fn add_start_lca(h: &Harness, lambda: &Lambda, server: &local_aws::http::Server, table: &str) {
     let (command, args) = function_command(&start_lca_binary()).unwrap();
     lambda
         .add_function(FunctionSpec {
@@ -351,34 +350,105 @@ async fn start_lca_then_hand_overs_transcribe_and_record_every_sample_once() {
             args,
             environment: BTreeMap::from([
                 ("AWS_ENDPOINT_URL_LAMBDA".to_string(), server.url()),
+                ("AWS_ENDPOINT_URL_DYNAMODB".to_string(), h.moto_url.clone()),
                 ("AWS_ACCESS_KEY_ID".to_string(), "AKIDLOCAL".to_string()),
                 ("AWS_SECRET_ACCESS_KEY".to_string(), "local".to_string()),
+                ("AWS_REGION".to_string(), "us-east-1".to_string()),
                 ("CONNECT_INSTANCE_ARN".to_string(), INSTANCE.to_string()),
                 (
                     "TRANSCRIBER_FUNCTION_ARN".to_string(),
                     "arn:aws:lambda:us-east-1:123456789012:function:CallTranscriber".to_string(),
                 ),
+                (
+                    "TRANSCRIBER_CALL_EVENT_TABLE_NAME".to_string(),
+                    table.to_string(),
+                ),
+                ("SWEEP_GRACE".to_string(), "1000".to_string()),
             ]),
             timeout: Duration::from_secs(8),
             memory_mb: 128,
         })
         .unwrap();
-    // At 5x (12 s) there is room for three hand-overs also on a busy machine, where starting
-    // each invocation takes longer.
-    let (arn, first) = h.play_at("call", sample_call_chunks(), &[], 5.0).await;
+}
+
+/// Connect invoking StartLCA for the call on `arn` (synchronously, waiting at most 8 s):
+/// its answer.
+async fn invoke_start_lca(server: &local_aws::http::Server, arn: &str, first: &str) -> Value {
     let client = aws_sdk_lambda::Client::new(&local_aws::sdk_config(&server.url()));
-    // Connect invokes StartLCA synchronously and waits for its answer (8 s at most).
-    let asked = std::time::Instant::now();
     let output = client
         .invoke()
         .function_name("StartLCA")
-        .payload(Blob::new(contact_flow_event(&arn, &first).to_string()))
+        .payload(Blob::new(contact_flow_event(arn, first).to_string()))
         .send()
         .await
         .unwrap();
-    let answered = asked.elapsed();
     assert_eq!(output.function_error, None);
-    let answer: Value = serde_json::from_slice(output.payload.unwrap().as_ref()).unwrap();
+    serde_json::from_slice(output.payload.unwrap().as_ref()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn startlcas_event_lost_the_sweep_starts_the_call_from_its_lease() {
+    // StartLCA writes the call's lease, then Lambda loses its event to the transcriber:
+    // the lease is open and unclaimed, so the sweep delivers the call (StartLost), and the
+    // first attempt runs it whole from its first fragment, every word once.
+    let h = Harness::new(KvsOptions::default(), TranscribeOptions::default()).await;
+    let (lambda, server, logs) = logged_transcriber(&h, &[("SWEEP_GRACE", "1000")]).await;
+    add_start_lca(&h, &lambda, &server, TABLE);
+    assert!(lambda.drop_next_event("CallTranscriber", "LAMBDA_START"));
+    let (arn, first) = h.play("call", sample_call_chunks()).await;
+    let answer = invoke_start_lca(&server, &arn, &first).await;
+    assert_eq!(answer["status"], "STARTED", "{answer}");
+    assert_eq!(lambda.dropped_events("CallTranscriber").len(), 1);
+    let item = lease_item(&h).await.expect("StartLCA wrote the lease");
+    assert_eq!(item["Status"].as_s().unwrap(), "PENDING");
+    let sweep = lambda.scheduled_event("sweep");
+    assert!(lambda.schedule("CallTranscriber", Duration::from_secs(1), sweep));
+    let records = records_until(&h, "ADD_S3_RECORDING_URL").await;
+    assert_lifecycle(&records);
+    assert_recording(&h).await;
+    assert!(h.transcribed_audio() == sample_call_stereo());
+    assert_eq!(leased_status(&h).await.as_deref(), Some("ENDED"));
+    let lines = metrics_lines(&logs, "CallTranscriber");
+    assert!(
+        metric_values(&lines, "CallsRescued", &[("Reason", "StartLost")])
+            .iter()
+            .sum::<f64>()
+            >= 1.0
+    );
+    lambda.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn startlca_that_cannot_write_the_lease_still_starts_the_call() {
+    // DynamoDB refuses StartLCA's write (here: no such table): StartLCA starts the
+    // transcriber with the contact-flow event itself, and the call is transcribed as before
+    // StartLCA wrote leases (the transcriber creates the lease).
+    let h = Harness::new(KvsOptions::default(), TranscribeOptions::default()).await;
+    let (lambda, server) = transcriber(&h, &[]).await;
+    add_start_lca(&h, &lambda, &server, "no-such-table");
+    let (arn, first) = h.play("call", sample_call_chunks()).await;
+    let answer = invoke_start_lca(&server, &arn, &first).await;
+    assert_eq!(answer["status"], "STARTED", "{answer}");
+    let records = records_until(&h, "ADD_S3_RECORDING_URL").await;
+    assert_lifecycle(&records);
+    let invocations = lambda.invocations("CallTranscriber");
+    assert_eq!(invocations[0].payload["Name"], "ContactFlowEvent");
+    assert_eq!(leased_status(&h).await.as_deref(), Some("ENDED"));
+    lambda.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_lca_then_hand_overs_transcribe_and_record_every_sample_once() {
+    let h = Harness::new(KvsOptions::default(), TranscribeOptions::default()).await;
+    let (lambda, server, logs) = logged_transcriber(&h, &[("LAMBDA_INVOKE_TIMEOUT", "500")]).await;
+    add_start_lca(&h, &lambda, &server, TABLE);
+    // At 5x (12 s) there is room for three hand-overs also on a busy machine, where starting
+    // each invocation takes longer.
+    let (arn, first) = h.play_at("call", sample_call_chunks(), &[], 5.0).await;
+    // Connect invokes StartLCA synchronously and waits for its answer (8 s at most).
+    let asked = std::time::Instant::now();
+    let answer = invoke_start_lca(&server, &arn, &first).await;
+    let answered = asked.elapsed();
     assert_eq!(answer["status"], "STARTED", "{answer}");
     assert!(
         answered < Duration::from_secs(5),
@@ -386,7 +456,11 @@ async fn start_lca_then_hand_overs_transcribe_and_record_every_sample_once() {
     );
     let records = records_until(&h, "ADD_S3_RECORDING_URL").await;
     let invocations = lambda.invocations("CallTranscriber");
-    assert_eq!(invocations[0].payload["Name"], "ContactFlowEvent");
+    // StartLCA wrote the call's lease first: its event names the call.
+    assert_eq!(
+        invocations[0].payload,
+        json!({"action": "LAMBDA_START", "contactId": CONTACT, "lambdaCount": 0})
+    );
     let continuations: Vec<&Value> = invocations
         .iter()
         .filter(|i| i.payload["action"] == "LAMBDA_CONTINUE")
@@ -1684,10 +1758,21 @@ while True:
     path
 }
 
+/// How a hook test's call reaches the transcriber.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Started {
+    /// The contact-flow event itself (no lease table, or StartLCA without one).
+    ByEvent,
+    /// StartLCA wrote the call's lease, with the contact-flow event for the hook, and sent
+    /// `LAMBDA_START`.
+    ByLease,
+}
+
 /// The handler (not the binary) with a lambda hook answering `answer`, on the live sample call.
 async fn with_hook(
     h: &Harness,
     answer: &str,
+    started: Started,
 ) -> Result<Value, call_transcriber::lambda::HandlerError> {
     let dir = tempfile::tempdir().unwrap();
     let lambda = Lambda::new(LambdaOptions::default());
@@ -1702,10 +1787,15 @@ async fn with_hook(
             memory_mb: 128,
         })
         .unwrap();
+    let lease = call_transcriber::lease::CallLease::new(
+        h.dynamodb.clone(),
+        TABLE.to_string(),
+        Duration::from_secs(30),
+    );
     let transcriber = call_transcriber::lambda::Transcriber {
         pipeline: h.pipeline(&[("LAMBDA_HOOK_FUNCTION_ARN", &hook)]),
         lambda: aws_sdk_lambda::Client::new(&local_aws::sdk_config(&server.url())),
-        lease: None,
+        lease: (started == Started::ByLease).then(|| lease.clone()),
         recorder: Some(call_transcriber::recording::Recorder {
             s3: h.s3.clone(),
             bucket: BUCKET.to_string(),
@@ -1716,10 +1806,26 @@ async fn with_hook(
         post_call: None,
     };
     let (arn, first) = h.stored("call", &sample_call_chunks(), &[]);
+    let event = match started {
+        Started::ByEvent => contact_flow_event(&arn, &first),
+        Started::ByLease => {
+            let flow_event = contact_flow_event(&arn, &first);
+            let call =
+                call_transcriber::call::CallData::of_contact_flow_event(&flow_event, INSTANCE)
+                    .unwrap();
+            assert!(
+                lease
+                    .create_pending(&call, &flow_event.to_string())
+                    .await
+                    .unwrap()
+            );
+            call_transcriber::delivery::start_event(CONTACT)
+        }
+    };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     let result = transcriber
         .handle(
-            contact_flow_event(&arn, &first),
+            event,
             call_transcriber::lambda::Invocation {
                 function_arn: "arn:aws:lambda:us-east-1:123456789012:function:CallTranscriber",
                 request_id: "hook-test",
@@ -1738,6 +1844,12 @@ async fn with_hook(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_lambda_hook_overrides_the_call() {
+    for started in [Started::ByEvent, Started::ByLease] {
+        the_lambda_hook_overrides_the_call_when(started).await;
+    }
+}
+
+async fn the_lambda_hook_overrides_the_call_when(started: Started) {
     let h = Harness::new(KvsOptions::default(), TranscribeOptions::default()).await;
     let answer = json!({
         "callId": "custom-call-1",
@@ -1748,8 +1860,8 @@ async fn the_lambda_hook_overrides_the_call() {
         "metadatajson": "{\"crm\":\"42\"}",
         "shouldRecordCall": false
     });
-    let result = with_hook(&h, &answer.to_string()).await.unwrap();
-    assert_eq!(result["status"], "ENDED");
+    let result = with_hook(&h, &answer.to_string(), started).await.unwrap();
+    assert_eq!(result["status"], "ENDED", "{started:?}");
     let records = h.records().await;
     assert!(records.iter().all(|r| r["CallId"] == "custom-call-1"));
     let start = &records[0];
@@ -1764,17 +1876,33 @@ async fn the_lambda_hook_overrides_the_call() {
     // shouldRecordCall=false: nothing in S3, no recording URL.
     assert_eq!(h.keys("").await, Vec::<String>::new());
     assert_eq!(records.last().unwrap()["EventType"], "END");
+    if started == Started::ByLease {
+        // The lease keeps the call as the hook left it, and no longer the contact-flow event.
+        let item = lease_item(&h).await.expect("the lease item");
+        assert!(!item.contains_key("ContactEvent"));
+        let kept: Value = serde_json::from_str(item["CallData"].as_s().unwrap()).unwrap();
+        assert_eq!(kept["callId"], "custom-call-1");
+        assert_eq!(item["Status"].as_s().unwrap(), "ENDED");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hook_saying_do_not_process_leaves_no_trace() {
-    let h = Harness::new(KvsOptions::default(), TranscribeOptions::default()).await;
-    let result = with_hook(&h, r#"{"shouldProcessCall": false}"#)
-        .await
-        .unwrap();
-    assert_eq!(result["status"], "SKIPPED");
-    assert!(h.records().await.is_empty());
-    assert!(h.transcribe.sessions().is_empty());
+    for started in [Started::ByEvent, Started::ByLease] {
+        let h = Harness::new(KvsOptions::default(), TranscribeOptions::default()).await;
+        let result = with_hook(&h, r#"{"shouldProcessCall": false}"#, started)
+            .await
+            .unwrap();
+        assert_eq!(result["status"], "SKIPPED", "{started:?}");
+        assert!(h.records().await.is_empty());
+        assert!(h.transcribe.sessions().is_empty());
+        if started == Started::ByLease {
+            // StartLCA's lease is closed: not open for the sweep, no contact-flow event kept.
+            let item = lease_item(&h).await.expect("the lease item");
+            assert_eq!(item["Status"].as_s().unwrap(), "SKIPPED");
+            assert!(!item.contains_key("OpenCall") && !item.contains_key("ContactEvent"));
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1782,7 +1910,7 @@ async fn a_failing_hook_stops_the_call_naming_its_error_type_but_not_its_message
     // The hook's errorMessage may hold customer data (here a phone number): the error, which
     // goes to the log, the lease and the failure queue, names the hook and its errorType only.
     let h = Harness::new(KvsOptions::default(), TranscribeOptions::default()).await;
-    let error = with_hook(&h, "fail").await.unwrap_err();
+    let error = with_hook(&h, "fail", Started::ByEvent).await.unwrap_err();
     let text = error.to_string();
     assert!(
         text.contains("lambda hook") && text.contains("errorType Refused"),
@@ -1798,7 +1926,7 @@ async fn a_failing_hook_stops_the_call_naming_its_error_type_but_not_its_message
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hook_answer_of_the_wrong_shape_fails_without_repeating_it() {
     let h = Harness::new(KvsOptions::default(), TranscribeOptions::default()).await;
-    let error = with_hook(&h, r#"{"isCaller": "+15551230001"}"#)
+    let error = with_hook(&h, r#"{"isCaller": "+15551230001"}"#, Started::ByEvent)
         .await
         .unwrap_err();
     let text = error.to_string();
@@ -1815,7 +1943,7 @@ async fn a_hook_answer_beyond_a_limit_fails_naming_it() {
     // naming the limit, instead of every event of the call being refused later.
     let h = Harness::new(KvsOptions::default(), TranscribeOptions::default()).await;
     let answer = format!(r#"{{"callId": "{}"}}"#, "c".repeat(300));
-    let error = with_hook(&h, &answer).await.unwrap_err();
+    let error = with_hook(&h, &answer, Started::ByLease).await.unwrap_err();
     let text = error.to_string();
     assert!(
         text.contains("lambda hook")

@@ -8,8 +8,8 @@
 use std::time::Duration;
 
 use aws_sdk_kinesis::primitives::Blob;
+use call_lease::CallLease;
 use call_metrics::{Dimension, EmfRecord, Metric};
-use call_transcriber::lease::CallLease;
 use lca_events::{Agent, LcaEvent, LcaMessage};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -189,7 +189,7 @@ pub enum ProcessorError {
     Event(String),
     /// The lease table failed.
     #[error(transparent)]
-    Lease(#[from] call_transcriber::lease::LeaseError),
+    Lease(#[from] call_lease::LeaseError),
     /// DescribeUser failed.
     #[error("DescribeUser {agent_arn}: {message}")]
     Agent {
@@ -246,8 +246,10 @@ pub struct ContactEventProcessor {
 const POLL: Duration = Duration::from_millis(500);
 
 impl ContactEventProcessor {
-    /// The processor with clients built from `sdk`.
+    /// The processor with clients built from `sdk`, every request under the time limits
+    /// all functions share ([`aws_edge::with_timeouts`]).
     pub fn new(config: ProcessorConfig, sdk: &aws_config::SdkConfig) -> Self {
+        let sdk = &aws_edge::with_timeouts(sdk);
         Self {
             connect: aws_sdk_connect::Client::new(sdk),
             lease: CallLease::new(
@@ -305,7 +307,7 @@ impl ContactEventProcessor {
             .map_err(|e| ProcessorError::Kinesis {
                 call_id: call_id.clone(),
                 stream: self.config.kinesis_stream_name.clone(),
-                message: call_transcriber::source::error_text(&e),
+                message: aws_edge::error_text(&e),
             })?;
         tracing::info!(call_id = %call_id, "UPDATE_AGENT published");
         Ok(json!({"status": "UPDATED", "callId": call_id}))
@@ -342,7 +344,7 @@ impl ContactEventProcessor {
             .user_id(user)
             .send()
             .await
-            .map_err(|e| failed(call_transcriber::source::error_text(&e)))?;
+            .map_err(|e| failed(aws_edge::error_text(&e)))?;
         let user = output
             .user
             .ok_or_else(|| failed("the answer has no User".to_string()))?;

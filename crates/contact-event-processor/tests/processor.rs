@@ -5,9 +5,9 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use call_transcriber::Delivered;
-use call_transcriber::call::CallData;
-use call_transcriber::lease::{CallLease, Held};
+use call_lease::{CallLease, Held};
+use call_lifecycle::CallData;
+use call_lifecycle::Delivered;
 use contact_event_processor::{ContactEventProcessor, ProcessorConfig};
 use local_aws::connect::{Connect, User};
 use local_aws::lambda::{FunctionSpec, Lambda, LambdaOptions, function_command};

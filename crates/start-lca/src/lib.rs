@@ -1,6 +1,11 @@
 //! StartLCA: answers the contact flow at once and starts the call transcriber for the
-//! contact with an asynchronous (Event) invocation. The handler is a plain async function
-//! over the event, so it is tested without the Lambda runtime.
+//! contact with an asynchronous (Event) invocation. With the call lease table it first writes
+//! the call's lease (`call_lease::CallLease::create_pending`: the call's data, kept there, and
+//! open, so that the sweep starts the call if Lambda loses the event) and invokes the
+//! transcriber with `{"action":"LAMBDA_START","contactId","lambdaCount":0}`, which holds no
+//! customer data; without the table, or when the lease cannot be written, with the
+//! contact-flow event itself. The handler is a plain async function over the event, so it is
+//! tested without the Lambda runtime.
 //!
 //! The answer is a flat string map, as Connect's "Invoke AWS Lambda function" block requires:
 //! `{"status": "STARTED", "callId": ...}`, or `{"status": "ERROR", "error": CODE, "message":
@@ -9,9 +14,12 @@
 //! `$.External.status`.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use aws_sdk_lambda::primitives::Blob;
 use aws_sdk_lambda::types::InvocationType;
+use call_lease::CallLease;
+use call_lifecycle::CallData;
 use call_metrics::{Dimension, EmfRecord, Metric};
 use lca_events::connect::{ContactFlowEvent, Rejection};
 use serde_json::Value;
@@ -36,6 +44,12 @@ pub struct StartConfig {
     /// `METRICS_NAMESPACE` (default `LCA/ConnectKVS`): the namespace of the metrics line,
     /// the transcriber's (the template sets one per stack).
     pub metrics_namespace: String,
+    /// `TRANSCRIBER_CALL_EVENT_TABLE_NAME` (optional): the call lease table, where the call
+    /// is written before the transcriber is invoked.
+    pub call_event_table: Option<String>,
+    /// `SWEEP_GRACE` (ms, default 300000, at least 1000; the transcriber's): how long the
+    /// lease written here may go unclaimed before the sweep delivers the call again.
+    pub sweep_grace: Duration,
 }
 
 impl StartConfig {
@@ -44,6 +58,8 @@ impl StartConfig {
         "CONNECT_INSTANCE_ARN",
         "TRANSCRIBER_FUNCTION_ARN",
         "METRICS_NAMESPACE",
+        "TRANSCRIBER_CALL_EVENT_TABLE_NAME",
+        "SWEEP_GRACE",
     ];
 
     /// Reads settings through `lookup`.
@@ -83,10 +99,29 @@ impl StartConfig {
             variable: "METRICS_NAMESPACE",
             problem: format!("{metrics_namespace:?}: {problem}"),
         })?;
+        let call_event_table = lookup("TRANSCRIBER_CALL_EVENT_TABLE_NAME")
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty());
+        let sweep_grace = match lookup("SWEEP_GRACE").filter(|v| !v.trim().is_empty()) {
+            None => call_lifecycle::lease::DEFAULT_SWEEP_GRACE_MS,
+            Some(value) => value
+                .trim()
+                .parse::<u64>()
+                .ok()
+                .filter(|ms| *ms >= 1000)
+                .ok_or_else(|| ConfigError {
+                    variable: "SWEEP_GRACE",
+                    problem: format!(
+                        "{value:?} is not a whole number of milliseconds, at least 1000"
+                    ),
+                })?,
+        };
         Ok(Self {
             connect_instance_arn,
             transcriber_function_arn,
             metrics_namespace,
+            call_event_table,
+            sweep_grace: Duration::from_millis(sweep_grace),
         })
     }
 }
@@ -101,13 +136,73 @@ fn arn_service(value: &str) -> Option<&str> {
     (arn == "arn" && partition.starts_with("aws")).then_some(service)
 }
 
-/// What the handler needs: configuration and a Lambda client.
+/// What the handler needs: configuration, a Lambda client and the call lease table.
 #[derive(Debug, Clone)]
 pub struct StartLca {
     /// The configuration.
     pub config: StartConfig,
     /// Invokes the transcriber.
     pub lambda: aws_sdk_lambda::Client,
+    /// The call lease table (absent without `TRANSCRIBER_CALL_EVENT_TABLE_NAME`).
+    pub lease: Option<CallLease>,
+}
+
+/// Time limits on each of StartLCA's two requests (the lease's PutItem, the Invoke), retries
+/// included, so that its answer reaches Connect within the 8 s Connect waits for a function
+/// (Connect administrator guide, "Invoke AWS Lambda function" block) even when a service hangs.
+pub const FLOW_REQUEST_LIMITS: aws_edge::RequestLimits = aws_edge::RequestLimits {
+    connect: Duration::from_millis(1000),
+    attempt: Duration::from_millis(1500),
+    total: Duration::from_millis(3000),
+};
+
+impl StartLca {
+    /// StartLCA for `config` with clients built from `sdk`, every request under
+    /// [`FLOW_REQUEST_LIMITS`].
+    pub fn new(config: StartConfig, sdk: &aws_config::SdkConfig) -> Self {
+        let sdk = &aws_edge::with_limits(sdk, FLOW_REQUEST_LIMITS);
+        Self {
+            lambda: aws_sdk_lambda::Client::new(sdk),
+            lease: config.call_event_table.clone().map(|table| CallLease {
+                sweep_grace: config.sweep_grace,
+                // Only a pending lease is written here; nobody holds it.
+                ..CallLease::new(
+                    aws_sdk_dynamodb::Client::new(sdk),
+                    table,
+                    Duration::from_secs(30),
+                )
+            }),
+            config,
+        }
+    }
+
+    /// The event the transcriber is started with: after the call's lease is written, one
+    /// that names the call; otherwise the contact-flow event itself (as without the table).
+    async fn start_event(&self, event: &Value, contact_id: &str) -> Value {
+        let Some(lease) = &self.lease else {
+            return event.clone();
+        };
+        let call = match CallData::of_contact_flow_event(event, &self.config.connect_instance_arn) {
+            Ok(call) => call,
+            Err(rejection) => {
+                tracing::error!(call_id = %contact_id, error = %rejection, "the contact's call data could not be read: starting the transcriber with the contact-flow event");
+                return event.clone();
+            }
+        };
+        match lease.create_pending(&call, &event.to_string()).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::info!(call_id = %contact_id, "the call has a lease already (StartLCA invoked again for the contact): the transcriber decides by it")
+            }
+            Err(error) => {
+                // The call is still transcribed; only the sweep cannot start it if Lambda
+                // loses this event, and the event carries the caller's number.
+                tracing::error!(call_id = %contact_id, %error, "the call's lease could not be written: starting the transcriber with the contact-flow event");
+                return event.clone();
+            }
+        }
+        call_lifecycle::delivery::start_event(contact_id)
+    }
 }
 
 /// The flat string map Connect receives.
@@ -137,7 +232,8 @@ impl StartLca {
                     return error_response(rejection.code(), &rejection.to_string());
                 }
             };
-        let payload = serde_json::to_vec(&event).expect("a JSON value serializes");
+        let start = self.start_event(&event, &contact.contact_id).await;
+        let payload = serde_json::to_vec(&start).expect("a JSON value serializes");
         let result = self
             .lambda
             .invoke()
@@ -200,15 +296,10 @@ pub async fn serve() -> Result<(), lambda_runtime::Error> {
     use lambda_runtime::{Error, LambdaEvent, run, service_fn};
     let config = StartConfig::from_lookup(|name| std::env::var(name).ok())?;
     let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
-    let start = &StartLca {
-        config,
-        lambda: aws_sdk_lambda::Client::new(&sdk),
-    };
+    let start = &StartLca::new(config, &sdk);
     run(service_fn(move |event: LambdaEvent<Value>| async move {
         let response = start.handle(event.payload).await;
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        let now_ms = aws_edge::now_ms();
         // The metrics line on stdout (the logs are on stderr): CloudWatch Logs extracts it.
         let mut metrics = answer_metrics(&response, now_ms);
         metrics.in_namespace(&start.config.metrics_namespace);
@@ -293,6 +384,8 @@ mod tests {
             asked.borrow_mut().push(name.to_string());
             Some(match name {
                 "CONNECT_INSTANCE_ARN" => "arn:aws:connect:us-east-1:1:instance/i".to_string(),
+                "SWEEP_GRACE" => "60000".to_string(),
+                "TRANSCRIBER_CALL_EVENT_TABLE_NAME" => "calls".to_string(),
                 _ => "arn:aws:lambda:us-east-1:1:function:f".to_string(),
             })
         })
@@ -306,7 +399,8 @@ mod tests {
             StartConfig::from_lookup(|name| match name {
                 "CONNECT_INSTANCE_ARN" => Some("arn:aws:connect:us-east-1:1:instance/i".into()),
                 "TRANSCRIBER_FUNCTION_ARN" => Some("arn:aws:lambda:us-east-1:1:function:f".into()),
-                _ => Some(namespace.to_string()),
+                "METRICS_NAMESPACE" => Some(namespace.to_string()),
+                _ => None,
             })
         };
         assert_eq!(

@@ -63,8 +63,11 @@ fn start_lca(url: &str, transcriber: &str) -> StartLca {
             connect_instance_arn: INSTANCE.to_string(),
             transcriber_function_arn: transcriber.to_string(),
             metrics_namespace: call_metrics::NAMESPACE.to_string(),
+            call_event_table: None,
+            sweep_grace: Duration::from_secs(300),
         },
         lambda: aws_sdk_lambda::Client::new(&local_aws::sdk_config(url)),
+        lease: None,
     }
 }
 

@@ -1,10 +1,15 @@
-//! Deliveries that name a call kept in its lease instead of carrying it: the hand-over
-//! (`{"action":"LAMBDA_CONTINUE","contactId","lambdaCount"}`) and the sweep's rescue
-//! (`{"action":"LAMBDA_RESCUE","contactId","lambdaCount","reason"}`). Neither holds customer
-//! data, so neither does Lambda's failure queue when it keeps one (14 days): the call's numbers
-//! and metadata stay in the lease item. Pure: parsed and fuzzed without a request.
+//! Deliveries that name a call kept in its lease instead of carrying it: StartLCA's start of
+//! a new call (`{"action":"LAMBDA_START","contactId","lambdaCount":0}`, after it wrote the
+//! lease), the hand-over (`{"action":"LAMBDA_CONTINUE","contactId","lambdaCount"}`) and the
+//! sweep's rescue (`{"action":"LAMBDA_RESCUE","contactId","lambdaCount","reason"}`). None holds
+//! customer data, so neither does Lambda's failure queue when it keeps one (14 days): the
+//! call's numbers and metadata stay in the lease item. Pure: parsed and fuzzed without a
+//! request.
 
 use serde_json::{Value, json};
+
+/// The `action` of StartLCA's event once it has written the call's lease.
+pub const START_ACTION: &str = "LAMBDA_START";
 
 /// The `action` of a hand-over.
 pub const CONTINUE_ACTION: &str = "LAMBDA_CONTINUE";
@@ -15,6 +20,8 @@ pub const RESCUE_ACTION: &str = "LAMBDA_RESCUE";
 /// Why a call is delivered by name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NamedBy {
+    /// StartLCA wrote the lease of a new call: the first invocation.
+    Start,
     /// The previous invocation handed the call over: the lease must name this invocation.
     HandOver,
     /// The sweep found nobody looking after the call: it is taken up as the lease stands.
@@ -33,6 +40,11 @@ pub struct NamedCall {
     pub by: NamedBy,
 }
 
+/// StartLCA's event for the new call `contact_id` whose lease it wrote.
+pub fn start_event(contact_id: &str) -> Value {
+    json!({"action": START_ACTION, "contactId": contact_id, "lambdaCount": 0})
+}
+
 /// The hand-over event for invocation `lambda_count` of `contact_id`.
 pub fn hand_over_event(contact_id: &str, lambda_count: u32) -> Value {
     json!({"action": CONTINUE_ACTION, "contactId": contact_id, "lambdaCount": lambda_count})
@@ -43,6 +55,7 @@ pub fn hand_over_event(contact_id: &str, lambda_count: u32) -> Value {
 pub fn named_call_of_event(event: &Value) -> Result<Option<NamedCall>, String> {
     let action = event.get("action").and_then(Value::as_str);
     let by = match action {
+        Some(START_ACTION) => NamedBy::Start,
         Some(CONTINUE_ACTION) if event.get("callData").is_none() => NamedBy::HandOver,
         Some(RESCUE_ACTION) => NamedBy::Rescue,
         _ => return Ok(None),
@@ -88,6 +101,14 @@ mod tests {
                 contact_id: "c-2".into(),
                 lambda_count: 4,
                 by: NamedBy::HandOver,
+            }))
+        );
+        assert_eq!(
+            named_call_of_event(&start_event("c-3")),
+            Ok(Some(NamedCall {
+                contact_id: "c-3".into(),
+                lambda_count: 0,
+                by: NamedBy::Start,
             }))
         );
         // An earlier version's hand-over carries the call: read by `call_of_event`.

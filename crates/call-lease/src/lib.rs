@@ -10,7 +10,7 @@
 //! looks after, without reading the others. Both are removed when the call ends or is given
 //! up.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::types::AttributeValue;
@@ -19,8 +19,7 @@ use std::collections::HashMap;
 pub use call_lifecycle::lease::{Claim, Held, LeaseRecord, Limits, decide};
 use call_lifecycle::sweep;
 
-use crate::call::CallData;
-use crate::delivered::Delivered;
+use call_lifecycle::{CallData, Delivered};
 
 /// Why the lease table could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -63,11 +62,24 @@ pub const SWEEP_BATCH: i32 = 100;
 /// How long a lease item is kept after its last write (DynamoDB TTL).
 const KEEP_ITEM: Duration = Duration::from_secs(24 * 3600);
 
-/// Epoch milliseconds now.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+pub use aws_edge::now_ms;
+
+/// What every new lease item of `call` holds: its key, the call, nothing delivered yet, open
+/// in the index until `sweep_at`, kept a day after `now` (DynamoDB TTL).
+fn new_item(call: &CallData, now: u64, sweep_at: u64) -> Vec<(&'static str, AttributeValue)> {
+    vec![
+        ("PK", key(&call.contact_id)),
+        ("LambdaCount", n(call.lambda_count)),
+        ("CallData", json(call)),
+        ("CallId", s(&call.call_id)),
+        ("Delivered", json(&Delivered::default())),
+        ("OpenCall", s(OPEN)),
+        ("SweepAt", n(sweep_at)),
+        (
+            "ExpiresAfter",
+            n((now + KEEP_ITEM.as_millis() as u64) / 1000),
+        ),
+    ]
 }
 
 fn key(contact_id: &str) -> AttributeValue {
@@ -177,7 +189,7 @@ impl CallLease {
             .global_secondary_indexes(open_calls)
             .send()
             .await
-            .map_err(|e| failed(crate::source::error_text(&e)))?;
+            .map_err(|e| failed(aws_edge::error_text(&e)))?;
         Ok(())
     }
 
@@ -191,7 +203,7 @@ impl CallLease {
             .consistent_read(true)
             .send()
             .await
-            .map_err(|e| self.error(contact_id, "GetItem", crate::source::error_text(&e)))?;
+            .map_err(|e| self.error(contact_id, "GetItem", aws_edge::error_text(&e)))?;
         let Some(item) = output.item else {
             return Ok(None);
         };
@@ -203,33 +215,84 @@ impl CallLease {
     /// Creates the lease for a new call; `false` when another invocation created it first.
     pub async fn create(&self, held: &Held, call: &CallData) -> Result<bool, LeaseError> {
         let now = now_ms();
-        let result = self
+        let mut item = new_item(call, now, self.sweep_at(now));
+        item.extend([
+            ("Owner", s(&held.owner)),
+            ("LeaseUntil", n(now + self.duration.as_millis() as u64)),
+            ("Status", s("RUNNING")),
+            ("Attempts", n(held.attempt)),
+        ]);
+        self.put_new(&held.contact_id, "PutItem", item).await
+    }
+
+    /// Writes the lease of a new call before the transcriber is invoked (StartLCA): nobody
+    /// holds it, no attempt counted, open and due for the sweep after `SWEEP_GRACE`, with the
+    /// contact-flow event for the lambda hook ([`LeaseRecord::pending`]). `false` when the
+    /// contact has a lease already (StartLCA invoked twice for it). The first delivery
+    /// claims it as any other; if that delivery is lost, the sweep delivers it again.
+    pub async fn create_pending(
+        &self,
+        call: &CallData,
+        contact_event: &str,
+    ) -> Result<bool, LeaseError> {
+        let now = now_ms();
+        let sweep_at = sweep::sweep_at_unheld(now, self.sweep_limits());
+        let mut item = new_item(call, now, sweep_at);
+        item.extend([
+            ("Owner", s("")),
+            ("LeaseUntil", n(0)),
+            ("Status", s("PENDING")),
+            ("Attempts", n(0)),
+            ("ContactEvent", s(contact_event)),
+        ]);
+        self.put_new(&call.contact_id, "PutItem (pending)", item)
+            .await
+    }
+
+    /// Puts a new lease `item` unless the contact has one; `false` when it has.
+    async fn put_new(
+        &self,
+        contact_id: &str,
+        operation: &'static str,
+        item: Vec<(&'static str, AttributeValue)>,
+    ) -> Result<bool, LeaseError> {
+        let mut request = self
             .client
             .put_item()
             .table_name(&self.table)
-            .item("PK", key(&held.contact_id))
-            .item("Owner", s(&held.owner))
-            .item("LeaseUntil", n(now + self.duration.as_millis() as u64))
-            .item("LambdaCount", n(held.lambda_count))
-            .item("CallData", json(call))
-            .item("CallId", s(&call.call_id))
-            .item("Delivered", json(&Delivered::default()))
-            .item("Status", s("RUNNING"))
-            .item("Attempts", n(held.attempt))
-            .item("OpenCall", s(OPEN))
-            .item("SweepAt", n(self.sweep_at(now)))
-            .item(
-                "ExpiresAfter",
-                n((now + KEEP_ITEM.as_millis() as u64) / 1000),
-            )
-            .condition_expression("attribute_not_exists(PK)")
-            .send()
-            .await;
-        match result {
+            .condition_expression("attribute_not_exists(PK)");
+        for (name, value) in item {
+            request = request.item(name, value);
+        }
+        match request.send().await {
             Ok(_) => Ok(true),
             Err(e) if lost_race(&e) => Ok(false),
-            Err(e) => Err(self.error(&held.contact_id, "PutItem", crate::source::error_text(&e))),
+            Err(e) => Err(self.error(contact_id, operation, aws_edge::error_text(&e))),
         }
+    }
+
+    /// The call's first attempt has run the lambda hook on the lease StartLCA wrote: the
+    /// call as the hook left it replaces the lease's, and the contact-flow event is dropped.
+    /// `false` when the lease is no longer this attempt's.
+    pub async fn started(&self, held: &Held, call: &CallData) -> Result<bool, LeaseError> {
+        self.held_update(
+            held,
+            "start",
+            "SET CallData = :call, CallId = :call_id, #s = :running REMOVE ContactEvent",
+            vec![
+                (":call", json(call)),
+                (":call_id", s(&call.call_id)),
+                (":running", s("RUNNING")),
+            ],
+        )
+        .await
+    }
+
+    /// Closes the lease StartLCA wrote for a call the lambda hook said not to process
+    /// (`shouldProcessCall: false`): over, out of the index, no contact-flow event kept.
+    pub async fn skip(&self, held: &Held) -> Result<bool, LeaseError> {
+        self.close(held, "skip", "SKIPPED", &Delivered::default())
+            .await
     }
 
     /// Takes over the lease as it was `seen`, as attempt `held.attempt` of its invocation;
@@ -272,7 +335,7 @@ impl CallLease {
             Err(e) => Err(self.error(
                 &held.contact_id,
                 "UpdateItem (take over)",
-                crate::source::error_text(&e),
+                aws_edge::error_text(&e),
             )),
         }
     }
@@ -333,13 +396,26 @@ impl CallLease {
 
     /// Closes the lease of a call that has ended.
     pub async fn end(&self, held: &Held, delivered: &Delivered) -> Result<bool, LeaseError> {
+        self.close(held, "end", "ENDED", delivered).await
+    }
+
+    /// Closes the lease as `status` (ENDED, FAILED, SKIPPED): nobody holds it, it leaves the
+    /// index of open calls, and no contact-flow event is kept.
+    async fn close(
+        &self,
+        held: &Held,
+        operation: &'static str,
+        status: &str,
+        delivered: &Delivered,
+    ) -> Result<bool, LeaseError> {
         self.held_update(
             held,
-            "end",
-            "SET #o = :none, #s = :ended, Delivered = :delivered REMOVE OpenCall, SweepAt",
+            operation,
+            "SET #o = :none, #s = :status, Delivered = :delivered \
+             REMOVE OpenCall, SweepAt, ContactEvent",
             vec![
                 (":none", s("")),
-                (":ended", s("ENDED")),
+                (":status", s(status)),
                 (":delivered", json(delivered)),
             ],
         )
@@ -377,17 +453,7 @@ impl CallLease {
     /// Gives the call up (its last attempt failed, every attempt was used, or it stalled past
     /// its limit): no invocation takes it again.
     pub async fn give_up(&self, held: &Held, delivered: &Delivered) -> Result<bool, LeaseError> {
-        self.held_update(
-            held,
-            "give up",
-            "SET #o = :none, #s = :failed, Delivered = :delivered REMOVE OpenCall, SweepAt",
-            vec![
-                (":none", s("")),
-                (":failed", s("FAILED")),
-                (":delivered", json(delivered)),
-            ],
-        )
-        .await
+        self.close(held, "give up", "FAILED", delivered).await
     }
 
     /// Contact ids of open calls whose `SweepAt` has passed at `now_ms` (at most
@@ -406,7 +472,7 @@ impl CallLease {
             .limit(SWEEP_BATCH)
             .send()
             .await
-            .map_err(|e| self.error("-", "Query (open calls)", crate::source::error_text(&e)))?;
+            .map_err(|e| self.error("-", "Query (open calls)", aws_edge::error_text(&e)))?;
         Ok(output
             .items()
             .iter()
@@ -435,7 +501,7 @@ impl CallLease {
             Err(e) => Err(self.error(
                 contact_id,
                 "UpdateItem (close index)",
-                crate::source::error_text(&e),
+                aws_edge::error_text(&e),
             )),
         }
     }
@@ -496,7 +562,7 @@ impl CallLease {
         match request.send().await {
             Ok(_) => Ok(true),
             Err(e) if lost_race(&e) => Ok(false),
-            Err(e) => Err(self.error(&held.contact_id, operation, crate::source::error_text(&e))),
+            Err(e) => Err(self.error(&held.contact_id, operation, aws_edge::error_text(&e))),
         }
     }
 }
@@ -524,7 +590,8 @@ fn parse(item: &HashMap<String, AttributeValue>) -> Result<LeaseRecord, String> 
             .map_err(|e| format!("attribute CallData: {e}"))?,
         delivered: serde_json::from_str(text("Delivered")?)
             .map_err(|e| format!("attribute Delivered: {e}"))?,
-        ended: text("Status")? == "ENDED",
+        // A call the hook said not to process is over as an ended one is.
+        ended: matches!(text("Status")?, "ENDED" | "SKIPPED"),
         failed: text("Status")? == "FAILED",
         giving_up: text("Status")? == "GIVING_UP",
         attempts: item
@@ -533,6 +600,7 @@ fn parse(item: &HashMap<String, AttributeValue>) -> Result<LeaseRecord, String> 
             .and_then(|v| v.parse().ok())
             .unwrap_or(0),
         handed_over_by: text("HandedOverBy").ok().map(str::to_string),
+        contact_event: text("ContactEvent").ok().map(str::to_string),
     })
 }
 
