@@ -309,9 +309,11 @@ impl CallLease {
             .update_item()
             .table_name(&self.table)
             .key("PK", key(&held.contact_id))
+            // `OpenCall` too: a call whose lease an earlier version wrote, without it, joins
+            // the index of open calls at its next claim.
             .update_expression(
                 "SET #o = :me, LeaseUntil = :until, LambdaCount = :count, Attempts = :attempt, \
-                 SweepAt = :sweep",
+                 SweepAt = :sweep, OpenCall = :open",
             )
             .condition_expression(format!(
                 "#o = :seen_owner AND LeaseUntil = :seen_until AND LambdaCount = :seen_count \
@@ -323,6 +325,7 @@ impl CallLease {
             .expression_attribute_values(":count", n(held.lambda_count))
             .expression_attribute_values(":attempt", n(held.attempt))
             .expression_attribute_values(":sweep", n(self.sweep_at(now_ms())))
+            .expression_attribute_values(":open", s(OPEN))
             .expression_attribute_values(":seen_owner", s(&seen.owner))
             .expression_attribute_values(":seen_until", n(seen.lease_until_ms))
             .expression_attribute_values(":seen_count", n(seen.lambda_count))

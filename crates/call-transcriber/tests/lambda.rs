@@ -419,6 +419,60 @@ async fn startlcas_event_lost_the_sweep_starts_the_call_from_its_lease() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_open_since_before_the_index_joins_it_at_its_next_claim() {
+    // A lease written by an earlier version has no OpenCall or SweepAt (the sweep's index
+    // cannot see the call): the next claim adds them, and the end removes them.
+    let h = Harness::new(KvsOptions::default(), TranscribeOptions::default()).await;
+    let (lambda, server) = transcriber(&h, &[]).await;
+    let (arn, first) = h.play("call", sample_call_chunks()).await;
+    let flow_event = contact_flow_event(&arn, &first);
+    let call =
+        call_transcriber::call::CallData::of_contact_flow_event(&flow_event, INSTANCE).unwrap();
+    let lease = call_transcriber::lease::CallLease::new(
+        h.dynamodb.clone(),
+        TABLE.to_string(),
+        Duration::from_secs(30),
+    );
+    assert!(
+        lease
+            .create_pending(&call, &flow_event.to_string())
+            .await
+            .unwrap()
+    );
+    h.dynamodb
+        .update_item()
+        .table_name(TABLE)
+        .key(
+            "PK",
+            aws_sdk_dynamodb::types::AttributeValue::S(format!("contact#{CONTACT}")),
+        )
+        .update_expression("REMOVE OpenCall, SweepAt")
+        .send()
+        .await
+        .unwrap();
+    invoke_event(&server, &call_transcriber::delivery::start_event(CONTACT)).await;
+    let mut claimed = None;
+    for _ in 0..100 {
+        let item = lease_item(&h).await.expect("the lease item");
+        if item["Owner"].as_s().is_ok_and(|o| !o.is_empty()) {
+            claimed = Some(item);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let claimed = claimed.expect("the call was claimed within 10 s");
+    assert!(
+        claimed.contains_key("OpenCall") && claimed.contains_key("SweepAt"),
+        "{claimed:?}"
+    );
+    let records = records_until(&h, "ADD_S3_RECORDING_URL").await;
+    assert_lifecycle(&records);
+    let item = lease_item(&h).await.expect("the lease item");
+    assert!(!item.contains_key("OpenCall") && !item.contains_key("SweepAt"));
+    lambda.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn startlca_that_cannot_write_the_lease_still_starts_the_call() {
     // DynamoDB refuses StartLCA's write (here: no such table): StartLCA starts the
     // transcriber with the contact-flow event itself, and the call is transcribed as before
