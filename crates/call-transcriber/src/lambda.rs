@@ -282,7 +282,7 @@ pub struct Transcriber {
 impl Transcriber {
     /// The handler with every AWS client built from `sdk` for `config`.
     pub fn new(config: TranscriberConfig, sdk: &aws_config::SdkConfig) -> Self {
-        let bounded = crate::sdk::with_timeouts(sdk);
+        let bounded = aws_edge::with_timeouts(sdk);
         let region = config
             .region
             .clone()
@@ -395,7 +395,7 @@ impl Transcriber {
             .await
             .map_err(|e| HandlerError::Hook {
                 function: hook.to_string(),
-                message: crate::source::error_text(&e),
+                message: aws_edge::error_text(&e),
             })?;
         let payload = output.payload.map(|p| p.into_inner()).unwrap_or_default();
         hook_answer(hook, &payload, output.function_error.as_deref())
@@ -1202,7 +1202,7 @@ impl Transcriber {
             return Err(HandlerError::HandOver {
                 call_id: next.call_id.clone(),
                 function: function_arn.to_string(),
-                message: crate::source::error_text(&error),
+                message: aws_edge::error_text(&error),
             });
         }
         tracing::info!(call_id = %next.call_id, lambda_count = next.lambda_count, "handed over");
@@ -1295,8 +1295,6 @@ async fn keep_renewing(
     }
 }
 
-pub use aws_edge::json_logs;
-
 /// Serves the call transcriber under the Lambda Runtime API (configuration from the
 /// environment): what the function's `bootstrap` runs, and `lca-kvs demo`'s functions too.
 pub async fn serve() -> Result<(), lambda_runtime::Error> {
@@ -1306,11 +1304,8 @@ pub async fn serve() -> Result<(), lambda_runtime::Error> {
     let transcriber = &Transcriber::new(config, &sdk);
     run(service_fn(move |event: LambdaEvent<Value>| async move {
         // The context's deadline is epoch milliseconds; the pipeline works in Instants.
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
         let deadline = tokio::time::Instant::now()
-            + Duration::from_millis(event.context.deadline.saturating_sub(now_ms));
+            + Duration::from_millis(event.context.deadline.saturating_sub(now_ms()));
         let invocation = Invocation {
             function_arn: &event.context.invoked_function_arn,
             request_id: &event.context.request_id,

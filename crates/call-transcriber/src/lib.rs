@@ -17,7 +17,6 @@ pub mod post_call;
 pub mod publisher;
 mod quiet;
 pub mod recording;
-pub mod sdk;
 pub mod source;
 pub mod sweep;
 pub mod transcribe;

@@ -3,6 +3,6 @@
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
-    call_transcriber::lambda::json_logs();
+    aws_edge::json_logs();
     call_transcriber::lambda::serve().await
 }

@@ -46,12 +46,10 @@ impl Clients {
         Self {
             kvs: KvsClients::new(sdk),
             transcribe: transcribe::client(sdk, &config.transcribe),
-            kinesis: aws_sdk_kinesis::Client::new(&with_timeouts(sdk)),
+            kinesis: aws_sdk_kinesis::Client::new(&aws_edge::with_timeouts(sdk)),
         }
     }
 }
-
-pub use crate::sdk::with_timeouts;
 
 /// Loads the SDK configuration the way the Lambda does: the default chain, with `REGION`
 /// (when set) as the region.

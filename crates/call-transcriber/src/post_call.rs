@@ -17,7 +17,7 @@ use aws_sdk_transcribe::types::{
 };
 
 use crate::config::{Language, TranscribeSettings};
-use crate::source::error_text;
+use aws_edge::error_text;
 
 /// Longest media a job takes: "Audio file length 4:00:00 (four) hours (14,400 seconds)"
 /// (Amazon Transcribe developer guide, Guidelines and quotas; not adjustable).

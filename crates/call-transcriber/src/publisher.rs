@@ -32,7 +32,7 @@ use lca_events::{LcaEvent, LcaMessage, Segment};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::source::error_text;
+use aws_edge::error_text;
 
 /// How the publisher retries.
 #[derive(Debug, Clone)]

@@ -18,7 +18,7 @@ use bytes::BytesMut;
 use call_audio::{CONNECT_SAMPLE_RATE, StereoChunk, wav_header};
 use tokio::sync::mpsc;
 
-use crate::source::error_text;
+use aws_edge::error_text;
 
 /// Bytes per stereo frame (two 16-bit samples).
 const FRAME_BYTES: u64 = 4;

@@ -19,6 +19,8 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::Instrument as _;
 
+use aws_edge::error_text;
+
 use crate::gate::{ContactGate, GateOutput, StopReason};
 
 /// Where reading starts.
@@ -274,7 +276,7 @@ impl KvsClients {
             .stalled_stream_protection(StalledStreamProtectionConfig::disabled())
             .build();
         Self {
-            video: aws_sdk_kinesisvideo::Client::new(&crate::sdk::with_timeouts(sdk)),
+            video: aws_sdk_kinesisvideo::Client::new(&aws_edge::with_timeouts(sdk)),
             media,
         }
     }
@@ -737,8 +739,6 @@ const POLL_PAUSE: Duration = Duration::from_millis(500);
 
 /// How far before a fragment's producer time to read when fetching the one before it.
 const FIRST_FRAGMENT_MARGIN_MS: u64 = 3_000;
-
-pub use aws_edge::error_text;
 
 /// The bytes of fragment `number`, which the gate has just let through, from the chunks split
 /// off so far; earlier ones (passed over by the gate) are dropped.

@@ -86,7 +86,7 @@ pub async fn sweep(
                         report.rescued.push(reason);
                     }
                     Err(error) => {
-                        tracing::error!(call_id = %record.call.call_id, error = %crate::source::error_text(&error), "sweep: the call could not be delivered again; the next sweep tries again");
+                        tracing::error!(call_id = %record.call.call_id, error = %aws_edge::error_text(&error), "sweep: the call could not be delivered again; the next sweep tries again");
                         report.failed += 1;
                     }
                 }

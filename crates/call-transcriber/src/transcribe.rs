@@ -23,7 +23,7 @@ use tracing::Instrument as _;
 use crate::config::{ApiMode, Language, TranscribeSettings};
 use crate::delivered::Delivered;
 use crate::ledger::TranscriptLedger;
-use crate::source::error_text;
+use aws_edge::error_text;
 
 /// A Transcribe Streaming client from the shared SDK configuration; `TRANSCRIBE_ENDPOINT`
 /// overrides the endpoint (otherwise `AWS_ENDPOINT_URL_TRANSCRIBE_STREAMING` applies).

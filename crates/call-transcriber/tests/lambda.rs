@@ -1246,12 +1246,7 @@ async fn a_failure_queue_record_of_a_hand_over_holds_no_customer_data() {
         tokio::time::sleep(Duration::from_secs(1)).await;
         assert_eq!(lambda.crash_busy("CallTranscriber"), 1, "attempt {attempt}");
     }
-    for _ in 0..100 {
-        if !lambda.failure_records("CallTranscriber").is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for_failure_record(&lambda).await;
     let records = lambda.failure_records("CallTranscriber");
     assert_eq!(records.len(), 1, "{records:?}");
     assert_eq!(
@@ -1290,12 +1285,7 @@ async fn a_call_whose_every_attempt_was_killed_is_given_up_by_its_next_delivery(
         tokio::time::sleep(Duration::from_secs(2)).await;
         assert_eq!(lambda.crash_busy("CallTranscriber"), 1, "attempt {attempt}");
     }
-    for _ in 0..100 {
-        if !lambda.failure_records("CallTranscriber").is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for_failure_record(&lambda).await;
     assert_eq!(lambda.failure_records("CallTranscriber").len(), 1);
     assert!(
         !h.records().await.iter().any(|r| r["EventType"] == "END"),
@@ -1380,6 +1370,16 @@ async fn a_hand_over_event_lambda_lost_is_made_up_for_by_the_sweep() {
             >= 1.0
     );
     lambda.shutdown();
+}
+
+/// Waits (10 s at most) until the transcriber's on-failure destination has a record.
+async fn wait_for_failure_record(lambda: &Lambda) {
+    for _ in 0..100 {
+        if !lambda.failure_records("CallTranscriber").is_empty() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Waits (60 s at most) until the call has been handed on after a stall (an invocation's

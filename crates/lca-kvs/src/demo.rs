@@ -113,7 +113,7 @@ type RecognizerFactory = Box<dyn Fn(u32, usize) -> Box<dyn Recognizer> + Send + 
 
 /// Runs `lca-kvs function NAME`: one of the Lambda functions, served under the Runtime API.
 pub fn serve_function(name: &str) -> Result<()> {
-    call_transcriber::lambda::json_logs();
+    aws_edge::json_logs();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -5,9 +5,9 @@
 
 use std::time::SystemTime;
 
+use aws_edge::error_text;
 use aws_sdk_kinesis::types::ShardIteratorType;
 use bytes::Bytes;
-use call_transcriber::source::error_text;
 
 /// A record of the followed partition key.
 #[derive(Debug, Clone, PartialEq, Eq)]

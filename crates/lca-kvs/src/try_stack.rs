@@ -136,7 +136,7 @@ async fn connect_kvs_stack(
             .map_err(|e| {
                 anyhow::anyhow!(
                     "stack {id}: DescribeStacks failed: {} (check the name, the region in AWS_REGION and cloudformation:DescribeStacks)",
-                    call_transcriber::source::error_text(&e)
+                    aws_edge::error_text(&e)
                 )
             })?
             .stacks()
@@ -165,7 +165,7 @@ async fn connect_kvs_stack(
             .map_err(|e| {
                 anyhow::anyhow!(
                     "stack {name}: ListStackResources failed: {}",
-                    call_transcriber::source::error_text(&e)
+                    aws_edge::error_text(&e)
                 )
             })?;
         for resource in page.stack_resource_summaries() {
@@ -592,7 +592,7 @@ async fn invoke_start_lca(
         .map_err(|error| {
             let code = error.code().unwrap_or("").to_string();
             let message = error.message().map_or_else(
-                || call_transcriber::source::error_text(&error),
+                || aws_edge::error_text(&error),
                 str::to_string,
             );
             let fix = match code.as_str() {
@@ -661,7 +661,7 @@ async fn recording_exists(sdk: &aws_config::SdkConfig, url: &str) -> Result<i64,
         .map_err(|e| {
             format!(
                 "the recording {key} in bucket {bucket}: {}",
-                call_transcriber::source::error_text(&e)
+                aws_edge::error_text(&e)
             )
         })?;
     Ok(head.content_length().unwrap_or(0))
