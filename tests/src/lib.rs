@@ -2,9 +2,9 @@
 
 use std::path::PathBuf;
 
+use call_audio::extract::CallExtractor;
 use call_audio::{AssemblerConfig, StereoChunk};
 use kvs_media::{FragmentReader, MediaEvent, ReadError};
-use lca_kvs::extract::CallExtractor;
 
 /// `../shared/fixtures/<rel>` from the workspace root.
 pub fn fixture(rel: &str) -> PathBuf {

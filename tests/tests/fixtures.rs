@@ -213,7 +213,8 @@ fn truncated_and_bit_flipped_captures_end_in_events_or_an_error() {
         }
         // The extractor takes whatever was read; a damaged timestamp may be refused.
         let (events, _) = read_events(&damaged, &[4096]);
-        let mut extractor = lca_kvs::extract::CallExtractor::new(None, AssemblerConfig::default());
+        let mut extractor =
+            call_audio::extract::CallExtractor::new(None, AssemblerConfig::default());
         for event in events {
             if extractor.handle(event).is_err() {
                 break;

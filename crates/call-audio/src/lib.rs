@@ -1,8 +1,10 @@
 //! A call's two mono tracks in, timestamp-aligned stereo out. Sans-IO: the [`StereoAssembler`]
 //! takes PCM blocks with timestamps and hands back fixed-size interleaved chunks; [`WavWriter`]
-//! writes them as a stereo WAV through `hound`.
+//! writes them as a stereo WAV through `hound`; [`extract::CallExtractor`] takes a contact's
+//! audio out of KVS media events (crate `kvs-media`) offline.
 
 mod assembler;
+pub mod extract;
 mod wav;
 
 pub use assembler::{

@@ -6,7 +6,10 @@
 //! call's numbers and metadata stay in the lease item. Pure: parsed and fuzzed without a
 //! request.
 
+use lca_events::connect::Rejection;
 use serde_json::{Value, json};
+
+use crate::call::CallData;
 
 /// The `action` of StartLCA's event once it has written the call's lease.
 pub const START_ACTION: &str = "LAMBDA_START";
@@ -78,6 +81,52 @@ pub fn named_call_of_event(event: &Value) -> Result<Option<NamedCall>, String> {
         lambda_count,
         by,
     }))
+}
+
+/// Why an invocation's event gives no call.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum EventError {
+    /// The event is neither a contact-flow event nor a hand-over: what is wrong with it.
+    #[error("{0}")]
+    Unusable(String),
+    /// A contact-flow event for a contact that cannot be transcribed.
+    #[error(transparent)]
+    Rejected(#[from] Rejection),
+}
+
+/// The call an invocation's event gives when it does not name one ([`named_call_of_event`]):
+/// a contact-flow event's new call (checked against `connect_instance_arn`, or the event's own
+/// instance when unset), or the call a `LAMBDA_CONTINUE` hand-over carries (`callData`:
+/// without a lease table, and from earlier versions); and whether it is new. Everything the
+/// handler does with such an event before its first request; fuzzed on its own.
+pub fn call_of_event(
+    event: &Value,
+    connect_instance_arn: Option<&str>,
+) -> Result<(CallData, bool), EventError> {
+    if event.get("action").and_then(Value::as_str) != Some(CONTINUE_ACTION) {
+        let instance = connect_instance_arn.unwrap_or_else(|| {
+            event["Details"]["ContactData"]["InstanceARN"]
+                .as_str()
+                .unwrap_or_default()
+        });
+        return Ok((CallData::of_contact_flow_event(event, instance)?, true));
+    }
+    // A chain of continuations is bounded by the call's length (MAX_CALL_DURATION, counted
+    // in call audio, which every hand-over advances), not by a count.
+    let call: CallData = serde_json::from_value(event["callData"].clone()).map_err(|e| {
+        EventError::Unusable(format!(
+            "{CONTINUE_ACTION} callData: {}",
+            lca_events::json_problem(&e)
+        ))
+    })?;
+    let length = call.call_id.chars().count();
+    if call.call_id.is_empty() || length > lca_events::MAX_CALL_ID_CHARS {
+        return Err(EventError::Unusable(format!(
+            "{CONTINUE_ACTION} callData: callId is {length} characters long; it must be 1 to {} (MAX_CALL_ID_CHARS: LCA's Kinesis partition key)",
+            lca_events::MAX_CALL_ID_CHARS
+        )));
+    }
+    Ok((call, false))
 }
 
 #[cfg(test)]

@@ -12,7 +12,9 @@
 //! - [`call`] and [`delivered`]: what the lease keeps of a call (where the next invocation
 //!   starts; what Kinesis has acknowledged).
 //! - [`delivery`]: the events that start, hand over and rescue a call by naming it (its data
-//!   stays in the lease: no customer data between functions).
+//!   stays in the lease: no customer data between functions), and the call a contact-flow
+//!   event starts.
+//! - [`hook`]: what the customer's lambda hook may change in a new call.
 //!
 //! `tests/simulation.rs` tries these rules against random schedules of the faults Lambda
 //! documents (retries after errors, timeouts and crashes; duplicate, delayed and dropped
@@ -21,6 +23,7 @@
 pub mod call;
 pub mod delivered;
 pub mod delivery;
+pub mod hook;
 pub mod lease;
 pub mod sweep;
 pub mod verdict;

@@ -3,6 +3,7 @@
 //! of its own, so that the handler ([`crate::lambda`]) and its metrics ([`crate::metrics`])
 //! both use it without depending on each other.
 
+use call_lifecycle::delivery::EventError;
 use call_metrics::FailureReason;
 use lca_events::connect::Rejection;
 
@@ -67,6 +68,15 @@ pub enum HandlerError {
         /// The error.
         message: String,
     },
+}
+
+impl From<EventError> for HandlerError {
+    fn from(error: EventError) -> Self {
+        match error {
+            EventError::Unusable(message) => Self::Event(message),
+            EventError::Rejected(rejection) => Self::Rejected(rejection),
+        }
+    }
 }
 
 impl HandlerError {

@@ -1,7 +1,7 @@
 //! The call transcriber: configuration from the environment, the sans-IO cores
 //! ([`ContactGate`]: one call's audio out of a GetMedia event stream and the fragment
-//! bookkeeping for lossless resumes; [`TranscriptLedger`]: lossless, duplicate-free Transcribe
-//! reconnects; from `call-lifecycle`, [`Delivered`] and [`lease::decide`]: one consumer per
+//! bookkeeping for lossless resumes; from `transcript-ledger`, the lossless, duplicate-free
+//! mapping of Transcribe's results across reconnects; from `call-lifecycle`, [`Delivered`] and [`lease::decide`]: one consumer per
 //! call, crash retries without duplicates), the AWS edges around them ([`pipeline`], [`recording`], [`lease`],
 //! [`post_call`]) and the Lambda handler ([`lambda`]).
 
@@ -10,7 +10,6 @@ pub mod config;
 pub mod error;
 mod gate;
 pub mod lambda;
-mod ledger;
 pub mod metrics;
 pub mod pipeline;
 pub mod post_call;
@@ -28,4 +27,3 @@ pub use call_lifecycle::delivery;
 pub use call_lifecycle::{Delivered, Limits};
 pub use config::{ConfigError, TranscriberConfig};
 pub use gate::{ContactGate, GateOutput, StopReason};
-pub use ledger::{Placement, TranscriptLedger};

@@ -19,10 +19,10 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tracing::Instrument as _;
+use transcript_ledger::{Mapped, SessionOutput, TranscriptLedger, map_output};
 
 use crate::config::{ApiMode, Language, TranscribeSettings};
 use crate::delivered::Delivered;
-use crate::ledger::TranscriptLedger;
 use aws_edge::error_text;
 
 /// A Transcribe Streaming client from the shared SDK configuration; `TRANSCRIBE_ENDPOINT`
@@ -353,7 +353,8 @@ pub async fn run(
                 output = session.outputs.recv() => match output {
                     Some(Ok((output, received))) => {
                         answered = true;
-                        let messages = map_output(output, &mut ledger, &mut mapper, &mut summary);
+                        let Mapped { messages, repeats_dropped } = map_output(session_output(output), &mut ledger, &mut mapper, &now());
+                        summary.duplicates_dropped += repeats_dropped;
                         let mapped = !messages.is_empty();
                         for message in messages {
                             summary.messages += 1;
@@ -676,95 +677,33 @@ fn configuration() -> ConfigurationEvent {
         .build()
 }
 
-/// The LCA messages for one Transcribe output (none for repeats after a reconnect, or
-/// partials when they are not saved). Pure but for the creation time: fuzzed on its own.
-pub fn map_output(
-    output: Output,
-    ledger: &mut TranscriptLedger,
-    mapper: &mut SegmentMapper,
-    summary: &mut TranscriptionSummary,
-) -> Vec<LcaMessage> {
-    let created_at = now();
-    let mut messages = Vec::new();
+/// An answer of the SDK as the pure mapping takes it: a standard result's fields, or Call
+/// Analytics' events as Transcribe's JSON.
+fn session_output(output: Output) -> SessionOutput {
     match output {
-        Output::Transcript(event) => {
-            let results = event.transcript.and_then(|t| t.results).unwrap_or_default();
-            for result in results {
-                let channel = usize::from(result.channel_id.as_deref() == Some("ch_1"));
-                let Some(placement) = ledger.result(
-                    channel,
-                    result.start_time,
-                    result.end_time,
-                    result.is_partial,
-                    None,
-                ) else {
-                    summary.duplicates_dropped += 1;
-                    continue;
-                };
-                let transcript = result
-                    .alternatives
-                    .as_ref()
-                    .and_then(|a| a.first())
-                    .and_then(|a| a.transcript.clone())
-                    .unwrap_or_default();
-                mapper.time_offset_s = placement.offset_s;
-                let start_time = placement
-                    .start_s
-                    .map_or(result.start_time, |s| s - placement.offset_s);
-                let mapped = TranscriptResult {
-                    channel_id: result.channel_id.clone(),
-                    start_time,
-                    end_time: result.end_time + placement.end_offset_s - placement.offset_s,
+        Output::Transcript(event) => SessionOutput::Transcript(
+            event
+                .transcript
+                .and_then(|t| t.results)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|result| TranscriptResult {
+                    transcript: result
+                        .alternatives
+                        .as_ref()
+                        .and_then(|a| a.first())
+                        .and_then(|a| a.transcript.clone())
+                        .unwrap_or_default(),
+                    channel_id: result.channel_id,
+                    start_time: result.start_time,
+                    end_time: result.end_time,
                     is_partial: result.is_partial,
-                    transcript,
-                };
-                messages.extend(mapper.transcript(&mapped, &created_at));
-            }
-        }
-        Output::Utterance(event) => {
-            let channel = usize::from(event.participant_role == Some(ParticipantRole::Agent));
-            let Some(placement) = ledger.result(
-                channel,
-                event.begin_offset_millis.unwrap_or(0) as f64 / 1000.0,
-                event.end_offset_millis.unwrap_or(0) as f64 / 1000.0,
-                event.is_partial,
-                event.utterance_id.as_deref(),
-            ) else {
-                summary.duplicates_dropped += 1;
-                return messages;
-            };
-            let mut value = utterance_json(&event);
-            if let Some(id) = placement.utterance_id {
-                value["UtteranceId"] = Value::from(id);
-            }
-            if let Some(end) = event.end_offset_millis {
-                let shift = ((placement.end_offset_s - placement.offset_s) * 1000.0).round() as i64;
-                value["EndOffsetMillis"] = Value::from(end + shift);
-            }
-            if let Some(start_s) = placement.start_s {
-                let ms = ((start_s - placement.offset_s) * 1000.0).round() as i64;
-                value["BeginOffsetMillis"] = Value::from(ms);
-            }
-            mapper.time_offset_s = placement.offset_s;
-            messages.extend(mapper.utterance(&value, &created_at));
-        }
-        Output::Category(event) => {
-            let names = event.matched_categories.clone().unwrap_or_default();
-            if ledger.category(&names) {
-                let first_ms = event
-                    .matched_details
-                    .as_ref()
-                    .and_then(|d| d.values().flat_map(|p| p.timestamp_ranges().iter()).next())
-                    .and_then(|r| r.begin_offset_millis)
-                    .unwrap_or(0);
-                mapper.time_offset_s = ledger.offset_s(first_ms as f64 / 1000.0);
-                messages.push(mapper.category(&category_json(&event), &created_at));
-            } else {
-                summary.duplicates_dropped += 1;
-            }
-        }
+                })
+                .collect(),
+        ),
+        Output::Utterance(event) => SessionOutput::Utterance(utterance_json(&event)),
+        Output::Category(event) => SessionOutput::Category(category_json(&event)),
     }
-    messages
 }
 
 /// An UtteranceEvent as Transcribe's JSON (the shape LCA stores).

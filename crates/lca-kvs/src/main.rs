@@ -7,11 +7,11 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
+use call_audio::extract::{CallExtractor, ExtractStop};
 use call_audio::{AssemblerConfig, CONNECT_SAMPLE_RATE, WavWriter};
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use kvs_media::{FragmentReader, MediaEvent, ReadError};
-use lca_kvs::extract::{CallExtractor, ExtractStop};
 use lca_kvs::inspect::Inspector;
 
 use crate::capture::{CaptureStop, CaptureSummary, StreamArgs};

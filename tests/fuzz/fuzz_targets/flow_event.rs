@@ -10,8 +10,7 @@
 #![no_main]
 
 use arbitrary::Unstructured;
-use call_transcriber::delivery::{NamedBy, hand_over_event, named_call_of_event};
-use call_transcriber::lambda::call_of_event;
+use call_lifecycle::delivery::{NamedBy, call_of_event, hand_over_event, named_call_of_event};
 use lca_events::connect::ContactFlowEvent;
 use lca_fuzz::{INSTANCE, check_error_text, flow_event, mutate};
 use libfuzzer_sys::fuzz_target;
@@ -105,7 +104,6 @@ fn run(data: &[u8]) -> arbitrary::Result<()> {
             }
             let length = call.call_id.chars().count();
             assert!((1..=lca_events::MAX_CALL_ID_CHARS).contains(&length));
-            let _ = call_transcriber::call::position(&call);
             // The call survives its own hand-over.
             let next = json!({"action": "LAMBDA_CONTINUE", "callData": call});
             let (again, new) = call_of_event(&next, None).expect("a hand-over of an accepted call");

@@ -7,7 +7,8 @@
 #![no_main]
 
 use arbitrary::Unstructured;
-use call_transcriber::lambda::{call_of_event, hook_answer};
+use call_lifecycle::delivery::call_of_event;
+use call_lifecycle::hook::hook_answer;
 use lca_fuzz::{CALLER, INSTANCE, check_error_text, flow_event, mutate};
 use libfuzzer_sys::fuzz_target;
 use serde_json::json;
@@ -37,7 +38,7 @@ fn run(data: &[u8]) -> arbitrary::Result<()> {
     };
     let (mut call, _) = call_of_event(&flow_event(), Some(INSTANCE)).expect("the real event");
     let before = call.clone();
-    match hook_answer("hook", &payload, function_error.as_deref()) {
+    match hook_answer(&payload, function_error.as_deref()) {
         Err(error) => {
             check_error_text(
                 &error.to_string(),

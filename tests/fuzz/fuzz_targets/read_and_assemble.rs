@@ -5,8 +5,8 @@
 #![no_main]
 
 use call_audio::AssemblerConfig;
+use call_audio::extract::CallExtractor;
 use kvs_media::{ChunkSplitter, FragmentReader};
-use lca_kvs::extract::CallExtractor;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -1,21 +1,18 @@
-//! Transcribe's results, standard and Call Analytics, as the SDK hands them over, through the
-//! transcriber's ledger (reconnects, keep-alive silence, replay) and the LCA event mapping, in
-//! any order and with any times.
+//! Transcribe's results, standard and Call Analytics, as the transcriber hands them to the pure
+//! mapping (the SDK's fields; Call Analytics events as Transcribe's JSON), through the ledger
+//! (reconnects, keep-alive silence, replay) and the LCA event mapping, in any order and with
+//! any times.
 //!
 //! Must hold: no panic or overflow; every message is JSON LCA can read back as sent; the
 //! replay buffer stays within its bound whatever Transcribe answers.
 #![no_main]
 
 use arbitrary::Arbitrary;
-use aws_sdk_transcribestreaming::types::{
-    Alternative, CategoryEvent, ParticipantRole, PointsOfInterest, Result as TranscriptResult,
-    TimestampRange, Transcript, TranscriptEvent, UtteranceEvent,
-};
 use call_audio::StereoChunk;
-use call_transcriber::TranscriptLedger;
-use call_transcriber::transcribe::{Output, TranscriptionSummary, map_output};
-use lca_events::{LcaMessage, SegmentMapper};
+use lca_events::{LcaMessage, SegmentMapper, TranscriptResult};
 use libfuzzer_sys::fuzz_target;
+use serde_json::{Map, Value, json};
+use transcript_ledger::{SessionOutput, TranscriptLedger, map_output};
 
 #[derive(Arbitrary, Debug)]
 struct Input {
@@ -70,7 +67,6 @@ fuzz_target!(|input: Input| {
         time_offset_s: 0.0,
         save_partials: input.save_partials,
     };
-    let mut summary = TranscriptionSummary::default();
     for op in input.ops {
         let output = match op {
             Op::Sent { samples } => {
@@ -98,72 +94,62 @@ fuzz_target!(|input: Input| {
                 length_ms,
                 partial,
                 words,
-            } => {
-                let result = TranscriptResult::builder()
-                    .start_time(f64::from(start_ms) / 1000.0)
-                    .end_time((f64::from(start_ms) + f64::from(length_ms)) / 1000.0)
-                    .is_partial(partial)
-                    .set_channel_id(channel.map(|c| format!("ch_{}", u8::from(c))))
-                    .alternatives(
-                        Alternative::builder()
-                            .transcript("word ".repeat(usize::from(words)))
-                            .build(),
-                    )
-                    .build();
-                Some(Output::Transcript(
-                    TranscriptEvent::builder()
-                        .transcript(Transcript::builder().results(result).build())
-                        .build(),
-                ))
-            }
+            } => Some(SessionOutput::Transcript(vec![TranscriptResult {
+                channel_id: channel.map(|c| format!("ch_{}", u8::from(c))),
+                start_time: f64::from(start_ms) / 1000.0,
+                end_time: (f64::from(start_ms) + f64::from(length_ms)) / 1000.0,
+                is_partial: partial,
+                transcript: "word ".repeat(usize::from(words)),
+            }])),
             Op::Utterance {
                 agent,
                 begin_ms,
                 end_ms,
                 partial,
                 id,
-            } => Some(Output::Utterance(
-                UtteranceEvent::builder()
-                    .utterance_id(format!("u-{id}"))
-                    .set_participant_role(agent.map(|a| {
-                        if a {
-                            ParticipantRole::Agent
-                        } else {
-                            ParticipantRole::Customer
-                        }
-                    }))
-                    .set_begin_offset_millis(begin_ms)
-                    .set_end_offset_millis(end_ms)
-                    .is_partial(partial)
-                    .transcript("words")
-                    .build(),
-            )),
+            } => {
+                let mut utterance = json!({
+                    "UtteranceId": format!("u-{id}"),
+                    "IsPartial": partial,
+                    "Transcript": "words",
+                });
+                if let Some(agent) = agent {
+                    utterance["ParticipantRole"] = json!(if agent { "AGENT" } else { "CUSTOMER" });
+                }
+                if let Some(begin) = begin_ms {
+                    utterance["BeginOffsetMillis"] = json!(begin);
+                }
+                if let Some(end) = end_ms {
+                    utterance["EndOffsetMillis"] = json!(end);
+                }
+                Some(SessionOutput::Utterance(utterance))
+            }
             Op::Category {
                 names,
                 begin_ms,
                 end_ms,
             } => {
                 let names: Vec<String> = names.iter().map(|n| format!("category-{n}")).collect();
-                let mut event =
-                    CategoryEvent::builder().set_matched_categories(Some(names.clone()));
-                for name in names {
-                    event = event.matched_details(
-                        name,
-                        PointsOfInterest::builder()
-                            .timestamp_ranges(
-                                TimestampRange::builder()
-                                    .set_begin_offset_millis(begin_ms)
-                                    .set_end_offset_millis(end_ms)
-                                    .build(),
-                            )
-                            .build(),
-                    );
-                }
-                Some(Output::Category(event.build()))
+                let details: Map<String, Value> = names
+                    .iter()
+                    .map(|name| {
+                        (
+                            name.clone(),
+                            json!({"TimestampRanges": [
+                                {"BeginOffsetMillis": begin_ms, "EndOffsetMillis": end_ms}
+                            ]}),
+                        )
+                    })
+                    .collect();
+                Some(SessionOutput::Category(json!({
+                    "MatchedCategories": names,
+                    "MatchedDetails": details,
+                })))
             }
         };
         if let Some(output) = output {
-            for message in map_output(output, &mut ledger, &mut mapper, &mut summary) {
+            let mapped = map_output(output, &mut ledger, &mut mapper, "2026-12-04T12:00:00.000Z");
+            for message in mapped.messages {
                 let json = serde_json::to_string(&message).expect("a message is JSON");
                 let back: LcaMessage = serde_json::from_str(&json).expect("LCA reads it back");
                 assert_eq!(back, message);

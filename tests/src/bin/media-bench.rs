@@ -12,8 +12,8 @@ use std::process::Command;
 use std::time::Instant;
 
 use call_audio::AssemblerConfig;
+use call_audio::extract::CallExtractor;
 use kvs_media::{ConnectWriter, FragmentAudio, FragmentReader, TrackRole, WriterOptions};
-use lca_kvs::extract::CallExtractor;
 
 /// One measured run, printed by the child as a JSON-ish line of numbers.
 #[derive(Debug, Clone, Copy)]

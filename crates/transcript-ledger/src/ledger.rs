@@ -18,7 +18,7 @@ use std::collections::{BTreeSet, VecDeque};
 
 use call_audio::StereoChunk;
 
-use crate::delivered::MAX_CALL_CATEGORIES;
+use call_lifecycle::delivered::MAX_CALL_CATEGORIES;
 
 /// Samples per millisecond at 8 kHz.
 const SAMPLES_PER_MS: u64 = 8;

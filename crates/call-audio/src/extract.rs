@@ -1,8 +1,9 @@
-//! A call's stereo audio from a GetMedia stream, attributing whole fragments (`lca-kvs extract`).
+//! A call's stereo audio from a GetMedia stream read offline, attributing whole fragments
+//! (`lca-kvs extract`, the benches and the fuzz target).
 
 use std::collections::HashMap;
 
-use call_audio::{AssembleError, AssemblerConfig, Channel, StereoAssembler, StereoChunk};
+use crate::{AssembleError, AssemblerConfig, Channel, StereoAssembler, StereoChunk};
 use kvs_media::{KvsError, MediaBlock, MediaEvent, TAG_CONTACT_ID, TrackInfo, TrackRole};
 
 /// Blocks held for one fragment at most. KVS fragments hold about 32 (1 s, two tracks); a
