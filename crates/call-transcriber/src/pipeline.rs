@@ -160,6 +160,9 @@ pub struct CallOutcome {
     pub kvs_behind_ms: Option<u64>,
     /// KVS error chunks that reading resumed after (5000, 4503), counted by id.
     pub transient_kvs_errors: BTreeMap<String, u32>,
+    /// GetMedia requests that failed and were resumed after the last fragment (cut
+    /// connections, throttling, the error chunks above).
+    pub get_media_resumes: u32,
 }
 
 /// Why a run failed.
@@ -338,6 +341,7 @@ impl CallPipeline {
         };
         let mut kvs_behind_ms: Option<u64> = None;
         let mut transient_kvs_errors = BTreeMap::new();
+        let mut get_media_resumes = 0;
         let mut quiet = QuietWatch::default();
         let mut last_received = Instant::now();
         let mut source_error = None;
@@ -376,8 +380,11 @@ impl CallPipeline {
                 }
                 // Only tools that save the stream's bytes ask for them.
                 Ok(SourceEvent::Chunk { .. }) => {}
-                Ok(SourceEvent::TransientKvsError { id }) => {
-                    *transient_kvs_errors.entry(id).or_default() += 1;
+                Ok(SourceEvent::Resumed { kvs_error }) => {
+                    get_media_resumes += 1;
+                    if let Some(id) = kvs_error {
+                        *transient_kvs_errors.entry(id).or_default() += 1;
+                    }
                 }
                 Ok(SourceEvent::End(reason)) => break Ending::CallEnded(reason),
                 Err(error) => {
@@ -479,6 +486,7 @@ impl CallPipeline {
             chunk_latencies,
             kvs_behind_ms,
             transient_kvs_errors,
+            get_media_resumes,
         })
     }
 }

@@ -107,11 +107,12 @@ pub enum SourceEvent {
         /// AWS_KINESISVIDEO_MILLIS_BEHIND_NOW tag).
         millis_behind_now: Option<u64>,
     },
-    /// KVS sent an error chunk that is retried (5000, 4503): reading resumes after the last
-    /// fragment. Reported so that the operator sees such errors counted by id.
-    TransientKvsError {
-        /// The error's id.
-        id: String,
+    /// A GetMedia request failed and reading resumes after the last fragment (a cut
+    /// connection, throttling, or an error chunk that is retried: 5000, 4503). Reported so
+    /// that reconnects are counted, and such errors by id.
+    Resumed {
+        /// The id of the KVS error chunk, when that was the failure.
+        kvs_error: Option<String>,
     },
     /// The call's stream is over; nothing follows.
     End(EndReason),
@@ -481,11 +482,10 @@ impl KvsSource {
                         });
                     }
                     tracing::warn!(stream = %stream, attempt = failures, %message, "GetMedia failed; resuming from the last fragment");
-                    if let Some(id) = kvs_error
-                        && tx
-                            .send(Ok(SourceEvent::TransientKvsError { id }))
-                            .await
-                            .is_err()
+                    if tx
+                        .send(Ok(SourceEvent::Resumed { kvs_error }))
+                        .await
+                        .is_err()
                     {
                         return Ok(());
                     }
@@ -808,6 +808,64 @@ fn predecessor(number: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The error ids of GetMedia's payload as the Kinesis Video Streams API reference lists
+    /// them (GetMedia, Response Elements, Payload: "The error codes are as follows"), with a
+    /// word of each description.
+    const GET_MEDIA_REFERENCE: [(&str, &str); 10] = [
+        ("3002", "writing to the stream"),
+        ("4000", "fragment was not found"),
+        ("4500", "access denied"),
+        ("4501", "disabled"),
+        ("4502", "validation error"),
+        ("4503", "unavailable"),
+        ("4504", "invalid usage"),
+        ("4505", "invalid state"),
+        ("4506", "not found"),
+        ("5000", "internal error"),
+    ];
+
+    fn chunk(id: &str) -> KvsError {
+        KvsError {
+            code: "from KVS".to_string(),
+            id: id.to_string(),
+        }
+    }
+
+    #[test]
+    fn every_error_id_the_get_media_reference_lists_has_its_meaning_and_no_other_does() {
+        for (id, words) in GET_MEDIA_REFERENCE {
+            let error = KvsStreamError::new("arn:s", &chunk(id));
+            assert!(error.is_documented(), "{id}");
+            assert!(
+                error.meaning.to_lowercase().contains(words),
+                "{id}: {}",
+                error.meaning
+            );
+            assert!(!error.action.is_empty());
+        }
+        for id in ["4507", "3000", "0", "", "abc"] {
+            let error = KvsStreamError::new("arn:s", &chunk(id));
+            assert!(!error.is_documented(), "{id}");
+            // An unknown id is named as sent, so the operator can look it up.
+            assert!(
+                error
+                    .to_string()
+                    .contains(&format!("GetMedia error {id} (from KVS)")),
+                "{error}"
+            );
+        }
+        // Retried: the two the reference words as passing (an internal error; a key that is
+        // unavailable). The reference does not say which are retryable; the others need the
+        // operator (a key, a grant, a missing fragment).
+        let retried: Vec<&str> = GET_MEDIA_REFERENCE
+            .iter()
+            .map(|(id, _)| *id)
+            .filter(|id| is_transient(&chunk(id)))
+            .collect();
+        assert_eq!(retried, ["4503", "5000"]);
+        assert!(is_transient(&chunk(" 5000 ")), "ids are read trimmed");
+    }
 
     #[test]
     fn fragment_number_arithmetic() {

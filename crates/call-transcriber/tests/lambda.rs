@@ -200,16 +200,24 @@ async fn wait_for_session(h: &Harness) {
 /// Every metrics line `function` wrote to its log in `dir` (CloudWatch EMF: the lines with
 /// an `_aws` member), each checked against the specification: the line and the metric values
 /// CloudWatch would extract from it.
+/// A missing log file, or a line that names `_aws` but is not JSON, fails the test: an empty
+/// answer means the function ran and wrote no metrics.
 fn metrics_lines(dir: &std::path::Path, function: &str) -> Vec<(Value, Vec<Extracted>)> {
     let path = dir.join(format!("{function}.log"));
-    let text = std::fs::read_to_string(&path).unwrap_or_default();
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (has {function} run?)", path.display()));
     text.lines()
-        .filter_map(|line| {
-            let value: Value = serde_json::from_str(line).ok()?;
-            value.get("_aws")?;
+        .filter(|line| line.contains("\"_aws\""))
+        .map(|line| {
+            let value: Value = serde_json::from_str(line).unwrap_or_else(|e| {
+                panic!(
+                    "{}: a metrics line is not JSON ({e}): {line}",
+                    path.display()
+                )
+            });
             let extracted = call_metrics::validate(line)
                 .unwrap_or_else(|e| panic!("{}: {e}: {line}", path.display()));
-            Some((value, extracted))
+            (value, extracted)
         })
         .collect()
 }
@@ -342,29 +350,42 @@ fn assert_lifecycle(records: &[Value]) {
 /// The StartLCA binary in `lambda`, as the template sets it up: the call lease table `table`
 /// on the harness's DynamoDB, the transcriber function of `lambda`.
 fn add_start_lca(h: &Harness, lambda: &Lambda, server: &local_aws::http::Server, table: &str) {
+    add_start_lca_with(h, lambda, server, table, &[]);
+}
+
+/// [`add_start_lca`] with `extra` variables in its environment.
+fn add_start_lca_with(
+    h: &Harness,
+    lambda: &Lambda,
+    server: &local_aws::http::Server,
+    table: &str,
+    extra: &[(&str, &str)],
+) {
     let (command, args) = function_command(&start_lca_binary()).unwrap();
+    let mut environment = BTreeMap::from([
+        ("AWS_ENDPOINT_URL_LAMBDA".to_string(), server.url()),
+        ("AWS_ENDPOINT_URL_DYNAMODB".to_string(), h.moto_url.clone()),
+        ("AWS_ACCESS_KEY_ID".to_string(), "AKIDLOCAL".to_string()),
+        ("AWS_SECRET_ACCESS_KEY".to_string(), "local".to_string()),
+        ("AWS_REGION".to_string(), "us-east-1".to_string()),
+        ("CONNECT_INSTANCE_ARN".to_string(), INSTANCE.to_string()),
+        (
+            "TRANSCRIBER_FUNCTION_ARN".to_string(),
+            "arn:aws:lambda:us-east-1:123456789012:function:CallTranscriber".to_string(),
+        ),
+        (
+            "TRANSCRIBER_CALL_EVENT_TABLE_NAME".to_string(),
+            table.to_string(),
+        ),
+        ("SWEEP_GRACE".to_string(), "1000".to_string()),
+    ]);
+    environment.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     lambda
         .add_function(FunctionSpec {
             name: "StartLCA".to_string(),
             command,
             args,
-            environment: BTreeMap::from([
-                ("AWS_ENDPOINT_URL_LAMBDA".to_string(), server.url()),
-                ("AWS_ENDPOINT_URL_DYNAMODB".to_string(), h.moto_url.clone()),
-                ("AWS_ACCESS_KEY_ID".to_string(), "AKIDLOCAL".to_string()),
-                ("AWS_SECRET_ACCESS_KEY".to_string(), "local".to_string()),
-                ("AWS_REGION".to_string(), "us-east-1".to_string()),
-                ("CONNECT_INSTANCE_ARN".to_string(), INSTANCE.to_string()),
-                (
-                    "TRANSCRIBER_FUNCTION_ARN".to_string(),
-                    "arn:aws:lambda:us-east-1:123456789012:function:CallTranscriber".to_string(),
-                ),
-                (
-                    "TRANSCRIBER_CALL_EVENT_TABLE_NAME".to_string(),
-                    table.to_string(),
-                ),
-                ("SWEEP_GRACE".to_string(), "1000".to_string()),
-            ]),
+            environment,
             timeout: Duration::from_secs(8),
             memory_mb: 128,
         })
@@ -609,33 +630,83 @@ async fn start_lca_then_hand_overs_transcribe_and_record_every_sample_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trace_logs_hold_no_phone_number_and_no_transcript() {
-    // RUST_LOG=trace, every crate: the function's log (stderr) and metrics lines (stdout)
-    // must not carry the call's phone numbers or any of its transcript (customer data).
+    // RUST_LOG=trace, every crate, in StartLCA and the transcriber: each function's log
+    // (stderr) and metrics lines (stdout) stop at the cap (FINEST_LOG_LEVEL: no TRACE line)
+    // and carry none of the call's phone numbers or transcript (customer data), not even
+    // base64-encoded (an SDK logs payloads so).
     let h = Harness::new(KvsOptions::default(), TranscribeOptions::default()).await;
-    let (lambda, server, logs) = logged_transcriber(
-        &h,
-        &[("RUST_LOG", "trace"), ("LAMBDA_INVOKE_TIMEOUT", "1500")],
-    )
-    .await;
+    let trace = ("RUST_LOG", "trace");
+    let (lambda, server, logs) =
+        logged_transcriber(&h, &[trace, ("LAMBDA_INVOKE_TIMEOUT", "1500")]).await;
+    add_start_lca_with(&h, &lambda, &server, TABLE, &[trace]);
     let (arn, first) = h.play("call", sample_call_chunks()).await;
-    invoke_event(&server, &contact_flow_event(&arn, &first)).await;
+    let answer = invoke_start_lca(&server, &arn, &first).await;
+    assert_eq!(answer["status"], "STARTED", "{answer}");
     let records = records_until(&h, "ADD_S3_RECORDING_URL").await;
     assert_lifecycle(&records);
-    let log = std::fs::read_to_string(logs.join("CallTranscriber.log")).unwrap();
-    assert!(log.lines().count() > 1000, "trace logging is on");
-    for number in ["+15551230001", "+15559870002", "15551230001", "15559870002"] {
-        assert!(!log.contains(number), "the log holds a phone number");
-    }
+    let numbers = ["+15551230001", "+15559870002", "15551230001", "15559870002"];
     let transcripts: BTreeSet<&str> = records
         .iter()
         .filter_map(|r| r["Transcript"].as_str())
         .filter(|t| t.len() >= 8)
         .collect();
     assert!(!transcripts.is_empty());
-    for text in transcripts {
-        assert!(!log.contains(text), "the log holds transcript text");
+    let customer_data: Vec<&str> = numbers.into_iter().chain(transcripts).collect();
+    // The check finds what it looks for, plain or encoded.
+    let planted = format!(
+        "{{\"level\":\"DEBUG\",\"body\":\"{}\"}}\n{{\"level\":\"TRACE\"}}",
+        base64_of("+15551230001")
+    );
+    assert_eq!(
+        log_problems(&planted, &customer_data),
+        ["line 1: customer data", "line 2: at TRACE level"]
+    );
+    for (function, at_least) in [("CallTranscriber", 1000), ("StartLCA", 5)] {
+        let log = std::fs::read_to_string(logs.join(format!("{function}.log"))).unwrap();
+        assert!(
+            log.lines().count() > at_least,
+            "{function}: debug logging is on"
+        );
+        let problems = log_problems(&log, &customer_data);
+        assert!(problems.is_empty(), "{function}: {problems:?}");
     }
     lambda.shutdown();
+}
+
+fn base64_of(text: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(text)
+}
+
+/// What is wrong with a function's log: a line finer than the cap, or customer data in a
+/// line, plain or in any base64 run of it. Names the line's number, never the data.
+fn log_problems(log: &str, customer_data: &[&str]) -> Vec<String> {
+    use base64::Engine as _;
+    let mut problems = Vec::new();
+    for (n, line) in log.lines().enumerate() {
+        if let Ok(value) = serde_json::from_str::<Value>(line)
+            && value["level"] == "TRACE"
+        {
+            problems.push(format!("line {}: at TRACE level", n + 1));
+        }
+        let mut texts = vec![line.to_string()];
+        let base64_runs = line
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '+' || c == '/' || c == '='))
+            .filter(|run| run.len() >= 12);
+        for run in base64_runs {
+            let engine = base64::engine::general_purpose::STANDARD_NO_PAD;
+            if let Ok(bytes) = engine.decode(run.trim_end_matches('=')) {
+                texts.push(String::from_utf8_lossy(&bytes).into_owned());
+            }
+        }
+        if texts
+            .iter()
+            .any(|text| customer_data.iter().any(|data| text.contains(data)))
+        {
+            problems.push(format!("line {}: customer data", n + 1));
+        }
+    }
+    problems
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1267,6 +1338,74 @@ async fn a_failure_queue_record_of_a_hand_over_holds_no_customer_data() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_hand_over_is_repeated_by_lambdas_retry_and_the_call_completes() {
+    // Lambda refuses the hand-over's Invoke (TooManyRequestsException, retried by the SDK
+    // until its attempts run out): the invocation fails naming the hand-over, and Lambda's
+    // retry of it (same request id) finds the lease handed over by itself and repeats the
+    // hand-over (Claim::RepeatHandOver), which goes through: the call completes whole.
+    let h = Harness::new(KvsOptions::default(), TranscribeOptions::default()).await;
+    let (lambda, server, logs) = logged_transcriber(&h, &[("LAMBDA_INVOKE_TIMEOUT", "1500")]).await;
+    assert!(lambda.refuse_invokes(
+        "CallTranscriber",
+        call_lifecycle::delivery::CONTINUE_ACTION,
+        true
+    ));
+    let (arn, first) = h.play("call", sample_call_chunks()).await;
+    invoke_event(&server, &contact_flow_event(&arn, &first)).await;
+    let mut failures = Vec::new();
+    for _ in 0..3000 {
+        failures = lambda.failures("CallTranscriber");
+        if !failures.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Lambda retries the failed invocation a second later; by then the Invoke goes through.
+    assert!(lambda.refuse_invokes(
+        "CallTranscriber",
+        call_lifecycle::delivery::CONTINUE_ACTION,
+        false
+    ));
+    let [failure] = &failures[..] else {
+        panic!("one failed attempt: {failures:?}");
+    };
+    assert!(
+        failure.message.contains("to continue failed")
+            && failure.message.contains("TooManyRequests"),
+        "{failure:?}"
+    );
+    let refused = lambda.refused_invokes("CallTranscriber");
+    assert!(!refused.is_empty());
+    assert!(refused.iter().all(|p| p["lambdaCount"] == 1), "{refused:?}");
+    let records = records_until(&h, "ADD_S3_RECORDING_URL").await;
+    assert_lifecycle(&records);
+    assert_recording(&h).await;
+    assert!(lambda.failure_records("CallTranscriber").is_empty());
+    // The hand-over to invocation 1 was accepted once: by the retry.
+    let continuations: Vec<Value> = lambda
+        .invocations("CallTranscriber")
+        .into_iter()
+        .map(|i| i.payload)
+        .filter(|p| {
+            p["action"] == call_lifecycle::delivery::CONTINUE_ACTION && p["lambdaCount"] == 1
+        })
+        .collect();
+    assert_eq!(continuations.len(), 1, "{continuations:?}");
+    let outcomes = outcomes(&metrics_lines(&logs, "CallTranscriber"));
+    assert_eq!(
+        outcomes.first().map(String::as_str),
+        Some("FAILED"),
+        "{outcomes:?}"
+    );
+    assert_eq!(
+        outcomes.get(1).map(String::as_str),
+        Some("CONTINUED"),
+        "{outcomes:?}"
+    );
+    lambda.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_whose_every_attempt_was_killed_is_given_up_by_its_next_delivery() {
     // All three attempts killed mid-call: Lambda sends the event to the on-failure
     // destination and nobody is left to end the call. The next delivery of its event (the
@@ -1313,6 +1452,76 @@ async fn a_call_whose_every_attempt_was_killed_is_given_up_by_its_next_delivery(
             .contains("all 3 attempts of its invocation stopped"),
         "{failures:?}"
     );
+    lambda.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_taken_by_another_invocation_stops_the_holder_and_the_sweep_ends_the_call() {
+    // Mid-call the lease names another owner (what a takeover writes): the holder's next
+    // renewal is refused, so it stops at once without failing (LEASE_LOST, no retry), and
+    // publishes neither END nor anything else. That other owner never finishes: once its
+    // hold expires the sweep rescues the call (HolderStopped), which ends with END and the
+    // recording's URL, once each.
+    let h = Harness::new(KvsOptions::default(), TranscribeOptions::default()).await;
+    let (lambda, server, logs) = logged_transcriber(&h, &[("SWEEP_GRACE", "1000")]).await;
+    let (arn, first) = h.play("call", sample_call_chunks()).await;
+    invoke_event(&server, &contact_flow_event(&arn, &first)).await;
+    wait_for_finals(&h, 2).await;
+    h.dynamodb
+        .update_item()
+        .table_name(TABLE)
+        .key(
+            "PK",
+            aws_sdk_dynamodb::types::AttributeValue::S(format!("contact#{CONTACT}")),
+        )
+        .update_expression("SET #o = :thief")
+        .expression_attribute_names("#o", "Owner")
+        .expression_attribute_values(
+            ":thief",
+            aws_sdk_dynamodb::types::AttributeValue::S("another-invocation".into()),
+        )
+        .send()
+        .await
+        .unwrap();
+    let mut stopped = Vec::new();
+    for _ in 0..1000 {
+        if logs.join("CallTranscriber.log").exists() {
+            stopped = outcomes(&metrics_lines(&logs, "CallTranscriber"));
+        }
+        if !stopped.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(stopped, ["LEASE_LOST"]);
+    let at_stop = h.records().await;
+    assert!(at_stop.iter().all(|r| r["EventType"] != "END"));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        h.records().await.len(),
+        at_stop.len(),
+        "nothing published after the stop"
+    );
+    assert!(lambda.failures("CallTranscriber").is_empty(), "not retried");
+    let sweep = lambda.scheduled_event("sweep");
+    assert!(lambda.schedule("CallTranscriber", Duration::from_secs(1), sweep));
+    let records = records_until(&h, "ADD_S3_RECORDING_URL").await;
+    let count = |kind: &str| records.iter().filter(|r| r["EventType"] == kind).count();
+    assert_eq!(
+        (count("START"), count("END"), count("ADD_S3_RECORDING_URL")),
+        (1, 1, 1)
+    );
+    let rescues: Vec<Value> = lambda
+        .invocations("CallTranscriber")
+        .into_iter()
+        .filter(|i| i.payload["action"] == "LAMBDA_RESCUE")
+        .map(|i| i.payload)
+        .collect();
+    assert_eq!(
+        rescues.first().map(|r| r["reason"].clone()),
+        Some(json!("HolderStopped"))
+    );
+    assert_eq!(leased_status(&h).await.as_deref(), Some("ENDED"));
     lambda.shutdown();
 }
 
@@ -1386,12 +1595,24 @@ async fn wait_for_failure_record(lambda: &Lambda) {
 /// metrics line says `STALLED`; the hand-over event names the call only).
 async fn wait_for_stall(logs: &std::path::Path) {
     for _ in 0..600 {
-        if stalled_invocations(logs) > 0 {
+        if logs.join("CallTranscriber.log").exists() && stalled_invocations(logs) > 0 {
             return;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("no invocation handed the call on after a stall within 60 s");
+}
+
+/// The stream's records once they hold `count` final segments (within 12 s).
+async fn wait_for_finals(h: &Harness, count: usize) -> Vec<Value> {
+    for _ in 0..600 {
+        let records = h.records().await;
+        if finals(&records).len() >= count {
+            return records;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("fewer than {count} finals on the stream within 12 s");
 }
 
 /// Invocations that handed a stalled call on, by their metrics lines.
@@ -1539,6 +1760,49 @@ async fn a_kinesis_outage_longer_than_an_invocation_delays_the_call_and_loses_no
         Some("STALLED"),
         "{outcomes:?}"
     );
+    lambda.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kinesis_outage_mid_call_delivers_the_rest_once_and_in_order_when_it_ends() {
+    // Part of the call is on the stream (START and some finals), then Kinesis takes nothing
+    // for longer than an invocation: the call is handed on, and once Kinesis is back the
+    // rest follows what was delivered, once and in order.
+    let h = Harness::new(KvsOptions::default(), TranscribeOptions::default()).await;
+    let (lambda, server, logs) = logged_transcriber(&h, &[("LAMBDA_INVOKE_TIMEOUT", "1500")]).await;
+    let (arn, first) = h.play("call", sample_call_chunks()).await;
+    invoke_event(&server, &contact_flow_event(&arn, &first)).await;
+    let before = wait_for_finals(&h, 2).await;
+    h.faults.set_outage(true);
+    // What got through before the outage began (a put in flight may still have landed).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = h.records().await.len().max(before.len());
+    assert!(
+        finals(&h.records().await).len() >= 2,
+        "part of the call was delivered before the outage"
+    );
+    wait_for_stall(&logs).await;
+    let during = h.records().await;
+    assert_eq!(
+        during.len(),
+        before,
+        "nothing gets through during the outage"
+    );
+    assert!(
+        during.iter().all(|r| r["EventType"] != "END"),
+        "the call is not over"
+    );
+    h.faults.set_outage(false);
+    let records = records_until(&h, "ADD_S3_RECORDING_URL").await;
+    assert_eq!(
+        &records[..before],
+        &during[..],
+        "what was delivered stays first"
+    );
+    assert_lifecycle(&records);
+    assert_recording(&h).await;
+    assert!(lambda.failures("CallTranscriber").is_empty());
+    assert!(stalled_invocations(&logs) >= 1);
     lambda.shutdown();
 }
 

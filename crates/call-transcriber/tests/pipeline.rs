@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use call_transcriber::pipeline::{Ending, PipelineError};
-use call_transcriber::source::{EndReason, SourceError};
+use call_transcriber::source::{EndReason, KvsStreamError, SourceError};
 use local_aws::kinesis_faults::KinesisFault;
 use local_aws::kvs::{Fault, KvsOptions};
 use local_aws::transcribe::{TranscribeFault, TranscribeOptions};
@@ -89,10 +89,27 @@ async fn a_cut_connection_resumes_without_losing_or_repeating_audio() {
         .await;
         // Cut mid-fragment, then after whole fragments.
         let faults = [Fault::CutAfterBytes(300_000), Fault::CutAfterFragments(7)];
+        // Where KVS reads AfterFragmentNumber as "after", the first session only finds that
+        // the contact's first fragment was skipped and the source reads again from a producer
+        // time: that session gets a fault it never reaches.
+        let never = Fault::CutAfterFragments(usize::MAX);
+        let queued: Vec<Fault> = (!include_named_fragment)
+            .then_some(never)
+            .into_iter()
+            .chain(faults.clone())
+            .collect();
         let (arn, first) = h
-            .play_with_faults("call", sample_call_chunks(), &faults)
+            .play_with_faults("call", sample_call_chunks(), &queued)
             .await;
-        run(&h.pipeline(&[]), new_call(&arn, &first)).await;
+        let outcome = run(&h.pipeline(&[]), new_call(&arn, &first)).await;
+        // Both cuts happened (a fault is listed once it took effect), and reading resumed
+        // after each.
+        let applied: Vec<Fault> = h.kvs.applied().into_iter().map(|(_, f)| f).collect();
+        assert_eq!(
+            applied, faults,
+            "include_named_fragment={include_named_fragment}"
+        );
+        assert_eq!(outcome.get_media_resumes, 2);
         let sessions = h.transcribe.sessions();
         assert_eq!(sessions.len(), 1);
         assert!(
@@ -249,31 +266,45 @@ async fn a_reused_stream_stops_at_the_next_contact() {
     assert_whole_call(&h.records().await);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_kvs_error_chunk_fails_the_run_and_a_transient_one_is_resumed() {
-    // 4500 (KMS access denied): the run fails naming the id and what to do; the audio before
-    // it is transcribed and published, and no END goes out (the call did not end).
+/// A stored call whose GetMedia sends the KVS error chunk `id` (`code`) after 10 fragments.
+async fn call_with_error_chunk(id: &str, code: &str) -> (Harness, String, String) {
     let h = Harness::new(named_first(), TranscribeOptions::default()).await;
     let (arn, first) = h.stored(
         "call",
         &sample_call_chunks(),
         &[Fault::ErrorChunkAfter {
             fragments: 10,
-            code: "Access denied for the stream's KMS key".into(),
-            id: "4500".into(),
+            code: code.into(),
+            id: id.into(),
         }],
     );
-    let result = tokio::time::timeout(
+    (h, arn, first)
+}
+
+/// The KVS stream error a run of the call on `arn` fails with.
+async fn run_to_kvs_error(h: &Harness, arn: &str, first: &str) -> (PipelineError, KvsStreamError) {
+    let error = tokio::time::timeout(
         Duration::from_secs(60),
         h.pipeline(&[])
-            .run(new_call(&arn, &first), Default::default()),
+            .run(new_call(arn, first), Default::default()),
     )
     .await
-    .expect("the pipeline finishes");
-    let error = result.expect_err("a KMS error is a failure, not the end of the call");
+    .expect("the pipeline finishes")
+    .expect_err("the KVS error is a failure, not the end of the call");
     let PipelineError::Source(SourceError::Stream(kvs)) = &error else {
         panic!("{error}");
     };
+    let kvs = kvs.clone();
+    (error, kvs)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kvs_error_chunk_fails_the_run_and_a_transient_one_is_resumed() {
+    // 4500 (KMS access denied): the run fails naming the id and what to do; the audio before
+    // it is transcribed and published, and no END goes out (the call did not end).
+    let (h, arn, first) =
+        call_with_error_chunk("4500", "Access denied for the stream's KMS key").await;
+    let (error, kvs) = run_to_kvs_error(&h, &arn, &first).await;
     assert_eq!(kvs.id, "4500");
     let text = error.to_string();
     assert!(
@@ -298,25 +329,39 @@ async fn a_kvs_error_chunk_fails_the_run_and_a_transient_one_is_resumed() {
         "what was said before the error is published"
     );
 
-    // 5000 (internal error): transient, the call resumes after the last fragment.
-    let h = Harness::new(named_first(), TranscribeOptions::default()).await;
-    let (arn, first) = h.stored(
-        "call",
-        &sample_call_chunks(),
-        &[Fault::ErrorChunkAfter {
-            fragments: 10,
-            code: "Internal error".into(),
-            id: "5000".into(),
-        }],
-    );
-    let outcome = run(&h.pipeline(&[]), new_call(&arn, &first)).await;
-    assert_eq!(outcome.ending, Ending::CallEnded(EndReason::Idle));
-    assert!(h.transcribe.sessions()[0].audio == sample_call_stereo());
-    assert_whole_call(&h.records().await);
-    // Counted by id, for the KvsErrors metric.
-    assert_eq!(
-        outcome.transient_kvs_errors,
-        std::collections::BTreeMap::from([("5000".to_string(), 1)])
+    // 5000 (internal error) and 4503 (KMS key unavailable): transient, the call resumes after
+    // the last fragment.
+    for (id, code) in [
+        ("5000", "Internal error"),
+        ("4503", "KMS key specified in the stream is unavailable"),
+    ] {
+        let (h, arn, first) = call_with_error_chunk(id, code).await;
+        let outcome = run(&h.pipeline(&[]), new_call(&arn, &first)).await;
+        assert_eq!(outcome.ending, Ending::CallEnded(EndReason::Idle), "{id}");
+        assert!(
+            h.transcribe.sessions()[0].audio == sample_call_stereo(),
+            "{id}"
+        );
+        assert_whole_call(&h.records().await);
+        // Counted by id, for the KvsErrors metric, and as a resumed request.
+        assert_eq!(
+            outcome.transient_kvs_errors,
+            std::collections::BTreeMap::from([(id.to_string(), 1)])
+        );
+        assert_eq!(outcome.get_media_resumes, 1);
+    }
+
+    // An id the GetMedia reference does not list: a failure naming the id as sent.
+    let (h, arn, first) = call_with_error_chunk("4999", "Something new").await;
+    let (error, kvs) = run_to_kvs_error(&h, &arn, &first).await;
+    assert_eq!(kvs.id, "4999");
+    assert!(!kvs.is_documented());
+    let text = error.to_string();
+    assert!(
+        text.contains("GetMedia error 4999 (Something new)")
+            && text.contains("does not list")
+            && text.contains(&arn),
+        "{text}"
     );
 }
 

@@ -262,7 +262,7 @@ async fn read_contact(
                 summary.fragment_numbers = Some((first, fragment_number));
                 on_fragment(&bytes)?;
             }
-            Ok(SourceEvent::TransientKvsError { .. }) => {}
+            Ok(SourceEvent::Resumed { .. }) => {}
             Ok(SourceEvent::End(EndReason::OtherContact(next))) => {
                 break CaptureStop::OtherContact(next);
             }

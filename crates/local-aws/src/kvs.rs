@@ -179,6 +179,8 @@ struct Stream {
 struct State {
     streams: BTreeMap<String, Stream>,
     generated_numbers: u64,
+    /// Faults that took effect, in order, with their stream's name.
+    applied: Vec<(String, Fault)>,
 }
 
 #[derive(Debug)]
@@ -332,6 +334,14 @@ impl Kvs {
             .ok_or_else(|| KvsError::NoSuchStream(stream.to_string()))?;
         entry.faults.push_back(fault);
         Ok(())
+    }
+
+    /// The faults that took effect so far, in order, each with its stream's name: a cut or an
+    /// error chunk once it was sent, a stall once it began. A fault queued for a session that
+    /// ended before reaching it is not listed, so a test can tell a fault that happened from
+    /// one that was only injected.
+    pub fn applied(&self) -> Vec<(String, Fault)> {
+        self.state().applied.clone()
     }
 
     /// Fragment numbers of a stream, in order.
@@ -757,27 +767,32 @@ impl Kvs {
                 }
             }
             for mut chunk in batch {
+                let applies = match &fault {
+                    Some(Fault::CutAfterFragments(n)) => sent_fragments == *n,
+                    Some(Fault::CutAfterBytes(n)) => sent_bytes + chunk.len() as u64 > *n,
+                    Some(Fault::StallBefore { fragment, .. }) => sent_fragments == *fragment,
+                    Some(Fault::ErrorChunkAfter { fragments, .. }) => sent_fragments == *fragments,
+                    None => false,
+                };
+                if let Some(fault) = fault.as_ref().filter(|_| applies) {
+                    self.state().applied.push((name.clone(), fault.clone()));
+                }
                 match &fault {
-                    Some(Fault::CutAfterFragments(n)) if sent_fragments == *n => {
+                    _ if !applies => {}
+                    Some(Fault::CutAfterFragments(_)) => {
                         cut_connection(&tx).await;
                         return;
                     }
-                    Some(Fault::CutAfterBytes(n)) if sent_bytes + chunk.len() as u64 > *n => {
+                    Some(Fault::CutAfterBytes(n)) => {
                         let keep = (*n - sent_bytes) as usize;
                         let _ = tx.send(Ok(Frame::data(chunk.split_to(keep)))).await;
                         cut_connection(&tx).await;
                         return;
                     }
-                    Some(Fault::StallBefore { fragment, duration })
-                        if sent_fragments == *fragment =>
-                    {
+                    Some(Fault::StallBefore { duration, .. }) => {
                         tokio::time::sleep(*duration).await;
                     }
-                    Some(Fault::ErrorChunkAfter {
-                        fragments,
-                        code,
-                        id,
-                    }) if sent_fragments == *fragments => {
+                    Some(Fault::ErrorChunkAfter { code, id, .. }) => {
                         let chunk = ConnectWriter::error_chunk(code, id);
                         let _ = tx.send(Ok(Frame::data(Bytes::from(chunk)))).await;
                         return;

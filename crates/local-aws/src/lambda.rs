@@ -178,6 +178,10 @@ struct Function {
     to_drop: Mutex<Vec<String>>,
     /// Event invocations lost on purpose, their payloads.
     dropped: Mutex<Vec<serde_json::Value>>,
+    /// Invoke requests are refused while their payload's `action` is listed here.
+    refusing: Mutex<Vec<String>>,
+    /// Invoke requests refused on purpose, their payloads.
+    refused: Mutex<Vec<serde_json::Value>>,
 }
 
 /// An attempt that ended in an error, as Lambda reports it to the caller.
@@ -288,6 +292,8 @@ impl Lambda {
             failure_records: Mutex::new(Vec::new()),
             to_drop: Mutex::new(Vec::new()),
             dropped: Mutex::new(Vec::new()),
+            refusing: Mutex::new(Vec::new()),
+            refused: Mutex::new(Vec::new()),
         });
         lock(&self.inner.functions).insert(spec.name, function);
         Ok(arn)
@@ -398,6 +404,28 @@ impl Lambda {
             }
             None => false,
         }
+    }
+
+    /// Refuses (`true`) or accepts again every Invoke request for `name` whose payload's
+    /// `action` is `action`: the caller gets TooManyRequestsException (HTTP 429), one of the
+    /// errors the Invoke API reference lists (the SDK retries it), and nothing runs. Returns false for an unknown function.
+    pub fn refuse_invokes(&self, name: &str, action: &str, refuse: bool) -> bool {
+        let Some(function) = self.function(name) else {
+            return false;
+        };
+        let mut refusing = lock(&function.refusing);
+        refusing.retain(|a| a != action);
+        if refuse {
+            refusing.push(action.to_string());
+        }
+        true
+    }
+
+    /// The payloads of the Invoke requests for `name` refused by [`Lambda::refuse_invokes`].
+    pub fn refused_invokes(&self, name: &str) -> Vec<serde_json::Value> {
+        self.function(name)
+            .map(|f| lock(&f.refused).clone())
+            .unwrap_or_default()
     }
 
     /// The payloads of the Event invocations of `name` lost by [`Lambda::drop_next_event`].
@@ -581,6 +609,16 @@ impl Lambda {
             )
             .into_response();
         };
+        let action = json["action"].as_str().unwrap_or_default();
+        if lock(&function.refusing).iter().any(|a| a == action) {
+            lock(&function.refused).push(json.clone());
+            return ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "TooManyRequestsException",
+                "Rate Exceeded.",
+            )
+            .into_response();
+        }
         lock(&function.invocations).push(Invocation {
             invocation_type: invocation_type.clone(),
             payload: json.clone(),

@@ -330,17 +330,23 @@ impl Harness {
 }
 
 impl Harness {
-    /// An object in the bucket, or `None`.
+    /// An object in the bucket; `None` only when S3 answers that there is no such key. Any
+    /// other failure fails the test, so an `is_none()` cannot pass on an S3 error.
     pub async fn object(&self, key: &str) -> Option<Vec<u8>> {
-        let output = self
-            .s3
-            .get_object()
-            .bucket(BUCKET)
-            .key(key)
-            .send()
-            .await
-            .ok()?;
-        Some(output.body.collect().await.unwrap().into_bytes().to_vec())
+        let result = self.s3.get_object().bucket(BUCKET).key(key).send().await;
+        match result {
+            Ok(output) => Some(
+                output
+                    .body
+                    .collect()
+                    .await
+                    .unwrap_or_else(|e| panic!("GetObject {key}: reading the body: {e}"))
+                    .into_bytes()
+                    .to_vec(),
+            ),
+            Err(error) if error.as_service_error().is_some_and(|e| e.is_no_such_key()) => None,
+            Err(error) => panic!("GetObject {key}: {}", aws_edge::error_text(&error)),
+        }
     }
 
     /// Keys in the bucket under `prefix`.
