@@ -1863,15 +1863,7 @@ async fn a_kinesis_outage_past_call_stall_timeout_delivers_end_once_kinesis_is_b
     invoke_event(&server, &contact_flow_event(&arn, &first)).await;
     let sweep = lambda.scheduled_event("sweep");
     assert!(lambda.schedule("CallTranscriber", Duration::from_secs(1), sweep));
-    let mut out = false;
-    for _ in 0..600 {
-        if finals(&h.records().await).len() >= 2 {
-            out = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(out, "START and two finals on the stream");
+    wait_for_finals(&h, 2).await;
     h.faults.set_outage(true);
     let mut pending = false;
     for _ in 0..900 {
@@ -1892,6 +1884,57 @@ async fn a_kinesis_outage_past_call_stall_timeout_delivers_end_once_kinesis_is_b
     let lines = metrics_lines(&logs, "CallTranscriber");
     let outcomes = outcomes(&lines);
     assert!(outcomes.iter().any(|o| o == "GIVEN_UP"), "{outcomes:?}");
+    assert_eq!(
+        metric_values(&lines, "CallsFailed", &[])
+            .iter()
+            .sum::<f64>(),
+        1.0,
+        "counted once, when it was given up"
+    );
+    lambda.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_refuses_the_call_fails_each_attempt_and_its_end_waits_until_it_takes_it() {
+    // Mid-call the LCA stream refuses every record (its KMS key's grant taken away): no
+    // retry inside the run fixes that, so each attempt fails naming the error; Lambda retries
+    // it, and the last attempt gives the call up. END is refused too: it waits in the lease
+    // (GIVING_UP) and goes out, with the recording's URL, once the stream takes records again.
+    let h = Harness::new(KvsOptions::default(), TranscribeOptions::default()).await;
+    let (lambda, server, logs) = logged_transcriber(&h, &[("SWEEP_GRACE", "1000")]).await;
+    let (arn, first) = h.play("call", sample_call_chunks()).await;
+    invoke_event(&server, &contact_flow_event(&arn, &first)).await;
+    wait_for_finals(&h, 2).await;
+    h.faults.set_refusal(Some("KMSAccessDeniedException"));
+    let mut pending = false;
+    for _ in 0..900 {
+        if leased_status(&h).await.as_deref() == Some("GIVING_UP") {
+            pending = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(pending, "given up with END owed");
+    let failures = lambda.failures("CallTranscriber");
+    assert!(failures.len() >= 2, "retried: {failures:?}");
+    assert!(
+        failures
+            .iter()
+            .all(|f| f.message.contains("KMSAccessDeniedException")),
+        "{failures:?}"
+    );
+    let sweep = lambda.scheduled_event("sweep");
+    assert!(lambda.schedule("CallTranscriber", Duration::from_secs(1), sweep));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!h.records().await.iter().any(|r| r["EventType"] == "END"));
+    h.faults.set_refusal(None);
+    let records = records_until(&h, "ADD_S3_RECORDING_URL").await;
+    // Every attempt read the call to its end before its records were refused: the
+    // recording is whole though the transcript is not.
+    assert_start_end_recording_url(&records);
+    assert_recording(&h).await;
+    assert_eq!(leased_status(&h).await.as_deref(), Some("FAILED"));
+    let lines = metrics_lines(&logs, "CallTranscriber");
     assert_eq!(
         metric_values(&lines, "CallsFailed", &[])
             .iter()

@@ -33,12 +33,18 @@ pub enum KinesisFault {
     /// The request goes through untouched (to aim the faults queued after it at later
     /// requests).
     Pass,
+    /// The whole request is refused with this error type (HTTP 400): one that retrying does
+    /// not fix, such as `AccessDeniedException` or `KMSAccessDeniedException` (both among
+    /// PutRecord's and PutRecords' errors in the Kinesis Data Streams API reference).
+    Refuse(String),
 }
 
 #[derive(Default)]
 struct State {
     /// Every PutRecord(s) is throttled until lifted.
     outage: bool,
+    /// Every PutRecord(s) is refused with this error until lifted.
+    refusal: Option<String>,
     faults: VecDeque<KinesisFault>,
     applied: Vec<KinesisFault>,
 }
@@ -75,6 +81,13 @@ impl KinesisFaults {
         lock(&self.state).outage = on;
     }
 
+    /// Starts (`Some(error type)`) or ends a refusal: meanwhile every PutRecord/PutRecords
+    /// request fails with [`KinesisFault::Refuse`] and nothing is stored (a key or a grant
+    /// taken away, until the operator puts it back).
+    pub fn set_refusal(&self, error_type: Option<&str>) {
+        lock(&self.state).refusal = error_type.map(str::to_string);
+    }
+
     /// The faults applied so far, in order.
     pub fn applied(&self) -> Vec<KinesisFault> {
         lock(&self.state).applied.clone()
@@ -104,7 +117,9 @@ impl KinesisFaults {
         let operation = target.rsplit('.').next().unwrap_or_default();
         let fault = if matches!(operation, "PutRecord" | "PutRecords") {
             let mut state = lock(&self.state);
-            let fault = if state.outage {
+            let fault = if let Some(refusal) = &state.refusal {
+                Some(KinesisFault::Refuse(refusal.clone()))
+            } else if state.outage {
                 Some(KinesisFault::Throttle)
             } else {
                 state.faults.pop_front()
@@ -204,6 +219,11 @@ impl KinesisFaults {
                     &json!({"FailedRecordCount": failed_count, "Records": merged}),
                 )
             }
+            (Some(KinesisFault::Refuse(error_type)), _) => error(
+                StatusCode::BAD_REQUEST,
+                &error_type,
+                "Refused (injected): the stream, its key or the caller's permissions do not allow this request.",
+            ),
             (Some(_), _) => error(
                 StatusCode::BAD_REQUEST,
                 "ProvisionedThroughputExceededException",
