@@ -16,7 +16,8 @@ use call_metrics::Extracted;
 use common::*;
 use local_aws::kvs::{Fault, KvsOptions};
 use local_aws::lambda::{
-    FunctionSpec, Lambda, LambdaOptions, RECURSION_LIMIT, RecursiveLoop, function_command,
+    FunctionSpec, InvokeFault, Lambda, LambdaOptions, RECURSION_LIMIT, RecursiveLoop,
+    function_command,
 };
 use local_aws::transcribe::{TranscribeFault, TranscribeOptions};
 use serde_json::{Value, json};
@@ -435,6 +436,45 @@ async fn startlcas_event_lost_the_sweep_starts_the_call_from_its_lease() {
             .iter()
             .sum::<f64>()
             >= 1.0
+    );
+    lambda.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn startlcas_hung_invoke_answers_connect_with_an_error_in_time_and_the_sweep_starts_the_call()
+{
+    // Lambda takes StartLCA's Invoke and never answers. Connect waits 8 s at most for a flow's
+    // Lambda (Connect administrator guide, "Invoke AWS Lambda function" block): StartLCA's
+    // time limits (3 s for all attempts) turn the hang into its ERROR answer well within
+    // that. The lease it wrote first is open, so the sweep still starts the call.
+    let h = Harness::new(KvsOptions::default(), TranscribeOptions::default()).await;
+    let (lambda, server, logs) = logged_transcriber(&h, &[("SWEEP_GRACE", "1000")]).await;
+    add_start_lca(&h, &lambda, &server, TABLE);
+    assert!(lambda.set_invoke_fault(
+        "CallTranscriber",
+        call_lifecycle::delivery::START_ACTION,
+        Some(InvokeFault::Hang)
+    ));
+    let (arn, first) = h.play("call", sample_call_chunks()).await;
+    let asked = std::time::Instant::now();
+    let answer = invoke_start_lca(&server, &arn, &first).await;
+    let took = asked.elapsed();
+    assert_eq!(answer["status"], "ERROR", "{answer}");
+    assert_eq!(answer["error"], "INVOKE_FAILED", "{answer}");
+    assert!(took < Duration::from_secs(8), "answered after {took:?}");
+    assert!(
+        !lambda.refused_invokes("CallTranscriber").is_empty(),
+        "the Invoke hung"
+    );
+    assert_eq!(leased_status(&h).await.as_deref(), Some("PENDING"));
+    let sweep = lambda.scheduled_event("sweep");
+    assert!(lambda.schedule("CallTranscriber", Duration::from_secs(1), sweep));
+    let records = records_until(&h, "ADD_S3_RECORDING_URL").await;
+    assert_lifecycle(&records);
+    let answers = metrics_lines(&logs, "StartLCA");
+    assert_eq!(
+        metric_values(&answers, "StartLcaAnswers", &[("Answer", "INVOKE_FAILED")]),
+        [1.0]
     );
     lambda.shutdown();
 }
@@ -1345,10 +1385,10 @@ async fn a_refused_hand_over_is_repeated_by_lambdas_retry_and_the_call_completes
     // hand-over (Claim::RepeatHandOver), which goes through: the call completes whole.
     let h = Harness::new(KvsOptions::default(), TranscribeOptions::default()).await;
     let (lambda, server, logs) = logged_transcriber(&h, &[("LAMBDA_INVOKE_TIMEOUT", "1500")]).await;
-    assert!(lambda.refuse_invokes(
+    assert!(lambda.set_invoke_fault(
         "CallTranscriber",
         call_lifecycle::delivery::CONTINUE_ACTION,
-        true
+        Some(InvokeFault::Refuse)
     ));
     let (arn, first) = h.play("call", sample_call_chunks()).await;
     invoke_event(&server, &contact_flow_event(&arn, &first)).await;
@@ -1361,10 +1401,10 @@ async fn a_refused_hand_over_is_repeated_by_lambdas_retry_and_the_call_completes
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     // Lambda retries the failed invocation a second later; by then the Invoke goes through.
-    assert!(lambda.refuse_invokes(
+    assert!(lambda.set_invoke_fault(
         "CallTranscriber",
         call_lifecycle::delivery::CONTINUE_ACTION,
-        false
+        None
     ));
     let [failure] = &failures[..] else {
         panic!("one failed attempt: {failures:?}");

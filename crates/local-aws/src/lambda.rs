@@ -178,10 +178,20 @@ struct Function {
     to_drop: Mutex<Vec<String>>,
     /// Event invocations lost on purpose, their payloads.
     dropped: Mutex<Vec<serde_json::Value>>,
-    /// Invoke requests are refused while their payload's `action` is listed here.
-    refusing: Mutex<Vec<String>>,
-    /// Invoke requests refused on purpose, their payloads.
+    /// What Invoke requests suffer while their payload's `action` is listed here.
+    invoke_faults: Mutex<Vec<(String, InvokeFault)>>,
+    /// Invoke requests refused or left hanging on purpose, their payloads.
     refused: Mutex<Vec<serde_json::Value>>,
+}
+
+/// What an Invoke request suffers ([`Lambda::set_invoke_fault`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InvokeFault {
+    /// TooManyRequestsException (HTTP 429), one of the errors the Invoke API reference lists
+    /// (the SDK retries it); nothing runs.
+    Refuse,
+    /// No answer at all, until the caller gives up: what a client's time limits are for.
+    Hang,
 }
 
 /// An attempt that ended in an error, as Lambda reports it to the caller.
@@ -292,7 +302,7 @@ impl Lambda {
             failure_records: Mutex::new(Vec::new()),
             to_drop: Mutex::new(Vec::new()),
             dropped: Mutex::new(Vec::new()),
-            refusing: Mutex::new(Vec::new()),
+            invoke_faults: Mutex::new(Vec::new()),
             refused: Mutex::new(Vec::new()),
         });
         lock(&self.inner.functions).insert(spec.name, function);
@@ -406,22 +416,23 @@ impl Lambda {
         }
     }
 
-    /// Refuses (`true`) or accepts again every Invoke request for `name` whose payload's
-    /// `action` is `action`: the caller gets TooManyRequestsException (HTTP 429), one of the
-    /// errors the Invoke API reference lists (the SDK retries it), and nothing runs. Returns false for an unknown function.
-    pub fn refuse_invokes(&self, name: &str, action: &str, refuse: bool) -> bool {
+    /// Makes every Invoke request for `name` whose payload's `action` is `action` suffer
+    /// `fault` (refused, or left without an answer), or (`None`) accepts them again. Nothing
+    /// runs for such a request. Returns false for an unknown function.
+    pub fn set_invoke_fault(&self, name: &str, action: &str, fault: Option<InvokeFault>) -> bool {
         let Some(function) = self.function(name) else {
             return false;
         };
-        let mut refusing = lock(&function.refusing);
-        refusing.retain(|a| a != action);
-        if refuse {
-            refusing.push(action.to_string());
+        let mut faults = lock(&function.invoke_faults);
+        faults.retain(|(a, _)| a != action);
+        if let Some(fault) = fault {
+            faults.push((action.to_string(), fault));
         }
         true
     }
 
-    /// The payloads of the Invoke requests for `name` refused by [`Lambda::refuse_invokes`].
+    /// The payloads of the Invoke requests for `name` that suffered a fault set by
+    /// [`Lambda::set_invoke_fault`].
     pub fn refused_invokes(&self, name: &str) -> Vec<serde_json::Value> {
         self.function(name)
             .map(|f| lock(&f.refused).clone())
@@ -610,8 +621,16 @@ impl Lambda {
             .into_response();
         };
         let action = json["action"].as_str().unwrap_or_default();
-        if lock(&function.refusing).iter().any(|a| a == action) {
+        let fault = lock(&function.invoke_faults)
+            .iter()
+            .find(|(a, _)| a == action)
+            .map(|(_, fault)| *fault);
+        if let Some(fault) = fault {
             lock(&function.refused).push(json.clone());
+            if fault == InvokeFault::Hang {
+                // The caller's time limit ends the request; the server never answers it.
+                std::future::pending::<()>().await;
+            }
             return ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "TooManyRequestsException",

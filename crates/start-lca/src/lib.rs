@@ -259,13 +259,11 @@ impl StartLca {
                 error_response("INVOKE_FAILED", &message)
             }
             Err(error) => {
-                let mut message =
-                    format!("invoking {}: {error}", self.config.transcriber_function_arn);
-                let mut source = std::error::Error::source(&error);
-                while let Some(cause) = source {
-                    message.push_str(&format!(": {cause}"));
-                    source = cause.source();
-                }
+                let message = format!(
+                    "invoking {}: {}",
+                    self.config.transcriber_function_arn,
+                    aws_edge::error_text(&error)
+                );
                 tracing::error!(call_id = %contact.contact_id, "{message}");
                 error_response("INVOKE_FAILED", &message)
             }
