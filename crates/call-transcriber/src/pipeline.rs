@@ -1,6 +1,8 @@
 //! [`CallPipeline`]: one call (or one Lambda invocation's share of it) from its KVS stream to
-//! LCA events on Kinesis. Wires the source, the assembler, the Transcribe session and the
-//! publisher together; each runs in its own task, joined by channels.
+//! LCA events on Kinesis. The KVS source, the Transcribe session and the Kinesis publisher
+//! each run in a task of their own, joined by bounded channels; the run's own loop assembles
+//! the source's audio into stereo chunks, watches for a quiet fragment boundary to hand over
+//! at, and decides when the run ends.
 
 use std::collections::BTreeMap;
 use std::time::Duration;

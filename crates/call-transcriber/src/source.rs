@@ -1,5 +1,8 @@
-//! [`KvsSource`]: one call's audio read live from its Kinesis Video stream — the thin tokio/AWS
-//! edge around [`FragmentReader`] and [`ContactGate`].
+//! [`KvsSource`]: one call's audio read live from its Kinesis Video stream: the tokio/AWS edge
+//! around [`FragmentReader`] and [`ContactGate`]. Besides the requests it keeps the reading's
+//! own state: where to resume, the search for the contact's first fragment (by number, then
+//! by producer time where KVS reads AfterFragmentNumber as "after"), the idle clock and the
+//! retry budget.
 //!
 //! It starts at the contact's StartFragmentNumber (or after the last fragment processed by an
 //! earlier connection or Lambda), resumes dropped connections from the last fully processed

@@ -1,5 +1,10 @@
-//! `lca-kvs`: inspect and extract Amazon Connect media streams captured from Kinesis Video
-//! Streams, run the local stand-ins, and run the local demo.
+//! `lca-kvs`: Amazon Connect media streams and the transcriber, with or without an AWS account.
+//! `inspect`, `extract` and `capture` read a contact's audio (from a capture file or its
+//! stream); `put-media` sends a call into a stream with PutMedia; `transcribe` transcribes one
+//! call from its stream to LCA events in the foreground; `local` serves the local stand-ins;
+//! `demo` plays a call into local KVS and runs StartLCA and the transcriber on it under the
+//! local Lambda; `try-stack` checks a deployed stack end to end; `function NAME` (hidden)
+//! serves one of the functions under the Lambda Runtime API, as the demo runs them.
 
 use std::fs::File;
 use std::io::{BufWriter, IsTerminal, Read, Write};

@@ -3,9 +3,11 @@
 //! Only the endpoint differs. Everything binds to loopback.
 //!
 //! So far: Kinesis Video Streams ([`kvs`]): the control plane (GetDataEndpoint,
-//! DescribeStream, CreateStream, ListStreams) and the media plane (GetMedia) with every start
-//! selector, live delivery from an in-process producer, and KVS's errors; Transcribe Streaming
-//! ([`transcribe`]) with pluggable recognizers; Lambda ([`lambda`]) over the Runtime API;
+//! DescribeStream, CreateStream, ListStreams) and the media plane: GetMedia with every start
+//! selector and live delivery, PutMedia with its acknowledgements and documented errors, an
+//! in-process producer, KVS's errors and injected faults (with a record of those applied);
+//! Transcribe Streaming ([`transcribe`]) with pluggable recognizers; Lambda ([`lambda`]) over
+//! the Runtime API, with Event retries and faults on demand;
 //! Connect's DescribeUser ([`connect`]); Transcribe's StartCallAnalyticsJob
 //! ([`call_analytics`]); and, for Kinesis, a fault proxy in front of moto
 //! ([`kinesis_faults`]) and an embedded producer-side stand-in ([`kinesis`]).
