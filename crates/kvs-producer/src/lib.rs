@@ -13,7 +13,7 @@
 //! (<https://docs.aws.amazon.com/kinesisvideostreams/latest/dg/API_dataplane_PutMedia.html>).
 
 use std::collections::HashMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use aws_config::SdkConfig;
 use aws_credential_types::provider::ProvideCredentials;
@@ -632,11 +632,4 @@ fn rejection(stream: &StreamRef, ack: &Ack, index: usize) -> PutMediaError {
         error_id,
         meaning,
     }
-}
-
-/// Milliseconds since the epoch, now (for retiming a recorded call to the present).
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }

@@ -71,7 +71,7 @@ async fn a_call_sent_with_put_media_reads_back_through_get_media_acknowledged_pe
     let chunks = sample_call(12);
     let options = PutMediaOptions {
         encoder: EncoderOptions {
-            start_at_ms: Some(kvs_producer::now_ms()),
+            start_at_ms: Some(aws_edge::now_ms()),
             contact_id: Some("fresh-contact".into()),
         },
         ..fast()

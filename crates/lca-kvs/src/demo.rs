@@ -16,10 +16,10 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result, bail};
+use aws_edge::now_ms;
 use bytes::Bytes;
 use clap::{Args, ValueEnum};
 use kvs_media::{ConnectWriter, FragmentReader, WriterOptions};
-use kvs_producer::now_ms;
 use lca_kvs::inspect::Inspector;
 use lca_kvs::kinesis_tail::{KinesisTail, TailRecord};
 use lca_kvs::sample_call::{self, SampleCall, Speaker};

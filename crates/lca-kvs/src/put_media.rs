@@ -134,7 +134,7 @@ pub fn run(args: PutMediaArgs) -> Result<ExitCode> {
         speed: args.speed,
         max_fragments_per_second: MAX_FRAGMENTS_PER_SECOND,
         encoder: EncoderOptions {
-            start_at_ms: args.now.then(kvs_producer::now_ms),
+            start_at_ms: args.now.then(aws_edge::now_ms),
             contact_id: args.contact_id.clone(),
         },
         ack_timeout: Duration::from_secs_f64(args.ack_timeout),

@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use crate::demo::{TranscriptView, contact_flow_event, fresh_contact_id, recording_key};
-use kvs_producer::now_ms;
+use aws_edge::now_ms;
 
 /// Options of `lca-kvs try-stack`: the stack's values.
 #[derive(Args, Debug)]

@@ -17,7 +17,6 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -188,10 +187,7 @@ impl CallAnalyticsJobs {
                 false,
             );
         }
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs_f64();
+        let now = aws_edge::now_ms() as f64 / 1000.0;
         // The real answer is QUEUED or IN_PROGRESS ("job queuing is enabled by default for
         // Call Analytics jobs", API reference); the transcriber reads neither.
         let answer = json_response(&json!({"CallAnalyticsJob": {

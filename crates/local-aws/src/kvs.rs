@@ -23,7 +23,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
@@ -247,7 +247,7 @@ impl Kvs {
         if state.streams.contains_key(name) {
             return Err(KvsError::StreamExists(name.to_string()));
         }
-        let created_ms = now_ms();
+        let created_ms = aws_edge::now_ms();
         let arn = format!(
             "arn:aws:kinesisvideo:{}:{}:stream/{name}/{created_ms}",
             self.inner.options.region, self.inner.options.account
@@ -293,7 +293,7 @@ impl Kvs {
             server_ms: start
                 .as_ref()
                 .and_then(|s| s.server_timestamp_ms)
-                .unwrap_or_else(now_ms),
+                .unwrap_or_else(aws_edge::now_ms),
             end_tags_at: kvs_end_tags_offset(&chunk),
             chunk,
         });
@@ -1071,7 +1071,7 @@ impl Kvs {
         // fragment timecode; if absolute, producer_timestamp = fragment timecode (converted
         // to milliseconds)" (PutMedia API reference).
         let producer_ms = session.relative_to_ms.unwrap_or(0) + fragment.timecode_ms;
-        let chunk = parser.chunk(fragment, &number, now_ms(), producer_ms);
+        let chunk = parser.chunk(fragment, &number, aws_edge::now_ms(), producer_ms);
         self.put_chunk(&session.stream, Bytes::from(chunk))
     }
 }
@@ -1142,11 +1142,4 @@ fn capture_chunks(stream: &str, capture: &[u8]) -> Result<Vec<Bytes>, KvsError> 
         .into_iter()
         .map(|range| capture.slice(range))
         .collect())
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }

@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
@@ -854,7 +854,11 @@ impl Lambda {
 
     fn request_id(&self) -> String {
         let n = self.inner.next_id.fetch_add(1, Ordering::SeqCst);
-        format!("{:08x}-0000-4000-8000-{:012x}", now_ms() as u32, n)
+        format!(
+            "{:08x}-0000-4000-8000-{:012x}",
+            aws_edge::now_ms() as u32,
+            n
+        )
     }
 
     /// Starts an execution environment: a Runtime API server of its own and the function's
@@ -1099,7 +1103,7 @@ impl RuntimeApi {
         };
         function.queued.fetch_sub(1, Ordering::SeqCst);
         function.busy.fetch_add(1, Ordering::SeqCst);
-        let deadline_ms = now_ms() + function.spec.timeout.as_millis() as u64;
+        let deadline_ms = aws_edge::now_ms() + function.spec.timeout.as_millis() as u64;
         let key = (self.instance, pending.request_id.clone());
         let ticket = self.lambda.inner.next_id.fetch_add(1, Ordering::SeqCst);
         lock(&function.in_flight).insert(
@@ -1225,7 +1229,7 @@ impl Trace {
             root: root.unwrap_or_else(|| {
                 format!(
                     "1-{:08x}-{:0>24}",
-                    now_ms() / 1000,
+                    aws_edge::now_ms() / 1000,
                     &digits[digits.len().saturating_sub(24)..]
                 )
             }),
@@ -1277,11 +1281,4 @@ fn recursion_message(function_arn: &str) -> String {
 /// The time now as ISO 8601 with milliseconds (UTC), as invocation records carry it.
 fn iso_now() -> String {
     humantime::format_rfc3339_millis(SystemTime::now()).to_string()
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
