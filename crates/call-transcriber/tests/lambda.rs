@@ -1523,16 +1523,10 @@ async fn a_lease_taken_by_another_invocation_stops_the_holder_and_the_sweep_ends
         .send()
         .await
         .unwrap();
-    let mut stopped = Vec::new();
-    for _ in 0..1000 {
-        if logs.join("CallTranscriber.log").exists() {
-            stopped = outcomes(&metrics_lines(&logs, "CallTranscriber"));
-        }
-        if !stopped.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let stopped = wait_for_outcomes(&logs, Duration::from_secs(20), |outcomes| {
+        !outcomes.is_empty()
+    })
+    .await;
     assert_eq!(stopped, ["LEASE_LOST"]);
     let at_stop = h.records().await;
     assert!(at_stop.iter().all(|r| r["EventType"] != "END"));
@@ -1634,13 +1628,44 @@ async fn wait_for_failure_record(lambda: &Lambda) {
 /// Waits (60 s at most) until the call has been handed on after a stall (an invocation's
 /// metrics line says `STALLED`; the hand-over event names the call only).
 async fn wait_for_stall(logs: &std::path::Path) {
-    for _ in 0..600 {
-        if logs.join("CallTranscriber.log").exists() && stalled_invocations(logs) > 0 {
+    wait_for_outcomes(logs, Duration::from_secs(60), |outcomes| {
+        outcomes.iter().any(|o| o == "STALLED")
+    })
+    .await;
+}
+
+/// The transcriber's invocation outcomes (from its metrics lines) once `done` holds for them,
+/// waiting `within` at most.
+async fn wait_for_outcomes(
+    logs: &std::path::Path,
+    within: Duration,
+    done: impl Fn(&[String]) -> bool,
+) -> Vec<String> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if logs.join("CallTranscriber.log").exists() {
+            let outcomes = outcomes(&metrics_lines(logs, "CallTranscriber"));
+            if done(&outcomes) {
+                return outcomes;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the awaited invocation outcomes did not come within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits (90 s at most) until the call's lease says `status`.
+async fn wait_for_lease_status(h: &Harness, status: &str) {
+    for _ in 0..900 {
+        if leased_status(h).await.as_deref() == Some(status) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    panic!("no invocation handed the call on after a stall within 60 s");
+    panic!("the lease did not say {status} within 90 s");
 }
 
 /// The stream's records once they hold `count` final segments (within 12 s).
@@ -1905,15 +1930,8 @@ async fn a_kinesis_outage_past_call_stall_timeout_delivers_end_once_kinesis_is_b
     assert!(lambda.schedule("CallTranscriber", Duration::from_secs(1), sweep));
     wait_for_finals(&h, 2).await;
     h.faults.set_outage(true);
-    let mut pending = false;
-    for _ in 0..900 {
-        if leased_status(&h).await.as_deref() == Some("GIVING_UP") {
-            pending = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(pending, "given up with END owed");
+    // Given up with END owed.
+    wait_for_lease_status(&h, "GIVING_UP").await;
     // Rescued at least once more while Kinesis is still out.
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert!(!h.records().await.iter().any(|r| r["EventType"] == "END"));
@@ -1946,15 +1964,8 @@ async fn a_stream_that_refuses_the_call_fails_each_attempt_and_its_end_waits_unt
     invoke_event(&server, &contact_flow_event(&arn, &first)).await;
     wait_for_finals(&h, 2).await;
     h.faults.set_refusal(Some("KMSAccessDeniedException"));
-    let mut pending = false;
-    for _ in 0..900 {
-        if leased_status(&h).await.as_deref() == Some("GIVING_UP") {
-            pending = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(pending, "given up with END owed");
+    // Given up with END owed.
+    wait_for_lease_status(&h, "GIVING_UP").await;
     let failures = lambda.failures("CallTranscriber");
     assert!(failures.len() >= 2, "retried: {failures:?}");
     assert!(
