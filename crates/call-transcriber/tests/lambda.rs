@@ -463,7 +463,7 @@ async fn startlcas_hung_invoke_answers_connect_with_an_error_in_time_and_the_swe
     assert_eq!(answer["error"], "INVOKE_FAILED", "{answer}");
     assert!(took < Duration::from_secs(8), "answered after {took:?}");
     assert!(
-        !lambda.refused_invokes("CallTranscriber").is_empty(),
+        !lambda.faulted_invokes("CallTranscriber").is_empty(),
         "the Invoke hung"
     );
     assert_eq!(leased_status(&h).await.as_deref(), Some("PENDING"));
@@ -1414,7 +1414,7 @@ async fn a_refused_hand_over_is_repeated_by_lambdas_retry_and_the_call_completes
             && failure.message.contains("TooManyRequests"),
         "{failure:?}"
     );
-    let refused = lambda.refused_invokes("CallTranscriber");
+    let refused = lambda.faulted_invokes("CallTranscriber");
     assert!(!refused.is_empty());
     assert!(refused.iter().all(|p| p["lambdaCount"] == 1), "{refused:?}");
     let records = records_until(&h, "ADD_S3_RECORDING_URL").await;

@@ -181,7 +181,7 @@ struct Function {
     /// What Invoke requests suffer while their payload's `action` is listed here.
     invoke_faults: Mutex<Vec<(String, InvokeFault)>>,
     /// Invoke requests refused or left hanging on purpose, their payloads.
-    refused: Mutex<Vec<serde_json::Value>>,
+    faulted: Mutex<Vec<serde_json::Value>>,
 }
 
 /// What an Invoke request suffers ([`Lambda::set_invoke_fault`]).
@@ -303,7 +303,7 @@ impl Lambda {
             to_drop: Mutex::new(Vec::new()),
             dropped: Mutex::new(Vec::new()),
             invoke_faults: Mutex::new(Vec::new()),
-            refused: Mutex::new(Vec::new()),
+            faulted: Mutex::new(Vec::new()),
         });
         lock(&self.inner.functions).insert(spec.name, function);
         Ok(arn)
@@ -433,9 +433,9 @@ impl Lambda {
 
     /// The payloads of the Invoke requests for `name` that suffered a fault set by
     /// [`Lambda::set_invoke_fault`].
-    pub fn refused_invokes(&self, name: &str) -> Vec<serde_json::Value> {
+    pub fn faulted_invokes(&self, name: &str) -> Vec<serde_json::Value> {
         self.function(name)
-            .map(|f| lock(&f.refused).clone())
+            .map(|f| lock(&f.faulted).clone())
             .unwrap_or_default()
     }
 
@@ -626,7 +626,7 @@ impl Lambda {
             .find(|(a, _)| a == action)
             .map(|(_, fault)| *fault);
         if let Some(fault) = fault {
-            lock(&function.refused).push(json.clone());
+            lock(&function.faulted).push(json.clone());
             if fault == InvokeFault::Hang {
                 // The caller's time limit ends the request; the server never answers it.
                 std::future::pending::<()>().await;
