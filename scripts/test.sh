@@ -33,6 +33,8 @@ features=lca-tests/pocketsphinx
 step clippy
 cargo clippy --workspace --all-targets --locked --features "$features" -- -D warnings
 cargo clippy -p local-aws -p lca-kvs --all-targets --locked -- -D warnings
+# The CLI without the stand-ins (`--no-default-features`): its real-account commands link none.
+cargo clippy -p lca-kvs --bins --locked --no-default-features -- -D warnings
 # The fuzz targets (their own workspace, built for fuzzing by cargo-fuzz on nightly) still
 # compile against the crates they fuzz; about 30 s, as they link only the pure crates.
 # (libfuzzer-sys builds libFuzzer, C++, even for a check.)

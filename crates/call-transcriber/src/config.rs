@@ -4,17 +4,8 @@
 
 use std::time::Duration;
 
-/// A setting that cannot be used: names the variable, its value and what is wrong.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{variable}={value:?}: {problem}")]
-pub struct ConfigError {
-    /// The environment variable.
-    pub variable: &'static str,
-    /// Its value (empty when missing).
-    pub value: String,
-    /// What is wrong with it.
-    pub problem: String,
-}
+pub use aws_edge::ConfigError;
+use aws_edge::Settings;
 
 /// Which Transcribe API the call goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -245,12 +236,12 @@ impl TranscriberConfig {
 
     /// Reads settings through `lookup` (a variable's value, or `None` when unset).
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let env = Env(&lookup);
+        let env = Settings::new(&lookup);
         let mode = match env.get("TRANSCRIBE_API_MODE").as_deref() {
             None | Some("standard") => ApiMode::Standard,
             Some("analytics") => ApiMode::Analytics,
             Some(other) => {
-                return Err(env.error(
+                return Err(ConfigError::new(
                     "TRANSCRIBE_API_MODE",
                     other,
                     "expected `standard` or `analytics`",
@@ -268,7 +259,7 @@ impl TranscriberConfig {
                     .get("CONTENT_REDACTION_TYPE")
                     .unwrap_or_else(|| "PII".to_string());
                 if kind != "PII" {
-                    return Err(env.error(
+                    return Err(ConfigError::new(
                         "CONTENT_REDACTION_TYPE",
                         &kind,
                         "Transcribe streaming only knows `PII`",
@@ -288,7 +279,7 @@ impl TranscriberConfig {
             && env.flag("IS_TCA_POST_CALL_ANALYTICS_ENABLED", true)?
         {
             let bucket = output_bucket.clone().ok_or_else(|| {
-                env.error(
+                ConfigError::new(
                     "OUTPUT_BUCKET",
                     "",
                     "post-call analytics (TRANSCRIBE_API_MODE=analytics, \
@@ -296,7 +287,7 @@ impl TranscriberConfig {
                 )
             })?;
             let role = env.get("TCA_DATA_ACCESS_ROLE_ARN").ok_or_else(|| {
-                env.error(
+                ConfigError::new(
                     "TCA_DATA_ACCESS_ROLE_ARN",
                     "",
                     "post-call analytics (TRANSCRIBE_API_MODE=analytics, \
@@ -311,7 +302,7 @@ impl TranscriberConfig {
                     .get("POST_CALL_CONTENT_REDACTION_OUTPUT")
                     .unwrap_or_else(|| "redacted".to_string());
                 if output != "redacted" && output != "redacted_and_unredacted" {
-                    return Err(env.error(
+                    return Err(ConfigError::new(
                         "POST_CALL_CONTENT_REDACTION_OUTPUT",
                         &output,
                         "expected `redacted` or `redacted_and_unredacted`",
@@ -331,40 +322,31 @@ impl TranscriberConfig {
         };
         let vocabulary_name = env.get("CUSTOM_VOCABULARY_NAME");
         let language_model_name = env.get("CUSTOM_LANGUAGE_MODEL_NAME");
-        check_language_rules(&env, mode, &language, language_model_name.as_deref())?;
+        check_language_rules(mode, &language, language_model_name.as_deref())?;
         let endpoint = env.get("TRANSCRIBE_ENDPOINT");
         if let Some(url) = &endpoint
             && !(url.starts_with("https://") || url.starts_with("http://"))
         {
-            return Err(env.error(
+            return Err(ConfigError::new(
                 "TRANSCRIBE_ENDPOINT",
                 url,
                 "expected a URL starting with https:// (or http:// for a local endpoint)",
             ));
         }
-        let keep_alive = env.millis("KEEP_ALIVE", 10_000)?;
+        let keep_alive = env.millis("KEEP_ALIVE", 10_000, 0)?;
         if keep_alive.is_zero() || keep_alive.as_millis() as u64 >= TRANSCRIBE_AUDIO_TIMEOUT_MS {
-            return Err(env.error(
+            return Err(ConfigError::new(
                 "KEEP_ALIVE",
                 &keep_alive.as_millis().to_string(),
                 "must be between 1 and 14999 ms: Transcribe closes a stream after 15 s without audio",
             ));
         }
-        let start_retries = env.number("START_STREAM_RETRIES", 5)?;
-        if start_retries == 0 {
-            return Err(env.error(
-                "START_STREAM_RETRIES",
-                "0",
-                "must be at least 1 (the first attempt counts)",
-            ));
-        }
-        let lambda_invoke_timeout = env.millis("LAMBDA_INVOKE_TIMEOUT", 720_000)?;
-        if lambda_invoke_timeout.is_zero() {
-            return Err(env.error("LAMBDA_INVOKE_TIMEOUT", "0", "must be positive"));
-        }
-        let call_lease_timeout = env.millis("CALL_LEASE_TIMEOUT", 30_000)?;
+        // The first attempt counts.
+        let start_retries = env.number("START_STREAM_RETRIES", 5u32, 1..)?;
+        let lambda_invoke_timeout = env.millis("LAMBDA_INVOKE_TIMEOUT", 720_000, 1)?;
+        let call_lease_timeout = env.millis("CALL_LEASE_TIMEOUT", 30_000, 0)?;
         if call_lease_timeout < Duration::from_secs(3) {
-            return Err(env.error(
+            return Err(ConfigError::new(
                 "CALL_LEASE_TIMEOUT",
                 &call_lease_timeout.as_millis().to_string(),
                 "must be at least 3000 ms (the lease is renewed every third of it)",
@@ -373,55 +355,31 @@ impl TranscriberConfig {
         // Lambda's asynchronous invocation retries a failed event 0 to 2 times (Lambda
         // developer guide, "Configuring error handling for asynchronous invocation":
         // MaximumRetryAttempts, default 2).
-        let maximum_retry_attempts = env.number("MAXIMUM_RETRY_ATTEMPTS", 2)?;
+        let maximum_retry_attempts = env.number("MAXIMUM_RETRY_ATTEMPTS", 2u32, ..)?;
         if maximum_retry_attempts > 2 {
-            return Err(env.error(
+            return Err(ConfigError::new(
                 "MAXIMUM_RETRY_ATTEMPTS",
                 &maximum_retry_attempts.to_string(),
                 "must be 0, 1 or 2, as the function's MaximumRetryAttempts",
             ));
         }
-        let kvs_idle_timeout = env.millis("KVS_IDLE_TIMEOUT", 15_000)?;
-        if kvs_idle_timeout.is_zero() {
-            return Err(env.error("KVS_IDLE_TIMEOUT", "0", "must be positive"));
-        }
-        let stuck_timeout = env.millis("TRANSCRIBE_STUCK_TIMEOUT", 30_000)?;
-        if stuck_timeout < Duration::from_secs(1) {
-            return Err(env.error(
-                "TRANSCRIBE_STUCK_TIMEOUT",
-                &stuck_timeout.as_millis().to_string(),
-                "must be at least 1000 ms",
-            ));
-        }
-        let max_call_duration = env.millis("MAX_CALL_DURATION", DEFAULT_MAX_CALL_DURATION_MS)?;
-        if max_call_duration.is_zero() {
-            return Err(env.error("MAX_CALL_DURATION", "0", "must be positive"));
-        }
-        let call_stall_timeout = env.millis("CALL_STALL_TIMEOUT", DEFAULT_CALL_STALL_TIMEOUT_MS)?;
-        let sweep_grace =
-            env.millis("SWEEP_GRACE", call_lifecycle::lease::DEFAULT_SWEEP_GRACE_MS)?;
-        if sweep_grace < Duration::from_secs(1) {
-            return Err(env.error(
-                "SWEEP_GRACE",
-                &sweep_grace.as_millis().to_string(),
-                "must be at least 1000 ms",
-            ));
-        }
-        let metrics_namespace = env
-            .get("METRICS_NAMESPACE")
-            .unwrap_or_else(|| call_metrics::NAMESPACE.to_string());
-        if let Err(problem) = call_metrics::check_namespace(&metrics_namespace) {
-            return Err(env.error("METRICS_NAMESPACE", &metrics_namespace, &problem));
-        }
+        let kvs_idle_timeout = env.millis("KVS_IDLE_TIMEOUT", 15_000, 1)?;
+        let stuck_timeout = env.millis("TRANSCRIBE_STUCK_TIMEOUT", 30_000, 1000)?;
+        let max_call_duration = env.millis("MAX_CALL_DURATION", DEFAULT_MAX_CALL_DURATION_MS, 1)?;
+        let call_stall_timeout =
+            env.millis("CALL_STALL_TIMEOUT", DEFAULT_CALL_STALL_TIMEOUT_MS, 0)?;
+        let sweep_grace = env.millis(
+            "SWEEP_GRACE",
+            call_lifecycle::lease::DEFAULT_SWEEP_GRACE_MS,
+            1000,
+        )?;
+        let metrics_namespace = env.metrics_namespace()?;
         Ok(Self {
             region: env.get("REGION"),
-            kinesis_stream_name: env.get("KINESIS_STREAM_NAME").ok_or_else(|| {
-                env.error(
-                    "KINESIS_STREAM_NAME",
-                    "",
-                    "required: the LCA Kinesis data stream the events go to",
-                )
-            })?,
+            kinesis_stream_name: env.required(
+                "KINESIS_STREAM_NAME",
+                "the LCA Kinesis data stream the events go to",
+            )?,
             output_bucket,
             recording_prefix: env.prefix("RECORDING_FILE_PREFIX", "lca-audio-recordings/"),
             raw_prefix: env.prefix("RAW_FILE_PREFIX", "lca-audio-raw/"),
@@ -435,7 +393,7 @@ impl TranscriberConfig {
                 post_call_analytics,
                 endpoint,
                 start_retries,
-                start_retry_wait: env.millis("START_STREAM_RETRY_WAIT", 1_000)?,
+                start_retry_wait: env.millis("START_STREAM_RETRY_WAIT", 1_000, 0)?,
                 stuck_timeout,
             },
             save_partials: env.flag("SAVE_PARTIAL_TRANSCRIPTS", true)?,
@@ -465,7 +423,6 @@ pub const CALL_ANALYTICS_LANGUAGES: [&str; 9] = [
 /// combination Transcribe refuses is a configuration error naming the variable instead of a
 /// BadRequestException on every call.
 fn check_language_rules(
-    env: &Env<'_>,
     mode: ApiMode,
     language: &Language,
     language_model_name: Option<&str>,
@@ -473,10 +430,10 @@ fn check_language_rules(
     let identification = match language {
         Language::Code(code) => {
             if mode == ApiMode::Analytics && !CALL_ANALYTICS_LANGUAGES.contains(&code.as_str()) {
-                return Err(env.error(
+                return Err(ConfigError::new(
                     "TRANSCRIBE_LANGUAGE_CODE",
                     code,
-                    &format!(
+                    format!(
                         "Call Analytics streaming supports only {}",
                         CALL_ANALYTICS_LANGUAGES.join(", ")
                     ),
@@ -488,7 +445,7 @@ fn check_language_rules(
         Language::IdentifyMultiple(id) => {
             // StartCallAnalyticsStreamTranscription has IdentifyLanguage only.
             if mode == ApiMode::Analytics {
-                return Err(env.error(
+                return Err(ConfigError::new(
                     "TRANSCRIBE_LANGUAGE_CODE",
                     "identify-multiple-languages",
                     "Call Analytics streaming identifies one language per stream: use \
@@ -501,7 +458,7 @@ fn check_language_rules(
     // StartStreamTranscription API reference, IdentifyLanguage: "Streaming language
     // identification can't be combined with custom language models or redaction."
     if let Some(model) = language_model_name {
-        return Err(env.error(
+        return Err(ConfigError::new(
             "CUSTOM_LANGUAGE_MODEL_NAME",
             model,
             "Transcribe cannot combine a custom language model with language identification",
@@ -510,7 +467,7 @@ fn check_language_rules(
     // "If you include IdentifyLanguage, you must include a list of language codes, using
     // LanguageOptions"; "You can only include one language dialect per language per stream".
     let Some(options) = &identification.options else {
-        return Err(env.error(
+        return Err(ConfigError::new(
             "TRANSCRIBE_LANGUAGE_OPTIONS",
             "",
             "language identification needs at least two language codes, e.g. `en-US,es-US`",
@@ -520,19 +477,19 @@ fn check_language_rules(
     for code in options.split(',') {
         let language = code.split('-').next().unwrap_or(code);
         if !languages.insert(language) {
-            return Err(env.error(
+            return Err(ConfigError::new(
                 "TRANSCRIBE_LANGUAGE_OPTIONS",
                 options,
-                &format!(
+                format!(
                     "Transcribe allows one dialect per language; `{language}` is listed twice"
                 ),
             ));
         }
         if mode == ApiMode::Analytics && !CALL_ANALYTICS_LANGUAGES.contains(&code) {
-            return Err(env.error(
+            return Err(ConfigError::new(
                 "TRANSCRIBE_LANGUAGE_OPTIONS",
                 options,
-                &format!(
+                format!(
                     "`{code}`: Call Analytics streaming supports only {}",
                     CALL_ANALYTICS_LANGUAGES.join(", ")
                 ),
@@ -542,53 +499,13 @@ fn check_language_rules(
     Ok(())
 }
 
-/// Typed reads over a lookup function; empty values count as unset (CloudFormation passes
-/// empty strings for blank parameters).
-struct Env<'a>(&'a dyn Fn(&str) -> Option<String>);
+/// The transcriber's own reads (the rest are [`Settings`]'s).
+trait TranscriberSettings {
+    fn prefix(&self, name: &str, default: &str) -> String;
+    fn language(&self) -> Result<Language, ConfigError>;
+}
 
-impl Env<'_> {
-    fn get(&self, name: &str) -> Option<String> {
-        (self.0)(name)
-            .map(|v| v.trim().to_string())
-            .filter(|v| !v.is_empty())
-    }
-
-    fn error(&self, variable: &'static str, value: &str, problem: &str) -> ConfigError {
-        ConfigError {
-            variable,
-            value: value.to_string(),
-            problem: problem.to_string(),
-        }
-    }
-
-    fn flag(&self, name: &'static str, default: bool) -> Result<bool, ConfigError> {
-        match self.get(name) {
-            None => Ok(default),
-            Some(v) if v.eq_ignore_ascii_case("true") => Ok(true),
-            Some(v) if v.eq_ignore_ascii_case("false") => Ok(false),
-            Some(v) => Err(self.error(name, &v, "expected `true` or `false`")),
-        }
-    }
-
-    fn number(&self, name: &'static str, default: u32) -> Result<u32, ConfigError> {
-        match self.get(name) {
-            None => Ok(default),
-            Some(v) => v
-                .parse()
-                .map_err(|_| self.error(name, &v, "expected a whole number")),
-        }
-    }
-
-    fn millis(&self, name: &'static str, default: u64) -> Result<Duration, ConfigError> {
-        match self.get(name) {
-            None => Ok(Duration::from_millis(default)),
-            Some(v) => v
-                .parse()
-                .map(Duration::from_millis)
-                .map_err(|_| self.error(name, &v, "expected a whole number of milliseconds")),
-        }
-    }
-
+impl TranscriberSettings for Settings<'_> {
     /// An S3 key prefix, ending in `/` (as the reference's formatPath makes it).
     fn prefix(&self, name: &str, default: &str) -> String {
         let mut prefix = self.get(name).unwrap_or_else(|| default.to_string());
@@ -614,7 +531,7 @@ impl Env<'_> {
                     .as_deref()
                     .is_some_and(|o| o.split(',').any(|l| l == preferred));
                 if !listed {
-                    return Err(self.error(
+                    return Err(ConfigError::new(
                         "TRANSCRIBE_PREFERRED_LANGUAGE",
                         preferred,
                         "must be one of TRANSCRIBE_LANGUAGE_OPTIONS",
@@ -624,7 +541,7 @@ impl Env<'_> {
             if let Some(options) = &options
                 && (options.split(',').count() < 2 || options.split(',').any(|l| !is_code(l)))
             {
-                return Err(self.error(
+                return Err(ConfigError::new(
                     "TRANSCRIBE_LANGUAGE_OPTIONS",
                     options,
                     "expected at least two comma-separated language codes, e.g. `en-US,es-US`",
@@ -636,7 +553,7 @@ impl Env<'_> {
             "identify-language" => Ok(Language::Identify(identification()?)),
             "identify-multiple-languages" => Ok(Language::IdentifyMultiple(identification()?)),
             code if is_code(code) => Ok(Language::Code(code.to_string())),
-            other => Err(self.error(
+            other => Err(ConfigError::new(
                 "TRANSCRIBE_LANGUAGE_CODE",
                 other,
                 "expected a language code such as `en-US`, `identify-language` or \

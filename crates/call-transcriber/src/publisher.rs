@@ -32,7 +32,7 @@ use lca_events::{LcaEvent, LcaMessage, Segment};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use aws_edge::error_text;
+use aws_edge::{Backoff, Jitter, error_text};
 
 /// How the publisher retries.
 #[derive(Debug, Clone)]
@@ -44,22 +44,24 @@ pub struct PublisherOptions {
     /// No retry starts after this instant (the run's time is up): the record is reported
     /// undelivered instead. `None`: only `max_attempts` limits.
     pub give_up_at: Option<Instant>,
-    /// First backoff; doubles per attempt.
-    pub base_backoff: Duration,
-    /// Longest backoff.
-    pub max_backoff: Duration,
+    /// The pause between attempts.
+    pub backoff: Backoff,
 }
 
 impl PublisherOptions {
-    /// Defaults: 10 attempts, 50 ms doubling to 2 s (about 10 s of retrying in all), no
-    /// deadline.
+    /// Defaults: 10 attempts, 50 ms doubling to 2 s (about 9 s of pauses in all), no
+    /// jitter (the records are one call's, in order: no other caller waits on the same
+    /// pause), no deadline.
     pub fn new(stream_name: &str) -> Self {
         Self {
             stream_name: stream_name.to_string(),
             max_attempts: 10,
             give_up_at: None,
-            base_backoff: Duration::from_millis(50),
-            max_backoff: Duration::from_secs(2),
+            backoff: Backoff {
+                first: Duration::from_millis(50),
+                max: Duration::from_secs(2),
+                jitter: Jitter::None,
+            },
         }
     }
 
@@ -228,13 +230,6 @@ fn own_retries() -> aws_sdk_kinesis::config::Builder {
         .retry_config(aws_sdk_kinesis::config::retry::RetryConfig::disabled())
 }
 
-fn backoff(options: &PublisherOptions, attempt: u32) -> Duration {
-    options
-        .base_backoff
-        .saturating_mul(1 << attempt.min(16))
-        .min(options.max_backoff)
-}
-
 /// Whether a PutRecord error code says the request cannot succeed as it stands, so retrying
 /// is pointless: of the errors the Kinesis API reference lists for PutRecord, all but
 /// ProvisionedThroughputExceededException and KMSThrottlingException. Anything else (an
@@ -294,7 +289,7 @@ async fn put_one(
                         .map_or_else(|| error_text(&error), str::to_string)
                 );
                 let refused = is_refusal(error.code());
-                let delay = backoff(options, attempt);
+                let delay = options.backoff.pause(attempt);
                 if refused || !options.may_retry(attempt, delay) {
                     return Err((item, message, refused));
                 }

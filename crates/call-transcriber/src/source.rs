@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::Instrument as _;
 
-use aws_edge::error_text;
+use aws_edge::{Backoff, Jitter, error_text};
 
 use crate::gate::{ContactGate, GateOutput, StopReason};
 
@@ -492,7 +492,7 @@ impl KvsSource {
                     {
                         return Ok(());
                     }
-                    tokio::time::sleep(RECONNECT_PAUSE * failures).await;
+                    tokio::time::sleep(RECONNECT_BACKOFF.pause(failures)).await;
                     self.gate.reconnect();
                     // A failed request (throttled, cut, a KVS internal error) says nothing of
                     // whether the producer is idle: the idle clock starts again, and
@@ -731,9 +731,13 @@ impl KvsSource {
     }
 }
 
-/// Pause before asking KVS again after a failure (GetMedia allows 5 calls per second per
-/// stream).
-const RECONNECT_PAUSE: Duration = Duration::from_millis(250);
+/// Pause before asking KVS again after a failure: 250 ms doubling to 2 s (GetMedia allows
+/// 5 calls per second per stream), no jitter (the stream is this call's alone).
+const RECONNECT_BACKOFF: Backoff = Backoff {
+    first: Duration::from_millis(250),
+    max: Duration::from_secs(2),
+    jitter: Jitter::None,
+};
 
 /// Pause before asking again after a response that ended with nothing more: at most 2 calls
 /// per second (the KVS quotas page: "A unique consuming client shouldn't need more than 2 or

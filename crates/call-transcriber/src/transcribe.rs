@@ -23,7 +23,7 @@ use transcript_ledger::{Mapped, SessionOutput, TranscriptLedger, map_output};
 
 use crate::config::{ApiMode, Language, TranscribeSettings};
 use crate::delivered::Delivered;
-use aws_edge::error_text;
+use aws_edge::{Backoff, Jitter, error_text};
 
 /// A Transcribe Streaming client from the shared SDK configuration; `TRANSCRIBE_ENDPOINT`
 /// overrides the endpoint (otherwise `AWS_ENDPOINT_URL_TRANSCRIBE_STREAMING` applies).
@@ -493,7 +493,7 @@ async fn start(
             Err(failure) => failure,
         };
         let code = failure.code.as_deref();
-        let delay = backoff(settings.start_retry_wait, attempt);
+        let delay = start_backoff(settings.start_retry_wait).pause(attempt);
         let retry = match code {
             // The concurrent stream quota: wait for capacity as long as the invocation may
             // (the exception's documentation: "Reduce your number of concurrent streams and
@@ -531,18 +531,15 @@ async fn start(
     }
 }
 
-/// Longest pause between two attempts to start a stream.
-const MAX_START_BACKOFF: Duration = Duration::from_secs(20);
-
-/// The pause before attempt `attempt + 1`: exponential from `base`, capped, with "equal
-/// jitter" (half fixed, half random; AWS Architecture Blog, "Exponential Backoff And
-/// Jitter"), so that calls turned away by the same quota do not all come back at once.
-fn backoff(base: Duration, attempt: u32) -> Duration {
-    let ceiling = base
-        .saturating_mul(1 << attempt.saturating_sub(1).min(16))
-        .min(MAX_START_BACKOFF);
-    let millis = ceiling.as_millis() as u64;
-    Duration::from_millis(millis / 2 + fastrand::u64(0..=millis / 2))
+/// The pause between two attempts to start a stream: from `START_STREAM_RETRY_WAIT`
+/// (`first`), doubling up to 20 s, with equal jitter, so that calls turned away by the same
+/// quota do not all come back at once.
+fn start_backoff(first: Duration) -> Backoff {
+    Backoff {
+        first,
+        max: Duration::from_secs(20),
+        jitter: Jitter::Equal,
+    }
 }
 
 /// Reads a session's results into `out` (with their arrival time) until the stream ends or
@@ -887,25 +884,5 @@ mod tests {
         live.queued_samples += 60 * 8000;
         live.audio_ended(at(61));
         assert_eq!(live.stuck_at(), Some(at(91)));
-    }
-
-    #[test]
-    fn start_backoff_grows_with_jitter_up_to_its_cap() {
-        let base = Duration::from_secs(1);
-        for attempt in 1..=12 {
-            let ceiling = (base * (1 << (attempt - 1))).min(MAX_START_BACKOFF);
-            for _ in 0..50 {
-                let delay = backoff(base, attempt);
-                assert!(
-                    delay >= ceiling / 2 && delay <= ceiling,
-                    "attempt {attempt}: {delay:?} outside {:?}..={ceiling:?}",
-                    ceiling / 2
-                );
-            }
-        }
-        // Jitter: calls turned away together do not all come back together.
-        let delays: std::collections::BTreeSet<Duration> =
-            (0..20).map(|_| backoff(base, 5)).collect();
-        assert!(delays.len() > 1);
     }
 }

@@ -16,6 +16,13 @@ use serde_json::Value;
 
 use common::*;
 
+/// The publisher's pauses in tests that make Kinesis refuse: 1 ms doubling to 2 s.
+const FAST_RETRIES: aws_edge::Backoff = aws_edge::Backoff {
+    first: Duration::from_millis(1),
+    max: Duration::from_secs(2),
+    jitter: aws_edge::Jitter::None,
+};
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sample_call_live_gives_start_each_turn_and_end_and_transcribe_gets_exactly_the_pcm() {
     let h = Harness::new(KvsOptions::default(), TranscribeOptions::default()).await;
@@ -751,7 +758,7 @@ async fn after_an_undeliverable_record_nothing_later_is_published() {
     drop(tx);
     let options = PublisherOptions {
         max_attempts: 2,
-        base_backoff: Duration::from_millis(1),
+        backoff: FAST_RETRIES,
         ..PublisherOptions::new("lca")
     };
     // The first record goes through; the second meets two refusals, its only attempts.
@@ -794,7 +801,7 @@ async fn a_kinesis_refusal_is_not_retried_and_says_what_to_check() {
         tx.try_send(end.clone()).unwrap();
         let options = PublisherOptions {
             max_attempts,
-            base_backoff: Duration::from_millis(1),
+            backoff: FAST_RETRIES,
             ..PublisherOptions::new(stream)
         };
         let client = h.clients.kinesis.clone();
@@ -833,7 +840,7 @@ async fn events_kinesis_never_accepts_are_reported_not_dropped() {
     drop(tx);
     let options = PublisherOptions {
         max_attempts: 3,
-        base_backoff: Duration::from_millis(1),
+        backoff: FAST_RETRIES,
         ..PublisherOptions::new("lca")
     };
     for _ in 0..3 {

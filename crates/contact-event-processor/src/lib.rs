@@ -31,17 +31,8 @@ pub struct ProcessorConfig {
     pub metrics_namespace: String,
 }
 
-/// A setting that cannot be used; names the variable.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{variable}={value:?}: {problem}")]
-pub struct ConfigError {
-    /// The variable.
-    pub variable: &'static str,
-    /// Its value.
-    pub value: String,
-    /// What is wrong.
-    pub problem: &'static str,
-}
+pub use aws_edge::ConfigError;
+use aws_edge::Settings;
 
 impl ProcessorConfig {
     /// Every environment variable the processor reads.
@@ -60,53 +51,19 @@ impl ProcessorConfig {
 
     /// Reads settings through `lookup`; empty values count as unset.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let get = |name: &str| {
-            lookup(name)
-                .map(|v| v.trim().to_string())
-                .filter(|v| !v.is_empty())
-        };
-        let required = |variable: &'static str, problem: &'static str| {
-            get(variable).ok_or(ConfigError {
-                variable,
-                value: String::new(),
-                problem,
-            })
-        };
-        let wait_for_call = match get("WAIT_FOR_CALL_SECS") {
-            None => Duration::from_secs(15),
-            Some(v) => v
-                .parse::<u64>()
-                .ok()
-                .filter(|s| *s <= 600)
-                .map(Duration::from_secs)
-                .ok_or(ConfigError {
-                    variable: "WAIT_FOR_CALL_SECS",
-                    value: v,
-                    problem: "expected a whole number of seconds up to 600",
-                })?,
-        };
-        let metrics_namespace =
-            get("METRICS_NAMESPACE").unwrap_or_else(|| call_metrics::NAMESPACE.to_string());
-        if call_metrics::check_namespace(&metrics_namespace).is_err() {
-            return Err(ConfigError {
-                variable: "METRICS_NAMESPACE",
-                value: metrics_namespace,
-                problem: "not a CloudWatch namespace (1 to 255 letters, digits, spaces and \
-                          . - _ / # :, not beginning with AWS/)",
-            });
-        }
+        let env = Settings::new(&lookup);
         Ok(Self {
-            kinesis_stream_name: required(
+            kinesis_stream_name: env.required(
                 "KINESIS_STREAM_NAME",
-                "required: the LCA Kinesis data stream UPDATE_AGENT goes to",
+                "the LCA Kinesis data stream UPDATE_AGENT goes to",
             )?,
-            call_event_table: required(
+            call_event_table: env.required(
                 "TRANSCRIBER_CALL_EVENT_TABLE_NAME",
-                "required: the call transcriber's table, where calls being transcribed are found",
+                "the call transcriber's table, where calls being transcribed are found",
             )?,
-            wait_for_call,
-            connect_instance_arn: get("CONNECT_INSTANCE_ARN"),
-            metrics_namespace,
+            wait_for_call: Duration::from_secs(env.number("WAIT_FOR_CALL_SECS", 15, ..=600)?),
+            connect_instance_arn: env.get("CONNECT_INSTANCE_ARN"),
+            metrics_namespace: env.metrics_namespace()?,
         })
     }
 }

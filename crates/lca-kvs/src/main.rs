@@ -21,8 +21,11 @@ use lca_kvs::inspect::Inspector;
 
 use crate::capture::{CaptureStop, CaptureSummary, StreamArgs};
 
+mod call_run;
 mod capture;
+#[cfg(feature = "stand-ins")]
 mod demo;
+#[cfg(feature = "stand-ins")]
 mod local;
 mod put_media;
 mod transcribe;
@@ -98,6 +101,7 @@ enum Command {
     /// S3 and DynamoDB through moto server when installed) on loopback: prints
     /// `export AWS_ENDPOINT_URL_<SERVICE>=<url>` lines, then `ready`, and serves until
     /// interrupted. Each --stream plays its capture live from start-up.
+    #[cfg(feature = "stand-ins")]
     Local(local::LocalArgs),
     /// Transcribe one call from its Kinesis Video stream to LCA events on Kinesis, in the
     /// foreground, configured like the Lambda function by environment variables
@@ -106,6 +110,7 @@ enum Command {
     /// A whole Connect call, transcribed locally: the sample call (or --mkv capture) plays
     /// into local KVS, StartLCA and the call transcriber run under the local Lambda, and the
     /// transcript appears as it is spoken. No AWS account.
+    #[cfg(feature = "stand-ins")]
     Demo(demo::DemoArgs),
     /// Serve one of the Lambda functions under the Runtime API (the demo runs its functions
     /// this way): start-lca or call-transcriber.
@@ -140,8 +145,10 @@ fn main() -> ExitCode {
             contact_id,
             output,
         } => capture_to_file(&stream, contact_id, &output),
+        #[cfg(feature = "stand-ins")]
         Command::Demo(args) => demo::run(args).map(|()| ExitCode::SUCCESS),
-        Command::Function { name } => demo::serve_function(&name).map(|()| ExitCode::SUCCESS),
+        Command::Function { name } => call_run::serve_function(&name).map(|()| ExitCode::SUCCESS),
+        #[cfg(feature = "stand-ins")]
         Command::Local(args) => local::run(args).map(|()| ExitCode::SUCCESS),
         Command::Transcribe(args) => transcribe::run(args),
         Command::PutMedia(args) => put_media::run(args),

@@ -20,7 +20,7 @@ use lca_kvs::sample_call::Speaker;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
-use crate::demo::{TranscriptView, contact_flow_event, fresh_contact_id, recording_key};
+use crate::call_run::{TranscriptView, contact_flow_event, fresh_contact_id, recording_key};
 use aws_edge::now_ms;
 
 /// Options of `lca-kvs try-stack`: the stack's values.
@@ -286,7 +286,10 @@ pub fn run(args: TryStackArgs) -> Result<ExitCode> {
     let contact_id = fresh_contact_id();
     let (chunks, retag) = match &args.mkv {
         Some(path) => (crate::put_media::read_chunks(path)?, true),
-        None => (crate::demo::sample(contact_id.clone())?.fragments, false),
+        None => (
+            crate::call_run::sample(contact_id.clone())?.fragments,
+            false,
+        ),
     };
     crate::init_logging();
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -24,15 +24,8 @@ use call_metrics::{Dimension, EmfRecord, Metric};
 use lca_events::connect::{ContactFlowEvent, Rejection};
 use serde_json::Value;
 
-/// A setting that cannot be used: names the variable and what is wrong.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{variable}: {problem}")]
-pub struct ConfigError {
-    /// The environment variable.
-    pub variable: &'static str,
-    /// What is wrong.
-    pub problem: String,
-}
+pub use aws_edge::ConfigError;
+use aws_edge::Settings;
 
 /// StartLCA's configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,64 +57,38 @@ impl StartConfig {
 
     /// Reads settings through `lookup`.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let required = |variable: &'static str, service: &str, what: &str| {
-            let value = lookup(variable)
-                .map(|v| v.trim().to_string())
-                .filter(|v| !v.is_empty())
-                .ok_or_else(|| ConfigError {
-                    variable,
-                    problem: format!("required: {what}"),
-                })?;
+        let env = Settings::new(&lookup);
+        let arn = |variable: &'static str, service: &str, what: &str| {
+            let value = env.required(variable, what)?;
             if arn_service(&value) != Some(service) {
-                return Err(ConfigError {
+                return Err(ConfigError::new(
                     variable,
-                    problem: format!(
-                        "{value:?} is not {what} (expected arn:PARTITION:{service}:..., PARTITION aws, aws-cn or aws-us-gov)"
+                    &value,
+                    format!(
+                        "not {what} (expected arn:PARTITION:{service}:..., PARTITION aws, aws-cn or aws-us-gov)"
                     ),
-                });
+                ));
             }
             Ok(value)
         };
-        let connect_instance_arn = required(
-            "CONNECT_INSTANCE_ARN",
-            "connect",
-            "the Connect instance ARN",
-        )?;
-        let transcriber_function_arn = required(
-            "TRANSCRIBER_FUNCTION_ARN",
-            "lambda",
-            "the call transcriber function ARN",
-        )?;
-        let metrics_namespace = lookup("METRICS_NAMESPACE")
-            .filter(|v| !v.is_empty())
-            .unwrap_or_else(|| call_metrics::NAMESPACE.to_string());
-        call_metrics::check_namespace(&metrics_namespace).map_err(|problem| ConfigError {
-            variable: "METRICS_NAMESPACE",
-            problem: format!("{metrics_namespace:?}: {problem}"),
-        })?;
-        let call_event_table = lookup("TRANSCRIBER_CALL_EVENT_TABLE_NAME")
-            .map(|v| v.trim().to_string())
-            .filter(|v| !v.is_empty());
-        let sweep_grace = match lookup("SWEEP_GRACE").filter(|v| !v.trim().is_empty()) {
-            None => call_lifecycle::lease::DEFAULT_SWEEP_GRACE_MS,
-            Some(value) => value
-                .trim()
-                .parse::<u64>()
-                .ok()
-                .filter(|ms| *ms >= 1000)
-                .ok_or_else(|| ConfigError {
-                    variable: "SWEEP_GRACE",
-                    problem: format!(
-                        "{value:?} is not a whole number of milliseconds, at least 1000"
-                    ),
-                })?,
-        };
         Ok(Self {
-            connect_instance_arn,
-            transcriber_function_arn,
-            metrics_namespace,
-            call_event_table,
-            sweep_grace: Duration::from_millis(sweep_grace),
+            connect_instance_arn: arn(
+                "CONNECT_INSTANCE_ARN",
+                "connect",
+                "the Connect instance ARN",
+            )?,
+            transcriber_function_arn: arn(
+                "TRANSCRIBER_FUNCTION_ARN",
+                "lambda",
+                "the call transcriber function ARN",
+            )?,
+            metrics_namespace: env.metrics_namespace()?,
+            call_event_table: env.get("TRANSCRIBER_CALL_EVENT_TABLE_NAME"),
+            sweep_grace: env.millis(
+                "SWEEP_GRACE",
+                call_lifecycle::lease::DEFAULT_SWEEP_GRACE_MS,
+                1000,
+            )?,
         })
     }
 }

@@ -1,4 +1,4 @@
-//! A test function for the local Lambda service (built with local-aws so its tests can run it), run unchanged under its Runtime API.
+//! A test function for the local Lambda service (the local Lambda's tests and tests/interop run it), run unchanged under its Runtime API.
 //! The event says what to do: `{"echo": ...}` answers it back with the function's name;
 //! `{"fail": "message"}` returns a function error; `{"sleep_ms": N}` sleeps first;
 //! `{"append_to": "/path"}` appends a line per attempt (to count retries);

@@ -1,5 +1,5 @@
 //! The local Lambda as the unmodified aws-sdk-lambda client sees it, running a real
-//! lambda_runtime binary (src/bin/test-lambda.rs) under the Runtime API.
+//! lambda_runtime binary (tests/src/bin/test-lambda.rs) under the Runtime API.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
