@@ -152,19 +152,8 @@ async fn event_invocations_return_202_at_once_and_failed_events_are_retried_twic
         std::fs::read_to_string(&log).unwrap_or_default().is_empty(),
         "202 before the function ran"
     );
-    for _ in 0..100 {
-        if lambda.attempts("echo").len() == 3
-            && std::fs::read_to_string(&log)
-                .unwrap_or_default()
-                .lines()
-                .count()
-                == 3
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Until the event's attempts are over (the last retry failed): no fourth can follow.
+    wait_until_no_event_pending(&lambda, "echo").await;
     let lines = std::fs::read_to_string(&log).unwrap();
     assert_eq!(lines.lines().count(), 3, "one attempt and two retries");
     // The caller got 202; the failures are what tells it the event failed.
@@ -187,13 +176,26 @@ async fn event_invocations_return_202_at_once_and_failed_events_are_retried_twic
         .send()
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    wait_until_no_event_pending(&lambda, "echo").await;
     assert_eq!(std::fs::read_to_string(&ok_log).unwrap().lines().count(), 1);
     assert_eq!(
         lambda.failures("echo").len(),
         3,
         "a success adds no failure"
     );
+}
+
+/// Waits (30 s at most) until every Event invocation of `name` has succeeded or exhausted
+/// its retries.
+async fn wait_until_no_event_pending(lambda: &Lambda, name: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while lambda.pending_events(name) > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{name}: Event invocations still pending after 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test]

@@ -480,9 +480,7 @@ fn check_language_rules(
             return Err(ConfigError::new(
                 "TRANSCRIBE_LANGUAGE_OPTIONS",
                 options,
-                format!(
-                    "Transcribe allows one dialect per language; `{language}` is listed twice"
-                ),
+                format!("Transcribe allows one dialect per language; `{language}` is listed twice"),
             ));
         }
         if mode == ApiMode::Analytics && !CALL_ANALYTICS_LANGUAGES.contains(&code) {

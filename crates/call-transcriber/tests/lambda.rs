@@ -243,18 +243,24 @@ fn metric_values(
         .collect()
 }
 
-/// Waits until an event of `kind` is on the stream (or 60 s); returns every record then.
-async fn records_until(h: &Harness, kind: &str) -> Vec<Value> {
-    for _ in 0..600 {
-        let records = h.records().await;
-        if records.iter().any(|r| r["EventType"] == kind) {
-            // Anything after it would be a bug: give it a moment to show.
-            tokio::time::sleep(Duration::from_millis(500)).await;
+/// Waits until an event of `kind` is on the stream and every transcriber invocation is over
+/// (150 s at most: longer than a transcriber's 120 s function timeout); returns every record
+/// then. Anything published after `kind` would be a bug,
+/// and an invocation still going could still publish it.
+async fn records_until(h: &Harness, lambda: &Lambda, kind: &str) -> Vec<Value> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(150);
+    loop {
+        let seen = h.records().await.iter().any(|r| r["EventType"] == kind);
+        if seen && lambda.pending_events("CallTranscriber") == 0 {
             return h.records().await;
         }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "within 150 s: {kind} on the stream: {seen}; transcriber invocations still going: {}",
+            lambda.pending_events("CallTranscriber")
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    panic!("no {kind} on the stream within 60 s");
 }
 
 /// The call's recording as stored in S3.
@@ -425,7 +431,7 @@ async fn startlcas_event_lost_the_sweep_starts_the_call_from_its_lease() {
     assert_eq!(item["Status"].as_s().unwrap(), "PENDING");
     let sweep = lambda.scheduled_event("sweep");
     assert!(lambda.schedule("CallTranscriber", Duration::from_secs(1), sweep));
-    let records = records_until(&h, "ADD_S3_RECORDING_URL").await;
+    let records = records_until(&h, &lambda, "ADD_S3_RECORDING_URL").await;
     assert_lifecycle(&records);
     assert_recording(&h).await;
     assert!(h.transcribed_audio() == sample_call_stereo());
@@ -469,7 +475,7 @@ async fn startlcas_hung_invoke_answers_connect_with_an_error_in_time_and_the_swe
     assert_eq!(leased_status(&h).await.as_deref(), Some("PENDING"));
     let sweep = lambda.scheduled_event("sweep");
     assert!(lambda.schedule("CallTranscriber", Duration::from_secs(1), sweep));
-    let records = records_until(&h, "ADD_S3_RECORDING_URL").await;
+    let records = records_until(&h, &lambda, "ADD_S3_RECORDING_URL").await;
     assert_lifecycle(&records);
     let answers = metrics_lines(&logs, "StartLCA");
     assert_eq!(
@@ -526,7 +532,7 @@ async fn a_call_open_since_before_the_index_joins_it_at_its_next_claim() {
         claimed.contains_key("OpenCall") && claimed.contains_key("SweepAt"),
         "{claimed:?}"
     );
-    let records = records_until(&h, "ADD_S3_RECORDING_URL").await;
+    let records = records_until(&h, &lambda, "ADD_S3_RECORDING_URL").await;
     assert_lifecycle(&records);
     let item = lease_item(&h).await.expect("the lease item");
     assert!(!item.contains_key("OpenCall") && !item.contains_key("SweepAt"));
@@ -544,7 +550,7 @@ async fn startlca_that_cannot_write_the_lease_still_starts_the_call() {
     let (arn, first) = h.play("call", sample_call_chunks()).await;
     let answer = invoke_start_lca(&server, &arn, &first).await;
     assert_eq!(answer["status"], "STARTED", "{answer}");
-    let records = records_until(&h, "ADD_S3_RECORDING_URL").await;
+    let records = records_until(&h, &lambda, "ADD_S3_RECORDING_URL").await;
     assert_lifecycle(&records);
     let invocations = lambda.invocations("CallTranscriber");
     assert_eq!(invocations[0].payload["Name"], "ContactFlowEvent");
@@ -565,11 +571,14 @@ async fn start_lca_then_hand_overs_transcribe_and_record_every_sample_once() {
     let answer = invoke_start_lca(&server, &arn, &first).await;
     let answered = asked.elapsed();
     assert_eq!(answer["status"], "STARTED", "{answer}");
+    // The bound is Connect's (the Connect administrator guide: a flow's Invoke AWS Lambda
+    // function block times out after at most 8 s), not a speed target: it holds for the
+    // arm64 zips under emulation too, whose cold start is slower than on Lambda.
     assert!(
-        answered < Duration::from_secs(5),
-        "StartLCA answered in {answered:?}"
+        answered < Duration::from_secs(8),
+        "StartLCA answered in {answered:?}, after Connect would have given up"
     );
-    let records = records_until(&h, "ADD_S3_RECORDING_URL").await;
+    let records = records_until(&h, &lambda, "ADD_S3_RECORDING_URL").await;
     let invocations = lambda.invocations("CallTranscriber");
     // StartLCA wrote the call's lease first: its event names the call.
     assert_eq!(
@@ -651,9 +660,12 @@ async fn start_lca_then_hand_overs_transcribe_and_record_every_sample_once() {
         finals(&records).len(),
         "one lag per final segment"
     );
+    // The call plays in call_s / 5 (about 12 s): a segment published later than that after
+    // its audio arrived waited for more than the whole call.
+    let play_ms = call_s * 1000.0 / 5.0;
     assert!(
-        lags.iter().all(|ms| (0.0..30_000.0).contains(ms)),
-        "{lags:?}"
+        lags.iter().all(|ms| (0.0..play_ms).contains(ms)),
+        "lags {lags:?} ms, the call playing in {play_ms} ms"
     );
     let recording = call_recording(&h).await;
     assert_eq!(
@@ -682,7 +694,7 @@ async fn trace_logs_hold_no_phone_number_and_no_transcript() {
     let (arn, first) = h.play("call", sample_call_chunks()).await;
     let answer = invoke_start_lca(&server, &arn, &first).await;
     assert_eq!(answer["status"], "STARTED", "{answer}");
-    let records = records_until(&h, "ADD_S3_RECORDING_URL").await;
+    let records = records_until(&h, &lambda, "ADD_S3_RECORDING_URL").await;
     assert_lifecycle(&records);
     let numbers = ["+15551230001", "+15559870002", "15551230001", "15559870002"];
     let transcripts: BTreeSet<&str> = records
@@ -762,7 +774,7 @@ async fn a_chain_of_hand_overs_longer_than_lambdas_loop_detection_completes_the_
     let deep = lambda.chain_trace("CallTranscriber", start_depth).unwrap();
     let (arn, first) = h.play_at("call", sample_call_chunks(), &[], 5.0).await;
     invoke_event_in_chain(&server, &contact_flow_event(&arn, &first), Some(deep)).await;
-    let records = records_until(&h, "ADD_S3_RECORDING_URL").await;
+    let records = records_until(&h, &lambda, "ADD_S3_RECORDING_URL").await;
     let continuations: Vec<_> = lambda
         .invocations("CallTranscriber")
         .into_iter()
@@ -837,7 +849,7 @@ async fn a_call_of_more_than_25_hand_overs_comes_out_whole_and_once() {
         .collect();
     let (arn, first) = h.play_at("call", chunks, &[], 8.0).await;
     invoke_event(&server, &contact_flow_event(&arn, &first)).await;
-    let records = records_until(&h, "ADD_S3_RECORDING_URL").await;
+    let records = records_until(&h, &lambda, "ADD_S3_RECORDING_URL").await;
     let continuations = lambda
         .invocations("CallTranscriber")
         .iter()
@@ -1028,7 +1040,7 @@ async fn a_refused_analytics_job_leaves_the_call_ended_and_is_counted_as_missed(
     });
     let (arn, first) = h.play("call", sample_call_chunks()).await;
     invoke_event(&server, &contact_flow_event(&arn, &first)).await;
-    let records = records_until(&h, "ADD_S3_RECORDING_URL").await;
+    let records = records_until(&h, &lambda, "ADD_S3_RECORDING_URL").await;
     assert_start_end_recording_url(&records);
     wait_for_call_end(&h).await;
     assert!(h.jobs.jobs().is_empty());
@@ -1064,7 +1076,7 @@ async fn a_duplicate_invocation_leaves_the_call_alone() {
     let (_, answer) = invoke(&server, &event).await;
     assert_eq!(answer["status"], "DUPLICATE", "{answer}");
     assert_eq!(answer["reason"], "another invocation holds the call");
-    let records = records_until(&h, "ADD_S3_RECORDING_URL").await;
+    let records = records_until(&h, &lambda, "ADD_S3_RECORDING_URL").await;
     assert_eq!(
         h.transcribe.sessions().len(),
         1,
@@ -1148,7 +1160,7 @@ async fn a_crash_mid_call_is_retried_without_losing_or_repeating_anything() {
         crashed,
         "the call was handed over and transcribed before the crash"
     );
-    let records = records_until(&h, "ADD_S3_RECORDING_URL").await;
+    let records = records_until(&h, &lambda, "ADD_S3_RECORDING_URL").await;
     assert_lifecycle(&records);
     assert_recording(&h).await;
     let attempts = lambda.attempts("CallTranscriber");
@@ -1170,7 +1182,7 @@ async fn a_second_delivery_with_the_same_request_id_leaves_the_call_alone() {
     invoke_event(&server, &contact_flow_event(&arn, &first)).await;
     wait_for_session(&h).await;
     assert!(lambda.deliver_again("CallTranscriber"));
-    let records = records_until(&h, "ADD_S3_RECORDING_URL").await;
+    let records = records_until(&h, &lambda, "ADD_S3_RECORDING_URL").await;
     let attempts = lambda.attempts("CallTranscriber");
     assert_eq!(
         attempts.len(),
@@ -1203,7 +1215,7 @@ async fn a_kvs_error_fails_every_attempt_and_the_last_one_ends_the_call() {
     };
     let (arn, first) = h.stored("call", &sample_call_chunks(), &vec![denied; 3]);
     invoke_event(&server, &contact_flow_event(&arn, &first)).await;
-    let records = records_until(&h, "ADD_S3_RECORDING_URL").await;
+    let records = records_until(&h, &lambda, "ADD_S3_RECORDING_URL").await;
     // Each attempt failed naming the error and its fix; Lambda made all three.
     let failures = lambda.failures("CallTranscriber");
     assert_eq!(failures.len(), 3, "{failures:?}");
@@ -1310,7 +1322,7 @@ async fn attempts_stopped_by_lambda_count_and_the_last_attempt_gives_the_call_up
         tokio::time::sleep(Duration::from_secs(2)).await;
         assert_eq!(lambda.crash_busy("CallTranscriber"), 1, "attempt {attempt}");
     }
-    let records = records_until(&h, "ADD_S3_RECORDING_URL").await;
+    let records = records_until(&h, &lambda, "ADD_S3_RECORDING_URL").await;
     let attempts = lambda.attempts("CallTranscriber");
     assert_eq!(attempts.len(), 3, "{attempts:?}");
     let failures = lambda.failures("CallTranscriber");
@@ -1371,7 +1383,7 @@ async fn a_failure_queue_record_of_a_hand_over_holds_no_customer_data() {
     );
     let sweep = lambda.scheduled_event("sweep");
     assert!(lambda.schedule("CallTranscriber", Duration::from_secs(1), sweep));
-    let records = records_until(&h, "ADD_S3_RECORDING_URL").await;
+    let records = records_until(&h, &lambda, "ADD_S3_RECORDING_URL").await;
     assert_ended_short_with_recording(&h, &records).await;
     assert_eq!(leased_status(&h).await.as_deref(), Some("FAILED"));
     lambda.shutdown();
@@ -1417,7 +1429,7 @@ async fn a_refused_hand_over_is_repeated_by_lambdas_retry_and_the_call_completes
     let refused = lambda.faulted_invokes("CallTranscriber");
     assert!(!refused.is_empty());
     assert!(refused.iter().all(|p| p["lambdaCount"] == 1), "{refused:?}");
-    let records = records_until(&h, "ADD_S3_RECORDING_URL").await;
+    let records = records_until(&h, &lambda, "ADD_S3_RECORDING_URL").await;
     assert_lifecycle(&records);
     assert_recording(&h).await;
     assert!(lambda.failure_records("CallTranscriber").is_empty());
@@ -1471,7 +1483,7 @@ async fn a_call_whose_every_attempt_was_killed_is_given_up_by_its_next_delivery(
         "no END yet: the call hangs until something takes it up"
     );
     assert!(lambda.deliver_again("CallTranscriber"));
-    let records = records_until(&h, "ADD_S3_RECORDING_URL").await;
+    let records = records_until(&h, &lambda, "ADD_S3_RECORDING_URL").await;
     assert_start_end_recording_url(&records);
     // The killed attempts' audio was never stored (a piece is written when its attempt
     // ends, or in 5 MiB parts): the recording is a valid WAV of what was stored, here none.
@@ -1539,7 +1551,7 @@ async fn a_lease_taken_by_another_invocation_stops_the_holder_and_the_sweep_ends
     assert!(lambda.failures("CallTranscriber").is_empty(), "not retried");
     let sweep = lambda.scheduled_event("sweep");
     assert!(lambda.schedule("CallTranscriber", Duration::from_secs(1), sweep));
-    let records = records_until(&h, "ADD_S3_RECORDING_URL").await;
+    let records = records_until(&h, &lambda, "ADD_S3_RECORDING_URL").await;
     let count = |kind: &str| records.iter().filter(|r| r["EventType"] == kind).count();
     assert_eq!(
         (count("START"), count("END"), count("ADD_S3_RECORDING_URL")),
@@ -1576,7 +1588,7 @@ async fn a_hand_over_event_lambda_lost_is_made_up_for_by_the_sweep() {
     invoke_event(&server, &contact_flow_event(&arn, &first)).await;
     let sweep = lambda.scheduled_event("sweep");
     assert!(lambda.schedule("CallTranscriber", Duration::from_secs(1), sweep));
-    let records = records_until(&h, "ADD_S3_RECORDING_URL").await;
+    let records = records_until(&h, &lambda, "ADD_S3_RECORDING_URL").await;
     assert_eq!(lambda.dropped_events("CallTranscriber").len(), 1);
     assert_lifecycle(&records);
     assert_recording(&h).await;
@@ -1717,7 +1729,7 @@ async fn a_call_waiting_for_transcribe_capacity_is_handed_on_and_caught_up_with_
     assert!(h.transcribe.refused() >= 2, "the quota turned streams away");
     assert!(h.transcribe.sessions().is_empty());
     h.transcribe.set_streams_elsewhere(0);
-    let records = records_until(&h, "ADD_S3_RECORDING_URL").await;
+    let records = records_until(&h, &lambda, "ADD_S3_RECORDING_URL").await;
     assert_lifecycle(&records);
     assert_recording(&h).await;
     let audio = h.transcribed_audio();
@@ -1771,7 +1783,7 @@ async fn transcribe_that_stops_reading_without_an_error_is_caught_by_the_watchdo
         "the watchdog acted at {:?}, not at the deadline",
         began.elapsed()
     );
-    let records = records_until(&h, "ADD_S3_RECORDING_URL").await;
+    let records = records_until(&h, &lambda, "ADD_S3_RECORDING_URL").await;
     assert_start_end_recording_url(&records);
     let sessions = h.transcribe.sessions();
     assert_eq!(sessions.len(), 2);
@@ -1814,7 +1826,7 @@ async fn a_kinesis_outage_longer_than_an_invocation_delays_the_call_and_loses_no
     wait_for_stall(&logs).await;
     assert!(h.records().await.is_empty());
     h.faults.set_outage(false);
-    let records = records_until(&h, "ADD_S3_RECORDING_URL").await;
+    let records = records_until(&h, &lambda, "ADD_S3_RECORDING_URL").await;
     assert_lifecycle(&records);
     assert_recording(&h).await;
     assert!(lambda.failures("CallTranscriber").is_empty());
@@ -1858,7 +1870,7 @@ async fn a_kinesis_outage_mid_call_delivers_the_rest_once_and_in_order_when_it_e
         "the call is not over"
     );
     h.faults.set_outage(false);
-    let records = records_until(&h, "ADD_S3_RECORDING_URL").await;
+    let records = records_until(&h, &lambda, "ADD_S3_RECORDING_URL").await;
     assert_eq!(
         &records[..before],
         &during[..],
@@ -1868,6 +1880,65 @@ async fn a_kinesis_outage_mid_call_delivers_the_rest_once_and_in_order_when_it_e
     assert_recording(&h).await;
     assert!(lambda.failures("CallTranscriber").is_empty());
     assert!(stalled_invocations(&logs) >= 1);
+    lambda.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_left_unanswered_is_given_up_at_its_attempt_limit_and_the_call_completes() {
+    // DynamoDB, Kinesis and S3 each leave one of the call's requests unanswered (a connection
+    // that black-holes): each client gives up on it at its attempt limit
+    // (aws_edge::REQUEST_ATTEMPT_TIMEOUT) and tries again, so the invocation completes the
+    // call instead of hanging until Lambda's timeout. DynamoDB and S3 are reached through
+    // the fault proxy (moto serves every service on one port).
+    let h = Harness::new(KvsOptions::default(), TranscribeOptions::default()).await;
+    let proxy = h.urls.2.clone();
+    let (lambda, server, logs) = logged_transcriber(
+        &h,
+        &[
+            ("AWS_ENDPOINT_URL_S3", &proxy),
+            ("AWS_ENDPOINT_URL_DYNAMODB", &proxy),
+        ],
+    )
+    .await;
+    // The lease's first read, the first event (START), the invocation's raw audio.
+    let hangs = ["GetItem", "PutRecord", "PutObject"];
+    for operation in hangs {
+        h.faults.hang_next(operation);
+    }
+    let (arn, first) = h.stored("call", &sample_call_chunks(), &[]);
+    invoke_event(&server, &contact_flow_event(&arn, &first)).await;
+    let records = records_until(&h, &lambda, "ADD_S3_RECORDING_URL").await;
+    assert_lifecycle(&records);
+    assert_recording(&h).await;
+    assert_eq!(
+        lambda.attempts("CallTranscriber").len(),
+        1,
+        "the invocation completed the call: it neither failed nor timed out"
+    );
+    let outcomes: Vec<String> = metrics_lines(&logs, "CallTranscriber")
+        .iter()
+        .map(|(line, _)| line["Outcome"].as_str().unwrap_or("?").to_string())
+        .collect();
+    assert_eq!(outcomes, ["ENDED"]);
+    // Each request was left unanswered, and its client gave up on it at its attempt limit.
+    let limit = aws_edge::REQUEST_ATTEMPT_TIMEOUT;
+    let hung = h.faults.hung();
+    let operations: Vec<&str> = hung.iter().map(|(o, _)| o.as_str()).collect();
+    let mut expected = hangs.to_vec();
+    expected.sort_unstable();
+    let mut seen = operations.clone();
+    seen.sort_unstable();
+    assert_eq!(seen, expected, "{hung:?}");
+    for (operation, held) in &hung {
+        let held = held.unwrap_or_else(|| panic!("{operation}: still held"));
+        assert!(
+            // The client's clock starts as it sends, a little before the proxy's; its retry
+            // follows after the SDK's backoff (standard mode: up to 1 s before the second
+            // attempt).
+            held > limit - Duration::from_millis(500) && held < limit + Duration::from_secs(3),
+            "{operation}: given up after {held:?}, not at the attempt limit {limit:?}"
+        );
+    }
     lambda.shutdown();
 }
 
@@ -1888,7 +1959,7 @@ async fn a_call_stalled_past_call_stall_timeout_is_given_up_with_its_end() {
     .await;
     let (arn, first) = h.play("call", sample_call_chunks()).await;
     invoke_event(&server, &contact_flow_event(&arn, &first)).await;
-    let records = records_until(&h, "ADD_S3_RECORDING_URL").await;
+    let records = records_until(&h, &lambda, "ADD_S3_RECORDING_URL").await;
     assert_ended_short_with_recording(&h, &records).await;
     assert!(finals(&records).is_empty());
     assert_eq!(leased_status(&h).await.as_deref(), Some("FAILED"));
@@ -1936,7 +2007,7 @@ async fn a_kinesis_outage_past_call_stall_timeout_delivers_end_once_kinesis_is_b
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert!(!h.records().await.iter().any(|r| r["EventType"] == "END"));
     h.faults.set_outage(false);
-    let records = records_until(&h, "ADD_S3_RECORDING_URL").await;
+    let records = records_until(&h, &lambda, "ADD_S3_RECORDING_URL").await;
     assert_ended_short_with_recording(&h, &records).await;
     assert_eq!(leased_status(&h).await.as_deref(), Some("FAILED"));
     let lines = metrics_lines(&logs, "CallTranscriber");
@@ -1979,7 +2050,7 @@ async fn a_stream_that_refuses_the_call_fails_each_attempt_and_its_end_waits_unt
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(!h.records().await.iter().any(|r| r["EventType"] == "END"));
     h.faults.set_refusal(None);
-    let records = records_until(&h, "ADD_S3_RECORDING_URL").await;
+    let records = records_until(&h, &lambda, "ADD_S3_RECORDING_URL").await;
     // Every attempt read the call to its end before its records were refused: the
     // recording is whole though the transcript is not.
     assert_start_end_recording_url(&records);
@@ -2007,7 +2078,7 @@ async fn a_producer_stall_across_hand_overs_is_not_the_end_of_the_call() {
     let (chunks, expected) = sample_call_with_stall();
     let (arn, first) = h.play("call", chunks).await;
     invoke_event(&server, &contact_flow_event(&arn, &first)).await;
-    let records = records_until(&h, "ADD_S3_RECORDING_URL").await;
+    let records = records_until(&h, &lambda, "ADD_S3_RECORDING_URL").await;
     assert_start_end_recording_url(&records);
     assert_turns_with_stall(&records, 0.020);
     let audio = h.transcribed_audio();
@@ -2045,7 +2116,7 @@ async fn a_call_that_reaches_max_call_duration_ends_there_as_a_call_does() {
     .await;
     let (arn, first) = h.play_at("call", sample_call_chunks(), &[], 5.0).await;
     invoke_event(&server, &contact_flow_event(&arn, &first)).await;
-    let records = records_until(&h, "ADD_S3_RECORDING_URL").await;
+    let records = records_until(&h, &lambda, "ADD_S3_RECORDING_URL").await;
     let recorded = assert_ended_short_with_recording(&h, &records).await;
     let continuations = lambda
         .invocations("CallTranscriber")

@@ -1000,12 +1000,49 @@ mod tests {
         assert_eq!(parser.finish().unwrap_err().error_id, 4006);
     }
 
+    /// What a [`PutMediaParser`] reads from `body` pushed in pieces of `piece` bytes: the
+    /// fragments (each also made into its GetMedia chunk), or the first error.
+    fn read_body(body: &[u8], piece: usize) -> Result<Vec<IngestedFragment>, IngestError> {
+        let mut parser = PutMediaParser::new();
+        let mut fragments = Vec::new();
+        for bytes in body.chunks(piece) {
+            parser.push(bytes);
+            while let Some(event) = parser.next_event()? {
+                if let IngestEvent::Fragment(f) = event {
+                    parser.chunk(&f, "1", 0, 0);
+                    fragments.push(f);
+                }
+            }
+        }
+        fragments.extend(parser.finish()?);
+        Ok(fragments)
+    }
+
+    /// Every result of an [`AckParser`] fed `bytes` in pieces of `piece`, until it has
+    /// nothing more.
+    fn read_acks(bytes: &[u8], piece: usize) -> Vec<Result<Ack, String>> {
+        let mut parser = AckParser::new();
+        let mut results = Vec::new();
+        for part in bytes.chunks(piece) {
+            parser.push(part);
+            for _ in 0..=part.len() {
+                match parser.next_ack() {
+                    Ok(None) => break,
+                    Ok(Some(ack)) => results.push(Ok(ack)),
+                    Err(e) => results.push(Err(e)),
+                }
+            }
+        }
+        results
+    }
+
     proptest::proptest! {
-        /// Damaged input never panics any of the three readers: a chunk, a PutMedia body
-        /// (cut anywhere, bytes flipped) and an acknowledgement stream.
+        /// Damaged input is an error the service would send, never a panic, and the same
+        /// whichever way the bytes arrive: a PutMedia body (bytes flipped, cut anywhere),
+        /// a chunk to encode, and an acknowledgement stream.
         #[test]
-        fn damaged_input_is_an_error_not_a_panic(
-            flips in proptest::collection::vec((0usize..40_000, 0u8..=255), 0..8),
+        fn damaged_input_is_a_documented_error_however_it_arrives(
+            flips in proptest::collection::vec((0usize..40_000, 1u8..=255), 0..8),
             cut in 1usize..3_000,
             acks in proptest::collection::vec(0u8..=255, 0..300),
         ) {
@@ -1015,35 +1052,59 @@ mod tests {
             for chunk in &chunks[..3] {
                 body.extend(encoder.encode(chunk).unwrap().bytes);
             }
+            // Whole, in any pieces: its three fragments.
+            let whole = read_body(&body, body.len()).unwrap();
+            proptest::prop_assert_eq!(whole.len(), 3);
+            proptest::prop_assert_eq!(&read_body(&body, cut).unwrap(), &whole);
             let mut chunk = chunks[0].clone();
+            let mut damaged = body.clone();
             for (at, byte) in &flips {
-                if let Some(b) = body.get_mut(*at) {
+                if let Some(b) = damaged.get_mut(*at) {
                     *b ^= byte;
                 }
                 if let Some(b) = chunk.get_mut(*at) {
                     *b ^= byte;
                 }
             }
-            let _ = PutMediaEncoder::new(EncoderOptions {
-                start_at_ms: Some(1),
-                contact_id: Some("x".into()),
-            })
-            .encode(&chunk);
-            let mut parser = PutMediaParser::new();
-            for piece in body.chunks(cut) {
-                parser.push(piece);
-                while let Ok(Some(event)) = parser.next_event() {
-                    if let IngestEvent::Fragment(f) = event {
-                        parser.chunk(&f, "1", 0, 0);
-                    }
+            // Damaged: what is read does not depend on the pieces, and an error is one of
+            // PutMedia's documented ids, at a byte of the body.
+            let read = read_body(&damaged, cut);
+            proptest::prop_assert_eq!(&read, &read_body(&damaged, damaged.len()));
+            if let Err(error) = &read {
+                proptest::prop_assert!(put_media_error_meaning(error.error_id).is_some(), "{}", error);
+                proptest::prop_assert!(error.offset <= damaged.len() as u64, "{}", error);
+            }
+            // A cut body: 4006 when it ends within an element, as the service answers;
+            // cut between elements, the fragments before the cut.
+            let cut_body = &body[..body.len() - cut.min(body.len() - 1)];
+            match read_body(cut_body, cut) {
+                Err(error) => proptest::prop_assert_eq!(error.error_id, 4006),
+                Ok(fragments) => {
+                    proptest::prop_assert!(fragments.len() <= 3);
+                    let complete = fragments.len().saturating_sub(1);
+                    proptest::prop_assert_eq!(&fragments[..complete], &whole[..complete]);
                 }
             }
-            let _ = parser.finish();
-            let mut acks_parser = AckParser::new();
-            acks_parser.push(&acks);
-            for _ in 0..acks.len() + 1 {
-                let _ = acks_parser.next_ack();
+            // A damaged chunk is encoded or refused with a reason.
+            if let Err(error) = (PutMediaEncoder::new(EncoderOptions {
+                start_at_ms: Some(1),
+                contact_id: Some("x".into()),
+            }))
+            .encode(&chunk)
+            {
+                proptest::prop_assert!(!error.problem.is_empty());
             }
+            // Acknowledgements: the same ones byte by byte as in one piece, up to the same
+            // first error (a client stops there; its text quotes what had arrived).
+            let until_error = |results: Vec<Result<Ack, String>>| {
+                let failed = results.iter().any(Result::is_err);
+                let acks: Vec<Ack> = results.into_iter().map_while(Result::ok).collect();
+                (acks, failed)
+            };
+            proptest::prop_assert_eq!(
+                until_error(read_acks(&acks, 1)),
+                until_error(read_acks(&acks, acks.len().max(1)))
+            );
         }
     }
 

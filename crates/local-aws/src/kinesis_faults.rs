@@ -4,7 +4,10 @@
 //! real SDK client and a real stream. Everything else passes through unchanged. It serves
 //! HTTP/1.1 and HTTP/2 (h2c, prior knowledge) on one port, so without faults it is also the
 //! HTTP/2 front of moto (HTTP/1.1 only) for clients that speak nothing else: the JavaScript
-//! SDK v3's Kinesis client (`lca-kvs local` exports it as the Kinesis endpoint).
+//! SDK v3's Kinesis client (`lca-kvs local` exports it as the Kinesis endpoint). Since moto
+//! serves every service on one port, a client of DynamoDB or S3 pointed at the proxy reaches
+//! moto through it too, and any request can be made to hang ([`KinesisFaults::hang_next`]):
+//! what a client's time limits are for.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -37,6 +40,9 @@ pub enum KinesisFault {
     /// not fix, such as `AccessDeniedException` or `KMSAccessDeniedException` (both among
     /// PutRecord's and PutRecords' errors in the Kinesis Data Streams API reference).
     Refuse(String),
+    /// No answer at all: the request is held until the client gives up (its attempt time
+    /// limit) and closes the connection. Nothing is stored.
+    Hang,
 }
 
 #[derive(Default)]
@@ -47,6 +53,33 @@ struct State {
     refusal: Option<String>,
     faults: VecDeque<KinesisFault>,
     applied: Vec<KinesisFault>,
+    /// Operations whose next request hangs ([`KinesisFaults::hang_next`]), one entry each.
+    hang: Vec<String>,
+    /// The requests left hanging, in order ([`KinesisFaults::hung`]).
+    hung: Vec<Hung>,
+}
+
+/// A request left hanging.
+struct Hung {
+    operation: String,
+    since: std::time::Instant,
+    /// Until the client gave up on it: closed the connection or sent the request again.
+    given_up_after: Option<std::time::Duration>,
+}
+
+/// Records how long a request left hanging was held when the client gives up on it (hyper
+/// drops the request's future when the connection closes).
+struct Held {
+    state: Arc<Mutex<State>>,
+    index: usize,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let hung = &mut lock(&self.state).hung[self.index];
+        hung.given_up_after
+            .get_or_insert_with(|| hung.since.elapsed());
+    }
 }
 
 /// The fault-injecting proxy.
@@ -88,6 +121,26 @@ impl KinesisFaults {
         lock(&self.state).refusal = error_type.map(str::to_string);
     }
 
+    /// Makes the next request of `operation` hang (no answer until the client gives up):
+    /// an operation of any service behind the proxy, as X-Amz-Target names it (`PutRecord`,
+    /// `GetItem`, `UpdateItem`) or, for S3's REST requests, `PutObject`, `UploadPart`,
+    /// `UploadPartCopy`, `CreateMultipartUpload`, `CompleteMultipartUpload`, `GetObject`.
+    pub fn hang_next(&self, operation: &str) {
+        lock(&self.state).hang.push(operation.to_string());
+    }
+
+    /// The requests left hanging so far, in order: each one's operation and how long it was
+    /// held until the client gave up on it, by closing the connection or by sending the
+    /// same operation again (an HTTP/1.1 client may keep a connection it gave up on open);
+    /// `None` while neither has happened.
+    pub fn hung(&self) -> Vec<(String, Option<std::time::Duration>)> {
+        lock(&self.state)
+            .hung
+            .iter()
+            .map(|h| (h.operation.clone(), h.given_up_after))
+            .collect()
+    }
+
     /// The faults applied so far, in order.
     pub fn applied(&self) -> Vec<KinesisFault> {
         lock(&self.state).applied.clone()
@@ -105,6 +158,33 @@ impl KinesisFaults {
 
     async fn handle(&self, request: Request<Incoming>) -> Response<Body> {
         let target = crate::http::amz_target(&request);
+        let held = {
+            let operation = operation_of(&request, &target);
+            let mut state = lock(&self.state);
+            for earlier in state.hung.iter_mut().filter(|h| h.operation == operation) {
+                earlier
+                    .given_up_after
+                    .get_or_insert_with(|| earlier.since.elapsed());
+            }
+            let hang = state.hang.iter().position(|o| *o == operation);
+            hang.map(|position| {
+                state.hang.remove(position);
+                state.hung.push(Hung {
+                    operation,
+                    since: std::time::Instant::now(),
+                    given_up_after: None,
+                });
+                Held {
+                    state: self.state.clone(),
+                    index: state.hung.len() - 1,
+                }
+            })
+        };
+        if let Some(held) = held {
+            // Held until the client closes the connection, which drops this future.
+            std::future::pending::<()>().await;
+            drop(held);
+        }
         let method = request.method().clone();
         let uri = request.uri().clone();
         let headers = request.headers().clone();
@@ -219,6 +299,7 @@ impl KinesisFaults {
                     &json!({"FailedRecordCount": failed_count, "Records": merged}),
                 )
             }
+            (Some(KinesisFault::Hang), _) => std::future::pending().await,
             (Some(KinesisFault::Refuse(error_type)), _) => error(
                 StatusCode::BAD_REQUEST,
                 &error_type,
@@ -231,6 +312,36 @@ impl KinesisFaults {
             ),
         }
     }
+}
+
+/// The operation a request asks for: X-Amz-Target's (the JSON protocols of Kinesis and
+/// DynamoDB), or an S3 REST request's by its method and query (Amazon S3 API reference).
+fn operation_of<B>(request: &Request<B>, target: &str) -> String {
+    if !target.is_empty() {
+        return target.rsplit('.').next().unwrap_or_default().to_string();
+    }
+    let query = request.uri().query().unwrap_or_default();
+    let has = |name: &str| {
+        query
+            .split('&')
+            .any(|pair| pair.split('=').next() == Some(name))
+    };
+    let method = request.method();
+    match () {
+        _ if method == http::Method::PUT
+            && has("partNumber")
+            && request.headers().contains_key("x-amz-copy-source") =>
+        {
+            "UploadPartCopy"
+        }
+        _ if method == http::Method::PUT && has("partNumber") => "UploadPart",
+        _ if method == http::Method::PUT => "PutObject",
+        _ if method == http::Method::POST && has("uploads") => "CreateMultipartUpload",
+        _ if method == http::Method::POST && has("uploadId") => "CompleteMultipartUpload",
+        _ if method == http::Method::GET => "GetObject",
+        _ => "",
+    }
+    .to_string()
 }
 
 fn aws_json(status: StatusCode, value: &Value) -> Response<Body> {

@@ -178,10 +178,22 @@ struct Function {
     to_drop: Mutex<Vec<String>>,
     /// Event invocations lost on purpose, their payloads.
     dropped: Mutex<Vec<serde_json::Value>>,
+    /// Event invocations accepted whose attempts are not over (running, or waiting for a
+    /// retry).
+    pending_events: AtomicUsize,
     /// What Invoke requests suffer while their payload's `action` is listed here.
     invoke_faults: Mutex<Vec<(String, InvokeFault)>>,
     /// Invoke requests refused or left hanging on purpose, their payloads.
     faulted: Mutex<Vec<serde_json::Value>>,
+}
+
+/// Counts an Event invocation as pending until it is dropped (its task ended, however).
+struct PendingEvent(Arc<Function>);
+
+impl Drop for PendingEvent {
+    fn drop(&mut self) {
+        self.0.pending_events.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// What an Invoke request suffers ([`Lambda::set_invoke_fault`]).
@@ -302,6 +314,7 @@ impl Lambda {
             failure_records: Mutex::new(Vec::new()),
             to_drop: Mutex::new(Vec::new()),
             dropped: Mutex::new(Vec::new()),
+            pending_events: AtomicUsize::new(0),
             invoke_faults: Mutex::new(Vec::new()),
             faulted: Mutex::new(Vec::new()),
         });
@@ -345,6 +358,14 @@ impl Lambda {
         self.function(name)
             .map(|f| lock(&f.failure_records).clone())
             .unwrap_or_default()
+    }
+
+    /// Event invocations of `name` accepted whose attempts are not over (running, or waiting
+    /// for a retry): 0 when everything invoked has succeeded or exhausted its retries, so a
+    /// test can wait for that instead of sleeping.
+    pub fn pending_events(&self, name: &str) -> usize {
+        self.function(name)
+            .map_or(0, |f| f.pending_events.load(Ordering::SeqCst))
     }
 
     /// Invoke calls accepted for a function, in order.
@@ -678,10 +699,13 @@ impl Lambda {
                     payload.clone(),
                     trace_id.clone(),
                 ));
+                function.pending_events.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(async move {
+                    let pending = PendingEvent(function.clone());
                     lambda
                         .run_event(function, payload, request_id, trace_id)
-                        .await
+                        .await;
+                    drop(pending);
                 });
                 response(StatusCode::ACCEPTED, None, Bytes::new())
             }

@@ -443,8 +443,19 @@ async fn tls_with_alpn_h2_as_production_runs() {
         .media_encoding(MediaEncoding::Pcm)
         .audio_stream(audio_events(&[0; 3200], None).into())
         .send()
-        .await;
-    assert!(error.is_err());
+        .await
+        .expect_err("a client that does not trust the certificate is refused");
+    // Refused in the TLS handshake, before any request: a dispatch failure whose cause is
+    // the certificate, not an answer of the service.
+    let text = aws_edge::error_text(&error);
+    assert!(
+        matches!(
+            error,
+            aws_sdk_transcribestreaming::error::SdkError::DispatchFailure(_)
+        ),
+        "{text}"
+    );
+    assert!(text.to_lowercase().contains("certificate"), "{text}");
 }
 
 #[tokio::test]

@@ -89,6 +89,74 @@ async fn a_streaming_voice_contact_starts_the_transcriber_asynchronously() {
 }
 
 #[tokio::test]
+async fn with_the_lease_table_the_call_is_written_as_parsed_and_the_transcriber_gets_its_name() {
+    let moto = local_aws::moto::MotoServer::start().expect("moto server");
+    let dynamodb = aws_sdk_dynamodb::Client::new(&local_aws::sdk_config(moto.url()));
+    let lease = call_lease::CallLease {
+        sweep_grace: Duration::from_secs(300),
+        ..call_lease::CallLease::new(dynamodb, "calls".to_string(), Duration::from_secs(30))
+    };
+    lease.create_table().await.unwrap();
+    let (lambda, server, arn) = lambda().await;
+    let start = StartLca {
+        lease: Some(lease.clone()),
+        ..start_lca(&server.url(), &arn)
+    };
+    let contact = "d111f871-5fe7-40b1-b5f7-6b67060de0c2";
+    let response = start.handle(event()).await;
+    assert_eq!(response["status"], "STARTED", "{response:?}");
+    assert_eq!(response["callId"], contact);
+    // The transcriber's event names the call and carries nothing of the customer.
+    let invocations = lambda.invocations("transcriber");
+    assert_eq!(invocations.len(), 1);
+    assert_eq!(
+        invocations[0].payload,
+        json!({"action": "LAMBDA_START", "contactId": contact, "lambdaCount": 0})
+    );
+    // Every field StartLCA read from the contact-flow event, in the lease it wrote.
+    let record = lease
+        .read(contact)
+        .await
+        .unwrap()
+        .expect("the call's lease");
+    let call = &record.call;
+    assert_eq!(
+        (call.call_id.as_str(), call.contact_id.as_str()),
+        (contact, contact)
+    );
+    assert_eq!(
+        call.stream_arn,
+        "arn:aws:kinesisvideo:us-east-1:123456789012:stream/connect-contact/1"
+    );
+    assert_eq!(
+        call.start_fragment_number,
+        "91343852333181531502161607852955530730505354276"
+    );
+    assert_eq!(call.started_at_ms, Some(1_726_677_689_681));
+    assert_eq!(
+        (call.from_number.as_str(), call.to_number.as_str()),
+        ("+15551230001", "+15559870002")
+    );
+    assert_eq!(call.agent_id, None);
+    assert_eq!((record.owner.as_str(), record.attempts), ("", 0));
+    let kept: Value =
+        serde_json::from_str(record.contact_event.as_deref().expect("the event")).unwrap();
+    assert_eq!(
+        kept,
+        event(),
+        "the contact-flow event is kept for the lambda hook"
+    );
+    // Invoked again for the same contact (Connect's retry, a flow loop): the lease stays.
+    let again = start.handle(event()).await;
+    assert_eq!(again["status"], "STARTED");
+    assert_eq!(
+        lease.read(contact).await.unwrap().unwrap().call,
+        record.call
+    );
+    lambda.shutdown();
+}
+
+#[tokio::test]
 async fn rejected_contacts_are_answered_with_a_code_and_start_nothing() {
     let (lambda, server, arn) = lambda().await;
     let start = start_lca(&server.url(), &arn);
