@@ -16,7 +16,7 @@ pub use settings::{ConfigError, Settings};
 /// Lambda or the KVS control plane fails that request (and its retry logic takes over)
 /// instead of holding the call until the Lambda times out. The streaming calls (GetMedia,
 /// Transcribe) are not under these limits: the source's idle timeout and the session's
-/// own timers bound them.
+/// own timers bound them (and the transcriber's own limit on the answer to a stream start).
 pub fn with_timeouts(sdk: &aws_config::SdkConfig) -> aws_config::SdkConfig {
     with_limits(sdk, REQUEST_LIMITS)
 }

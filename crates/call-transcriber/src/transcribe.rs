@@ -176,6 +176,27 @@ where
     }
 }
 
+/// How long a request to start a stream may go unanswered: the attempt limit of every other
+/// request (`aws_edge::REQUEST_ATTEMPT_TIMEOUT`). The SDK's own time limits are not set on
+/// the streaming client, where an operation limit could be read as one on the whole stream;
+/// this bounds only the wait for the answer, after which the session's watchdog takes over.
+/// An unanswered start counts as a failure without an error code: retried as a connection
+/// failure is.
+const START_ANSWER_TIMEOUT: Duration = aws_edge::REQUEST_ATTEMPT_TIMEOUT;
+
+/// `send`'s answer, or a [`Failure`] when none came within [`START_ANSWER_TIMEOUT`].
+async fn answer_within<T>(send: impl std::future::Future<Output = T>) -> Result<T, Failure> {
+    tokio::time::timeout(START_ANSWER_TIMEOUT, send)
+        .await
+        .map_err(|_| Failure {
+            code: None,
+            message: format!(
+                "no answer to the request to start the stream within {} s",
+                START_ANSWER_TIMEOUT.as_secs()
+            ),
+        })
+}
+
 /// A running session: where its audio goes and where its results come from. Dropping it
 /// stops its reader (and with it the SDK's response stream), so no task waits on a stuck
 /// session's results for ever. (Whether the HTTP/2 stream is then reset is the SDK's affair:
@@ -434,48 +455,47 @@ async fn start(
         let stream = ReceiverStream::new(audio_rx);
         let (out_tx, outputs) = mpsc::channel(64);
         let started = match settings.mode {
-            ApiMode::Standard => standard_request(client, settings, summary.session_id.as_deref())
-                .audio_stream(stream.into())
-                .send()
-                .await
-                .map(|response| {
-                    summary.session_id = response.session_id.clone().or(summary.session_id.take());
-                    spawn_reader(
-                        response.transcript_result_stream,
-                        out_tx,
-                        |event| match event {
-                            TranscriptResultStream::TranscriptEvent(e) => {
-                                Some(Output::Transcript(e))
-                            }
-                            _ => None,
-                        },
-                    )
-                })
-                .map_err(|e| failure(&e)),
-            ApiMode::Analytics => {
+            ApiMode::Standard => answer_within(
+                standard_request(client, settings, summary.session_id.as_deref())
+                    .audio_stream(stream.into())
+                    .send(),
+            )
+            .await
+            .and_then(|answer| answer.map_err(|e| failure(&e)))
+            .map(|response| {
+                summary.session_id = response.session_id.clone().or(summary.session_id.take());
+                spawn_reader(
+                    response.transcript_result_stream,
+                    out_tx,
+                    |event| match event {
+                        TranscriptResultStream::TranscriptEvent(e) => Some(Output::Transcript(e)),
+                        _ => None,
+                    },
+                )
+            }),
+            ApiMode::Analytics => answer_within(
                 analytics_request(client, settings, summary.session_id.as_deref())
                     .audio_stream(stream.into())
-                    .send()
-                    .await
-                    .map(|response| {
-                        summary.session_id =
-                            response.session_id.clone().or(summary.session_id.take());
-                        spawn_reader(
-                            response.call_analytics_transcript_result_stream,
-                            out_tx,
-                            |event| match event {
-                                CallAnalyticsTranscriptResultStream::UtteranceEvent(e) => {
-                                    Some(Output::Utterance(e))
-                                }
-                                CallAnalyticsTranscriptResultStream::CategoryEvent(e) => {
-                                    Some(Output::Category(e))
-                                }
-                                _ => None,
-                            },
-                        )
-                    })
-                    .map_err(|e| failure(&e))
-            }
+                    .send(),
+            )
+            .await
+            .and_then(|answer| answer.map_err(|e| failure(&e)))
+            .map(|response| {
+                summary.session_id = response.session_id.clone().or(summary.session_id.take());
+                spawn_reader(
+                    response.call_analytics_transcript_result_stream,
+                    out_tx,
+                    |event| match event {
+                        CallAnalyticsTranscriptResultStream::UtteranceEvent(e) => {
+                            Some(Output::Utterance(e))
+                        }
+                        CallAnalyticsTranscriptResultStream::CategoryEvent(e) => {
+                            Some(Output::Category(e))
+                        }
+                        _ => None,
+                    },
+                )
+            }),
         };
         let failure = match started {
             Ok(reader) => {

@@ -229,6 +229,61 @@ async fn a_transcribe_stream_that_stops_reading_without_an_error_ends_the_run_as
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_request_left_unanswered_is_given_up_at_the_attempt_limit_and_retried() {
+    // Transcribe takes the request to start a stream and never answers it (not even its
+    // headers): without a limit on the answer the run would wait until Lambda's timeout.
+    // It is given up at the attempt limit every request has and started again; the call
+    // comes out whole, in both modes.
+    let analytics = [
+        ("TRANSCRIBE_API_MODE", "analytics"),
+        ("IS_TCA_POST_CALL_ANALYTICS_ENABLED", "false"),
+    ];
+    let limit = aws_edge::REQUEST_ATTEMPT_TIMEOUT;
+    for mode in [&[][..], &analytics[..]] {
+        let h = Harness::new(KvsOptions::default(), TranscribeOptions::default()).await;
+        h.transcribe.inject(TranscribeFault::NoAnswer);
+        let (arn, first) = h.stored("call", &sample_call_chunks(), &[]);
+        let began = tokio::time::Instant::now();
+        let outcome = tokio::time::timeout(
+            limit + Duration::from_secs(60),
+            h.pipeline(mode).run(
+                new_call(&arn, &first),
+                call_transcriber::pipeline::Taps::default(),
+            ),
+        )
+        .await
+        .expect("the unanswered request is given up")
+        .expect("the call is transcribed");
+        let took = began.elapsed();
+        assert!(
+            took >= limit,
+            "{mode:?}: given up after {took:?}, before {limit:?}"
+        );
+        let sessions = h.transcribe.sessions();
+        assert_eq!(sessions.len(), 2, "{mode:?}");
+        assert!(sessions[0].unanswered && sessions[0].audio.is_empty());
+        assert!(
+            sessions[1].audio == sample_call_stereo(),
+            "{mode:?}: every sample once, in the session that answered"
+        );
+        assert_eq!(outcome.transcription.sessions, 1, "{mode:?}");
+        let records = h.records().await;
+        if mode.is_empty() {
+            assert_whole_call(&records);
+        } else {
+            let kinds: Vec<&str> = records
+                .iter()
+                .map(|r| r["EventType"].as_str().unwrap_or("?"))
+                .collect();
+            assert_eq!(kinds.first(), Some(&"START"));
+            assert_eq!(kinds.last(), Some(&"END"));
+            assert_eq!(kinds.iter().filter(|k| **k == "START").count(), 1);
+            assert!(kinds.contains(&"ADD_TRANSCRIPT_SEGMENT"), "{kinds:?}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reused_stream_stops_at_the_next_contact() {
     let h = Harness::new(KvsOptions::default(), TranscribeOptions::default()).await;
     // This call, then (after an idle gap on the stream) the next caller's call.

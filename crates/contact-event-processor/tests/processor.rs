@@ -63,6 +63,11 @@ impl World {
     }
 
     fn processor(&self, wait_secs: &str) -> ContactEventProcessor {
+        self.processor_via(wait_secs, self.moto.url())
+    }
+
+    /// The processor with DynamoDB and Kinesis at `url` (moto, or a proxy in front of it).
+    fn processor_via(&self, wait_secs: &str, url: &str) -> ContactEventProcessor {
         let env = BTreeMap::from([
             ("KINESIS_STREAM_NAME", "lca".to_string()),
             ("TRANSCRIBER_CALL_EVENT_TABLE_NAME", "calls".to_string()),
@@ -70,8 +75,7 @@ impl World {
             ("CONNECT_INSTANCE_ARN", self.instance_arn()),
         ]);
         let config = ProcessorConfig::from_lookup(|n| env.get(n).cloned()).unwrap();
-        let mut processor =
-            ContactEventProcessor::new(config, &local_aws::sdk_config(self.moto.url()));
+        let mut processor = ContactEventProcessor::new(config, &local_aws::sdk_config(url));
         processor.connect =
             aws_sdk_connect::Client::new(&local_aws::sdk_config(&self.connect_server.url()));
         processor
@@ -159,6 +163,41 @@ async fn an_agent_connected_to_a_transcribed_call_is_published() {
             json!({"EventType": "UPDATE_AGENT", "CallId": "custom-call-1", "AgentId": "Jane Doe (jdoe)"})
         ]
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_left_unanswered_are_given_up_at_their_attempt_limit_and_retried() {
+    // DynamoDB and Kinesis each leave one of the processor's requests unanswered: each is
+    // given up at the attempt limit all functions share (aws_edge::REQUEST_ATTEMPT_TIMEOUT)
+    // and retried, and the agent is published once.
+    let world = World::new().await;
+    world.call_started(true).await;
+    let proxy = local_aws::kinesis_faults::KinesisFaults::new(world.moto.url());
+    let proxy_server = proxy.serve(0).await.unwrap();
+    proxy.hang_next("GetItem");
+    proxy.hang_next("PutRecord");
+    let answer = world
+        .processor_via("2", &proxy_server.url())
+        .handle(world.event("CONNECTED_TO_AGENT"))
+        .await
+        .unwrap();
+    assert_eq!(answer["status"], "UPDATED", "{answer}");
+    assert_eq!(
+        world.records().await,
+        [
+            json!({"EventType": "UPDATE_AGENT", "CallId": "custom-call-1", "AgentId": "Jane Doe (jdoe)"})
+        ]
+    );
+    let limit = aws_edge::REQUEST_ATTEMPT_TIMEOUT;
+    let hung = proxy.hung();
+    assert_eq!(hung.len(), 2, "{hung:?}");
+    for (operation, held) in &hung {
+        let held = held.unwrap_or_else(|| panic!("{operation}: never given up"));
+        assert!(
+            held > limit - Duration::from_millis(500) && held < limit + Duration::from_secs(3),
+            "{operation}: given up after {held:?}, not at the attempt limit {limit:?}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

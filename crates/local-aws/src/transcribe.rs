@@ -92,6 +92,10 @@ pub enum TranscribeFault {
         /// Seconds of audio received first.
         seconds: f64,
     },
+    /// The request is taken and never answered (no response, not even its headers) until
+    /// the client gives up: a connection that black-holes. (No AWS document describes this;
+    /// it is what a client's time limit on the answer exists for.)
+    NoAnswer,
 }
 
 /// What a session received, for tests.
@@ -117,6 +121,8 @@ pub struct SessionRecord {
     pub exception: Option<String>,
     /// The session stopped reading as [`TranscribeFault::StopReadingAfter`] made it.
     pub stopped_reading: bool,
+    /// The request was never answered ([`TranscribeFault::NoAnswer`]).
+    pub unanswered: bool,
 }
 
 type RecognizerFactory = dyn Fn(u32, usize) -> Box<dyn Recognizer> + Send + Sync;
@@ -290,9 +296,17 @@ impl Transcribe {
             ended_cleanly: false,
             exception: None,
             stopped_reading: false,
+            unanswered: false,
         }));
         lock(&self.inner.sessions).push(record.clone());
         let fault = lock(&self.inner.faults).pop_front();
+        if fault == Some(TranscribeFault::NoAnswer) {
+            lock(&record).unanswered = true;
+            // Held (and counted among the open streams) until the client closes the
+            // connection or the stream, which drops this future.
+            let _open = stream;
+            return std::future::pending().await;
+        }
         let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, BodyError>>(16);
         let session = Session {
             mode,
