@@ -371,8 +371,6 @@ enum Connection {
         message: String,
         kvs_error: Option<String>,
     },
-    /// Nothing arrived for the idle timeout.
-    Idle,
     /// The call's stream is over.
     Stop(EndReason),
     /// KVS started after the contact's first fragment: read again by time.
@@ -453,7 +451,6 @@ impl KvsSource {
                     return Err(KvsStreamError::new(&stream, &error).into());
                 }
                 Connection::Stop(reason) => reason,
-                Connection::Idle => EndReason::Idle,
                 Connection::Gone => EndReason::StreamEnded,
                 Connection::Refetch => continue,
                 // KVS ended the response: nothing new for 3 s (the producer paused or
@@ -542,8 +539,17 @@ impl KvsSource {
             .stream_arn(&self.options.stream_arn)
             .start_selector(self.selector())
             .send();
-        let output = match tokio::time::timeout(self.idle_left(), request).await {
-            Err(_) => return Connection::Idle,
+        let output = match tokio::time::timeout(GET_MEDIA_SILENCE_LIMIT, request).await {
+            Err(_) => {
+                return Connection::Failed {
+                    progressed: false,
+                    message: format!(
+                        "no answer within {} s (KVS answers at once)",
+                        GET_MEDIA_SILENCE_LIMIT.as_secs()
+                    ),
+                    kvs_error: None,
+                };
+            }
             Ok(Err(error)) => {
                 if error
                     .as_service_error()
@@ -568,8 +574,18 @@ impl KvsSource {
         let mut progressed = false;
         let mut received_bytes = 0usize;
         loop {
-            let bytes = match tokio::time::timeout(self.idle_left(), payload.next()).await {
-                Err(_) => return Connection::Idle,
+            let bytes = match tokio::time::timeout(GET_MEDIA_SILENCE_LIMIT, payload.next()).await {
+                Err(_) => {
+                    return Connection::Failed {
+                        progressed,
+                        message: format!(
+                            "the response sent nothing for {} s and did not end (KVS ends one \
+                             with no fragments to send after 3 s)",
+                            GET_MEDIA_SILENCE_LIMIT.as_secs()
+                        ),
+                        kvs_error: None,
+                    };
+                }
                 // An empty response: nothing (new) on the stream.
                 Ok(None) if received_bytes == 0 => {
                     return Connection::Ended { progressed };
@@ -738,6 +754,16 @@ const RECONNECT_BACKOFF: Backoff = Backoff {
     max: Duration::from_secs(2),
     jitter: Jitter::None,
 };
+
+/// How long a GetMedia request may go unanswered, or its response send nothing without
+/// ending, before it counts as a failed request (resumed from the last fragment, up to the
+/// source's attempts) rather than as a quiet producer: KVS answers at once and ends a
+/// response after 3 s without fragments to send ("the reading of the HTTP response payload
+/// will timeout after 3 seconds if there are no ingested fragments available for playback",
+/// GetMedia API reference), so only KVS's empty answers count towards `KVS_IDLE_TIMEOUT`; a
+/// connection that black-holes must not end the call as if the caller had hung up. The
+/// attempt limit of every other request (`aws_edge::REQUEST_ATTEMPT_TIMEOUT`).
+const GET_MEDIA_SILENCE_LIMIT: Duration = aws_edge::REQUEST_ATTEMPT_TIMEOUT;
 
 /// Pause before asking again after a response that ended with nothing more: at most 2 calls
 /// per second (the KVS quotas page: "A unique consuming client shouldn't need more than 2 or

@@ -128,6 +128,52 @@ async fn a_cut_connection_resumes_without_losing_or_repeating_audio() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_get_media_left_unanswered_or_silent_is_resumed_not_taken_for_the_calls_end() {
+    // KVS answers GetMedia at once and ends a response after 3 s without fragments to send.
+    // Here the first request is never answered, and the second response goes silent after
+    // 10 fragments without ending: a connection that black-holes, not a caller who hung up.
+    // Each is given up after GET_MEDIA's 20 s limit and resumed from the last fragment; the
+    // call comes out whole. (Taken for a quiet producer, KVS_IDLE_TIMEOUT, 3 s here, ended
+    // the call at the first hang as if it were over.)
+    let h = Harness::new(named_first(), TranscribeOptions::default()).await;
+    let silent = Fault::StallBefore {
+        fragment: 10,
+        duration: Duration::from_secs(60),
+    };
+    let (arn, first) = h.stored(
+        "call",
+        &sample_call_chunks(),
+        &[Fault::NoAnswer, silent.clone()],
+    );
+    let began = tokio::time::Instant::now();
+    let outcome = tokio::time::timeout(
+        Duration::from_secs(120),
+        h.pipeline(&[]).run(
+            new_call(&arn, &first),
+            call_transcriber::pipeline::Taps::default(),
+        ),
+    )
+    .await
+    .expect("each hang is given up")
+    .expect("the call is transcribed");
+    let limit = aws_edge::REQUEST_ATTEMPT_TIMEOUT;
+    assert!(began.elapsed() >= 2 * limit, "{:?}", began.elapsed());
+    let applied: Vec<Fault> = h.kvs.applied().into_iter().map(|(_, f)| f).collect();
+    assert_eq!(applied, [Fault::NoAnswer, silent]);
+    assert_eq!(outcome.get_media_resumes, 2);
+    let sessions = h.transcribe.sessions();
+    assert_eq!(sessions.len(), 1);
+    // Every sample once, and 10 ms of silence per keep-alive sent through the silences.
+    let keep_alives = outcome.transcription.keep_alives as usize;
+    assert!(keep_alives >= 2, "{keep_alives} keep-alives");
+    assert_eq!(
+        sessions[0].audio.len(),
+        sample_call_stereo().len() + keep_alives * 320
+    );
+    assert_whole_call(&h.records().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transcribe_exception_mid_call_resumes_without_losing_or_repeating_segments() {
     for exception in [
         "LimitExceededException",

@@ -102,6 +102,10 @@ pub enum Fault {
         /// How long nothing is sent.
         duration: Duration,
     },
+    /// The request is taken and never answered (no response, not even its headers) until
+    /// the client gives up: a connection that black-holes. (KVS answers at once; no AWS
+    /// document describes this. It is what a client's limit on the answer exists for.)
+    NoAnswer,
     /// An error chunk is sent after this many fragments, and the response ends.
     ErrorChunkAfter {
         /// Fragments sent first.
@@ -433,7 +437,7 @@ impl Kvs {
             "/describeStream" => self.describe_stream(&input),
             "/createStream" => self.create_stream_api(&input),
             "/listStreams" => self.list_streams(),
-            "/getMedia" => self.get_media(&input),
+            "/getMedia" => self.get_media(&input).await,
             other => aws_error(
                 StatusCode::NOT_FOUND,
                 "UnknownOperationException",
@@ -594,7 +598,7 @@ impl Kvs {
         json_response(&json!({ "StreamInfoList": infos }))
     }
 
-    fn get_media(&self, input: &Value) -> Response<Body> {
+    async fn get_media(&self, input: &Value) -> Response<Body> {
         let name = match self.named_stream(input) {
             Ok(name) => name,
             Err(error) => return error.into_response(),
@@ -603,6 +607,11 @@ impl Kvs {
             Ok(start) => start,
             Err(error) => return error.into_response(),
         };
+        if fault == Some(Fault::NoAnswer) {
+            self.state().applied.push((name, Fault::NoAnswer));
+            // Held until the client closes the connection, which drops this future.
+            return std::future::pending().await;
+        }
         let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, BodyError>>(4);
         let kvs = self.clone();
         tokio::spawn(async move { kvs.stream_media(name, start, fault, tx).await });
@@ -772,7 +781,8 @@ impl Kvs {
                     Some(Fault::CutAfterBytes(n)) => sent_bytes + chunk.len() as u64 > *n,
                     Some(Fault::StallBefore { fragment, .. }) => sent_fragments == *fragment,
                     Some(Fault::ErrorChunkAfter { fragments, .. }) => sent_fragments == *fragments,
-                    None => false,
+                    // Applied before any answer (`get_media`).
+                    Some(Fault::NoAnswer) | None => false,
                 };
                 if let Some(fault) = fault.as_ref().filter(|_| applies) {
                     self.state().applied.push((name.clone(), fault.clone()));
