@@ -65,13 +65,8 @@ pub fn named_call_of_event(event: &Value) -> Result<Option<NamedCall>, String> {
     };
     let action = action.unwrap_or_default();
     let contact_id = event["contactId"].as_str().unwrap_or_default();
-    let length = contact_id.chars().count();
-    if contact_id.is_empty() || length > lca_events::MAX_CALL_ID_CHARS {
-        return Err(format!(
-            "{action}: contactId is {length} characters long; it must be 1 to {}",
-            lca_events::MAX_CALL_ID_CHARS
-        ));
-    }
+    lca_events::check_call_id(contact_id)
+        .map_err(|problem| format!("{action}: contactId is {problem}"))?;
     let lambda_count = event["lambdaCount"]
         .as_u64()
         .and_then(|c| u32::try_from(c).ok())
@@ -119,13 +114,9 @@ pub fn call_of_event(
             lca_events::json_problem(&e)
         ))
     })?;
-    let length = call.call_id.chars().count();
-    if call.call_id.is_empty() || length > lca_events::MAX_CALL_ID_CHARS {
-        return Err(EventError::Unusable(format!(
-            "{CONTINUE_ACTION} callData: callId is {length} characters long; it must be 1 to {} (MAX_CALL_ID_CHARS: LCA's Kinesis partition key)",
-            lca_events::MAX_CALL_ID_CHARS
-        )));
-    }
+    lca_events::check_call_id(&call.call_id).map_err(|problem| {
+        EventError::Unusable(format!("{CONTINUE_ACTION} callData: callId is {problem}"))
+    })?;
     Ok((call, false))
 }
 
@@ -179,6 +170,10 @@ mod tests {
         assert!(error.unwrap_err().contains("LAMBDA_CONTINUE: lambdaCount"));
         let long = "c".repeat(lca_events::MAX_CALL_ID_CHARS + 1);
         let error = named_call_of_event(&hand_over_event(&long, 1));
-        assert!(error.is_err());
+        assert!(
+            error
+                .unwrap_err()
+                .contains("contactId is 257 characters long; it must be 1 to 256"),
+        );
     }
 }

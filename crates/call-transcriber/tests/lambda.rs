@@ -1508,6 +1508,90 @@ async fn a_call_whose_every_attempt_was_killed_is_given_up_by_its_next_delivery(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamodb_unreachable_mid_call_stops_the_attempt_before_its_hold_lapses_and_the_retry_completes_it()
+ {
+    // Mid-call every lease write goes unanswered (DynamoDB unreachable, behind the fault
+    // proxy). The holder's renewals fail; two thirds of CALL_LEASE_TIMEOUT (3 s here) after
+    // its last renewal it stops and fails, before its hold could expire, so no second attempt
+    // runs alongside it. Once DynamoDB is back, Lambda's retry takes the call over where the
+    // lease says and completes it: nothing lost.
+    //
+    // What Kinesis acknowledged after the lease's last write is not in the lease, so the
+    // retry publishes those finals again (the known gap of README "When a call cannot be
+    // transcribed": at most a third of CALL_LEASE_TIMEOUT of a call's events). The test
+    // pins that down: the repeats are exactly finals that were on the stream at the stop and
+    // end after what the lease recorded, nothing else is repeated, and without them the call
+    // is whole and in order.
+    let h = Harness::new(KvsOptions::default(), TranscribeOptions::default()).await;
+    let proxy = h.urls.2.clone();
+    let (lambda, server, logs) =
+        logged_transcriber(&h, &[("AWS_ENDPOINT_URL_DYNAMODB", &proxy)]).await;
+    let (arn, first) = h.play("call", sample_call_chunks()).await;
+    invoke_event(&server, &contact_flow_event(&arn, &first)).await;
+    wait_for_finals(&h, 2).await;
+    h.faults.set_unanswered("UpdateItem", true);
+    let stopped = wait_for_outcomes(&logs, Duration::from_secs(20), |outcomes| {
+        !outcomes.is_empty()
+    })
+    .await;
+    assert_eq!(stopped, ["FAILED"]);
+    let leased = leased_delivered(&h)
+        .await
+        .expect("the lease's last Delivered");
+    let at_stop = h.records().await;
+    h.faults.set_unanswered("UpdateItem", false);
+    let failures = lambda.failures("CallTranscriber");
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    assert!(
+        failures[0].message.contains("renew"),
+        "the failure names the lease: {failures:?}"
+    );
+    let records = records_until(&h, &lambda, "ADD_S3_RECORDING_URL").await;
+    let key = |r: &Value| {
+        (r["IsPartial"] == false).then(|| {
+            (
+                r["Channel"].as_str().unwrap_or_default().to_string(),
+                r["StartTime"].to_string(),
+                r["EndTime"].to_string(),
+            )
+        })
+    };
+    let mut seen = std::collections::BTreeSet::new();
+    let mut once = Vec::new();
+    for record in &records {
+        match key(record) {
+            Some(final_segment) if !seen.insert(final_segment.clone()) => {
+                let channel = usize::from(final_segment.0 == "AGENT");
+                let end_ms = (record["EndTime"].as_f64().unwrap() * 1000.0).round() as u64;
+                assert!(
+                    at_stop
+                        .iter()
+                        .any(|r| key(r).as_ref() == Some(&final_segment)),
+                    "a repeated final was on the stream at the stop: {record}"
+                );
+                assert!(
+                    leased.final_end_ms[channel].is_none_or(|leased| end_ms > leased),
+                    "a repeated final ends after what the lease recorded ({leased:?}): {record}"
+                );
+            }
+            _ => once.push(record.clone()),
+        }
+    }
+    assert_lifecycle(&once);
+    assert_recording(&h).await;
+    assert_eq!(lambda.attempts("CallTranscriber").len(), 2);
+    assert_eq!(
+        outcomes(&metrics_lines(&logs, "CallTranscriber")),
+        ["FAILED", "ENDED"]
+    );
+    assert!(
+        !h.faults.hung().is_empty(),
+        "the lease writes went unanswered"
+    );
+    lambda.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lease_taken_by_another_invocation_stops_the_holder_and_the_sweep_ends_the_call() {
     // Mid-call the lease names another owner (what a takeover writes): the holder's next
     // renewal is refused, so it stops at once without failing (LEASE_LOST, no retry), and

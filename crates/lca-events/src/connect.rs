@@ -171,13 +171,9 @@ impl ContactFlowEvent {
             )));
         }
         let contact = parsed.details.contact_data;
-        let length = contact.contact_id.chars().count();
-        if contact.contact_id.is_empty() || length > crate::MAX_CALL_ID_CHARS {
-            return Err(Rejection::Malformed(format!(
-                "ContactId is {length} characters long; it must be 1 to {} (MAX_CALL_ID_CHARS: the ContactId is the CallId, LCA's Kinesis partition key)",
-                crate::MAX_CALL_ID_CHARS
-            )));
-        }
+        // The ContactId is the CallId.
+        crate::check_call_id(&contact.contact_id)
+            .map_err(|problem| Rejection::Malformed(format!("ContactId is {problem}")))?;
         if contact.instance_arn != instance_arn {
             return Err(Rejection::WrongInstance {
                 contact_id: contact.contact_id,

@@ -309,6 +309,19 @@ impl SegmentMapper {
 /// have every event of the call refused.
 pub const MAX_CALL_ID_CHARS: usize = 256;
 
+/// Whether `id` can be a CallId: 1 to [`MAX_CALL_ID_CHARS`] characters. The error says how
+/// long it is and the rule, never the id (for "ContactId is ...", "callId is ...").
+pub fn check_call_id(id: &str) -> Result<(), String> {
+    let length = id.chars().count();
+    if id.is_empty() || length > MAX_CALL_ID_CHARS {
+        return Err(format!(
+            "{length} characters long; it must be 1 to {MAX_CALL_ID_CHARS} (MAX_CALL_ID_CHARS: \
+             a CallId is LCA's Kinesis partition key)"
+        ));
+    }
+    Ok(())
+}
+
 /// Characters of an input's value an error message quotes at most ([`excerpt`]).
 pub const MAX_QUOTED_CHARS: usize = 64;
 

@@ -55,6 +55,9 @@ struct State {
     applied: Vec<KinesisFault>,
     /// Operations whose next request hangs ([`KinesisFaults::hang_next`]), one entry each.
     hang: Vec<String>,
+    /// Operations every request of which hangs until lifted
+    /// ([`KinesisFaults::set_unanswered`]).
+    unanswered: Vec<String>,
     /// The requests left hanging, in order ([`KinesisFaults::hung`]).
     hung: Vec<Hung>,
 }
@@ -129,6 +132,17 @@ impl KinesisFaults {
         lock(&self.state).hang.push(operation.to_string());
     }
 
+    /// Starts (`true`) or ends an outage of `operation` (named as for
+    /// [`KinesisFaults::hang_next`]): meanwhile every request of it is left hanging, as when a
+    /// service is unreachable.
+    pub fn set_unanswered(&self, operation: &str, on: bool) {
+        let mut state = lock(&self.state);
+        state.unanswered.retain(|o| o != operation);
+        if on {
+            state.unanswered.push(operation.to_string());
+        }
+    }
+
     /// The requests left hanging so far, in order: each one's operation and how long it was
     /// held until the client gave up on it, by closing the connection or by sending the
     /// same operation again (an HTTP/1.1 client may keep a connection it gave up on open);
@@ -166,9 +180,12 @@ impl KinesisFaults {
                     .given_up_after
                     .get_or_insert_with(|| earlier.since.elapsed());
             }
-            let hang = state.hang.iter().position(|o| *o == operation);
-            hang.map(|position| {
+            let next = state.hang.iter().position(|o| *o == operation);
+            if let Some(position) = next {
                 state.hang.remove(position);
+            }
+            let hangs = next.is_some() || state.unanswered.contains(&operation);
+            hangs.then(|| {
                 state.hung.push(Hung {
                     operation,
                     since: std::time::Instant::now(),
