@@ -20,9 +20,10 @@
 //! stopped without giving the call up).
 //!
 //! One simplification, said here: publishing to Kinesis and recording it in the lease are
-//! one step. In the transcriber the lease write follows Kinesis's acknowledgement, so a crash
-//! between the two can repeat what was acknowledged during one DynamoDB write (see
-//! `Delivered`); that window is the publisher's, not the lifecycle's.
+//! one step. In the transcriber the lease write follows Kinesis's acknowledgement, and the
+//! next record that changes `Delivered` waits for that write (`delivery_record`), so a stop
+//! between the two repeats at most that one record; that window is the publisher's, not the
+//! lifecycle's.
 
 use call_lifecycle::lease::Limits;
 use call_lifecycle::sweep::{self, SweepVerdict};

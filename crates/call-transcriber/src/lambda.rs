@@ -18,7 +18,7 @@ use aws_sdk_lambda::types::InvocationType;
 use call_metrics::EmfRecord;
 use lca_events::{LcaEvent, LcaMessage, RecordingUrl, StartCall};
 use serde_json::{Value, json};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::Instrument as _;
 
@@ -28,6 +28,7 @@ use crate::delivered::Delivered;
 use crate::delivery::{
     CONTINUE_ACTION, NamedBy, NamedCall, call_of_event, hand_over_event, named_call_of_event,
 };
+use crate::delivery_record::{DeliveryRecord, LeaseSide, delivery_record};
 pub use crate::error::HandlerError;
 use crate::lease::{CallLease, Claim, Held, LeaseError, decide, now_ms};
 use crate::metrics::{InvocationFigures, PostCallFigure, RunFigures};
@@ -464,16 +465,16 @@ impl Transcriber {
             swap_channels: call.swap_channels,
             already_delivered: delivered.clone(),
         };
-        // What Kinesis acknowledges, for the lease.
-        let (tap_tx, mut tap_rx) = mpsc::unbounded_channel::<LcaMessage>();
-        let (delivered_tx, delivered_rx) = watch::channel(delivered);
-        let tracker = tokio::spawn(async move {
-            while let Some(message) = tap_rx.recv().await {
-                // Only real changes (START, finals, categories, END) wake the lease writer.
-                delivered_tx.send_if_modified(|d| d.record(&message));
+        // What Kinesis acknowledges, for the lease; the publisher waits for the lease to
+        // have recorded each change before it sends the next.
+        let (record, lease_side) = match lease {
+            Some(_) => {
+                let (record, side) = delivery_record(delivered);
+                (record, Some(side))
             }
-            delivered_tx.borrow().clone()
-        });
+            None => (DeliveryRecord::unleased(delivered), None),
+        };
+        let acknowledged = record.watch();
         let recorder = self.recorder_of(&call).cloned();
         let (recording_tx, piece) = match recorder.clone() {
             Some(recorder) => {
@@ -488,7 +489,8 @@ impl Transcriber {
         };
         let taps = Taps {
             recording: recording_tx,
-            delivered: Some(tap_tx),
+            delivered: None,
+            lease_record: Some(record),
         };
         let run = self.pipeline.run(spec, taps);
         let result = match lease {
@@ -496,7 +498,7 @@ impl Transcriber {
             Some(lease) => {
                 tokio::select! {
                     outcome = run => outcome,
-                    ended = keep_renewing(lease, &held, Some(delivered_rx)) => {
+                    ended = keep_renewing(lease, &held, lease_side) => {
                         // The run's tasks stop with it; the recording of this share stops too
                         // (the new holder records it again and aborts the upload left open).
                         if let Some(piece) = &piece {
@@ -518,10 +520,7 @@ impl Transcriber {
                 }
             }
         };
-        let mut delivered = match tracker.await {
-            Ok(delivered) => delivered,
-            Err(join) => std::panic::resume_unwind(join.into_panic()),
-        };
+        let mut delivered = acknowledged.borrow().delivered.clone();
         figures.started = start_sent && delivered.started;
         if let Ok(outcome) = &result {
             figures.run = Some(RunFigures::of(outcome));
@@ -1037,42 +1036,45 @@ enum HoldEnded {
     Lapsed(LeaseError),
 }
 
-/// Renews the lease every third of its duration, and, while the run goes on (`delivered`),
-/// records in it at once whatever Kinesis newly acknowledged (so a crash repeats at most what
-/// was acknowledged during one DynamoDB write); while the call is being finished (`None`:
+/// Renews the lease every third of its duration, and, while the run goes on (`record`),
+/// records in it at once whatever Kinesis newly acknowledged and tells the publisher, which
+/// sends the next change only then (so a stop repeats at most one acknowledged record); while
+/// the call is being finished (`None`:
 /// the join, the URL, the post-call job, the lease's last write) it only extends the hold.
 /// Returns only when the hold ends: lost to another attempt, or lapsing because no renewal
 /// succeeded in time (a failed renewal is retried at the next turn until then).
-async fn keep_renewing(
-    lease: &CallLease,
-    held: &Held,
-    mut delivered: Option<watch::Receiver<Delivered>>,
-) -> HoldEnded {
+async fn keep_renewing(lease: &CallLease, held: &Held, mut record: Option<LeaseSide>) -> HoldEnded {
     let lapse = lease.duration * 2 / 3;
     let mut renewed = Instant::now();
     // What the claim wrote (within milliseconds): pushed forward only now and then.
     let mut sweep_at = lease.sweep_at(now_ms());
-    let mut open = delivered.is_some();
+    let mut open = record.is_some();
     loop {
         tokio::select! {
             () = tokio::time::sleep(lease.duration / 3) => {}
-            changed = async { delivered.as_mut().expect("open").changed().await }, if open => {
+            changed = async { record.as_mut().expect("open").delivered.changed().await }, if open => {
                 open = changed.is_ok();
             }
         }
-        let snapshot = delivered.as_mut().map(|d| d.borrow_and_update().clone());
+        let snapshot = record
+            .as_mut()
+            .map(|r| r.delivered.borrow_and_update().clone());
         let left = (renewed + lapse).saturating_duration_since(Instant::now());
         let refresh = lease.refresh_sweep_at(sweep_at, now_ms());
-        let renewal = lease.renew(held, snapshot.as_ref(), refresh);
+        let renewal = lease.renew(held, snapshot.as_ref().map(|s| &s.delivered), refresh);
         let error = match tokio::time::timeout(left, renewal).await {
             Ok(Ok(true)) => {
                 renewed = Instant::now();
                 sweep_at = refresh.unwrap_or(sweep_at);
+                if let (Some(record), Some(snapshot)) = (&record, &snapshot) {
+                    // The publisher may send the next change.
+                    record.recorded.send_replace(snapshot.version);
+                }
                 continue;
             }
             // While finishing, the call's own last writes (the hand-over, the end) give the
             // lease up; those writes themselves tell a lease lost to another attempt.
-            Ok(Ok(false)) if delivered.is_none() => return std::future::pending().await,
+            Ok(Ok(false)) if record.is_none() => return std::future::pending().await,
             Ok(Ok(false)) => return HoldEnded::Lost,
             Ok(Err(error)) => error,
             Err(_) => LeaseError {
@@ -1146,9 +1148,9 @@ mod tests {
             lambda_count: 0,
             attempt: 1,
         };
-        let (_tx, rx) = watch::channel(Delivered::default());
+        let (_record, side) = delivery_record(Delivered::default());
         let began = Instant::now();
-        let ended = keep_renewing(&lease, &held, Some(rx)).await;
+        let ended = keep_renewing(&lease, &held, Some(side)).await;
         let took = began.elapsed();
         let HoldEnded::Lapsed(error) = ended else {
             panic!("{ended:?}");

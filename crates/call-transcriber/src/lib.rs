@@ -7,6 +7,7 @@
 
 pub mod call;
 pub mod config;
+pub mod delivery_record;
 pub mod error;
 mod gate;
 pub mod lambda;

@@ -230,6 +230,9 @@ pub struct Taps {
     pub recording: Option<mpsc::Sender<StereoChunk>>,
     /// Receives every LCA message once Kinesis has acknowledged it (progress displays).
     pub delivered: Option<mpsc::UnboundedSender<LcaMessage>>,
+    /// What Kinesis acknowledged, for the call's lease, which the publisher waits for
+    /// ([`crate::delivery_record`]): a run under a lease.
+    pub lease_record: Option<crate::delivery_record::DeliveryRecord>,
 }
 
 /// Runs calls with one configuration and one set of clients.
@@ -253,6 +256,7 @@ impl CallPipeline {
         let Taps {
             recording,
             delivered,
+            lease_record,
         } = taps;
         let config = &self.config;
         let (message_tx, message_rx) = mpsc::channel::<LcaMessage>(1024);
@@ -266,9 +270,19 @@ impl CallPipeline {
             }
             None => PublisherOptions::new(&config.kinesis_stream_name),
         };
-        let publisher = tokio::spawn(async move {
-            publisher::run(&kinesis, &publisher_options, message_rx, delivered).await
-        }.in_current_span());
+        let publisher = tokio::spawn(
+            async move {
+                publisher::run(
+                    &kinesis,
+                    &publisher_options,
+                    message_rx,
+                    delivered,
+                    lease_record,
+                )
+                .await
+            }
+            .in_current_span(),
+        );
         // A run that is dropped (its lease lost, its invocation ending) takes its tasks with
         // it: no orphan keeps a Transcribe stream, a GetMedia connection or publishing.
         let mut tasks = AbortOnDrop(vec![publisher.abort_handle()]);
@@ -502,7 +516,7 @@ impl CallPipeline {
         let _ = tx.send(message).await;
         drop(tx);
         let options = PublisherOptions::new(&self.config.kinesis_stream_name);
-        let report = publisher::run(&self.clients.kinesis, &options, rx, None).await;
+        let report = publisher::run(&self.clients.kinesis, &options, rx, None, None).await;
         match PipelineError::undelivered(&call_id, &report) {
             None => Ok(()),
             Some(error) => Err(error),

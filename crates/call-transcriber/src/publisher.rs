@@ -34,6 +34,8 @@ use tokio::time::Instant;
 
 use aws_edge::{Backoff, Jitter, error_text};
 
+use crate::delivery_record::{DeliveryRecord, changes_delivered};
+
 /// How the publisher retries.
 #[derive(Debug, Clone)]
 pub struct PublisherOptions {
@@ -130,12 +132,16 @@ struct Pending {
 }
 
 /// Publishes everything `messages` delivers until it closes; returns what was done. Each
-/// message Kinesis acknowledged is also sent to `delivered`, when given (progress displays).
+/// message Kinesis acknowledged is also sent to `delivered`, when given (progress displays),
+/// and noted in `record`, when given (a run under the call's lease): then a message that
+/// could change what the lease records waits until the lease has recorded every earlier
+/// change ([`DeliveryRecord`]).
 pub async fn run(
     client: &aws_sdk_kinesis::Client,
     options: &PublisherOptions,
     mut messages: mpsc::Receiver<LcaMessage>,
     delivered: Option<mpsc::UnboundedSender<LcaMessage>>,
+    mut record: Option<DeliveryRecord>,
 ) -> PublishReport {
     let mut report = PublishReport {
         delivered_tap: delivered,
@@ -169,10 +175,20 @@ pub async fn run(
             report.superseded += 1;
             continue;
         }
+        // A change to what the lease records waits for the lease to have the ones before.
+        let change = match &mut record {
+            Some(record) if changes_delivered(&item.message) => {
+                record.until_recorded().await;
+                Some(item.message.clone())
+            }
+            _ => None,
+        };
         report.queue_latencies.push(item.arrived.elapsed());
-        if let Err((item, error, refused)) =
-            put_one(client, options, item, &mut last_sequence, &mut report).await
-        {
+        let acknowledged = put_one(client, options, item, &mut last_sequence, &mut report).await;
+        if let (Ok(()), Some(record), Some(change)) = (&acknowledged, &record, &change) {
+            record.acknowledged(change);
+        }
+        if let Err((item, error, refused)) = acknowledged {
             report.refused = refused;
             // Nothing after an undeliverable message is sent: the stream keeps a prefix.
             tracing::error!(call_id = %item.message.call_id, message = %error, "giving up on LCA messages: Kinesis did not take them");

@@ -1516,12 +1516,11 @@ async fn dynamodb_unreachable_mid_call_stops_the_attempt_before_its_hold_lapses_
     // runs alongside it. Once DynamoDB is back, Lambda's retry takes the call over where the
     // lease says and completes it: nothing lost.
     //
-    // What Kinesis acknowledged after the lease's last write is not in the lease, so the
-    // retry publishes those finals again (the known gap of README "When a call cannot be
-    // transcribed": at most a third of CALL_LEASE_TIMEOUT of a call's events). The test
-    // pins that down: the repeats are exactly finals that were on the stream at the stop and
-    // end after what the lease recorded, nothing else is repeated, and without them the call
-    // is whole and in order.
+    // The publisher sends a final only once the lease has recorded the one before, so
+    // when DynamoDB stops answering at most one acknowledged final is not in the lease, and
+    // the retry publishes that one again (README "When a call cannot be transcribed"). The
+    // test pins that down: at most one repeat, a final that was on the stream at the stop
+    // and ends after what the lease recorded; without it the call is whole and in order.
     let h = Harness::new(KvsOptions::default(), TranscribeOptions::default()).await;
     let proxy = h.urls.2.clone();
     let (lambda, server, logs) =
@@ -1558,9 +1557,11 @@ async fn dynamodb_unreachable_mid_call_stops_the_attempt_before_its_hold_lapses_
     };
     let mut seen = std::collections::BTreeSet::new();
     let mut once = Vec::new();
+    let mut repeats = 0;
     for record in &records {
         match key(record) {
             Some(final_segment) if !seen.insert(final_segment.clone()) => {
+                repeats += 1;
                 let channel = usize::from(final_segment.0 == "AGENT");
                 let end_ms = (record["EndTime"].as_f64().unwrap() * 1000.0).round() as u64;
                 assert!(
@@ -1577,6 +1578,7 @@ async fn dynamodb_unreachable_mid_call_stops_the_attempt_before_its_hold_lapses_
             _ => once.push(record.clone()),
         }
     }
+    assert!(repeats <= 1, "{repeats} finals published twice");
     assert_lifecycle(&once);
     assert_recording(&h).await;
     assert_eq!(lambda.attempts("CallTranscriber").len(), 2);

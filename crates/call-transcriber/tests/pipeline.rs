@@ -815,7 +815,14 @@ async fn a_refused_record_holds_back_the_ones_after_it_and_stale_partials_are_sk
     // The first two requests are refused (a throttled shard): every record waits.
     h.faults.inject(KinesisFault::Throttle);
     h.faults.inject(KinesisFault::FailRecords(vec![0]));
-    let report = publisher::run(&h.clients.kinesis, &PublisherOptions::new("lca"), rx, None).await;
+    let report = publisher::run(
+        &h.clients.kinesis,
+        &PublisherOptions::new("lca"),
+        rx,
+        None,
+        None,
+    )
+    .await;
     assert!(report.undelivered.is_empty());
     assert_eq!(report.delivered, 7);
     assert_eq!(
@@ -866,7 +873,7 @@ async fn after_an_undeliverable_record_nothing_later_is_published() {
     h.faults.inject(KinesisFault::Pass);
     h.faults.inject(KinesisFault::Throttle);
     h.faults.inject(KinesisFault::Throttle);
-    let report = publisher::run(&h.clients.kinesis, &options, rx, None).await;
+    let report = publisher::run(&h.clients.kinesis, &options, rx, None, None).await;
     assert_eq!(report.delivered, 1);
     assert_eq!(report.requests, 3, "the third record was never sent");
     let undelivered: Vec<&str> = report
@@ -906,7 +913,7 @@ async fn a_kinesis_refusal_is_not_retried_and_says_what_to_check() {
             ..PublisherOptions::new(stream)
         };
         let client = h.clients.kinesis.clone();
-        async move { publisher::run(&client, &options, rx, None).await }
+        async move { publisher::run(&client, &options, rx, None, None).await }
     };
     let refused = publish("no-such-stream", 5).await;
     assert_eq!(refused.requests, 1, "not retried");
@@ -947,7 +954,7 @@ async fn events_kinesis_never_accepts_are_reported_not_dropped() {
     for _ in 0..3 {
         h.faults.inject(KinesisFault::Throttle);
     }
-    let report = publisher::run(&h.clients.kinesis, &options, rx, None).await;
+    let report = publisher::run(&h.clients.kinesis, &options, rx, None, None).await;
     assert_eq!(report.delivered, 0);
     assert_eq!(report.undelivered.len(), 1);
     assert!(
