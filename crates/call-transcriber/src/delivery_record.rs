@@ -11,7 +11,7 @@ use lca_events::LcaMessage;
 use tokio::sync::watch;
 
 /// `Delivered` with the number of changes made to it in this run.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Versioned {
     /// Changes made to `delivered` in this run.
     pub version: u64,
@@ -60,12 +60,8 @@ impl DeliveryRecord {
     /// A record for a run without a lease: it takes note, and never waits.
     pub fn unleased(start: Delivered) -> Self {
         Self {
-            delivered: watch::channel(Versioned {
-                version: 0,
-                delivered: start,
-            })
-            .0,
             recorded: None,
+            ..delivery_record(start).0
         }
     }
 
@@ -89,11 +85,6 @@ impl DeliveryRecord {
         if recorded.wait_for(|r| *r >= wanted).await.is_err() {
             std::future::pending::<()>().await;
         }
-    }
-
-    /// What Kinesis acknowledged so far (the run's start included).
-    pub fn delivered(&self) -> Delivered {
-        self.delivered.borrow().delivered.clone()
     }
 
     /// A view of what Kinesis acknowledged, for after the run.
@@ -152,7 +143,10 @@ mod tests {
         // An older final changes nothing: no new version.
         record.acknowledged(&final_segment(1.0));
         assert_eq!(lease.delivered.borrow().version, 1);
-        assert_eq!(record.delivered().final_end_ms[0], Some(2000));
+        assert_eq!(
+            record.watch().borrow().delivered.final_end_ms[0],
+            Some(2000)
+        );
         // The lease writer gone (its hold ended): the publisher never goes on.
         record.acknowledged(&final_segment(3.0));
         drop(lease);
@@ -165,6 +159,9 @@ mod tests {
         let mut unleased = DeliveryRecord::unleased(Delivered::default());
         unleased.acknowledged(&final_segment(2.0));
         unleased.until_recorded().await;
-        assert_eq!(unleased.delivered().final_end_ms[0], Some(2000));
+        assert_eq!(
+            unleased.watch().borrow().delivered.final_end_ms[0],
+            Some(2000)
+        );
     }
 }

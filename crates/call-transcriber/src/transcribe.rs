@@ -184,17 +184,25 @@ where
 /// failure is.
 const START_ANSWER_TIMEOUT: Duration = aws_edge::REQUEST_ATTEMPT_TIMEOUT;
 
-/// `send`'s answer, or a [`Failure`] when none came within [`START_ANSWER_TIMEOUT`].
-async fn answer_within<T>(send: impl std::future::Future<Output = T>) -> Result<T, Failure> {
-    tokio::time::timeout(START_ANSWER_TIMEOUT, send)
-        .await
-        .map_err(|_| Failure {
+/// `send`'s answer, or its [`Failure`]: the SDK's error, or none within
+/// [`START_ANSWER_TIMEOUT`].
+async fn answer_within<O, E, R>(
+    send: impl std::future::Future<Output = Result<O, SdkError<E, R>>>,
+) -> Result<O, Failure>
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug + 'static,
+{
+    match tokio::time::timeout(START_ANSWER_TIMEOUT, send).await {
+        Ok(answer) => answer.map_err(|e| failure(&e)),
+        Err(_) => Err(Failure {
             code: None,
             message: format!(
                 "no answer to the request to start the stream within {} s",
                 START_ANSWER_TIMEOUT.as_secs()
             ),
-        })
+        }),
+    }
 }
 
 /// A running session: where its audio goes and where its results come from. Dropping it
@@ -461,7 +469,6 @@ async fn start(
                     .send(),
             )
             .await
-            .and_then(|answer| answer.map_err(|e| failure(&e)))
             .map(|response| {
                 summary.session_id = response.session_id.clone().or(summary.session_id.take());
                 spawn_reader(
@@ -479,7 +486,6 @@ async fn start(
                     .send(),
             )
             .await
-            .and_then(|answer| answer.map_err(|e| failure(&e)))
             .map(|response| {
                 summary.session_id = response.session_id.clone().or(summary.session_id.take());
                 spawn_reader(

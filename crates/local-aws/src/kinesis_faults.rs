@@ -40,9 +40,6 @@ pub enum KinesisFault {
     /// not fix, such as `AccessDeniedException` or `KMSAccessDeniedException` (both among
     /// PutRecord's and PutRecords' errors in the Kinesis Data Streams API reference).
     Refuse(String),
-    /// No answer at all: the request is held until the client gives up (its attempt time
-    /// limit) and closes the connection. Nothing is stored.
-    Hang,
 }
 
 #[derive(Default)]
@@ -152,6 +149,26 @@ impl KinesisFaults {
             .hung
             .iter()
             .map(|h| (h.operation.clone(), h.given_up_after))
+            .collect()
+    }
+
+    /// The requests left hanging whose client did not give up on them at `limit` (its
+    /// attempt time limit), each described; empty when every one was. "At" is from half a
+    /// second before `limit` (the client's clock starts as it sends, a little before the
+    /// proxy's) to 3 s after (a client that gives up by sending again does so after its
+    /// backoff: the SDK's standard mode waits up to 1 s before a second attempt).
+    pub fn not_given_up_at(&self, limit: std::time::Duration) -> Vec<String> {
+        let early = limit.saturating_sub(std::time::Duration::from_millis(500));
+        let late = limit + std::time::Duration::from_secs(3);
+        self.hung()
+            .into_iter()
+            .filter_map(|(operation, held)| match held {
+                None => Some(format!("{operation}: still held")),
+                Some(held) if held <= early || held >= late => Some(format!(
+                    "{operation}: given up after {held:?}, not at the attempt limit {limit:?}"
+                )),
+                Some(_) => None,
+            })
             .collect()
     }
 
@@ -316,7 +333,6 @@ impl KinesisFaults {
                     &json!({"FailedRecordCount": failed_count, "Records": merged}),
                 )
             }
-            (Some(KinesisFault::Hang), _) => std::future::pending().await,
             (Some(KinesisFault::Refuse(error_type)), _) => error(
                 StatusCode::BAD_REQUEST,
                 &error_type,
