@@ -1,10 +1,13 @@
 # Sourced by scripts/test.sh and scripts/demo.sh: installs what they need on Debian/Ubuntu
 # (when missing) and exports MOTO_SERVER.
-#  - espeak-ng (speaks the demo's sample call), pkg-config, libpocketsphinx-dev and
-#    pocketsphinx-en-us (the demo's offline speech recognizer), from apt (with sudo when not root);
-#  - moto server (Kinesis, S3, DynamoDB emulator) in a venv under target/. Pinned to 5.1.22:
-#    moto 5.2.x answers CompleteMultipartUpload with a <CompleteMultipartUploadResponse> root,
-#    which the AWS SDK for Rust rejects.
+#  - pkg-config, libpocketsphinx-dev and pocketsphinx-en-us (the demo's offline speech
+#    recognizer; the build links it), from apt (with sudo when not root): `install_build_needs`;
+#  - espeak-ng (speaks the demo's sample call) and python3-venv from apt, and moto server
+#    (Kinesis, S3, DynamoDB emulator) in a venv under target/: `install_run_needs`. Moto is
+#    pinned to 5.1.22: moto 5.2.x answers CompleteMultipartUpload with a
+#    <CompleteMultipartUploadResponse> root, which the AWS SDK for Rust rejects.
+# Sourcing it runs both, unless `setup_steps=none` is set first (scripts/demo.sh runs the
+# second while cargo builds).
 
 # Installs the apt packages named that are missing (with sudo when not root).
 ensure_apt_packages() {
@@ -21,18 +24,36 @@ ensure_apt_packages() {
   fi
   if [ "$(id -u)" != 0 ]; then sudo="sudo"; fi
   echo "setup: installing ${missing[*]} with apt-get" >&2
-  $sudo apt-get update -qq >&2
+  # One `apt-get update` per run is enough (the package lists do not change in minutes).
+  if [ -z "${setup_apt_updated:-}" ]; then
+    $sudo apt-get update -qq >&2
+    setup_apt_updated=1
+  fi
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >&2
 }
 
-ensure_apt_packages espeak-ng pkg-config libpocketsphinx-dev pocketsphinx-en-us python3-venv
+# What building lca-kvs with the `pocketsphinx` feature needs (local-aws's build script asks
+# pkg-config for libpocketsphinx).
+install_build_needs() {
+  ensure_apt_packages pkg-config libpocketsphinx-dev pocketsphinx-en-us
+}
 
 moto_version=5.1.22
 venv=target/interop-venv
-if [ ! -x "$venv/bin/python" ]; then
-  python3 -m venv "$venv"
-fi
-if ! "$venv/bin/pip" show moto 2>/dev/null | grep -qx "Version: $moto_version"; then
-  "$venv/bin/pip" install -q --disable-pip-version-check "moto[server]==$moto_version" >&2
-fi
 export MOTO_SERVER="$PWD/$venv/bin/moto_server"
+
+# What running the demo and the tests needs: espeak-ng and moto server.
+install_run_needs() {
+  ensure_apt_packages espeak-ng python3-venv
+  if [ ! -x "$venv/bin/python" ]; then
+    python3 -m venv "$venv"
+  fi
+  if ! "$venv/bin/pip" show moto 2>/dev/null | grep -qx "Version: $moto_version"; then
+    "$venv/bin/pip" install -q --disable-pip-version-check "moto[server]==$moto_version" >&2
+  fi
+}
+
+if [ "${setup_steps:-all}" = all ]; then
+  install_build_needs
+  install_run_needs
+fi
