@@ -6,7 +6,7 @@
 #
 # The build uses the `demo` profile (Cargo.toml: unoptimized but for the resampler, no debug
 # info) and leaves out what the demo does not run (`try-stack --stack`'s CloudFormation):
-# about 4 minutes on a fresh 2-core machine, seconds once built. While cargo builds, espeak-ng
+# about 3 minutes on a fresh 2-core machine, seconds once built. While cargo builds, espeak-ng
 # and moto server are installed. LCA_DEMO_PROFILE=release (or dev) builds with that profile
 # instead; LCA_DEMO_BUILD_ONLY=1 stops after the build.
 set -euo pipefail
@@ -20,7 +20,7 @@ binary="$repo/target/$dir/lca-kvs"
 
 install_build_needs
 echo "scripts/demo.sh: building lca-kvs (cargo profile $profile, the offline recognizer; the first" \
-  "time about 4 minutes on 2 cores, then seconds), installing espeak-ng and moto server meanwhile" >&2
+  "time about 3 minutes on 2 cores, then seconds), installing espeak-ng and moto server meanwhile" >&2
 # On a terminal cargo draws its progress bar; elsewhere (logs, CI) it says nothing but errors.
 quiet=(-q)
 [ -t 2 ] && quiet=()
