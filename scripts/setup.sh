@@ -24,12 +24,25 @@ ensure_apt_packages() {
   fi
   if [ "$(id -u)" != 0 ]; then sudo="sudo"; fi
   echo "setup: installing ${missing[*]} with apt-get" >&2
-  # One `apt-get update` per run is enough (the package lists do not change in minutes).
+  # apt's and dpkg's progress lines go to a log, shown only if apt fails (the demo's terminal
+  # shows cargo's progress meanwhile). One `apt-get update` per run is enough.
+  local log status=0
+  log="$(mktemp)"
   if [ -z "${setup_apt_updated:-}" ]; then
-    $sudo apt-get update -qq >&2
+    $sudo apt-get update -qq > "$log" 2>&1 || status=$?
     setup_apt_updated=1
   fi
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >&2
+  if [ "$status" = 0 ]; then
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >> "$log" 2>&1 \
+      || status=$?
+  fi
+  if [ "$status" != 0 ]; then
+    cat "$log" >&2
+    rm -f "$log"
+    echo "setup: apt-get could not install ${missing[*]} (exit status $status, output above)" >&2
+    exit 2
+  fi
+  rm -f "$log"
 }
 
 # What building lca-kvs with the `pocketsphinx` feature needs (local-aws's build script asks
