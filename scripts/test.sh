@@ -17,8 +17,10 @@ export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 df -h . | sed 's/^/scripts\/test.sh: disk: /'
 background=()
 at_exit() {
-  # Background builds (below) do not outlive the run, however it ends.
-  [ ${#background[@]} -eq 0 ] || kill "${background[@]}" 2>/dev/null || true
+  # Background builds (below; each its own process group: cargo, rustc and all) do not
+  # outlive the run, however it ends.
+  local group
+  for group in "${background[@]}"; do kill -- "-$group" 2>/dev/null || true; done
   df -h . | sed "s/^/scripts\/test.sh: disk at exit: /"
   du -sh target | sed "s/^/scripts\/test.sh: /"
 }
@@ -40,7 +42,10 @@ step() { echo "scripts/test.sh: [$(( ($(date +%s) - started) / 60 )) min] $*" >&
 # ships (infra/package.sh, the run's longest build), and the demo's own build
 # (scripts/demo.sh, profile `demo`), so that the demo step runs what a newcomer builds.
 # Each one's log is printed when it is waited for.
-idle() { if command -v chrt >/dev/null; then chrt --idle 0 "$@"; else nice -n 19 "$@"; fi; }
+# Runs a command in its own process group at idle priority; only for `idle ... &` (it execs).
+idle() {
+  if command -v chrt >/dev/null; then exec setsid chrt --idle 0 "$@"; else exec setsid nice -n 19 "$@"; fi
+}
 mkdir -p target
 idle bash infra/package.sh > target/package.log 2>&1 &
 background+=($!); package=$!
