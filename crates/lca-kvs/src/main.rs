@@ -28,7 +28,6 @@ mod demo;
 #[cfg(feature = "stand-ins")]
 mod local;
 mod put_media;
-#[cfg(feature = "stack-lookup")]
 mod stack_lookup;
 mod transcribe;
 mod try_stack;

@@ -2,12 +2,32 @@
 //! CloudFormation (feature `stack-lookup`, on by default; the demo's build leaves it out, as
 //! aws-sdk-cloudformation is one of the slowest crates to build and nothing else uses it).
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 
-use crate::try_stack::{FromStack, OUTPUT_START_LCA, PARAM_INSTANCE, PARAM_KINESIS, PARAM_PREFIX};
+/// The stack's output naming StartLCA, and the parameters the check reads.
+pub(crate) const OUTPUT_START_LCA: &str = "StartLCAFunctionName";
+pub(crate) const PARAM_INSTANCE: &str = "ConnectInstanceArn";
+pub(crate) const PARAM_PREFIX: &str = "ConnectKvsStreamNamePrefix";
+pub(crate) const PARAM_KINESIS: &str = "KinesisDataStreamName";
+
+/// What a stack says of the check's values, each when it has it: StartLCA (output), the
+/// Connect instance, the stream prefix and the Kinesis stream (parameters).
+pub(crate) type FromStack = [Option<String>; 4];
+
+/// Without the `stack-lookup` feature (no CloudFormation client linked), `--stack` cannot be
+/// read; the flags can.
+#[cfg(not(feature = "stack-lookup"))]
+pub(crate) async fn from_stack(_sdk: &aws_config::SdkConfig, name: &str) -> Result<FromStack> {
+    bail!(
+        "stack {name}: this lca-kvs was built without CloudFormation (cargo feature \
+         `stack-lookup`, on by default): give --start-lca, --instance-arn, --stream-prefix and \
+         --kinesis-stream instead of --stack, or build with the default features"
+    )
+}
 
 /// The check's values as the stack `name` (this tool's nested stack, or LCA's main stack
 /// holding it) has them.
+#[cfg(feature = "stack-lookup")]
 pub(crate) async fn from_stack(sdk: &aws_config::SdkConfig, name: &str) -> Result<FromStack> {
     let stack = connect_kvs_stack(&aws_sdk_cloudformation::Client::new(sdk), name).await?;
     let output = |key: &str| {
@@ -36,6 +56,7 @@ pub(crate) async fn from_stack(sdk: &aws_config::SdkConfig, name: &str) -> Resul
 
 /// The stack named `name` when it has the StartLCAFunctionName output, else the first stack
 /// nested in it that has (LCA's main stack holds this tool's stack as a nested stack).
+#[cfg(feature = "stack-lookup")]
 async fn connect_kvs_stack(
     cfn: &aws_sdk_cloudformation::Client,
     name: &str,
@@ -54,7 +75,7 @@ async fn connect_kvs_stack(
             .stacks()
             .first()
             .cloned()
-            .with_context(|| format!("stack {id}: not found"))
+            .ok_or_else(|| anyhow::anyhow!("stack {id}: not found"))
     };
     let has_output = |stack: &aws_sdk_cloudformation::types::Stack| {
         stack

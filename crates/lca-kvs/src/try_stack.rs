@@ -67,28 +67,9 @@ struct StackValues {
     kinesis_stream: String,
 }
 
-/// The stack's output naming StartLCA, and the parameters the check reads.
-pub(crate) const OUTPUT_START_LCA: &str = "StartLCAFunctionName";
-pub(crate) const PARAM_INSTANCE: &str = "ConnectInstanceArn";
-pub(crate) const PARAM_PREFIX: &str = "ConnectKvsStreamNamePrefix";
-pub(crate) const PARAM_KINESIS: &str = "KinesisDataStreamName";
-
-/// What a stack says of the check's values, each when it has it: StartLCA (output), the
-/// Connect instance, the stream prefix and the Kinesis stream (parameters).
-pub(crate) type FromStack = [Option<String>; 4];
-
-/// Without the `stack-lookup` feature (no CloudFormation client linked), `--stack` cannot be
-/// read; the flags can.
-#[cfg(not(feature = "stack-lookup"))]
-async fn from_stack(_sdk: &aws_config::SdkConfig, name: &str) -> Result<FromStack> {
-    bail!(
-        "stack {name}: this lca-kvs was built without CloudFormation (cargo feature \
-         `stack-lookup`, on by default): give --start-lca, --instance-arn, --stream-prefix and \
-         --kinesis-stream instead of --stack, or build with the default features"
-    )
-}
-#[cfg(feature = "stack-lookup")]
-use crate::stack_lookup::from_stack;
+use crate::stack_lookup::{
+    FromStack, OUTPUT_START_LCA, PARAM_INSTANCE, PARAM_KINESIS, PARAM_PREFIX, from_stack,
+};
 
 /// The values from `--stack` (when given) with the flags over them.
 async fn stack_values(sdk: &aws_config::SdkConfig, args: &TryStackArgs) -> Result<StackValues> {
