@@ -86,7 +86,11 @@ fn the_template_keeps_lcas_interface_for_the_connect_kvs_stack() {
 fn variables_of(code: &str) -> BTreeSet<String> {
     let mut names = match code {
         "build/call-transcriber.zip" => set(call_transcriber::TranscriberConfig::VARIABLES),
-        "build/start-lca.zip" => set(start_lca::StartConfig::VARIABLES),
+        "build/start-lca.zip" => {
+            let mut names = set(start_lca::StartConfig::VARIABLES);
+            names.extend(call_settings::ContactPolicy::variables().map(str::to_string));
+            names
+        }
         "build/contact-event-processor.zip" => {
             set(contact_event_processor::ProcessorConfig::VARIABLES)
         }
@@ -98,6 +102,98 @@ fn variables_of(code: &str) -> BTreeSet<String> {
         names.insert("MALLOC_MMAP_THRESHOLD_".to_string());
     }
     names
+}
+
+#[test]
+fn start_lca_checks_contacts_against_the_transcribers_own_settings() {
+    // StartLCA decides a contact's settings (its attributes over the stack's values) and the
+    // transcriber applies them, or decides them itself when started with the contact-flow
+    // event: both must read the same values, or a contact StartLCA accepts could be one the
+    // transcriber refuses.
+    let template = template();
+    let variables = |function: &str| {
+        template["Resources"][function]["Properties"]["Environment"]["Variables"].clone()
+    };
+    let (start, transcriber) = (
+        variables("StartLCAFunction"),
+        variables("CallTranscriberFunction"),
+    );
+    for name in call_settings::ContactPolicy::variables() {
+        assert!(!start[name].is_null(), "StartLCA lacks {name}");
+        assert_eq!(
+            start[name], transcriber[name],
+            "{name}: StartLCA vs the transcriber"
+        );
+    }
+    // The flow's overrides are the stack's choice, ALL by default; the parameter's pattern
+    // takes every name the code allows, and the code refuses the names it does not know.
+    let parameter = &template["Parameters"]["AllowedContactAttributes"];
+    assert_eq!(parameter["Default"], "ALL");
+    let pattern = regex_lite::Regex::new(parameter["AllowedPattern"].as_str().unwrap()).unwrap();
+    let all = call_settings::contact::OVERRIDABLE.join(",");
+    for value in ["ALL", "NONE", "TRANSCRIBE_LANGUAGE_CODE", all.as_str()] {
+        assert!(pattern.is_match(value), "{value}");
+        let lookup = |name: &str| {
+            (name == call_settings::contact::ALLOWED_VARIABLE).then(|| value.to_string())
+        };
+        assert!(
+            call_settings::ContactPolicy::from_lookup(lookup).is_ok(),
+            "{value}"
+        );
+    }
+    for value in ["all,", "TRANSCRIBE_LANGUAGE_CODE, LCA_TRANSCRIBE", "x"] {
+        assert!(!pattern.is_match(value), "{value}");
+    }
+    let method = &template["Parameters"]["CustomVocabularyFilterMethod"];
+    let methods: Vec<&str> = method["AllowedValues"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    let mut known = call_settings::transcribe::VOCABULARY_FILTER_METHODS.to_vec();
+    known.sort_unstable();
+    let mut methods_sorted = methods.clone();
+    methods_sorted.sort_unstable();
+    assert_eq!(methods_sorted, known);
+}
+
+#[test]
+fn the_sample_flow_sets_contact_attributes_that_startlca_accepts_under_any_stack() {
+    let path = infra("lca-contact-flow.json");
+    let flow: Json = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let actions = flow["Actions"].as_array().unwrap();
+    let set = actions
+        .iter()
+        .find(|a| a["Type"] == "UpdateContactAttributes")
+        .expect("a Set contact attributes block");
+    // Set on the contact itself, before StartLCA is invoked, whether or not it succeeds.
+    assert_eq!(set["Parameters"]["TargetContact"], "Current");
+    assert_eq!(set["Transitions"]["NextAction"], "StartLCA");
+    assert_eq!(set["Transitions"]["Errors"][0]["NextAction"], "StartLCA");
+    let attributes: std::collections::HashMap<String, String> =
+        serde_json::from_value(set["Parameters"]["Attributes"].clone()).unwrap();
+    assert!(!attributes.is_empty());
+    for name in attributes.keys() {
+        assert!(
+            call_settings::contact::OVERRIDABLE.contains(&name.as_str())
+                || name == call_settings::contact::SKIP_ATTRIBUTE,
+            "{name} is not a per-contact setting"
+        );
+    }
+    // The example changes nothing a stack chose, and no stack refuses it.
+    for allowed in ["ALL", "NONE"] {
+        let contacts = call_settings::ContactPolicy::from_lookup(|name| {
+            (name == call_settings::contact::ALLOWED_VARIABLE).then(|| allowed.to_string())
+        })
+        .unwrap();
+        match contacts.for_contact(&attributes) {
+            Ok(call_settings::ContactChoice::Transcribe(chosen)) => {
+                assert_eq!(chosen.settings, contacts.stack, "{allowed}")
+            }
+            other => panic!("{allowed}: {other:?}"),
+        }
+    }
 }
 
 #[test]
@@ -183,11 +279,22 @@ fn the_contact_flow_streams_media_and_invokes_start_lca() {
         start_lca["Parameters"]["ResponseValidation"]["ResponseType"],
         "STRING_MAP"
     );
-    // Media streaming starts (both directions) before StartLCA is invoked.
+    // Media streaming starts (both directions) before StartLCA is invoked, the contact's
+    // attributes set between the two.
     let enable = of_type("UpdateContactMediaStreamingBehavior")
         .find(|a| a["Parameters"]["MediaStreamingState"] == "Enabled")
         .expect("media streaming is started");
-    assert_eq!(enable["Transitions"]["NextAction"], start_lca["Identifier"]);
+    let attributes = of_type("UpdateContactAttributes")
+        .next()
+        .expect("contact attributes are set");
+    assert_eq!(
+        enable["Transitions"]["NextAction"],
+        attributes["Identifier"]
+    );
+    assert_eq!(
+        attributes["Transitions"]["NextAction"],
+        start_lca["Identifier"]
+    );
     assert_eq!(
         enable["Parameters"]["Participants"][0]["MediaDirections"],
         serde_json::json!(["To", "From"])
@@ -591,6 +698,7 @@ fn alarms_and_the_dashboard_name_only_metrics_the_code_emits() {
         "LCA/ConnectKVS/${AWS::StackName}/Invocations",
         "LCA/ConnectKVS/${AWS::StackName}/TranscriptLag",
         "LCA/ConnectKVS/${AWS::StackName}/StartLcaAnswers",
+        "LCA/ConnectKVS/${AWS::StackName}/ContactAttributesRefused",
         "AWS/Lambda/Errors",
         "AWS/Lambda/Throttles",
         "AWS/SQS/ApproximateNumberOfMessagesVisible",

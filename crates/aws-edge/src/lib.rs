@@ -2,15 +2,15 @@
 //! and the CLI share, written once: the SDK configuration with time limits on each request
 //! ([`with_timeouts`]), an SDK error's text with its causes ([`error_text`]), the functions'
 //! JSON logs ([`json_logs`]), the clock ([`now_ms`]), the reading of settings from the
-//! environment ([`settings`]) and the pause between retries ([`Backoff`]).
+//! environment ([`Settings`]) and the pause between retries ([`Backoff`]).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 mod backoff;
-pub mod settings;
 
 pub use backoff::{Backoff, Jitter};
-pub use settings::{ConfigError, Settings};
+/// A function's settings from its environment (the reads live with the call's settings).
+pub use call_settings::{ConfigError, Settings};
 
 /// `sdk` with time limits on every request: a hung connection to Kinesis, S3, DynamoDB,
 /// Lambda or the KVS control plane fails that request (and its retry logic takes over)

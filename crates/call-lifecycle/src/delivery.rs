@@ -6,10 +6,10 @@
 //! call's numbers and metadata stay in the lease item. Pure: parsed and fuzzed without a
 //! request.
 
-use lca_events::connect::Rejection;
+use call_settings::ContactPolicy;
 use serde_json::{Value, json};
 
-use crate::call::CallData;
+use crate::call::{CallData, NoCall};
 
 /// The `action` of StartLCA's event once it has written the call's lease.
 pub const START_ACTION: &str = "LAMBDA_START";
@@ -84,9 +84,9 @@ pub enum EventError {
     /// The event is neither a contact-flow event nor a hand-over: what is wrong with it.
     #[error("{0}")]
     Unusable(String),
-    /// A contact-flow event for a contact that cannot be transcribed.
+    /// A contact-flow event that starts no call.
     #[error(transparent)]
-    Rejected(#[from] Rejection),
+    NoCall(#[from] NoCall),
 }
 
 /// The call an invocation's event gives when it does not name one ([`named_call_of_event`]):
@@ -97,6 +97,7 @@ pub enum EventError {
 pub fn call_of_event(
     event: &Value,
     connect_instance_arn: Option<&str>,
+    contacts: &ContactPolicy,
 ) -> Result<(CallData, bool), EventError> {
     if event.get("action").and_then(Value::as_str) != Some(CONTINUE_ACTION) {
         let instance = connect_instance_arn.unwrap_or_else(|| {
@@ -104,7 +105,10 @@ pub fn call_of_event(
                 .as_str()
                 .unwrap_or_default()
         });
-        return Ok((CallData::of_contact_flow_event(event, instance)?, true));
+        return Ok((
+            CallData::of_contact_flow_event(event, instance, contacts)?,
+            true,
+        ));
     }
     // A chain of continuations is bounded by the call's length (MAX_CALL_DURATION, counted
     // in call audio, which every hand-over advances), not by a count.
@@ -117,6 +121,18 @@ pub fn call_of_event(
     lca_events::check_call_id(&call.call_id).map_err(|problem| {
         EventError::Unusable(format!("{CONTINUE_ACTION} callData: callId is {problem}"))
     })?;
+    // Settings a hand-over carries are checked as a contact's were, so a bad one fails here,
+    // before the first request, not as Transcribe's BadRequestException mid-call.
+    if let Some(chosen) = &call.settings {
+        // The variable only: the event's values are not quoted.
+        chosen.settings.check().map_err(|error| {
+            EventError::Unusable(format!(
+                "{CONTINUE_ACTION} callData: settings: {} is not valid (the settings a \
+                 hand-over carries are what StartLCA or the first invocation checked)",
+                error.variable
+            ))
+        })?;
+    }
     Ok((call, false))
 }
 

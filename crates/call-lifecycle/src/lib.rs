@@ -28,7 +28,7 @@ pub mod lease;
 pub mod sweep;
 pub mod verdict;
 
-pub use call::CallData;
+pub use call::{CallData, ContactLinks, NoCall};
 pub use delivered::Delivered;
 pub use lease::{Claim, Held, LeaseRecord, Limits, decide};
 pub use verdict::{AfterFailure, AfterStall, after_failure, after_stall};

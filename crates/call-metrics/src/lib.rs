@@ -205,6 +205,10 @@ pub enum Metric {
     KvsErrors,
     /// StartLCA's answers to the contact flow, also by [`Dimension::Answer`].
     StartLcaAnswers,
+    /// Contacts StartLCA refused for their contact attributes (`BAD_ATTRIBUTE`,
+    /// `ATTRIBUTE_NOT_ALLOWED`): a flow sets a per-contact setting the stack refuses, so those
+    /// calls are not transcribed until the flow or the stack is fixed.
+    ContactAttributesRefused,
     /// Post-call analytics jobs started: one Transcribe Call Analytics job per call, on its
     /// recording, when the call ends.
     PostCallAnalyticsJobs,
@@ -227,7 +231,7 @@ pub enum Metric {
 
 impl Metric {
     /// Every metric, in a stable order.
-    pub const ALL: [Metric; 21] = [
+    pub const ALL: [Metric; 22] = [
         Self::Invocations,
         Self::CallsStarted,
         Self::CallsEnded,
@@ -244,6 +248,7 @@ impl Metric {
         Self::RecordingBytes,
         Self::KvsErrors,
         Self::StartLcaAnswers,
+        Self::ContactAttributesRefused,
         Self::PostCallAnalyticsJobs,
         Self::PostCallAnalyticsMissed,
         Self::ContactEvents,
@@ -270,6 +275,7 @@ impl Metric {
             Self::RecordingBytes => "RecordingBytes",
             Self::KvsErrors => "KvsErrors",
             Self::StartLcaAnswers => "StartLcaAnswers",
+            Self::ContactAttributesRefused => "ContactAttributesRefused",
             Self::PostCallAnalyticsJobs => "PostCallAnalyticsJobs",
             Self::PostCallAnalyticsMissed => "PostCallAnalyticsMissed",
             Self::ContactEvents => "ContactEvents",

@@ -4,75 +4,20 @@
 
 use std::time::Duration;
 
-pub use aws_edge::ConfigError;
-use aws_edge::Settings;
+use call_settings::Settings;
+use call_settings::transcribe::prefix;
+pub use call_settings::transcribe::{CALL_ANALYTICS_LANGUAGES, REDACTION_LANGUAGES};
+pub use call_settings::{
+    ApiMode, CallSettings, ConfigError, ContactPolicy, Language, LanguageIdentification,
+    PostCallAnalytics, Redaction, VocabularyFilter,
+};
 
-/// Which Transcribe API the call goes to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ApiMode {
-    /// StartStreamTranscription: two channels with channel identification.
-    Standard,
-    /// StartCallAnalyticsStreamTranscription: channel 0 = CUSTOMER, 1 = AGENT.
-    Analytics,
-}
-
-/// How the language is chosen (`TRANSCRIBE_LANGUAGE_CODE`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Language {
-    /// One language code, e.g. `en-US`.
-    Code(String),
-    /// `identify-language`: Transcribe picks one of the options.
-    Identify(LanguageIdentification),
-    /// `identify-multiple-languages`: Transcribe may switch between the options.
-    IdentifyMultiple(LanguageIdentification),
-}
-
-/// Options for language identification.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LanguageIdentification {
-    /// `TRANSCRIBE_LANGUAGE_OPTIONS` without blanks, e.g. `en-US,es-US`.
-    pub options: Option<String>,
-    /// `TRANSCRIBE_PREFERRED_LANGUAGE` (`None` = unset); one of the options.
-    pub preferred: Option<String>,
-}
-
-/// Content redaction of the live transcript.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Redaction {
-    /// `CONTENT_REDACTION_TYPE` (Transcribe knows `PII`).
-    pub kind: String,
-    /// `PII_ENTITY_TYPES`, e.g. `ALL` or `NAME,ADDRESS`.
-    pub entity_types: Option<String>,
-}
-
-/// Post-call analytics of a call in Call Analytics mode: one Call Analytics job on the
-/// call's recording when the call ends ([`crate::post_call`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PostCallAnalytics {
-    /// `s3://OUTPUT_BUCKET/CALL_ANALYTICS_FILE_PREFIX`.
-    pub output_location: String,
-    /// `TCA_DATA_ACCESS_ROLE_ARN`.
-    pub data_access_role_arn: String,
-    /// `POST_CALL_CONTENT_REDACTION_OUTPUT` when redaction is on (`redacted` or
-    /// `redacted_and_unredacted`).
-    pub content_redaction_output: Option<String>,
-}
-
-/// Everything the Transcribe session is configured with.
+/// Everything the Transcribe sessions are configured with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TranscribeSettings {
-    /// `TRANSCRIBE_API_MODE`.
-    pub mode: ApiMode,
-    /// `TRANSCRIBE_LANGUAGE_CODE` and its options.
-    pub language: Language,
-    /// Redaction, only when enabled *and* the language supports it (as the reference does).
-    pub redaction: Option<Redaction>,
-    /// `CUSTOM_VOCABULARY_NAME`.
-    pub vocabulary_name: Option<String>,
-    /// `CUSTOM_LANGUAGE_MODEL_NAME`.
-    pub language_model_name: Option<String>,
-    /// Analytics mode with `IS_TCA_POST_CALL_ANALYTICS_ENABLED` (default on).
-    pub post_call_analytics: Option<PostCallAnalytics>,
+    /// The stack's per-call settings (a contact's attributes may override them: each call
+    /// keeps its own in its `CallData`).
+    pub call: CallSettings,
     /// `TRANSCRIBE_ENDPOINT`: a custom endpoint URL.
     pub endpoint: Option<String>,
     /// `START_STREAM_RETRIES`: attempts to start a stream before giving up.
@@ -155,6 +100,10 @@ pub struct TranscriberConfig {
     /// CloudWatch namespace of the metrics lines. The template sets one per stack, so two
     /// stacks in one account and region keep their metrics and alarms apart.
     pub metrics_namespace: String,
+    /// The stack's per-call settings and what a contact's attributes may override
+    /// (`CONTACT_ATTRIBUTE_OVERRIDES`): applied when the transcriber is started with the
+    /// contact-flow event itself (StartLCA applies them otherwise, into the call's lease).
+    pub contacts: ContactPolicy,
 }
 
 /// Default `MAX_CALL_DURATION`: 8 hours, room for a six-hour call and more.
@@ -163,9 +112,6 @@ pub const DEFAULT_MAX_CALL_DURATION_MS: u64 = 8 * 3600 * 1000;
 /// Default `CALL_STALL_TIMEOUT`: 30 minutes, below the shortest media retention that keeps
 /// anything (Connect's RetentionPeriodHours is in whole hours; 0 keeps no data).
 pub const DEFAULT_CALL_STALL_TIMEOUT_MS: u64 = 30 * 60 * 1000;
-
-/// Languages for which Transcribe streaming redacts PII (as in the LCA reference).
-pub const REDACTION_LANGUAGES: [&str; 4] = ["en-US", "en-AU", "en-GB", "es-US"];
 
 /// Transcribe closes a stream after 15 s without audio; keep-alives must come sooner.
 const TRANSCRIBE_AUDIO_TIMEOUT_MS: u64 = 15_000;
@@ -196,8 +142,11 @@ impl TranscriberConfig {
         "CALL_LEASE_TIMEOUT",
         "CALL_STALL_TIMEOUT",
         "CONNECT_INSTANCE_ARN",
+        "CONTACT_ATTRIBUTE_OVERRIDES",
         "CONTENT_REDACTION_TYPE",
         "CUSTOM_LANGUAGE_MODEL_NAME",
+        "CUSTOM_VOCABULARY_FILTER_METHOD",
+        "CUSTOM_VOCABULARY_FILTER_NAME",
         "CUSTOM_VOCABULARY_NAME",
         "IS_CONTENT_REDACTION_ENABLED",
         "IS_TCA_POST_CALL_ANALYTICS_ENABLED",
@@ -237,92 +186,9 @@ impl TranscriberConfig {
     /// Reads settings through `lookup` (a variable's value, or `None` when unset).
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let env = Settings::new(&lookup);
-        let mode = match env.get("TRANSCRIBE_API_MODE").as_deref() {
-            None | Some("standard") => ApiMode::Standard,
-            Some("analytics") => ApiMode::Analytics,
-            Some(other) => {
-                return Err(ConfigError::new(
-                    "TRANSCRIBE_API_MODE",
-                    other,
-                    "expected `standard` or `analytics`",
-                ));
-            }
-        };
+        // The stack's per-call settings, and what a contact's attributes may change.
+        let contacts = ContactPolicy::from_lookup(&lookup)?;
         let output_bucket = env.get("OUTPUT_BUCKET");
-        let call_analytics_prefix =
-            env.prefix("CALL_ANALYTICS_FILE_PREFIX", "lca-call-analytics-json/");
-        let redaction_enabled = env.flag("IS_CONTENT_REDACTION_ENABLED", true)?;
-        let language = env.language()?;
-        let redaction = match (&language, redaction_enabled) {
-            (Language::Code(code), true) if REDACTION_LANGUAGES.contains(&code.as_str()) => {
-                let kind = env
-                    .get("CONTENT_REDACTION_TYPE")
-                    .unwrap_or_else(|| "PII".to_string());
-                if kind != "PII" {
-                    return Err(ConfigError::new(
-                        "CONTENT_REDACTION_TYPE",
-                        &kind,
-                        "Transcribe streaming only knows `PII`",
-                    ));
-                }
-                Some(Redaction {
-                    kind,
-                    entity_types: Some(
-                        env.get("PII_ENTITY_TYPES")
-                            .unwrap_or_else(|| "ALL".to_string()),
-                    ),
-                })
-            }
-            _ => None,
-        };
-        let post_call_analytics = if mode == ApiMode::Analytics
-            && env.flag("IS_TCA_POST_CALL_ANALYTICS_ENABLED", true)?
-        {
-            let bucket = output_bucket.clone().ok_or_else(|| {
-                ConfigError::new(
-                    "OUTPUT_BUCKET",
-                    "",
-                    "post-call analytics (TRANSCRIBE_API_MODE=analytics, \
-                     IS_TCA_POST_CALL_ANALYTICS_ENABLED=true) needs the bucket to write to",
-                )
-            })?;
-            let role = env.get("TCA_DATA_ACCESS_ROLE_ARN").ok_or_else(|| {
-                ConfigError::new(
-                    "TCA_DATA_ACCESS_ROLE_ARN",
-                    "",
-                    "post-call analytics (TRANSCRIBE_API_MODE=analytics, \
-                     IS_TCA_POST_CALL_ANALYTICS_ENABLED=true) needs the role Transcribe writes with",
-                )
-            })?;
-            // The job's redaction output applies with redaction on, as the live stream's did
-            // (StartCallAnalyticsStreamTranscription API reference: "to include
-            // ContentRedactionOutput in your request, you must enable content redaction").
-            let content_redaction_output = if redaction.is_some() {
-                let output = env
-                    .get("POST_CALL_CONTENT_REDACTION_OUTPUT")
-                    .unwrap_or_else(|| "redacted".to_string());
-                if output != "redacted" && output != "redacted_and_unredacted" {
-                    return Err(ConfigError::new(
-                        "POST_CALL_CONTENT_REDACTION_OUTPUT",
-                        &output,
-                        "expected `redacted` or `redacted_and_unredacted`",
-                    ));
-                }
-                Some(output)
-            } else {
-                None
-            };
-            Some(PostCallAnalytics {
-                output_location: format!("s3://{bucket}/{call_analytics_prefix}"),
-                data_access_role_arn: role,
-                content_redaction_output,
-            })
-        } else {
-            None
-        };
-        let vocabulary_name = env.get("CUSTOM_VOCABULARY_NAME");
-        let language_model_name = env.get("CUSTOM_LANGUAGE_MODEL_NAME");
-        check_language_rules(mode, &language, language_model_name.as_deref())?;
         let endpoint = env.get("TRANSCRIBE_ENDPOINT");
         if let Some(url) = &endpoint
             && !(url.starts_with("https://") || url.starts_with("http://"))
@@ -381,16 +247,15 @@ impl TranscriberConfig {
                 "the LCA Kinesis data stream the events go to",
             )?,
             output_bucket,
-            recording_prefix: env.prefix("RECORDING_FILE_PREFIX", "lca-audio-recordings/"),
-            raw_prefix: env.prefix("RAW_FILE_PREFIX", "lca-audio-raw/"),
-            call_analytics_prefix,
+            recording_prefix: prefix(&env, "RECORDING_FILE_PREFIX", "lca-audio-recordings/"),
+            raw_prefix: prefix(&env, "RAW_FILE_PREFIX", "lca-audio-raw/"),
+            call_analytics_prefix: prefix(
+                &env,
+                "CALL_ANALYTICS_FILE_PREFIX",
+                "lca-call-analytics-json/",
+            ),
             transcribe: TranscribeSettings {
-                mode,
-                language,
-                redaction,
-                vocabulary_name,
-                language_model_name,
-                post_call_analytics,
+                call: contacts.stack.clone(),
                 endpoint,
                 start_retries,
                 start_retry_wait: env.millis("START_STREAM_RETRY_WAIT", 1_000, 0)?,
@@ -409,168 +274,8 @@ impl TranscriberConfig {
             call_stall_timeout,
             sweep_grace,
             metrics_namespace,
+            contacts,
         })
-    }
-}
-
-/// Language codes of Call Analytics streaming (StartCallAnalyticsStreamTranscription API
-/// reference, LanguageCode: "Valid Values").
-pub const CALL_ANALYTICS_LANGUAGES: [&str; 9] = [
-    "en-US", "en-GB", "es-US", "fr-CA", "fr-FR", "en-AU", "it-IT", "de-DE", "pt-BR",
-];
-
-/// The API references' rules on combining language settings, checked at start-up so that a
-/// combination Transcribe refuses is a configuration error naming the variable instead of a
-/// BadRequestException on every call.
-fn check_language_rules(
-    mode: ApiMode,
-    language: &Language,
-    language_model_name: Option<&str>,
-) -> Result<(), ConfigError> {
-    let identification = match language {
-        Language::Code(code) => {
-            if mode == ApiMode::Analytics && !CALL_ANALYTICS_LANGUAGES.contains(&code.as_str()) {
-                return Err(ConfigError::new(
-                    "TRANSCRIBE_LANGUAGE_CODE",
-                    code,
-                    format!(
-                        "Call Analytics streaming supports only {}",
-                        CALL_ANALYTICS_LANGUAGES.join(", ")
-                    ),
-                ));
-            }
-            return Ok(());
-        }
-        Language::Identify(id) => id,
-        Language::IdentifyMultiple(id) => {
-            // StartCallAnalyticsStreamTranscription has IdentifyLanguage only.
-            if mode == ApiMode::Analytics {
-                return Err(ConfigError::new(
-                    "TRANSCRIBE_LANGUAGE_CODE",
-                    "identify-multiple-languages",
-                    "Call Analytics streaming identifies one language per stream: use \
-                     `identify-language`",
-                ));
-            }
-            id
-        }
-    };
-    // StartStreamTranscription API reference, IdentifyLanguage: "Streaming language
-    // identification can't be combined with custom language models or redaction."
-    if let Some(model) = language_model_name {
-        return Err(ConfigError::new(
-            "CUSTOM_LANGUAGE_MODEL_NAME",
-            model,
-            "Transcribe cannot combine a custom language model with language identification",
-        ));
-    }
-    // "If you include IdentifyLanguage, you must include a list of language codes, using
-    // LanguageOptions"; "You can only include one language dialect per language per stream".
-    let Some(options) = &identification.options else {
-        return Err(ConfigError::new(
-            "TRANSCRIBE_LANGUAGE_OPTIONS",
-            "",
-            "language identification needs at least two language codes, e.g. `en-US,es-US`",
-        ));
-    };
-    let mut languages = std::collections::BTreeSet::new();
-    for code in options.split(',') {
-        let language = code.split('-').next().unwrap_or(code);
-        if !languages.insert(language) {
-            return Err(ConfigError::new(
-                "TRANSCRIBE_LANGUAGE_OPTIONS",
-                options,
-                format!("Transcribe allows one dialect per language; `{language}` is listed twice"),
-            ));
-        }
-        if mode == ApiMode::Analytics && !CALL_ANALYTICS_LANGUAGES.contains(&code) {
-            return Err(ConfigError::new(
-                "TRANSCRIBE_LANGUAGE_OPTIONS",
-                options,
-                format!(
-                    "`{code}`: Call Analytics streaming supports only {}",
-                    CALL_ANALYTICS_LANGUAGES.join(", ")
-                ),
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// The transcriber's own reads (the rest are [`Settings`]'s).
-trait TranscriberSettings {
-    fn prefix(&self, name: &str, default: &str) -> String;
-    fn language(&self) -> Result<Language, ConfigError>;
-}
-
-impl TranscriberSettings for Settings<'_> {
-    /// An S3 key prefix, ending in `/` (as the reference's formatPath makes it).
-    fn prefix(&self, name: &str, default: &str) -> String {
-        let mut prefix = self.get(name).unwrap_or_else(|| default.to_string());
-        if !prefix.ends_with('/') {
-            prefix.push('/');
-        }
-        prefix
-    }
-
-    fn language(&self) -> Result<Language, ConfigError> {
-        let code = self
-            .get("TRANSCRIBE_LANGUAGE_CODE")
-            .unwrap_or_else(|| "en-US".to_string());
-        let identification = || -> Result<LanguageIdentification, ConfigError> {
-            let options: Option<String> = self
-                .get("TRANSCRIBE_LANGUAGE_OPTIONS")
-                .map(|o| o.chars().filter(|c| !c.is_whitespace()).collect());
-            let preferred = self
-                .get("TRANSCRIBE_PREFERRED_LANGUAGE")
-                .filter(|p| p != "None");
-            if let Some(preferred) = &preferred {
-                let listed = options
-                    .as_deref()
-                    .is_some_and(|o| o.split(',').any(|l| l == preferred));
-                if !listed {
-                    return Err(ConfigError::new(
-                        "TRANSCRIBE_PREFERRED_LANGUAGE",
-                        preferred,
-                        "must be one of TRANSCRIBE_LANGUAGE_OPTIONS",
-                    ));
-                }
-            }
-            if let Some(options) = &options
-                && (options.split(',').count() < 2 || options.split(',').any(|l| !is_code(l)))
-            {
-                return Err(ConfigError::new(
-                    "TRANSCRIBE_LANGUAGE_OPTIONS",
-                    options,
-                    "expected at least two comma-separated language codes, e.g. `en-US,es-US`",
-                ));
-            }
-            Ok(LanguageIdentification { options, preferred })
-        };
-        match code.as_str() {
-            "identify-language" => Ok(Language::Identify(identification()?)),
-            "identify-multiple-languages" => Ok(Language::IdentifyMultiple(identification()?)),
-            code if is_code(code) => Ok(Language::Code(code.to_string())),
-            other => Err(ConfigError::new(
-                "TRANSCRIBE_LANGUAGE_CODE",
-                other,
-                "expected a language code such as `en-US`, `identify-language` or \
-                 `identify-multiple-languages`",
-            )),
-        }
-    }
-}
-
-/// `xx-XX` shaped (Transcribe's codes: two or three letters, a dash, two letters).
-fn is_code(code: &str) -> bool {
-    match code.split_once('-') {
-        Some((lang, region)) => {
-            (2..=3).contains(&lang.len())
-                && lang.chars().all(|c| c.is_ascii_lowercase())
-                && region.len() == 2
-                && region.chars().all(|c| c.is_ascii_uppercase())
-        }
-        None => false,
     }
 }
 
@@ -601,11 +306,11 @@ mod tests {
         assert_eq!(c.recording_prefix, "lca-audio-recordings/");
         assert_eq!(c.raw_prefix, "lca-audio-raw/");
         assert_eq!(c.call_analytics_prefix, "lca-call-analytics-json/");
-        assert_eq!(c.transcribe.mode, ApiMode::Standard);
-        assert_eq!(c.transcribe.language, Language::Code("en-US".into()));
+        assert_eq!(c.transcribe.call.mode, ApiMode::Standard);
+        assert_eq!(c.transcribe.call.language, Language::Code("en-US".into()));
         // Redaction is on by default in the reference, and en-US supports it.
         assert_eq!(
-            c.transcribe.redaction,
+            c.transcribe.call.redaction,
             Some(Redaction {
                 kind: "PII".into(),
                 entity_types: Some("ALL".into())
@@ -620,18 +325,18 @@ mod tests {
         assert_eq!(c.transcribe.start_retries, 5);
         assert_eq!(c.transcribe.start_retry_wait, Duration::from_secs(1));
         assert_eq!(c.transcribe.stuck_timeout, Duration::from_secs(30));
-        assert_eq!(c.transcribe.post_call_analytics, None);
+        assert_eq!(c.transcribe.call.post_call_analytics, None);
     }
 
     #[test]
     fn redaction_only_for_languages_that_support_it() {
         let c = config(&[("TRANSCRIBE_LANGUAGE_CODE", "de-DE")]).unwrap();
-        assert_eq!(c.transcribe.redaction, None);
+        assert_eq!(c.transcribe.call.redaction, None);
         let c = config(&[("IS_CONTENT_REDACTION_ENABLED", "false")]).unwrap();
-        assert_eq!(c.transcribe.redaction, None);
+        assert_eq!(c.transcribe.call.redaction, None);
         let c = config(&[("PII_ENTITY_TYPES", "NAME,ADDRESS")]).unwrap();
         assert_eq!(
-            c.transcribe.redaction.unwrap().entity_types.as_deref(),
+            c.transcribe.call.redaction.unwrap().entity_types.as_deref(),
             Some("NAME,ADDRESS")
         );
     }
@@ -645,13 +350,13 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(
-            c.transcribe.language,
+            c.transcribe.call.language,
             Language::Identify(LanguageIdentification {
                 options: Some("en-US,es-US".into()),
                 preferred: Some("es-US".into())
             })
         );
-        assert_eq!(c.transcribe.redaction, None);
+        assert_eq!(c.transcribe.call.redaction, None);
         let c = config(&[
             ("TRANSCRIBE_LANGUAGE_CODE", "identify-multiple-languages"),
             ("TRANSCRIBE_LANGUAGE_OPTIONS", "en-US,de-DE"),
@@ -659,7 +364,7 @@ mod tests {
         ])
         .unwrap();
         assert!(matches!(
-            c.transcribe.language,
+            c.transcribe.call.language,
             Language::IdentifyMultiple(LanguageIdentification {
                 preferred: None,
                 ..
@@ -725,6 +430,7 @@ mod tests {
             config(&all)
                 .unwrap()
                 .transcribe
+                .call
                 .post_call_analytics
                 .unwrap()
                 .content_redaction_output
@@ -760,7 +466,7 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(
-            c.transcribe.post_call_analytics,
+            c.transcribe.call.post_call_analytics,
             Some(PostCallAnalytics {
                 output_location: "s3://b/tca/".into(),
                 data_access_role_arn: "arn:aws:iam::1:role/tca".into(),
@@ -773,8 +479,8 @@ mod tests {
             ("IS_TCA_POST_CALL_ANALYTICS_ENABLED", "false"),
         ])
         .unwrap();
-        assert_eq!(c.transcribe.mode, ApiMode::Analytics);
-        assert_eq!(c.transcribe.post_call_analytics, None);
+        assert_eq!(c.transcribe.call.mode, ApiMode::Analytics);
+        assert_eq!(c.transcribe.call.post_call_analytics, None);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! of its own, so that the handler ([`crate::lambda`]) and its metrics ([`crate::metrics`])
 //! both use it without depending on each other.
 
+use call_lifecycle::NoCall;
 use call_lifecycle::delivery::EventError;
 use call_metrics::FailureReason;
 use lca_events::connect::Rejection;
@@ -22,6 +23,10 @@ pub enum HandlerError {
     /// The contact cannot be transcribed.
     #[error(transparent)]
     Rejected(#[from] Rejection),
+    /// A contact attribute is not allowed or not valid (StartLCA refuses these: the two
+    /// functions' settings differ).
+    #[error(transparent)]
+    Attribute(#[from] call_settings::AttributeError),
     /// The pipeline failed.
     #[error(transparent)]
     Pipeline(#[from] PipelineError),
@@ -74,7 +79,12 @@ impl From<EventError> for HandlerError {
     fn from(error: EventError) -> Self {
         match error {
             EventError::Unusable(message) => Self::Event(message),
-            EventError::Rejected(rejection) => Self::Rejected(rejection),
+            EventError::NoCall(NoCall::Rejected(rejection)) => Self::Rejected(rejection),
+            EventError::NoCall(NoCall::Attribute(error)) => Self::Attribute(error),
+            // The handler answers before: not a failure.
+            EventError::NoCall(no_call @ NoCall::NotTranscribed { .. }) => {
+                Self::Event(no_call.to_string())
+            }
         }
     }
 }
@@ -83,7 +93,7 @@ impl HandlerError {
     /// Why the invocation failed, as the metrics break failures down.
     pub fn reason(&self) -> FailureReason {
         match self {
-            Self::Event(_) | Self::Rejected(_) => FailureReason::Event,
+            Self::Event(_) | Self::Rejected(_) | Self::Attribute(_) => FailureReason::Event,
             Self::Pipeline(PipelineError::Source(SourceError::Stream(_))) => {
                 FailureReason::KvsStream
             }

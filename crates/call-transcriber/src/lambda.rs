@@ -24,9 +24,11 @@ use tracing::Instrument as _;
 
 use crate::TranscriberConfig;
 use crate::call::CallData;
+use crate::config::TranscribeSettings;
 use crate::delivered::Delivered;
 use crate::delivery::{
-    CONTINUE_ACTION, NamedBy, NamedCall, call_of_event, hand_over_event, named_call_of_event,
+    CONTINUE_ACTION, EventError, NamedBy, NamedCall, call_of_event, hand_over_event,
+    named_call_of_event,
 };
 use crate::delivery_record::{DeliveryRecord, LeaseSide, delivery_record};
 pub use crate::error::HandlerError;
@@ -36,6 +38,7 @@ use crate::pipeline::{CallPipeline, CallSpec, Clients, Ending, Taps};
 use crate::post_call::{JobStarted, PostCallJobs};
 use crate::recording::Recorder;
 use crate::source::{EndReason, StartAt};
+use call_lifecycle::NoCall;
 use call_lifecycle::hook::{HookAnswer, hook_answer};
 use call_lifecycle::verdict::Continuation;
 use call_lifecycle::{AfterFailure, AfterStall, after_failure, after_stall};
@@ -88,13 +91,11 @@ impl Transcriber {
                 recording_prefix: config.recording_prefix.clone(),
             }),
             region,
-            post_call: config
-                .transcribe
-                .post_call_analytics
-                .as_ref()
-                .map(|_| PostCallJobs {
-                    client: aws_sdk_transcribe::Client::new(&bounded),
-                }),
+            // Any call may have post-call analytics (a contact's attributes may choose Call
+            // Analytics mode): each call's settings say whether it has.
+            post_call: Some(PostCallJobs {
+                client: aws_sdk_transcribe::Client::new(&bounded),
+            }),
             lambda: aws_sdk_lambda::Client::new(&bounded),
             pipeline: CallPipeline {
                 clients: Clients::new(sdk, &config),
@@ -269,8 +270,19 @@ impl Transcriber {
                 (call, false)
             }
             None => {
-                let (call, is_new) =
-                    call_of_event(&event, self.pipeline.config.connect_instance_arn.as_deref())?;
+                let config = &self.pipeline.config;
+                let (call, is_new) = match call_of_event(
+                    &event,
+                    config.connect_instance_arn.as_deref(),
+                    &config.contacts,
+                ) {
+                    Err(EventError::NoCall(no_call @ NoCall::NotTranscribed { .. })) => {
+                        // StartLCA answers so without invoking: an invocation with the event.
+                        tracing::info!("{no_call}");
+                        return Ok(json!({"status": "NOT_TRANSCRIBED"}));
+                    }
+                    other => other?,
+                };
                 if is_new {
                     // Where the call's audio is, for `lca-kvs capture` (README, "Investigate a call").
                     tracing::info!(call_id = %call.contact_id, stream_arn = %call.stream_arn, start_fragment = %call.start_fragment_number, start_timestamp_ms = ?call.started_at_ms, "new call");
@@ -440,7 +452,7 @@ impl Transcriber {
             customer_phone_number: call.from_number.clone(),
             system_phone_number: call.to_number.clone(),
             agent_id: call.agent_id.clone(),
-            metadata_json: call.metadatajson.clone(),
+            metadata_json: call.start_metadata(&config.transcribe.call),
             created_at: call
                 .started_at_ms
                 .map_or_else(crate::transcribe::now, crate::transcribe::timestamp),
@@ -464,6 +476,7 @@ impl Transcriber {
             max_samples: Some(config.max_call_samples()),
             swap_channels: call.swap_channels,
             already_delivered: delivered.clone(),
+            settings: call.settings.as_ref().map(|chosen| chosen.settings.clone()),
         };
         // What Kinesis acknowledges, for the lease; the publisher waits for the lease to
         // have recorded each change before it sends the next.
@@ -734,8 +747,16 @@ impl Transcriber {
         recording: &crate::recording::Recording,
     ) -> Option<PostCallFigure> {
         let jobs = self.post_call.as_ref()?;
+        let config = &self.pipeline.config;
+        let settings = TranscribeSettings {
+            call: call
+                .settings
+                .as_ref()
+                .map_or_else(|| config.transcribe.call.clone(), |c| c.settings.clone()),
+            ..config.transcribe.clone()
+        };
         let planned = crate::post_call::plan_job(
-            &self.pipeline.config.transcribe,
+            &settings,
             &call.call_id,
             &recorder.bucket,
             &recording.key,

@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::Instrument as _;
 
-use crate::config::TranscriberConfig;
+use crate::config::{CallSettings, TranscribeSettings, TranscriberConfig};
 use crate::delivered::Delivered;
 use crate::publisher::{self, PublishReport, PublisherOptions};
 use crate::quiet::QuietWatch;
@@ -100,6 +100,9 @@ pub struct CallSpec {
     /// What an earlier attempt at this run already put on Kinesis (a Lambda retry after a
     /// crash): not published again. Default for a normal run.
     pub already_delivered: Delivered,
+    /// The call's Transcribe settings (a contact's, chosen before the call started); `None`:
+    /// the stack's (`config.transcribe.call`).
+    pub settings: Option<CallSettings>,
 }
 
 impl CallSpec {
@@ -127,6 +130,7 @@ impl CallSpec {
             max_samples: None,
             swap_channels: false,
             already_delivered: Delivered::default(),
+            settings: None,
         }
     }
 }
@@ -297,7 +301,13 @@ impl CallPipeline {
         let (chunk_tx, chunk_rx) = mpsc::channel::<StereoChunk>(64);
         let transcription = CallTranscription {
             call_id: call.call_id.clone(),
-            settings: config.transcribe.clone(),
+            settings: TranscribeSettings {
+                call: call
+                    .settings
+                    .clone()
+                    .unwrap_or_else(|| config.transcribe.call.clone()),
+                ..config.transcribe.clone()
+            },
             save_partials: config.save_partials,
             keep_alive: config.keep_alive,
             session_id: call.position.session_id.clone(),

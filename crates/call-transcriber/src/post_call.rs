@@ -13,10 +13,10 @@
 
 use aws_sdk_transcribe::types::{
     CallAnalyticsJobSettings, ChannelDefinition, ContentRedaction, LanguageCode, Media,
-    ParticipantRole, PiiEntityType, RedactionOutput, RedactionType,
+    ParticipantRole, PiiEntityType, RedactionOutput, RedactionType, VocabularyFilterMethod,
 };
 
-use crate::config::{Language, TranscribeSettings};
+use crate::config::{Language, TranscribeSettings, VocabularyFilter};
 use aws_edge::error_text;
 
 /// Longest media a job takes: "Audio file length 4:00:00 (four) hours (14,400 seconds)"
@@ -55,6 +55,8 @@ pub struct AnalyticsJob {
     pub vocabulary_name: Option<String>,
     /// `CUSTOM_LANGUAGE_MODEL_NAME` (with one language only).
     pub language_model_name: Option<String>,
+    /// `CUSTOM_VOCABULARY_FILTER_NAME` and its method (with one language only).
+    pub vocabulary_filter: Option<VocabularyFilter>,
     /// The live transcript's redaction, applied to the analysis as well.
     pub redaction: Option<JobRedaction>,
 }
@@ -131,7 +133,7 @@ pub fn plan_job(
     key: &str,
     recording_bytes: u64,
 ) -> Option<Result<AnalyticsJob, NoJob>> {
-    let post_call = settings.post_call_analytics.as_ref()?;
+    let post_call = settings.call.post_call_analytics.as_ref()?;
     let audio = recording_bytes.saturating_sub(call_audio::WAV_HEADER_BYTES as u64);
     let ms = audio * 1000 / BYTES_PER_SECOND;
     if ms < MIN_JOB_MS {
@@ -149,24 +151,27 @@ pub fn plan_job(
     // known language (amazon-transcribe-post-call-analytics, pca-aws-sf-start-transcribe-job.py);
     // the batch API has no LanguageCode. Vocabulary and language model apply to it. When
     // identifying, the options only (a vocabulary would need LanguageIdSettings per language).
-    let (language_options, vocabulary_name, language_model_name) = match &settings.language {
-        Language::Code(code) => (
-            vec![code.clone()],
-            settings.vocabulary_name.clone(),
-            settings.language_model_name.clone(),
-        ),
-        Language::Identify(id) | Language::IdentifyMultiple(id) => (
-            id.options
-                .iter()
-                .flat_map(|o| o.split(','))
-                .map(|o| o.trim().to_string())
-                .filter(|o| !o.is_empty())
-                .collect(),
-            None,
-            None,
-        ),
-    };
-    let redaction = settings.redaction.as_ref().map(|r| JobRedaction {
+    let (language_options, vocabulary_name, language_model_name, vocabulary_filter) =
+        match &settings.call.language {
+            Language::Code(code) => (
+                vec![code.clone()],
+                settings.call.vocabulary_name.clone(),
+                settings.call.language_model_name.clone(),
+                settings.call.vocabulary_filter.clone(),
+            ),
+            Language::Identify(id) | Language::IdentifyMultiple(id) => (
+                id.options
+                    .iter()
+                    .flat_map(|o| o.split(','))
+                    .map(|o| o.trim().to_string())
+                    .filter(|o| !o.is_empty())
+                    .collect(),
+                None,
+                None,
+                None,
+            ),
+        };
+    let redaction = settings.call.redaction.as_ref().map(|r| JobRedaction {
         output: post_call
             .content_redaction_output
             .clone()
@@ -187,6 +192,7 @@ pub fn plan_job(
         language_options,
         vocabulary_name,
         language_model_name,
+        vocabulary_filter,
         redaction,
     }))
 }
@@ -237,6 +243,7 @@ impl PostCallJobs {
                     language_options: Vec::new(),
                     vocabulary_name: None,
                     language_model_name: None,
+                    vocabulary_filter: None,
                     ..job.clone()
                 };
                 self.send(&identify).await.map_err(|(error, _)| error)
@@ -275,6 +282,14 @@ impl PostCallJobs {
             }))
             .set_vocabulary_name(job.vocabulary_name.clone())
             .set_language_model_name(job.language_model_name.clone())
+            // CallAnalyticsJobSettings API reference: "if you include VocabularyFilterName
+            // in your request, you must also include VocabularyFilterMethod".
+            .set_vocabulary_filter_name(job.vocabulary_filter.as_ref().map(|f| f.name.clone()))
+            .set_vocabulary_filter_method(
+                job.vocabulary_filter
+                    .as_ref()
+                    .map(|f| VocabularyFilterMethod::from(f.method.as_str())),
+            )
             .set_content_redaction(redaction)
             .build();
         let sent = self
@@ -367,6 +382,7 @@ mod tests {
                 language_options: vec!["en-US".into()],
                 vocabulary_name: None,
                 language_model_name: None,
+                vocabulary_filter: None,
                 redaction: Some(JobRedaction {
                     output: "redacted".into(),
                     entity_types: vec!["NAME".into(), "ADDRESS".into()],

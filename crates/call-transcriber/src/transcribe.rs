@@ -11,6 +11,7 @@ use aws_sdk_transcribestreaming::types::{
     AudioEvent, AudioStream, CallAnalyticsLanguageCode, CallAnalyticsTranscriptResultStream,
     CategoryEvent, ChannelDefinition, ConfigurationEvent, ContentRedactionType, LanguageCode,
     MediaEncoding, ParticipantRole, TranscriptEvent, TranscriptResultStream, UtteranceEvent,
+    VocabularyFilterMethod,
 };
 use call_audio::StereoChunk;
 use lca_events::{LcaMessage, SegmentMapper, TranscriptResult};
@@ -450,7 +451,7 @@ async fn start(
     loop {
         attempt += 1;
         let (audio_tx, audio_rx) = mpsc::channel(AUDIO_QUEUE + 1 + replay.len());
-        if settings.mode == ApiMode::Analytics {
+        if settings.call.mode == ApiMode::Analytics {
             let _ = audio_tx.try_send(Ok(AudioStream::ConfigurationEvent(configuration())));
         }
         for chunk in &replay {
@@ -462,7 +463,7 @@ async fn start(
         }
         let stream = ReceiverStream::new(audio_rx);
         let (out_tx, outputs) = mpsc::channel(64);
-        let started = match settings.mode {
+        let started = match settings.call.mode {
             ApiMode::Standard => answer_within(
                 standard_request(client, settings, summary.session_id.as_deref())
                     .audio_stream(stream.into())
@@ -622,14 +623,14 @@ fn standard_request(
     // the IdentifyLanguage parameter ... use the VocabularyNames parameter instead" (the same
     // for IdentifyMultipleLanguages); a custom language model cannot be combined with
     // language identification (the configuration refuses that).
-    request = match &settings.language {
+    request = match &settings.call.language {
         Language::Code(code) => request
             .language_code(LanguageCode::from(code.as_str()))
-            .set_vocabulary_name(settings.vocabulary_name.clone())
-            .set_language_model_name(settings.language_model_name.clone()),
+            .set_vocabulary_name(settings.call.vocabulary_name.clone())
+            .set_language_model_name(settings.call.language_model_name.clone()),
         Language::Identify(id) => request
             .identify_language(true)
-            .set_vocabulary_names(settings.vocabulary_name.clone())
+            .set_vocabulary_names(settings.call.vocabulary_name.clone())
             .set_language_options(id.options.clone())
             .set_preferred_language(id.preferred.as_deref().map(LanguageCode::from)),
         // PreferredLanguage: "You can only use this parameter if you've included
@@ -638,13 +639,23 @@ fn standard_request(
         // both readings accept.
         Language::IdentifyMultiple(id) => request
             .identify_multiple_languages(true)
-            .set_vocabulary_names(settings.vocabulary_name.clone())
+            .set_vocabulary_names(settings.call.vocabulary_name.clone())
             .set_language_options(id.options.clone()),
     };
-    if let Some(redaction) = &settings.redaction {
+    if let Some(redaction) = &settings.call.redaction {
         request = request
             .content_redaction_type(ContentRedactionType::from(redaction.kind.as_str()))
             .set_pii_entity_types(redaction.entity_types.clone());
+    }
+    // VocabularyFilterName with a language code, VocabularyFilterNames (one per language)
+    // with identification, as for vocabularies (API references, VocabularyFilterNames: "only
+    // intended for use with the IdentifyLanguage parameter"); VocabularyFilterMethod either way.
+    if let Some(filter) = &settings.call.vocabulary_filter {
+        request = match settings.call.language {
+            Language::Code(_) => request.vocabulary_filter_name(&filter.name),
+            _ => request.vocabulary_filter_names(&filter.name),
+        }
+        .vocabulary_filter_method(VocabularyFilterMethod::from(filter.method.as_str()));
     }
     request
 }
@@ -664,21 +675,31 @@ fn analytics_request(
     // with the IdentifyLanguage parameter"), VocabularyName and the language model with a
     // language code. The configuration refuses identify-multiple-languages here (Call
     // Analytics has IdentifyLanguage only).
-    request = match &settings.language {
+    request = match &settings.call.language {
         Language::Code(code) => request
             .language_code(CallAnalyticsLanguageCode::from(code.as_str()))
-            .set_vocabulary_name(settings.vocabulary_name.clone())
-            .set_language_model_name(settings.language_model_name.clone()),
+            .set_vocabulary_name(settings.call.vocabulary_name.clone())
+            .set_language_model_name(settings.call.language_model_name.clone()),
         Language::Identify(id) | Language::IdentifyMultiple(id) => request
             .identify_language(true)
-            .set_vocabulary_names(settings.vocabulary_name.clone())
+            .set_vocabulary_names(settings.call.vocabulary_name.clone())
             .set_language_options(id.options.clone())
             .set_preferred_language(id.preferred.as_deref().map(CallAnalyticsLanguageCode::from)),
     };
-    if let Some(redaction) = &settings.redaction {
+    if let Some(redaction) = &settings.call.redaction {
         request = request
             .content_redaction_type(ContentRedactionType::from(redaction.kind.as_str()))
             .set_pii_entity_types(redaction.entity_types.clone());
+    }
+    // VocabularyFilterName with a language code, VocabularyFilterNames (one per language)
+    // with identification, as for vocabularies (API references, VocabularyFilterNames: "only
+    // intended for use with the IdentifyLanguage parameter"); VocabularyFilterMethod either way.
+    if let Some(filter) = &settings.call.vocabulary_filter {
+        request = match settings.call.language {
+            Language::Code(_) => request.vocabulary_filter_name(&filter.name),
+            _ => request.vocabulary_filter_names(&filter.name),
+        }
+        .vocabulary_filter_method(VocabularyFilterMethod::from(filter.method.as_str()));
     }
     request
 }

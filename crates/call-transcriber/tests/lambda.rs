@@ -402,16 +402,7 @@ fn add_start_lca_with(
 /// Connect invoking StartLCA for the call on `arn` (synchronously, waiting at most 8 s):
 /// its answer.
 async fn invoke_start_lca(server: &local_aws::http::Server, arn: &str, first: &str) -> Value {
-    let client = aws_sdk_lambda::Client::new(&local_aws::sdk_config(&server.url()));
-    let output = client
-        .invoke()
-        .function_name("StartLCA")
-        .payload(Blob::new(contact_flow_event(arn, first).to_string()))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(output.function_error, None);
-    serde_json::from_slice(output.payload.unwrap().as_ref()).unwrap()
+    invoke_start_lca_with(server, &contact_flow_event(arn, first)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -493,8 +484,16 @@ async fn a_call_open_since_before_the_index_joins_it_at_its_next_claim() {
     let (lambda, server) = transcriber(&h, &[]).await;
     let (arn, first) = h.play("call", sample_call_chunks()).await;
     let flow_event = contact_flow_event(&arn, &first);
-    let call =
-        call_transcriber::call::CallData::of_contact_flow_event(&flow_event, INSTANCE).unwrap();
+    let call = call_transcriber::call::CallData {
+        // An earlier version kept no settings with the call.
+        settings: None,
+        ..call_transcriber::call::CallData::of_contact_flow_event(
+            &flow_event,
+            INSTANCE,
+            &stack_contacts(),
+        )
+        .unwrap()
+    };
     let lease = call_transcriber::lease::CallLease::new(
         h.dynamodb.clone(),
         TABLE.to_string(),
@@ -900,6 +899,17 @@ async fn wait_for_call_end(h: &Harness) {
 /// Waits for the call's lease to end, then checks that exactly one Call Analytics job was
 /// started for the call, on its whole recording, channel 0 the customer.
 async fn assert_one_post_call_job(h: &Harness) {
+    assert_one_post_call_job_with(h, "redacted", json!(["ALL"]), None).await;
+}
+
+/// [`assert_one_post_call_job`] (en-US) for a call with this redaction output, these PII
+/// entity types and vocabulary filter (name, method).
+async fn assert_one_post_call_job_with(
+    h: &Harness,
+    redaction_output: &str,
+    entity_types: Value,
+    filter: Option<(&str, &str)>,
+) {
     wait_for_call_end(h).await;
     let jobs = h.jobs.jobs();
     assert_eq!(jobs.len(), 1, "one post-call analytics job: {jobs:?}");
@@ -924,7 +934,16 @@ async fn assert_one_post_call_job(h: &Harness) {
     assert_eq!(job["Settings"]["LanguageOptions"], json!(["en-US"]));
     assert_eq!(
         job["Settings"]["ContentRedaction"],
-        json!({"RedactionType": "PII", "RedactionOutput": "redacted", "PiiEntityTypes": ["ALL"]})
+        json!({"RedactionType": "PII", "RedactionOutput": redaction_output, "PiiEntityTypes": entity_types})
+    );
+    let (name, method) = filter.unzip();
+    assert_eq!(
+        job["Settings"].get("VocabularyFilterName"),
+        name.map(|n| json!(n)).as_ref()
+    );
+    assert_eq!(
+        job["Settings"].get("VocabularyFilterMethod"),
+        method.map(|m| json!(m)).as_ref()
     );
 }
 
@@ -2363,9 +2382,12 @@ async fn with_hook(
         Started::ByEvent => contact_flow_event(&arn, &first),
         Started::ByLease => {
             let flow_event = contact_flow_event(&arn, &first);
-            let call =
-                call_transcriber::call::CallData::of_contact_flow_event(&flow_event, INSTANCE)
-                    .unwrap();
+            let call = call_transcriber::call::CallData::of_contact_flow_event(
+                &flow_event,
+                INSTANCE,
+                &stack_contacts(),
+            )
+            .unwrap();
             assert!(
                 lease
                     .create_pending(&call, &flow_event.to_string())
@@ -2422,7 +2444,14 @@ async fn the_lambda_hook_overrides_the_call_when(started: Started) {
     assert_eq!(start["AgentId"], "jordan");
     assert_eq!(start["CustomerPhoneNumber"], "+15550000001");
     assert_eq!(start["SystemPhoneNumber"], "+15550000002");
-    assert_eq!(start["Metadatajson"], "{\"crm\":\"42\"}");
+    // The hook's metadata, with the contact's links and settings added.
+    let metadata: Value = serde_json::from_str(start["Metadatajson"].as_str().unwrap()).unwrap();
+    assert_eq!(metadata["crm"], "42");
+    assert_eq!(metadata["InitialContactId"], CONTACT);
+    assert_eq!(
+        metadata["TranscribeSettings"]["TRANSCRIBE_LANGUAGE_CODE"],
+        "en-US"
+    );
     // isCaller=false: the agent track is transcribed as the caller.
     let finals = finals(&records);
     assert_eq!(on(&finals, "CALLER"), AGENT_TURNS);
@@ -2504,4 +2533,253 @@ async fn a_hook_answer_beyond_a_limit_fails_naming_it() {
         "{text}"
     );
     assert!(h.records().await.is_empty());
+}
+
+/// The default stack's per-call settings, all attributes allowed.
+fn stack_contacts() -> call_settings::ContactPolicy {
+    call_settings::ContactPolicy::from_lookup(|_| None).expect("the defaults are valid")
+}
+
+/// Connect invoking StartLCA with `event` (synchronously): its answer.
+async fn invoke_start_lca_with(server: &local_aws::http::Server, event: &Value) -> Value {
+    let output = aws_sdk_lambda::Client::new(&local_aws::sdk_config(&server.url()))
+        .invoke()
+        .function_name("StartLCA")
+        .payload(Blob::new(event.to_string()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(output.function_error, None);
+    serde_json::from_slice(output.payload.unwrap().as_ref()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contact_attributes_reach_each_transcribe_request_field_in_both_modes() {
+    // The stack: standard mode, en-US, redaction on (the defaults), post-call analytics
+    // possible (bucket and role set): StartLCA reads the same settings as the transcriber.
+    let stack = [
+        ("TCA_DATA_ACCESS_ROLE_ARN", TCA_ROLE),
+        ("OUTPUT_BUCKET", BUCKET),
+    ];
+    struct Case {
+        attributes: &'static [(&'static str, &'static str)],
+        path_mode: local_aws::transcribe::Mode,
+        headers: &'static [(&'static str, &'static str)],
+        absent: &'static [&'static str],
+        post_call_job: bool,
+    }
+    let cases = [
+        Case {
+            attributes: &[
+                ("TRANSCRIBE_LANGUAGE_CODE", "en-GB"),
+                ("CUSTOM_VOCABULARY_NAME", "agents-v2"),
+                ("CUSTOM_VOCABULARY_FILTER_NAME", "profanity"),
+                ("CUSTOM_VOCABULARY_FILTER_METHOD", "tag"),
+                ("CUSTOM_LANGUAGE_MODEL_NAME", "claims-lm"),
+                ("IS_CONTENT_REDACTION_ENABLED", "false"),
+                ("TRANSCRIBE_API_MODE", "standard"),
+            ],
+            path_mode: local_aws::transcribe::Mode::Standard,
+            headers: &[
+                ("language-code", "en-GB"),
+                ("vocabulary-name", "agents-v2"),
+                ("vocabulary-filter-name", "profanity"),
+                ("vocabulary-filter-method", "tag"),
+                ("language-model-name", "claims-lm"),
+            ],
+            absent: &[
+                "identify-language",
+                "vocabulary-names",
+                "content-redaction-type",
+            ],
+            post_call_job: false,
+        },
+        Case {
+            attributes: &[
+                ("TRANSCRIBE_API_MODE", "analytics"),
+                ("TRANSCRIBE_LANGUAGE_CODE", "identify-language"),
+                ("TRANSCRIBE_LANGUAGE_OPTIONS", "en-US, es-US"),
+                ("TRANSCRIBE_PREFERRED_LANGUAGE", "es-US"),
+                ("CUSTOM_VOCABULARY_NAME", "v-en,v-es"),
+                ("CUSTOM_VOCABULARY_FILTER_NAME", "f-en,f-es"),
+                ("IS_TCA_POST_CALL_ANALYTICS_ENABLED", "false"),
+            ],
+            path_mode: local_aws::transcribe::Mode::CallAnalytics,
+            headers: &[
+                ("identify-language", "true"),
+                ("language-options", "en-US,es-US"),
+                ("preferred-language", "es-US"),
+                ("vocabulary-names", "v-en,v-es"),
+                ("vocabulary-filter-names", "f-en,f-es"),
+                ("vocabulary-filter-method", "mask"),
+            ],
+            absent: &["language-code", "content-redaction-type", "vocabulary-name"],
+            post_call_job: false,
+        },
+        Case {
+            attributes: &[
+                ("TRANSCRIBE_API_MODE", "analytics"),
+                ("TRANSCRIBE_LANGUAGE_CODE", "en-US"),
+                ("IS_CONTENT_REDACTION_ENABLED", "true"),
+                ("CONTENT_REDACTION_TYPE", "PII"),
+                ("PII_ENTITY_TYPES", "NAME,ADDRESS"),
+                (
+                    "POST_CALL_CONTENT_REDACTION_OUTPUT",
+                    "redacted_and_unredacted",
+                ),
+                ("CUSTOM_VOCABULARY_FILTER_NAME", "profanity"),
+                ("CUSTOM_VOCABULARY_FILTER_METHOD", "remove"),
+            ],
+            path_mode: local_aws::transcribe::Mode::CallAnalytics,
+            headers: &[
+                ("language-code", "en-US"),
+                ("content-redaction-type", "PII"),
+                ("pii-entity-types", "NAME,ADDRESS"),
+                ("vocabulary-filter-name", "profanity"),
+                ("vocabulary-filter-method", "remove"),
+            ],
+            absent: &["identify-language"],
+            post_call_job: true,
+        },
+    ];
+    for case in cases {
+        let h = Harness::new(KvsOptions::default(), TranscribeOptions::default()).await;
+        let (lambda, server, logs) = logged_transcriber(&h, &stack).await;
+        add_start_lca_with(&h, &lambda, &server, TABLE, &stack);
+        let (arn, first) = h.stored("call", &sample_call_chunks(), &[]);
+        let mut event = contact_flow_event(&arn, &first);
+        for (name, value) in case.attributes {
+            event["Details"]["ContactData"]["Attributes"][*name] = json!(value);
+        }
+        let answer = invoke_start_lca_with(&server, &event).await;
+        assert_eq!(answer["status"], "STARTED", "{answer}");
+        let records = records_until(&h, &lambda, "ADD_S3_RECORDING_URL").await;
+        let sessions = h.transcribe.sessions();
+        assert!(
+            !sessions.is_empty(),
+            "{:?}: no session ({} refused): {:?} {}",
+            case.attributes,
+            h.transcribe.refused(),
+            records.iter().map(|r| &r["EventType"]).collect::<Vec<_>>(),
+            std::fs::read_to_string(logs.join("CallTranscriber.log")).unwrap_or_default()
+        );
+        for session in &sessions {
+            assert_eq!(session.mode, case.path_mode, "{:?}", case.attributes);
+            for (name, value) in case.headers {
+                let name = format!("x-amzn-transcribe-{name}");
+                assert_eq!(
+                    session.headers.get(&name).map(String::as_str),
+                    Some(*value),
+                    "{:?}: {name}",
+                    case.attributes
+                );
+            }
+            for name in case.absent {
+                let name = format!("x-amzn-transcribe-{name}");
+                assert!(
+                    !session.headers.contains_key(&name),
+                    "{:?}: {name} should be absent",
+                    case.attributes
+                );
+            }
+        }
+        // START says which settings the call used and which the flow chose.
+        let metadata: Value =
+            serde_json::from_str(records[0]["Metadatajson"].as_str().unwrap()).unwrap();
+        assert_eq!(metadata["InitialContactId"], CONTACT);
+        let used = &metadata["TranscribeSettings"];
+        let chosen = metadata["TranscribeSettingsFromContactAttributes"]
+            .as_array()
+            .unwrap();
+        for (name, value) in case.attributes {
+            assert!(chosen.contains(&json!(name)), "{name} in {chosen:?}");
+            assert_eq!(used[*name], json!(value.replace(' ', "")), "{name}");
+        }
+        if case.post_call_job {
+            // The post-call job carries the contact's choices too.
+            assert_one_post_call_job_with(
+                &h,
+                "redacted_and_unredacted",
+                json!(["NAME", "ADDRESS"]),
+                Some(("profanity", "remove")),
+            )
+            .await;
+        } else {
+            wait_for_call_end(&h).await;
+            assert!(h.jobs.jobs().is_empty(), "no post-call job");
+        }
+        lambda.shutdown();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_contact_attributes_are_startlcas_answer_and_start_nothing() {
+    let h = Harness::new(KvsOptions::default(), TranscribeOptions::default()).await;
+    let (lambda, server) = transcriber(&h, &[]).await;
+    // The stack lets a flow choose the language only.
+    add_start_lca_with(
+        &h,
+        &lambda,
+        &server,
+        TABLE,
+        &[("CONTACT_ATTRIBUTE_OVERRIDES", "TRANSCRIBE_LANGUAGE_CODE")],
+    );
+    let (arn, first) = h.stored("call", &sample_call_chunks()[..3], &[]);
+    // The attributes; StartLCA's status, error code and the attribute it names.
+    type Case = (
+        &'static [(&'static str, &'static str)],
+        &'static str,
+        &'static str,
+        &'static str,
+    );
+    let cases: &[Case] = &[
+        (
+            &[("TRANSCRIBE_API_MODE", "analytics")],
+            "ERROR",
+            "ATTRIBUTE_NOT_ALLOWED",
+            "TRANSCRIBE_API_MODE",
+        ),
+        (
+            &[("TRANSCRIBE_LANGUAGE_CODE", "english")],
+            "ERROR",
+            "BAD_ATTRIBUTE",
+            "TRANSCRIBE_LANGUAGE_CODE",
+        ),
+        (
+            // identify-language needs options, which the stack does not give.
+            &[("TRANSCRIBE_LANGUAGE_CODE", "identify-language")],
+            "ERROR",
+            "BAD_ATTRIBUTE",
+            "TRANSCRIBE_LANGUAGE_CODE",
+        ),
+        (&[("LCA_TRANSCRIBE", "false")], "NOT_TRANSCRIBED", "", ""),
+        (
+            &[("LCA_TRANSCRIBE", "no")],
+            "ERROR",
+            "BAD_ATTRIBUTE",
+            "LCA_TRANSCRIBE",
+        ),
+    ];
+    for (attributes, status, code, attribute) in cases {
+        let mut event = contact_flow_event(&arn, &first);
+        for (name, value) in *attributes {
+            event["Details"]["ContactData"]["Attributes"][*name] = json!(value);
+        }
+        let answer = invoke_start_lca_with(&server, &event).await;
+        assert_eq!(answer["status"], *status, "{attributes:?}: {answer}");
+        if !code.is_empty() {
+            assert_eq!(answer["error"], *code, "{answer}");
+            assert_eq!(answer["attribute"], *attribute, "{answer}");
+            assert!(
+                answer["message"].as_str().unwrap().contains(attribute),
+                "{answer}"
+            );
+        }
+    }
+    assert!(
+        lambda.invocations("CallTranscriber").is_empty(),
+        "nothing was started"
+    );
+    assert!(lease_item(&h).await.is_none(), "no lease was written");
+    lambda.shutdown();
 }

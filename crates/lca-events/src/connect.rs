@@ -36,6 +36,12 @@ pub struct ContactData {
     /// The first contact of a transferred call.
     #[serde(default)]
     pub initial_contact_id: Option<String>,
+    /// The contact this one was transferred from.
+    #[serde(default)]
+    pub previous_contact_id: Option<String>,
+    /// How the contact started (`INBOUND`, `TRANSFER`, ...).
+    #[serde(default)]
+    pub initiation_method: Option<String>,
     /// The Connect instance.
     #[serde(rename = "InstanceARN")]
     pub instance_arn: String,

@@ -128,6 +128,56 @@ pub(crate) fn contact_flow_event(
     })
 }
 
+/// The Transcribe settings a call used, from START's metadata: mode, language (or the
+/// options identified among), vocabulary, filter, redaction, post-call analytics, and which
+/// came from contact attributes.
+fn settings_line(metadata: &Value) -> Option<String> {
+    let used = metadata.get("TranscribeSettings")?;
+    let get = |name: &str| used.get(name).and_then(Value::as_str);
+    let mut parts = vec![format!("mode {}", get("TRANSCRIBE_API_MODE")?)];
+    let language = get("TRANSCRIBE_LANGUAGE_CODE")?;
+    parts.push(match get("TRANSCRIBE_LANGUAGE_OPTIONS") {
+        Some(options) => format!("language {language} among {options}"),
+        None => format!("language {language}"),
+    });
+    parts.push(format!(
+        "vocabulary {}",
+        get("CUSTOM_VOCABULARY_NAME").unwrap_or("none")
+    ));
+    parts.push(match get("CUSTOM_VOCABULARY_FILTER_NAME") {
+        Some(filter) => format!(
+            "filter {filter} ({})",
+            get("CUSTOM_VOCABULARY_FILTER_METHOD").unwrap_or("mask")
+        ),
+        None => "filter none".to_string(),
+    });
+    parts.push(match get("IS_CONTENT_REDACTION_ENABLED") {
+        Some("true") => format!(
+            "redaction {} of {}",
+            get("CONTENT_REDACTION_TYPE").unwrap_or("PII"),
+            get("PII_ENTITY_TYPES").unwrap_or("ALL")
+        ),
+        _ => "redaction off".to_string(),
+    });
+    if let Some(post_call) = get("IS_TCA_POST_CALL_ANALYTICS_ENABLED") {
+        parts.push(format!(
+            "post-call analytics {}",
+            if post_call == "true" { "on" } else { "off" }
+        ));
+    }
+    let chosen: Vec<&str> = metadata
+        .get("TranscribeSettingsFromContactAttributes")
+        .and_then(Value::as_array)
+        .map(|names| names.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    parts.push(if chosen.is_empty() {
+        "all from the stack".to_string()
+    } else {
+        format!("from contact attributes: {}", chosen.join(", "))
+    });
+    Some(parts.join("; "))
+}
+
 /// A ContactId no earlier run used (a random version 4 UUID, as Connect's are).
 pub(crate) fn fresh_contact_id() -> String {
     uuid::Uuid::new_v4().to_string()
@@ -164,6 +214,9 @@ pub(crate) struct TranscriptView {
     pub(crate) ended: bool,
     call_id: String,
     pub(crate) recording_url: Option<String>,
+    /// START's metadata: the Transcribe settings the call used, and which of them its
+    /// contact attributes chose.
+    settings: Option<Value>,
 }
 
 impl TranscriptView {
@@ -180,6 +233,7 @@ impl TranscriptView {
             ended: false,
             call_id: String::new(),
             recording_url: None,
+            settings: None,
         }
     }
 
@@ -193,6 +247,9 @@ impl TranscriptView {
         let line = match record["EventType"].as_str().unwrap_or("") {
             "START" => {
                 self.started = true;
+                self.settings = record["Metadatajson"]
+                    .as_str()
+                    .and_then(|m| serde_json::from_str(m).ok());
                 self.call_id = record["CallId"].as_str().unwrap_or("").to_string();
                 Some(format!("call started: CallId {}", self.call_id))
             }
@@ -293,6 +350,9 @@ impl TranscriptView {
         eprintln!();
         eprintln!("Summary");
         eprintln!("  call:       CallId {}", self.call_id);
+        if let Some(line) = self.settings.as_ref().and_then(settings_line) {
+            eprintln!("  transcribe: {line}");
+        }
         eprintln!(
             "  segments:   {} final (caller {}, agent {}), {} partial updates{}",
             self.finals.len(),

@@ -76,7 +76,38 @@ pub struct DemoArgs {
     /// temporary folder, named in the summary.
     #[arg(long, value_name = "FILE")]
     logs: Option<PathBuf>,
+    /// A contact attribute the contact flow sets before invoking StartLCA (repeatable), e.g.
+    /// `--attribute TRANSCRIBE_LANGUAGE_CODE=en-GB`: a per-contact setting (README,
+    /// "Per-contact settings"). StartLCA refusing one stops the demo with its answer.
+    #[arg(long = "attribute", value_name = "NAME=VALUE", value_parser = parse_attribute)]
+    attributes: Vec<(String, String)>,
 }
+
+/// `NAME=VALUE`: a contact attribute (the value may be empty or contain `=`).
+fn parse_attribute(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((name, value)) if !name.trim().is_empty() => {
+            Ok((name.trim().to_string(), value.to_string()))
+        }
+        _ => Err(format!(
+            "{text:?}: expected NAME=VALUE, e.g. TRANSCRIBE_LANGUAGE_CODE=en-GB"
+        )),
+    }
+}
+
+/// StartLCA answered the contact flow without starting the transcriber (a refused contact
+/// attribute, `LCA_TRANSCRIBE=false`, ...): its answer. `lca-kvs demo` exits 1 on it (2 on
+/// other failures).
+#[derive(Debug)]
+pub struct NotStarted(pub String);
+
+impl std::fmt::Display for NotStarted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "StartLCA did not start the transcriber: {}", self.0)
+    }
+}
+
+impl std::error::Error for NotStarted {}
 
 /// Speech recognizers the demo can use.
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -399,13 +430,17 @@ async fn demo(
         }
     };
 
-    let event = contact_flow_event(
+    let mut event = contact_flow_event(
         &call.contact_id,
         INSTANCE_ARN,
         &stream_arn,
         &first_fragment,
         now_ms(),
     );
+    // A Set contact attributes block before the Invoke AWS Lambda function block.
+    for (name, value) in &args.attributes {
+        event["Details"]["ContactData"]["Attributes"][name] = Value::String(value.clone());
+    }
     let answer = aws_sdk_lambda::Client::new(&local_aws::sdk_config(&lambda_server.url()))
         .invoke()
         .function_name("StartLCA")
@@ -421,7 +456,7 @@ async fn demo(
     eprintln!("lca-kvs demo: contact flow invoked StartLCA: {answer}");
     if answer["status"] != "STARTED" {
         lambda.shutdown();
-        bail!("StartLCA did not start the transcriber: {answer}");
+        return Err(NotStarted(answer.to_string()).into());
     }
 
     let played_at_wall = SystemTime::now() - played_at.elapsed();

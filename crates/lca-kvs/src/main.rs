@@ -175,6 +175,12 @@ fn main() -> ExitCode {
         }
         Err(error) => {
             eprintln!("lca-kvs: {error:#}");
+            // StartLCA's answer to the demo's contact (a refused attribute): exit 1, as a
+            // flow's ERROR branch; 2 for the demo itself failing.
+            #[cfg(feature = "stand-ins")]
+            if error.downcast_ref::<demo::NotStarted>().is_some() {
+                return ExitCode::from(1);
+            }
             ExitCode::from(2)
         }
     }

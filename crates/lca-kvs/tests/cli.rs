@@ -516,13 +516,55 @@ fn demo_recording_out_without_moto_names_the_fix() {
 
 #[test]
 fn demo_stops_at_a_failing_transcriber_with_its_error() {
-    let output = demo_without_moto(&[], &[("TRANSCRIBE_API_MODE", "telepathy")]);
-    assert!(!output.status.success());
+    // A setting only the transcriber reads (StartLCA reads the per-call ones too, and would
+    // fail first).
+    let output = demo_without_moto(&[], &[("KEEP_ALIVE", "ten")]);
+    assert_eq!(output.status.code(), Some(2));
     let stderr = stderr(&output);
     assert!(
-        stderr.contains("the call transcriber failed: ") && stderr.contains("TRANSCRIBE_API_MODE"),
+        stderr.contains("the call transcriber failed: ") && stderr.contains("KEEP_ALIVE"),
         "{stderr}"
     );
+}
+
+#[test]
+fn demo_attributes_choose_the_calls_settings_and_a_refused_one_is_startlcas_answer() {
+    let output = demo_without_moto(
+        &[
+            "--attribute",
+            "TRANSCRIBE_LANGUAGE_CODE=en-GB",
+            "--attribute",
+            "CUSTOM_VOCABULARY_FILTER_NAME=profanity",
+        ],
+        &[],
+    );
+    let stderr = stderr(&output);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(
+            "transcribe: mode standard; language en-GB; vocabulary none; filter profanity (mask); \
+             redaction PII of ALL; from contact attributes: CUSTOM_VOCABULARY_FILTER_NAME, \
+             TRANSCRIBE_LANGUAGE_CODE"
+        ),
+        "{stderr}"
+    );
+    // Refused: StartLCA's answer, exit 1, nothing transcribed.
+    let output = demo_without_moto(&["--attribute", "TRANSCRIBE_API_MODE=fast"], &[]);
+    assert_eq!(output.status.code(), Some(1));
+    let refused = self::stderr(&output);
+    assert!(
+        refused.contains(r#""error":"BAD_ATTRIBUTE""#)
+            && refused.contains(r#""attribute":"TRANSCRIBE_API_MODE""#),
+        "{refused}"
+    );
+    assert!(String::from_utf8(output.stdout).unwrap().is_empty());
+    let output = demo_without_moto(&["--attribute", "LCA_TRANSCRIBE=false"], &[]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(self::stderr(&output).contains(r#""status":"NOT_TRANSCRIBED""#));
+    // Not NAME=VALUE: clap's usage error.
+    let output = demo_without_moto(&["--attribute", "TRANSCRIBE_API_MODE"], &[]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(self::stderr(&output).contains("expected NAME=VALUE"));
 }
 
 #[test]

@@ -443,11 +443,15 @@ impl Settings {
                 "a custom language model cannot be used with language identification".into(),
             ));
         }
+        // Transcribe developer guide, "Redacting or identifying PII in a real-time stream":
+        // "available with these English dialects: Australian (en-AU), British (en-GB), US
+        // (en-US) and Spanish US dialect (es-US)" (a later version of the page lists more
+        // languages; these four are in every version, and are what LCA redacts).
         if (get("content-redaction-type").is_some() || get("content-identification-type").is_some())
-            && language.is_some_and(|l| l != "en-US")
+            && language.is_some_and(|l| !["en-US", "en-AU", "en-GB", "es-US"].contains(&l))
         {
             return Err(bad(
-                "PII redaction and identification are available for en-US only".into(),
+                "PII redaction and identification are available for en-US, en-AU, en-GB and es-US only".into(),
             ));
         }
         if get("pii-entity-types").is_some()

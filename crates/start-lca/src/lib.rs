@@ -19,9 +19,10 @@ use std::time::Duration;
 use aws_sdk_lambda::primitives::Blob;
 use aws_sdk_lambda::types::InvocationType;
 use call_lease::CallLease;
-use call_lifecycle::CallData;
+use call_lifecycle::{CallData, NoCall};
 use call_metrics::{Dimension, EmfRecord, Metric};
-use lca_events::connect::{ContactFlowEvent, Rejection};
+use call_settings::ContactPolicy;
+use lca_events::connect::Rejection;
 use serde_json::Value;
 
 pub use aws_edge::ConfigError;
@@ -43,10 +44,15 @@ pub struct StartConfig {
     /// `SWEEP_GRACE` (ms, default 300000, at least 1000; the transcriber's): how long the
     /// lease written here may go unclaimed before the sweep delivers the call again.
     pub sweep_grace: Duration,
+    /// The stack's per-call Transcribe settings (the transcriber's variables) and what a
+    /// contact attribute may override (`CONTACT_ATTRIBUTE_OVERRIDES`): each contact is checked
+    /// against them before anything starts.
+    pub contacts: ContactPolicy,
 }
 
 impl StartConfig {
-    /// Every environment variable StartLCA reads.
+    /// Every environment variable StartLCA reads of its own; it reads
+    /// [`ContactPolicy::variables`] too (the transcriber's per-call settings).
     pub const VARIABLES: &'static [&'static str] = &[
         "CONNECT_INSTANCE_ARN",
         "TRANSCRIBER_FUNCTION_ARN",
@@ -89,6 +95,7 @@ impl StartConfig {
                 call_lifecycle::lease::DEFAULT_SWEEP_GRACE_MS,
                 1000,
             )?,
+            contacts: ContactPolicy::from_lookup(&lookup)?,
         })
     }
 }
@@ -145,18 +152,12 @@ impl StartLca {
 
     /// The event the transcriber is started with: after the call's lease is written, one
     /// that names the call; otherwise the contact-flow event itself (as without the table).
-    async fn start_event(&self, event: &Value, contact_id: &str) -> Value {
+    async fn start_event(&self, event: &Value, call: &CallData) -> Value {
         let Some(lease) = &self.lease else {
             return event.clone();
         };
-        let call = match CallData::of_contact_flow_event(event, &self.config.connect_instance_arn) {
-            Ok(call) => call,
-            Err(rejection) => {
-                tracing::error!(call_id = %contact_id, error = %rejection, "the contact's call data could not be read: starting the transcriber with the contact-flow event");
-                return event.clone();
-            }
-        };
-        match lease.create_pending(&call, &event.to_string()).await {
+        let contact_id = &call.contact_id;
+        match lease.create_pending(call, &event.to_string()).await {
             Ok(true) => {}
             Ok(false) => {
                 tracing::info!(call_id = %contact_id, "the call has a lease already (StartLCA invoked again for the contact): the transcriber decides by it")
@@ -183,23 +184,43 @@ fn error_response(code: &str, message: &str) -> FlowResponse {
     ])
 }
 
+/// The answer to a contact-flow event that starts no call: `NOT_TRANSCRIBED` when its flow
+/// asked for that, otherwise `ERROR` with the code (and for an attribute, `attribute` naming
+/// it), logged at the level it deserves.
+fn no_call_response(no_call: &NoCall) -> FlowResponse {
+    match no_call {
+        NoCall::NotTranscribed { contact_id } => {
+            tracing::info!(call_id = %contact_id, "{no_call}");
+            return HashMap::from([
+                ("status".to_string(), "NOT_TRANSCRIBED".to_string()),
+                ("callId".to_string(), contact_id.clone()),
+            ]);
+        }
+        NoCall::Rejected(Rejection::Malformed(_)) => {
+            tracing::error!(error = no_call.code(), "{no_call}")
+        }
+        _ => tracing::warn!(error = no_call.code(), "{no_call}"),
+    }
+    let mut response = error_response(no_call.code(), &no_call.to_string());
+    if let NoCall::Attribute(error) = no_call {
+        response.insert("attribute".to_string(), error.attribute().to_string());
+    }
+    response
+}
+
 impl StartLca {
     /// Handles one contact-flow event: validates it, starts the transcriber, answers.
     pub async fn handle(&self, event: Value) -> FlowResponse {
-        let contact =
-            match ContactFlowEvent::streaming_contact(&event, &self.config.connect_instance_arn) {
-                Ok(contact) => contact,
-                Err(rejection) => {
-                    let level_warn = !matches!(rejection, Rejection::Malformed(_));
-                    if level_warn {
-                        tracing::warn!(error = rejection.code(), "{rejection}");
-                    } else {
-                        tracing::error!(error = rejection.code(), "{rejection}");
-                    }
-                    return error_response(rejection.code(), &rejection.to_string());
-                }
-            };
-        let start = self.start_event(&event, &contact.contact_id).await;
+        let config = &self.config;
+        let contact = match CallData::of_contact_flow_event(
+            &event,
+            &config.connect_instance_arn,
+            &config.contacts,
+        ) {
+            Ok(contact) => contact,
+            Err(no_call) => return no_call_response(&no_call),
+        };
+        let start = self.start_event(&event, &contact).await;
         let payload = serde_json::to_vec(&start).expect("a JSON value serializes");
         let result = self
             .lambda
@@ -211,7 +232,11 @@ impl StartLca {
             .await;
         match result {
             Ok(output) if output.status_code == 202 => {
-                tracing::info!(call_id = %contact.contact_id, stream = %contact.stream_arn, "transcriber started");
+                let from_attributes = contact
+                    .settings
+                    .as_ref()
+                    .map(|s| s.from_attributes.join(","));
+                tracing::info!(call_id = %contact.contact_id, stream = %contact.stream_arn, settings_from_attributes = from_attributes.as_deref().unwrap_or(""), "transcriber started");
                 HashMap::from([
                     ("status".to_string(), "STARTED".to_string()),
                     ("callId".to_string(), contact.contact_id),
@@ -239,16 +264,20 @@ impl StartLca {
 }
 
 /// The metrics line of one answer (CloudWatch EMF): `StartLcaAnswers`, also by `Answer`
-/// (STARTED, or the error code answered).
+/// (STARTED, NOT_TRANSCRIBED, or the error code answered), and `ContactAttributesRefused`
+/// for a contact refused for its attributes.
 pub fn answer_metrics(response: &FlowResponse, timestamp_ms: u64) -> EmfRecord {
     let answer = match response.get("status").map(String::as_str) {
-        Some("STARTED") => "STARTED",
+        Some(status @ ("STARTED" | "NOT_TRANSCRIBED")) => status,
         _ => response.get("error").map_or("ERROR", String::as_str),
     };
     let mut record = EmfRecord::new(timestamp_ms);
     record
         .add(Metric::StartLcaAnswers, 1.0)
         .dimension(Dimension::Answer, answer);
+    if matches!(answer, "BAD_ATTRIBUTE" | "ATTRIBUTE_NOT_ALLOWED") {
+        record.add(Metric::ContactAttributesRefused, 1.0);
+    }
     if let Some(call_id) = response.get("callId") {
         record.member("CallId", call_id.as_str());
     }
@@ -285,7 +314,14 @@ mod tests {
             ("callId".to_string(), "c-1".to_string()),
         ]);
         let refused = error_response("NO_MEDIA_STREAM", "no stream");
-        for (response, answer) in [(started, "STARTED"), (refused, "NO_MEDIA_STREAM")] {
+        let skipped = HashMap::from([("status".to_string(), "NOT_TRANSCRIBED".to_string())]);
+        let attribute = error_response("BAD_ATTRIBUTE", "contact attribute X: ...");
+        for (response, answer) in [
+            (started, "STARTED"),
+            (refused, "NO_MEDIA_STREAM"),
+            (skipped, "NOT_TRANSCRIBED"),
+            (attribute.clone(), "BAD_ATTRIBUTE"),
+        ] {
             let line = answer_metrics(&response, 7).to_line();
             let extracted = call_metrics::validate(&line).unwrap();
             assert!(extracted.iter().any(|e| e.name == "StartLcaAnswers"
@@ -297,6 +333,16 @@ mod tests {
                     .any(|e| e.name == "StartLcaAnswers" && e.dimensions.is_empty())
             );
         }
+        // A contact refused for its attributes is counted for the alarm too; others are not.
+        let counted = |response: &FlowResponse| {
+            call_metrics::validate(&answer_metrics(response, 7).to_line())
+                .unwrap()
+                .iter()
+                .any(|e| e.name == "ContactAttributesRefused" && e.values == [1.0])
+        };
+        assert!(counted(&attribute));
+        assert!(counted(&error_response("ATTRIBUTE_NOT_ALLOWED", "...")));
+        assert!(!counted(&error_response("INVOKE_FAILED", "...")));
     }
 
     #[test]
@@ -344,18 +390,28 @@ mod tests {
 
     #[test]
     fn the_variable_list_is_what_is_read() {
-        let asked = std::cell::RefCell::new(Vec::new());
+        let asked = std::cell::RefCell::new(std::collections::BTreeSet::new());
         StartConfig::from_lookup(|name| {
-            asked.borrow_mut().push(name.to_string());
-            Some(match name {
-                "CONNECT_INSTANCE_ARN" => "arn:aws:connect:us-east-1:1:instance/i".to_string(),
-                "SWEEP_GRACE" => "60000".to_string(),
-                "TRANSCRIBER_CALL_EVENT_TABLE_NAME" => "calls".to_string(),
-                _ => "arn:aws:lambda:us-east-1:1:function:f".to_string(),
-            })
+            asked.borrow_mut().insert(name.to_string());
+            match name {
+                "CONNECT_INSTANCE_ARN" => Some("arn:aws:connect:us-east-1:1:instance/i".into()),
+                "SWEEP_GRACE" => Some("60000".into()),
+                "TRANSCRIBER_CALL_EVENT_TABLE_NAME" => Some("calls".into()),
+                "TRANSCRIBER_FUNCTION_ARN" => Some("arn:aws:lambda:us-east-1:1:function:f".into()),
+                "TRANSCRIBE_API_MODE" => Some("analytics".into()),
+                "OUTPUT_BUCKET" => Some("b".into()),
+                "TCA_DATA_ACCESS_ROLE_ARN" => Some("arn:aws:iam::1:role/r".into()),
+                _ => None,
+            }
         })
         .unwrap();
-        assert_eq!(asked.into_inner(), StartConfig::VARIABLES);
+        let listed = StartConfig::VARIABLES
+            .iter()
+            .copied()
+            .chain(ContactPolicy::variables())
+            .map(str::to_string)
+            .collect();
+        assert_eq!(asked.into_inner(), listed);
     }
 
     #[test]

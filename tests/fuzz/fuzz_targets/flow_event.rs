@@ -3,16 +3,22 @@
 //! call, or carrying it as earlier versions did) or a LAMBDA_RESCUE, built from a real one with
 //! fields removed, retyped and stretched, or arbitrary JSON bytes.
 //!
-//! Must hold: no panic; StartLCA and the transcriber accept the same contact-flow events;
-//! every call accepted has a CallId Kinesis takes and survives its own hand-over unchanged;
+//! A new call's event carries contact attributes (per-contact settings near their limits,
+//! unknown names, wrong types), checked under a stack that allows every override or one that
+//! allows the language only.
+//!
+//! Must hold: no panic; StartLCA and the transcriber accept the same contact-flow events
+//! (settings included); every call accepted has a CallId Kinesis takes, settings that read
+//! back unchanged from the variables START shows, and survives its own hand-over unchanged;
 //! every call named has a contact id the lease takes; no error is longer than
 //! `MAX_ERROR_CHARS` or quotes the caller's number.
 #![no_main]
 
 use arbitrary::Unstructured;
+use call_lifecycle::CallData;
 use call_lifecycle::delivery::{NamedBy, call_of_event, hand_over_event, named_call_of_event};
-use lca_events::connect::ContactFlowEvent;
-use lca_fuzz::{INSTANCE, check_error_text, flow_event, mutate};
+use call_settings::{CallSettings, ContactPolicy, Settings};
+use lca_fuzz::{INSTANCE, attributes, check_error_text, flow_event, mutate};
 use libfuzzer_sys::fuzz_target;
 use serde_json::{Value, json};
 
@@ -22,7 +28,21 @@ fuzz_target!(|data: &[u8]| {
 
 fn run(data: &[u8]) -> arbitrary::Result<()> {
     let mut u = Unstructured::new(data);
-    let event = match u.choose_index(4)? {
+    let stack = |name: &str| match name {
+        "OUTPUT_BUCKET" => Some("lca-bucket".to_string()),
+        "TCA_DATA_ACCESS_ROLE_ARN" => Some("arn:aws:iam::1:role/tca".to_string()),
+        _ => None,
+    };
+    let contacts = if u.arbitrary::<bool>()? {
+        ContactPolicy::from_lookup(stack).expect("the stack's settings")
+    } else {
+        ContactPolicy::from_lookup(|name| match name {
+            "CONTACT_ATTRIBUTE_OVERRIDES" => Some("TRANSCRIBE_LANGUAGE_CODE".to_string()),
+            other => stack(other),
+        })
+        .expect("the stack's settings")
+    };
+    let event = match u.choose_index(5)? {
         // Raw JSON, as the Lambda runtime would hand over whatever it was invoked with.
         0 => match serde_json::from_slice::<Value>(u.take_rest()) {
             Ok(event) => event,
@@ -34,8 +54,17 @@ fn run(data: &[u8]) -> arbitrary::Result<()> {
             mutate(&mut event, &mut u)?;
             event
         }
-        // A hand-over naming the call, or a rescue, changed.
+        // A new call's event with contact attributes, perhaps changed too.
         2 => {
+            let mut event = flow_event();
+            event["Details"]["ContactData"]["Attributes"] = attributes(&mut u)?.into();
+            if u.arbitrary::<bool>()? {
+                mutate(&mut event, &mut u)?;
+            }
+            event
+        }
+        // A hand-over naming the call, or a rescue, changed.
+        3 => {
             let mut event = if u.arbitrary::<bool>()? {
                 hand_over_event("d111f871-5fe7-40b1-b5f7-6b67060de0c2", 3)
             } else {
@@ -46,20 +75,25 @@ fn run(data: &[u8]) -> arbitrary::Result<()> {
         }
         // An earlier version's hand-over of an accepted call, changed.
         _ => {
-            let (call, _) = call_of_event(&flow_event(), Some(INSTANCE)).expect("the real event");
+            let (call, _) =
+                call_of_event(&flow_event(), Some(INSTANCE), &contacts).expect("the real event");
             let mut event = json!({"action": "LAMBDA_CONTINUE", "callData": call});
             mutate(&mut event, &mut u)?;
             event
         }
     };
     let contact = &event["Details"]["ContactData"];
-    // What an error may name (bounded): the event's Name, the contact, its instance, channel.
-    let quoted = [
+    // What an error may name (bounded): the event's Name, the contact, its instance, channel,
+    // and the per-contact settings' values.
+    let mut quoted = vec![
         event["Name"].as_str().unwrap_or_default(),
         contact["ContactId"].as_str().unwrap_or_default(),
         contact["InstanceARN"].as_str().unwrap_or_default(),
         contact["Channel"].as_str().unwrap_or_default(),
     ];
+    for name in call_settings::contact::OVERRIDABLE {
+        quoted.push(contact["Attributes"][*name].as_str().unwrap_or_default());
+    }
     // The handler reads a named delivery first; only the others reach `call_of_event`.
     match named_call_of_event(&event) {
         Ok(Some(named)) => {
@@ -79,15 +113,15 @@ fn run(data: &[u8]) -> arbitrary::Result<()> {
         }
     }
     let is_new = event.get("action").and_then(Value::as_str) != Some("LAMBDA_CONTINUE");
-    let start_lca = ContactFlowEvent::streaming_contact(&event, INSTANCE);
-    if let Err(rejection) = &start_lca {
-        check_error_text(&rejection.to_string(), &quoted);
+    let start_lca = CallData::of_contact_flow_event(&event, INSTANCE, &contacts);
+    if let Err(no_call) = &start_lca {
+        check_error_text(&no_call.to_string(), &quoted);
     }
-    let transcriber = call_of_event(&event, Some(INSTANCE));
+    let transcriber = call_of_event(&event, Some(INSTANCE), &contacts);
     if is_new {
         assert_eq!(
-            start_lca.is_ok(),
-            transcriber.is_ok(),
+            start_lca.as_ref().ok(),
+            transcriber.as_ref().ok().map(|(call, _)| call),
             "StartLCA and the transcriber disagree on a contact-flow event"
         );
     }
@@ -104,9 +138,32 @@ fn run(data: &[u8]) -> arbitrary::Result<()> {
             }
             let length = call.call_id.chars().count();
             assert!((1..=lca_events::MAX_CALL_ID_CHARS).contains(&length));
+            // The settings chosen read back unchanged from what START shows of them.
+            if let Some(chosen) = &call.settings {
+                let mut vars = chosen.settings.to_variables();
+                vars.insert("OUTPUT_BUCKET", "lca-bucket".to_string());
+                vars.insert(
+                    "TCA_DATA_ACCESS_ROLE_ARN",
+                    "arn:aws:iam::1:role/tca".to_string(),
+                );
+                let lookup = |name: &str| vars.get(name).cloned();
+                assert_eq!(
+                    CallSettings::from_settings(&Settings::new(&lookup)).as_ref(),
+                    Ok(&chosen.settings)
+                );
+                let metadata = call
+                    .start_metadata(&contacts.stack)
+                    .expect("START's metadata");
+                assert!(
+                    metadata.len() < 16_000,
+                    "START's metadata is {} bytes",
+                    metadata.len()
+                );
+            }
             // The call survives its own hand-over.
             let next = json!({"action": "LAMBDA_CONTINUE", "callData": call});
-            let (again, new) = call_of_event(&next, None).expect("a hand-over of an accepted call");
+            let (again, new) =
+                call_of_event(&next, None, &contacts).expect("a hand-over of an accepted call");
             assert!(!new);
             assert_eq!(again, call);
         }

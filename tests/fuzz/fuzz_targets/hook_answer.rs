@@ -36,7 +36,9 @@ fn run(data: &[u8]) -> arbitrary::Result<()> {
     } else {
         u.take_rest().to_vec()
     };
-    let (mut call, _) = call_of_event(&flow_event(), Some(INSTANCE)).expect("the real event");
+    let contacts = call_settings::ContactPolicy::from_lookup(|_| None).expect("the defaults");
+    let (mut call, _) =
+        call_of_event(&flow_event(), Some(INSTANCE), &contacts).expect("the real event");
     let before = call.clone();
     match hook_answer(&payload, function_error.as_deref()) {
         Err(error) => {
@@ -54,7 +56,8 @@ fn run(data: &[u8]) -> arbitrary::Result<()> {
                 let length = call.call_id.chars().count();
                 assert!((1..=lca_events::MAX_CALL_ID_CHARS).contains(&length));
                 let next = json!({"action": "LAMBDA_CONTINUE", "callData": call});
-                let (again, _) = call_of_event(&next, None).expect("a hand-over of the call");
+                let (again, _) =
+                    call_of_event(&next, None, &contacts).expect("a hand-over of the call");
                 assert_eq!(again, call);
             }
         },

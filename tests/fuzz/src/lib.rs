@@ -38,6 +38,19 @@ const WORDS: &[&str] = &[
     "{}",
     "é",
     "\u{0}",
+    "analytics",
+    "standard",
+    "identify-language",
+    "identify-multiple-languages",
+    "en-US,es-US",
+    "en-US,en-GB",
+    "true",
+    "false",
+    "None",
+    "PII",
+    "ALL",
+    "mask",
+    "redacted_and_unredacted",
 ];
 
 /// Keys of the real inputs, for keys the fuzzer adds.
@@ -86,6 +99,10 @@ const KEYS: &[&str] = &[
     "stalledSinceMs",
     "errorType",
     "errorMessage",
+    "PreviousContactId",
+    "InitiationMethod",
+    "settings",
+    "links",
 ];
 
 /// A contact-flow event as Connect sends it to StartLCA and the transcriber.
@@ -217,4 +234,63 @@ pub fn check_error_text(text: &str, quoted_fields: &[&str]) {
             "an error quotes customer data: {text}"
         );
     }
+}
+
+/// Contact attributes a flow may set: per-contact settings (and other names) with values
+/// near each rule's limits, of the wrong type now and then (Connect sends strings only, so
+/// those events are malformed).
+pub fn attributes(u: &mut Unstructured) -> Result<Map<String, Value>> {
+    const VALUES: &[&str] = &[
+        "en-US",
+        "en-GB",
+        "ja-JP",
+        "english",
+        "standard",
+        "analytics",
+        "identify-language",
+        "identify-multiple-languages",
+        "en-US,es-US",
+        "en-US, es-US",
+        "en-US,en-GB",
+        "es-US",
+        "true",
+        "false",
+        "FALSE",
+        "no",
+        "PII",
+        "PHI",
+        "NAME,ADDRESS",
+        "name",
+        "ALL",
+        "mask",
+        "remove",
+        "tag",
+        "hide",
+        "redacted",
+        "redacted_and_unredacted",
+        "v-1",
+        "v-1,v-2",
+        " ",
+    ];
+    let mut attributes = Map::new();
+    for _ in 0..u.int_in_range(0..=6)? {
+        let names = call_settings::contact::OVERRIDABLE;
+        let name = if u.ratio(1, 8)? {
+            call_settings::contact::SKIP_ATTRIBUTE.to_string()
+        } else if u.ratio(6, 7)? {
+            names[u.choose_index(names.len())?].to_string()
+        } else {
+            key(u)?
+        };
+        let value = match u.choose_index(8)? {
+            0..=3 => Value::String(VALUES[u.choose_index(VALUES.len())?].to_string()),
+            // Names around the 200-character limit, lists around 3000.
+            4 => Value::String("v".repeat(u.int_in_range(199..=201)?)),
+            5 => Value::String(vec!["v".repeat(200); u.int_in_range(14..=15)?].join(",")),
+            6 => Value::String(string(u)?),
+            _ => value(u, 1)?,
+        };
+        attributes.insert(name, value);
+    }
+    Ok(attributes)
 }

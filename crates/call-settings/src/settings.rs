@@ -19,11 +19,12 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
-    /// `variable`'s `value` cannot be used: `problem`.
+    /// `variable`'s `value` cannot be used: `problem`. The value is kept to its first
+    /// [`lca_events::MAX_QUOTED_CHARS`] characters (a contact attribute may be long).
     pub fn new(variable: &'static str, value: &str, problem: impl Into<String>) -> Self {
         Self {
             variable,
-            value: value.to_string(),
+            value: lca_events::excerpt(value),
             problem: problem.into(),
         }
     }
