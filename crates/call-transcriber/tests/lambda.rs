@@ -1397,7 +1397,16 @@ async fn a_failure_queue_record_of_a_hand_over_holds_no_customer_data() {
     let sweep = lambda.scheduled_event("sweep");
     assert!(lambda.schedule("CallTranscriber", Duration::from_secs(1), sweep));
     let records = records_until(&h, &lambda, "ADD_S3_RECORDING_URL").await;
-    assert_ended_short_with_recording(&h, &records).await;
+    // A kill between Kinesis's acknowledgement of a final and the lease's record of it
+    // leaves that one final to be published again by the next attempt (README, "When a call
+    // cannot be transcribed"): at most one per killed attempt. On a loaded machine the
+    // lease write takes long enough for a kill to land there.
+    let (once, repeats) = without_repeated_finals(&records);
+    assert!(
+        repeats <= 3,
+        "{repeats} finals published twice in 3 killed attempts"
+    );
+    assert_ended_short_with_recording(&h, &once).await;
     assert_eq!(leased_status(&h).await.as_deref(), Some("FAILED"));
     lambda.shutdown();
 }
@@ -2538,6 +2547,24 @@ async fn a_hook_answer_beyond_a_limit_fails_naming_it() {
 /// The default stack's per-call settings, all attributes allowed.
 fn stack_contacts() -> call_settings::ContactPolicy {
     call_settings::ContactPolicy::from_lookup(|_| None).expect("the defaults are valid")
+}
+
+/// `records` without the second and later copies of a final segment (by SegmentId), and how
+/// many copies were left out.
+fn without_repeated_finals(records: &[Value]) -> (Vec<Value>, usize) {
+    let mut seen = std::collections::BTreeSet::new();
+    let mut once = Vec::new();
+    let mut repeats = 0;
+    for record in records {
+        let id = (record["IsPartial"] == false)
+            .then(|| record["SegmentId"].as_str())
+            .flatten();
+        match id {
+            Some(id) if !seen.insert(id.to_string()) => repeats += 1,
+            _ => once.push(record.clone()),
+        }
+    }
+    (once, repeats)
 }
 
 /// Connect invoking StartLCA with `event` (synchronously): its answer.

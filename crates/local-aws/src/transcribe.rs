@@ -454,6 +454,66 @@ impl Settings {
                 "PII redaction and identification are available for en-US, en-AU, en-GB and es-US only".into(),
             ));
         }
+        // As for vocabularies: VocabularyFilterNames "is only intended for use with the
+        // IdentifyLanguage parameter", VocabularyFilterName is for one language
+        // (StartStreamTranscription and StartCallAnalyticsStreamTranscription API references);
+        // VocabularyFilterMethod: "Valid Values: remove | mask | tag".
+        if identify && get("vocabulary-filter-name").is_some() {
+            return Err(bad(
+                "with language identification, use VocabularyFilterNames instead of VocabularyFilterName"
+                    .into(),
+            ));
+        }
+        if !identify && get("vocabulary-filter-names").is_some() {
+            return Err(bad(
+                "VocabularyFilterNames is only for use with language identification".into(),
+            ));
+        }
+        if let Some(method) = get("vocabulary-filter-method")
+            && !["remove", "mask", "tag"].contains(&method)
+        {
+            return Err(bad(format!(
+                "VocabularyFilterMethod {method:?} is not remove, mask or tag"
+            )));
+        }
+        // Names: "Minimum length of 1. Maximum length of 200. Pattern: ^[0-9a-zA-Z._-]+"
+        // (CreateVocabulary, CreateVocabularyFilter, CreateLanguageModel API references); the
+        // lists (one per language) "Maximum length of 3000"; PiiEntityTypes "Maximum length of
+        // 300. Pattern: ^[A-Z_, ]+".
+        let name_ok = |name: &str| {
+            (1..=200).contains(&name.len())
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        };
+        for header in [
+            "vocabulary-name",
+            "vocabulary-filter-name",
+            "language-model-name",
+        ] {
+            if let Some(name) = get(header)
+                && !name_ok(name)
+            {
+                return Err(bad(format!("{header} {name:?} is not a valid name")));
+            }
+        }
+        for header in ["vocabulary-names", "vocabulary-filter-names"] {
+            if let Some(names) = get(header)
+                && (names.len() > 3000 || !names.split(',').all(name_ok))
+            {
+                return Err(bad(format!(
+                    "{header} {names:?} is not a list of valid names"
+                )));
+            }
+        }
+        if let Some(types) = get("pii-entity-types")
+            && (types.len() > 300
+                || !types
+                    .chars()
+                    .all(|c| c.is_ascii_uppercase() || matches!(c, '_' | ',' | ' ')))
+        {
+            return Err(bad(format!("PiiEntityTypes {types:?} is not valid")));
+        }
         if get("pii-entity-types").is_some()
             && get("content-redaction-type").is_none()
             && get("content-identification-type").is_none()

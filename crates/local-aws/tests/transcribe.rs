@@ -9,7 +9,7 @@ use aws_sdk_transcribestreaming::primitives::Blob;
 use aws_sdk_transcribestreaming::types::error::AudioStreamError;
 use aws_sdk_transcribestreaming::types::{
     AudioEvent, AudioStream, CallAnalyticsLanguageCode, ChannelDefinition, ConfigurationEvent,
-    LanguageCode, MediaEncoding, ParticipantRole, TranscriptResultStream,
+    ContentRedactionType, LanguageCode, MediaEncoding, ParticipantRole, TranscriptResultStream,
 };
 use local_aws::transcribe::{CategoryRule, Mode, Transcribe, TranscribeFault, TranscribeOptions};
 use tokio::sync::mpsc;
@@ -291,6 +291,44 @@ async fn invalid_combinations_are_bad_requests_before_streaming() {
         .await
         .unwrap_err();
     assert!(error.into_service_error().is_bad_request_exception());
+    // Vocabulary filters as the API references have them: one name with a language code,
+    // a list with identification, a known method, names of the documented pattern.
+    use aws_sdk_transcribestreaming::types::VocabularyFilterMethod;
+    let refused = [
+        client
+            .start_stream_transcription()
+            .language_code(LanguageCode::EnUs)
+            .vocabulary_filter_names("a,b"),
+        client
+            .start_stream_transcription()
+            .identify_language(true)
+            .language_options("en-US,es-US")
+            .vocabulary_filter_name("a"),
+        client
+            .start_stream_transcription()
+            .language_code(LanguageCode::EnUs)
+            .vocabulary_filter_name("a")
+            .vocabulary_filter_method(VocabularyFilterMethod::from("hide")),
+        client
+            .start_stream_transcription()
+            .language_code(LanguageCode::EnUs)
+            .vocabulary_name("has space"),
+        client
+            .start_stream_transcription()
+            .language_code(LanguageCode::EnUs)
+            .content_redaction_type(ContentRedactionType::Pii)
+            .pii_entity_types("name"),
+    ];
+    for request in refused {
+        let error = request
+            .media_sample_rate_hertz(8000)
+            .media_encoding(MediaEncoding::Pcm)
+            .audio_stream(audio_events(&[0; 3200], None).into())
+            .send()
+            .await
+            .unwrap_err();
+        assert!(error.into_service_error().is_bad_request_exception());
+    }
     assert!(transcribe.sessions().is_empty());
 }
 

@@ -91,7 +91,8 @@ fn run(data: &[u8]) -> arbitrary::Result<()> {
         contact["InstanceARN"].as_str().unwrap_or_default(),
         contact["Channel"].as_str().unwrap_or_default(),
     ];
-    for name in call_settings::contact::OVERRIDABLE {
+    let ours = call_settings::contact::OVERRIDABLE.iter();
+    for name in ours.chain([&call_settings::contact::SKIP_ATTRIBUTE]) {
         quoted.push(contact["Attributes"][*name].as_str().unwrap_or_default());
     }
     // The handler reads a named delivery first; only the others reach `call_of_event`.
