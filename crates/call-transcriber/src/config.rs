@@ -15,8 +15,9 @@ pub use call_settings::{
 /// Everything the Transcribe sessions are configured with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TranscribeSettings {
-    /// The stack's per-call settings (a contact's attributes may override them: each call
-    /// keeps its own in its `CallData`).
+    /// The call's settings: in the configuration the stack's (the same as
+    /// `TranscriberConfig::contacts.stack`); in a run, the call's own (its `CallData.settings`,
+    /// chosen from its contact attributes before it started).
     pub call: CallSettings,
     /// `TRANSCRIBE_ENDPOINT`: a custom endpoint URL.
     pub endpoint: Option<String>,
