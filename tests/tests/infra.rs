@@ -85,7 +85,9 @@ fn the_template_keeps_lcas_interface_for_the_connect_kvs_stack() {
 /// every `main`), by the zip its `Code` names.
 fn variables_of(code: &str) -> BTreeSet<String> {
     let mut names = match code {
-        "build/call-transcriber.zip" => set(call_transcriber::TranscriberConfig::VARIABLES),
+        "build/call-transcriber.zip" => call_transcriber::TranscriberConfig::variables()
+            .map(str::to_string)
+            .collect(),
         "build/start-lca.zip" => {
             let mut names = set(start_lca::StartConfig::VARIABLES);
             names.extend(call_settings::ContactPolicy::variables().map(str::to_string));

@@ -33,6 +33,17 @@ pub struct TranscribeSettings {
     pub stuck_timeout: Duration,
 }
 
+impl TranscribeSettings {
+    /// These settings for one call: its own per-call settings (`CallData.settings`), or the
+    /// stack's when it has none (a call from an earlier version).
+    pub fn for_call(&self, call: Option<&CallSettings>) -> Self {
+        Self {
+            call: call.map_or_else(|| self.call.clone(), CallSettings::clone),
+            ..self.clone()
+        }
+    }
+}
+
 /// The transcriber's configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TranscriberConfig {
@@ -136,21 +147,13 @@ impl TranscriberConfig {
             / 1000
     }
 
-    /// Every environment variable the transcriber reads (the deployment sets each of them;
-    /// a test keeps this list and [`Self::from_lookup`] in step).
+    /// The environment variables the transcriber reads of its own; it reads
+    /// [`ContactPolicy::variables`] too (the per-call settings, which StartLCA reads as well).
     pub const VARIABLES: &'static [&'static str] = &[
         "CALL_ANALYTICS_FILE_PREFIX",
         "CALL_LEASE_TIMEOUT",
         "CALL_STALL_TIMEOUT",
         "CONNECT_INSTANCE_ARN",
-        "CONTACT_ATTRIBUTE_OVERRIDES",
-        "CONTENT_REDACTION_TYPE",
-        "CUSTOM_LANGUAGE_MODEL_NAME",
-        "CUSTOM_VOCABULARY_FILTER_METHOD",
-        "CUSTOM_VOCABULARY_FILTER_NAME",
-        "CUSTOM_VOCABULARY_NAME",
-        "IS_CONTENT_REDACTION_ENABLED",
-        "IS_TCA_POST_CALL_ANALYTICS_ENABLED",
         "KEEP_ALIVE",
         "KINESIS_STREAM_NAME",
         "KVS_IDLE_TIMEOUT",
@@ -160,8 +163,6 @@ impl TranscriberConfig {
         "MAX_CALL_DURATION",
         "METRICS_NAMESPACE",
         "OUTPUT_BUCKET",
-        "PII_ENTITY_TYPES",
-        "POST_CALL_CONTENT_REDACTION_OUTPUT",
         "RAW_FILE_PREFIX",
         "RECORDING_FILE_PREFIX",
         "REGION",
@@ -169,15 +170,19 @@ impl TranscriberConfig {
         "START_STREAM_RETRIES",
         "START_STREAM_RETRY_WAIT",
         "SWEEP_GRACE",
-        "TCA_DATA_ACCESS_ROLE_ARN",
         "TRANSCRIBER_CALL_EVENT_TABLE_NAME",
-        "TRANSCRIBE_API_MODE",
         "TRANSCRIBE_ENDPOINT",
-        "TRANSCRIBE_LANGUAGE_CODE",
-        "TRANSCRIBE_LANGUAGE_OPTIONS",
-        "TRANSCRIBE_PREFERRED_LANGUAGE",
         "TRANSCRIBE_STUCK_TIMEOUT",
     ];
+
+    /// Every environment variable the transcriber reads (the deployment sets each of them;
+    /// a test keeps this list and [`Self::from_lookup`] in step).
+    pub fn variables() -> impl Iterator<Item = &'static str> {
+        Self::VARIABLES
+            .iter()
+            .copied()
+            .chain(ContactPolicy::variables())
+    }
 
     /// Reads the process environment.
     pub fn from_env() -> Result<Self, ConfigError> {
@@ -510,8 +515,7 @@ mod tests {
             })
             .unwrap();
         }
-        let listed: std::collections::BTreeSet<String> = TranscriberConfig::VARIABLES
-            .iter()
+        let listed: std::collections::BTreeSet<String> = TranscriberConfig::variables()
             .map(|v| v.to_string())
             .collect();
         assert_eq!(asked.into_inner(), listed);

@@ -24,7 +24,6 @@ use tracing::Instrument as _;
 
 use crate::TranscriberConfig;
 use crate::call::CallData;
-use crate::config::TranscribeSettings;
 use crate::delivered::Delivered;
 use crate::delivery::{
     CONTINUE_ACTION, EventError, NamedBy, NamedCall, call_of_event, hand_over_event,
@@ -747,14 +746,11 @@ impl Transcriber {
         recording: &crate::recording::Recording,
     ) -> Option<PostCallFigure> {
         let jobs = self.post_call.as_ref()?;
-        let config = &self.pipeline.config;
-        let settings = TranscribeSettings {
-            call: call
-                .settings
-                .as_ref()
-                .map_or_else(|| config.transcribe.call.clone(), |c| c.settings.clone()),
-            ..config.transcribe.clone()
-        };
+        let settings = self
+            .pipeline
+            .config
+            .transcribe
+            .for_call(call.settings.as_ref().map(|chosen| &chosen.settings));
         let planned = crate::post_call::plan_job(
             &settings,
             &call.call_id,

@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::Instrument as _;
 
-use crate::config::{CallSettings, TranscribeSettings, TranscriberConfig};
+use crate::config::{CallSettings, TranscriberConfig};
 use crate::delivered::Delivered;
 use crate::publisher::{self, PublishReport, PublisherOptions};
 use crate::quiet::QuietWatch;
@@ -301,13 +301,7 @@ impl CallPipeline {
         let (chunk_tx, chunk_rx) = mpsc::channel::<StereoChunk>(64);
         let transcription = CallTranscription {
             call_id: call.call_id.clone(),
-            settings: TranscribeSettings {
-                call: call
-                    .settings
-                    .clone()
-                    .unwrap_or_else(|| config.transcribe.call.clone()),
-                ..config.transcribe.clone()
-            },
+            settings: config.transcribe.for_call(call.settings.as_ref()),
             save_partials: config.save_partials,
             keep_alive: config.keep_alive,
             session_id: call.position.session_id.clone(),

@@ -141,9 +141,18 @@ fn start_lca_binary() -> PathBuf {
 /// Invokes CallTranscriber synchronously with `event`: the function error type (if any) and
 /// the answer (or the error as Lambda reports it).
 async fn invoke(server: &local_aws::http::Server, event: &Value) -> (Option<String>, Value) {
+    invoke_function(server, "CallTranscriber", event).await
+}
+
+/// Invokes `function` synchronously with `event`: as [`invoke`].
+async fn invoke_function(
+    server: &local_aws::http::Server,
+    function: &str,
+    event: &Value,
+) -> (Option<String>, Value) {
     let output = aws_sdk_lambda::Client::new(&local_aws::sdk_config(&server.url()))
         .invoke()
-        .function_name("CallTranscriber")
+        .function_name(function)
         .payload(Blob::new(event.to_string()))
         .send()
         .await
@@ -2569,15 +2578,9 @@ fn without_repeated_finals(records: &[Value]) -> (Vec<Value>, usize) {
 
 /// Connect invoking StartLCA with `event` (synchronously): its answer.
 async fn invoke_start_lca_with(server: &local_aws::http::Server, event: &Value) -> Value {
-    let output = aws_sdk_lambda::Client::new(&local_aws::sdk_config(&server.url()))
-        .invoke()
-        .function_name("StartLCA")
-        .payload(Blob::new(event.to_string()))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(output.function_error, None);
-    serde_json::from_slice(output.payload.unwrap().as_ref()).unwrap()
+    let (function_error, answer) = invoke_function(server, "StartLCA", event).await;
+    assert_eq!(function_error, None, "{answer}");
+    answer
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

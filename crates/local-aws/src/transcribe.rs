@@ -419,17 +419,29 @@ impl Settings {
         }
         // StartStreamTranscription API reference: VocabularyName "is not intended for use
         // with the IdentifyLanguage parameter ... use the VocabularyNames parameter instead";
-        // VocabularyNames "is only intended for use with the IdentifyLanguage parameter".
-        if identify && get("vocabulary-name").is_some() {
-            return Err(bad(
-                "with language identification, use VocabularyNames instead of VocabularyName"
-                    .into(),
-            ));
-        }
-        if !identify && get("vocabulary-names").is_some() {
-            return Err(bad(
-                "VocabularyNames is only for use with language identification".into(),
-            ));
+        // VocabularyNames "is only intended for use with the IdentifyLanguage parameter". The
+        // same for vocabulary filters (VocabularyFilterName, VocabularyFilterNames; both
+        // streaming APIs).
+        for ((one, one_header), (list, list_header)) in [
+            (
+                ("VocabularyName", "vocabulary-name"),
+                ("VocabularyNames", "vocabulary-names"),
+            ),
+            (
+                ("VocabularyFilterName", "vocabulary-filter-name"),
+                ("VocabularyFilterNames", "vocabulary-filter-names"),
+            ),
+        ] {
+            if identify && get(one_header).is_some() {
+                return Err(bad(format!(
+                    "with language identification, use {list} instead of {one}"
+                )));
+            }
+            if !identify && get(list_header).is_some() {
+                return Err(bad(format!(
+                    "{list} is only for use with language identification"
+                )));
+            }
         }
         // PreferredLanguage: "You can only use this parameter if you've included
         // IdentifyLanguage and LanguageOptions" (the strictest reading of the references).
@@ -454,21 +466,7 @@ impl Settings {
                 "PII redaction and identification are available for en-US, en-AU, en-GB and es-US only".into(),
             ));
         }
-        // As for vocabularies: VocabularyFilterNames "is only intended for use with the
-        // IdentifyLanguage parameter", VocabularyFilterName is for one language
-        // (StartStreamTranscription and StartCallAnalyticsStreamTranscription API references);
-        // VocabularyFilterMethod: "Valid Values: remove | mask | tag".
-        if identify && get("vocabulary-filter-name").is_some() {
-            return Err(bad(
-                "with language identification, use VocabularyFilterNames instead of VocabularyFilterName"
-                    .into(),
-            ));
-        }
-        if !identify && get("vocabulary-filter-names").is_some() {
-            return Err(bad(
-                "VocabularyFilterNames is only for use with language identification".into(),
-            ));
-        }
+        // VocabularyFilterMethod: "Valid Values: remove | mask | tag" (both streaming APIs).
         if let Some(method) = get("vocabulary-filter-method")
             && !["remove", "mask", "tag"].contains(&method)
         {

@@ -17,7 +17,7 @@
 use arbitrary::Unstructured;
 use call_lifecycle::CallData;
 use call_lifecycle::delivery::{NamedBy, call_of_event, hand_over_event, named_call_of_event};
-use call_settings::{CallSettings, ContactPolicy, Settings};
+use call_settings::ContactPolicy;
 use lca_fuzz::{INSTANCE, attributes, check_error_text, flow_event, mutate};
 use libfuzzer_sys::fuzz_target;
 use serde_json::{Value, json};
@@ -141,17 +141,7 @@ fn run(data: &[u8]) -> arbitrary::Result<()> {
             assert!((1..=lca_events::MAX_CALL_ID_CHARS).contains(&length));
             // The settings chosen read back unchanged from what START shows of them.
             if let Some(chosen) = &call.settings {
-                let mut vars = chosen.settings.to_variables();
-                vars.insert("OUTPUT_BUCKET", "lca-bucket".to_string());
-                vars.insert(
-                    "TCA_DATA_ACCESS_ROLE_ARN",
-                    "arn:aws:iam::1:role/tca".to_string(),
-                );
-                let lookup = |name: &str| vars.get(name).cloned();
-                assert_eq!(
-                    CallSettings::from_settings(&Settings::new(&lookup)).as_ref(),
-                    Ok(&chosen.settings)
-                );
+                assert_eq!(chosen.settings.check(), Ok(()));
                 let metadata = call
                     .start_metadata(&contacts.stack)
                     .expect("START's metadata");
