@@ -1,5 +1,7 @@
 //! Helpers shared by the end-to-end tests: fixture paths and whole-stream readers.
 
+pub mod paced;
+
 use std::path::PathBuf;
 
 use call_audio::extract::CallExtractor;

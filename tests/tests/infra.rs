@@ -699,6 +699,7 @@ fn alarms_and_the_dashboard_name_only_metrics_the_code_emits() {
         "LCA/ConnectKVS/${AWS::StackName}/CallsCut",
         "LCA/ConnectKVS/${AWS::StackName}/Invocations",
         "LCA/ConnectKVS/${AWS::StackName}/TranscriptLag",
+        "LCA/ConnectKVS/${AWS::StackName}/TranscriptBehindLive",
         "LCA/ConnectKVS/${AWS::StackName}/StartLcaAnswers",
         "LCA/ConnectKVS/${AWS::StackName}/ContactAttributesRefused",
         "AWS/Lambda/Errors",
@@ -706,6 +707,18 @@ fn alarms_and_the_dashboard_name_only_metrics_the_code_emits() {
         "AWS/SQS/ApproximateNumberOfMessagesVisible",
     ] {
         assert!(alarmed.contains(wanted), "no alarm on {wanted}");
+    }
+    // The lag alarms are M out of N over minutes: the metrics lines come once a minute from
+    // each running invocation, not on CloudWatch's minute, so a minute may lack its datapoint.
+    for name in ["TranscriptLagAlarm", "TranscriptBehindLiveAlarm"] {
+        let properties = &template["Resources"][name]["Properties"];
+        let m = properties["DatapointsToAlarm"].as_u64();
+        let n = properties["EvaluationPeriods"].as_u64();
+        assert_eq!(properties["Period"].as_u64(), Some(60), "{name}");
+        assert!(
+            matches!((m, n), (Some(m), Some(n)) if m < n),
+            "{name}: DatapointsToAlarm {m:?} out of EvaluationPeriods {n:?} is not M out of N"
+        );
     }
     let body = argument(
         &template["Resources"]["Dashboard"]["Properties"]["DashboardBody"],

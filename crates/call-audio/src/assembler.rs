@@ -345,6 +345,12 @@ impl StereoAssembler {
         self.emitted
     }
 
+    /// The sample up to which either track has audio (released or not): where the reading
+    /// of the call is.
+    pub fn known_samples(&self) -> u64 {
+        self.tracks[0].known_until.max(self.tracks[1].known_until)
+    }
+
     /// What the assembler dropped or filled so far.
     pub fn stats(&self) -> &AssemblerStats {
         &self.stats

@@ -191,6 +191,12 @@ pub enum Metric {
     /// How far behind the newest data on the stream the reader was (KVS's
     /// AWS_KINESISVIDEO_MILLIS_BEHIND_NOW), the largest per invocation.
     KvsBehindLive,
+    /// How far the audio given to Transcribe is behind the call's live edge (the stream's
+    /// newest data, moving on in real time), on each metrics line of a running call (at
+    /// least once a minute): what the transcript on screen is behind the call, a final
+    /// following its audio by its segment's length plus `TranscriptLag`. Grows while
+    /// Transcribe refuses the call's stream, or processes a backlog no faster than real time.
+    TranscriptBehindLive,
     /// Transcribe streams opened again after the first in an invocation.
     TranscribeReconnects,
     /// Time spent waiting for Transcribe to accept a stream it refused (its quota).
@@ -231,7 +237,7 @@ pub enum Metric {
 
 impl Metric {
     /// Every metric, in a stable order.
-    pub const ALL: [Metric; 22] = [
+    pub const ALL: [Metric; 23] = [
         Self::Invocations,
         Self::CallsStarted,
         Self::CallsEnded,
@@ -241,6 +247,7 @@ impl Metric {
         Self::AudioSeconds,
         Self::TranscriptLag,
         Self::KvsBehindLive,
+        Self::TranscriptBehindLive,
         Self::TranscribeReconnects,
         Self::TranscribeCapacityWait,
         Self::EventsPublished,
@@ -268,6 +275,7 @@ impl Metric {
             Self::AudioSeconds => "AudioSeconds",
             Self::TranscriptLag => "TranscriptLag",
             Self::KvsBehindLive => "KvsBehindLive",
+            Self::TranscriptBehindLive => "TranscriptBehindLive",
             Self::TranscribeReconnects => "TranscribeReconnects",
             Self::TranscribeCapacityWait => "TranscribeCapacityWait",
             Self::EventsPublished => "EventsPublished",
@@ -288,9 +296,10 @@ impl Metric {
     pub fn unit(self) -> Unit {
         match self {
             Self::AudioSeconds => Unit::Seconds,
-            Self::TranscriptLag | Self::KvsBehindLive | Self::TranscribeCapacityWait => {
-                Unit::Milliseconds
-            }
+            Self::TranscriptLag
+            | Self::KvsBehindLive
+            | Self::TranscriptBehindLive
+            | Self::TranscribeCapacityWait => Unit::Milliseconds,
             Self::RecordingBytes => Unit::Bytes,
             _ => Unit::Count,
         }

@@ -23,7 +23,8 @@ pub struct TranscribeSettings {
     pub endpoint: Option<String>,
     /// `START_STREAM_RETRIES`: attempts to start a stream before giving up.
     pub start_retries: u32,
-    /// `START_STREAM_RETRY_WAIT`: pause between attempts.
+    /// `START_STREAM_RETRY_WAIT`: the first pause between attempts (doubling, up to 20 times
+    /// this).
     pub start_retry_wait: Duration,
     /// `TRANSCRIBE_STUCK_TIMEOUT` (this project's addition; ms, default 30 s, at least 1 s):
     /// the watchdog's bound. A session that takes no audio for this long while audio waits,
@@ -112,6 +113,12 @@ pub struct TranscriberConfig {
     /// CloudWatch namespace of the metrics lines. The template sets one per stack, so two
     /// stacks in one account and region keep their metrics and alarms apart.
     pub metrics_namespace: String,
+    /// `METRICS_INTERVAL` (this project's addition; ms, default and most 60000, least 1000): how
+    /// often a running invocation writes a metrics line with what it did since the last one,
+    /// and how far behind the live call its transcript is. CloudWatch aggregates metrics by
+    /// the minute; a line at least once a minute keeps every minute of a long call seen,
+    /// and an invocation that times out or crashes loses at most this much of its figures.
+    pub metrics_interval: Duration,
     /// The stack's per-call settings and what a contact's attributes may override
     /// (`CONTACT_ATTRIBUTE_OVERRIDES`): applied when the transcriber is started with the
     /// contact-flow event itself (StartLCA applies them otherwise, into the call's lease).
@@ -161,6 +168,7 @@ impl TranscriberConfig {
         "LAMBDA_INVOKE_TIMEOUT",
         "MAXIMUM_RETRY_ATTEMPTS",
         "MAX_CALL_DURATION",
+        "METRICS_INTERVAL",
         "METRICS_NAMESPACE",
         "OUTPUT_BUCKET",
         "RAW_FILE_PREFIX",
@@ -246,6 +254,14 @@ impl TranscriberConfig {
             1000,
         )?;
         let metrics_namespace = env.metrics_namespace()?;
+        let metrics_interval = env.millis("METRICS_INTERVAL", 60_000, 1000)?;
+        if metrics_interval > Duration::from_secs(60) {
+            return Err(ConfigError::new(
+                "METRICS_INTERVAL",
+                &metrics_interval.as_millis().to_string(),
+                "must be at most 60000 ms: a minute without a metrics line is a minute the alarms do not see",
+            ));
+        }
         Ok(Self {
             region: env.get("REGION"),
             kinesis_stream_name: env.required(
@@ -280,6 +296,7 @@ impl TranscriberConfig {
             call_stall_timeout,
             sweep_grace,
             metrics_namespace,
+            metrics_interval,
             contacts,
         })
     }
@@ -328,6 +345,7 @@ mod tests {
         assert_eq!(c.max_call_duration, Duration::from_secs(8 * 3600));
         assert_eq!(c.max_call_samples(), 8 * 3600 * 8000);
         assert_eq!(c.metrics_namespace, "LCA/ConnectKVS");
+        assert_eq!(c.metrics_interval, Duration::from_secs(60));
         assert_eq!(c.transcribe.start_retries, 5);
         assert_eq!(c.transcribe.start_retry_wait, Duration::from_secs(1));
         assert_eq!(c.transcribe.stuck_timeout, Duration::from_secs(30));
@@ -546,6 +564,8 @@ mod tests {
                 &[("METRICS_NAMESPACE", "LCA/Connect\u{e9}")],
                 "METRICS_NAMESPACE",
             ),
+            (&[("METRICS_INTERVAL", "999")], "METRICS_INTERVAL"),
+            (&[("METRICS_INTERVAL", "60001")], "METRICS_INTERVAL"),
             (&[("CALL_LEASE_TIMEOUT", "1000")], "CALL_LEASE_TIMEOUT"),
             (&[("CALL_LEASE_TIMEOUT", "soon")], "CALL_LEASE_TIMEOUT"),
             (

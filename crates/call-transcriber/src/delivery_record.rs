@@ -118,6 +118,7 @@ mod tests {
                     end_time: end_s,
                     is_partial: false,
                     transcript: "x".to_string(),
+                    items: Vec::new(),
                 },
                 "2026-01-01T00:00:00.000Z",
             )

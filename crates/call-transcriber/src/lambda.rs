@@ -35,6 +35,7 @@ use crate::lease::{CallLease, Claim, Held, LeaseError, decide, now_ms};
 use crate::metrics::{InvocationFigures, PostCallFigure, RunFigures};
 use crate::pipeline::{CallPipeline, CallSpec, Clients, Ending, Taps};
 use crate::post_call::{JobStarted, PostCallJobs};
+use crate::progress::RunProgress;
 use crate::recording::Recorder;
 use crate::source::{EndReason, StartAt};
 use call_lifecycle::NoCall;
@@ -499,12 +500,26 @@ impl Transcriber {
             }
             None => (None, None),
         };
+        let progress = RunProgress::new(spec.position.start_sample);
         let taps = Taps {
             recording: recording_tx,
             delivered: None,
             lease_record: Some(record),
+            progress: Some(progress.clone()),
         };
-        let run = self.pipeline.run(spec, taps);
+        // While the run goes on, a metrics line every METRICS_INTERVAL with what it did since
+        // the last one (what those lines reported is left out of the invocation's last line).
+        let mut reported = RunFigures::default();
+        let run = {
+            let run = self.pipeline.run(spec, taps);
+            let lines = self.write_progress_lines(&progress, figures, &mut reported);
+            async move {
+                tokio::select! {
+                    outcome = run => outcome,
+                    never = lines => match never {},
+                }
+            }
+        };
         let result = match lease {
             None => run.await,
             Some(lease) => {
@@ -534,9 +549,10 @@ impl Transcriber {
         };
         let mut delivered = acknowledged.borrow().delivered.clone();
         figures.started = start_sent && delivered.started;
-        if let Ok(outcome) = &result {
-            figures.run = Some(RunFigures::of(outcome));
-        }
+        // The run's figures whether it went well or not (what it transcribed and published
+        // either way), less what the progress lines reported.
+        figures.run = Some(progress.figures(Instant::now()));
+        figures.reported = reported;
         let piece = match piece {
             Some(piece) => match piece.await {
                 Ok(result) => Some(result),
@@ -576,6 +592,29 @@ impl Transcriber {
             }
             Err(error) => self.failed(holding, delivered, error, false, figures).await,
             answer => answer,
+        }
+    }
+
+    /// Writes the run's progress metrics lines (stdout, as [`serve`] writes the last one)
+    /// every `METRICS_INTERVAL`, noting in `reported` what they said; runs until dropped.
+    async fn write_progress_lines(
+        &self,
+        progress: &RunProgress,
+        figures: &InvocationFigures,
+        reported: &mut RunFigures,
+    ) -> std::convert::Infallible {
+        let config = &self.pipeline.config;
+        let interval = config.metrics_interval;
+        let mut ticks = tokio::time::interval_at(Instant::now() + interval, interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            let now = progress.figures(Instant::now());
+            for mut record in figures.progress_records(&now, reported, now_ms()) {
+                record.in_namespace(&config.metrics_namespace);
+                println!("{}", record.to_line());
+            }
+            *reported = now;
         }
     }
 

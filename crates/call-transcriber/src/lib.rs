@@ -14,6 +14,7 @@ pub mod lambda;
 pub mod metrics;
 pub mod pipeline;
 pub mod post_call;
+pub mod progress;
 pub mod publisher;
 mod quiet;
 pub mod recording;

@@ -1,6 +1,9 @@
-//! One metrics line (CloudWatch EMF, [`call_metrics`]) per transcriber invocation: what it
-//! did to the call, how much audio it transcribed, how late the transcript was, and why it
-//! failed. Built from plain values, so it is tested without a Lambda.
+//! The metrics lines (CloudWatch EMF, [`call_metrics`]) of a transcriber invocation: while its
+//! call runs, one at least every `METRICS_INTERVAL` with what the run did since the last
+//! ([`InvocationFigures::progress_records`]); at its end, one with how it ended and the rest
+//! ([`InvocationFigures::records`]). So the counts add up to the invocation's, and one that
+//! times out or crashes has lost at most an interval. Built from plain values, so it is tested
+//! without a Lambda.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -9,7 +12,6 @@ use call_metrics::{Dimension, EmfRecord, Metric};
 use serde_json::Value;
 
 use crate::error::HandlerError;
-use crate::pipeline::CallOutcome;
 
 /// What one invocation did, gathered as it runs.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -26,8 +28,10 @@ pub struct InvocationFigures {
     pub rescued: bool,
     /// The calls this invocation's sweep delivered again, by reason.
     pub rescues: Vec<&'static str>,
-    /// The run's figures, when the run completed.
+    /// The run's figures, once it has run.
     pub run: Option<RunFigures>,
+    /// What the progress lines written while the run went on have reported of them.
+    pub reported: RunFigures,
     /// The recording's size, when this invocation ended the call with one.
     pub recording_bytes: Option<u64>,
     /// What became of the call's post-call analytics, when this invocation ended the call
@@ -48,7 +52,7 @@ pub enum PostCallFigure {
     Missed,
 }
 
-/// The figures of a completed pipeline run.
+/// A pipeline run's figures, so far or in all ([`crate::progress::RunProgress`]).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RunFigures {
     /// Call audio assembled, in samples.
@@ -57,6 +61,9 @@ pub struct RunFigures {
     pub transcript_lags: Vec<Duration>,
     /// How far behind the stream's newest data the reading was, at most.
     pub kvs_behind_ms: Option<u64>,
+    /// How far the audio given to Transcribe was behind the call's live edge when the
+    /// figures were taken.
+    pub behind_live: Option<Duration>,
     /// Transcribe streams opened.
     pub sessions: u32,
     /// Time spent waiting for Transcribe capacity.
@@ -67,22 +74,6 @@ pub struct RunFigures {
     pub kinesis_retries: u64,
     /// KVS error chunks that reading resumed after, by id.
     pub transient_kvs_errors: BTreeMap<String, u32>,
-}
-
-impl RunFigures {
-    /// The figures of `outcome`.
-    pub fn of(outcome: &CallOutcome) -> Self {
-        Self {
-            samples: outcome.samples,
-            transcript_lags: outcome.transcript_lags.clone(),
-            kvs_behind_ms: outcome.kvs_behind_ms,
-            sessions: outcome.transcription.sessions,
-            capacity_wait: outcome.transcription.start_wait,
-            events: outcome.published.delivered,
-            kinesis_retries: outcome.published.retries,
-            transient_kvs_errors: outcome.transient_kvs_errors.clone(),
-        }
-    }
 }
 
 impl InvocationFigures {
@@ -107,12 +98,49 @@ impl InvocationFigures {
                 .add(Metric::CallsRescued, f64::from(count));
             records.push(record);
         }
-        let transient = self.run.iter().flat_map(|run| &run.transient_kvs_errors);
-        for (id, count) in transient {
+        if let Some(run) = &self.run {
+            records.extend(self.resumed_records(run, &self.reported, timestamp_ms));
+        }
+        records
+    }
+
+    /// The metrics lines of a run still going on, `now` its figures so far: what it did
+    /// since `reported` (what the last progress lines said), and how far behind the live
+    /// call it is. A line of its own without `Invocations`, marked `"Progress": true`.
+    pub fn progress_records(
+        &self,
+        now: &RunFigures,
+        reported: &RunFigures,
+        timestamp_ms: u64,
+    ) -> Vec<EmfRecord> {
+        let mut record = EmfRecord::new(timestamp_ms);
+        self.identify(&mut record);
+        record.member("Progress", true);
+        add_run(&mut record, now, reported);
+        let mut records = vec![record];
+        records.extend(self.resumed_records(now, reported, timestamp_ms));
+        records
+    }
+
+    /// One line per id of KVS error that reading resumed after since `before` (a line has
+    /// one value per dimension: `KvsErrors` by `ErrorId` for the id).
+    fn resumed_records(
+        &self,
+        run: &RunFigures,
+        before: &RunFigures,
+        timestamp_ms: u64,
+    ) -> Vec<EmfRecord> {
+        let mut records = Vec::new();
+        for (id, count) in &run.transient_kvs_errors {
+            let earlier = before.transient_kvs_errors.get(id).copied().unwrap_or(0);
+            let count = count.saturating_sub(earlier);
+            if count == 0 {
+                continue;
+            }
             let mut record = EmfRecord::new(timestamp_ms);
             record
                 .dimension(Dimension::ErrorId, id.as_str())
-                .add(Metric::KvsErrors, f64::from(*count))
+                .add(Metric::KvsErrors, f64::from(count))
                 .member("Resumed", true);
             self.identify(&mut record);
             records.push(record);
@@ -179,23 +207,7 @@ impl InvocationFigures {
             record.add(Metric::CallsStarted, 1.0);
         }
         if let Some(run) = &self.run {
-            let ms = |d: &Duration| d.as_micros() as f64 / 1000.0;
-            record
-                .add(
-                    Metric::AudioSeconds,
-                    run.samples as f64 / f64::from(call_audio::CONNECT_SAMPLE_RATE),
-                )
-                .add_all(Metric::TranscriptLag, run.transcript_lags.iter().map(ms))
-                .add(
-                    Metric::TranscribeReconnects,
-                    f64::from(run.sessions.saturating_sub(1)),
-                )
-                .add(Metric::TranscribeCapacityWait, ms(&run.capacity_wait))
-                .add(Metric::EventsPublished, run.events as f64)
-                .add(Metric::KinesisRetries, run.kinesis_retries as f64);
-            if let Some(behind) = run.kvs_behind_ms {
-                record.add(Metric::KvsBehindLive, behind as f64);
-            }
+            add_run(&mut record, run, &self.reported);
         }
         if let Some(bytes) = self.recording_bytes {
             record.add(Metric::RecordingBytes, bytes as f64);
@@ -210,6 +222,46 @@ impl InvocationFigures {
             Some(PostCallFigure::AlreadyStarted | PostCallFigure::NothingToAnalyse) | None => {}
         }
         record
+    }
+}
+
+/// Adds what a run did since `before` (its figures when last reported; default: nothing
+/// yet) to `record`, with the gauges (how far behind) as they are in `run`.
+fn add_run(record: &mut EmfRecord, run: &RunFigures, before: &RunFigures) {
+    let ms = |d: &Duration| d.as_micros() as f64 / 1000.0;
+    let reconnects = |figures: &RunFigures| figures.sessions.saturating_sub(1);
+    let new_lags = run
+        .transcript_lags
+        .get(before.transcript_lags.len()..)
+        .unwrap_or_default();
+    record
+        .add(
+            Metric::AudioSeconds,
+            run.samples.saturating_sub(before.samples) as f64
+                / f64::from(call_audio::CONNECT_SAMPLE_RATE),
+        )
+        .add_all(Metric::TranscriptLag, new_lags.iter().map(ms))
+        .add(
+            Metric::TranscribeReconnects,
+            f64::from(reconnects(run).saturating_sub(reconnects(before))),
+        )
+        .add(
+            Metric::TranscribeCapacityWait,
+            ms(&run.capacity_wait.saturating_sub(before.capacity_wait)),
+        )
+        .add(
+            Metric::EventsPublished,
+            run.events.saturating_sub(before.events) as f64,
+        )
+        .add(
+            Metric::KinesisRetries,
+            run.kinesis_retries.saturating_sub(before.kinesis_retries) as f64,
+        );
+    if let Some(behind) = run.kvs_behind_ms {
+        record.add(Metric::KvsBehindLive, behind as f64);
+    }
+    if let Some(behind) = run.behind_live {
+        record.add(Metric::TranscriptBehindLive, ms(&behind));
     }
 }
 
@@ -252,6 +304,7 @@ mod tests {
                 samples: 8000 * 90,
                 transcript_lags: vec![Duration::from_millis(900), Duration::from_millis(1500)],
                 kvs_behind_ms: Some(120),
+                behind_live: Some(Duration::from_millis(4_000)),
                 sessions: 2,
                 capacity_wait: Duration::from_millis(2500),
                 events: 40,
@@ -300,6 +353,10 @@ mod tests {
             Some(vec![900.0, 1500.0])
         );
         assert_eq!(value(&record, "KvsBehindLive", &[]), Some(vec![120.0]));
+        assert_eq!(
+            value(&record, "TranscriptBehindLive", &[]),
+            Some(vec![4000.0])
+        );
         assert_eq!(value(&record, "TranscribeReconnects", &[]), Some(vec![1.0]));
         assert_eq!(
             value(&record, "TranscribeCapacityWait", &[]),
@@ -410,6 +467,77 @@ mod tests {
             value(&records[0], "KvsErrors", &[("ErrorId", "5000")]),
             Some(vec![1.0])
         );
+    }
+
+    #[test]
+    fn progress_lines_and_the_last_line_add_up_to_the_invocation() {
+        // Two progress lines while the run goes on, then the invocation's end: every count
+        // is reported once, the gauges as they were at each line.
+        let figures_at = |seconds: u64, lags: usize, sessions: u32, resumed: u32| RunFigures {
+            samples: seconds * 8000,
+            transcript_lags: (0..lags as u64).map(Duration::from_millis).collect(),
+            kvs_behind_ms: Some(seconds * 10),
+            behind_live: Some(Duration::from_secs(seconds)),
+            sessions,
+            capacity_wait: Duration::from_millis(u64::from(sessions) * 100),
+            events: seconds * 2,
+            kinesis_retries: seconds / 10,
+            transient_kvs_errors: BTreeMap::from([("4503".to_string(), resumed)]),
+        };
+        let mut invocation = InvocationFigures {
+            call_id: Some("c-1".into()),
+            lambda_count: Some(3),
+            ..InvocationFigures::default()
+        };
+        let steps = [
+            figures_at(60, 4, 1, 0),
+            figures_at(120, 9, 2, 1),
+            figures_at(150, 11, 2, 1),
+        ];
+        let mut lines = Vec::new();
+        for now in &steps[..2] {
+            lines.extend(invocation.progress_records(now, &invocation.reported, 1));
+            invocation.reported = now.clone();
+        }
+        invocation.run = Some(steps[2].clone());
+        lines.extend(invocation.records(&Ok(json!({"status": "CONTINUED"})), 1));
+        let sum = |name: &str, dimensions: &[(&str, &str)]| -> f64 {
+            lines
+                .iter()
+                .filter_map(|record| value(record, name, dimensions))
+                .flatten()
+                .sum()
+        };
+        assert_eq!(sum("AudioSeconds", &[]), 150.0);
+        assert_eq!(sum("EventsPublished", &[]), 300.0);
+        assert_eq!(sum("KinesisRetries", &[]), 15.0);
+        assert_eq!(sum("TranscribeReconnects", &[]), 1.0);
+        assert_eq!(sum("TranscribeCapacityWait", &[]), 200.0);
+        assert_eq!(sum("KvsErrors", &[("ErrorId", "4503")]), 1.0);
+        let lags: Vec<f64> = lines
+            .iter()
+            .filter_map(|record| value(record, "TranscriptLag", &[]))
+            .flatten()
+            .collect();
+        assert_eq!(lags, (0..11).map(f64::from).collect::<Vec<_>>());
+        let behind: Vec<f64> = lines
+            .iter()
+            .filter_map(|record| value(record, "TranscriptBehindLive", &[]))
+            .flatten()
+            .collect();
+        assert_eq!(behind, vec![60_000.0, 120_000.0, 150_000.0]);
+        // Only the last line counts the invocation; each progress line names the call.
+        assert_eq!(sum("Invocations", &[("Outcome", "CONTINUED")]), 1.0);
+        let first: Value = serde_json::from_str(&lines[0].to_line()).unwrap();
+        assert_eq!(
+            (
+                first["CallId"].as_str(),
+                first["LambdaCount"].as_u64(),
+                first["Progress"].as_bool()
+            ),
+            (Some("c-1"), Some(3), Some(true))
+        );
+        assert_eq!(value(&lines[0], "Invocations", &[]), None);
     }
 
     #[test]

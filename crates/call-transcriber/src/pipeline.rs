@@ -15,6 +15,7 @@ use tracing::Instrument as _;
 
 use crate::config::{CallSettings, TranscriberConfig};
 use crate::delivered::Delivered;
+use crate::progress::RunProgress;
 use crate::publisher::{self, PublishReport, PublisherOptions};
 use crate::quiet::QuietWatch;
 use crate::source::{
@@ -237,6 +238,9 @@ pub struct Taps {
     /// What Kinesis acknowledged, for the call's lease, which the publisher waits for
     /// ([`crate::delivery_record`]): a run under a lease.
     pub lease_record: Option<crate::delivery_record::DeliveryRecord>,
+    /// The run's figures as they grow (the invocation's metrics lines read them while it
+    /// runs); a fresh one when `None`.
+    pub progress: Option<RunProgress>,
 }
 
 /// Runs calls with one configuration and one set of clients.
@@ -261,19 +265,22 @@ impl CallPipeline {
             recording,
             delivered,
             lease_record,
+            progress,
         } = taps;
+        let progress = progress.unwrap_or_else(|| RunProgress::new(call.position.start_sample));
         let config = &self.config;
         let (message_tx, message_rx) = mpsc::channel::<LcaMessage>(1024);
         let kinesis = self.clients.kinesis.clone();
         // Kinesis writes are retried for as long as the run may take (a Lambda run's time,
         // then its grace period); after that the run fails as a stall
         // ([`PipelineError::is_stall`]) and a fresh run at the same position delivers the rest.
-        let publisher_options = match call.deadline {
+        let mut publisher_options = match call.deadline {
             Some(deadline) => {
                 PublisherOptions::until(&config.kinesis_stream_name, deadline + HANDOVER_GRACE)
             }
             None => PublisherOptions::new(&config.kinesis_stream_name),
         };
+        publisher_options.progress = Some(progress.clone());
         let publisher = tokio::spawn(
             async move {
                 publisher::run(
@@ -310,6 +317,7 @@ impl CallPipeline {
             // Waiting for Transcribe capacity may use the hand-over's grace period too; then
             // the run fails as a stall and a fresh run continues the call at the same position.
             give_up_at: call.deadline.map(|deadline| deadline + HANDOVER_GRACE),
+            progress: Some(progress.clone()),
         };
         let transcribe_client = self.clients.transcribe.clone();
         let transcribe_messages = message_tx.clone();
@@ -357,10 +365,8 @@ impl CallPipeline {
             transcribe: chunk_tx,
             recording,
             latencies: Latencies::default(),
-            arrivals: Vec::new(),
+            progress: progress.clone(),
         };
-        let mut kvs_behind_ms: Option<u64> = None;
-        let mut transient_kvs_errors = BTreeMap::new();
         let mut get_media_resumes = 0;
         let mut quiet = QuietWatch::default();
         let mut last_received = Instant::now();
@@ -393,8 +399,12 @@ impl CallPipeline {
                     millis_behind_now,
                     ..
                 }) => {
-                    kvs_behind_ms = kvs_behind_ms.max(millis_behind_now);
                     assembler.sync();
+                    progress.fragment_read(
+                        assembler.known_samples(),
+                        millis_behind_now,
+                        Instant::now(),
+                    );
                     at_boundary = true;
                     last_fragment = Some(StartAt::After(fragment_number));
                 }
@@ -402,9 +412,7 @@ impl CallPipeline {
                 Ok(SourceEvent::Chunk { .. }) => {}
                 Ok(SourceEvent::Resumed { kvs_error }) => {
                     get_media_resumes += 1;
-                    if let Some(id) = kvs_error {
-                        *transient_kvs_errors.entry(id).or_default() += 1;
-                    }
+                    progress.resumed(kvs_error.as_deref());
                 }
                 Ok(SourceEvent::End(reason)) => break Ending::CallEnded(reason),
                 Err(error) => {
@@ -447,9 +455,9 @@ impl CallPipeline {
         if matches!(ending, Ending::CallEnded(_)) {
             assembler.finish();
             outlet.forward(&mut assembler, last_received).await;
+            progress.stream_ended(Instant::now());
         }
         let chunk_latencies = std::mem::take(&mut outlet.latencies);
-        let arrivals = std::mem::take(&mut outlet.arrivals);
         drop(outlet);
         let transcription = match transcriber.await {
             Ok(result) => result,
@@ -493,19 +501,16 @@ impl CallPipeline {
             }
             other => other,
         };
+        let figures = progress.figures(Instant::now());
         Ok(CallOutcome {
             ending,
             samples: assembler.emitted_samples() - call.position.start_sample,
-            transcript_lags: transcript_lags(
-                call.position.start_sample,
-                &arrivals,
-                &published.final_acks,
-            ),
+            transcript_lags: figures.transcript_lags,
             transcription,
             published,
             chunk_latencies,
-            kvs_behind_ms,
-            transient_kvs_errors,
+            kvs_behind_ms: figures.kvs_behind_ms,
+            transient_kvs_errors: figures.transient_kvs_errors,
             get_media_resumes,
         })
     }
@@ -539,43 +544,13 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Per final segment acknowledged (`(end ms, acknowledged)`): from the arrival of the chunk
-/// holding the segment's last sample (`arrivals`: `(end sample, arrived)` in call order) to
-/// the acknowledgement. Segments ending before this run's first sample (`start_sample`: a
-/// repeat from before a hand-over) are left out.
-fn transcript_lags(
-    start_sample: u64,
-    arrivals: &[(u64, Instant)],
-    final_acks: &[(u64, Instant)],
-) -> Vec<Duration> {
-    let samples_per_ms = u64::from(call_audio::CONNECT_SAMPLE_RATE) / 1000;
-    final_acks
-        .iter()
-        .map(|&(end_ms, acknowledged)| (end_ms * samples_per_ms, acknowledged))
-        .filter(|&(end_sample, _)| end_sample >= start_sample)
-        .filter_map(|(end_sample, acknowledged)| {
-            let at = arrivals.partition_point(|&(chunk_end, _)| chunk_end < end_sample);
-            let (_, arrived) = arrivals.get(at).or(arrivals.last())?;
-            Some(acknowledged.saturating_duration_since(*arrived))
-        })
-        .collect()
-}
-
-/// How close in time two arrivals of KVS bytes are taken as one in [`ChunkOutlet`]'s
-/// arrivals: a transcript lag is measured to within this.
-const ARRIVAL_RESOLUTION: Duration = Duration::from_millis(10);
-
 /// Where assembled chunks go: the Transcribe session and the recorder; measures latency.
 struct ChunkOutlet {
     transcribe: mpsc::Sender<StereoChunk>,
     recording: Option<mpsc::Sender<StereoChunk>>,
     latencies: Latencies,
-    /// When the call's audio arrived: `(end sample, arrived)` in call order, one entry per
-    /// [`ARRIVAL_RESOLUTION`] of arrival time at most (chunks arriving within it share the
-    /// first one's entry), so it grows with the invocation's time, not with the audio it
-    /// reads: an invocation catching up on hours of call at full speed keeps a few entries
-    /// per second, not one per 100 ms chunk.
-    arrivals: Vec<(u64, Instant)>,
+    /// Notes when the call's audio arrived (transcript lags are measured from it).
+    progress: RunProgress,
 }
 
 impl ChunkOutlet {
@@ -587,72 +562,23 @@ impl ChunkOutlet {
                 let _ = recording.send(chunk.clone()).await;
             }
             self.latencies.record(received.elapsed());
-            note_arrival(
-                &mut self.arrivals,
-                chunk.start_sample + chunk.samples as u64,
-                received,
-            );
+            self.progress
+                .assembled(chunk.start_sample + chunk.samples as u64, received);
             // A closed channel means the transcription failed; its error is reported at the end.
-            if self.transcribe.send(chunk).await.is_err() {
+            // A full one holds the reading back (a slow or refusing Transcribe): the call goes
+            // on meanwhile, which the live edge's estimate counts.
+            let chunk = match self.transcribe.try_send(chunk) {
+                Ok(()) => continue,
+                Err(mpsc::error::TrySendError::Closed(_)) => return false,
+                Err(mpsc::error::TrySendError::Full(chunk)) => chunk,
+            };
+            self.progress.held_back(Some(Instant::now()));
+            let sent = self.transcribe.send(chunk).await;
+            self.progress.held_back(None);
+            if sent.is_err() {
                 return false;
             }
         }
         !self.transcribe.is_closed()
-    }
-}
-
-/// Notes that the call's audio up to sample `end` arrived at `received`: in the last entry
-/// when that one's first arrival is less than [`ARRIVAL_RESOLUTION`] earlier.
-fn note_arrival(arrivals: &mut Vec<(u64, Instant)>, end: u64, received: Instant) {
-    match arrivals.last_mut() {
-        Some((last_end, first))
-            if received.saturating_duration_since(*first) < ARRIVAL_RESOLUTION =>
-        {
-            *last_end = end;
-        }
-        _ => arrivals.push((end, received)),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn arrivals_grow_with_time_not_audio_and_lags_stay_within_the_resolution() {
-        // Six hours of 100 ms chunks read at full speed, 10 a millisecond (21.6 s): one entry
-        // per 10 ms, not 216,000.
-        let start = Instant::now();
-        let chunks = 6 * 36_000u64;
-        let arrived = |i: u64| start + Duration::from_micros(i * 100);
-        let mut arrivals = Vec::new();
-        for i in 0..chunks {
-            note_arrival(&mut arrivals, (i + 1) * 800, arrived(i));
-        }
-        assert!(arrivals.len() <= 2_161, "{} entries", arrivals.len());
-        // A final ending in chunk i, acknowledged 2 s after that chunk arrived: its lag is
-        // 2 s, measured up to ARRIVAL_RESOLUTION over.
-        let acks: Vec<(u64, Instant)> = (0..chunks)
-            .step_by(997)
-            .map(|i| (i * 100 + 50, arrived(i) + Duration::from_secs(2)))
-            .collect();
-        let lags = transcript_lags(0, &arrivals, &acks);
-        assert_eq!(lags.len(), acks.len());
-        for lag in lags {
-            assert!(
-                lag >= Duration::from_secs(2) && lag <= Duration::from_secs(2) + ARRIVAL_RESOLUTION,
-                "{lag:?}"
-            );
-        }
-        // Live: chunks arriving 100 ms apart keep an entry each, and exact lags.
-        let mut live = Vec::new();
-        for i in 0..100u64 {
-            note_arrival(
-                &mut live,
-                (i + 1) * 800,
-                start + Duration::from_millis(i * 100),
-            );
-        }
-        assert_eq!(live.len(), 100);
     }
 }

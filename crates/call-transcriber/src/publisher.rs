@@ -35,6 +35,7 @@ use tokio::time::Instant;
 use aws_edge::{Backoff, Jitter, error_text};
 
 use crate::delivery_record::{DeliveryRecord, changes_delivered};
+use crate::progress::RunProgress;
 
 /// How the publisher retries.
 #[derive(Debug, Clone)]
@@ -48,6 +49,8 @@ pub struct PublisherOptions {
     pub give_up_at: Option<Instant>,
     /// The pause between attempts.
     pub backoff: Backoff,
+    /// The run's figures as they grow: acknowledgements and retries.
+    pub progress: Option<RunProgress>,
 }
 
 impl PublisherOptions {
@@ -64,6 +67,7 @@ impl PublisherOptions {
                 max: Duration::from_secs(2),
                 jitter: Jitter::None,
             },
+            progress: None,
         }
     }
 
@@ -110,14 +114,20 @@ pub struct PublishReport {
     /// Kinesis acknowledged it (the transcript lag is measured from these).
     pub final_acks: Vec<(u64, Instant)>,
     delivered_tap: Option<mpsc::UnboundedSender<LcaMessage>>,
+    progress: Option<RunProgress>,
 }
 
 impl PublishReport {
     fn acknowledged(&mut self, item: Pending) {
         self.delivered += 1;
         self.latencies.push(item.arrived.elapsed());
-        if let Some((_, end_ms)) = item.message.final_segment_end() {
-            self.final_acks.push((end_ms, Instant::now()));
+        let now = Instant::now();
+        let final_end = item.message.final_segment_end().map(|(_, end_ms)| end_ms);
+        if let Some(end_ms) = final_end {
+            self.final_acks.push((end_ms, now));
+        }
+        if let Some(progress) = &self.progress {
+            progress.acknowledged(final_end, now);
         }
         if let Some(tap) = &self.delivered_tap {
             let _ = tap.send(item.message);
@@ -145,6 +155,7 @@ pub async fn run(
 ) -> PublishReport {
     let mut report = PublishReport {
         delivered_tap: delivered,
+        progress: options.progress.clone(),
         ..PublishReport::default()
     };
     let mut queue: std::collections::VecDeque<Pending> = std::collections::VecDeque::new();
@@ -310,6 +321,9 @@ async fn put_one(
                     return Err((item, message, refused));
                 }
                 report.retries += 1;
+                if let Some(progress) = &report.progress {
+                    progress.kinesis_retried();
+                }
                 tracing::warn!(call_id = %item.message.call_id, attempt, %message, "retrying PutRecord");
                 tokio::time::sleep(delay).await;
             }

@@ -9,12 +9,12 @@ use aws_sdk_transcribestreaming::primitives::Blob;
 use aws_sdk_transcribestreaming::types::error::AudioStreamError;
 use aws_sdk_transcribestreaming::types::{
     AudioEvent, AudioStream, CallAnalyticsLanguageCode, CallAnalyticsTranscriptResultStream,
-    CategoryEvent, ChannelDefinition, ConfigurationEvent, ContentRedactionType, LanguageCode,
-    MediaEncoding, ParticipantRole, TranscriptEvent, TranscriptResultStream, UtteranceEvent,
-    VocabularyFilterMethod,
+    CategoryEvent, ChannelDefinition, ConfigurationEvent, ContentRedactionType, ItemType,
+    LanguageCode, MediaEncoding, ParticipantRole, TranscriptEvent, TranscriptResultStream,
+    UtteranceEvent, VocabularyFilterMethod,
 };
 use call_audio::StereoChunk;
-use lca_events::{LcaMessage, SegmentMapper, TranscriptResult};
+use lca_events::{LcaMessage, SegmentMapper, TranscriptItem, TranscriptResult};
 use serde_json::{Map, Value, json};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -24,6 +24,7 @@ use transcript_ledger::{Mapped, SessionOutput, TranscriptLedger, map_output};
 
 use crate::config::{ApiMode, Language, TranscribeSettings};
 use crate::delivered::Delivered;
+use crate::progress::RunProgress;
 use aws_edge::{Backoff, Jitter, error_text};
 
 /// A Transcribe Streaming client from the shared SDK configuration; `TRANSCRIBE_ENDPOINT`
@@ -60,6 +61,8 @@ pub struct CallTranscription {
     /// Until when a session may wait for Transcribe capacity (LimitExceededException):
     /// the invocation's time; `None`: as long as it takes.
     pub give_up_at: Option<Instant>,
+    /// The run's figures as they grow: sessions, capacity waits, audio given to Transcribe.
+    pub progress: Option<RunProgress>,
 }
 
 /// What a transcription did.
@@ -327,8 +330,12 @@ pub async fn run(
     let mut fruitless = 0u32;
     loop {
         let replayed: u64 = replay.iter().map(|c| c.samples as u64).sum();
+        let waited_before = summary.start_wait;
         let mut session = start(client, &call, &mut summary, std::mem::take(&mut replay)).await?;
         summary.sessions += 1;
+        if let Some(progress) = &call.progress {
+            progress.session_started(summary.start_wait.saturating_sub(waited_before));
+        }
         let mut answered = false;
         let mut watchdog = Watchdog::new(call.settings.stuck_timeout, replayed, Instant::now());
         if !input_open {
@@ -347,6 +354,9 @@ pub async fn run(
                 _ = async { if let Some(audio) = &room { let _ = audio.reserve().await; } }, if input_open && !has_room => {}
                 chunk = chunks.recv(), if input_open && has_room => match chunk {
                     Some(chunk) => {
+                        if let Some(progress) = &call.progress {
+                            progress.transcribed(chunk.start_sample + chunk.samples as u64);
+                        }
                         ledger.sent(&chunk);
                         summary.audio_samples += chunk.samples as u64;
                         watchdog.queued_samples += chunk.samples as u64;
@@ -559,12 +569,14 @@ async fn start(
 }
 
 /// The pause between two attempts to start a stream: from `START_STREAM_RETRY_WAIT`
-/// (`first`), doubling up to 20 s, with equal jitter, so that calls turned away by the same
-/// quota do not all come back at once.
+/// (`first`), doubling up to 20 times it (20 s at the default 1 s), with equal jitter, so
+/// that calls turned away by the same quota do not all come back at once. The bound scales
+/// with `first`, so a stand-in run at N times real time (its `first` scaled down) waits in
+/// its clock as a call would.
 fn start_backoff(first: Duration) -> Backoff {
     Backoff {
         first,
-        max: Duration::from_secs(20),
+        max: first * 20,
         jitter: Jitter::Equal,
     }
 }
@@ -737,6 +749,23 @@ fn session_output(output: Output) -> SessionOutput {
                         .as_ref()
                         .and_then(|a| a.first())
                         .and_then(|a| a.transcript.clone())
+                        .unwrap_or_default(),
+                    items: result
+                        .alternatives
+                        .as_ref()
+                        .and_then(|a| a.first())
+                        .and_then(|a| a.items.as_ref())
+                        .map(|items| {
+                            items
+                                .iter()
+                                .map(|item| TranscriptItem {
+                                    start_time: item.start_time,
+                                    end_time: item.end_time,
+                                    content: item.content.clone().unwrap_or_default(),
+                                    is_punctuation: item.r#type == Some(ItemType::Punctuation),
+                                })
+                                .collect()
+                        })
                         .unwrap_or_default(),
                     channel_id: result.channel_id,
                     start_time: result.start_time,

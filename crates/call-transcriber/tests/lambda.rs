@@ -19,7 +19,7 @@ use local_aws::lambda::{
     FunctionSpec, InvokeFault, Lambda, LambdaOptions, RECURSION_LIMIT, RecursiveLoop,
     function_command,
 };
-use local_aws::transcribe::{TranscribeFault, TranscribeOptions};
+use local_aws::transcribe::{Pace, TranscribeFault, TranscribeOptions};
 use serde_json::{Value, json};
 
 fn contact_flow_event(stream_arn: &str, first: &str) -> Value {
@@ -1818,9 +1818,11 @@ fn stalled_invocations(logs: &std::path::Path) -> usize {
 }
 
 /// The outcomes of the transcriber's invocations, from their metrics lines.
+/// The outcome of each invocation's last line (progress lines have none).
 fn outcomes(lines: &[(Value, Vec<Extracted>)]) -> Vec<String> {
     lines
         .iter()
+        .filter(|(line, _)| line["Progress"] != true)
         .map(|(line, _)| line["Outcome"].as_str().unwrap_or("?").to_string())
         .collect()
 }
@@ -2811,5 +2813,117 @@ async fn refused_contact_attributes_are_startlcas_answer_and_start_nothing() {
         "nothing was started"
     );
     assert!(lease_item(&h).await.is_none(), "no lease was written");
+    lambda.shutdown();
+}
+
+/// The metrics lines of `lines` a running invocation wrote ("Progress": true).
+fn progress_lines(lines: &[(Value, Vec<Extracted>)]) -> Vec<(Value, Vec<Extracted>)> {
+    lines
+        .iter()
+        .filter(|(line, _)| line["Progress"] == true)
+        .cloned()
+        .collect()
+}
+
+/// The EMF timestamps (epoch ms) of `lines`.
+fn timestamps(lines: &[(Value, Vec<Extracted>)]) -> Vec<u64> {
+    lines
+        .iter()
+        .map(|(line, _)| line["_aws"]["Timestamp"].as_u64().expect("_aws.Timestamp"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_invocation_writes_its_metrics_every_interval_and_a_crash_keeps_what_they_said() {
+    // METRICS_INTERVAL 1 s (the stack's is 60 s: the same code at a test's scale). Transcribe
+    // refuses streams for 3 s from the call's first request (capacity), then processes at the call's own pace
+    // (4x), so the transcript falls behind the live call and TranscriptBehindLive shows it
+    // while it happens. After eight progress lines the attempt crashes: what its lines said
+    // is kept, and Lambda's retry completes the call with lines of its own.
+    let transcribe = TranscribeOptions {
+        pace: Pace {
+            speed: Some(4.0),
+            unavailable_for: Duration::from_secs(3),
+        },
+        ..TranscribeOptions::default()
+    };
+    let h = Harness::new(KvsOptions::default(), transcribe).await;
+    let (lambda, server, logs) = logged_transcriber(
+        &h,
+        &[
+            ("METRICS_INTERVAL", "1000"),
+            ("START_STREAM_RETRY_WAIT", "250"),
+        ],
+    )
+    .await;
+    let (arn, first) = h.play_at("call", sample_call_chunks(), &[], 4.0).await;
+    invoke_event(&server, &contact_flow_event(&arn, &first)).await;
+    let log = logs.join("CallTranscriber.log");
+    let mut before_crash = Vec::new();
+    for _ in 0..600 {
+        if log.exists() {
+            let lines = metrics_lines(&logs, "CallTranscriber");
+            if progress_lines(&lines).len() >= 8 {
+                assert_eq!(lambda.crash_busy("CallTranscriber"), 1);
+                before_crash = lines;
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        !before_crash.is_empty(),
+        "eight progress lines within 30 s of a 15 s call"
+    );
+    let records = records_until(&h, &lambda, "ADD_S3_RECORDING_URL").await;
+    assert_lifecycle(&records);
+    assert_eq!(
+        lambda.attempts("CallTranscriber").len(),
+        2,
+        "the crashed attempt and Lambda's retry"
+    );
+    let lines = metrics_lines(&logs, "CallTranscriber");
+    let (crashed, retry) = lines.split_at(before_crash.len());
+    // The crashed attempt wrote only progress lines, a second or so apart; they tell of its
+    // wait for Transcribe, the audio it read and how far behind the live call it was.
+    assert_eq!(progress_lines(crashed).len(), crashed.len());
+    for pair in timestamps(crashed).windows(2) {
+        assert!(
+            pair[1] - pair[0] <= 3_000,
+            "progress lines {} ms apart with METRICS_INTERVAL 1000",
+            pair[1] - pair[0]
+        );
+    }
+    let audio: f64 = metric_values(crashed, "AudioSeconds", &[]).iter().sum();
+    assert!(audio > 0.0, "the crashed attempt's audio is counted");
+    let waited: f64 = metric_values(crashed, "TranscribeCapacityWait", &[])
+        .iter()
+        .sum();
+    assert!(waited >= 2_000.0, "capacity wait {waited} ms");
+    let behind = metric_values(crashed, "TranscriptBehindLive", &[]);
+    assert_eq!(behind.len(), crashed.len(), "one value per line");
+    assert!(
+        behind.iter().any(|ms| *ms >= 2_000.0),
+        "behind live while Transcribe refused: {behind:?}"
+    );
+    // The retry: progress lines at the interval, then its last line with the call's end;
+    // its counts add up to the whole call (it read it from the start again).
+    let retry_progress = progress_lines(retry);
+    assert!(retry_progress.len() >= 2, "{} lines", retry_progress.len());
+    for pair in timestamps(&retry_progress).windows(2) {
+        assert!(pair[1] - pair[0] <= 3_000, "{} ms apart", pair[1] - pair[0]);
+    }
+    assert_eq!(outcomes(retry), ["ENDED"]);
+    let audio: f64 = metric_values(retry, "AudioSeconds", &[]).iter().sum();
+    let call_s = sample_call_stereo().len() as f64 / 4.0 / 8000.0;
+    assert!((audio - call_s).abs() < 0.001, "{audio} s of {call_s} s");
+    let lags = metric_values(retry, "TranscriptLag", &[]);
+    let events: f64 = metric_values(retry, "EventsPublished", &[]).iter().sum();
+    assert!(events > 0.0 && !lags.is_empty());
+    assert_eq!(
+        metric_values(retry, "TranscriptBehindLive", &[]).len(),
+        retry.len(),
+        "the last line too"
+    );
     lambda.shutdown();
 }

@@ -194,6 +194,40 @@ pub struct TranscriptResult {
     pub is_partial: bool,
     /// First alternative's text.
     pub transcript: String,
+    /// First alternative's items (words and punctuation) with their times: what lets a
+    /// result be cut after a word (a replay that re-segments the call,
+    /// `transcript_ledger`). Empty when Transcribe gave none.
+    pub items: Vec<TranscriptItem>,
+}
+
+/// One item of a standard-mode result: a word or a punctuation mark, with its times.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct TranscriptItem {
+    /// Seconds from the start of this Transcribe session.
+    pub start_time: f64,
+    /// Seconds from the start of this Transcribe session.
+    pub end_time: f64,
+    /// The word or mark.
+    pub content: String,
+    /// A punctuation mark (Transcribe's item type `punctuation`): written without a space
+    /// before it.
+    pub is_punctuation: bool,
+}
+
+/// The text of `items` as Transcribe writes a transcript: words separated by spaces,
+/// punctuation against the word before it.
+pub fn items_text<'a>(items: impl IntoIterator<Item = (&'a str, bool)>) -> String {
+    let mut text = String::new();
+    for (content, is_punctuation) in items {
+        if content.is_empty() {
+            continue;
+        }
+        if !text.is_empty() && !is_punctuation {
+            text.push(' ');
+        }
+        text.push_str(content);
+    }
+    text
 }
 
 /// How results become messages for one call.
@@ -487,6 +521,7 @@ mod tests {
             end_time: 6.34,
             is_partial: false,
             transcript: "Thank you for calling".into(),
+            items: Vec::new(),
         };
         let message = mapper(120.0, true).transcript(&result, AT).unwrap();
         assert_eq!(
@@ -513,6 +548,18 @@ mod tests {
             start_time: 0.0,
             ..partial
         };
+        let words = [
+            ("Thank", false),
+            ("you", false),
+            (",", true),
+            ("Sam", false),
+            (".", true),
+        ];
+        assert_eq!(items_text(words), "Thank you, Sam.");
+        assert_eq!(
+            items_text([(".", true), ("", false), ("Hi", false)]),
+            ". Hi"
+        );
         let value = serde_json::to_value(mapper(0.0, true).transcript(&at_zero, AT)).unwrap();
         assert_eq!(
             (&value["StartTime"], &value["SegmentId"]),

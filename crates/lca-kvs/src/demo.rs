@@ -48,6 +48,8 @@ pub struct DemoArgs {
     /// The speech recognizer behind the local Transcribe.
     #[arg(long, value_enum, default_value_t = Engine::Auto)]
     engine: Engine,
+    #[command(flatten)]
+    transcribe_pace: crate::local::TranscribePaceArgs,
     /// Print the LCA events as they arrive on Kinesis (one JSON object per line) instead of
     /// the transcript.
     #[arg(long)]
@@ -139,6 +141,12 @@ pub fn run(args: DemoArgs) -> Result<()> {
     if !(args.speed >= 0.0 && args.speed.is_finite()) {
         bail!("--speed {}: must be 0 or a positive number", args.speed);
     }
+    let pace = args.transcribe_pace.pace()?;
+    if args.aws && args.transcribe_pace.is_set() {
+        bail!(
+            "--transcribe-speed and --transcribe-unavailable-for set the local Transcribe's pace; with --aws, Amazon Transcribe keeps its own"
+        );
+    }
     // --aws needs the user's LCA stream: checked before the call is synthesized.
     let aws_stream = args.aws.then(aws_stream_name).transpose()?;
     let (engine_name, factory) = if args.aws {
@@ -166,7 +174,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(demo(args, aws_stream, call, engine_name, factory))
+    runtime.block_on(demo(args, aws_stream, call, engine_name, factory, pace))
 }
 
 /// The engine to use and a factory of its recognizers; a PocketSphinx model that cannot load
@@ -219,6 +227,7 @@ async fn demo(
     call: DemoCall,
     engine_name: &str,
     factory: Option<RecognizerFactory>,
+    pace: local_aws::transcribe::Pace,
 ) -> Result<()> {
     let aws_sdk = match &aws_stream {
         Some(_) => Some(aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await),
@@ -247,6 +256,7 @@ async fn demo(
             Transcribe::with_recognizer(
                 TranscribeOptions {
                     record_audio: false,
+                    pace,
                     ..TranscribeOptions::default()
                 },
                 factory,

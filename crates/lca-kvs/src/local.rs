@@ -9,7 +9,7 @@ use local_aws::http::TlsIdentity;
 use local_aws::kvs::{Kvs, KvsOptions};
 use local_aws::lambda::{FunctionSpec, Lambda, LambdaOptions, RecursiveLoop};
 use local_aws::moto::{MotoError, MotoServer};
-use local_aws::transcribe::{Transcribe, TranscribeOptions};
+use local_aws::transcribe::{Pace, Transcribe, TranscribeOptions};
 
 /// Options of `lca-kvs local`.
 #[derive(Args)]
@@ -63,6 +63,8 @@ pub struct LocalArgs {
     /// stream beyond it is refused with LimitExceededException (HTTP 429). Default: no limit.
     #[arg(long, value_name = "N")]
     transcribe_max_sessions: Option<usize>,
+    #[command(flatten)]
+    transcribe_pace: TranscribePaceArgs,
     /// The LCA Kinesis data stream created in moto (exported as KINESIS_STREAM_NAME).
     #[arg(long, default_value = "lca-kinesis-stream")]
     kinesis_stream: String,
@@ -77,6 +79,49 @@ pub struct LocalArgs {
     /// streams answer them AccessDeniedException. They get their own access key for this.
     #[arg(long, value_name = "PREFIX")]
     functions_stream_prefix: Option<String>,
+}
+
+/// How the local Transcribe keeps time (`local` and `demo`; the test harness sets the same
+/// [`Pace`] in its `TranscribeOptions`).
+#[derive(Args, Debug, Clone, Default)]
+pub struct TranscribePaceArgs {
+    /// Seconds of audio the local Transcribe processes per second: 1 is real time (how fast
+    /// Amazon Transcribe processes audio sent faster is not documented; AWS's streaming SDK
+    /// says real time). A session behind on its audio stops reading, holding the client back
+    /// through HTTP/2 flow control. Default: as fast as the audio comes.
+    #[arg(long, value_name = "X")]
+    transcribe_speed: Option<f64>,
+    /// The local Transcribe refuses every stream for SECONDS from its first request with
+    /// LimitExceededException, as when the account's concurrent stream quota is in use: a
+    /// capacity stall over a call's first seconds, played from outside.
+    #[arg(long, value_name = "SECONDS")]
+    transcribe_unavailable_for: Option<f64>,
+}
+
+impl TranscribePaceArgs {
+    /// The pace the options ask for, checked.
+    pub fn pace(&self) -> Result<Pace> {
+        let unavailable_for = match self.transcribe_unavailable_for {
+            None => std::time::Duration::ZERO,
+            Some(seconds) => std::time::Duration::try_from_secs_f64(seconds).map_err(|_| {
+                anyhow::anyhow!(
+                    "--transcribe-unavailable-for {seconds}: must be 0 or a positive number of seconds"
+                )
+            })?,
+        };
+        let pace = Pace {
+            speed: self.transcribe_speed,
+            unavailable_for,
+        };
+        pace.check()
+            .map_err(|why| anyhow::anyhow!("--transcribe-speed: {why}"))?;
+        Ok(pace)
+    }
+
+    /// Whether any option was given (they apply to the local Transcribe only).
+    pub fn is_set(&self) -> bool {
+        self.transcribe_speed.is_some() || self.transcribe_unavailable_for.is_some()
+    }
 }
 
 /// The access key id the --function functions sign with (a role's, on AWS).
@@ -107,6 +152,7 @@ pub fn run(args: LocalArgs) -> Result<()> {
         );
     }
     let sweep_to = sweep_target(&args, &served)?;
+    let pace = args.transcribe_pace.pace()?;
     if args.transcribe_max_sessions == Some(0) {
         bail!("--transcribe-max-sessions 0: must be at least 1");
     }
@@ -141,6 +187,7 @@ pub fn run(args: LocalArgs) -> Result<()> {
         let transcribe = Transcribe::new(TranscribeOptions {
             record_audio: false,
             max_sessions: args.transcribe_max_sessions,
+            pace,
             ..TranscribeOptions::default()
         });
         let identity = match args.tls {

@@ -18,11 +18,17 @@ use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::http::{ApiError, Body, BodyError, Server, TlsIdentity, serve_with};
 use crate::lock;
 use crate::recognizer::{EnergyRecognizer, Recognizer, Segment};
+
+/// How long a paced session may have been idle and still count its processing from when it
+/// was last busy until: more than a timer's lateness, less than would let it bank idle time
+/// and process a burst faster than its speed.
+const PACE_SLACK: Duration = Duration::from_millis(20);
 
 /// Largest event-stream message accepted from a client (AWS allows far less audio per event).
 const MAX_MESSAGE_BYTES: u32 = 1 << 20;
@@ -61,6 +67,8 @@ pub struct TranscribeOptions {
     /// by default); `None`: unlimited. A stream started beyond it is refused with HTTP 429
     /// LimitExceededException, as the API reference documents.
     pub max_sessions: Option<usize>,
+    /// How fast sessions process audio, and when the service refuses streams.
+    pub pace: Pace,
 }
 
 impl Default for TranscribeOptions {
@@ -70,6 +78,44 @@ impl Default for TranscribeOptions {
             categories: Vec::new(),
             record_audio: true,
             max_sessions: None,
+            pace: Pace::default(),
+        }
+    }
+}
+
+/// How the local Transcribe keeps time (`lca-kvs local --transcribe-speed`,
+/// `--transcribe-unavailable-for`; the demo and the test harness take the same).
+///
+/// How fast Amazon Transcribe processes audio sent faster than real time is not documented.
+/// The streaming guide asks clients to "ensure that your stream is as close to real-time as
+/// possible" (Transcribing streaming audio, best practices), and AWS's Python streaming SDK
+/// (amazon-transcribe-streaming-sdk) says the service processes audio chunks in real time.
+/// `speed: Some(1.0)` plays that reading; `None` the most favourable one (results as fast as
+/// audio arrives). Either way a session that has not yet processed what it received stops
+/// reading its request body, so the client is held back by HTTP/2 flow control (RFC 9113
+/// section 5.2), as a real server's would be; how large a window Transcribe grants is not
+/// documented either (see `crate::http`). Over plain HTTP the SDK speaks HTTP/1.1 and only
+/// TCP holds it back, once the sockets' buffers (megabytes) are full.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Pace {
+    /// Seconds of audio a session processes per second of time (1: real time); `None`: as
+    /// fast as it comes.
+    pub speed: Option<f64>,
+    /// Every stream started within this long of the service's first request is refused with
+    /// HTTP 429 LimitExceededException, as when the account's concurrent stream quota is in
+    /// use (the API reference's documented answer): a capacity stall played from outside,
+    /// over a call's first seconds.
+    pub unavailable_for: Duration,
+}
+
+impl Pace {
+    /// Checks the values a user gave: a speed must be a positive finite number.
+    pub fn check(&self) -> Result<(), String> {
+        match self.speed {
+            Some(speed) if !(speed > 0.0 && speed.is_finite()) => Err(format!(
+                "transcribe speed {speed}: must be a positive number (1 = real time)"
+            )),
+            _ => Ok(()),
         }
     }
 }
@@ -139,6 +185,9 @@ struct Inner {
     refused: AtomicUsize,
     /// Streams of the account's other clients (see [`Transcribe::set_streams_elsewhere`]).
     elsewhere: AtomicUsize,
+    /// When the service was first asked for a stream ([`Pace::unavailable_for`] counts from
+    /// it).
+    first_request: std::sync::OnceLock<Instant>,
 }
 
 /// Counts one open stream until dropped (the session's task ends).
@@ -186,6 +235,7 @@ impl Transcribe {
                 open: Arc::new(AtomicUsize::new(0)),
                 refused: AtomicUsize::new(0),
                 elsewhere: AtomicUsize::new(0),
+                first_request: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -263,11 +313,14 @@ impl Transcribe {
         let open = self.inner.open.fetch_add(1, Ordering::SeqCst)
             + self.inner.elsewhere.load(Ordering::SeqCst);
         let stream = OpenStream(self.inner.open.clone());
-        if self
-            .inner
-            .options
-            .max_sessions
-            .is_some_and(|max| open >= max)
+        let first_request = *self.inner.first_request.get_or_init(Instant::now);
+        let unavailable = first_request.elapsed() < self.inner.options.pace.unavailable_for;
+        if unavailable
+            || self
+                .inner
+                .options
+                .max_sessions
+                .is_some_and(|max| open >= max)
         {
             drop(stream);
             self.inner.refused.fetch_add(1, Ordering::SeqCst);
@@ -318,6 +371,7 @@ impl Transcribe {
             options: self.inner.options.clone(),
             roles: Vec::new(),
             matched: Vec::new(),
+            processed_until: None,
             tx,
             _open: stream,
         };
@@ -574,6 +628,8 @@ struct Session {
     options: TranscribeOptions,
     roles: Vec<String>,
     matched: Vec<String>,
+    /// With a [`Pace::speed`]: when the audio received so far will have been processed.
+    processed_until: Option<Instant>,
     tx: mpsc::Sender<Result<Frame<Bytes>, BodyError>>,
     /// Holds the stream's place in the quota until the session ends.
     _open: OpenStream,
@@ -726,6 +782,26 @@ impl Session {
             && received_s >= *seconds
         {
             return Some(End::Stuck);
+        }
+        if let Some(speed) = self.options.pace.speed {
+            // A processor that works at `speed` is busy until it has processed what came
+            // before, then takes this audio's length over `speed`. Meanwhile the body is not
+            // read: the stream's flow-control window fills and the client's sending waits.
+            // Its clock runs from when it was last busy until (not from when the timer woke
+            // it, which is later by the timer's granularity, and would make it slower than
+            // `speed`), unless it has been idle for longer than PACE_SLACK.
+            // (A speed that is not a positive number, which `Pace::check` refuses, paces nothing.)
+            let seconds = pcm.len() as f64 / bytes_per_second / speed;
+            if let Ok(busy) = Duration::try_from_secs_f64(seconds) {
+                let now = Instant::now();
+                let idle_floor = now.checked_sub(PACE_SLACK).unwrap_or(now);
+                let until = self
+                    .processed_until
+                    .map_or(now, |until| until.max(idle_floor))
+                    + busy;
+                self.processed_until = Some(until);
+                tokio::time::sleep_until(until).await;
+            }
         }
         let segments = self.recognizer.accept(&pcm);
         self.send_segments(segments).await;

@@ -11,7 +11,9 @@ use aws_sdk_transcribestreaming::types::{
     AudioEvent, AudioStream, CallAnalyticsLanguageCode, ChannelDefinition, ConfigurationEvent,
     ContentRedactionType, LanguageCode, MediaEncoding, ParticipantRole, TranscriptResultStream,
 };
-use local_aws::transcribe::{CategoryRule, Mode, Transcribe, TranscribeFault, TranscribeOptions};
+use local_aws::transcribe::{
+    CategoryRule, Mode, Pace, Transcribe, TranscribeFault, TranscribeOptions,
+};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -442,23 +444,9 @@ async fn tls_with_alpn_h2_as_production_runs() {
     let pcm = sample_call_stereo();
     // The first 20 s: agent, caller, agent turns, and the caller's second turn cut at 20 s.
     let pcm = &pcm[..20 * 8000 * 4];
-    let mut output = stereo_request(&tls_client(&server.url(), &identity.cert_pem))
-        .audio_stream(audio_events(pcm, None).into())
-        .send()
-        .await
-        .unwrap();
-    let mut finals = Vec::new();
-    while let Some(event) = output.transcript_result_stream.recv().await.unwrap() {
-        let TranscriptResultStream::TranscriptEvent(event) = event else {
-            continue;
-        };
-        for result in event.transcript.unwrap().results.unwrap_or_default() {
-            if !result.is_partial {
-                finals.push(result.channel_id.unwrap());
-            }
-        }
-    }
-    assert_eq!(finals, ["ch_1", "ch_0", "ch_1", "ch_0"]);
+    let (_, finals) = timed_session(&tls_client(&server.url(), &identity.cert_pem), pcm).await;
+    let channels: Vec<&str> = finals.iter().map(|((c, _, _), _)| c.as_str()).collect();
+    assert_eq!(channels, ["ch_1", "ch_0", "ch_1", "ch_0"]);
     assert!(transcribe.sessions()[0].audio == pcm);
     // Faults over TLS + h2 as well.
     transcribe.inject(TranscribeFault::ExceptionAfter {
@@ -537,4 +525,163 @@ async fn streams_beyond_the_quota_are_refused_with_limit_exceeded() {
         .await
         .expect("room again once the first stream closed");
     assert_eq!(transcribe.sessions().len(), 2);
+}
+
+/// Sends `pcm` in 100 ms chunks on one standard-mode stream of `client`; returns when the
+/// client's stream handed each chunk to the SDK (relative to the request) and the finals
+/// with when each arrived.
+async fn timed_session(
+    client: &Client,
+    pcm: &[u8],
+) -> (Vec<Duration>, Vec<((String, f64, f64), Duration)>) {
+    use tokio_stream::StreamExt as _;
+    let began = tokio::time::Instant::now();
+    let taken = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let noted = taken.clone();
+    let chunks: Vec<Vec<u8>> = pcm.chunks(3200).map(<[u8]>::to_vec).collect();
+    // The closure runs as the SDK polls the stream for its next event: when HTTP/2 flow
+    // control lets it send more.
+    let events = tokio_stream::iter(chunks).map(move |chunk| {
+        noted.lock().unwrap().push(began.elapsed());
+        Ok::<_, AudioStreamError>(AudioStream::AudioEvent(
+            AudioEvent::builder().audio_chunk(Blob::new(chunk)).build(),
+        ))
+    });
+    let mut output = stereo_request(client)
+        .audio_stream(events.into())
+        .send()
+        .await
+        .unwrap();
+    let mut finals = Vec::new();
+    while let Some(event) = output.transcript_result_stream.recv().await.unwrap() {
+        let TranscriptResultStream::TranscriptEvent(event) = event else {
+            continue;
+        };
+        for result in event.transcript.unwrap().results.unwrap_or_default() {
+            if !result.is_partial {
+                let channel = result.channel_id.unwrap_or_default();
+                finals.push((
+                    (channel, result.start_time, result.end_time),
+                    began.elapsed(),
+                ));
+            }
+        }
+    }
+    let taken = taken.lock().unwrap().clone();
+    (taken, finals)
+}
+
+#[tokio::test]
+async fn a_paced_session_takes_the_audios_time_and_holds_the_client_back() {
+    // 8 s of the sample call at 4x real time: Transcribe's reading that a stream is
+    // processed in real time, sped up for the test. The results are the unpaced ones; only
+    // their times change.
+    let pcm = &sample_call_stereo()[..8 * 32_000];
+    let unpaced = Transcribe::new(TranscribeOptions::default());
+    let server = unpaced.serve(0).await.unwrap();
+    let (_, expected) = timed_session(&client(&server.url()), pcm).await;
+    assert!(
+        !expected.is_empty(),
+        "the sample call's first 8 s have speech"
+    );
+
+    let paced = Transcribe::new(TranscribeOptions {
+        pace: Pace {
+            speed: Some(4.0),
+            ..Pace::default()
+        },
+        ..TranscribeOptions::default()
+    });
+    // Over TLS with ALPN h2, as production runs: HTTP/2 flow control is what holds the
+    // client back (over plain HTTP the SDK speaks HTTP/1.1, and the sockets' buffers take
+    // megabytes before TCP's window closes).
+    let identity = local_aws::http::TlsIdentity::self_signed().unwrap();
+    let server = paced.serve_with(0, Some(&identity)).await.unwrap();
+    let (taken, finals) = timed_session(&tls_client(&server.url(), &identity.cert_pem), pcm).await;
+    assert_eq!(
+        finals.iter().map(|(f, _)| f).collect::<Vec<_>>(),
+        expected.iter().map(|(f, _)| f).collect::<Vec<_>>()
+    );
+    // Each final comes no earlier than the audio up to its end takes at 4x.
+    for ((channel, _, end), arrived) in &finals {
+        assert!(
+            *arrived >= Duration::from_secs_f64(end / 4.0),
+            "final on {channel} ending at {end} s arrived after {arrived:?}"
+        );
+    }
+    // Back-pressure: the server reads no further than its 64 KiB stream window (about 2 s
+    // of audio with the event-stream framing) ahead of what it has processed, so the client
+    // could hand over its last chunk only once about 6 of the 8 s were processed (1.5 s at
+    // 4x). Unpaced, it hands everything over at once.
+    let last = *taken.last().unwrap();
+    assert!(
+        last >= Duration::from_secs(1),
+        "the client sent its last chunk after {last:?}: nothing held it back"
+    );
+    assert_eq!(paced.sessions()[0].audio_bytes, pcm.len());
+}
+
+#[tokio::test]
+async fn streams_are_refused_while_the_service_is_unavailable_then_accepted() {
+    // `--transcribe-unavailable-for`: LimitExceededException (HTTP 429, the API reference's
+    // answer when the concurrent stream quota is in use) for 1.5 s from the first request.
+    let transcribe = Transcribe::new(TranscribeOptions {
+        pace: Pace {
+            unavailable_for: Duration::from_millis(1500),
+            ..Pace::default()
+        },
+        ..TranscribeOptions::default()
+    });
+    let server = transcribe.serve(0).await.unwrap();
+    // The time counts from the first request, not from the service's start.
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    let client = client(&server.url());
+    let asked = tokio::time::Instant::now();
+    let error = stereo_request(&client)
+        .audio_stream(audio_events(&[0; 3200], None).into())
+        .send()
+        .await
+        .unwrap_err()
+        .into_service_error();
+    assert!(error.is_limit_exceeded_exception(), "{error:?}");
+    assert_eq!((transcribe.refused(), transcribe.open_streams()), (1, 0));
+    tokio::time::sleep_until(asked + Duration::from_millis(1600)).await;
+    let mut output = stereo_request(&client)
+        .audio_stream(audio_events(&[0; 3200], None).into())
+        .send()
+        .await
+        .expect("accepted once the time is over");
+    while output
+        .transcript_result_stream
+        .recv()
+        .await
+        .unwrap()
+        .is_some()
+    {}
+    assert_eq!(transcribe.refused(), 1);
+    assert_eq!(transcribe.sessions().len(), 1);
+    assert!(
+        Pace {
+            speed: Some(0.0),
+            ..Pace::default()
+        }
+        .check()
+        .is_err()
+    );
+    assert!(
+        Pace {
+            speed: Some(f64::INFINITY),
+            ..Pace::default()
+        }
+        .check()
+        .is_err()
+    );
+    assert!(
+        Pace {
+            speed: Some(1.0),
+            ..Pace::default()
+        }
+        .check()
+        .is_ok()
+    );
 }

@@ -6,9 +6,14 @@
 //! cover; speech it is still working on shows as an open *partial* result. So on a reconnect
 //! the audio is replayed from the start of the earliest open partial (or, when nothing is open,
 //! from the last final end, but at most a few seconds back: speech Transcribe has not reported
-//! yet). Results of the new session that start before a channel's last published final repeat
-//! what was already published and are dropped; the first result continuing a cut partial keeps
-//! its start (standard mode) or id (analytics), so LCA replaces that partial instead of keeping it.
+//! yet). Results of the new session that end by a channel's last published final repeat
+//! what was already published and are dropped. A new session may segment the call otherwise
+//! than the one before (a replay starts at the earliest point of both channels, so one
+//! channel's audio is heard again from before its last final): a result that straddles that
+//! final's end keeps its words from there on, with their times (the words whose middle is
+//! after it), so no speech is lost and none is published twice. The first result continuing a
+//! cut partial keeps its start (standard mode) or id (analytics), so LCA replaces that partial
+//! instead of keeping it.
 //!
 //! Times: the call's audio is counted in samples from the start of the call (the assembler's
 //! `start_sample`). A session's clock is the audio it received, which is the call's audio from
@@ -36,6 +41,10 @@ pub struct Placement {
     pub start_s: Option<f64>,
     /// Likewise for Call Analytics: the cut partial's UtteranceId.
     pub utterance_id: Option<String>,
+    /// The first of the result's items to publish: 0 for all of them; more when the result
+    /// straddles the channel's last published final, whose words before it were published
+    /// already. The result then starts at that item.
+    pub first_item: usize,
 }
 
 /// Replay buffer and result bookkeeping for one call's Transcribe sessions.
@@ -135,7 +144,15 @@ impl TranscriptLedger {
     }
 
     /// A result on `channel` (0 = caller/CUSTOMER, 1 = agent/AGENT) at session seconds
-    /// `start_s..end_s`: where to publish it, or `None` when it repeats published audio.
+    /// `start_s..end_s`, with its items' session times (`items`: start and end of each word
+    /// or mark, in order; empty when it has none): where to publish it, or `None` when it
+    /// repeats published audio.
+    ///
+    /// A result that starts before the channel's last published final and ends after it is
+    /// cut there: its items whose middle is after that final's end are published (from
+    /// [`Placement::first_item`]); with none, it is a repeat. One without items cannot be cut
+    /// and is dropped as a repeat (Transcribe gives items with every result; the API
+    /// references list `Items` in both `Alternative` and `UtteranceEvent`).
     pub fn result(
         &mut self,
         channel: usize,
@@ -143,20 +160,33 @@ impl TranscriptLedger {
         end_s: f64,
         partial: bool,
         utterance_id: Option<&str>,
+        items: &[(f64, f64)],
     ) -> Option<Placement> {
         let channel = channel.min(1);
-        let offset_s = self.offset_s(start_s);
         let end_offset_s = self.offset_s(end_s);
-        let start_ms = to_ms(start_s + offset_s);
         let end_ms = to_ms(end_s + end_offset_s);
-        if self.final_end[channel].is_some_and(|end| start_ms < end) {
-            return None;
+        let mut start_s = start_s;
+        let mut first_item = 0;
+        if let Some(published) = self.final_end[channel]
+            && to_ms(start_s + self.offset_s(start_s)) < published
+        {
+            if end_ms <= published {
+                return None;
+            }
+            let call_ms = |session_s: f64| to_ms(session_s + self.offset_s(session_s));
+            first_item = items
+                .iter()
+                .position(|&(start, end)| call_ms((start + end) / 2.0) > published)?;
+            start_s = items[first_item].0;
         }
+        let offset_s = self.offset_s(start_s);
+        let start_ms = to_ms(start_s + offset_s);
         let mut placement = Placement {
             offset_s,
             end_offset_s,
             start_s: None,
             utterance_id: None,
+            first_item,
         };
         if let Some((cut_ms, cut_id)) = &self.cut[channel]
             && start_ms.abs_diff(*cut_ms) <= CONTINUE_TOLERANCE_MS
@@ -288,9 +318,9 @@ mod tests {
     fn replays_from_the_earliest_open_partial() {
         let mut ledger = TranscriptLedger::new(0, 10_000, 120_000);
         send(&mut ledger, 20);
-        assert!(ledger.result(1, 2.0, 6.0, false, None).is_some());
-        assert!(ledger.result(0, 12.0, 14.0, true, None).is_some());
-        assert!(ledger.result(1, 13.0, 15.0, true, None).is_some());
+        assert!(ledger.result(1, 2.0, 6.0, false, None, &[]).is_some());
+        assert!(ledger.result(0, 12.0, 14.0, true, None, &[]).is_some());
+        assert!(ledger.result(1, 13.0, 15.0, true, None, &[]).is_some());
         assert_eq!(ledger.resume_point(), 12 * 8000);
         let replay = ledger.restart();
         assert_eq!(replay[0].start_sample, 96_000);
@@ -300,7 +330,7 @@ mod tests {
             "12 s .. 20 s"
         );
         // The new session's clock starts at 12 s of the call.
-        let p = ledger.result(0, 0.02, 2.5, false, None).unwrap();
+        let p = ledger.result(0, 0.02, 2.5, false, None, &[]).unwrap();
         assert_eq!(p.offset_s, 12.0);
         assert_eq!(
             p.start_s,
@@ -308,7 +338,7 @@ mod tests {
             "continues the cut partial: same segment id"
         );
         // Not near the cut partial: published at its own time.
-        let p = ledger.result(1, 3.0, 4.0, false, None).unwrap();
+        let p = ledger.result(1, 3.0, 4.0, false, None, &[]).unwrap();
         assert_eq!(p.start_s, None);
     }
 
@@ -316,7 +346,7 @@ mod tests {
     fn without_open_results_replays_only_recent_audio() {
         let mut ledger = TranscriptLedger::new(0, 5_000, 120_000);
         send(&mut ledger, 30);
-        ledger.result(0, 1.0, 4.0, false, None).unwrap();
+        ledger.result(0, 1.0, 4.0, false, None, &[]).unwrap();
         assert_eq!(ledger.resume_point(), 25 * 8000, "the last 5 s");
         assert_eq!(
             ledger.replay_bytes(),
@@ -324,13 +354,13 @@ mod tests {
             "older audio is not kept"
         );
         send(&mut ledger, 1);
-        ledger.result(0, 29.0, 30.5, false, None).unwrap();
+        ledger.result(0, 29.0, 30.5, false, None, &[]).unwrap();
         assert_eq!(
             ledger.resume_point(),
             26 * 8000,
             "the agent may be speaking unreported"
         );
-        ledger.result(1, 28.0, 30.8, false, None).unwrap();
+        ledger.result(1, 28.0, 30.8, false, None, &[]).unwrap();
         assert_eq!(
             ledger.resume_point(),
             30_500 * 8,
@@ -342,14 +372,14 @@ mod tests {
     fn results_repeating_published_finals_are_dropped() {
         let mut ledger = TranscriptLedger::new(0, 5_000, 120_000);
         send(&mut ledger, 10);
-        ledger.result(1, 5.0, 9.0, false, None).unwrap();
-        ledger.result(0, 7.0, 8.0, true, None).unwrap();
+        ledger.result(1, 5.0, 9.0, false, None, &[]).unwrap();
+        ledger.result(0, 7.0, 8.0, true, None, &[]).unwrap();
         ledger.restart(); // from 7 s
         // The agent's speech 7..9 s is heard again: already published.
-        assert_eq!(ledger.result(1, 0.0, 2.0, true, None), None);
-        assert_eq!(ledger.result(1, 0.0, 2.0, false, None), None);
+        assert_eq!(ledger.result(1, 0.0, 2.0, true, None, &[]), None);
+        assert_eq!(ledger.result(1, 0.0, 2.0, false, None, &[]), None);
         // The agent's next turn is new.
-        assert!(ledger.result(1, 2.5, 3.0, false, None).is_some());
+        assert!(ledger.result(1, 2.5, 3.0, false, None, &[]).is_some());
     }
 
     #[test]
@@ -360,14 +390,14 @@ mod tests {
         ledger.keep_alive(8);
         send(&mut ledger, 1);
         // Session second 1.5 is call second 2 + 1.5 - 2 ms of keep-alive.
-        let p = ledger.result(0, 1.5, 1.8, false, None).unwrap();
+        let p = ledger.result(0, 1.5, 1.8, false, None, &[]).unwrap();
         assert!((p.offset_s - (2.0 - 0.002)).abs() < 1e-9, "{}", p.offset_s);
-        let p = ledger.result(1, 0.5, 0.8, false, None).unwrap();
+        let p = ledger.result(1, 0.5, 0.8, false, None, &[]).unwrap();
         assert_eq!(p.offset_s, 2.0);
         // A result spanning the keep-alives: its end moves, its start does not.
-        let p = ledger.result(0, 1.9, 2.0, false, None).unwrap();
+        let p = ledger.result(0, 1.9, 2.0, false, None, &[]).unwrap();
         assert!((p.end_offset_s - (2.0 - 0.002)).abs() < 1e-9);
-        let p = ledger.result(1, 0.9, 1.5, false, None).unwrap();
+        let p = ledger.result(1, 0.9, 1.5, false, None, &[]).unwrap();
         assert_eq!(p.offset_s, 2.0);
         assert!((p.end_offset_s - (2.0 - 0.002)).abs() < 1e-9);
     }
@@ -376,19 +406,19 @@ mod tests {
     fn replay_is_bounded_and_split_mid_chunk() {
         let mut ledger = TranscriptLedger::new(0, 5_000, 10_000);
         send(&mut ledger, 3);
-        ledger.result(1, 0.1, 0.5, false, Some("u-0")).unwrap();
-        ledger.result(0, 0.45, 1.0, true, Some("u-1")).unwrap();
+        ledger.result(1, 0.1, 0.5, false, Some("u-0"), &[]).unwrap();
+        ledger.result(0, 0.45, 1.0, true, Some("u-1"), &[]).unwrap();
         let replay = ledger.restart();
         assert_eq!(replay[0].start_sample, 3600);
         assert_eq!(replay[0].samples, 400);
         assert_eq!(replay[0].pcm.len(), 1600);
         assert_eq!(replay[0].pcm[0], chunk(3200, 800).pcm[1600]);
-        let p = ledger.result(0, 0.1, 0.5, false, Some("u-9")).unwrap();
+        let p = ledger.result(0, 0.1, 0.5, false, Some("u-9"), &[]).unwrap();
         assert_eq!(p.utterance_id.as_deref(), Some("u-1"));
         // An open partial older than the replay bound does not keep audio forever.
         let mut ledger = TranscriptLedger::new(0, 5_000, 10_000);
         send(&mut ledger, 1);
-        ledger.result(0, 0.0, 0.5, true, None).unwrap();
+        ledger.result(0, 0.0, 0.5, true, None, &[]).unwrap();
         send(&mut ledger, 30);
         assert_eq!(ledger.replay_bytes(), 10 * 8000 * 4);
     }

@@ -100,6 +100,22 @@ fuzz_target!(|input: Input| {
                 end_time: (f64::from(start_ms) + f64::from(length_ms)) / 1000.0,
                 is_partial: partial,
                 transcript: "word ".repeat(usize::from(words)),
+                // The words spread evenly over the result (a replay may cut it after any).
+                items: (0..u32::from(words))
+                    .map(|n| {
+                        let at = |k: u32| {
+                            (f64::from(start_ms)
+                                + f64::from(length_ms) * f64::from(k) / f64::from(words))
+                                / 1000.0
+                        };
+                        lca_events::TranscriptItem {
+                            start_time: at(n),
+                            end_time: at(n + 1),
+                            content: "word".to_string(),
+                            is_punctuation: false,
+                        }
+                    })
+                    .collect(),
             }])),
             Op::Utterance {
                 agent,

@@ -13,15 +13,11 @@
 //! timeout and the start backoff are scaled by the same factor).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
-use call_transcriber::TranscriberConfig;
-use call_transcriber::pipeline::{CallPipeline, CallSpec, Clients, Taps};
-use call_transcriber::source::{KvsClients, StartAt};
-use local_aws::kinesis::KinesisRecorder;
-use local_aws::kvs::{Kvs, KvsOptions};
-use local_aws::transcribe::{Transcribe, TranscribeOptions};
-use serde_json::Value;
+use call_transcriber::pipeline::Taps;
+use lca_tests::paced::{Final, PacedStandIns, Published, same_final};
+use local_aws::transcribe::TranscribeOptions;
 
 struct Args {
     calls: usize,
@@ -66,74 +62,22 @@ fn main() -> Result<(), String> {
     runtime.block_on(run(args))
 }
 
-/// A final segment as published: (channel, start ms, end ms).
-type Final = (String, i64, i64);
-
 async fn run(args: Args) -> Result<(), String> {
-    let scaled = |d: Duration| d.div_f64(args.speed);
-    let kvs = Kvs::new(KvsOptions {
-        payload_timeout: scaled(Duration::from_secs(3)),
-        ..KvsOptions::default()
-    });
-    let kvs_server = kvs.serve(0).await.map_err(|e| e.to_string())?;
-    let transcribe = Transcribe::new(TranscribeOptions {
-        record_audio: false,
-        max_sessions: Some(args.limit),
-        ..TranscribeOptions::default()
-    });
-    let transcribe_server = transcribe.serve(0).await.map_err(|e| e.to_string())?;
-    let kinesis = KinesisRecorder::new();
-    kinesis.create_stream("lca");
-    let kinesis_server = kinesis.serve(0).await.map_err(|e| e.to_string())?;
-    let idle_ms = scaled(Duration::from_secs(15))
-        .as_millis()
-        .max(500)
-        .to_string();
-    let retry_ms = scaled(Duration::from_secs(1))
-        .as_millis()
-        .max(20)
-        .to_string();
-    let env = BTreeMap::from([
-        ("KINESIS_STREAM_NAME", "lca".to_string()),
-        ("KVS_IDLE_TIMEOUT", idle_ms),
-        ("START_STREAM_RETRY_WAIT", retry_ms),
-    ]);
-    let config =
-        TranscriberConfig::from_lookup(|name| env.get(name).cloned()).map_err(|e| e.to_string())?;
-    let pipeline = CallPipeline {
-        config,
-        clients: Clients {
-            kvs: KvsClients::new(&local_aws::sdk_config(&kvs_server.url())),
-            transcribe: aws_sdk_transcribestreaming::Client::new(&local_aws::sdk_config(
-                &transcribe_server.url(),
-            )),
-            kinesis: aws_sdk_kinesis::Client::new(&local_aws::sdk_config(&kinesis_server.url())),
+    let mut stand_ins = PacedStandIns::start(
+        args.speed,
+        TranscribeOptions {
+            record_audio: false,
+            max_sessions: Some(args.limit),
+            ..TranscribeOptions::default()
         },
-    };
-    let played_at = SystemTime::now();
+    )
+    .await?;
     let started = Instant::now();
     let mut runs = tokio::task::JoinSet::new();
     for call in 0..args.calls {
         let id = format!("capacity-call-{call:03}");
-        let fragments = lca_tests::tiled_call(&id, args.minutes)?;
-        let arn = kvs.create_stream(&id).map_err(|e| e.to_string())?;
-        kvs.play(&id, fragments, args.speed);
-        // The contact-flow event names the contact's first fragment once it is on the stream.
-        let mut first = None;
-        for _ in 0..500 {
-            first = kvs
-                .fragment_numbers(&id)
-                .map_err(|e| e.to_string())?
-                .first()
-                .cloned();
-            if first.is_some() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        let first = first.ok_or_else(|| format!("{id}: no fragment on the stream within 5 s"))?;
-        let spec = CallSpec::new(&id, &id, &arn, StartAt::Fragment(first));
-        let pipeline = pipeline.clone();
+        let spec = stand_ins.play(&id, args.minutes).await?;
+        let pipeline = stand_ins.pipeline.clone();
         runs.spawn(async move { (id, pipeline.run(spec, Taps::default()).await) });
     }
     let mut failed = Vec::new();
@@ -151,31 +95,16 @@ async fn run(args: Args) -> Result<(), String> {
     let wall = started.elapsed();
     // Each call's finals and their lateness: arrival on Kinesis minus when the segment's
     // audio ended in the live playback (wall time), in call seconds (x speed).
+    let Published {
+        finals: published,
+        ended,
+    } = stand_ins.published()?;
     let mut finals: BTreeMap<String, Vec<Final>> = BTreeMap::new();
     let mut lateness: BTreeMap<String, Vec<f64>> = BTreeMap::new();
-    let mut ended = BTreeSet::new();
-    for record in kinesis.records("lca", 0).unwrap_or_default() {
-        let value: Value = serde_json::from_slice(&record.data).map_err(|e| e.to_string())?;
-        let id = record.partition_key.clone();
-        match value["EventType"].as_str() {
-            Some("END") => {
-                ended.insert(id);
-            }
-            Some("ADD_TRANSCRIPT_SEGMENT") if value["IsPartial"] == false => {
-                let ms = |key: &str| (value[key].as_f64().unwrap_or(0.0) * 1000.0).round() as i64;
-                let (start, end) = (ms("StartTime"), ms("EndTime"));
-                let channel = value["Channel"].as_str().unwrap_or("?").to_string();
-                let spoken = played_at + Duration::from_millis(end as u64).div_f64(args.speed);
-                let late = record
-                    .arrived
-                    .duration_since(spoken)
-                    .unwrap_or_default()
-                    .as_secs_f64()
-                    * args.speed;
-                lateness.entry(id.clone()).or_default().push(late);
-                finals.entry(id).or_default().push((channel, start, end));
-            }
-            _ => {}
+    for (id, list) in published {
+        for (segment, late) in list {
+            lateness.entry(id.clone()).or_default().push(late);
+            finals.entry(id.clone()).or_default().push(segment);
         }
     }
     // The reference: the finals most calls agree on (every call carries the same audio).
@@ -188,15 +117,13 @@ async fn run(args: Args) -> Result<(), String> {
         .max_by_key(|(_, n)| *n)
         .map(|(set, _)| set)
         .unwrap_or_default();
-    let near =
-        |a: &Final, b: &Final| a.0 == b.0 && (a.1 - b.1).abs() <= 20 && (a.2 - b.2).abs() <= 20;
     let (mut lost, mut duplicated) = (0usize, 0usize);
     for call in 0..args.calls {
         let id = format!("capacity-call-{call:03}");
         let list = finals.get(&id).cloned().unwrap_or_default();
         lost += reference
             .iter()
-            .filter(|r| !list.iter().any(|f| near(f, r)))
+            .filter(|r| !list.iter().any(|f| same_final(f, r)))
             .count();
         duplicated += list.len() - list.iter().collect::<BTreeSet<_>>().len();
     }
@@ -244,7 +171,7 @@ async fn run(args: Args) -> Result<(), String> {
     );
     println!(
         "  streams refused (LimitExceededException): {}",
-        transcribe.refused()
+        stand_ins.transcribe.refused()
     );
     println!(
         "  calls that got a stream at once: {}; latest final behind the live audio (call s): {}",

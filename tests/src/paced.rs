@@ -1,0 +1,162 @@
+//! Live calls for the benches: the stand-ins (local KVS, Transcribe, Kinesis) and a pipeline
+//! whose timeouts are scaled to calls played at `speed` times real time, and the finals that
+//! reached Kinesis with how far behind the live audio each one came.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, SystemTime};
+
+use call_transcriber::TranscriberConfig;
+use call_transcriber::pipeline::{CallPipeline, CallSpec, Clients};
+use call_transcriber::source::{KvsClients, StartAt};
+use local_aws::http::Server;
+use local_aws::kinesis::KinesisRecorder;
+use local_aws::kvs::{Kvs, KvsOptions};
+use local_aws::transcribe::{Transcribe, TranscribeOptions};
+use serde_json::Value;
+
+/// A final segment as published: (channel, start ms, end ms).
+pub type Final = (String, i64, i64);
+
+/// The stand-ins and a pipeline for calls played at `speed` times real time: KVS's 3 s
+/// payload timeout, the 15 s idle timeout and the start backoff scaled by it.
+pub struct PacedStandIns {
+    /// Playback speed (1: real time).
+    pub speed: f64,
+    /// The local KVS.
+    pub kvs: Kvs,
+    /// The local Transcribe.
+    pub transcribe: Transcribe,
+    /// The local Kinesis (stream `lca`).
+    pub kinesis: KinesisRecorder,
+    /// The pipeline, configured like the Lambda's with the scaled timeouts.
+    pub pipeline: CallPipeline,
+    /// When the first call began playing (set by [`Self::play`]).
+    played_at: Option<SystemTime>,
+    _servers: [Server; 3],
+}
+
+/// What reached Kinesis, per call (the partition key).
+#[derive(Debug, Default)]
+pub struct Published {
+    /// Each call's finals, in stream order, with how far behind the live audio each came (in
+    /// call seconds: wall time x speed).
+    pub finals: BTreeMap<String, Vec<(Final, f64)>>,
+    /// The calls whose END is on the stream.
+    pub ended: BTreeSet<String>,
+}
+
+impl PacedStandIns {
+    /// Starts the stand-ins, the Transcribe one with `transcribe`'s options.
+    pub async fn start(speed: f64, transcribe: TranscribeOptions) -> Result<Self, String> {
+        let scaled = |d: Duration| d.div_f64(speed);
+        let kvs = Kvs::new(KvsOptions {
+            payload_timeout: scaled(Duration::from_secs(3)),
+            ..KvsOptions::default()
+        });
+        let kvs_server = kvs.serve(0).await.map_err(|e| e.to_string())?;
+        let transcribe = Transcribe::new(transcribe);
+        let transcribe_server = transcribe.serve(0).await.map_err(|e| e.to_string())?;
+        let kinesis = KinesisRecorder::new();
+        kinesis.create_stream("lca");
+        let kinesis_server = kinesis.serve(0).await.map_err(|e| e.to_string())?;
+        let millis = |d: Duration, floor: u128| d.as_millis().max(floor).to_string();
+        let env = BTreeMap::from([
+            ("KINESIS_STREAM_NAME", "lca".to_string()),
+            (
+                "KVS_IDLE_TIMEOUT",
+                millis(scaled(Duration::from_secs(15)), 500),
+            ),
+            (
+                "START_STREAM_RETRY_WAIT",
+                millis(scaled(Duration::from_secs(1)), 20),
+            ),
+        ]);
+        let config = TranscriberConfig::from_lookup(|name| env.get(name).cloned())
+            .map_err(|e| e.to_string())?;
+        let pipeline = CallPipeline {
+            config,
+            clients: Clients {
+                kvs: KvsClients::new(&local_aws::sdk_config(&kvs_server.url())),
+                transcribe: aws_sdk_transcribestreaming::Client::new(&local_aws::sdk_config(
+                    &transcribe_server.url(),
+                )),
+                kinesis: aws_sdk_kinesis::Client::new(&local_aws::sdk_config(
+                    &kinesis_server.url(),
+                )),
+            },
+        };
+        Ok(Self {
+            speed,
+            kvs,
+            transcribe,
+            kinesis,
+            pipeline,
+            played_at: None,
+            _servers: [kvs_server, transcribe_server, kinesis_server],
+        })
+    }
+
+    /// Plays the sample call tiled to `minutes` live into stream `id` (contact `id`); returns
+    /// the call to run, from its first fragment (as a contact-flow event names it).
+    pub async fn play(&mut self, id: &str, minutes: u64) -> Result<CallSpec, String> {
+        let fragments = crate::tiled_call(id, minutes)?;
+        let arn = self.kvs.create_stream(id).map_err(|e| e.to_string())?;
+        self.played_at.get_or_insert_with(SystemTime::now);
+        self.kvs.play(id, fragments, self.speed);
+        for _ in 0..500 {
+            let numbers = self.kvs.fragment_numbers(id).map_err(|e| e.to_string())?;
+            if let Some(first) = numbers.first() {
+                return Ok(CallSpec::new(
+                    id,
+                    id,
+                    &arn,
+                    StartAt::Fragment(first.clone()),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Err(format!("{id}: no fragment on the stream within 5 s"))
+    }
+
+    /// The finals and ENDs on the Kinesis stream so far.
+    pub fn published(&self) -> Result<Published, String> {
+        let played_at = self.played_at.unwrap_or_else(SystemTime::now);
+        let mut published = Published::default();
+        for record in self.kinesis.records("lca", 0).unwrap_or_default() {
+            let value: Value = serde_json::from_slice(&record.data).map_err(|e| e.to_string())?;
+            let id = record.partition_key.clone();
+            match value["EventType"].as_str() {
+                Some("END") => {
+                    published.ended.insert(id);
+                }
+                Some("ADD_TRANSCRIPT_SEGMENT") if value["IsPartial"] == false => {
+                    let ms =
+                        |key: &str| (value[key].as_f64().unwrap_or(0.0) * 1000.0).round() as i64;
+                    let (start, end) = (ms("StartTime"), ms("EndTime"));
+                    let channel = value["Channel"].as_str().unwrap_or("?").to_string();
+                    // When the segment's audio ended in the live playback (wall time).
+                    let spoken =
+                        played_at + Duration::from_millis(end.max(0) as u64).div_f64(self.speed);
+                    let late = record
+                        .arrived
+                        .duration_since(spoken)
+                        .unwrap_or_default()
+                        .as_secs_f64()
+                        * self.speed;
+                    published
+                        .finals
+                        .entry(id)
+                        .or_default()
+                        .push(((channel, start, end), late));
+                }
+                _ => {}
+            }
+        }
+        Ok(published)
+    }
+}
+
+/// Two finals are the same segment: same channel, times within 20 ms.
+pub fn same_final(a: &Final, b: &Final) -> bool {
+    a.0 == b.0 && (a.1 - b.1).abs() <= 20 && (a.2 - b.2).abs() <= 20
+}
