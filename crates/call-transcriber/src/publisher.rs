@@ -110,9 +110,6 @@ pub struct PublishReport {
     /// Per record: from its arrival at the publisher to the start of its first request
     /// (the latency the publisher adds; the rest is Kinesis's).
     pub queue_latencies: Vec<Duration>,
-    /// Per final segment delivered: where it ends (ms from the start of the call) and when
-    /// Kinesis acknowledged it (the transcript lag is measured from these).
-    pub final_acks: Vec<(u64, Instant)>,
     delivered_tap: Option<mpsc::UnboundedSender<LcaMessage>>,
     progress: Option<RunProgress>,
 }
@@ -123,9 +120,6 @@ impl PublishReport {
         self.latencies.push(item.arrived.elapsed());
         let now = Instant::now();
         let final_end = item.message.final_segment_end().map(|(_, end_ms)| end_ms);
-        if let Some(end_ms) = final_end {
-            self.final_acks.push((end_ms, now));
-        }
         if let Some(progress) = &self.progress {
             progress.acknowledged(final_end, now);
         }
