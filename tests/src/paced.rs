@@ -6,19 +6,20 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, SystemTime};
 
 use call_transcriber::TranscriberConfig;
-use call_transcriber::pipeline::{CallPipeline, CallSpec, Clients};
+use call_transcriber::pipeline::{CallPipeline, CallSpec, Clients, Taps};
 use call_transcriber::source::{KvsClients, StartAt};
 use local_aws::http::Server;
 use local_aws::kinesis::KinesisRecorder;
 use local_aws::kvs::{Kvs, KvsOptions};
-use local_aws::transcribe::{Transcribe, TranscribeOptions};
+use local_aws::transcribe::{Pace, Transcribe, TranscribeFault, TranscribeOptions};
 use serde_json::Value;
 
 /// A final segment as published: (channel, start ms, end ms).
 pub type Final = (String, i64, i64);
 
 /// The stand-ins and a pipeline for calls played at `speed` times real time: KVS's 3 s
-/// payload timeout, the 15 s idle timeout and the start backoff scaled by it.
+/// payload timeout, the 15 s idle timeout, the start backoff and the pace catching up takes
+/// Transcribe to keep scaled by it.
 pub struct PacedStandIns {
     /// Playback speed (1: real time).
     pub speed: f64,
@@ -71,8 +72,11 @@ impl PacedStandIns {
                 millis(scaled(Duration::from_secs(1)), 20),
             ),
         ]);
-        let config = TranscriberConfig::from_lookup(|name| env.get(name).cloned())
+        let mut config = TranscriberConfig::from_lookup(|name| env.get(name).cloned())
             .map_err(|e| e.to_string())?;
+        // Catching up assumes Transcribe takes a second of audio per second: here, per
+        // 1/speed of a second.
+        config.transcribe.lanes.audio_second_takes = scaled(Duration::from_secs(1));
         let pipeline = CallPipeline {
             config,
             clients: Clients {
@@ -159,4 +163,106 @@ impl PacedStandIns {
 /// Two finals are the same segment: same channel, times within 20 ms.
 pub fn same_final(a: &Final, b: &Final) -> bool {
     a.0 == b.0 && (a.1 - b.1).abs() <= 20 && (a.2 - b.2).abs() <= 20
+}
+
+/// What one live call put on Kinesis.
+#[derive(Debug)]
+pub struct CallRun {
+    /// Its finals in stream order, each with how far behind the live call it reached Kinesis
+    /// (call seconds).
+    pub finals: Vec<(Final, f64)>,
+    /// Its END is on the stream.
+    pub ended: bool,
+    /// Transcribe streams opened.
+    pub sessions: u32,
+    /// Lanes its audio went through (more than one: it caught up after falling behind).
+    pub lanes: u32,
+}
+
+/// Plays the sample call tiled to `minutes` live at `speed` times real time against a
+/// Transcribe that processes at the same speed (real time, in the call's clock), its streams
+/// refused over the call's first `stall` (call time) and `faults` injected into its sessions
+/// in order; runs the call through the pipeline and returns what reached Kinesis.
+pub async fn live_call(
+    id: &str,
+    minutes: u64,
+    speed: f64,
+    stall: Duration,
+    faults: &[TranscribeFault],
+) -> Result<CallRun, String> {
+    let mut stand_ins = PacedStandIns::start(
+        speed,
+        TranscribeOptions {
+            record_audio: false,
+            pace: Pace {
+                speed: Some(speed),
+                unavailable_for: stall.div_f64(speed),
+            },
+            ..TranscribeOptions::default()
+        },
+    )
+    .await?;
+    for fault in faults {
+        stand_ins.transcribe.inject(fault.clone());
+    }
+    let spec = stand_ins.play(id, minutes).await?;
+    let outcome = stand_ins
+        .pipeline
+        .run(spec, Taps::default())
+        .await
+        .map_err(|e| format!("{id}: {e}"))?;
+    let mut published = stand_ins.published()?;
+    Ok(CallRun {
+        finals: published.finals.remove(id).unwrap_or_default(),
+        ended: published.ended.contains(id),
+        sessions: outcome.transcription.sessions,
+        lanes: outcome.transcription.lanes,
+    })
+}
+
+/// A run's finals against a reference run's.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Comparison {
+    /// Finals of the reference not published.
+    pub lost: usize,
+    /// Finals published more than once.
+    pub repeated: usize,
+    /// Finals published before one of the same channel that starts earlier.
+    pub out_of_order: usize,
+    /// How long after the call's end (`call_end_ms`) the last final reached Kinesis (call
+    /// seconds; 0 when before).
+    pub after_end: f64,
+}
+
+impl CallRun {
+    /// This run's finals against `reference`'s, for a call of `call_end_ms`.
+    pub fn compare(&self, reference: &CallRun, call_end_ms: i64) -> Comparison {
+        let got: Vec<&Final> = self.finals.iter().map(|(f, _)| f).collect();
+        let unique: BTreeSet<&Final> = got.iter().copied().collect();
+        let lost = reference
+            .finals
+            .iter()
+            .filter(|(e, _)| !got.iter().any(|f| same_final(f, e)))
+            .count();
+        let mut latest_start: BTreeMap<&str, i64> = BTreeMap::new();
+        let mut out_of_order = 0;
+        for (channel, start, _) in &got {
+            let latest = latest_start.entry(channel.as_str()).or_insert(*start);
+            if *start < *latest {
+                out_of_order += 1;
+            }
+            *latest = (*latest).max(*start);
+        }
+        let after_end = self
+            .finals
+            .iter()
+            .map(|((_, _, end), late)| *late - (call_end_ms - end) as f64 / 1000.0)
+            .fold(0.0, f64::max);
+        Comparison {
+            lost,
+            repeated: got.len() - unique.len(),
+            out_of_order,
+            after_end,
+        }
+    }
 }

@@ -5,6 +5,8 @@
 use std::time::Duration;
 
 use call_settings::Settings;
+
+use crate::lanes::LanePolicy;
 use call_settings::transcribe::prefix;
 pub use call_settings::transcribe::{CALL_ANALYTICS_LANGUAGES, REDACTION_LANGUAGES};
 pub use call_settings::{
@@ -32,6 +34,9 @@ pub struct TranscribeSettings {
     /// ran ahead of real time), is stuck: it is closed and the run ends as a stall, so a fresh
     /// invocation reads the call again from the run's start, nothing lost ([`crate::transcribe`]).
     pub stuck_timeout: Duration,
+    /// How a call catches up after Transcribe fell behind it ([`crate::lanes`]): not from
+    /// the environment (tests that play calls faster than real time scale it).
+    pub lanes: LanePolicy,
 }
 
 impl TranscribeSettings {
@@ -282,6 +287,7 @@ impl TranscriberConfig {
                 start_retries,
                 start_retry_wait: env.millis("START_STREAM_RETRY_WAIT", 1_000, 0)?,
                 stuck_timeout,
+                lanes: LanePolicy::default(),
             },
             save_partials: env.flag("SAVE_PARTIAL_TRANSCRIPTS", true)?,
             keep_alive,

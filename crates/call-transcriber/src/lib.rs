@@ -11,6 +11,7 @@ pub mod delivery_record;
 pub mod error;
 mod gate;
 pub mod lambda;
+pub mod lanes;
 pub mod metrics;
 pub mod pipeline;
 pub mod post_call;

@@ -318,6 +318,7 @@ impl CallPipeline {
             // the run fails as a stall and a fresh run continues the call at the same position.
             give_up_at: call.deadline.map(|deadline| deadline + HANDOVER_GRACE),
             progress: Some(progress.clone()),
+            hand_over_at: call.deadline,
         };
         let transcribe_client = self.clients.transcribe.clone();
         let transcribe_messages = message_tx.clone();

@@ -47,8 +47,11 @@ struct Progress {
     /// Since when the reading has been held back (the Transcribe session's queue full): the
     /// call goes on meanwhile, though no new fragment is read.
     held_back_since: Option<Instant>,
-    /// The call sample up to which audio has been given to Transcribe.
+    /// The call sample up to which audio has been given to Transcribe (by any lane).
     transcribed_to: u64,
+    /// Per lane still running ([`crate::lanes`]), by index: the call sample up to which its
+    /// audio has been given to Transcribe. The first is the lane being published.
+    lanes: BTreeMap<usize, u64>,
     /// Transcribe streams opened.
     sessions: u32,
     /// Time spent waiting for Transcribe capacity.
@@ -128,10 +131,17 @@ impl RunProgress {
         }
     }
 
-    /// The call's audio up to sample `end` has been given to Transcribe.
-    pub fn transcribed(&self, end: u64) {
+    /// Lane `lane`'s audio up to call sample `end` has been given to Transcribe.
+    pub fn transcribed(&self, lane: usize, end: u64) {
         let mut progress = self.lock();
         progress.transcribed_to = progress.transcribed_to.max(end);
+        let to = progress.lanes.entry(lane).or_insert(end);
+        *to = (*to).max(end);
+    }
+
+    /// Lane `lane` has finished: everything it was given has been answered.
+    pub fn lane_finished(&self, lane: usize) {
+        self.lock().lanes.remove(&lane);
     }
 
     /// A Transcribe stream was opened, after waiting `waited` for capacity.
@@ -177,8 +187,9 @@ impl RunProgress {
 }
 
 impl Progress {
-    /// How far the audio given to Transcribe is behind the call's live edge at `now`: the
-    /// edge last seen, moved on in real time while the reading is held back (a reader held
+    /// How far the audio given to Transcribe is behind the call's live edge at `now` (the
+    /// audio of the first lane still running: the one being published; later lanes' results
+    /// wait for it): the edge last seen, moved on in real time while the reading is held back (a reader held
     /// back by a slow Transcribe sees no new fragment, but the call goes on). A reader that
     /// waits for KVS is at the edge: no new fragment then means no new audio (or the call's
     /// end), so the edge stays. `None` before the first fragment.
@@ -190,7 +201,13 @@ impl Progress {
             }
             _ => 0,
         };
-        let behind = (edge + moved).saturating_sub(self.transcribed_to);
+        let transcribed = self
+            .lanes
+            .values()
+            .next()
+            .copied()
+            .unwrap_or(self.transcribed_to);
+        let behind = (edge + moved).saturating_sub(transcribed);
         Some(Duration::from_millis(behind / SAMPLES_PER_MS))
     }
 }
@@ -271,7 +288,7 @@ mod tests {
         // 75; Transcribe has been given up to second 62.
         progress.assembled(70 * 8000, t0);
         progress.fragment_read(70 * 8000, Some(5_000), t0);
-        progress.transcribed(62 * 8000);
+        progress.transcribed(0, 62 * 8000);
         assert_eq!(
             progress.figures(t0).behind_live,
             Some(Duration::from_secs(13))
@@ -294,8 +311,14 @@ mod tests {
             progress.figures(later).behind_live,
             Some(Duration::from_secs(19))
         );
-        // Caught up: given everything up to the live edge.
-        progress.transcribed(85 * 8000);
+        // A second lane given everything up to the live edge: its results wait for the first
+        // lane's, so the transcript is as far behind as before until the first one finishes.
+        progress.transcribed(1, 85 * 8000);
+        assert_eq!(
+            progress.figures(later).behind_live,
+            Some(Duration::from_secs(19))
+        );
+        progress.lane_finished(0);
         assert_eq!(progress.figures(later).behind_live, Some(Duration::ZERO));
         // The stream ended at the reader's position (second 86): the edge stays there.
         progress.held_back(None);

@@ -24,6 +24,7 @@ use transcript_ledger::{Mapped, SessionOutput, TranscriptLedger, map_output};
 
 use crate::config::{ApiMode, Language, TranscribeSettings};
 use crate::delivered::Delivered;
+use crate::lanes::{CurrentLane, LaneGauge, LaneMerge, LaneRouter, Route};
 use crate::progress::RunProgress;
 use aws_edge::{Backoff, Jitter, error_text};
 
@@ -63,6 +64,9 @@ pub struct CallTranscription {
     pub give_up_at: Option<Instant>,
     /// The run's figures as they grow: sessions, capacity waits, audio given to Transcribe.
     pub progress: Option<RunProgress>,
+    /// When the run hands the call over (a Lambda's deadline): a lane holds no more audio
+    /// than it can be taken to finish by then; `None`: no limit but the memory bound.
+    pub hand_over_at: Option<Instant>,
 }
 
 /// What a transcription did.
@@ -83,11 +87,37 @@ pub struct TranscriptionSummary {
     /// Results dropped as repeats after a reconnect.
     pub duplicates_dropped: u64,
     /// Per Transcribe event that produced messages: from its arrival to the messages'
-    /// hand-off to the publisher.
+    /// hand-off towards the publisher (a lane after the first hands them to the queue where
+    /// they wait for the earlier lanes).
     pub handoff_latencies: Vec<Duration>,
     /// Time spent waiting for Transcribe to accept a stream that it refused at first (its
     /// stream quota, or a transient failure): how far behind the live call this run began.
     pub start_wait: Duration,
+    /// Lanes the call's audio went through (1, or more after catching up:
+    /// [`crate::lanes`]).
+    pub lanes: u32,
+}
+
+impl TranscriptionSummary {
+    /// The summary of a run from its lanes' (`(lane index, summary)`, in any order): sums,
+    /// and the last lane's session id (the one a continuation reuses).
+    fn combine(mut lanes: Vec<(usize, TranscriptionSummary)>) -> Self {
+        lanes.sort_by_key(|(index, _)| *index);
+        let mut all = Self::default();
+        for (_, lane) in lanes {
+            all.session_id = lane.session_id.or(all.session_id);
+            all.sessions += lane.sessions;
+            all.audio_samples += lane.audio_samples;
+            all.replayed_samples += lane.replayed_samples;
+            all.keep_alives += lane.keep_alives;
+            all.messages += lane.messages;
+            all.duplicates_dropped += lane.duplicates_dropped;
+            all.handoff_latencies.extend(lane.handoff_latencies);
+            all.start_wait += lane.start_wait;
+            all.lanes += lane.lanes;
+        }
+        all
+    }
 }
 
 /// Why a transcription failed.
@@ -307,17 +337,224 @@ const AUDIO_QUEUE: usize = 32;
 const MAX_FRUITLESS_RESTARTS: u32 = 5;
 
 /// Transcribes `chunks` (the call's stereo audio, in order) until the channel closes and
-/// Transcribe has answered everything; sends the LCA messages to `out` in order.
+/// Transcribe has answered everything; sends the LCA messages to `out` in order. The audio
+/// goes through lanes ([`crate::lanes`]): one session loop while Transcribe keeps up, a second
+/// one at the live call while the first works through a backlog; each lane's messages are
+/// published after the earlier lanes' ([`LaneMerge`]).
 pub async fn run(
     client: &aws_sdk_transcribestreaming::Client,
     call: CallTranscription,
     mut chunks: mpsc::Receiver<StereoChunk>,
     out: mpsc::Sender<LcaMessage>,
 ) -> Result<TranscriptionSummary, TranscribeError> {
-    let mut ledger = TranscriptLedger::new(call.start_sample, 5_000, 120_000);
+    let policy = call.settings.lanes.clone();
+    let mut router = LaneRouter::new(policy.clone());
+    let (lanes_tx, lanes_rx) = mpsc::unbounded_channel();
+    let merger = tokio::spawn(merge(lanes_rx, out, call.progress.clone()).in_current_span());
+    let _merger = AbortOnDrop(merger.abort_handle());
+    // Dropping the set (an error returned) stops every lane.
+    let mut lanes = LaneTasks::new();
+    let mut summaries = Vec::new();
+    // A lane's queue holds what the router allows it (`max_backlog`), in chunks of 100 ms
+    // (the last of a call may be shorter); the router, not the queue, bounds it.
+    let queue = (policy.max_backlog.max(policy.min_backlog).as_millis() / 50) as usize + 64;
+    let open = |index: usize, start_sample: u64, lanes: &mut LaneTasks| {
+        let (tx, rx) = mpsc::channel::<StereoChunk>(queue);
+        let (messages_tx, messages_rx) = mpsc::unbounded_channel();
+        let _ = lanes_tx.send(messages_rx);
+        let gauge = LaneGauge::new(start_sample);
+        let lane = LaneInput {
+            index,
+            start_sample,
+            // The call's session id (a continuation) is its first lane's; Transcribe names
+            // the others (two streams under one id at once is not documented).
+            session_id: if index == 0 {
+                call.session_id.clone()
+            } else {
+                None
+            },
+            gauge: gauge.clone(),
+        };
+        let (client, call) = (client.clone(), call.clone());
+        lanes.spawn(
+            async move { (index, run_lane(&client, &call, lane, rx, messages_tx).await) }
+                .in_current_span(),
+        );
+        OpenLane {
+            index,
+            input: tx,
+            assigned_to: start_sample,
+            gauge,
+        }
+    };
+    // The first lane starts at once: its stream is ready (or its capacity wait under way)
+    // when the audio comes.
+    let mut current = open(0, call.start_sample, &mut lanes);
+    let mut pending: Option<StereoChunk> = None;
+    let mut input_open = true;
+    loop {
+        if let Some(chunk) = pending.take() {
+            let now = Instant::now();
+            let lane = CurrentLane {
+                assigned_to: current.assigned_to,
+                gauge: current.gauge.state(),
+            };
+            let time_left = call
+                .hand_over_at
+                .map(|at| at.saturating_duration_since(now));
+            match router.route(&chunk, lane, lanes.len(), time_left, now) {
+                Route::Wait => pending = Some(chunk),
+                route => {
+                    if route == Route::NewLane {
+                        let behind = lane
+                            .assigned_to
+                            .saturating_sub(lane.gauge.processed(&policy, now));
+                        tracing::info!(
+                            call_id = %call.call_id,
+                            lane = current.index + 1,
+                            start_ms = chunk.start_sample / SAMPLES_PER_MS,
+                            behind_ms = behind / SAMPLES_PER_MS,
+                            "Transcribe is behind the call: a new stream takes the call from here while the current one finishes its audio"
+                        );
+                        current = open(current.index + 1, chunk.start_sample, &mut lanes);
+                    }
+                    router.routed(&chunk);
+                    current.assigned_to = chunk.start_sample + chunk.samples as u64;
+                    if current.input.send(chunk).await.is_err() {
+                        // The lane stopped early: its messages had nowhere to go (the run is
+                        // ending); so does the reading.
+                        break;
+                    }
+                }
+            }
+        }
+        if !input_open && pending.is_none() {
+            break;
+        }
+        tokio::select! {
+            chunk = chunks.recv(), if input_open && pending.is_none() => match chunk {
+                Some(chunk) => pending = Some(chunk),
+                None => input_open = false,
+            },
+            // The current lane holds all it may: look again when Transcribe has had time to
+            // take some (the reading waits meanwhile).
+            _ = tokio::time::sleep(LANE_WAIT), if pending.is_some() => {}
+            Some(joined) = lanes.join_next() => summaries.push(lane_result(&call.call_id, joined)?),
+        }
+    }
+    drop(current);
+    drop(lanes_tx);
+    while let Some(joined) = lanes.join_next().await {
+        summaries.push(lane_result(&call.call_id, joined)?);
+    }
+    let _ = merger.await;
+    Ok(TranscriptionSummary::combine(summaries))
+}
+
+/// The running lanes: each ends with its index and its summary or error.
+type LaneTasks = tokio::task::JoinSet<(usize, Result<TranscriptionSummary, TranscribeError>)>;
+
+/// How often a reading held back by a full lane looks again.
+const LANE_WAIT: Duration = Duration::from_millis(20);
+
+/// Call samples per millisecond.
+const SAMPLES_PER_MS: u64 = call_audio::CONNECT_SAMPLE_RATE as u64 / 1000;
+
+/// A lane's summary, its error, or its panic passed on.
+fn lane_result(
+    call_id: &str,
+    joined: Result<(usize, Result<TranscriptionSummary, TranscribeError>), tokio::task::JoinError>,
+) -> Result<(usize, TranscriptionSummary), TranscribeError> {
+    match joined {
+        Ok((index, result)) => result.map(|summary| (index, summary)),
+        Err(join) if join.is_panic() => std::panic::resume_unwind(join.into_panic()),
+        Err(join) => Err(TranscribeError::Stream {
+            call_id: call_id.to_string(),
+            message: format!("a Transcribe lane was cancelled: {join}"),
+        }),
+    }
+}
+
+/// The lane taking the call's audio.
+struct OpenLane {
+    index: usize,
+    input: mpsc::Sender<StereoChunk>,
+    assigned_to: u64,
+    gauge: LaneGauge,
+}
+
+/// What one lane is.
+struct LaneInput {
+    /// Its place among the call's lanes (0 first).
+    index: usize,
+    /// Call sample its audio starts at.
+    start_sample: u64,
+    /// The Transcribe session id to reuse, if any.
+    session_id: Option<String>,
+    /// Where it reports its progress.
+    gauge: LaneGauge,
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Publishes the lanes' messages to `out` lane by lane ([`LaneMerge`]): a lane's are taken
+/// once every earlier lane has ended; what it produced while it waited is taken without its
+/// stale partials.
+async fn merge(
+    mut lanes: mpsc::UnboundedReceiver<mpsc::UnboundedReceiver<LcaMessage>>,
+    out: mpsc::Sender<LcaMessage>,
+    progress: Option<RunProgress>,
+) {
+    let mut merge = LaneMerge::default();
+    let mut index = 0;
+    while let Some(mut lane) = lanes.recv().await {
+        let mut waited = index > 0;
+        loop {
+            let message = if waited {
+                match lane.try_recv() {
+                    Ok(message) => Some(message),
+                    Err(mpsc::error::TryRecvError::Empty) => {
+                        waited = false;
+                        continue;
+                    }
+                    Err(mpsc::error::TryRecvError::Disconnected) => None,
+                }
+            } else {
+                lane.recv().await
+            };
+            let Some(message) = message else { break };
+            if merge.keep(&message, waited) && out.send(message).await.is_err() {
+                return;
+            }
+        }
+        if let Some(progress) = &progress {
+            progress.lane_finished(index);
+        }
+        index += 1;
+    }
+}
+
+/// One lane: a Transcribe session loop over `chunks` (a contiguous range of the call's
+/// audio), across as many sessions as failures require; its messages go to `out` in order.
+async fn run_lane(
+    client: &aws_sdk_transcribestreaming::Client,
+    call: &CallTranscription,
+    lane: LaneInput,
+    mut chunks: mpsc::Receiver<StereoChunk>,
+    out: mpsc::UnboundedSender<LcaMessage>,
+) -> Result<TranscriptionSummary, TranscribeError> {
+    let mut ledger = TranscriptLedger::new(lane.start_sample, 5_000, 120_000);
     ledger.restore(call.delivered.final_end_ms, &call.delivered.categories);
     let mut summary = TranscriptionSummary {
-        session_id: call.session_id.clone(),
+        session_id: lane.session_id.clone(),
+        lanes: 1,
         ..TranscriptionSummary::default()
     };
     let mut mapper = SegmentMapper {
@@ -331,7 +568,9 @@ pub async fn run(
     loop {
         let replayed: u64 = replay.iter().map(|c| c.samples as u64).sum();
         let waited_before = summary.start_wait;
-        let mut session = start(client, &call, &mut summary, std::mem::take(&mut replay)).await?;
+        let mut session = start(client, call, &mut summary, std::mem::take(&mut replay)).await?;
+        lane.gauge
+            .session_started(ledger.session_origin(), Instant::now());
         summary.sessions += 1;
         if let Some(progress) = &call.progress {
             progress.session_started(summary.start_wait.saturating_sub(waited_before));
@@ -354,9 +593,11 @@ pub async fn run(
                 _ = async { if let Some(audio) = &room { let _ = audio.reserve().await; } }, if input_open && !has_room => {}
                 chunk = chunks.recv(), if input_open && has_room => match chunk {
                     Some(chunk) => {
+                        let end = chunk.start_sample + chunk.samples as u64;
                         if let Some(progress) = &call.progress {
-                            progress.transcribed(chunk.start_sample + chunk.samples as u64);
+                            progress.transcribed(lane.index, end);
                         }
+                        lane.gauge.handed(end);
                         ledger.sent(&chunk);
                         summary.audio_samples += chunk.samples as u64;
                         watchdog.queued_samples += chunk.samples as u64;
@@ -393,12 +634,16 @@ pub async fn run(
                 output = session.outputs.recv() => match output {
                     Some(Ok((output, received))) => {
                         answered = true;
-                        let Mapped { messages, repeats_dropped } = map_output(session_output(output), &mut ledger, &mut mapper, &now());
+                        let output = session_output(output);
+                        if let Some(end) = answered_end(&output, &ledger) {
+                            lane.gauge.answered(end);
+                        }
+                        let Mapped { messages, repeats_dropped } = map_output(output, &mut ledger, &mut mapper, &now());
                         summary.duplicates_dropped += repeats_dropped;
                         let mapped = !messages.is_empty();
                         for message in messages {
                             summary.messages += 1;
-                            if out.send(message).await.is_err() {
+                            if out.send(message).is_err() {
                                 return Ok(summary);
                             }
                         }
@@ -433,8 +678,24 @@ pub async fn run(
         }
         tracing::warn!(call_id = %call.call_id, code = ?failure.code, message = %failure.message, "Transcribe stream failed; resuming in a new session");
         replay = ledger.restart();
+        lane.gauge.session_lost(ledger.session_origin());
         summary.replayed_samples += replay.iter().map(|c| c.samples as u64).sum::<u64>();
     }
+}
+
+/// The call sample where a result ends (how far Transcribe has got), if it is one: a
+/// standard result's or an utterance's end, placed on the call by `ledger`.
+fn answered_end(output: &SessionOutput, ledger: &TranscriptLedger) -> Option<u64> {
+    let session_s = match output {
+        SessionOutput::Transcript(results) => results
+            .iter()
+            .map(|result| result.end_time)
+            .reduce(f64::max)?,
+        SessionOutput::Utterance(utterance) => utterance.get("EndOffsetMillis")?.as_f64()? / 1000.0,
+        SessionOutput::Category(_) => return None,
+    };
+    let call_s = session_s + ledger.offset_s(session_s);
+    (call_s.is_finite() && call_s >= 0.0).then_some((call_s * 8000.0) as u64)
 }
 
 /// Queues audio for the session (callers check for room first; a keep-alive may be skipped

@@ -4,8 +4,10 @@
 //! minutes (Transcribe refusing the call's streams with LimitExceededException for the call's
 //! first D minutes), one live call through the pipeline; prints how far behind the live call
 //! its final segments reached Kinesis, minute by minute of the call, and how long after the
-//! call's end the last one came; checks every final segment against a run without a stall
-//! (exits non-zero when one is lost or repeated).
+//! call's end the last one came, and how many Transcribe streams and lanes (crate
+//! `call_transcriber::lanes`: catching up) it took; checks every final segment against a
+//! run without a stall (exits non-zero when one is lost, repeated, or out of its channel's
+//! order).
 //!
 //! `cargo run --release -p lca-tests --bin catch-up-bench [-- --minutes 20 --stalls 1,5,15
 //! --speed 20]`: the call is the shared sample call tiled to `--minutes`, played live at
@@ -13,12 +15,9 @@
 //! call's clock); KVS's payload and idle timeouts and the start backoff are scaled by it.
 //! All times printed are the call's (wall time x speed).
 
-use std::collections::BTreeSet;
 use std::time::Duration;
 
-use call_transcriber::pipeline::Taps;
-use lca_tests::paced::{Final, PacedStandIns, same_final};
-use local_aws::transcribe::{Pace, TranscribeOptions};
+use lca_tests::paced::{CallRun, live_call};
 
 struct Args {
     minutes: u64,
@@ -71,12 +70,6 @@ fn main() -> Result<(), String> {
     runtime.block_on(run(args))
 }
 
-/// One call's finals: each with how far behind the live call it reached Kinesis (call s).
-struct CallRun {
-    finals: Vec<(Final, f64)>,
-    ended: bool,
-}
-
 async fn run(args: Args) -> Result<(), String> {
     println!(
         "A {}-minute call at {}x, Transcribe processing in real time (the call's clock), its streams refused over the call's first D minutes:",
@@ -87,8 +80,7 @@ async fn run(args: Args) -> Result<(), String> {
     for &stall in &args.stalls {
         runs.push((stall, one_call(&args, stall).await?));
     }
-    let expected: BTreeSet<Final> = runs[0].1.finals.iter().map(|(f, _)| f.clone()).collect();
-    if expected.is_empty() {
+    if runs[0].1.finals.is_empty() {
         return Err("the reference run published no final segment".to_string());
     }
     // Lag by minute of the call: the latest final ending in that minute, behind live.
@@ -118,57 +110,37 @@ async fn run(args: Args) -> Result<(), String> {
     let call_end_ms = args.minutes as i64 * 60_000;
     let mut failed = false;
     for (stall, run) in &runs {
-        let got: Vec<Final> = run.finals.iter().map(|(f, _)| f.clone()).collect();
-        let unique: BTreeSet<Final> = got.iter().cloned().collect();
-        let lost = expected
-            .iter()
-            .filter(|e| !got.iter().any(|f| same_final(f, e)))
-            .count();
-        let duplicated = got.len() - unique.len();
-        // The last final's arrival after the call's end (the audio's end, live).
-        let after_end = run
-            .finals
-            .iter()
-            .map(|((_, _, end), late)| *late - (call_end_ms - end) as f64 / 1000.0)
-            .fold(f64::MIN, f64::max);
+        let compared = run.compare(&runs[0].1, call_end_ms);
         println!(
-            "  D={stall:>2} min: {} finals (lost {lost}, repeated {duplicated}); last final {:.1} s after the call's end; END {}",
-            got.len(),
-            after_end.max(0.0),
+            "  D={stall:>2} min: {} finals (lost {}, repeated {}, out of order {}); last final {:.1} s after the call's end; {} Transcribe streams in {} lanes; END {}",
+            run.finals.len(),
+            compared.lost,
+            compared.repeated,
+            compared.out_of_order,
+            compared.after_end,
+            run.sessions,
+            run.lanes,
             if run.ended { "published" } else { "MISSING" }
         );
-        failed |= lost > 0 || duplicated > 0 || !run.ended;
+        failed |=
+            compared.lost > 0 || compared.repeated > 0 || compared.out_of_order > 0 || !run.ended;
     }
     if failed {
-        return Err("a call lost or repeated a final segment, or has no END".to_string());
+        return Err(
+            "a call lost, repeated or reordered a final segment, or has no END".to_string(),
+        );
     }
     Ok(())
 }
 
 /// Plays the call with Transcribe refusing streams for its first `stall_minutes`.
 async fn one_call(args: &Args, stall_minutes: u64) -> Result<CallRun, String> {
-    let mut stand_ins = PacedStandIns::start(
+    live_call(
+        &format!("catch-up-{stall_minutes}"),
+        args.minutes,
         args.speed,
-        TranscribeOptions {
-            record_audio: false,
-            pace: Pace {
-                speed: Some(args.speed),
-                unavailable_for: Duration::from_secs(stall_minutes * 60).div_f64(args.speed),
-            },
-            ..TranscribeOptions::default()
-        },
+        Duration::from_secs(stall_minutes * 60),
+        &[],
     )
-    .await?;
-    let id = format!("catch-up-{stall_minutes}");
-    let spec = stand_ins.play(&id, args.minutes).await?;
-    stand_ins
-        .pipeline
-        .run(spec, Taps::default())
-        .await
-        .map_err(|e| format!("{id}: {e}"))?;
-    let mut published = stand_ins.published()?;
-    Ok(CallRun {
-        finals: published.finals.remove(&id).unwrap_or_default(),
-        ended: published.ended.contains(&id),
-    })
+    .await
 }
