@@ -41,18 +41,35 @@ impl MotoServer {
             .unwrap_or_else(|| PathBuf::from("moto_server"))
     }
 
-    /// Starts moto and waits (up to 20 s) until it accepts connections.
+    /// Starts moto and waits (up to 20 s) until it answers as moto on its port. The port is
+    /// one the system had free a moment before; should another process take it first (seen
+    /// in CI, where many tests start servers at once: a test's first request was refused),
+    /// moto cannot listen on it and something else answers there, so the start is tried again
+    /// on a new port, three times at most.
     pub fn start() -> Result<Self, MotoError> {
         let path = Self::executable();
-        let failed = |problem: String| MotoError::Failed {
-            path: path.display().to_string(),
-            problem,
-        };
+        let mut attempt = 1;
+        loop {
+            match Self::start_on_a_free_port(&path) {
+                Err(Start::PortTaken(_)) if attempt < 3 => attempt += 1,
+                Err(Start::PortTaken(problem) | Start::Failed(problem)) => {
+                    return Err(MotoError::Failed {
+                        path: path.display().to_string(),
+                        problem,
+                    });
+                }
+                Err(Start::NotInstalled) => return Err(MotoError::NotInstalled),
+                Ok(server) => return Ok(server),
+            }
+        }
+    }
+
+    fn start_on_a_free_port(path: &std::path::Path) -> Result<Self, Start> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
-            .map_err(|e| failed(format!("no free loopback port: {e}")))?
+            .map_err(|e| Start::Failed(format!("no free loopback port: {e}")))?
             .port();
-        let child = match Command::new(&path)
+        let child = match Command::new(path)
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -61,9 +78,9 @@ impl MotoServer {
         {
             Ok(child) => child,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(MotoError::NotInstalled);
+                return Err(Start::NotInstalled);
             }
-            Err(e) => return Err(failed(format!("cannot start: {e}"))),
+            Err(e) => return Err(Start::Failed(format!("cannot start: {e}"))),
         };
         let mut server = Self {
             url: format!("http://127.0.0.1:{port}"),
@@ -71,21 +88,54 @@ impl MotoServer {
         };
         let started = Instant::now();
         while started.elapsed() < Duration::from_secs(20) {
-            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Ok(server);
-            }
             if let Ok(Some(status)) = server.child.try_wait() {
-                return Err(failed(format!("exited with {status} before listening")));
+                return Err(Start::PortTaken(format!(
+                    "exited with {status} before answering on port {port} (taken by another process?)"
+                )));
+            }
+            if answers_as_moto(port) {
+                return Ok(server);
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        Err(failed(format!("did not listen on port {port} within 20 s")))
+        Err(Start::PortTaken(format!(
+            "did not answer as moto on port {port} within 20 s"
+        )))
     }
 
     /// Its endpoint URL (`http://127.0.0.1:PORT`).
     pub fn url(&self) -> &str {
         &self.url
     }
+}
+
+/// Why one start failed.
+enum Start {
+    /// The executable was not found.
+    NotInstalled,
+    /// Moto did not answer on its port: worth another port.
+    PortTaken(String),
+    /// Anything else.
+    Failed(String),
+}
+
+/// Whether the server on loopback `port` answers moto's own API (`GET /moto-api/config`,
+/// answered with 2xx), not merely accepts connections.
+fn answers_as_moto(port: u16) -> bool {
+    use std::io::{Read as _, Write as _};
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let _ = stream.set_write_timeout(Some(Duration::from_secs(5)));
+    if stream
+        .write_all(b"GET /moto-api/config HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut status = [0u8; 12];
+    stream.read_exact(&mut status).is_ok() && status.starts_with(b"HTTP/1.") && status[9] == b'2'
 }
 
 impl Drop for MotoServer {
@@ -159,4 +209,27 @@ pub async fn kinesis_records(
         iterator = page.next_shard_iterator;
     }
     Ok(records)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_server_answering_motos_api_counts_as_moto() {
+        use std::io::{Read as _, Write as _};
+        // Another server on the port (what a start finds when its port was taken).
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let other = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut request = [0u8; 64];
+            let _ = stream.read(&mut request);
+            let _ = stream.write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n");
+        });
+        assert!(!answers_as_moto(port));
+        other.join().unwrap();
+        // Nothing listening any more.
+        assert!(!answers_as_moto(port));
+    }
 }
