@@ -160,6 +160,20 @@ impl PacedStandIns {
     }
 }
 
+/// Of `expected`, how many are not in `got` ([`same_final`]), and how many finals `got`
+/// holds more than once.
+pub fn lost_and_repeated<'a>(
+    got: &[Final],
+    expected: impl IntoIterator<Item = &'a Final>,
+) -> (usize, usize) {
+    let lost = expected
+        .into_iter()
+        .filter(|e| !got.iter().any(|f| same_final(f, e)))
+        .count();
+    let unique: BTreeSet<&Final> = got.iter().collect();
+    (lost, got.len() - unique.len())
+}
+
 /// Two finals are the same segment: same channel, times within 20 ms.
 pub fn same_final(a: &Final, b: &Final) -> bool {
     a.0 == b.0 && (a.1 - b.1).abs() <= 20 && (a.2 - b.2).abs() <= 20
@@ -227,7 +241,7 @@ pub struct Comparison {
     pub lost: usize,
     /// Finals published more than once.
     pub repeated: usize,
-    /// Finals published before one of the same channel that starts earlier.
+    /// Finals that start before one of the same channel published ahead of them.
     pub out_of_order: usize,
     /// How long after the call's end (`call_end_ms`) the last final reached Kinesis (call
     /// seconds; 0 when before).
@@ -237,13 +251,8 @@ pub struct Comparison {
 impl CallRun {
     /// This run's finals against `reference`'s, for a call of `call_end_ms`.
     pub fn compare(&self, reference: &CallRun, call_end_ms: i64) -> Comparison {
-        let got: Vec<&Final> = self.finals.iter().map(|(f, _)| f).collect();
-        let unique: BTreeSet<&Final> = got.iter().copied().collect();
-        let lost = reference
-            .finals
-            .iter()
-            .filter(|(e, _)| !got.iter().any(|f| same_final(f, e)))
-            .count();
+        let got: Vec<Final> = self.finals.iter().map(|(f, _)| f.clone()).collect();
+        let (lost, repeated) = lost_and_repeated(&got, reference.finals.iter().map(|(f, _)| f));
         let mut latest_start: BTreeMap<&str, i64> = BTreeMap::new();
         let mut out_of_order = 0;
         for (channel, start, _) in &got {
@@ -260,7 +269,7 @@ impl CallRun {
             .fold(0.0, f64::max);
         Comparison {
             lost,
-            repeated: got.len() - unique.len(),
+            repeated,
             out_of_order,
             after_end,
         }

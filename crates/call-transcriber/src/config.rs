@@ -5,14 +5,14 @@
 use std::time::Duration;
 
 use call_settings::Settings;
-
-use crate::lanes::LanePolicy;
 use call_settings::transcribe::prefix;
 pub use call_settings::transcribe::{CALL_ANALYTICS_LANGUAGES, REDACTION_LANGUAGES};
 pub use call_settings::{
     ApiMode, CallSettings, ConfigError, ContactPolicy, Language, LanguageIdentification,
     PostCallAnalytics, Redaction, VocabularyFilter,
 };
+
+use crate::lanes::LanePolicy;
 
 /// Everything the Transcribe sessions are configured with.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -21,7 +21,9 @@ use crate::quiet::QuietWatch;
 use crate::source::{
     self, EndReason, KvsClients, SourceError, SourceEvent, SourceOptions, StartAt,
 };
-use crate::transcribe::{self, CallTranscription, TranscribeError, TranscriptionSummary};
+use crate::transcribe::{
+    self, AbortOnDrop, CallTranscription, TranscribeError, TranscriptionSummary,
+};
 use crate::usage::Latencies;
 
 /// Silence on both channels before a fragment boundary that makes it a hand-over point:
@@ -530,17 +532,6 @@ impl CallPipeline {
         match PipelineError::undelivered(&call_id, &report) {
             None => Ok(()),
             Some(error) => Err(error),
-        }
-    }
-}
-
-/// Aborts the tasks it holds when dropped.
-struct AbortOnDrop(Vec<tokio::task::AbortHandle>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        for task in &self.0 {
-            task.abort();
         }
     }
 }

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use crate::metrics::RunFigures;
 
 /// Call samples per millisecond (8 kHz).
-const SAMPLES_PER_MS: u64 = call_audio::CONNECT_SAMPLE_RATE as u64 / 1000;
+pub(crate) const SAMPLES_PER_MS: u64 = call_audio::CONNECT_SAMPLE_RATE as u64 / 1000;
 
 /// How close in time two arrivals of KVS bytes are taken as one in the arrivals: a
 /// transcript lag is measured to within this.
@@ -189,8 +189,9 @@ impl RunProgress {
 impl Progress {
     /// How far the audio given to Transcribe is behind the call's live edge at `now` (the
     /// audio of the first lane still running: the one being published; later lanes' results
-    /// wait for it): the edge last seen, moved on in real time while the reading is held back (a reader held
-    /// back by a slow Transcribe sees no new fragment, but the call goes on). A reader that
+    /// wait for it): the edge last seen, moved on in real time while the reading is held
+    /// back (a reader held back by a slow Transcribe sees no new fragment, but the call goes
+    /// on). A reader that
     /// waits for KVS is at the edge: no new fragment then means no new audio (or the call's
     /// end), so the edge stays. `None` before the first fragment.
     fn behind_live(&self, now: Instant) -> Option<Duration> {

@@ -25,7 +25,7 @@ use transcript_ledger::{Mapped, SessionOutput, TranscriptLedger, map_output};
 use crate::config::{ApiMode, Language, TranscribeSettings};
 use crate::delivered::Delivered;
 use crate::lanes::{CurrentLane, LaneGauge, LaneMerge, LaneRouter, Route};
-use crate::progress::RunProgress;
+use crate::progress::{RunProgress, SAMPLES_PER_MS};
 use aws_edge::{Backoff, Jitter, error_text};
 
 /// A Transcribe Streaming client from the shared SDK configuration; `TRANSCRIBE_ENDPOINT`
@@ -351,7 +351,7 @@ pub async fn run(
     let mut router = LaneRouter::new(policy.clone());
     let (lanes_tx, lanes_rx) = mpsc::unbounded_channel();
     let merger = tokio::spawn(merge(lanes_rx, out, call.progress.clone()).in_current_span());
-    let _merger = AbortOnDrop(merger.abort_handle());
+    let _merger = AbortOnDrop(vec![merger.abort_handle()]);
     // Dropping the set (an error returned) stops every lane.
     let mut lanes = LaneTasks::new();
     let mut summaries = Vec::new();
@@ -457,9 +457,6 @@ type LaneTasks = tokio::task::JoinSet<(usize, Result<TranscriptionSummary, Trans
 /// How often a reading held back by a full lane looks again.
 const LANE_WAIT: Duration = Duration::from_millis(20);
 
-/// Call samples per millisecond.
-const SAMPLES_PER_MS: u64 = call_audio::CONNECT_SAMPLE_RATE as u64 / 1000;
-
 /// A lane's summary, its error, or its panic passed on.
 fn lane_result(
     call_id: &str,
@@ -495,12 +492,14 @@ struct LaneInput {
     gauge: LaneGauge,
 }
 
-/// Aborts a task when dropped.
-struct AbortOnDrop(tokio::task::AbortHandle);
+/// Aborts the tasks it holds when dropped (a run dropped or failing takes its tasks with it).
+pub(crate) struct AbortOnDrop(pub(crate) Vec<tokio::task::AbortHandle>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
-        self.0.abort();
+        for task in &self.0 {
+            task.abort();
+        }
     }
 }
 

@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use call_transcriber::pipeline::Taps;
-use lca_tests::paced::{Final, PacedStandIns, Published, same_final};
+use lca_tests::paced::{Final, PacedStandIns, Published, lost_and_repeated};
 use local_aws::transcribe::TranscribeOptions;
 
 struct Args {
@@ -121,11 +121,9 @@ async fn run(args: Args) -> Result<(), String> {
     for call in 0..args.calls {
         let id = format!("capacity-call-{call:03}");
         let list = finals.get(&id).cloned().unwrap_or_default();
-        lost += reference
-            .iter()
-            .filter(|r| !list.iter().any(|f| same_final(f, r)))
-            .count();
-        duplicated += list.len() - list.iter().collect::<BTreeSet<_>>().len();
+        let (call_lost, call_duplicated) = lost_and_repeated(&list, &reference);
+        lost += call_lost;
+        duplicated += call_duplicated;
     }
     let complete = (0..args.calls)
         .filter(|call| ended.contains(&format!("capacity-call-{call:03}")))
