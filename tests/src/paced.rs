@@ -71,12 +71,15 @@ impl PacedStandIns {
                 "START_STREAM_RETRY_WAIT",
                 millis(scaled(Duration::from_secs(1)), 20),
             ),
+            // Catching up assumes Transcribe takes a second of audio per second: here, per
+            // 1/speed of a second.
+            (
+                "TRANSCRIBE_AUDIO_SECOND_TAKES",
+                millis(scaled(Duration::from_secs(1)), 1),
+            ),
         ]);
-        let mut config = TranscriberConfig::from_lookup(|name| env.get(name).cloned())
+        let config = TranscriberConfig::from_lookup(|name| env.get(name).cloned())
             .map_err(|e| e.to_string())?;
-        // Catching up assumes Transcribe takes a second of audio per second: here, per
-        // 1/speed of a second.
-        config.transcribe.lanes.audio_second_takes = scaled(Duration::from_secs(1));
         let pipeline = CallPipeline {
             config,
             clients: Clients {

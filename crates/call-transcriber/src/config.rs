@@ -34,8 +34,11 @@ pub struct TranscribeSettings {
     /// ran ahead of real time), is stuck: it is closed and the run ends as a stall, so a fresh
     /// invocation reads the call again from the run's start, nothing lost ([`crate::transcribe`]).
     pub stuck_timeout: Duration,
-    /// How a call catches up after Transcribe fell behind it ([`crate::lanes`]): not from
-    /// the environment (tests that play calls faster than real time scale it).
+    /// How a call catches up after Transcribe fell behind it ([`crate::lanes`]). From the
+    /// environment only `TRANSCRIBE_AUDIO_SECOND_TAKES` (this project's addition; ms, default
+    /// 1000, at least 1): how long Transcribe is taken to need for a second of call audio
+    /// (`LanePolicy::audio_second_takes`). Real time in a deployment; tests that play calls N
+    /// times faster, against a Transcribe paced to them, set 1000/N.
     pub lanes: LanePolicy,
 }
 
@@ -184,6 +187,7 @@ impl TranscriberConfig {
         "START_STREAM_RETRY_WAIT",
         "SWEEP_GRACE",
         "TRANSCRIBER_CALL_EVENT_TABLE_NAME",
+        "TRANSCRIBE_AUDIO_SECOND_TAKES",
         "TRANSCRIBE_ENDPOINT",
         "TRANSCRIBE_STUCK_TIMEOUT",
     ];
@@ -287,7 +291,10 @@ impl TranscriberConfig {
                 start_retries,
                 start_retry_wait: env.millis("START_STREAM_RETRY_WAIT", 1_000, 0)?,
                 stuck_timeout,
-                lanes: LanePolicy::default(),
+                lanes: LanePolicy {
+                    audio_second_takes: env.millis("TRANSCRIBE_AUDIO_SECOND_TAKES", 1_000, 1)?,
+                    ..LanePolicy::default()
+                },
             },
             save_partials: env.flag("SAVE_PARTIAL_TRANSCRIPTS", true)?,
             keep_alive,
@@ -559,6 +566,10 @@ mod tests {
             (
                 &[("TRANSCRIBE_STUCK_TIMEOUT", "999")],
                 "TRANSCRIBE_STUCK_TIMEOUT",
+            ),
+            (
+                &[("TRANSCRIBE_AUDIO_SECOND_TAKES", "0")],
+                "TRANSCRIBE_AUDIO_SECOND_TAKES",
             ),
             (&[("START_STREAM_RETRIES", "-1")], "START_STREAM_RETRIES"),
             (&[("START_STREAM_RETRIES", "0")], "START_STREAM_RETRIES"),

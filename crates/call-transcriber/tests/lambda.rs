@@ -2939,3 +2939,51 @@ async fn a_running_invocation_writes_its_metrics_every_interval_and_a_crash_keep
     );
     lambda.shutdown();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_function_catches_up_on_a_second_stream_with_every_final_once() {
+    // The call plays at 2x against a Transcribe that processes at the same pace (a second of
+    // call audio per 500 ms: TRANSCRIBE_AUDIO_SECOND_TAKES 500) and refuses streams for the
+    // call's first 24 s (12 s here). The first stream starts about 25 s behind: a second
+    // stream takes the live call at its next quiet moment while the first works through its
+    // backlog. Every final once, each channel's in order, and the second stream's finals
+    // after the first's.
+    //
+    // (Not with a hand-over in the same invocation: a lane holds no more than it can finish
+    // before the invocation hands over, so a second stream opens only when the hand-over is
+    // further away than the backlog; the 61 s sample call is too short for both. The bound
+    // is unit-tested in lanes.rs.)
+    let transcribe = TranscribeOptions {
+        pace: Pace {
+            speed: Some(2.0),
+            unavailable_for: Duration::from_secs(12),
+        },
+        ..TranscribeOptions::default()
+    };
+    let h = Harness::new(KvsOptions::default(), transcribe).await;
+    let (lambda, server, logs) = logged_transcriber(
+        &h,
+        &[
+            ("START_STREAM_RETRY_WAIT", "250"),
+            ("START_STREAM_RETRIES", "10"),
+            ("TRANSCRIBE_AUDIO_SECOND_TAKES", "500"),
+        ],
+    )
+    .await;
+    let (arn, first) = h.play_at("call", sample_call_chunks(), &[], 2.0).await;
+    invoke_event(&server, &contact_flow_event(&arn, &first)).await;
+    let records = records_until(&h, &lambda, "ADD_S3_RECORDING_URL").await;
+    assert_lifecycle(&records);
+    assert_recording(&h).await;
+    let log = std::fs::read_to_string(logs.join("CallTranscriber.log")).unwrap();
+    assert!(
+        log.contains("a new stream takes the call from here"),
+        "a second stream took the live call"
+    );
+    assert_eq!(
+        lambda.attempts("CallTranscriber").len(),
+        1,
+        "one invocation, one attempt"
+    );
+    lambda.shutdown();
+}
