@@ -525,6 +525,10 @@ async fn a_call_open_since_before_the_index_joins_it_at_its_next_claim() {
         .send()
         .await
         .unwrap();
+    // Kinesis held still until the claim is seen: the call cannot end (and its end remove
+    // OpenCall and SweepAt) before this test reads the claimed lease. (Without it, a slow
+    // read under load once saw the ended call's lease: Owner, and neither attribute.)
+    h.faults.set_outage(true);
     invoke_event(&server, &call_transcriber::delivery::start_event(CONTACT)).await;
     let mut claimed = None;
     for _ in 0..100 {
@@ -535,6 +539,7 @@ async fn a_call_open_since_before_the_index_joins_it_at_its_next_claim() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    h.faults.set_outage(false);
     let claimed = claimed.expect("the call was claimed within 10 s");
     assert!(
         claimed.contains_key("OpenCall") && claimed.contains_key("SweepAt"),
@@ -2840,6 +2845,29 @@ fn timestamps(lines: &[(Value, Vec<Extracted>)]) -> Vec<u64> {
         .collect()
 }
 
+/// The sample call played live at `speed` to the logged transcriber (with `extra`), against a
+/// Transcribe that processes at the same pace and refuses streams (capacity) for
+/// `unavailable_for` from the call's first request; the contact flow's event invoked. (The
+/// local Lambda's server is returned to be kept: the function invokes itself through it.)
+async fn paced_call(
+    speed: f64,
+    unavailable_for: Duration,
+    extra: &[(&str, &str)],
+) -> (Harness, Lambda, local_aws::http::Server, PathBuf) {
+    let transcribe = TranscribeOptions {
+        pace: Pace {
+            speed: Some(speed),
+            unavailable_for,
+        },
+        ..TranscribeOptions::default()
+    };
+    let h = Harness::new(KvsOptions::default(), transcribe).await;
+    let (lambda, server, logs) = logged_transcriber(&h, extra).await;
+    let (arn, first) = h.play_at("call", sample_call_chunks(), &[], speed).await;
+    invoke_event(&server, &contact_flow_event(&arn, &first)).await;
+    (h, lambda, server, logs)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_running_invocation_writes_its_metrics_every_interval_and_a_crash_keeps_what_they_said() {
     // METRICS_INTERVAL 1 s (the stack's is 60 s: the same code at a test's scale). Transcribe
@@ -2847,24 +2875,15 @@ async fn a_running_invocation_writes_its_metrics_every_interval_and_a_crash_keep
     // (4x), so the transcript falls behind the live call and TranscriptBehindLive shows it
     // while it happens. After eight progress lines the attempt crashes: what its lines said
     // is kept, and Lambda's retry completes the call with lines of its own.
-    let transcribe = TranscribeOptions {
-        pace: Pace {
-            speed: Some(4.0),
-            unavailable_for: Duration::from_secs(3),
-        },
-        ..TranscribeOptions::default()
-    };
-    let h = Harness::new(KvsOptions::default(), transcribe).await;
-    let (lambda, server, logs) = logged_transcriber(
-        &h,
+    let (h, lambda, _server, logs) = paced_call(
+        4.0,
+        Duration::from_secs(3),
         &[
             ("METRICS_INTERVAL", "1000"),
             ("START_STREAM_RETRY_WAIT", "250"),
         ],
     )
     .await;
-    let (arn, first) = h.play_at("call", sample_call_chunks(), &[], 4.0).await;
-    invoke_event(&server, &contact_flow_event(&arn, &first)).await;
     let log = logs.join("CallTranscriber.log");
     let mut before_crash = Vec::new();
     for _ in 0..600 {
@@ -2953,16 +2972,9 @@ async fn the_function_catches_up_on_a_second_stream_with_every_final_once() {
     // before the invocation hands over, so a second stream opens only when the hand-over is
     // further away than the backlog; the 61 s sample call is too short for both. The bound
     // is unit-tested in lanes.rs.)
-    let transcribe = TranscribeOptions {
-        pace: Pace {
-            speed: Some(2.0),
-            unavailable_for: Duration::from_secs(12),
-        },
-        ..TranscribeOptions::default()
-    };
-    let h = Harness::new(KvsOptions::default(), transcribe).await;
-    let (lambda, server, logs) = logged_transcriber(
-        &h,
+    let (h, lambda, _server, logs) = paced_call(
+        2.0,
+        Duration::from_secs(12),
         &[
             ("START_STREAM_RETRY_WAIT", "250"),
             ("START_STREAM_RETRIES", "10"),
@@ -2970,8 +2982,6 @@ async fn the_function_catches_up_on_a_second_stream_with_every_final_once() {
         ],
     )
     .await;
-    let (arn, first) = h.play_at("call", sample_call_chunks(), &[], 2.0).await;
-    invoke_event(&server, &contact_flow_event(&arn, &first)).await;
     let records = records_until(&h, &lambda, "ADD_S3_RECORDING_URL").await;
     assert_lifecycle(&records);
     assert_recording(&h).await;
