@@ -2,6 +2,7 @@
 //! lease keeps it (the continuation's `callData`, the lease item's `CallData`).
 
 use call_settings::{AttributeError, CallSettings, ContactChoice, ContactPolicy, ContactSettings};
+use lca_events::LcaMessage;
 use lca_events::connect::{ContactFlowEvent, Rejection};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -67,6 +68,13 @@ pub struct CallData {
     /// `PreviousContactId`, `InitiationMethod`): START's metadata carries them.
     #[serde(default, skip_serializing_if = "ContactLinks::is_empty")]
     pub links: ContactLinks,
+    /// LCA messages an earlier run produced but could not put on Kinesis (a Kinesis stall),
+    /// in the order produced, partial results left out: published first by the run that
+    /// takes the call at this position, which does not transcribe their audio again
+    /// ([`crate::verdict::after_stall`]). Transcript text kept in the lease item, as the
+    /// call's numbers are; empty whenever the call advanced normally.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending: Vec<LcaMessage>,
 }
 
 /// How a contact relates to others (Connect contact-flow event `ContactData`; each leg of a
@@ -120,6 +128,7 @@ impl CallData {
             stalled_since_ms: None,
             settings: None,
             links: ContactLinks::default(),
+            pending: Vec::new(),
         }
     }
 

@@ -72,6 +72,14 @@ impl Delivered {
         }
     }
 
+    /// Whether `message` is on the stream by this record (the stream holds a prefix of what
+    /// was produced): a message carried over from a stalled run ([`crate::CallData::pending`])
+    /// is published only when this says no. Exactly what [`Self::record`] would not change
+    /// (a partial counts as had: it is never carried).
+    pub fn has(&self, message: &LcaMessage) -> bool {
+        !self.clone().record(message)
+    }
+
     /// Moves a channel's last final end forward; whether it moved.
     fn final_end(&mut self, channel: usize, end_ms: u64) -> bool {
         let slot = &mut self.final_end_ms[channel];
@@ -120,6 +128,10 @@ mod tests {
         assert!(delivered.record(&end));
         assert!(delivered.ended);
         assert!(!delivered.record(&end), "END again changes nothing");
+        // What it has: what recording would not change.
+        assert!(delivered.has(&end) && delivered.has(&segment("CALLER", 7.25, false)));
+        assert!(!delivered.has(&segment("CALLER", 7.5, false)));
+        assert!(!delivered.has(&segment("AGENT", 3.5, false)));
     }
 
     #[test]

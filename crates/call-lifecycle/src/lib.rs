@@ -31,4 +31,6 @@ pub mod verdict;
 pub use call::{CallData, ContactLinks, NoCall};
 pub use delivered::Delivered;
 pub use lease::{Claim, Held, LeaseRecord, Limits, decide};
-pub use verdict::{AfterFailure, AfterStall, after_failure, after_stall};
+pub use verdict::{
+    AfterFailure, AfterStall, MAX_PENDING_BYTES, Unpublished, after_failure, after_stall,
+};

@@ -29,9 +29,10 @@ use call_lifecycle::lease::Limits;
 use call_lifecycle::sweep::{self, SweepVerdict};
 use call_lifecycle::verdict::Continuation;
 use call_lifecycle::{
-    AfterFailure, AfterStall, CallData, Claim, Delivered, Held, LeaseRecord, after_failure,
-    after_stall, decide,
+    AfterFailure, AfterStall, CallData, Claim, Delivered, Held, LeaseRecord, Unpublished,
+    after_failure, after_stall, decide,
 };
+use lca_events::LcaMessage;
 use proptest::prelude::*;
 
 /// How long a hold lasts without renewal (`CALL_LEASE_TIMEOUT`).
@@ -120,6 +121,36 @@ enum Published {
     Start,
     Final(u64),
     End,
+}
+
+impl Published {
+    /// The LCA message it stands for (a final's end, in ms, is its number), as a stalled
+    /// run carries it in the lease.
+    fn message(&self) -> LcaMessage {
+        let value = match self {
+            Published::Start => serde_json::json!({"EventType": "START", "CallId": "contact",
+                "CustomerPhoneNumber": "", "SystemPhoneNumber": "", "AgentId": null,
+                "CreatedAt": "now"}),
+            Published::Final(n) => serde_json::json!({"EventType": "ADD_TRANSCRIPT_SEGMENT",
+                "CallId": "contact", "Channel": "CALLER", "SegmentId": n.to_string(),
+                "StartTime": 0.0, "EndTime": *n as f64 / 1000.0, "Transcript": "t",
+                "IsPartial": false, "CreatedAt": "now"}),
+            Published::End => {
+                serde_json::json!({"EventType": "END", "CallId": "contact", "CreatedAt": "now"})
+            }
+        };
+        serde_json::from_value(value).expect("an LCA message")
+    }
+
+    /// What a carried message stands for.
+    fn of(message: &LcaMessage) -> Published {
+        match (&message.event, message.final_segment_end()) {
+            (lca_events::LcaEvent::Start(_), _) => Published::Start,
+            (lca_events::LcaEvent::End(_), _) => Published::End,
+            (_, Some((_, end_ms))) => Published::Final(end_ms),
+            _ => panic!("the model carries START, finals and END only: {message:?}"),
+        }
+    }
 }
 
 /// How an attempt stopped.
@@ -532,7 +563,7 @@ impl World {
         }
         // A stall: no room at a service for the whole run.
         if self.tape.fault(20) {
-            return match after_stall(&call, began_ms, self.now, limits()) {
+            return match after_stall(&call, began_ms, self.now, limits(), None) {
                 AfterStall::HandOn(next) => self.hand_over(&held, *next),
                 AfterStall::GiveUp { .. } => {
                     self.stall_given_up = true;
@@ -542,7 +573,40 @@ impl World {
             };
         }
         let share_end = (call.start_sample + SEGMENTS_PER_SHARE).min(SEGMENTS);
-        if call.start_sample == 0 && !delivered.started {
+        // Kinesis takes nothing for the rest of the run, which transcribes its share up to
+        // its hand-over: the call goes on from there, carrying what was not delivered.
+        if share_end < SEGMENTS && self.tape.fault(20) {
+            let mut undelivered: Vec<LcaMessage> = call.pending.clone();
+            if call.start_sample == 0 {
+                undelivered.push(Published::Start.message());
+            }
+            undelivered.extend((next_segment..share_end).map(|n| Published::Final(n).message()));
+            undelivered.retain(|m| !delivered.has(m));
+            let reached = Unpublished {
+                at: Continuation {
+                    last_fragment: share_end.to_string(),
+                    session_id: None,
+                    origin_ns: Some(0),
+                    start_sample: share_end,
+                },
+                messages: undelivered,
+            };
+            return match after_stall(&call, began_ms, self.now, limits(), Some(reached)) {
+                AfterStall::HandOn(next) => self.hand_over(&held, *next),
+                AfterStall::GiveUp { .. } => {
+                    self.stall_given_up = true;
+                    self.give_up(&held);
+                    Some(Stop::Failed)
+                }
+            };
+        }
+        // What an earlier run could not deliver goes first, less what is on the stream.
+        if let Some(carried) = call.pending.iter().find(|m| !delivered.has(m)).cloned() {
+            self.publish(Published::of(&carried));
+            self.held_update(&held, |r| {
+                r.delivered.record(&carried);
+            });
+        } else if call.start_sample == 0 && !delivered.started {
             self.publish(Published::Start);
             self.held_update(&held, |r| r.delivered.started = true);
         } else if next_segment < share_end {

@@ -37,11 +37,12 @@ use crate::pipeline::{CallPipeline, CallSpec, Clients, Ending, Taps};
 use crate::post_call::{JobStarted, PostCallJobs};
 use crate::progress::RunProgress;
 use crate::recording::Recorder;
-use crate::source::{EndReason, StartAt};
+use crate::source::EndReason;
 use call_lifecycle::NoCall;
 use call_lifecycle::hook::{HookAnswer, hook_answer};
-use call_lifecycle::verdict::Continuation;
-use call_lifecycle::{AfterFailure, AfterStall, after_failure, after_stall};
+use call_lifecycle::{
+    AfterFailure, AfterStall, MAX_PENDING_BYTES, Unpublished, after_failure, after_stall,
+};
 
 /// Time kept back from the Lambda's deadline for waiting for a quiet moment to hand over
 /// ([`crate::pipeline::HANDOVER_GRACE`]), flushing Transcribe and Kinesis, joining the
@@ -147,10 +148,12 @@ pub struct Invocation<'a> {
 }
 
 /// Why a run could not advance its call, and when its invocation began (where a stall
-/// starts being counted when it is the call's first).
+/// starts being counted when it is the call's first); how far it got if only Kinesis held it
+/// back.
 struct Stall {
     error: HandlerError,
     began_ms: u64,
+    reached: Option<Unpublished>,
 }
 
 /// The call an invocation works on, with its hold on it.
@@ -476,6 +479,7 @@ impl Transcriber {
             max_samples: Some(config.max_call_samples()),
             swap_channels: call.swap_channels,
             already_delivered: delivered.clone(),
+            pending: call.pending.clone(),
             settings: call.settings.as_ref().map(|chosen| chosen.settings.clone()),
         };
         // What Kinesis acknowledges, for the lease; the publisher waits for the lease to
@@ -582,10 +586,17 @@ impl Transcriber {
             }
         };
         match finished {
-            Err(HandlerError::Pipeline(error)) if error.is_stall() && lease.is_some() => {
+            Err(HandlerError::Pipeline(mut error)) if error.is_stall() && lease.is_some() => {
+                let reached = error.take_reached().and_then(|reached| {
+                    Some(Unpublished {
+                        at: crate::call::continuation(reached.position)?,
+                        messages: reached.undelivered,
+                    })
+                });
                 let stall = Stall {
                     error: error.into(),
                     began_ms,
+                    reached,
                 };
                 self.stalled(holding, delivered, stall, invocation, figures)
                     .await
@@ -640,11 +651,13 @@ impl Transcriber {
                 .await;
         };
         let timeout = self.pipeline.config.call_stall_timeout;
+        let carried = stall.reached.as_ref().map(Unpublished::carried_bytes);
         let next = match after_stall(
             call,
             stall.began_ms,
             now_ms(),
             self.pipeline.config.limits(),
+            stall.reached,
         ) {
             AfterStall::GiveUp { stalled_ms } => {
                 tracing::error!(call_id = %call.call_id, error = %stall.error, stalled_ms, call_stall_timeout_ms = timeout.as_millis() as u64, "the call could not advance for CALL_STALL_TIMEOUT: giving it up");
@@ -661,7 +674,14 @@ impl Transcriber {
             tracing::error!(call_id = %next.call_id, "lease lost to another invocation: not handing over");
             return Ok(json!({"status": "LEASE_LOST", "callId": next.call_id}));
         }
-        tracing::warn!(call_id = %call.call_id, error = %stall.error, stalled_ms, call_stall_timeout_ms = timeout.as_millis() as u64, "no room at a service for this whole invocation: the call waits, its audio in KVS, and a fresh invocation continues it at the same position");
+        if next.start_sample != call.start_sample {
+            tracing::warn!(call_id = %call.call_id, error = %stall.error, stalled_ms, call_stall_timeout_ms = timeout.as_millis() as u64, carried_events = next.pending.len(), carried_bytes = carried, start_sample = next.start_sample, "Kinesis did not take this invocation's events in its time: a fresh invocation publishes them first (they are kept in the lease) and continues the call where this one got to, without transcribing its audio again");
+        } else {
+            if let Some(bytes) = carried {
+                tracing::warn!(call_id = %call.call_id, carried_bytes = bytes, max_carried_bytes = MAX_PENDING_BYTES, "the events Kinesis did not take are more than the lease keeps: the fresh invocation transcribes this share again");
+            }
+            tracing::warn!(call_id = %call.call_id, error = %stall.error, stalled_ms, call_stall_timeout_ms = timeout.as_millis() as u64, "no room at a service for this whole invocation: the call waits, its audio in KVS, and a fresh invocation continues it at the same position");
+        }
         self.invoke_next(&next, invocation.function_arn).await?;
         Ok(json!({
             "status": "STALLED",
@@ -705,15 +725,10 @@ impl Transcriber {
                 Ok(json!({"status": "ENDED", "callId": call.call_id}))
             }
             Ending::HandOver(position) => {
-                let StartAt::After(last) = position.start else {
-                    unreachable!("a hand-over happens after a processed fragment")
-                };
-                let next = call.continued(Continuation {
-                    last_fragment: last,
-                    session_id: position.session_id,
-                    origin_ns: position.origin_ns,
-                    start_sample: position.start_sample,
-                });
+                let next = call.continued(
+                    crate::call::continuation(position)
+                        .expect("a hand-over happens after a processed fragment"),
+                );
                 if let Some(lease) = lease
                     && !lease.hand_over(held, &next, delivered).await?
                 {

@@ -550,6 +550,7 @@ mod tests {
                     count: 1,
                     first: "throttled".into(),
                     refused: false,
+                    reached: None,
                 }),
                 "Kinesis",
             ),

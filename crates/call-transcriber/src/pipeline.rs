@@ -103,6 +103,10 @@ pub struct CallSpec {
     /// What an earlier attempt at this run already put on Kinesis (a Lambda retry after a
     /// crash): not published again. Default for a normal run.
     pub already_delivered: Delivered,
+    /// Messages an earlier run produced for the audio before `position` but could not put
+    /// on Kinesis (a Kinesis stall): published first, those `already_delivered` has left
+    /// out; their audio is not transcribed again.
+    pub pending: Vec<LcaMessage>,
     /// The call's Transcribe settings (a contact's, chosen before the call started); `None`:
     /// the stack's (`config.transcribe.call`).
     pub settings: Option<CallSettings>,
@@ -133,6 +137,7 @@ impl CallSpec {
             max_samples: None,
             swap_channels: false,
             already_delivered: Delivered::default(),
+            pending: Vec::new(),
             settings: None,
         }
     }
@@ -174,6 +179,18 @@ pub struct CallOutcome {
     pub get_media_resumes: u32,
 }
 
+/// How far a run got whose messages Kinesis did not take in its time: it reached a hand-over
+/// point, its share transcribed, and `undelivered` is what is not on the stream (in the order
+/// produced). The call can go on from `position`, carrying them
+/// ([`call_lifecycle::after_stall`]), instead of transcribing the share again.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reached {
+    /// Where the next run starts (as a hand-over's).
+    pub position: CallPosition,
+    /// What Kinesis did not take.
+    pub undelivered: Vec<LcaMessage>,
+}
+
 /// Why a run failed.
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -202,6 +219,8 @@ pub enum PipelineError {
         /// Kinesis refused them for good (see [`publisher::is_refusal`]); `false`: time or
         /// attempts ran out.
         refused: bool,
+        /// The hand-over point the run reached before it gave up on them, if it did.
+        reached: Option<Box<Reached>>,
     },
 }
 
@@ -214,7 +233,17 @@ impl PipelineError {
             count: report.undelivered.len(),
             first: first.clone(),
             refused: report.refused,
+            reached: None,
         })
+    }
+
+    /// Takes how far the run got before Kinesis held it back, if it reached a hand-over
+    /// point ([`Reached`]).
+    pub fn take_reached(&mut self) -> Option<Reached> {
+        match self {
+            Self::Undelivered { reached, .. } => reached.take().map(|reached| *reached),
+            _ => None,
+        }
     }
 
     /// Whether the run failed only for want of room at a service: Transcribe's stream quota
@@ -299,6 +328,16 @@ impl CallPipeline {
         // A run that is dropped (its lease lost, its invocation ending) takes its tasks with
         // it: no orphan keeps a Transcribe stream, a GetMedia connection or publishing.
         let mut tasks = AbortOnDrop(vec![publisher.abort_handle()]);
+        // What an earlier run could not deliver goes first (it is earlier in the call), less
+        // what an earlier attempt at this run delivered of it; the transcription continues
+        // after it.
+        let mut transcribed = call.already_delivered.clone();
+        for message in &call.pending {
+            transcribed.record(message);
+            if !call.already_delivered.has(message) {
+                let _ = message_tx.send(message.clone()).await;
+            }
+        }
         if let Some(start) = call.start_event.clone() {
             let _ = message_tx
                 .send(LcaMessage {
@@ -315,7 +354,7 @@ impl CallPipeline {
             keep_alive: config.keep_alive,
             session_id: call.position.session_id.clone(),
             start_sample: call.position.start_sample,
-            delivered: call.already_delivered.clone(),
+            delivered: transcribed,
             // Waiting for Transcribe capacity may use the hand-over's grace period too; then
             // the run fails as a stall and a fresh run continues the call at the same position.
             give_up_at: call.deadline.map(|deadline| deadline + HANDOVER_GRACE),
@@ -494,9 +533,6 @@ impl CallPipeline {
             Ok(report) => report,
             Err(join) => std::panic::resume_unwind(join.into_panic()),
         };
-        if let Some(error) = PipelineError::undelivered(&call.call_id, &published) {
-            return Err(error);
-        }
         let ending = match ending {
             Ending::HandOver(mut position) => {
                 position.session_id = transcription.session_id.clone();
@@ -504,6 +540,18 @@ impl CallPipeline {
             }
             other => other,
         };
+        if let Some(mut error) = PipelineError::undelivered(&call.call_id, &published) {
+            // Transcribed up to a hand-over point: the call can go on from there.
+            if let (PipelineError::Undelivered { reached, .. }, Ending::HandOver(position)) =
+                (&mut error, &ending)
+            {
+                *reached = Some(Box::new(Reached {
+                    position: position.clone(),
+                    undelivered: published.undelivered.into_iter().map(|(m, _)| m).collect(),
+                }));
+            }
+            return Err(error);
+        }
         let figures = progress.figures(Instant::now());
         Ok(CallOutcome {
             ending,

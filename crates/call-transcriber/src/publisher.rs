@@ -225,14 +225,11 @@ fn segment_key(message: &LcaMessage) -> Option<&str> {
 
 /// The segment key of a partial result (which a newer version of the segment replaces).
 fn partial_key(message: &LcaMessage) -> Option<&str> {
-    let partial = match &message.event {
-        LcaEvent::AddTranscriptSegment(Segment::Standard(s)) => s.is_partial,
-        LcaEvent::AddTranscriptSegment(Segment::Analytics(a)) => {
-            a.utterance_event["IsPartial"].as_bool() == Some(true)
-        }
-        _ => false,
-    };
-    if partial { segment_key(message) } else { None }
+    if message.is_partial() {
+        segment_key(message)
+    } else {
+        None
+    }
 }
 
 fn pending(message: LcaMessage) -> Pending {

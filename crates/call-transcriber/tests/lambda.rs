@@ -1145,6 +1145,13 @@ async fn leased_delivered(h: &Harness) -> Option<call_transcriber::Delivered> {
     serde_json::from_str(item.get("Delivered")?.as_s().ok()?).ok()
 }
 
+/// The call as the lease keeps it for its next invocation (its CallData attribute).
+async fn leased_call(h: &Harness) -> call_transcriber::call::CallData {
+    let item = lease_item(h).await.expect("the call's lease");
+    serde_json::from_str(item["CallData"].as_s().expect("CallData is a string"))
+        .expect("CallData is a call")
+}
+
 /// The lease's Status attribute.
 async fn leased_status(h: &Harness) -> Option<String> {
     lease_item(h).await?.get("Status")?.as_s().ok().cloned()
@@ -1947,8 +1954,9 @@ async fn transcribe_that_stops_reading_without_an_error_is_caught_by_the_watchdo
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kinesis_outage_longer_than_an_invocation_delays_the_call_and_loses_nothing() {
     // Kinesis takes nothing, not even START, for longer than an invocation: the call is
-    // handed on at the same position; once Kinesis is back, START comes first and once,
-    // then every final once.
+    // handed on where the invocation got to, with what it could not deliver in the lease;
+    // once Kinesis is back, START comes first and once, then every final once, and no
+    // audio was transcribed twice.
     let h = Harness::new(KvsOptions::default(), TranscribeOptions::default()).await;
     h.faults.set_outage(true);
     let (lambda, server, logs) = logged_transcriber(&h, &[("LAMBDA_INVOKE_TIMEOUT", "1500")]).await;
@@ -1956,10 +1964,21 @@ async fn a_kinesis_outage_longer_than_an_invocation_delays_the_call_and_loses_no
     invoke_event(&server, &contact_flow_event(&arn, &first)).await;
     wait_for_stall(&logs).await;
     assert!(h.records().await.is_empty());
+    let carried = leased_call(&h).await;
+    assert!(
+        carried.start_sample > 0 && carried.pending.len() >= 2,
+        "the call moved on carrying START and finals: at sample {}, {} events",
+        carried.start_sample,
+        carried.pending.len()
+    );
     h.faults.set_outage(false);
     let records = records_until(&h, &lambda, "ADD_S3_RECORDING_URL").await;
     assert_lifecycle(&records);
     assert_recording(&h).await;
+    assert!(
+        h.transcribed_audio() == sample_call_stereo(),
+        "Transcribe got every sample once: the stalled share was not transcribed again"
+    );
     assert!(lambda.failures("CallTranscriber").is_empty());
     assert_eq!(stalled_invocations(&logs), 1);
     let outcomes = outcomes(&metrics_lines(&logs, "CallTranscriber"));
@@ -2009,6 +2028,10 @@ async fn a_kinesis_outage_mid_call_delivers_the_rest_once_and_in_order_when_it_e
     );
     assert_lifecycle(&records);
     assert_recording(&h).await;
+    assert!(
+        h.transcribed_audio() == sample_call_stereo(),
+        "Transcribe got every sample once: no stalled share was transcribed again"
+    );
     assert!(lambda.failures("CallTranscriber").is_empty());
     assert!(stalled_invocations(&logs) >= 1);
     lambda.shutdown();

@@ -49,6 +49,18 @@ impl LcaMessage {
             _ => None,
         }
     }
+
+    /// Whether this is a partial transcript result (standard `IsPartial`, or a Call
+    /// Analytics utterance's): one that a later version of its segment replaces.
+    pub fn is_partial(&self) -> bool {
+        match &self.event {
+            LcaEvent::AddTranscriptSegment(Segment::Standard(s)) => s.is_partial,
+            LcaEvent::AddTranscriptSegment(Segment::Analytics(a)) => {
+                a.utterance_event["IsPartial"].as_bool() == Some(true)
+            }
+            _ => false,
+        }
+    }
 }
 
 /// The LCA event types this source produces.
