@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use call_audio::StereoChunk;
-use lca_events::{LcaEvent, LcaMessage, Segment};
+use lca_events::{LcaEvent, LcaMessage};
 use tokio::time::Instant;
 
 use crate::quiet::QuietWatch;
@@ -309,12 +309,7 @@ impl LaneMerge {
     /// still being published, so a partial result in it is stale (its final follows).
     pub fn keep(&mut self, message: &LcaMessage, waited: bool) -> bool {
         match &message.event {
-            LcaEvent::AddTranscriptSegment(Segment::Standard(segment)) => {
-                !(waited && segment.is_partial)
-            }
-            LcaEvent::AddTranscriptSegment(Segment::Analytics(segment)) => {
-                !(waited && segment.utterance_event["IsPartial"] == true)
-            }
+            LcaEvent::AddTranscriptSegment(_) => !(waited && message.is_partial()),
             LcaEvent::AddCallCategory(category) => {
                 let names: Vec<String> = category
                     .category_event
@@ -342,6 +337,7 @@ impl LaneMerge {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use lca_events::Segment;
 
     const S: u64 = SAMPLE_RATE;
 
