@@ -161,16 +161,34 @@ async fn a_get_media_left_unanswered_or_silent_is_resumed_not_taken_for_the_call
     let applied: Vec<Fault> = h.kvs.applied().into_iter().map(|(_, f)| f).collect();
     assert_eq!(applied, [Fault::NoAnswer, silent]);
     assert_eq!(outcome.get_media_resumes, 2);
-    let sessions = h.transcribe.sessions();
-    assert_eq!(sessions.len(), 1);
+    assert_streams_held(&h, &outcome);
     // Every sample once, and 10 ms of silence per keep-alive sent through the silences.
     let keep_alives = outcome.transcription.keep_alives as usize;
     assert!(keep_alives >= 2, "{keep_alives} keep-alives");
     assert_eq!(
-        sessions[0].audio.len(),
+        h.transcribed_audio().len(),
         sample_call_stereo().len() + keep_alives * 320
     );
     assert_whole_call(&h.records().await);
+}
+
+/// No Transcribe stream of the run failed or was replaced: one stream per lane. The rest of
+/// a stored call read at once after a hang is a backlog, which the run may hand to a second
+/// lane (`lanes.rs`: Transcribe is taken to work in real time), so a run has one or two.
+fn assert_streams_held(h: &Harness, outcome: &call_transcriber::pipeline::CallOutcome) {
+    let sessions = h.transcribe.sessions();
+    let failed: Vec<&Option<String>> = sessions
+        .iter()
+        .map(|s| &s.exception)
+        .filter(|e| e.is_some())
+        .collect();
+    assert!(failed.is_empty(), "streams failed: {failed:?}");
+    let lanes = outcome.transcription.lanes as usize;
+    assert!(
+        (1..=2).contains(&lanes) && sessions.len() == lanes,
+        "{} streams for {lanes} lanes",
+        sessions.len()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -992,15 +1010,13 @@ async fn keep_alives_hold_transcribe_open_while_kvs_stalls_and_times_stay_exact(
         new_call(&arn, &first),
     )
     .await;
-    assert_eq!(outcome.transcription.sessions, 1, "the stream stayed open");
+    assert_streams_held(&h, &outcome);
     // About one a second through the 5 s stall and through the 8 s of quiet after the call
     // that tell the call is over (KVS_IDLE_TIMEOUT).
     let keep_alives = outcome.transcription.keep_alives;
     assert!((9..=15).contains(&keep_alives), "{keep_alives} keep-alives");
-    let session = &h.transcribe.sessions()[0];
-    assert!(session.exception.is_none(), "{:?}", session.exception);
     assert_eq!(
-        session.audio.len(),
+        h.transcribed_audio().len(),
         sample_call_stereo().len() + keep_alives as usize * 320,
         "the call's audio plus 10 ms of silence per keep-alive"
     );
