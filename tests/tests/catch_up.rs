@@ -32,11 +32,20 @@ async fn reference() -> &'static CallRun {
         .await
 }
 
-/// Checks `run` against the reference: every final once, in order, within the bound.
-async fn assert_caught_up(run: &CallRun) {
+/// Checks `run` (a call with `fault`) against the reference: every final once, in order,
+/// within the bound.
+async fn assert_caught_up(fault: &str, run: &CallRun) {
     let reference = reference().await;
     assert!(reference.finals.len() > 20, "{reference:?}");
     let compared = run.compare(reference, MINUTES as i64 * 60_000);
+    let reference_end = reference
+        .compare(reference, MINUTES as i64 * 60_000)
+        .after_end;
+    // The figures the README's failure table quotes (`--nocapture` shows them).
+    eprintln!(
+        "{fault}: last final {:.1} s after the call's end (without the fault: {reference_end:.1} s); {} lost, {} repeated, {} out of order",
+        compared.after_end, compared.lost, compared.repeated, compared.out_of_order
+    );
     assert_eq!(
         (compared.lost, compared.repeated, compared.out_of_order),
         (0, 0, 0),
@@ -76,7 +85,7 @@ async fn after_a_capacity_stall_a_second_stream_takes_the_live_call_and_the_tran
         !last_minute.is_empty() && last_minute.iter().all(|late| *late < 10.0),
         "finals of the last minute, s behind live: {last_minute:?}"
     );
-    assert_caught_up(&run).await;
+    assert_caught_up("a one-minute capacity stall", &run).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -91,5 +100,5 @@ async fn after_a_reconnect_the_transcript_stays_within_the_bound_with_every_fina
         .await
         .unwrap();
     assert!(run.sessions >= 2, "the stream was resumed: {run:?}");
-    assert_caught_up(&run).await;
+    assert_caught_up("a reconnect a minute in", &run).await;
 }

@@ -79,6 +79,12 @@ pub struct TranscriberConfig {
     pub kvs_idle_timeout: Duration,
     /// `LAMBDA_INVOKE_TIMEOUT`: audio work per invocation before handing over.
     pub lambda_invoke_timeout: Duration,
+    /// `HANDOVER_GRACE` (this project's addition; ms, default 15 s, at most 30 s): how long
+    /// past its deadline a run waits for a pause to hand over at, and may go on waiting for
+    /// Transcribe capacity and Kinesis, before it hands over anyway or stalls. Part of
+    /// `lambda::DEADLINE_MARGIN` (45 s), hence the bound. Tests that play calls N times faster
+    /// than real time scale it as they scale `LAMBDA_INVOKE_TIMEOUT`.
+    pub handover_grace: Duration,
     /// `CONNECT_INSTANCE_ARN`: the only instance whose contacts are accepted.
     pub connect_instance_arn: Option<String>,
     /// `LAMBDA_HOOK_FUNCTION_ARN`: optional hook invoked for a new call.
@@ -140,6 +146,14 @@ pub const DEFAULT_MAX_CALL_DURATION_MS: u64 = 8 * 3600 * 1000;
 /// anything (Connect's RetentionPeriodHours is in whole hours; 0 keeps no data).
 pub const DEFAULT_CALL_STALL_TIMEOUT_MS: u64 = 30 * 60 * 1000;
 
+/// Default `HANDOVER_GRACE`: 15 s, longer than a turn in a conversation usually runs without
+/// a pause.
+pub const DEFAULT_HANDOVER_GRACE_MS: u64 = 15_000;
+
+/// The longest `HANDOVER_GRACE`: with the flushes and the next invocation it must fit in
+/// `lambda::DEADLINE_MARGIN` (45 s).
+const MAX_HANDOVER_GRACE_MS: u64 = 30_000;
+
 /// Transcribe closes a stream after 15 s without audio; keep-alives must come sooner.
 const TRANSCRIBE_AUDIO_TIMEOUT_MS: u64 = 15_000;
 
@@ -169,6 +183,7 @@ impl TranscriberConfig {
         "CALL_LEASE_TIMEOUT",
         "CALL_STALL_TIMEOUT",
         "CONNECT_INSTANCE_ARN",
+        "HANDOVER_GRACE",
         "KEEP_ALIVE",
         "KINESIS_STREAM_NAME",
         "KVS_IDLE_TIMEOUT",
@@ -233,6 +248,14 @@ impl TranscriberConfig {
         // The first attempt counts.
         let start_retries = env.number("START_STREAM_RETRIES", 5u32, 1..)?;
         let lambda_invoke_timeout = env.millis("LAMBDA_INVOKE_TIMEOUT", 720_000, 1)?;
+        let handover_grace = env.millis("HANDOVER_GRACE", DEFAULT_HANDOVER_GRACE_MS, 0)?;
+        if handover_grace > Duration::from_millis(MAX_HANDOVER_GRACE_MS) {
+            return Err(ConfigError::new(
+                "HANDOVER_GRACE",
+                &handover_grace.as_millis().to_string(),
+                "must be at most 30000 ms: the grace, flushing Transcribe and Kinesis and handing over must fit in the 45 s an invocation keeps back from its Lambda timeout",
+            ));
+        }
         let call_lease_timeout = env.millis("CALL_LEASE_TIMEOUT", 30_000, 0)?;
         if call_lease_timeout < Duration::from_secs(3) {
             return Err(ConfigError::new(
@@ -300,6 +323,7 @@ impl TranscriberConfig {
             keep_alive,
             kvs_idle_timeout,
             lambda_invoke_timeout,
+            handover_grace,
             connect_instance_arn: env.get("CONNECT_INSTANCE_ARN"),
             lambda_hook_function_arn: env.get("LAMBDA_HOOK_FUNCTION_ARN"),
             call_event_table: env.get("TRANSCRIBER_CALL_EVENT_TABLE_NAME"),
@@ -355,6 +379,7 @@ mod tests {
         assert!(c.save_partials);
         assert_eq!(c.keep_alive, Duration::from_secs(10));
         assert_eq!(c.lambda_invoke_timeout, Duration::from_millis(720_000));
+        assert_eq!(c.handover_grace, Duration::from_secs(15));
         assert_eq!(c.max_call_duration, Duration::from_secs(8 * 3600));
         assert_eq!(c.max_call_samples(), 8 * 3600 * 8000);
         assert_eq!(c.metrics_namespace, "LCA/ConnectKVS");
@@ -574,6 +599,7 @@ mod tests {
             (&[("START_STREAM_RETRIES", "-1")], "START_STREAM_RETRIES"),
             (&[("START_STREAM_RETRIES", "0")], "START_STREAM_RETRIES"),
             (&[("LAMBDA_INVOKE_TIMEOUT", "0")], "LAMBDA_INVOKE_TIMEOUT"),
+            (&[("HANDOVER_GRACE", "30001")], "HANDOVER_GRACE"),
             (&[("MAX_CALL_DURATION", "0")], "MAX_CALL_DURATION"),
             (&[("MAX_CALL_DURATION", "6h")], "MAX_CALL_DURATION"),
             (&[("METRICS_NAMESPACE", "AWS/Lambda")], "METRICS_NAMESPACE"),

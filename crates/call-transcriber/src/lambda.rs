@@ -45,7 +45,7 @@ use call_lifecycle::{
 };
 
 /// Time kept back from the Lambda's deadline for waiting for a quiet moment to hand over
-/// ([`crate::pipeline::HANDOVER_GRACE`]), flushing Transcribe and Kinesis, joining the
+/// (`HANDOVER_GRACE`, [`TranscriberConfig::handover_grace`], at most 30 s), flushing Transcribe and Kinesis, joining the
 /// recording and invoking the next function.
 pub const DEADLINE_MARGIN: Duration = Duration::from_secs(45);
 

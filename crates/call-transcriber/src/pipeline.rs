@@ -30,9 +30,6 @@ use crate::usage::Latencies;
 /// longer than a pause within a sentence.
 pub const HANDOVER_QUIET: Duration = Duration::from_millis(700);
 
-/// How long past its deadline a run waits for such a boundary before handing over anyway.
-pub const HANDOVER_GRACE: Duration = Duration::from_secs(15);
-
 /// The AWS clients a pipeline uses, built once per process from one SDK configuration.
 #[derive(Clone, Debug)]
 pub struct Clients {
@@ -306,9 +303,10 @@ impl CallPipeline {
         // then its grace period); after that the run fails as a stall
         // ([`PipelineError::is_stall`]) and a fresh run at the same position delivers the rest.
         let mut publisher_options = match call.deadline {
-            Some(deadline) => {
-                PublisherOptions::until(&config.kinesis_stream_name, deadline + HANDOVER_GRACE)
-            }
+            Some(deadline) => PublisherOptions::until(
+                &config.kinesis_stream_name,
+                deadline + config.handover_grace,
+            ),
             None => PublisherOptions::new(&config.kinesis_stream_name),
         };
         publisher_options.progress = Some(progress.clone());
@@ -357,7 +355,9 @@ impl CallPipeline {
             delivered: transcribed,
             // Waiting for Transcribe capacity may use the hand-over's grace period too; then
             // the run fails as a stall and a fresh run continues the call at the same position.
-            give_up_at: call.deadline.map(|deadline| deadline + HANDOVER_GRACE),
+            give_up_at: call
+                .deadline
+                .map(|deadline| deadline + config.handover_grace),
             progress: Some(progress.clone()),
             hand_over_at: call.deadline,
         };
@@ -481,7 +481,7 @@ impl CallPipeline {
                 && let (Some(deadline), Some(after)) = (call.deadline, &last_fragment)
                 && Instant::now() >= deadline
                 && (quiet.is_quiet(HANDOVER_QUIET.as_nanos() as i64)
-                    || Instant::now() >= deadline + HANDOVER_GRACE)
+                    || Instant::now() >= deadline + config.handover_grace)
             {
                 assembler.finish();
                 outlet.forward(&mut assembler, last_received).await;

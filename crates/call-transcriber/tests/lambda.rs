@@ -2038,6 +2038,98 @@ async fn a_kinesis_outage_mid_call_delivers_the_rest_once_and_in_order_when_it_e
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_kinesis_stall_at_real_time_the_transcript_is_back_within_the_bound_with_every_final_once()
+ {
+    // The least favourable reading of Transcribe's pace: it processes audio in real time (the
+    // call's: the call plays at SPEED times real time, and so does Transcribe). The call is
+    // the sample call five times over (5.1 minutes); each invocation takes 90 s of it with a
+    // 15 s hand-over grace (the stack's 12 minutes and 15 s, scaled to a test's length), and
+    // Kinesis takes nothing from 20 s into the call until the first invocation has stalled.
+    // What that invocation transcribed goes on with the call in its lease: had the call been
+    // handed on at the invocation's start, the next one would transcribe those 90 s again, in
+    // real time, and the call would stay that far behind to its end. The bound: the
+    // last final on Kinesis at most 30 s after the call's end; every final once, in call
+    // order, and no sample transcribed twice.
+    const TILES: usize = 5;
+    const BOUND_S: f64 = 30.0;
+    let scaled = |call_ms: f64| ((call_ms / SPEED) as u64).to_string();
+    let (chunks, stereo) = tiled_sample_call(TILES);
+    let transcribe = TranscribeOptions {
+        pace: Pace {
+            speed: Some(SPEED),
+            unavailable_for: Duration::ZERO,
+        },
+        ..TranscribeOptions::default()
+    };
+    let kvs = KvsOptions {
+        payload_timeout: Duration::from_secs(3).div_f64(SPEED),
+        ..KvsOptions::default()
+    };
+    let h = Harness::new(kvs, transcribe).await;
+    let env = [
+        ("LAMBDA_INVOKE_TIMEOUT", scaled(90_000.0)),
+        ("HANDOVER_GRACE", scaled(15_000.0)),
+        ("KVS_IDLE_TIMEOUT", scaled(15_000.0)),
+        ("START_STREAM_RETRY_WAIT", scaled(1_000.0)),
+        ("TRANSCRIBE_AUDIO_SECOND_TAKES", scaled(1_000.0)),
+    ];
+    // KEEP_ALIVE stays 10 s (of wall time), longer than the scaled idle timeout: no
+    // keep-alive silence is sent (a last invocation that starts when the call is over would
+    // send one), so Transcribe gets exactly the call's samples.
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (lambda, server, logs) = logged_transcriber(&h, &env).await;
+    let began = tokio::time::Instant::now();
+    let (arn, first) = h.play_at("call", chunks, &[], SPEED).await;
+    let call_ends = began + Duration::from_secs_f64(TILES as f64 * SAMPLE_CALL_S / SPEED);
+    invoke_event(&server, &contact_flow_event(&arn, &first)).await;
+    tokio::time::sleep_until(began + Duration::from_secs_f64(20.0 / SPEED)).await;
+    h.faults.set_outage(true);
+    wait_for_stall(&logs).await;
+    h.faults.set_outage(false);
+    let stalled_at = began.elapsed().as_secs_f64() * SPEED;
+    // When the last final first showed on the stream (polled every 100 ms: 1 s of the call).
+    let (mut finals_seen, mut last_final_at) = (0, began);
+    let records = loop {
+        let records = h.records().await;
+        let count = finals(&records).len();
+        if count > finals_seen {
+            (finals_seen, last_final_at) = (count, tokio::time::Instant::now());
+        }
+        let done = records
+            .iter()
+            .any(|r| r["EventType"] == "ADD_S3_RECORDING_URL");
+        if done && lambda.pending_events("CallTranscriber") == 0 {
+            break records;
+        }
+        assert!(
+            began.elapsed() < Duration::from_secs(150),
+            "the call was not done within 150 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let after_end = last_final_at.duration_since(call_ends).as_secs_f64() * SPEED;
+    eprintln!(
+        "Kinesis out from 20 s to {stalled_at:.0} s of the call: the last final came {after_end:.1} s after the call's end"
+    );
+    assert_start_end_recording_url(&records);
+    // Sessions that start mid-call (hand-overs, lanes) find a turn's edges a few of the
+    // local recognizer's frames off: up to 44 ms here.
+    assert_tiled_turns(&records, TILES, 0.06);
+    assert!(
+        h.transcribed_audio() == stereo,
+        "Transcribe got every sample once: no stalled share was transcribed again"
+    );
+    assert!(stalled_invocations(&logs) >= 1);
+    assert!(lambda.failures("CallTranscriber").is_empty());
+    assert!(
+        after_end <= BOUND_S,
+        "the last final came {after_end:.1} s after the call's end (bound {BOUND_S} s)"
+    );
+    assert_recording_is(&h, &stereo).await;
+    lambda.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_left_unanswered_is_given_up_at_its_attempt_limit_and_the_call_completes() {
     // DynamoDB, Kinesis and S3 each leave one of the call's requests unanswered (a connection
     // that black-holes): each client gives up on it at its attempt limit

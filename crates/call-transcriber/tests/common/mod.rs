@@ -62,6 +62,59 @@ pub fn sample_call_with_gap(fragments: usize, gap: Duration) -> (Vec<Bytes>, Vec
     (chunks.into_iter().map(Bytes::from).collect(), expected)
 }
 
+/// Length of the sample call (61.44 s): a tiled call repeats its turns this often.
+pub const SAMPLE_CALL_S: f64 = 61.44;
+
+/// The sample call played `tiles` times in a row (a call of `tiles` x 61.44 s), as Connect's
+/// writer produces it: the chunks, and the stereo PCM a reader must assemble from them.
+pub fn tiled_sample_call(tiles: usize) -> (Vec<Bytes>, Vec<u8>) {
+    let (caller, agent) = sample_call_tracks();
+    let (caller, agent) = (caller.repeat(tiles), agent.repeat(tiles));
+    let mut writer = kvs_media::ConnectWriter::new(kvs_media::WriterOptions {
+        contact_id: CONTACT.to_string(),
+        ..kvs_media::WriterOptions::default()
+    });
+    let chunks = writer.call(&caller, &agent, 1_764_000_000_000);
+    (
+        chunks.into_iter().map(Bytes::from).collect(),
+        stereo(&caller, &agent),
+    )
+}
+
+/// Each channel's finals of [`tiled_sample_call`] are its turns, tile after tile, each once
+/// and in call order, to within `tolerance_s` (see [`assert_whole_call_within`]). A turn may
+/// come in two pieces, the second starting where the first ends: a hand-over with no pause
+/// in its grace period cuts it at a fragment boundary.
+pub fn assert_tiled_turns(records: &[Value], tiles: usize, tolerance_s: f64) {
+    let finals = finals(records);
+    for (channel, turns) in [("CALLER", &CALLER_TURNS[..]), ("AGENT", &AGENT_TURNS[..])] {
+        let expected: Vec<(f64, f64)> = (0..tiles)
+            .flat_map(|tile| {
+                let by = tile as f64 * SAMPLE_CALL_S;
+                turns.iter().map(move |&(a, b)| (a + by, b + by))
+            })
+            .collect();
+        let mut found: Vec<(f64, f64)> = Vec::new();
+        for piece in on(&finals, channel) {
+            match found.last_mut() {
+                Some(last) if (piece.0 - last.1).abs() < 0.001 => last.1 = piece.1,
+                _ => found.push(piece),
+            }
+        }
+        let near = found.len() == expected.len()
+            && found
+                .iter()
+                .zip(&expected)
+                .all(|(f, t)| (f.0 - t.0).abs() <= tolerance_s && (f.1 - t.1).abs() <= tolerance_s);
+        assert!(
+            near,
+            "{channel}: {} finals {found:?}, expected {} {expected:?} (± {tolerance_s} s)",
+            found.len(),
+            expected.len()
+        );
+    }
+}
+
 /// The producer stall of the stall tests: 10 s after the 12th fragment (12.288 s, between two
 /// turns).
 pub const STALL_FRAGMENTS: usize = 12;
