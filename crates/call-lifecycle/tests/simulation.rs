@@ -574,13 +574,22 @@ impl World {
         }
         let share_end = (call.start_sample + SEGMENTS_PER_SHARE).min(SEGMENTS);
         // Kinesis takes nothing for the rest of the run, which transcribes its share up to
-        // its hand-over: the call goes on from there, carrying what was not delivered.
-        if share_end < SEGMENTS && self.tape.fault(20) {
+        // its hand-over, or the call's end (END among what it could not deliver): the call
+        // goes on from there, carrying what was not delivered.
+        if self.tape.fault(20) {
             let mut undelivered: Vec<LcaMessage> = call.pending.clone();
             if call.start_sample == 0 {
                 undelivered.push(Published::Start.message());
             }
             undelivered.extend((next_segment..share_end).map(|n| Published::Final(n).message()));
+            // A run that carries END already sends no other (as the pipeline's).
+            let carries_end = call
+                .pending
+                .iter()
+                .any(|m| Published::of(m) == Published::End);
+            if share_end == SEGMENTS && !carries_end {
+                undelivered.push(Published::End.message());
+            }
             undelivered.retain(|m| !delivered.has(m));
             let reached = Unpublished {
                 at: Continuation {

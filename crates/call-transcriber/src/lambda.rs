@@ -652,6 +652,15 @@ impl Transcriber {
         };
         let timeout = self.pipeline.config.call_stall_timeout;
         let carried = stall.reached.as_ref().map(Unpublished::carried_bytes);
+        // The call moves on with what it carries (whether or not its position changes: a run
+        // that only published what it carried, or carried END, may end where it began).
+        let carried_on = carried.is_some_and(|bytes| bytes <= MAX_PENDING_BYTES);
+        let carries_end = stall.reached.as_ref().is_some_and(|reached| {
+            reached
+                .messages
+                .iter()
+                .any(|message| matches!(message.event, LcaEvent::End(_)))
+        });
         let next = match after_stall(
             call,
             stall.began_ms,
@@ -674,8 +683,8 @@ impl Transcriber {
             tracing::error!(call_id = %next.call_id, "lease lost to another invocation: not handing over");
             return Ok(json!({"status": "LEASE_LOST", "callId": next.call_id}));
         }
-        if next.start_sample != call.start_sample {
-            tracing::warn!(call_id = %call.call_id, error = %stall.error, stalled_ms, call_stall_timeout_ms = timeout.as_millis() as u64, carried_events = next.pending.len(), carried_bytes = carried, start_sample = next.start_sample, "Kinesis did not take this invocation's events in its time: a fresh invocation publishes them first (they are kept in the lease) and continues the call where this one got to, without transcribing its audio again");
+        if carried_on {
+            tracing::warn!(call_id = %call.call_id, error = %stall.error, stalled_ms, call_stall_timeout_ms = timeout.as_millis() as u64, carried_events = next.pending.len(), carried_bytes = carried, carries_end, start_sample = next.start_sample, "Kinesis did not take this invocation's events in its time: a fresh invocation publishes them first (they are kept in the lease) and continues the call where this one got to (or ends it, when END is among them), without transcribing its audio again");
         } else {
             if let Some(bytes) = carried {
                 tracing::warn!(call_id = %call.call_id, carried_bytes = bytes, max_carried_bytes = MAX_PENDING_BYTES, "the events Kinesis did not take are more than the lease keeps: the fresh invocation transcribes this share again");

@@ -177,9 +177,10 @@ pub struct CallOutcome {
 }
 
 /// How far a run got whose messages Kinesis did not take in its time: it reached a hand-over
-/// point, its share transcribed, and `undelivered` is what is not on the stream (in the order
-/// produced). The call can go on from `position`, carrying them
-/// ([`call_lifecycle::after_stall`]), instead of transcribing the share again.
+/// point, or the call's end, its share transcribed, and `undelivered` is what is not on the
+/// stream (in the order produced; END among it when the call ended). The call can go on from
+/// `position`, carrying them ([`call_lifecycle::after_stall`]), instead of transcribing the
+/// share again.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Reached {
     /// Where the next run starts (as a hand-over's).
@@ -216,7 +217,8 @@ pub enum PipelineError {
         /// Kinesis refused them for good (see [`publisher::is_refusal`]); `false`: time or
         /// attempts ran out.
         refused: bool,
-        /// The hand-over point the run reached before it gave up on them, if it did.
+        /// The hand-over point (or the call's end) the run reached before it gave up on
+        /// them, if it did.
         reached: Option<Box<Reached>>,
     },
 }
@@ -235,7 +237,7 @@ impl PipelineError {
     }
 
     /// Takes how far the run got before Kinesis held it back, if it reached a hand-over
-    /// point ([`Reached`]).
+    /// point or the call's end ([`Reached`]).
     pub fn take_reached(&mut self) -> Option<Reached> {
         match self {
             Self::Undelivered { reached, .. } => reached.take().map(|reached| *reached),
@@ -363,12 +365,20 @@ impl CallPipeline {
         };
         let transcribe_client = self.clients.transcribe.clone();
         let transcribe_messages = message_tx.clone();
-        let transcribe = !call.already_delivered.ended;
+        // The call's end was transcribed already: END is on the stream (a retry after a crash
+        // at the very end), or among what this run carries (the run that ended the call
+        // stalled on Kinesis). Nothing is transcribed, and END is not sent again.
+        let ended_before = call.already_delivered.ended
+            || call
+                .pending
+                .iter()
+                .any(|message| matches!(message.event, LcaEvent::End(_)));
+        let transcribe = !ended_before;
         let transcriber = tokio::spawn(
             async move {
                 if !transcribe {
-                    // END is on the stream already (a retry after a crash at the very end):
-                    // the audio is only recorded again.
+                    // The audio (what KVS still has after the run's position) is only
+                    // recorded again.
                     let mut chunk_rx = chunk_rx;
                     while chunk_rx.recv().await.is_some() {}
                     return Ok(TranscriptionSummary::default());
@@ -518,7 +528,7 @@ impl CallPipeline {
             let _ = publisher.await;
             return Err(error.into());
         }
-        if matches!(ending, Ending::CallEnded(_)) && !call.already_delivered.ended {
+        if matches!(ending, Ending::CallEnded(_)) && !ended_before {
             let _ = message_tx
                 .send(LcaMessage {
                     call_id: call.call_id.clone(),
@@ -541,12 +551,26 @@ impl CallPipeline {
             other => other,
         };
         if let Some(mut error) = PipelineError::undelivered(&call.call_id, &published) {
-            // Transcribed up to a hand-over point: the call can go on from there.
-            if let (PipelineError::Undelivered { reached, .. }, Ending::HandOver(position)) =
-                (&mut error, &ending)
+            // Transcribed up to a hand-over point, or to the call's end (END is then among
+            // the undelivered: the next run publishes what it carries and ends the call, after
+            // the last fragment read): the call can go on from there.
+            let reached_at = match &ending {
+                Ending::HandOver(position) => Some(position.clone()),
+                Ending::CallEnded(_) => match &last_fragment {
+                    Some(start @ StartAt::After(_)) => Some(CallPosition {
+                        start: start.clone(),
+                        session_id: transcription.session_id.clone(),
+                        origin_ns: assembler.origin_ns(),
+                        start_sample: assembler.emitted_samples(),
+                    }),
+                    _ => None,
+                },
+            };
+            if let (PipelineError::Undelivered { reached, .. }, Some(position)) =
+                (&mut error, reached_at)
             {
                 *reached = Some(Box::new(Reached {
-                    position: position.clone(),
+                    position,
                     undelivered: published.undelivered.into_iter().map(|(m, _)| m).collect(),
                 }));
             }

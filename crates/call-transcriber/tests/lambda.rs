@@ -2038,6 +2038,60 @@ async fn a_kinesis_outage_mid_call_delivers_the_rest_once_and_in_order_when_it_e
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_that_ends_during_a_kinesis_outage_is_ended_once_kinesis_is_back_without_transcribing_it_again()
+ {
+    // Kinesis takes nothing from the call's start until after it has ended: the invocation
+    // transcribes the whole call and ends it, but its publisher gives up at its deadline
+    // plus grace (10 s + 1 s) with START, the finals and END undelivered. They go on with
+    // the call in its lease, at its end; once Kinesis is back the next invocation publishes
+    // them, START first and END last, once each, then the recording's URL, and transcribes
+    // nothing (before, it transcribed the call's last share again).
+    let h = Harness::new(KvsOptions::default(), TranscribeOptions::default()).await;
+    h.faults.set_outage(true);
+    let (lambda, server, logs) = logged_transcriber(
+        &h,
+        &[
+            ("LAMBDA_INVOKE_TIMEOUT", "10000"),
+            ("HANDOVER_GRACE", "1000"),
+        ],
+    )
+    .await;
+    let (arn, first) = h.play("call", sample_call_chunks()).await;
+    invoke_event(&server, &contact_flow_event(&arn, &first)).await;
+    wait_for_stall(&logs).await;
+    assert!(h.records().await.is_empty());
+    let carried = leased_call(&h).await;
+    let kinds: Vec<String> = carried
+        .pending
+        .iter()
+        .map(|m| serde_json::to_value(m).unwrap()["EventType"].to_string())
+        .collect();
+    assert_eq!(
+        carried.start_sample as usize * 4,
+        sample_call_stereo().len(),
+        "the call moved on to its end"
+    );
+    assert!(
+        kinds.first().map(String::as_str) == Some("\"START\"")
+            && kinds.last().map(String::as_str) == Some("\"END\""),
+        "the lease carries START, the finals and END: {kinds:?}"
+    );
+    h.faults.set_outage(false);
+    let records = records_until(&h, &lambda, "ADD_S3_RECORDING_URL").await;
+    assert_lifecycle(&records);
+    assert_recording(&h).await;
+    assert!(
+        h.transcribed_audio() == sample_call_stereo(),
+        "Transcribe got every sample once: the ended call was not transcribed again"
+    );
+    assert!(lambda.failures("CallTranscriber").is_empty());
+    assert_eq!(stalled_invocations(&logs), 1);
+    let outcomes = outcomes(&metrics_lines(&logs, "CallTranscriber"));
+    assert_eq!(outcomes, ["STALLED", "ENDED"], "{outcomes:?}");
+    lambda.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_kinesis_stall_at_real_time_the_transcript_is_back_within_the_bound_with_every_final_once()
  {
     // The least favourable reading of Transcribe's pace: it processes audio in real time (the
