@@ -160,6 +160,8 @@ step benches
 target/debug/media-bench --minutes 2 --skip-node
 target/debug/pipeline-bench --minutes 2 --latency-minutes 1
 target/debug/lambda-call-bench --minutes 2 --invoke-timeout-ms 3000
+# The worst catch-up's memory: the whole call a backlog to a Transcribe that works in real time.
+target/debug/lambda-call-bench --minutes 2 --transcribe-speed 60
 # Twice as many calls as the Transcribe quota allows: every call complete, nothing lost or
 # repeated (the bench exits non-zero otherwise).
 target/debug/capacity-bench --calls 4 --limit 2 --speed 20

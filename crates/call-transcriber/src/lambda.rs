@@ -45,8 +45,8 @@ use call_lifecycle::{
 };
 
 /// Time kept back from the Lambda's deadline for waiting for a quiet moment to hand over
-/// (`HANDOVER_GRACE`, [`TranscriberConfig::handover_grace`], at most 30 s), flushing Transcribe and Kinesis, joining the
-/// recording and invoking the next function.
+/// (`HANDOVER_GRACE`, [`TranscriberConfig::handover_grace`], at most 30 s), flushing
+/// Transcribe and Kinesis, joining the recording and invoking the next function.
 pub const DEADLINE_MARGIN: Duration = Duration::from_secs(45);
 
 /// What the handler needs.

@@ -805,6 +805,69 @@ async fn kinesis_throttling_is_retried_without_losing_or_duplicating_events() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kinesis_outage_does_not_hold_back_the_transcription() {
+    // The sample call seven times over (7.2 minutes: about 1,300 LCA messages with the
+    // partials, more than the run's channel to the publisher holds, 1024), stored in KVS, and
+    // Kinesis out from the start. Transcribe's streams must take the whole call and finish
+    // while Kinesis is still out: each lane hands its results to the publisher through an
+    // unbounded queue (`transcribe::run`; a call's messages are small), so a publisher that
+    // retries never leaves Transcribe's results unread. A run stalled on Kinesis therefore
+    // reaches its hand-over point with its share transcribed, which is what lets the call go
+    // on from there (`Reached`) instead of transcribing the share again. Once Kinesis is
+    // back: START first, every final once and in order, END last; partials that a newer
+    // version replaced while queued are dropped.
+    const TILES: usize = 7;
+    let h = Harness::new(KvsOptions::default(), TranscribeOptions::default()).await;
+    h.faults.set_outage(true);
+    let (chunks, stereo) = tiled_sample_call(TILES);
+    let (arn, first) = h.stored("call", &chunks, &[]);
+    let mut call = new_call(&arn, &first);
+    // The publisher retries until the run's deadline plus grace: far enough.
+    call.deadline = Some(tokio::time::Instant::now() + Duration::from_secs(120));
+    let pipeline = h.pipeline(&[]);
+    let run = tokio::spawn(async move {
+        pipeline
+            .run(call, call_transcriber::pipeline::Taps::default())
+            .await
+    });
+    let began = std::time::Instant::now();
+    loop {
+        let sessions = h.transcribe.sessions();
+        let finished = !sessions.is_empty()
+            && sessions.iter().all(|s| s.ended_cleanly)
+            && h.transcribe.open_streams() == 0;
+        if finished {
+            break;
+        }
+        assert!(
+            began.elapsed() < Duration::from_secs(60),
+            "Transcribe's streams did not finish while Kinesis was out: {} streams, {} of {} bytes taken, {} open",
+            sessions.len(),
+            sessions.iter().map(|s| s.audio_bytes).sum::<usize>(),
+            stereo.len(),
+            h.transcribe.open_streams()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(h.transcribed_audio() == stereo, "every sample once");
+    assert!(h.records().await.is_empty(), "Kinesis was out");
+    h.faults.set_outage(false);
+    let outcome = run
+        .await
+        .unwrap()
+        .expect("the call is delivered once Kinesis is back");
+    assert!(outcome.published.superseded > 0);
+    let records = h.records().await;
+    assert_eq!(records.first().unwrap()["EventType"], "START");
+    assert_eq!(records.last().unwrap()["EventType"], "END");
+    assert_eq!(
+        records.iter().filter(|r| r["EventType"] == "END").count(),
+        1
+    );
+    assert_tiled_turns(&records, TILES, 0.001);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_record_holds_back_the_ones_after_it_and_stale_partials_are_skipped() {
     use call_transcriber::publisher::{self, PublisherOptions};
     use lca_events::{LcaEvent, LcaMessage, Segment, Speaker, StandardSegment};

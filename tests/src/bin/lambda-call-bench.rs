@@ -4,8 +4,14 @@
 //! the function process's peak RSS (what decides the Lambda memory size) and CPU per
 //! call-hour, and checks that the whole call came out (END, recording URL, WAV size).
 //!
+//! `--transcribe-speed X` paces the local Transcribe to X times real time and tells the
+//! function so (`TRANSCRIBE_AUDIO_SECOND_TAKES` = 1000/X ms): the stored call is then all
+//! backlog to a Transcribe that works in real time, the worst case of a catch-up, and the
+//! peak RSS is what the lanes' backlogs take at most (each holds up to 10 minutes of audio).
+//!
 //! `cargo build --release -p call-transcriber && cargo run --release -p lca-tests --bin
-//! lambda-call-bench [-- --minutes 60 --invoke-timeout-ms 720000 --no-recording]`
+//! lambda-call-bench [-- --minutes 60 --invoke-timeout-ms 720000 --no-recording
+//! --transcribe-speed 60]`
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -16,7 +22,7 @@ use kvs_media::ConnectWriter;
 use local_aws::kvs::{Kvs, KvsOptions};
 use local_aws::lambda::{FunctionSpec, Lambda, LambdaOptions, RecursiveLoop};
 use local_aws::moto::MotoServer;
-use local_aws::transcribe::{Transcribe, TranscribeOptions};
+use local_aws::transcribe::{Pace, Transcribe, TranscribeOptions};
 use serde_json::{Value, json};
 
 const CONTACT: &str = "bench-contact-0002";
@@ -26,6 +32,7 @@ fn main() -> Result<(), String> {
     let mut minutes = 60u64;
     let mut invoke_timeout_ms = 720_000u64;
     let mut record = true;
+    let mut transcribe_speed = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut number = |name: &str| {
@@ -38,6 +45,7 @@ fn main() -> Result<(), String> {
             "--minutes" => minutes = number("--minutes")?,
             "--invoke-timeout-ms" => invoke_timeout_ms = number("--invoke-timeout-ms")?,
             "--no-recording" => record = false,
+            "--transcribe-speed" => transcribe_speed = Some(number("--transcribe-speed")?),
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
@@ -51,7 +59,13 @@ fn main() -> Result<(), String> {
         ));
     }
     let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
-    runtime.block_on(run(binary, minutes, invoke_timeout_ms, record))
+    runtime.block_on(run(
+        binary,
+        minutes,
+        invoke_timeout_ms,
+        record,
+        transcribe_speed,
+    ))
 }
 
 async fn run(
@@ -59,6 +73,7 @@ async fn run(
     minutes: u64,
     invoke_timeout_ms: u64,
     record: bool,
+    transcribe_speed: Option<u64>,
 ) -> Result<(), String> {
     let fragments = lca_tests::tiled_call(CONTACT, minutes)?;
     let first = ConnectWriter::fragment_number(0);
@@ -87,6 +102,10 @@ async fn run(
     let kvs_server = kvs.serve(0).await.map_err(|e| e.to_string())?;
     let transcribe = Transcribe::new(TranscribeOptions {
         record_audio: false,
+        pace: Pace {
+            speed: transcribe_speed.map(|speed| speed as f64),
+            unavailable_for: Duration::ZERO,
+        },
         ..TranscribeOptions::default()
     });
     let transcribe_server = transcribe.serve(0).await.map_err(|e| e.to_string())?;
@@ -129,6 +148,12 @@ async fn run(
     .collect();
     if !record {
         environment.remove("OUTPUT_BUCKET");
+    }
+    if let Some(speed) = transcribe_speed {
+        environment.insert(
+            "TRANSCRIBE_AUDIO_SECOND_TAKES".to_string(),
+            (1000 / speed).max(1).to_string(),
+        );
     }
     let done = if record {
         "ADD_S3_RECORDING_URL"
@@ -211,9 +236,15 @@ async fn run(
     let peak = usage.values().map(|u| u.peak_rss_kb).max().unwrap_or(0);
     let cpu: f64 = usage.values().map(|u| u.cpu_seconds).sum();
     let hours = minutes as f64 / 60.0;
+    let pace = match transcribe_speed {
+        None => String::new(),
+        Some(speed) => format!(
+            " (Transcribe at {speed}x: the whole call a backlog to one working in real time)"
+        ),
+    };
     println!(
         "call transcriber Lambda ({} build, under local Lambda), {minutes}-minute call at \
-         maximum speed, {invocations} invocation(s) in {} environment(s), {:.1} s wall:",
+         maximum speed{pace}, {invocations} invocation(s) in {} environment(s), {:.1} s wall:",
         if cfg!(debug_assertions) {
             "debug"
         } else {
