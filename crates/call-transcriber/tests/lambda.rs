@@ -2091,96 +2091,176 @@ async fn a_call_that_ends_during_a_kinesis_outage_is_ended_once_kinesis_is_back_
     lambda.shutdown();
 }
 
+/// A call under the least favourable reading of Transcribe's pace: it processes audio in
+/// real time (the call's: the call plays at SPEED times real time, and so does Transcribe).
+/// The call is the sample call [`RealTimeCall::TILES`] times over (5.1 minutes); each
+/// invocation takes 90 s of it with a 15 s hand-over grace (the stack's 12 minutes and 15 s,
+/// scaled to a test's length), the KVS timeouts scaled alike.
+struct RealTimeCall {
+    h: Harness,
+    lambda: Lambda,
+    logs: PathBuf,
+    /// When the call began playing, and when it ends.
+    began: tokio::time::Instant,
+    call_ends: tokio::time::Instant,
+    /// The call's audio.
+    stereo: Vec<u8>,
+    /// The local Lambda's endpoint: it serves as long as the call runs.
+    _server: local_aws::http::Server,
+}
+
+impl RealTimeCall {
+    const TILES: usize = 5;
+    /// The bound: the last final on Kinesis at most this long after the call's end.
+    const BOUND_S: f64 = 30.0;
+
+    /// Plays the call and starts it; Transcribe refuses streams (LimitExceededException) over
+    /// the call's first `unavailable_for` (call time).
+    async fn start(unavailable_for: Duration) -> Self {
+        let scaled = |call_ms: f64| ((call_ms / SPEED) as u64).to_string();
+        let (chunks, stereo) = tiled_sample_call(Self::TILES);
+        let transcribe = TranscribeOptions {
+            pace: Pace {
+                speed: Some(SPEED),
+                unavailable_for: unavailable_for.div_f64(SPEED),
+            },
+            ..TranscribeOptions::default()
+        };
+        let kvs = KvsOptions {
+            payload_timeout: Duration::from_secs(3).div_f64(SPEED),
+            ..KvsOptions::default()
+        };
+        let h = Harness::new(kvs, transcribe).await;
+        let env = [
+            ("LAMBDA_INVOKE_TIMEOUT", scaled(90_000.0)),
+            ("HANDOVER_GRACE", scaled(15_000.0)),
+            ("KVS_IDLE_TIMEOUT", scaled(15_000.0)),
+            ("START_STREAM_RETRY_WAIT", scaled(1_000.0)),
+            ("TRANSCRIBE_AUDIO_SECOND_TAKES", scaled(1_000.0)),
+        ];
+        // KEEP_ALIVE stays 10 s (of wall time), longer than the scaled idle timeout: no
+        // keep-alive silence is sent (a last invocation that starts when the call is over
+        // would send one), so Transcribe gets exactly the call's samples.
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let (lambda, server, logs) = logged_transcriber(&h, &env).await;
+        let began = tokio::time::Instant::now();
+        let (arn, first) = h.play_at("call", chunks, &[], SPEED).await;
+        let call_ends = began + Duration::from_secs_f64(Self::TILES as f64 * SAMPLE_CALL_S / SPEED);
+        invoke_event(&server, &contact_flow_event(&arn, &first)).await;
+        Self {
+            h,
+            lambda,
+            logs,
+            began,
+            call_ends,
+            stereo,
+            _server: server,
+        }
+    }
+
+    /// The call's time now (s).
+    fn call_time(&self) -> f64 {
+        self.began.elapsed().as_secs_f64() * SPEED
+    }
+
+    /// Waits until the call is done (its recording's URL on the stream); returns its records
+    /// and how long after the call's end its last final showed on the stream (call seconds;
+    /// polled every 100 ms, 1 s of the call).
+    async fn until_done(&self) -> (Vec<Value>, f64) {
+        let (mut finals_seen, mut last_final_at) = (0, self.began);
+        let records = loop {
+            let records = self.h.records().await;
+            let count = finals(&records).len();
+            if count > finals_seen {
+                (finals_seen, last_final_at) = (count, tokio::time::Instant::now());
+            }
+            let done = records
+                .iter()
+                .any(|r| r["EventType"] == "ADD_S3_RECORDING_URL");
+            if done && self.lambda.pending_events("CallTranscriber") == 0 {
+                break records;
+            }
+            assert!(
+                self.began.elapsed() < Duration::from_secs(150),
+                "the call was not done within 150 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let after_end = last_final_at.duration_since(self.call_ends).as_secs_f64() * SPEED;
+        (records, after_end)
+    }
+
+    /// START first and END once, then the URL; every final once, in call order; every
+    /// sample to Transcribe once; no failed invocation; the last final within the bound;
+    /// the whole recording.
+    async fn assert_caught_up(&self, records: &[Value], after_end: f64) {
+        assert_start_end_recording_url(records);
+        // Sessions that start mid-call (hand-overs, lanes) find a turn's edges a few of the
+        // local recognizer's frames off: up to 44 ms here.
+        assert_tiled_turns(records, Self::TILES, 0.06);
+        assert!(
+            self.h.transcribed_audio() == self.stereo,
+            "Transcribe got every sample once"
+        );
+        assert!(self.lambda.failures("CallTranscriber").is_empty());
+        assert!(
+            after_end <= Self::BOUND_S,
+            "the last final came {after_end:.1} s after the call's end (bound {} s)",
+            Self::BOUND_S
+        );
+        assert_recording_is(&self.h, &self.stereo).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_kinesis_stall_at_real_time_the_transcript_is_back_within_the_bound_with_every_final_once()
  {
-    // The least favourable reading of Transcribe's pace: it processes audio in real time (the
-    // call's: the call plays at SPEED times real time, and so does Transcribe). The call is
-    // the sample call five times over (5.1 minutes); each invocation takes 90 s of it with a
-    // 15 s hand-over grace (the stack's 12 minutes and 15 s, scaled to a test's length), and
     // Kinesis takes nothing from 20 s into the call until the first invocation has stalled.
     // What that invocation transcribed goes on with the call in its lease: had the call been
     // handed on at the invocation's start, the next one would transcribe those 90 s again, in
-    // real time, and the call would stay that far behind to its end. The bound: the
-    // last final on Kinesis at most 30 s after the call's end; every final once, in call
-    // order, and no sample transcribed twice.
-    const TILES: usize = 5;
-    const BOUND_S: f64 = 30.0;
-    let scaled = |call_ms: f64| ((call_ms / SPEED) as u64).to_string();
-    let (chunks, stereo) = tiled_sample_call(TILES);
-    let transcribe = TranscribeOptions {
-        pace: Pace {
-            speed: Some(SPEED),
-            unavailable_for: Duration::ZERO,
-        },
-        ..TranscribeOptions::default()
-    };
-    let kvs = KvsOptions {
-        payload_timeout: Duration::from_secs(3).div_f64(SPEED),
-        ..KvsOptions::default()
-    };
-    let h = Harness::new(kvs, transcribe).await;
-    let env = [
-        ("LAMBDA_INVOKE_TIMEOUT", scaled(90_000.0)),
-        ("HANDOVER_GRACE", scaled(15_000.0)),
-        ("KVS_IDLE_TIMEOUT", scaled(15_000.0)),
-        ("START_STREAM_RETRY_WAIT", scaled(1_000.0)),
-        ("TRANSCRIBE_AUDIO_SECOND_TAKES", scaled(1_000.0)),
-    ];
-    // KEEP_ALIVE stays 10 s (of wall time), longer than the scaled idle timeout: no
-    // keep-alive silence is sent (a last invocation that starts when the call is over would
-    // send one), so Transcribe gets exactly the call's samples.
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let (lambda, server, logs) = logged_transcriber(&h, &env).await;
-    let began = tokio::time::Instant::now();
-    let (arn, first) = h.play_at("call", chunks, &[], SPEED).await;
-    let call_ends = began + Duration::from_secs_f64(TILES as f64 * SAMPLE_CALL_S / SPEED);
-    invoke_event(&server, &contact_flow_event(&arn, &first)).await;
-    tokio::time::sleep_until(began + Duration::from_secs_f64(20.0 / SPEED)).await;
-    h.faults.set_outage(true);
-    wait_for_stall(&logs).await;
-    h.faults.set_outage(false);
-    let stalled_at = began.elapsed().as_secs_f64() * SPEED;
-    // When the last final first showed on the stream (polled every 100 ms: 1 s of the call).
-    let (mut finals_seen, mut last_final_at) = (0, began);
-    let records = loop {
-        let records = h.records().await;
-        let count = finals(&records).len();
-        if count > finals_seen {
-            (finals_seen, last_final_at) = (count, tokio::time::Instant::now());
-        }
-        let done = records
-            .iter()
-            .any(|r| r["EventType"] == "ADD_S3_RECORDING_URL");
-        if done && lambda.pending_events("CallTranscriber") == 0 {
-            break records;
-        }
-        assert!(
-            began.elapsed() < Duration::from_secs(150),
-            "the call was not done within 150 s"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    let after_end = last_final_at.duration_since(call_ends).as_secs_f64() * SPEED;
+    // real time, and the call would stay that far behind to its end.
+    let call = RealTimeCall::start(Duration::ZERO).await;
+    tokio::time::sleep_until(call.began + Duration::from_secs_f64(20.0 / SPEED)).await;
+    call.h.faults.set_outage(true);
+    wait_for_stall(&call.logs).await;
+    call.h.faults.set_outage(false);
+    let stalled_at = call.call_time();
+    let (records, after_end) = call.until_done().await;
     eprintln!(
         "Kinesis out from 20 s to {stalled_at:.0} s of the call: the last final came {after_end:.1} s after the call's end"
     );
-    assert_start_end_recording_url(&records);
-    // Sessions that start mid-call (hand-overs, lanes) find a turn's edges a few of the
-    // local recognizer's frames off: up to 44 ms here.
-    assert_tiled_turns(&records, TILES, 0.06);
-    assert!(
-        h.transcribed_audio() == stereo,
-        "Transcribe got every sample once: no stalled share was transcribed again"
+    assert!(stalled_invocations(&call.logs) >= 1);
+    call.assert_caught_up(&records, after_end).await;
+    call.lambda.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_capacity_stall_at_real_time_the_transcript_catches_up_across_hand_overs() {
+    // Transcribe refuses the call's streams for its first minute (the account's quota in
+    // use). The first invocation's stream starts a minute behind, and it may take no more
+    // audio than it can finish by its hand-over, so the catch-up crosses hand-overs: a later
+    // invocation runs a second stream on the live call while the first works through the
+    // backlog. Without it, the call would stay a minute behind to its end.
+    let call = RealTimeCall::start(Duration::from_secs(60)).await;
+    let (records, after_end) = call.until_done().await;
+    let ids: BTreeSet<String> = call
+        .h
+        .transcribe
+        .sessions()
+        .into_iter()
+        .map(|s| s.session_id)
+        .collect();
+    eprintln!(
+        "Transcribe refused the first 60 s of the call: {} streams, {} session ids; the last final came {after_end:.1} s after the call's end",
+        call.h.transcribe.sessions().len(),
+        ids.len()
     );
-    assert!(stalled_invocations(&logs) >= 1);
-    assert!(lambda.failures("CallTranscriber").is_empty());
     assert!(
-        after_end <= BOUND_S,
-        "the last final came {after_end:.1} s after the call's end (bound {BOUND_S} s)"
+        ids.len() >= 2,
+        "a second lane (its own session id) took the live call: {ids:?}"
     );
-    assert_recording_is(&h, &stereo).await;
-    lambda.shutdown();
+    call.assert_caught_up(&records, after_end).await;
+    call.lambda.shutdown();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
