@@ -272,6 +272,21 @@ async fn records_until(h: &Harness, lambda: &Lambda, kind: &str) -> Vec<Value> {
     }
 }
 
+/// Waits until the sample call is done (its recording's URL on the stream), then checks that
+/// it came out whole and once: [`assert_lifecycle`], the recording, every sample to
+/// Transcribe once (`why`: what that shows), no failed invocation. Returns the records.
+async fn assert_completed_once(h: &Harness, lambda: &Lambda, why: &str) -> Vec<Value> {
+    let records = records_until(h, lambda, "ADD_S3_RECORDING_URL").await;
+    assert_lifecycle(&records);
+    assert_recording(h).await;
+    assert!(
+        h.transcribed_audio() == sample_call_stereo(),
+        "Transcribe got every sample once: {why}"
+    );
+    assert!(lambda.failures("CallTranscriber").is_empty());
+    records
+}
+
 /// The call's recording as stored in S3.
 async fn call_recording(h: &Harness) -> Vec<u8> {
     h.object(&format!("lca-audio-recordings/{CONTACT}.wav"))
@@ -1867,15 +1882,7 @@ async fn a_call_waiting_for_transcribe_capacity_is_handed_on_and_caught_up_with_
     assert!(h.transcribe.refused() >= 2, "the quota turned streams away");
     assert!(h.transcribe.sessions().is_empty());
     h.transcribe.set_streams_elsewhere(0);
-    let records = records_until(&h, &lambda, "ADD_S3_RECORDING_URL").await;
-    assert_lifecycle(&records);
-    assert_recording(&h).await;
-    let audio = h.transcribed_audio();
-    assert!(
-        audio == sample_call_stereo(),
-        "Transcribe got the whole call once"
-    );
-    assert!(lambda.failures("CallTranscriber").is_empty());
+    assert_completed_once(&h, &lambda, "the call waited for a stream").await;
     assert_eq!(stalled_invocations(&logs), 1, "one stall, then advancing");
     assert_eq!(leased_status(&h).await.as_deref(), Some("ENDED"));
     let outcomes = outcomes(&metrics_lines(&logs, "CallTranscriber"));
@@ -1972,14 +1979,7 @@ async fn a_kinesis_outage_longer_than_an_invocation_delays_the_call_and_loses_no
         carried.pending.len()
     );
     h.faults.set_outage(false);
-    let records = records_until(&h, &lambda, "ADD_S3_RECORDING_URL").await;
-    assert_lifecycle(&records);
-    assert_recording(&h).await;
-    assert!(
-        h.transcribed_audio() == sample_call_stereo(),
-        "Transcribe got every sample once: the stalled share was not transcribed again"
-    );
-    assert!(lambda.failures("CallTranscriber").is_empty());
+    assert_completed_once(&h, &lambda, "the stalled share was not transcribed again").await;
     assert_eq!(stalled_invocations(&logs), 1);
     let outcomes = outcomes(&metrics_lines(&logs, "CallTranscriber"));
     assert_eq!(
@@ -2020,19 +2020,13 @@ async fn a_kinesis_outage_mid_call_delivers_the_rest_once_and_in_order_when_it_e
         "the call is not over"
     );
     h.faults.set_outage(false);
-    let records = records_until(&h, &lambda, "ADD_S3_RECORDING_URL").await;
+    let records =
+        assert_completed_once(&h, &lambda, "no stalled share was transcribed again").await;
     assert_eq!(
         &records[..before],
         &during[..],
         "what was delivered stays first"
     );
-    assert_lifecycle(&records);
-    assert_recording(&h).await;
-    assert!(
-        h.transcribed_audio() == sample_call_stereo(),
-        "Transcribe got every sample once: no stalled share was transcribed again"
-    );
-    assert!(lambda.failures("CallTranscriber").is_empty());
     assert!(stalled_invocations(&logs) >= 1);
     lambda.shutdown();
 }
@@ -2077,14 +2071,7 @@ async fn a_call_that_ends_during_a_kinesis_outage_is_ended_once_kinesis_is_back_
         "the lease carries START, the finals and END: {kinds:?}"
     );
     h.faults.set_outage(false);
-    let records = records_until(&h, &lambda, "ADD_S3_RECORDING_URL").await;
-    assert_lifecycle(&records);
-    assert_recording(&h).await;
-    assert!(
-        h.transcribed_audio() == sample_call_stereo(),
-        "Transcribe got every sample once: the ended call was not transcribed again"
-    );
-    assert!(lambda.failures("CallTranscriber").is_empty());
+    assert_completed_once(&h, &lambda, "the ended call was not transcribed again").await;
     assert_eq!(stalled_invocations(&logs), 1);
     let outcomes = outcomes(&metrics_lines(&logs, "CallTranscriber"));
     assert_eq!(outcomes, ["STALLED", "ENDED"], "{outcomes:?}");

@@ -83,8 +83,11 @@ pub fn tiled_sample_call(tiles: usize) -> (Vec<Bytes>, Vec<u8>) {
 
 /// Each channel's finals of [`tiled_sample_call`] are its turns, tile after tile, each once
 /// and in call order, to within `tolerance_s` (see [`assert_whole_call_within`]). A turn may
-/// come in two pieces, the second starting where the first ends: a hand-over with no pause
-/// in its grace period cuts it at a fragment boundary.
+/// come in two pieces: a hand-over with no pause in its grace period cuts it at a fragment
+/// boundary, and the local recognizer, its new session starting mid-utterance where the
+/// voice may be soft, puts the first piece's end and the second's start up to a few hundred
+/// ms from the cut. Pieces less than a second apart are one turn (the sample call's turns on
+/// one channel are seconds apart).
 pub fn assert_tiled_turns(records: &[Value], tiles: usize, tolerance_s: f64) {
     let finals = finals(records);
     for (channel, turns) in [("CALLER", &CALLER_TURNS[..]), ("AGENT", &AGENT_TURNS[..])] {
@@ -97,7 +100,8 @@ pub fn assert_tiled_turns(records: &[Value], tiles: usize, tolerance_s: f64) {
         let mut found: Vec<(f64, f64)> = Vec::new();
         for piece in on(&finals, channel) {
             match found.last_mut() {
-                Some(last) if (piece.0 - last.1).abs() < 0.001 => last.1 = piece.1,
+                // Not a repeat nor out of order: the next piece starts after this one.
+                Some(last) if (-0.001..1.0).contains(&(piece.0 - last.1)) => last.1 = piece.1,
                 _ => found.push(piece),
             }
         }
