@@ -71,6 +71,12 @@ impl Unpublished {
     pub fn carried_bytes(&self) -> usize {
         serde_json::to_vec(&self.carried()).map_or(usize::MAX, |bytes| bytes.len())
     }
+
+    /// Whether the lease can keep them ([`MAX_PENDING_BYTES`]): only then does the call go
+    /// on from `at` ([`after_stall`]).
+    pub fn fits(&self) -> bool {
+        self.carried_bytes() <= MAX_PENDING_BYTES
+    }
 }
 
 /// The verdict for `call` after a run that began at `began_ms` stalled, at `now_ms`.
@@ -96,7 +102,7 @@ pub fn after_stall(
         ..call.clone()
     };
     let next = match reached {
-        Some(reached) if reached.carried_bytes() <= MAX_PENDING_BYTES => CallData {
+        Some(reached) if reached.fits() => CallData {
             pending: reached.carried(),
             ..stalled.at(reached.at)
         },

@@ -583,10 +583,7 @@ impl World {
             }
             undelivered.extend((next_segment..share_end).map(|n| Published::Final(n).message()));
             // A run that carries END already sends no other (as the pipeline's).
-            let carries_end = call
-                .pending
-                .iter()
-                .any(|m| Published::of(m) == Published::End);
+            let carries_end = call.pending.iter().any(LcaMessage::is_end);
             if share_end == SEGMENTS && !carries_end {
                 undelivered.push(Published::End.message());
             }

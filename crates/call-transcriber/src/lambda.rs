@@ -654,13 +654,11 @@ impl Transcriber {
         let carried = stall.reached.as_ref().map(Unpublished::carried_bytes);
         // The call moves on with what it carries (whether or not its position changes: a run
         // that only published what it carried, or carried END, may end where it began).
-        let carried_on = carried.is_some_and(|bytes| bytes <= MAX_PENDING_BYTES);
-        let carries_end = stall.reached.as_ref().is_some_and(|reached| {
-            reached
-                .messages
-                .iter()
-                .any(|message| matches!(message.event, LcaEvent::End(_)))
-        });
+        let carried_on = stall.reached.as_ref().is_some_and(Unpublished::fits);
+        let carries_end = stall
+            .reached
+            .as_ref()
+            .is_some_and(|reached| reached.messages.iter().any(LcaMessage::is_end));
         let next = match after_stall(
             call,
             stall.began_ms,

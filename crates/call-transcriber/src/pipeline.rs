@@ -368,11 +368,8 @@ impl CallPipeline {
         // The call's end was transcribed already: END is on the stream (a retry after a crash
         // at the very end), or among what this run carries (the run that ended the call
         // stalled on Kinesis). Nothing is transcribed, and END is not sent again.
-        let ended_before = call.already_delivered.ended
-            || call
-                .pending
-                .iter()
-                .any(|message| matches!(message.event, LcaEvent::End(_)));
+        let ended_before =
+            call.already_delivered.ended || call.pending.iter().any(LcaMessage::is_end);
         let transcribe = !ended_before;
         let transcriber = tokio::spawn(
             async move {
@@ -551,20 +548,17 @@ impl CallPipeline {
             other => other,
         };
         if let Some(mut error) = PipelineError::undelivered(&call.call_id, &published) {
-            // Transcribed up to a hand-over point, or to the call's end (END is then among
-            // the undelivered: the next run publishes what it carries and ends the call, after
-            // the last fragment read): the call can go on from there.
-            let reached_at = match &ending {
-                Ending::HandOver(position) => Some(position.clone()),
-                Ending::CallEnded(_) => match &last_fragment {
-                    Some(start @ StartAt::After(_)) => Some(CallPosition {
-                        start: start.clone(),
-                        session_id: transcription.session_id.clone(),
-                        origin_ns: assembler.origin_ns(),
-                        start_sample: assembler.emitted_samples(),
-                    }),
-                    _ => None,
-                },
+            // Transcribed up to the last fragment read: a hand-over point (the hand-over's own
+            // position), or the call's end (END is then among the undelivered: the next run
+            // publishes what it carries and ends the call). The call can go on from there.
+            let reached_at = match &last_fragment {
+                Some(start @ StartAt::After(_)) => Some(CallPosition {
+                    start: start.clone(),
+                    session_id: transcription.session_id.clone(),
+                    origin_ns: assembler.origin_ns(),
+                    start_sample: assembler.emitted_samples(),
+                }),
+                _ => None,
             };
             if let (PipelineError::Undelivered { reached, .. }, Some(position)) =
                 (&mut error, reached_at)

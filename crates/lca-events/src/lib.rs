@@ -50,6 +50,11 @@ impl LcaMessage {
         }
     }
 
+    /// Whether this is the call's END.
+    pub fn is_end(&self) -> bool {
+        matches!(self.event, LcaEvent::End(_))
+    }
+
     /// Whether this is a partial transcript result (standard `IsPartial`, or a Call
     /// Analytics utterance's): one that a later version of its segment replaces.
     pub fn is_partial(&self) -> bool {

@@ -105,18 +105,29 @@ pub fn assert_tiled_turns(records: &[Value], tiles: usize, tolerance_s: f64) {
                 _ => found.push(piece),
             }
         }
-        let near = found.len() == expected.len()
-            && found
-                .iter()
-                .zip(&expected)
-                .all(|(f, t)| (f.0 - t.0).abs() <= tolerance_s && (f.1 - t.1).abs() <= tolerance_s);
-        assert!(
-            near,
-            "{channel}: {} finals {found:?}, expected {} {expected:?} (± {tolerance_s} s)",
-            found.len(),
-            expected.len()
-        );
+        assert_turns(channel, &found, &expected, tolerance_s);
     }
+}
+
+/// `channel`'s finals (start, end) are the `expected` turns, one for one and in order, each
+/// edge within `tolerance_s`.
+pub fn assert_turns(
+    channel: &str,
+    found: &[(f64, f64)],
+    expected: &[(f64, f64)],
+    tolerance_s: f64,
+) {
+    let near = found.len() == expected.len()
+        && found
+            .iter()
+            .zip(expected)
+            .all(|(f, t)| (f.0 - t.0).abs() <= tolerance_s && (f.1 - t.1).abs() <= tolerance_s);
+    assert!(
+        near,
+        "{channel}: {} finals {found:?}, expected {} {expected:?} (± {tolerance_s} s)",
+        found.len(),
+        expected.len()
+    );
 }
 
 /// The producer stall of the stall tests: 10 s after the 12th fragment (12.288 s, between two
@@ -146,13 +157,11 @@ pub fn assert_turns_with_stall(records: &[Value], tolerance_s: f64) {
     let by = STALL.as_secs_f64();
     let finals = finals(records);
     for (channel, turns) in [("CALLER", &CALLER_TURNS[..]), ("AGENT", &AGENT_TURNS[..])] {
-        let found = on(&finals, channel);
-        let near = found.len() == turns.len()
-            && found.iter().zip(turns).all(|(f, &(a, b))| {
-                let (a, b) = if a > at { (a + by, b + by) } else { (a, b) };
-                (f.0 - a).abs() <= tolerance_s && (f.1 - b).abs() <= tolerance_s
-            });
-        assert!(near, "{channel}: {found:?}");
+        let expected: Vec<(f64, f64)> = turns
+            .iter()
+            .map(|&(a, b)| if a > at { (a + by, b + by) } else { (a, b) })
+            .collect();
+        assert_turns(channel, &on(&finals, channel), &expected, tolerance_s);
     }
 }
 
@@ -508,16 +517,7 @@ pub fn assert_whole_call_within(records: &[Value], tolerance_s: f64) {
     assert_eq!(types.iter().filter(|t| **t == "END").count(), 1);
     let finals = finals(records);
     for (channel, turns) in [("CALLER", &CALLER_TURNS[..]), ("AGENT", &AGENT_TURNS[..])] {
-        let found = on(&finals, channel);
-        let near = found.len() == turns.len()
-            && found
-                .iter()
-                .zip(turns)
-                .all(|(f, t)| (f.0 - t.0).abs() <= tolerance_s && (f.1 - t.1).abs() <= tolerance_s);
-        assert!(
-            near,
-            "{channel} finals {found:?}, expected {turns:?} (± {tolerance_s} s)"
-        );
+        assert_turns(channel, &on(&finals, channel), turns, tolerance_s);
     }
     assert_no_final_twice(records);
 }
